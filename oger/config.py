@@ -1,0 +1,278 @@
+"""Typed experiment configs loaded from YAML, with `--set a.b=value` overrides.
+
+Every section forbids unknown keys so a typo fails loudly, naming the key, the value and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from oger.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class FieldMap(Strict):
+    """Column names in a local or HF dataset; None means 'use the format's default'."""
+
+    question: str | None = None
+    answer: str | None = None
+    reference: str | None = None
+
+
+class SyntheticSource(Strict):
+    """The project's own verifiable arithmetic task (deterministic by seed)."""
+
+    kind: Literal["synthetic"]
+    name: str = "arith"
+    seed: int = 0
+    n_train: int = Field(400, ge=0)
+    n_test: int = Field(200, ge=0)
+    min_operands: int = Field(2, ge=2)
+    max_operands: int = Field(3, ge=2)
+    max_value: int = Field(20, ge=1)
+    ops: str = "+-*"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticSource":
+        if self.max_operands < self.min_operands:
+            raise ValueError("max_operands must be >= min_operands")
+        bad = set(self.ops) - set("+-*")
+        if not self.ops or bad:
+            raise ValueError(f"ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        return self
+
+
+class _FileLikeSource(Strict):
+    name: str
+    format: Literal["auto", "gsm8k", "math", "luffy", "plain"] = "auto"
+    fields: FieldMap = FieldMap()
+    split: str = Field("train", description="split label written to the problems table")
+    limit: int | None = Field(None, ge=1)
+
+
+class LocalSource(_FileLikeSource):
+    """A local jsonl or parquet file; `${OGER_DATA_DIR}` and `~` are expanded."""
+
+    kind: Literal["local"]
+    path: str
+
+
+class HFSource(_FileLikeSource):
+    """A Hugging Face dataset by id, read from `OGER_DATA_DIR` when a local copy is laid out there."""
+
+    kind: Literal["hf"]
+    dataset: str
+    subset: str | None = None
+    hf_split: str | None = Field(None, description="dataset split to read; default: `split`")
+
+
+Source = Annotated[Union[SyntheticSource, LocalSource, HFSource], Field(discriminator="kind")]
+
+
+class ProblemsConfig(Strict):
+    sources: list[Source] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- teachers
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+
+
+Backend = Literal["scripted", "transformers", "dataset", "openai", "vllm"]
+
+
+class TeacherConfig(Strict):
+    """One teacher. `model` is a scripted style, a model path/alias, a column, or a served model name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Backend
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    sampling: Sampling = Sampling()
+    split: str = "train"
+    sources: list[str] | None = Field(None, description="problem source names; default all")
+    limit: int | None = Field(None, ge=1, description="first N problems (deterministic)")
+    batch_size: int = Field(8, ge=1)
+    instruction: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+    system_prompt: str | None = None
+    # scripted
+    slip_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # transformers / vllm
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    tensor_parallel_size: int = Field(1, ge=1)
+    # openai
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = Field(4, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> "TeacherConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend in ("scripted", "transformers", "openai", "vllm") and not self.model:
+            raise ValueError(f"backend {self.backend!r} needs model")
+        return self
+
+
+class TeachersConfig(Strict):
+    round: str = Field("r1", pattern=r"^[A-Za-z0-9_.:-]+$")
+    teachers: list[TeacherConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TeachersConfig":
+        names = [t.name for t in self.teachers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"teacher names must be unique, repeated: {sorted(dup)}")
+        return self
+
+
+# --------------------------------------------------------------------------- filter / index
+
+
+class FilterConfig(Strict):
+    tokenizer: str = Field("smollm2", description="model whose tokenizer measures trace length")
+    min_tokens: int = Field(1, ge=0)
+    max_tokens: int = Field(1024, ge=1)
+    require_stop: bool = True
+    dedupe: bool = True
+    max_per_problem_teacher: int | None = Field(None, ge=1)
+    verify_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "FilterConfig":
+        if self.max_tokens < self.min_tokens:
+            raise ValueError("max_tokens must be >= min_tokens")
+        return self
+
+
+class IndexConfig(Strict):
+    encoder: str = "minilm"
+    batch_size: int = Field(64, ge=1)
+    long_text: Literal["chunk_mean", "head"] = "chunk_mean"
+    table: str = "teacher_traces"
+
+
+# --------------------------------------------------------------------------- top level
+
+
+class OgerConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: str = "work/{name}"
+    problems: ProblemsConfig
+    teachers: TeachersConfig
+    filter: FilterConfig = FilterConfig()
+    index: IndexConfig = IndexConfig()
+
+    # Set by the loader, not by YAML.
+    source_file: str | None = Field(None, exclude=True)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(os.path.expanduser(self.workdir.format(name=self.name))).resolve()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.0.c=value`; the value is parsed as a YAML scalar (so 3 is int, true is bool)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any, item: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i + 1])} is not an index of a "
+                                  f"list of {len(node)}")
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is a value, not a section")
+
+
+def _format_validation_error(exc: ValidationError, data: dict, where: str) -> str:
+    lines = [f"{where}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        # Pydantic puts union tags in loc (e.g. sources.0.synthetic.n_tain); drop them.
+        loc = ".".join(p for p in loc.split(".") if p not in ("synthetic", "local", "hf"))
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = err["msg"]
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {loc} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> OgerConfig:
+    """Read YAML, apply `--set` overrides, validate; errors name the key, value and file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value, item)
+    where = str(path) + (f" (with --set {' '.join(overrides)})" if overrides else "")
+    try:
+        cfg = OgerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, data, where)) from None
+    cfg.source_file = str(path.resolve())
+    return cfg
+
+
+def expand_path(p: str) -> Path:
+    """Expand `~` and environment variables; an unset variable is an error, not an empty string."""
+    expanded = os.path.expandvars(os.path.expanduser(p))
+    if "$" in expanded:
+        raise ConfigError(f"path {p!r} uses an unset environment variable (e.g. OGER_DATA_DIR)")
+    return Path(expanded)

@@ -1,0 +1,184 @@
+"""index stage: embed filtered teacher traces and upsert them into a versioned LanceDB table.
+
+One table of teacher traces per workdir. The stage upserts by trace_id (idempotent), replaces
+the rows of the rounds it covers (so a stricter filter removes traces), keeps an embedding cache
+keyed by text hash (a rerun embeds only unseen texts), and tags the resulting table version with
+its stage key. Training reads the table *at that tag*, never "latest".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from oger.artifacts import ArtifactRef, write_artifact
+from oger.config import IndexConfig
+from oger.encoder import encode, encoder_identity, load_encoder, text_hash
+from oger.errors import StageError
+
+STAGE = "index"
+STAGE_VERSION = 1
+INDEX_FILE = "index.json"
+
+
+def db_path(workdir: Path) -> Path:
+    return Path(workdir) / "index" / "lancedb"
+
+
+def key_inputs(cfg: IndexConfig) -> tuple[dict, dict]:
+    slice_ = cfg.model_dump(mode="json")
+    slice_.pop("batch_size")  # batching does not change the vectors
+    return slice_, {"encoder": encoder_identity(cfg.encoder)}
+
+
+def _connect(workdir: Path):
+    import lancedb
+
+    path = db_path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    return lancedb.connect(str(path))
+
+
+def _vectors_to_arrow(vecs: np.ndarray) -> pa.FixedSizeListArray:
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
+
+
+def _cache_table_name(identity: dict, long_text: str) -> str:
+    return f"embedding_cache_{identity['encoder'].get('fingerprint', 'hub')[:12]}_{long_text}"
+
+
+def _vectors_of(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    dim = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def cached_embeddings(db, name: str, hashes: list[str]) -> dict[str, np.ndarray]:
+    if name not in db.list_tables().tables:
+        return {}
+    want = set(hashes)
+    tbl = db.open_table(name).to_arrow()
+    vecs = _vectors_of(tbl.column("vector"))
+    return {h: vecs[i] for i, h in enumerate(tbl.column("text_hash").to_pylist()) if h in want}
+
+
+def embed_with_cache(db, cfg: IndexConfig, identity: dict, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Vectors for texts, encoding only those whose hash is not in the cache; (vectors, n_new)."""
+    name = _cache_table_name(identity, cfg.long_text)
+    hashes = [text_hash(t) for t in texts]
+    known = cached_embeddings(db, name, hashes)
+    missing = {}
+    for h, t in zip(hashes, texts):
+        if h not in known and h not in missing:
+            missing[h] = t
+    if missing:
+        model = load_encoder(cfg.encoder)
+        vecs = encode(model, list(missing.values()), cfg.batch_size, cfg.long_text, show_progress=True)
+        new = pa.table({"text_hash": list(missing.keys()), "vector": _vectors_to_arrow(vecs)})
+        if name in db.list_tables().tables:
+            (db.open_table(name).merge_insert("text_hash").when_matched_update_all()
+             .when_not_matched_insert_all().execute(new))
+        else:
+            db.create_table(name, new)
+        known.update(zip(missing.keys(), vecs))
+    return np.stack([known[h] for h in hashes]).astype(np.float32), len(missing)
+
+
+def _tag(tbl, tag: str) -> None:
+    if tag in tbl.tags.list():
+        tbl.tags.update(tag, tbl.version)
+    else:
+        tbl.tags.create(tag, tbl.version)
+
+
+def run_index(cfg: IndexConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
+              filter_ref: ArtifactRef) -> ArtifactRef:
+    from lancedb.index import BTree
+
+    kept = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
+    if kept.height == 0:
+        raise StageError("index stage: the filter output is empty")
+    db = _connect(workdir)
+    vecs, n_new = embed_with_cache(db, cfg, identity, kept["text"].to_list())
+    data = pa.table({
+        "trace_id": kept["trace_id"].to_list(),
+        "problem_id": kept["problem_id"].to_list(),
+        "teacher": kept["teacher"].to_list(),
+        "round": kept["round"].to_list(),
+        "text": kept["text"].to_list(),
+        "text_hash": [text_hash(t) for t in kept["text"].to_list()],
+        "n_tokens": pa.array(kept["n_tokens_policy"].to_list(), pa.int64()),
+        "vector": _vectors_to_arrow(vecs),
+    })
+    rounds = sorted(set(kept["round"].to_list()))
+    if cfg.table in db.list_tables().tables:
+        tbl = db.open_table(cfg.table)
+        in_rounds = ", ".join(f"'{r}'" for r in rounds)
+        (tbl.merge_insert("trace_id").when_matched_update_all().when_not_matched_insert_all()
+         .when_not_matched_by_source_delete(f"round IN ({in_rounds})").execute(data))
+    else:
+        tbl = db.create_table(cfg.table, data)
+    tbl.create_index("problem_id", config=BTree(), replace=True)
+    _tag(tbl, key)
+    info = {"db": str(db_path(workdir)), "table": cfg.table, "tag": key, "version": tbl.version}
+    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
+                        upstream={"filter": filter_ref.key}, identity=identity) as out:
+        out.file(INDEX_FILE).write_text(json.dumps(info, indent=2))
+        out.metrics = {"rows": tbl.count_rows(), "rows_this_stage": data.num_rows,
+                       "new_embeddings": n_new, "tag": key, "version": tbl.version,
+                       "rounds": rounds, "dim": int(vecs.shape[1])}
+    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+
+
+def tag_exists(workdir: Path, table: str, tag: str) -> bool:
+    """A cached index artifact is only valid while its tag still exists in the table."""
+    path = db_path(workdir)
+    if not path.is_dir():
+        return False
+    import lancedb
+
+    db = lancedb.connect(str(path))
+    if table not in db.list_tables().tables:
+        return False
+    return tag in db.open_table(table).tags.list()
+
+
+class TeacherIndex:
+    """Read-only view of the teacher-trace table at one tag (what training uses)."""
+
+    def __init__(self, db: str | Path, table: str, tag: str):
+        import lancedb
+
+        self.tag = tag
+        self._tbl = lancedb.connect(str(db)).open_table(table)
+        self._tbl.checkout(tag)
+
+    @classmethod
+    def from_artifact(cls, ref: ArtifactRef) -> "TeacherIndex":
+        info = json.loads((Path(ref.path) / INDEX_FILE).read_text())
+        return cls(info["db"], info["table"], info["tag"])
+
+    def count(self) -> int:
+        return self._tbl.count_rows()
+
+    def lookup(self, problem_ids: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+        """{problem_id: (trace texts, unit vectors (k, dim))}; ids with no trace are absent."""
+        ids = sorted(set(problem_ids))
+        if not ids:
+            return {}
+        quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in ids)
+        rows = (self._tbl.search().where(f"problem_id IN ({quoted})")
+                .select(["problem_id", "trace_id", "text", "vector"]).limit(None).to_arrow())
+        pids = rows.column("problem_id").to_pylist()
+        tids = rows.column("trace_id").to_pylist()
+        texts = rows.column("text").to_pylist()
+        vecs = _vectors_of(rows.column("vector"))
+        grouped: dict[str, list[int]] = {}
+        for i in sorted(range(len(tids)), key=tids.__getitem__):  # stable order for a tag
+            grouped.setdefault(pids[i], []).append(i)
+        return {p: ([texts[i] for i in idx], vecs[idx]) for p, idx in grouped.items()}

