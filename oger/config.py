@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oger.errors import ConfigError
 
@@ -135,6 +136,12 @@ class TeacherConfig(Strict):
 class TeachersConfig(Strict):
     round: str = Field("r1", pattern=r"^[A-Za-z0-9_.:-]+$")
     teachers: list[TeacherConfig] = Field(min_length=1)
+
+    @field_validator("round", mode="before")
+    @classmethod
+    def _round_as_text(cls, v: Any) -> Any:
+        # YAML reads `round: 2026-11-27` as a date and `round: 3` as an int: both mean the string.
+        return v.isoformat() if isinstance(v, (date, datetime)) else str(v) if isinstance(v, int) else v
 
     @model_validator(mode="after")
     def _unique(self) -> "TeachersConfig":

@@ -121,22 +121,27 @@ def solve_stepwise(tokens, rng: random.Random, slip_rate: float) -> str:
     terms = _terms(tokens)
     n_mults = sum(len(f) - 1 for _, f in terms)
     slip = _Slipper(rng, slip_rate, n_mults + len(terms) - 1 or 1)
-    lines = [f"We need to compute {render(tokens)}.",
-             "Multiplication comes before addition and subtraction."]
+    lines = [rng.choice([f"We need to compute {render(tokens)}.",
+                         f"Let's evaluate {render(tokens)}."])]
+    if n_mults:
+        lines.append(rng.choice(["Multiplication comes before addition and subtraction.",
+                                 "Do the multiplications first."]))
     values = []
     for sign, factors in terms:
         acc = factors[0]
         for f in factors[1:]:
             new = slip(acc * f)
-            lines.append(f"First, {acc} * {f} = {new}.")
+            lines.append(f"{rng.choice(['First,', 'Multiply:', 'Now'])} {acc} * {f} = {new}.")
             acc = new
         values.append((sign, acc))
     total = values[0][1] * values[0][0]
     for sign, v in values[1:]:
         new = slip(total + sign * v)
-        lines.append(f"Then {total} {'+' if sign > 0 else '-'} {v} = {new}.")
+        lines.append(f"{rng.choice(['Then', 'Next,', 'After that,'])} {total} "
+                     f"{'+' if sign > 0 else '-'} {v} = {new}.")
         total = new
-    lines.append(f"So the answer is \\boxed{{{total}}}.")
+    lines.append(rng.choice([f"So the answer is \\boxed{{{total}}}.",
+                             f"The result is \\boxed{{{total}}}."]))
     return "\n".join(lines)
 
 
@@ -152,14 +157,16 @@ def solve_terms(tokens, rng: random.Random, slip_rate: float) -> str:
         desc = " * ".join(str(f) for f in factors)
         parts.append(f"{'+' if sign > 0 else '-'}({desc})" if len(factors) > 1
                      else f"{'+' if sign > 0 else '-'}{factors[0]}")
-    lines = [f"Split {render(tokens)} into signed terms: {' '.join(parts)}.",
-             "Terms: " + ", ".join(str(v) for v in term_vals) + "."]
+    lines = [f"{rng.choice(['Split', 'Break'])} {render(tokens)} into signed terms: "
+             f"{' '.join(parts)}.",
+             rng.choice(["Terms: ", "Term values: "]) + ", ".join(str(v) for v in term_vals) + "."]
     running = 0
     totals = []
     for v in term_vals:
         running = slip(running + v)
         totals.append(running)
-    lines.append("Running total: " + " -> ".join(str(t) for t in totals) + ".")
+    lines.append(rng.choice(["Running total: ", "Cumulative sum: "])
+                 + " -> ".join(str(t) for t in totals) + ".")
     lines.append(f"Answer: \\boxed{{{running}}}")
     return "\n".join(lines)
 

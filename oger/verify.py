@@ -23,7 +23,8 @@ _MC_PATTERNS = [
     re.compile(r"answer\s+is\s*:?\s*\(?\s*([A-J])\s*\)?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"answer\s*:\s*\(?\s*([A-J])\s*\)?(?![A-Za-z])", re.IGNORECASE),
 ]
-_LETTER = re.compile(r"^\(?([A-J])\)?\.?$")
+_GOLD_LETTER = re.compile(r"^\(?([A-J])\)?\.?$")  # upper case only: gold "e" is Euler's number
+_PRED_LETTER = re.compile(r"^\(?([A-J])\)?\.?$", re.IGNORECASE)
 
 
 def last_boxed(text: str) -> str | None:
@@ -87,9 +88,9 @@ def quick_equivalent(pred: str | None, gold: str) -> bool | None:
     p, g = _normalize(pred), _normalize(str(gold))
     if p == g:
         return True
-    gl = _LETTER.match(g)
+    gl = _GOLD_LETTER.match(g)
     if gl:  # multiple choice: compare letters only
-        pl = _LETTER.match(p)
+        pl = _PRED_LETTER.match(p)
         return bool(pl) and pl.group(1).upper() == gl.group(1).upper()
     pn, gn = _as_number(p), _as_number(g)
     if pn is not None and gn is not None:

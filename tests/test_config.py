@@ -1,0 +1,76 @@
+import pytest
+
+from oger.config import load_config, parse_override
+from oger.errors import ConfigError
+
+BASE = """
+name: t
+problems:
+  sources:
+    - {kind: synthetic, n_train: 5, n_test: 2}
+teachers:
+  teachers:
+    - {name: a, backend: scripted, model: stepwise}
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_overrides_are_yaml_scalars(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["filter.max_tokens=64", "filter.require_stop=false",
+                                              "teachers.round=2026-11-27", "workdir=/tmp/x",
+                                              "teachers.teachers.0.n=3"])
+    assert cfg.filter.max_tokens == 64 and cfg.filter.require_stop is False
+    assert cfg.teachers.round == "2026-11-27"
+    assert cfg.teachers.teachers[0].n == 3
+    assert str(cfg.workdir_path) == "/tmp/x"
+
+
+def test_parse_override_requires_equals():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("filter.max_tokens")
+    assert parse_override("a.b=1.5") == (["a", "b"], 1.5)
+
+
+def test_unknown_key_names_key_value_and_file(tmp_path):
+    p = write(tmp_path, BASE + "filter:\n  max_tokenz: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "filter.max_tokenz" in msg and "5" in msg and str(p) in msg and "unknown key" in msg
+
+
+def test_wrong_type_names_key_value_and_file(tmp_path):
+    p = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["filter.max_tokens=lots"])
+    msg = str(e.value)
+    assert "filter.max_tokens" in msg and "'lots'" in msg and str(p) in msg
+
+
+def test_unknown_key_in_source_list(tmp_path):
+    p = write(tmp_path, BASE.replace("n_test: 2", "n_tset: 2"))
+    with pytest.raises(ConfigError, match=r"problems\.sources\.0\.n_tset"):
+        load_config(p)
+
+
+def test_backend_requirements(tmp_path):
+    p = write(tmp_path, BASE.replace("backend: scripted, model: stepwise", "backend: openai, model: m"))
+    with pytest.raises(ConfigError, match="base_url"):
+        load_config(p)
+
+
+def test_override_index_out_of_range(tmp_path):
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(write(tmp_path, BASE), ["teachers.teachers.3.n=2"])
+
+
+def test_shipped_tiny_config_validates():
+    cfg = load_config("configs/tiny.yaml")
+    assert cfg.name == "tiny" and len(cfg.teachers.teachers) >= 3
+    backends = {t.backend for t in cfg.teachers.teachers}
+    assert {"scripted", "transformers"} <= backends
