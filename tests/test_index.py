@@ -1,0 +1,71 @@
+"""Index stage with the real MiniLM encoder and LanceDB on disk."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from oger.artifacts import ArtifactRef, stage_key, write_artifact
+from oger.config import IndexConfig
+from oger.encoder import encode, load_encoder
+from oger.index import TeacherIndex, key_inputs, run_index, tag_exists
+
+pytestmark = pytest.mark.slow
+
+
+def fake_filter_artifact(workdir, rows, key):
+    df = pl.DataFrame(rows).with_columns(pl.lit(10).cast(pl.Int64).alias("n_tokens_policy"))
+    with write_artifact(workdir, "filter", key, config_slice={}, upstream={}) as out:
+        df.write_parquet(out.file("traces.parquet"))
+    return ArtifactRef(stage="filter", key=key, path=str(out.final))
+
+
+def row(tid, pid, text, rnd="r1"):
+    return {"trace_id": tid, "problem_id": pid, "teacher": "t", "round": rnd, "text": text}
+
+
+def test_upsert_tags_cache_and_lookup(tmp_path):
+    cfg = IndexConfig()
+    slice_, identity = key_inputs(cfg)
+    f1 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
+                                         row("b", "p1", "2 + 2 = 4, so \\boxed{4}"),
+                                         row("c", "p2", "seven times six is 42")], "f" * 64)
+    k1 = stage_key("index", 1, slice_, {"filter": f1.key}, identity)
+    r1 = run_index(cfg, tmp_path, k1, slice_, identity, f1)
+    assert r1.metrics["new_embeddings"] == 3 and r1.metrics["rows"] == 3 and r1.metrics["tag"] == k1
+
+    # A stricter filter for the same round: one trace gone, nothing new to embed.
+    f2 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
+                                         row("c", "p2", "seven times six is 42")], "e" * 64)
+    k2 = stage_key("index", 1, slice_, {"filter": f2.key}, identity)
+    r2 = run_index(cfg, tmp_path, k2, slice_, identity, f2)
+    assert r2.metrics["new_embeddings"] == 0 and r2.metrics["rows"] == 2
+
+    # A new round appends; older rows stay.
+    f3 = fake_filter_artifact(tmp_path, [row("d", "p1", "four, because 2+2=4", "r2")], "d" * 64)
+    k3 = stage_key("index", 1, slice_, {"filter": f3.key}, identity)
+    r3 = run_index(cfg, tmp_path, k3, slice_, identity, f3)
+    assert r3.metrics["new_embeddings"] == 1 and r3.metrics["rows"] == 3
+
+    db = tmp_path / "index" / "lancedb"
+    for tag, expected in ((k1, ["a", "b"]), (k2, ["a"]), (k3, ["a", "d"])):
+        assert tag_exists(tmp_path, "teacher_traces", tag)
+        got = TeacherIndex(db, "teacher_traces", tag).lookup(["p1", "p3"])
+        assert set(got) == {"p1"}
+        texts, vecs = got["p1"]
+        assert len(texts) == len(expected) and vecs.shape == (len(expected), 384)
+        assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # vectors are those of the encoder, exactly
+    model = load_encoder("minilm")
+    texts, vecs = TeacherIndex(db, "teacher_traces", k1).lookup(["p2"])["p2"]
+    assert np.allclose(vecs, encode(model, texts), atol=1e-5)
+
+
+def test_long_texts_chunk_mean_vs_head():
+    model = load_encoder("minilm")
+    long = " ".join(f"step {i}: add {i} to the total." for i in range(200))  # far over 256 tokens
+    head = encode(model, [long], long_text="head")
+    mean = encode(model, [long], long_text="chunk_mean")
+    assert np.isclose(np.linalg.norm(mean), 1.0, atol=1e-5)
+    assert not np.allclose(head, mean, atol=1e-3)
+    short = encode(model, ["a short text"], long_text="chunk_mean")
+    assert np.allclose(short, encode(model, ["a short text"], long_text="head"), atol=1e-6)

