@@ -178,6 +178,102 @@ class IndexConfig(Strict):
     table: str = "teacher_traces"
 
 
+# --------------------------------------------------------------------------- policy / train
+
+
+class TinyPolicy(Strict):
+    """A Qwen2-architecture model built from scratch, with a BPE tokenizer trained on the corpus."""
+
+    vocab_size: int = Field(384, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=16)
+    max_position: int = Field(512, ge=64)
+    seed: int = 0
+
+
+class SFTConfig(Strict):
+    """Warm start: supervised fine-tuning on filtered traces of chosen teachers."""
+
+    enabled: bool = True
+    teachers: list[str] | None = Field(None, description="teacher names; default all")
+    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_tokens: int = Field(256, ge=8, description="prompt + trace tokens; longer are dropped")
+    warmup_steps: int = Field(10, ge=0)
+    seed: int = 0
+
+
+class PolicyConfig(Strict):
+    source: Literal["tiny", "model"] = "tiny"
+    model: str | None = Field(None, description="HF folder, .gguf file or hub id (source: model)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyPolicy = TinyPolicy()
+    sft: SFTConfig = SFTConfig()
+    instruction: str = Field("{question}", description="user turn; the trainer uses the same")
+    system_prompt: str | None = None
+    eval_split: str = "test"
+    eval_limit: int = Field(200, ge=1)
+    eval_max_new_tokens: int = Field(128, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PolicyConfig":
+        if self.source == "model" and not self.model:
+            raise ValueError("policy.source 'model' needs policy.model")
+        return self
+
+
+class OgerRewardConfig(Strict):
+    """The exploration bonus r = c + lam * c * d * g(H) (DESIGN §4)."""
+
+    lam: float = Field(0.5, ge=0)
+    similarity: Literal["max", "mean"] = "max"
+    entropy_tokens: int = Field(1, ge=1, description="H over the last m generated tokens")
+    modulation: Literal["exp", "linear", "none"] = "exp"
+    tau: float = Field(1.0, gt=0)
+
+
+class TrainConfig(Strict):
+    algorithm: Literal["grpo", "luffy", "oger"] = "oger"
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(16, ge=1)
+    clip: bool = True
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.2, ge=0)
+    loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
+    scale_rewards: Literal["group", "none"] = "group"
+    entropy_coef: float = 0.0
+    beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
+    replace_k: int = Field(1, ge=0)
+    replace_policy: Literal["always", "when_all_fail"] = "always"
+    gamma: float = Field(0.1, gt=0, description="policy shaping f(p) = p / (p + gamma)")
+    oger: OgerRewardConfig = OgerRewardConfig()
+    split: str = "train"
+    checkpoint_every: int = Field(10, ge=1)
+    seed: int = 0
+
+    @property
+    def replaces(self) -> bool:
+        return self.algorithm in ("luffy", "oger") and self.replace_k > 0
+
+    @property
+    def bonus_lambda(self) -> float:
+        return self.oger.lam if self.algorithm == "oger" else 0.0
+
+
 # --------------------------------------------------------------------------- top level
 
 
@@ -188,6 +284,8 @@ class OgerConfig(Strict):
     teachers: TeachersConfig
     filter: FilterConfig = FilterConfig()
     index: IndexConfig = IndexConfig()
+    policy: PolicyConfig = PolicyConfig()
+    train: TrainConfig = TrainConfig()
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True)

@@ -18,17 +18,20 @@ from typing import Any
 
 from oger import filter as filter_stage
 from oger import index as index_stage
+from oger import policy as policy_stage
 from oger import problems as problems_stage
 from oger import teachers as teachers_stage
+from oger import train as train_stage
 from oger.artifacts import ArtifactRef, artifact_dir, load_complete, stage_key
 from oger.config import OgerConfig
 from oger.errors import ConfigError, StageError
 
-STAGES = ["problems", "teachers", "filter", "index"]
+STAGES = ["problems", "teachers", "filter", "index", "policy", "train"]
 UPSTREAM = {"problems": [], "teachers": ["problems"], "filter": ["problems", "teachers"],
-            "index": ["filter"]}
+            "index": ["filter"], "policy": ["problems", "filter"],
+            "train": ["problems", "policy", "index"]}
 _MODULES = {"problems": problems_stage, "teachers": teachers_stage, "filter": filter_stage,
-            "index": index_stage}
+            "index": index_stage, "policy": policy_stage, "train": train_stage}
 
 
 @dataclass
@@ -46,8 +49,9 @@ class StagePlan:
 
 
 def _section(cfg: OgerConfig, name: str):
+    """The config a stage's key_inputs reads (train needs several sections)."""
     return {"problems": cfg.problems, "teachers": cfg.teachers, "filter": cfg.filter,
-            "index": cfg.index}[name]
+            "index": cfg.index, "policy": cfg.policy, "train": cfg}[name]
 
 
 def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
@@ -89,6 +93,12 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
                                        upstream_refs["teachers"])
     if p.name == "index":
         return index_stage.run_index(cfg.index, *args, upstream_refs["filter"])
+    if p.name == "policy":
+        return policy_stage.run_policy(cfg.policy, *args, upstream_refs["problems"],
+                                       upstream_refs["filter"])
+    if p.name == "train":
+        return train_stage.run_train(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
+                                     upstream_refs["index"])
     raise ValueError(p.name)
 
 

@@ -1,0 +1,122 @@
+"""policy stage: the initial policy as an HF folder, optionally warm-started by SFT on traces.
+
+Sources: a local HF folder or hub id, a GGUF file (dequantised, quantizer dropped, architectures
+set), or a tiny Qwen2 model with a BPE tokenizer trained on the task corpus (problem texts and
+filtered traces). The output folder loads with `AutoModelForCausalLM.from_pretrained` (and vLLM).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from oger.artifacts import ArtifactRef, write_artifact
+from oger.config import PolicyConfig
+from oger.errors import StageError
+from oger.models import model_identity
+
+STAGE = "policy"
+STAGE_VERSION = 1
+MODEL_DIR = "model"
+
+
+def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
+    slice_ = cfg.model_dump(mode="json")
+    for k in ("eval_batch_size",):
+        slice_.pop(k)
+    if cfg.source == "tiny":
+        slice_.pop("model")
+        identity = {"tiny": True}
+    else:
+        slice_.pop("tiny")
+        identity = {"model": model_identity(cfg.model)}
+    return slice_, identity
+
+
+def _load_base(cfg: PolicyConfig, corpus: list[str]):
+    import torch
+
+    from oger.models import load_causal_lm
+    from oger.tiny_model import build_model, train_tokenizer
+
+    if cfg.source == "tiny":
+        t = cfg.tiny
+        tokenizer = train_tokenizer(corpus, t.vocab_size)
+        model = build_model(tokenizer, t.hidden_size, t.num_layers, t.num_heads,
+                            t.intermediate_size, t.max_position, t.seed)
+        return model, tokenizer
+    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+    return model, tokenizer
+
+
+def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: dict[str, str]):
+    """(prompt ids, response ids + eos) per kept trace of the chosen teachers, within max_tokens."""
+    from oger.rl.rollout import chat_prompt_ids
+
+    if cfg.sft.teachers:
+        traces = traces.filter(pl.col("teacher").is_in(cfg.sft.teachers))
+    out, dropped = [], 0
+    for row in traces.iter_rows(named=True):
+        p = chat_prompt_ids(tokenizer, questions[row["problem_id"]], cfg.instruction, cfg.system_prompt)
+        r = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(p) + len(r) > cfg.sft.max_tokens:
+            dropped += 1
+            continue
+        out.append((p, r))
+    return out, dropped
+
+
+def run_policy(cfg: PolicyConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
+               problems_ref: ArtifactRef, filter_ref: ArtifactRef) -> ArtifactRef:
+    from tqdm.auto import tqdm
+
+    from oger.rl.rollout import greedy_accuracy
+
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    traces = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
+    corpus = problems["question"].to_list() + traces["text"].to_list()
+    model, tokenizer = _load_base(cfg, corpus)
+    questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
+    heldout = problems.filter(pl.col("split") == cfg.eval_split).head(cfg.eval_limit)
+    metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
+                     "vocab_size": len(tokenizer)}
+    if cfg.sft.enabled:
+        examples, dropped = sft_examples(tokenizer, cfg, traces, questions)
+        if not examples:
+            raise StageError(f"policy stage: no SFT example fits sft.max_tokens={cfg.sft.max_tokens} "
+                             f"for teachers {cfg.sft.teachers or 'all'}")
+        from oger.rl.sft import sft
+
+        started = time.time()
+        bar = tqdm(desc="policy: sft", unit="step")
+        losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
+                     lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
+                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed,
+                     progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        bar.close()
+        metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),
+                       sft_loss_first=round(losses[0], 4), sft_loss_last=round(losses[-1], 4),
+                       sft_seconds=round(time.time() - started, 1))
+    if heldout.height:
+        metrics["heldout_accuracy"] = round(greedy_accuracy(
+            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
+            instruction=cfg.instruction, system_prompt=cfg.system_prompt,
+            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size), 4)
+        metrics["heldout_n"] = heldout.height
+    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
+                        upstream={"problems": problems_ref.key, "filter": filter_ref.key},
+                        identity=identity) as out:
+        from oger.tiny_model import save_policy
+
+        save_policy(model, tokenizer, out.tmp / MODEL_DIR)
+        out.metrics = metrics
+    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+
+
+def model_dir(ref: ArtifactRef) -> Path:
+    return Path(ref.path) / MODEL_DIR

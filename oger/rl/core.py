@@ -1,0 +1,277 @@
+"""OGER algorithm core as pure tensor functions (tensors in, tensors out; cf. verl's core_algos.py).
+
+Three layers, each usable on its own so every choice is an argument and can be tested by hand:
+
+* GRPO: group-relative advantages, token-level clipped surrogate, loss aggregation, entropy bonus, k3 KL.
+* LUFFY hybrid replacement: off-policy (teacher) rows use policy shaping f(p) = p / (p + gamma) instead of
+  the clipped ratio, so low-probability teacher tokens still get a large gradient.
+* OGER exploration reward: correct on-policy rollouts that diverge from the offline teacher traces earn a
+  bonus lam * d * g(H), damped by the policy's uncertainty H at the end of the answer.
+
+Shapes: B rows (sequences), T completion tokens (right padded), V vocabulary, D embedding dim, G groups of
+n rollouts. Masks are 1 for a real completion token and 0 for padding. Formulas: docs/ALGORITHM.md.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+SCALE_REWARDS = ("group", "none")
+AGG_MODES = ("token_mean", "seq_mean", "constant_len")
+SIM_MODES = ("max", "mean")
+MODULATIONS = ("exp", "linear", "none")
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last axis: (B, T, V) -> (B, T).
+
+    Computed from log_softmax, with -inf log-probs (masked vocabulary entries) clamped to the dtype's minimum so
+    that 0 * log 0 contributes 0 to both the value and the gradient instead of NaN.
+    """
+    logp = F.log_softmax(logits, dim=-1)
+    logp = logp.clamp(min=torch.finfo(logp.dtype).min)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def token_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
+    """log softmax(logits)[ids] per position: (B, T, V), (B, T) -> (B, T).
+
+    Gathers the chosen logit and subtracts logsumexp, so no (B, T, V) log-softmax tensor is materialised.
+    """
+    chosen = logits.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> float:
+    """Detached mean of x over mask (NaN when the mask is empty), for metrics only."""
+    n = mask.sum()
+    return float((x * mask).sum() / n) if n > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------------- GRPO
+
+def group_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float = 1e-6) -> Tensor:
+    """A_i = r_i - mean(r_group), divided by (std_group + eps) when scale_rewards == "group".
+
+    rewards: (G, n), one row per prompt, teacher (off-policy) rows included, since LUFFY normalises them inside
+    the group. std is the unbiased (Bessel) std, as in TRL; for n == 1 it is taken as 0 (TRL does the same).
+    Returns (G, n).
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (G, n), got shape {tuple(rewards.shape)}")
+    adv = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_rewards == "group":
+        if rewards.shape[1] > 1:
+            std = rewards.std(dim=1, unbiased=True, keepdim=True)
+        else:
+            std = torch.zeros_like(rewards[:, :1])
+        adv = adv / (std + eps)
+    return adv
+
+
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2,
+                      eps_high: float = 0.2, clip: bool = True) -> Tensor:
+    """PPO/GRPO per-token loss -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), (B, T).
+
+    ratio = exp(logp - old_logp). clip=False gives the unclipped policy gradient surrogate -ratio * A.
+    adv: (B,) broadcast over tokens (or already (B, T)).
+    """
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    ratio = torch.exp(logp - old_logp)
+    if not clip:
+        return -ratio * adv
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    return -torch.min(ratio * adv, clipped * adv)
+
+
+def policy_shaping(logp: Tensor, adv: Tensor, gamma: float = 0.1) -> Tensor:
+    """LUFFY off-policy per-token loss -f(p) * A with f(p) = p / (p + gamma), p = exp(logp), (B, T).
+
+    The teacher's probability is taken as 1 (no old log-prob), and there is no clipping. d f / d logp =
+    gamma * p / (p + gamma)^2 is largest around p = gamma, so rare-but-correct teacher tokens are not ignored
+    (a plain ratio p would give them a gradient proportional to p, i.e. almost none).
+    """
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    p = torch.exp(logp)
+    return -(p / (p + gamma)) * adv
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", max_len: int | None = None) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar over valid tokens.
+
+    token_mean:   sum(x * m) / max(sum(m), 1)                           (TRL "bnpo"/"dapo", DAPO)
+    seq_mean:     mean_b [ sum_t(x * m) / max(sum_t m, 1) ]              (TRL "grpo", original GRPO)
+    constant_len: sum(x * m) / (B * max_len)                             (TRL "dr_grpo", Dr. GRPO)
+    Empty rows count in seq_mean's and constant_len's B (they contribute 0), as in TRL.
+    """
+    mask = mask.to(per_token.dtype)
+    total = (per_token * mask).sum()
+    if mode == "token_mean":
+        return total / mask.sum().clamp(min=1.0)
+    if mode == "seq_mean":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if mode == "constant_len":
+        if max_len is None or max_len <= 0:
+            raise ValueError("constant_len aggregation needs a positive max_len (the max completion length)")
+        return total / (per_token.shape[0] * max_len)
+    raise ValueError(f"agg must be one of {AGG_MODES}, got {mode!r}")
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0, (B, T)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_policy: Tensor | None = None, *,
+                eps_low: float = 0.2, eps_high: float = 0.2, clip: bool = True, gamma: float = 0.1,
+                agg: str = "token_mean", max_len: int | None = None, entropy: Tensor | None = None,
+                entropy_coef: float = 0.0, entropy_agg: str | None = None, ref_logp: Tensor | None = None,
+                beta: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    """Hybrid GRPO/LUFFY loss: clipped surrogate on on-policy rows, policy shaping on off-policy rows.
+
+    per_token = where(off_policy, policy_shaping, clipped_surrogate) + beta * kl_k3(logp, ref_logp)
+    loss      = aggregate(per_token, mask, agg) - entropy_coef * aggregate(entropy, mask, entropy_agg or agg)
+
+    logp: (B, T) current-policy log-probs of the completion tokens (carries the gradient). old_logp: (B, T)
+    behaviour log-probs; ignored (may be NaN) on off-policy rows. adv: (B,). mask: (B, T). off_policy: (B,) bool
+    (None = all on-policy). entropy: (B, T) per-token entropy, needed only when entropy_coef != 0. ref_logp:
+    (B, T), needed only when beta != 0. The KL is applied to every valid token, teacher rows included.
+    Returns (scalar loss, detached float metrics); ratio/clip metrics are over on-policy valid tokens only.
+    """
+    B = logp.shape[0]
+    mask = mask.to(logp.dtype)
+    off = torch.zeros(B, dtype=torch.bool, device=logp.device) if off_policy is None else off_policy.bool()
+    off_t = off.unsqueeze(-1)
+    # Off-policy rows have no behaviour log-prob; substitute a finite one so NaNs there cannot reach the
+    # gradient through the unselected branch of torch.where.
+    old_logp = torch.where(off_t, logp.detach(), old_logp)
+    on_loss = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high, clip)
+    off_loss = policy_shaping(logp, adv, gamma)
+    per_token = torch.where(off_t, off_loss, on_loss)
+
+    metrics: dict[str, float] = {}
+    loss = aggregate(per_token, mask, agg, max_len)
+    metrics["pg_loss"] = float(loss.detach())
+    if beta != 0.0:  # aggregation is linear, so this equals aggregating per_token + beta * kl
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        kl = kl_k3(logp, ref_logp)
+        loss = loss + beta * aggregate(kl, mask, agg, max_len)
+        metrics["kl"] = _masked_mean(kl.detach(), mask)
+
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the per-token entropy")
+        loss = loss - entropy_coef * aggregate(entropy, mask, entropy_agg or agg, max_len)
+    if entropy is not None:
+        metrics["entropy"] = _masked_mean(entropy.detach(), mask)
+
+    with torch.no_grad():
+        a = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+        ratio = torch.exp(logp - old_logp)
+        on_m = mask * (~off_t).to(mask.dtype)
+        off_m = mask * off_t.to(mask.dtype)
+        low = ((ratio < 1.0 - eps_low) & (a < 0)).to(mask.dtype)
+        high = ((ratio > 1.0 + eps_high) & (a > 0)).to(mask.dtype)
+        metrics["ratio_mean"] = _masked_mean(ratio, on_m)
+        metrics["clip_frac_low"] = _masked_mean(low, on_m) if clip else 0.0
+        metrics["clip_frac_high"] = _masked_mean(high, on_m) if clip else 0.0
+        metrics["clip_frac"] = _masked_mean(torch.maximum(low, high), on_m) if clip else 0.0
+        p = torch.exp(logp)
+        metrics["shaping_mean"] = _masked_mean(p / (p + gamma), off_m)
+        metrics["off_policy_frac"] = float(off.float().mean()) if B else float("nan")
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------- OGER reward
+
+def teacher_similarity(emb: Tensor, teachers: list[Tensor], mode: str = "max") -> tuple[Tensor, Tensor]:
+    """Cosine similarity of each rollout embedding to its problem's teacher-trace embeddings.
+
+    emb: (B, D); teachers: B tensors of shape (k_i, D), k_i may be 0 (the same tensor may be passed for all
+    rows of one group). Vectors are L2-normalised here even though encoders usually emit unit vectors.
+    s_i = max_j cos(e_i, t_ij) (mode="max": close to ANY teacher means not novel) or mean_j (mode="mean").
+    Returns (s (B,), has_teacher (B,) bool); s is NaN where k_i == 0, so a forgotten flag cannot silently pay
+    the maximum bonus.
+    """
+    if mode not in SIM_MODES:
+        raise ValueError(f"mode must be one of {SIM_MODES}, got {mode!r}")
+    if len(teachers) != emb.shape[0]:
+        raise ValueError(f"need one teacher tensor per row: {len(teachers)} != {emb.shape[0]}")
+    e = F.normalize(emb, dim=-1)
+    s = torch.full((emb.shape[0],), float("nan"), dtype=emb.dtype, device=emb.device)
+    has = torch.zeros(emb.shape[0], dtype=torch.bool, device=emb.device)
+    for i, t in enumerate(teachers):
+        if t is None or t.numel() == 0:
+            continue
+        cos = F.normalize(t.to(e), dim=-1) @ e[i]
+        s[i] = cos.max() if mode == "max" else cos.mean()
+        has[i] = True
+    return s, has
+
+
+def divergence(s: Tensor) -> Tensor:
+    """d = clip(1 - s, 0, 1): 0 for a copy of a teacher trace, 1 for orthogonal or opposite ones. NaN stays NaN."""
+    return (1.0 - s).clamp(0.0, 1.0)
+
+
+def last_token_entropy(token_entropy: Tensor, mask: Tensor, m: int = 1) -> Tensor:
+    """Mean entropy over the last m VALID tokens of each row: (B, T), (B, T) -> (B,).
+
+    Works for any mask (right padding, holes), since it ranks valid tokens from the end. Rows with fewer than
+    m valid tokens average what they have; rows with none give NaN.
+    """
+    if m < 1:
+        raise ValueError("m must be >= 1")
+    valid = mask.bool()
+    from_end = valid.flip(-1).long().cumsum(-1).flip(-1)  # valid tokens at or after each position
+    pick = (valid & (from_end <= m)).to(token_entropy.dtype)
+    n = pick.sum(-1)
+    out = (token_entropy * pick).sum(-1) / n.clamp(min=1.0)
+    return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
+
+def modulation(H: Tensor, mode: str = "exp", tau: float = 1.0, vocab_size: int | None = None) -> Tensor:
+    """Entropy gate g(H) in [0, 1]: confident (low-entropy) correct answers keep most of their bonus.
+
+    exp: exp(-H / tau);  linear: clip(1 - H / log|V|, 0, 1) (needs vocab_size);  none: 1.
+    """
+    if mode == "exp":
+        if tau <= 0:
+            raise ValueError("tau must be > 0")
+        return torch.exp(-H / tau)
+    if mode == "linear":
+        if not vocab_size or vocab_size < 2:
+            raise ValueError("linear modulation needs vocab_size >= 2")
+        return (1.0 - H / math.log(vocab_size)).clamp(0.0, 1.0)
+    if mode == "none":
+        return torch.ones_like(H)
+    raise ValueError(f"modulation must be one of {MODULATIONS}, got {mode!r}")
+
+
+def oger_reward(correct: Tensor, div: Tensor, entropy: Tensor, has_teacher: Tensor, is_teacher: Tensor,
+                lam: float, modulation_mode: str = "exp", tau: float = 1.0,
+                vocab_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """r = c + bonus, bonus = lam * c * d * g(H), gated to correct, on-policy rows of problems with a teacher.
+
+    correct: (B,) in {0, 1}; div: (B,) divergence; entropy: (B,) end-of-answer entropy; has_teacher, is_teacher:
+    (B,) bool. Wrong answers, teacher (off-policy) rows and teacher-less problems get bonus exactly 0 (NaN
+    divergence/entropy in those rows does not leak). Returns (reward (B,), bonus (B,)).
+    """
+    c = correct.to(div.dtype)
+    gate = (c > 0) & has_teacher.bool() & ~is_teacher.bool()
+    if lam == 0.0:
+        bonus = torch.zeros_like(c)
+    else:
+        raw = lam * c * div * modulation(entropy.to(div.dtype), modulation_mode, tau, vocab_size)
+        bonus = torch.where(gate, raw, torch.zeros_like(raw))
+    return c + bonus, bonus

@@ -1,0 +1,112 @@
+"""Rollouts with HF `generate` (KV cache, CPU or GPU) that also record each step's entropy.
+
+The entropy of the policy's next-token distribution is taken from the logits `generate` already
+computes (a logits processor reads them before sampling), so the OGER reward needs no extra
+forward pass for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_index: int
+    response_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" | "length"
+    entropies: list[float] = field(default_factory=list)  # one per response token
+
+
+class _EntropyRecorder:
+    """A logits processor that stores the entropy of softmax(raw logits) at each step."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        self.steps.append(-(logp.exp() * logp).sum(-1).detach().cpu())
+        return scores
+
+
+def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
+                    system_prompt: str | None = None) -> list[int]:
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": instruction.format(question=question)})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    out = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        out.add(tokenizer.eos_token_id)
+    return out
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+             record_entropy: bool = True) -> list[Rollout]:
+    """n samples per prompt (temperature 0 = greedy), in prompt-major order."""
+    from transformers import LogitsProcessorList
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = eos_ids(model, tokenizer)
+    jobs = [i for i in range(len(prompts)) for _ in range(n)]
+    out: list[Rollout] = []
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b:b + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):  # left padding
+            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            attn[r, width - len(prompts[i]):] = 1
+        recorder = _EntropyRecorder()
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad,
+                      eos_token_id=sorted(stops), attention_mask=attn.to(device))
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False)
+        if record_entropy:
+            kwargs["logits_processor"] = LogitsProcessorList([recorder])
+        torch.manual_seed(seed * 1_000_003 + b)
+        seqs = model.generate(ids.to(device), **kwargs).cpu()
+        new = seqs[:, width:]
+        ent = torch.stack(recorder.steps, dim=1) if recorder.steps else None
+        for r, i in enumerate(batch):
+            row = new[r].tolist()
+            stop_at = next((j for j, t in enumerate(row) if t in stops), None)
+            resp = row[:stop_at + 1] if stop_at is not None else row
+            text = tokenizer.decode(resp[:-1] if stop_at is not None else resp,
+                                    skip_special_tokens=True)
+            ents = ent[r, :len(resp)].tolist() if ent is not None else []
+            out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
+    if was_training:
+        model.train()
+    return out
+
+
+def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], *,
+                    instruction: str = "{question}", system_prompt: str | None = None,
+                    max_new_tokens: int = 128, batch_size: int = 64) -> float:
+    """Share of questions whose greedy response's final answer verifies against the gold one."""
+    from oger.verify import score_response
+
+    if not questions:
+        return float("nan")
+    prompts = [chat_prompt_ids(tokenizer, q, instruction, system_prompt) for q in questions]
+    rolls = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens,
+                     temperature=0.0, batch_size=batch_size, record_entropy=False)
+    correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)
+    return correct / len(questions)

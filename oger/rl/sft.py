@@ -1,0 +1,59 @@
+"""Supervised warm start: next-token loss on teacher traces, prompt tokens masked out."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+
+def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """(input_ids, attention_mask, labels) right-padded; labels are -100 on prompt and padding."""
+    width = max(len(p) + len(r) for p, r in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(examples):
+        seq = p + r
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        labels[i, len(p):len(seq)] = torch.tensor(r)
+    return ids, attn, labels
+
+
+def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epochs: float,
+        lr: float, batch_size: int, warmup_steps: int, seed: int, progress=None) -> list[float]:
+    """Train in place with AdamW and a cosine schedule; returns the loss of every step."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        frac = (step - warmup_steps) / max(1, total - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    losses, order = [], []
+    for step in range(total):
+        if not order:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        idx, order = order[:batch_size], order[batch_size:]
+        ids, attn, labels = pad_batch([examples[i] for i in idx], pad_id)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(float(loss))
+    model.eval()
+    return losses

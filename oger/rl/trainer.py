@@ -1,0 +1,299 @@
+"""The GRPO / LUFFY / OGER training loop, readable top to bottom.
+
+Each step: sample prompts -> roll out n per prompt -> replace k rollouts per group by teacher
+traces from the index (at its tag) -> verify answers -> embed correct on-policy rollouts ->
+rewards (OGER bonus) -> group advantages -> micro-batched update with the hybrid loss.
+All the math lives in `oger.rl.core`; this file only moves data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from oger.config import TrainConfig
+from oger.rl import core
+from oger.rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from oger.rl.rollout import chat_prompt_ids, generate
+from oger.verify import score_response
+
+
+@dataclass
+class Sample:
+    """One member of a group: an on-policy rollout or a teacher trace put in its place."""
+
+    group: int
+    problem_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+    off_policy: bool
+    correct: bool = False
+    entropies: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
+@dataclass
+class TrainInputs:
+    """What the trainer reads: problems to sample from and, for luffy/oger, the teacher index."""
+
+    questions: dict[str, str]
+    answers: dict[str, str]
+    problem_ids: list[str]
+    index: object | None = None  # oger.index.TeacherIndex at the index stage's tag
+    encoder: str = "minilm"
+    long_text: str = "chunk_mean"
+    instruction: str = "{question}"
+    system_prompt: str | None = None
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return 1.0
+    return f
+
+
+def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, tokenizer,
+                          eos_id: int, rng: random.Random) -> None:
+    """LUFFY: in each group with teacher traces, the last k rollouts become teacher traces."""
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.group, []).append(i)
+    for members in groups.values():
+        pid = samples[members[0]].problem_id
+        if pid not in refs:
+            continue
+        if cfg.replace_policy == "when_all_fail" and any(samples[i].correct for i in members):
+            continue
+        texts = refs[pid][0]
+        for i in members[len(members) - min(cfg.replace_k, len(members)):]:
+            text = texts[rng.randrange(len(texts))]
+            s = samples[i]
+            s.text, s.off_policy, s.entropies = text, True, []
+            s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+            s.finish_reason = "stop"
+
+
+def _batch_tensors(samples: list[Sample], pad_id: int):
+    """Right-padded prompt+response ids, attention mask, and the response mask over targets."""
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), width), dtype=torch.long)
+    resp = torch.zeros((len(samples), width - 1))
+    for r, s in enumerate(samples):
+        seq = s.prompt_ids + s.response_ids
+        ids[r, :len(seq)] = torch.tensor(seq)
+        attn[r, :len(seq)] = 1
+        resp[r, len(s.prompt_ids) - 1:len(seq) - 1] = 1  # position t predicts token t+1
+    return ids, attn, resp
+
+
+def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
+           pad_id: int) -> dict:
+    """One optimizer step's gradients, accumulated over micro-batches to equal the full batch."""
+    total_tokens = sum(len(s.response_ids) for s in samples)
+    # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
+    max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
+    agg_metrics: dict[str, float] = {}
+    token_entropy_sum = 0.0
+    model.train()
+    for b in range(0, len(samples), cfg.micro_batch_size):
+        mb = samples[b:b + cfg.micro_batch_size]
+        ids, attn, resp = _batch_tensors(mb, pad_id)
+        device = next(model.parameters()).device
+        ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = core.token_logprobs(logits, ids[:, 1:])
+        entropy = core.entropy_from_logits(logits) if cfg.entropy_coef else None
+        ref_logp = None
+        if cfg.beta:
+            with torch.no_grad():
+                ref_logits = ref_model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                ref_logp = core.token_logprobs(ref_logits, ids[:, 1:])
+        off = torch.tensor([s.off_policy for s in mb], device=device)
+        # One update per batch: the behaviour policy is the current one (ratio 1, exact gradient).
+        loss, m = core.policy_loss(
+            logp, logp.detach(), adv[b:b + len(mb)].to(device), resp, off,
+            eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
+            agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
+            ref_logp=ref_logp, beta=cfg.beta)
+        share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
+                 else len(mb) / len(samples))
+        (loss * share).backward()
+        with torch.no_grad():
+            ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
+            token_entropy_sum += float((ent * resp).sum())
+        for k, v in m.items():
+            if isinstance(v, float) and not math.isnan(v):
+                agg_metrics[k] = agg_metrics.get(k, 0.0) + v * share
+    agg_metrics["token_entropy"] = token_entropy_sum / max(1, total_tokens)
+    return agg_metrics
+
+
+def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
+          progress=None) -> list[dict]:
+    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir."""
+    torch.manual_seed(cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id
+    vocab = model.config.vocab_size
+    ref_model = None
+    if cfg.beta:
+        import copy
+
+        ref_model = copy.deepcopy(model).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    start = 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        from transformers import AutoModelForCausalLM
+
+        state = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
+        model.load_state_dict(state)
+        start = load_trainer_state(ckpt, opt, sched)
+    history = _read_history(metrics_path, start)
+    writer = _tensorboard(run_dir / "tensorboard")
+    lam = cfg.bonus_lambda
+    needs_index = inputs.index is not None and (cfg.replaces or lam > 0)
+    encoder = None
+    if lam > 0:
+        from oger.encoder import load_encoder
+
+        encoder = load_encoder(inputs.encoder)
+
+    for step in range(start, cfg.steps):
+        rng = random.Random(cfg.seed * 7919 + step)
+        t0 = time.perf_counter()
+        # 1. sample prompts and roll out n per prompt
+        pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
+        prompt_ids = [chat_prompt_ids(tokenizer, inputs.questions[p], inputs.instruction,
+                                      inputs.system_prompt) for p in pids]
+        rolls = generate(model, tokenizer, prompt_ids, n=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         top_p=cfg.top_p, seed=cfg.seed * 100_003 + step,
+                         batch_size=max(cfg.group_size, 64))
+        samples = [Sample(r.prompt_index, pids[r.prompt_index], prompt_ids[r.prompt_index],
+                          r.response_ids, r.text, False, entropies=r.entropies,
+                          finish_reason=r.finish_reason) for r in rolls]
+        t_gen = time.perf_counter()
+
+        # 2. verify, then (luffy/oger) put teacher traces in place of k rollouts per group
+        for s in samples:
+            s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
+        refs = inputs.index.lookup(pids) if needs_index else {}
+        if cfg.replaces:
+            replace_with_teachers(samples, cfg, refs, tokenizer, eos_id, rng)
+            for s in samples:
+                if s.off_policy:
+                    s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
+        t_score = time.perf_counter()
+
+        # 3. OGER: divergence of correct on-policy rollouts from the problem's teacher traces
+        B = len(samples)
+        div = torch.zeros(B, dtype=torch.float64)
+        has_teacher = torch.tensor([s.problem_id in refs for s in samples])
+        is_teacher = torch.tensor([s.off_policy for s in samples])
+        correct = torch.tensor([float(s.correct) for s in samples], dtype=torch.float64)
+        want = [i for i, s in enumerate(samples) if s.correct and not s.off_policy and s.problem_id in refs]
+        if lam > 0 and want:
+            from oger.encoder import encode
+
+            emb = torch.from_numpy(encode(encoder, [samples[i].text for i in want],
+                                          long_text=inputs.long_text)).double()
+            teach = [torch.from_numpy(refs[samples[i].problem_id][1]).double() for i in want]
+            sim, _ = core.teacher_similarity(emb, teach, cfg.oger.similarity)
+            div[want] = core.divergence(sim)
+        width = max(1, max(len(s.entropies) for s in samples))
+        ent = torch.zeros(B, width, dtype=torch.float64)
+        emask = torch.zeros(B, width, dtype=torch.float64)
+        for i, s in enumerate(samples):
+            if s.entropies:
+                ent[i, :len(s.entropies)] = torch.tensor(s.entropies, dtype=torch.float64)
+                emask[i, :len(s.entropies)] = 1
+        last_h = core.last_token_entropy(ent, emask, cfg.oger.entropy_tokens)
+        t_embed = time.perf_counter()
+
+        # 4. rewards and group advantages (teacher samples included in the group statistics)
+        reward, bonus = core.oger_reward(correct, div, last_h, has_teacher, is_teacher, lam,
+                                         cfg.oger.modulation, cfg.oger.tau, vocab)
+        adv = core.group_advantages(reward.view(len(pids), cfg.group_size), cfg.scale_rewards).view(-1)
+
+        # 5. update
+        opt.zero_grad(set_to_none=True)
+        loss_metrics = update(model, ref_model, samples, adv.float(), cfg, pad_id)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        opt.step()
+        sched.step()
+        t_update = time.perf_counter()
+
+        on = [i for i, s in enumerate(samples) if not s.off_policy]
+        groups = correct.view(len(pids), cfg.group_size)
+        row = {
+            "step": step + 1,
+            "reward": float(reward.mean()),
+            "accuracy": float(correct[on].mean()) if on else float("nan"),
+            "bonus_mean": float(bonus.mean()),
+            "bonus_correct_mean": float(bonus[want].mean()) if want else 0.0,
+            "divergence": float(div[want].mean()) if want else float("nan"),
+            "last_token_entropy": float(last_h[on].mean()) if on else float("nan"),
+            "replaced_fraction": float(is_teacher.float().mean()),
+            "no_teacher_fraction": float((~has_teacher).float().mean()),
+            "mixed_group_fraction": float(((groups.min(1).values < 1) & (groups.max(1).values > 0)).float().mean()),
+            "response_length": sum(len(samples[i].response_ids) for i in on) / max(1, len(on)),
+            "truncated_fraction": sum(samples[i].finish_reason != "stop" for i in on) / max(1, len(on)),
+            "grad_norm": grad_norm,
+            "lr": sched.get_last_lr()[0],
+            "seconds_generate": t_gen - t0,
+            "seconds_score": t_score - t_gen,
+            "seconds_embed": t_embed - t_score,
+            "seconds_update": t_update - t_embed,
+            "seconds_step": t_update - t0,
+            **{k: v for k, v in loss_metrics.items() if k in ("pg_loss", "kl", "clip_frac", "token_entropy")},
+        }
+        history.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, float) and not math.isnan(v):
+                    writer.add_scalar(f"train/{k}", v, step + 1)
+            writer.flush()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ckpt_root, step + 1, model, tokenizer, opt, sched)
+        if progress is not None:
+            progress(row)
+    if writer is not None:
+        writer.close()
+    return history
+
+
+def _read_history(path: Path, done_steps: int) -> list[dict]:
+    """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= done_steps]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; this only guards broken installs
+        return None
+    return SummaryWriter(str(logdir))

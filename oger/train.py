@@ -1,0 +1,131 @@
+"""train stage: GRPO / LUFFY / OGER from the policy-stage model, reading the index at its tag.
+
+Checkpoints live outside the atomic artifact (in `<workdir>/cache/train/<key16>/`) so an
+interrupted run resumes at the next step; the artifact holds the final HF model folder,
+metrics.jsonl, TensorBoard events and training-curve PNGs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from oger.artifacts import ArtifactRef, write_artifact
+from oger.config import OgerConfig, TrainConfig
+from oger.encoder import encoder_identity
+
+STAGE = "train"
+STAGE_VERSION = 1
+MODEL_DIR = "model"
+CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group_fraction",
+          "response_length")
+
+
+def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
+    t: TrainConfig = cfg.train
+    slice_ = t.model_dump(mode="json")
+    slice_.pop("checkpoint_every")
+    slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
+    # The prompt format and the encoder used for the bonus change what is learned.
+    slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
+    slice_["long_text"] = cfg.index.long_text
+    return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
+
+
+def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float:
+    """Mean of `key` over the steps in the fraction [lo, hi) of the run (at least one step)."""
+    n = len(history)
+    a = min(int(n * lo), n - 1)
+    b = max(a + 1, int(round(n * hi)))
+    vals = [h[key] for h in history[a:b] if h.get(key) == h.get(key)]  # drop NaN
+    return round(sum(vals) / len(vals), 4) if vals else float("nan")
+
+
+def plot_curves(history: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    steps = [h["step"] for h in history]
+    for ax, key in zip(axes.flat, CURVES):
+        ax.plot(steps, [h.get(key, float("nan")) for h in history], lw=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
+              problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef) -> ArtifactRef:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oger.index import TeacherIndex
+    from oger.rl.rollout import greedy_accuracy
+    from oger.rl.trainer import TrainInputs, train
+
+    t = cfg.train
+    policy_dir = Path(policy_ref.path) / "model"
+    dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    pool = problems.filter(pl.col("split") == t.split)
+    inputs = TrainInputs(
+        questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
+        answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
+        problem_ids=pool["problem_id"].to_list(),
+        index=TeacherIndex.from_artifact(index_ref),
+        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
+        instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+    )
+    run_dir = workdir / "cache" / "train" / key[:16]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
+    done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
+    history = train(t, model, tokenizer, inputs, run_dir,
+                    progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
+                                          bar.set_postfix(reward=f"{row['reward']:.3f}",
+                                                          acc=f"{row['accuracy']:.2f}")))
+    bar.close()
+    heldout = problems.filter(pl.col("split") == cfg.policy.eval_split).head(cfg.policy.eval_limit)
+    metrics = {
+        "algorithm": t.algorithm,
+        "steps": len(history),
+        "reward_first_20pct": mean_over(history, "reward", 0.0, 0.2),
+        "reward_last_20pct": mean_over(history, "reward", 0.8, 1.0),
+        "accuracy_first_20pct": mean_over(history, "accuracy", 0.0, 0.2),
+        "accuracy_last_20pct": mean_over(history, "accuracy", 0.8, 1.0),
+        "bonus_mean": mean_over(history, "bonus_mean", 0.0, 1.0),
+        "replaced_fraction": mean_over(history, "replaced_fraction", 0.0, 1.0),
+        "no_teacher_fraction": mean_over(history, "no_teacher_fraction", 0.0, 1.0),
+        "mixed_group_fraction": mean_over(history, "mixed_group_fraction", 0.0, 1.0),
+        "seconds_per_step": mean_over(history, "seconds_step", 0.0, 1.0),
+        "resumed": done_before > 0,
+    }
+    if heldout.height:
+        metrics["heldout_accuracy"] = round(greedy_accuracy(
+            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
+            instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+            max_new_tokens=cfg.policy.eval_max_new_tokens,
+            batch_size=cfg.policy.eval_batch_size), 4)
+        metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
+    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "index": index_ref.key}
+    with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream=upstream,
+                        identity={**identity, "index_tag": index_ref.key}) as out:
+        model.save_pretrained(out.tmp / MODEL_DIR)
+        tokenizer.save_pretrained(out.tmp / MODEL_DIR)
+        shutil.copy(run_dir / "metrics.jsonl", out.file("metrics.jsonl"))
+        if (run_dir / "tensorboard").is_dir():
+            shutil.copytree(run_dir / "tensorboard", out.tmp / "tensorboard")
+        plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")
+        out.metrics = metrics
+    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
