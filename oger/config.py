@@ -245,6 +245,9 @@ class TrainConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
+                             "directions of a tiny model drift less than under Adam")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -262,7 +265,10 @@ class TrainConfig(Strict):
     gamma: float = Field(0.1, gt=0, description="policy shaping f(p) = p / (p + gamma)")
     oger: OgerRewardConfig = OgerRewardConfig()
     split: str = "train"
+    max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
+                                    "of the split (a small pool learns visibly faster)")
     checkpoint_every: int = Field(10, ge=1)
+    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
     seed: int = 0
 
     @property

@@ -216,3 +216,11 @@ def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t
+
+
+def run_local(cfg: OgerConfig, until: str = STAGES[-1]) -> dict[str, ArtifactRef]:
+    """Run every stage up to `until` in this process, without Prefect (scripts, tests, benches)."""
+    plans, refs = plan(cfg), {}
+    for name in STAGES[:STAGES.index(until) + 1]:
+        refs[name] = run_stage(cfg, plans[name], refs)
+    return refs

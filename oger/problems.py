@@ -22,7 +22,7 @@ from oger.synthetic import generate_problems
 from oger.verify import last_boxed
 
 STAGE = "problems"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: test split disjoint from train
 SCHEMA = {"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8,
           "split": pl.Utf8, "reference": pl.Utf8}
 
@@ -222,10 +222,11 @@ def _load_hf_hub(src: HFSource) -> list[dict]:
 def load_source(src) -> list[dict]:
     """Records {question, answer, reference, split} of one configured source."""
     if isinstance(src, SyntheticSource):
-        rows = []
+        rows: list[dict] = []
         for split, n in (("train", src.n_train), ("test", src.n_test)):
+            taken = {r["question"] for r in rows}  # the test split never repeats a train problem
             for p in generate_problems(src.seed, n, src.min_operands, src.max_operands,
-                                       src.max_value, src.ops, salt=split):
+                                       src.max_value, src.ops, salt=split, exclude=taken):
                 rows.append({"question": p.question, "answer": str(p.answer),
                              "reference": None, "split": split})
         return rows

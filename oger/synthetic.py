@@ -52,10 +52,11 @@ def _product(factors) -> int:
 
 
 def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, max_value: int,
-                      ops: str, salt: str = "") -> list[ArithProblem]:
-    """n distinct problems, deterministic for (seed, salt); salt separates train from test."""
+                      ops: str, salt: str = "", exclude: set[str] | None = None) -> list[ArithProblem]:
+    """n distinct problems, deterministic for (seed, salt); salt separates train from test and
+    `exclude` (questions of another split) keeps the splits disjoint."""
     rng = random.Random(f"{seed}:{salt}")
-    seen: set[str] = set()
+    seen: set[str] = {q[len("Compute "):-1] for q in exclude or ()}
     out: list[ArithProblem] = []
     attempts = 0
     while len(out) < n:

@@ -79,6 +79,8 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     pool = problems.filter(pl.col("split") == t.split)
+    if t.max_prompts:
+        pool = pool.head(t.max_prompts)
     inputs = TrainInputs(
         questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
         answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
@@ -124,6 +126,8 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
         model.save_pretrained(out.tmp / MODEL_DIR)
         tokenizer.save_pretrained(out.tmp / MODEL_DIR)
         shutil.copy(run_dir / "metrics.jsonl", out.file("metrics.jsonl"))
+        if (run_dir / "rollouts.jsonl").exists():
+            shutil.copy(run_dir / "rollouts.jsonl", out.file("rollouts.jsonl"))
         if (run_dir / "tensorboard").is_dir():
             shutil.copytree(run_dir / "tensorboard", out.tmp / "tensorboard")
         plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")

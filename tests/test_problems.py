@@ -80,3 +80,12 @@ def test_synthetic_source_splits():
     assert [r["split"] for r in rows].count("train") == 10
     assert [r["split"] for r in rows].count("test") == 5
     assert len({problem_id(r["question"]) for r in rows}) == 15
+
+
+def test_synthetic_test_split_never_repeats_a_train_problem():
+    # A small space (single digits, 2-3 operands) where independent draws would collide often.
+    rows = load_source(SyntheticSource(kind="synthetic", n_train=1000, n_test=200, max_operands=3,
+                                       max_value=9, ops="+-"))
+    train = {r["question"] for r in rows if r["split"] == "train"}
+    test = [r["question"] for r in rows if r["split"] == "test"]
+    assert len(train) == 1000 and len(test) == 200 and not train & set(test)

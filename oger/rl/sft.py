@@ -54,6 +54,6 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
         sched.step()
         losses.append(loss.item())
         if progress is not None:
-            progress(float(loss))
+            progress(loss.item())
     model.eval()
     return losses

@@ -113,13 +113,14 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         ids, attn, resp = _batch_tensors(mb, pad_id)
         device = next(model.parameters()).device
         ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / cfg.temperature
         logp = core.token_logprobs(logits, ids[:, 1:])
         entropy = core.entropy_from_logits(logits) if cfg.entropy_coef else None
         ref_logp = None
         if cfg.beta:
             with torch.no_grad():
-                ref_logits = ref_model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                ref_logits = ref_model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / cfg.temperature
                 ref_logp = core.token_logprobs(ref_logits, ids[:, 1:])
         off = torch.tensor([s.off_policy for s in mb], device=device)
         # One update per batch: the behaviour policy is the current one (ratio 1, exact gradient).
@@ -153,7 +154,10 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         import copy
 
         ref_model = copy.deepcopy(model).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -166,6 +170,8 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         model.load_state_dict(state)
         start = load_trainer_state(ckpt, opt, sched)
     history = _read_history(metrics_path, start)
+    rollouts_path = run_dir / "rollouts.jsonl"
+    _read_history(rollouts_path, start)  # drop rollouts of steps after the checkpoint
     writer = _tensorboard(run_dir / "tensorboard")
     lam = cfg.bonus_lambda
     needs_index = inputs.index is not None and (cfg.replaces or lam > 0)
@@ -267,6 +273,16 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         history.append(row)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if cfg.log_rollouts:
+            with open(rollouts_path, "a") as f:
+                for i, s in enumerate(samples):
+                    f.write(json.dumps({
+                        "step": step + 1, "group": s.group, "problem_id": s.problem_id,
+                        "off_policy": s.off_policy, "correct": s.correct, "has_teacher": bool(has_teacher[i]),
+                        "reward": float(reward[i]), "bonus": float(bonus[i]),
+                        "advantage": float(adv[i]), "divergence": float(div[i]),
+                        "last_token_entropy": float(last_h[i]) if s.entropies else None,
+                        "text": s.text}) + "\n")
         if writer is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float) and not math.isnan(v):

@@ -1,0 +1,153 @@
+"""The train stage for real on a small config: presets, OGER bonus gating, interrupt and resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oger import pipeline
+from oger.config import load_config
+
+pytestmark = pytest.mark.slow
+
+LITE = """
+name: lite
+problems:
+  sources:
+    - {kind: synthetic, name: arith, n_train: 60, n_test: 20, max_operands: 3, max_value: 9, ops: "+-"}
+teachers:
+  teachers:
+    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
+    - {name: terms, backend: scripted, model: terms}
+filter: {tokenizer: smollm2, max_tokens: 200}
+policy:
+  tiny: {vocab_size: 320, hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}
+  sft: {epochs: 3, batch_size: 16, lr: 0.003}
+  eval_limit: 20
+  eval_max_new_tokens: 60
+train:
+  steps: 6
+  prompts_per_step: 4
+  group_size: 4
+  max_new_tokens: 60
+  checkpoint_every: 3
+  lr: 0.0001
+  temperature: 1.2
+"""
+
+
+def lite(tmp_path, *overrides):
+    p = tmp_path / "lite.yaml"
+    p.write_text(LITE)
+    return load_config(p, [f"workdir={tmp_path / 'w'}", *overrides])
+
+
+def rollouts(ref):
+    return [json.loads(line) for line in (Path(ref.path) / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_presets_replacement_and_bonus(tmp_path):
+    for algo in ("grpo", "luffy", "oger"):
+        refs = pipeline.run_local(lite(tmp_path, f"train.algorithm={algo}"))
+        m, rows = refs["train"].metrics, rollouts(refs["train"])
+        off = [r for r in rows if r["off_policy"]]
+        if algo == "grpo":
+            assert m["replaced_fraction"] == 0 and not off
+        else:
+            assert m["replaced_fraction"] > 0 and off
+            # one teacher trace per group that has a teacher
+            per_group = {}
+            for r in off:
+                per_group[(r["step"], r["group"])] = per_group.get((r["step"], r["group"]), 0) + 1
+            assert set(per_group.values()) == {1}
+        bonuses = [r["bonus"] for r in rows]
+        if algo != "oger":
+            assert all(b == 0 for b in bonuses)
+        # Correctness gating: incorrect rollouts and teacher samples never get a bonus.
+        for r in rows:
+            if r["off_policy"] or not r["correct"] or not r["has_teacher"]:
+                assert r["bonus"] == 0.0, r
+            assert r["reward"] == pytest.approx(float(r["correct"]) + r["bonus"])
+        assert any(not r["correct"] and not r["off_policy"] for r in rows)
+        assert (Path(refs["train"].path) / "curves.png").is_file()
+        assert (Path(refs["train"].path) / "tensorboard").is_dir()
+
+
+def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
+    from oger.encoder import encode, load_encoder
+    from oger.rl import core
+
+    model = load_encoder("minilm")
+    teacher = ("We need to compute 9 - 5 + 7.\nDo the multiplications first.\nFirst, 9 - 5 = 4.\n"
+               "Then 4 + 7 = 11.\nSo the answer is \\boxed{11}.")
+    copy = teacher
+    far = "Nine take away five leaves four; adding seven to four gives eleven. \\boxed{11}"
+    t = torch.from_numpy(encode(model, [teacher])).double()
+    e = torch.from_numpy(encode(model, [copy, far])).double()
+    s, has = core.teacher_similarity(e, [t, t])
+    d = core.divergence(s)
+    reward, bonus = core.oger_reward(torch.ones(2, dtype=torch.float64), d, torch.zeros(2, dtype=torch.float64),
+                                     has, torch.zeros(2, dtype=torch.bool), lam=0.5)
+    assert bonus[0] == pytest.approx(0.0, abs=1e-6)
+    assert bonus[1] > bonus[0] + 0.05
+    assert np.all(reward.numpy() >= 1.0)
+
+
+RUN = """
+import sys
+from oger.config import load_config
+from oger import pipeline
+cfg = load_config(sys.argv[1], sys.argv[2:])
+ref = pipeline.run_local(cfg)["train"]
+print("DONE", ref.path)
+"""
+
+
+def _run(cfg_path, workdir, steps=24, wait_for_ckpt=None):
+    args = [sys.executable, "-c", RUN, str(cfg_path), f"workdir={workdir}", f"train.steps={steps}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait_for_ckpt is None:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        return out
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if list(Path(workdir).glob(f"cache/train/*/checkpoints/{wait_for_ckpt}/COMPLETE")):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return None
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    pytest.fail("no checkpoint appeared")
+
+
+def test_interrupt_after_checkpoint_resumes_at_next_step(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg_path = tmp_path / "lite.yaml"
+    cfg_path.write_text(LITE)
+    wd, ref_wd = tmp_path / "interrupted", tmp_path / "straight"
+    _run(cfg_path, wd, wait_for_ckpt="step-000006")
+    metrics_file = next(wd.glob("cache/train/*/metrics.jsonl"))
+    assert not list(wd.glob("artifacts/train/*/manifest.json"))  # killed before the artifact
+    out = _run(cfg_path, wd)
+    art = Path(out.strip().splitlines()[-1].split("DONE ", 1)[1])
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["metrics"]["resumed"] is True
+    steps = [json.loads(line)["step"] for line in (art / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))  # every step exactly once, resumed at the next one
+    assert metrics_file.exists()
+    model = AutoModelForCausalLM.from_pretrained(art / "model")
+    assert model.config.architectures == ["Qwen2ForCausalLM"]
+    # Deterministic on CPU: the resumed run equals an uninterrupted one.
+    out2 = _run(cfg_path, ref_wd)
+    art2 = Path(out2.strip().splitlines()[-1].split("DONE ", 1)[1])
+    r1 = [json.loads(x)["reward"] for x in (art / "metrics.jsonl").read_text().splitlines()]
+    r2 = [json.loads(x)["reward"] for x in (art2 / "metrics.jsonl").read_text().splitlines()]
+    assert r1 == r2
