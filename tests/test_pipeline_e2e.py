@@ -156,3 +156,21 @@ def test_status_lists_cached_and_stale(run_oger, workdir, state):
     rows = {r["stage"]: r for r in json.loads(proc.stdout)["stages"]}
     assert rows["teachers"]["state"] == "cached" and rows["filter"]["state"] == "stale"
     assert load_complete(workdir, "problems", rows["problems"]["key"]) is not None
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "luffy", "oger"])
+def test_tiny_training_improves_reward_for_each_preset(run_oger, workdir, algorithm):
+    proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}", "--set",
+                    f"train.algorithm={algorithm}")
+    s = summary_of(proc)
+    assert list(s["stages"]) == ["problems", "teachers", "filter", "index", "policy", "train"]
+    m = s["stages"]["train"]["metrics"]
+    assert m["algorithm"] == algorithm
+    assert m["reward_last_20pct"] > m["reward_first_20pct"], m
+    assert (m["replaced_fraction"] > 0) == (algorithm != "grpo")
+    assert (m["bonus_mean"] > 0) == (algorithm == "oger")
+    policy = s["stages"]["policy"]["metrics"]
+    assert 0.2 <= policy["heldout_accuracy"] <= 0.7, policy  # room to learn, something to learn from
+    train_dir = Path(s["stages"]["train"]["path"])
+    for name in ("model/config.json", "metrics.jsonl", "rollouts.jsonl", "curves.png"):
+        assert (train_dir / name).exists(), name
