@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -53,6 +54,17 @@ def write_report(record) -> Path:
         png = _filter_plot(data["stages"]["filter"]["metrics"], record.dir / "filter.png")
         if png:
             lines += ["", "## Filter", "", f"![filter decisions]({png})"]
+    if "train" in data["stages"]:
+        stage = data["stages"]["train"]
+        curves = Path(stage["path"]) / "curves.png"
+        if curves.exists():
+            shutil.copy(curves, record.dir / "train_curves.png")
+            m = stage["metrics"]
+            lines += ["", f"## Training ({m.get('algorithm')})", "",
+                      f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
+                      f"20% {m.get('reward_last_20pct')}; held-out accuracy {m.get('heldout_accuracy_policy')}"
+                      f" (policy stage) -> {m.get('heldout_accuracy')} (trained)", "",
+                      "![training curves](train_curves.png)"]
     path = record.dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

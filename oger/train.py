@@ -51,8 +51,14 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     steps = [h["step"] for h in history]
+    w = max(1, len(history) // 8)
     for ax, key in zip(axes.flat, CURVES):
-        ax.plot(steps, [h.get(key, float("nan")) for h in history], lw=1.2)
+        vals = [h.get(key, float("nan")) for h in history]
+        ax.plot(steps, vals, lw=0.8, alpha=0.4)
+        smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
+                  for i in range(len(vals))]
+        ax.plot(steps, smooth, lw=1.8, label=f"mean of last {w}")
+        ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -31,7 +31,8 @@ def test_transformers_backend_smollm2_gguf_is_deterministic():
     assert all(g.text for g in a)
     for g in a:
         assert g.finish_reason in ("stop", "length") and 1 <= g.n_tokens <= 24
-        assert (g.finish_reason == "length") == (g.n_tokens == 24)
+        if g.finish_reason == "length":
+            assert g.n_tokens == 24
 
 
 def _free_port() -> int:

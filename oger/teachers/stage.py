@@ -17,7 +17,7 @@ from oger.models import model_identity
 from oger.teachers.base import Generation, Prompt
 
 STAGE = "teachers"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: transformers teachers sample through oger.rl.rollout
 SCHEMA = {
     "trace_id": pl.Utf8, "problem_id": pl.Utf8, "teacher": pl.Utf8, "backend": pl.Utf8,
     "model": pl.Utf8, "round": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8,
