@@ -35,8 +35,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	@if [ -f bench/__main__.py ]; then $(BIN)/python -m bench all; \
-	else echo "bench/: no benchmarks yet (see the performance issue)"; fi
+	$(BIN)/python -m bench all
 
 clean:
 	rm -rf work .pytest_cache

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from oger.artifacts import load_complete
 from oger.index import TeacherIndex
@@ -133,10 +134,10 @@ def test_jsonl_row_without_answer_fails_naming_file_row_field(run_oger, workdir,
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Compute 1 + 2.", "answer": "3"}\n{"question": "Compute 2 + 2."}\n')
     cfg = Path(tmp_path / "bad.yaml")
-    text = Path(CONFIG).read_text().replace(
-        "      ops: \"+-*\"\n",
-        f"      ops: \"+-*\"\n    - kind: local\n      name: extra\n      path: {bad}\n      format: plain\n")
-    cfg.write_text(text)
+    data = yaml.safe_load(Path(CONFIG).read_text())
+    data["problems"]["sources"].append({"kind": "local", "name": "extra", "path": str(bad),
+                                        "format": "plain"})
+    cfg.write_text(yaml.safe_dump(data))
     before = snapshot(workdir)
     proc = run_oger("run", cfg, "--until", "index", "--set", f"workdir={workdir}")
     assert proc.returncode == 2

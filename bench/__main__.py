@@ -1,0 +1,27 @@
+"""`python -m bench NAME` (or `all`): each bench prints a table and a final RESULT line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+BENCHES = ["embed", "lookup", "rerun", "reward_overhead", "trl_step", "gpu_step"]
+
+
+def main(argv: list[str]) -> int:
+    names = BENCHES if not argv or argv[0] == "all" else argv
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown bench(es) {unknown}; choose from {BENCHES} or all", file=sys.stderr)
+        return 2
+    for name in names:
+        importlib.import_module(f"bench.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

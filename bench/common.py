@@ -1,0 +1,77 @@
+"""Shared helpers: result lines, tables, machine facts, the tiny artifacts every bench reuses."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_WORK = Path(os.environ.get("OGER_BENCH_WORKDIR", REPO / "work" / "bench"))
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {gpu}, {datetime.now(timezone.utc):%Y-%m-%d}")
+
+
+def table(title: str, headers: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in headers:
+        t.add_column(h, justify="right" if h != headers[0] else "left")
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    Console().print(t)
+
+
+def result(name: str, **values) -> None:
+    """The last line of every bench: `RESULT <name> key=value ...`."""
+    parts = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    print(f"RESULT {name} {parts}", flush=True)
+
+
+def mean_after_warmup(values: list[float], warmup: int = 1) -> float:
+    vals = values[warmup:] if len(values) > warmup else values
+    return statistics.fmean(vals)
+
+
+def tiny_config(*overrides: str):
+    """configs/tiny.yaml in the bench workdir (artifacts are cached there across benches)."""
+    from oger.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [f"workdir={BENCH_WORK / 'tiny'}", *overrides])
+
+
+def tiny_artifacts(until: str = "policy"):
+    """problems -> ... -> policy for the tiny config, computed once and then read from cache."""
+    from oger import pipeline
+
+    return pipeline.run_local(tiny_config(), until=until)
+
+
+def train_inputs(refs, instruction: str | None = None):
+    """TrainInputs over the tiny train problems, with the tiny index at its tag."""
+    import polars as pl
+
+    from oger.index import TeacherIndex
+    from oger.rl.trainer import TrainInputs
+
+    cfg = tiny_config()
+    problems = pl.read_parquet(Path(refs["problems"].path) / "problems.parquet")
+    train = problems.filter(pl.col("split") == "train")
+    return TrainInputs(
+        questions=dict(zip(problems["problem_id"], problems["question"])),
+        answers=dict(zip(problems["problem_id"], problems["answer"])),
+        problem_ids=train["problem_id"].to_list(),
+        index=TeacherIndex.from_artifact(refs["index"]),
+        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
+        instruction=instruction or cfg.policy.instruction,
+    )

@@ -1,0 +1,105 @@
+"""Our trainer vs TRL's GRPOTrainer: same model, prompts, batch, group size, completion length and
+loss settings (grpo, token-mean loss, beta 0, one update per batch), CPU, runs alternating."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, train_inputs
+
+LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+
+
+def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oger.config import TrainConfig
+    from oger.rl.trainer import train
+
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    cfg = TrainConfig(algorithm="grpo", steps=steps, prompts_per_step=prompts, group_size=group,
+                      max_new_tokens=max_new, lr=lr, loss_agg="token_mean", micro_batch_size=prompts * group,
+                      log_rollouts=False, checkpoint_every=10_000)
+    run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
+    try:
+        history = train(cfg, model, tok, inputs, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return mean_after_warmup([h["seconds_step"] for h in history])
+
+
+def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float) -> float:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from oger.verify import score_response
+
+    pids = inputs.problem_ids[:64]
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": inputs.instruction.format(
+        question=inputs.questions[p])}], "answer": inputs.answers[p]} for p in pids])
+
+    def reward(completions, answer, **_):
+        return [float(score_response(c[-1]["content"], a)[1]) for c, a in zip(completions, answer)]
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
+
+    out = tempfile.mkdtemp(prefix="oger-trl-")
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    args = GRPOConfig(output_dir=out, per_device_train_batch_size=prompts * group, num_generations=group,
+                      max_completion_length=max_new, temperature=1.0, top_p=1.0, learning_rate=lr,
+                      lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="bnpo",
+                      scale_rewards="group", num_iterations=1, max_steps=steps, use_cpu=True, bf16=False,
+                      report_to=[], save_strategy="no", logging_strategy="no", seed=0,
+                      gradient_accumulation_steps=1, max_grad_norm=1.0, weight_decay=0.0)
+    clock = Clock()
+    trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=reward, args=args, train_dataset=ds,
+                          processing_class=tok, callbacks=[clock])
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return mean_after_warmup(clock.times)
+
+
+def _pair(label, policy_dir, inputs, rounds, **kw) -> tuple[float, float]:
+    o, t = [], []
+    for _ in range(rounds):  # alternate so drift in machine load hits both
+        o.append(ours(policy_dir, inputs, **kw))
+        t.append(trl(policy_dir, inputs, **kw))
+    return min(o), min(t)
+
+
+def main() -> None:
+    from oger.models import materialize_gguf
+
+    refs = tiny_artifacts("policy")
+    tiny = Path(refs["policy"].path) / "model"
+    inputs = train_inputs(refs)
+    o_tiny, t_tiny = _pair("tiny", tiny, inputs, rounds=2, steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
+    lm = materialize_gguf("smollm2")
+    o_lm, t_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
+                       group=4, max_new=48, lr=1e-6)
+    table(f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
+          ["policy", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
+          [["tiny (0.8M)", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
+           ["SmolLM2-135M", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm]])
+    result("trl_step", ratio=o_tiny / t_tiny, ratio_lm=o_lm / t_lm, ours_s=o_tiny, trl_s=t_tiny,
+           ours_lm_s=o_lm, trl_lm_s=t_lm)
