@@ -29,7 +29,7 @@ class _EntropyRecorder:
 
     def __call__(self, input_ids, scores):
         logp = torch.log_softmax(scores.float(), dim=-1)
-        self.steps.append(-(logp.exp() * logp).sum(-1).detach().cpu())
+        self.steps.append(-(logp.exp() * logp).sum(-1).detach())  # stays on device: no sync per step
         return scores
 
 
@@ -83,7 +83,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
         torch.manual_seed(seed * 1_000_003 + b)
         seqs = model.generate(ids.to(device), **kwargs).cpu()
         new = seqs[:, width:]
-        ent = torch.stack(recorder.steps, dim=1) if recorder.steps else None
+        ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
         for r, i in enumerate(batch):
             row = new[r].tolist()
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)

@@ -86,17 +86,30 @@ def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, t
 
 
 def _batch_tensors(samples: list[Sample], pad_id: int):
-    """Right-padded prompt+response ids, attention mask, and the response mask over targets."""
-    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(samples), width), dtype=torch.long)
-    resp = torch.zeros((len(samples), width - 1))
+    """Prompts left-padded to one width P, responses right-padded to width R (as TRL lays them out),
+    so every response sits in the last R positions and the LM head runs on those only.
+
+    Returns ids (B, P+R), attention mask, position ids (counting real tokens only, as `generate`
+    does under left padding) and the response mask (B, R) over the R predicted tokens.
+    """
+    P = max(len(s.prompt_ids) for s in samples)
+    R = max(len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), P + R), dtype=torch.long)
+    resp = torch.zeros((len(samples), R))
     for r, s in enumerate(samples):
-        seq = s.prompt_ids + s.response_ids
-        ids[r, :len(seq)] = torch.tensor(seq)
-        attn[r, :len(seq)] = 1
-        resp[r, len(s.prompt_ids) - 1:len(seq) - 1] = 1  # position t predicts token t+1
-    return ids, attn, resp
+        ids[r, P - len(s.prompt_ids):P] = torch.tensor(s.prompt_ids)
+        ids[r, P:P + len(s.response_ids)] = torch.tensor(s.response_ids)
+        attn[r, P - len(s.prompt_ids):P + len(s.response_ids)] = 1
+        resp[r, :len(s.response_ids)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos, resp
+
+
+def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
+    """Logits predicting the last R tokens, (B, R, V): the LM head skips the prompt positions."""
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1]
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
@@ -110,18 +123,20 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     model.train()
     for b in range(0, len(samples), cfg.micro_batch_size):
         mb = samples[b:b + cfg.micro_batch_size]
-        ids, attn, resp = _batch_tensors(mb, pad_id)
+        ids, attn, pos, resp = _batch_tensors(mb, pad_id)
         device = next(model.parameters()).device
-        ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
+        ids, attn, pos, resp = ids.to(device), attn.to(device), pos.to(device), resp.to(device)
+        R = resp.shape[1]
+        targets = ids[:, -R:]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / cfg.temperature
-        logp = core.token_logprobs(logits, ids[:, 1:])
+        logits = response_logits(model, ids, attn, pos, R) / cfg.temperature
+        logp = core.token_logprobs(logits, targets)
         entropy = core.entropy_from_logits(logits) if cfg.entropy_coef else None
         ref_logp = None
         if cfg.beta:
             with torch.no_grad():
-                ref_logits = ref_model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / cfg.temperature
-                ref_logp = core.token_logprobs(ref_logits, ids[:, 1:])
+                ref_logits = response_logits(ref_model, ids, attn, pos, R) / cfg.temperature
+                ref_logp = core.token_logprobs(ref_logits, targets)
         off = torch.tensor([s.off_policy for s in mb], device=device)
         # One update per batch: the behaviour policy is the current one (ratio 1, exact gradient).
         loss, m = core.policy_loss(
