@@ -13,7 +13,7 @@ import polars as pl
 from oger.artifacts import ArtifactRef, write_artifact
 from oger.config import FilterConfig
 from oger.errors import StageError
-from oger.models import load_tokenizer, model_identity
+from oger.models import key_model_ref, load_tokenizer, model_identity
 from oger.verify import extract_answer, is_equivalent
 
 STAGE = "filter"
@@ -25,6 +25,7 @@ REASONS = ["kept", "dropped_truncated", "dropped_incorrect", "dropped_length",
 def key_inputs(cfg: FilterConfig) -> tuple[dict, dict]:
     slice_ = cfg.model_dump(mode="json")
     slice_.pop("verify_timeout_s")  # a resource bound, not a result-changing choice
+    slice_["tokenizer"] = key_model_ref(cfg.tokenizer)
     return slice_, {"tokenizer": model_identity(cfg.tokenizer)}
 
 

@@ -8,6 +8,7 @@ its stage key. Training reads the table *at that tag*, never "latest".
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from oger.artifacts import ArtifactRef, write_artifact
+from oger.artifacts import ArtifactRef, canonical_json, write_artifact
 from oger.config import IndexConfig
 from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.errors import StageError
+from oger.models import key_model_ref
 
 STAGE = "index"
 STAGE_VERSION = 1
@@ -32,6 +34,7 @@ def db_path(workdir: Path) -> Path:
 def key_inputs(cfg: IndexConfig) -> tuple[dict, dict]:
     slice_ = cfg.model_dump(mode="json")
     slice_.pop("batch_size")  # batching does not change the vectors
+    slice_["encoder"] = key_model_ref(cfg.encoder)
     return slice_, {"encoder": encoder_identity(cfg.encoder)}
 
 
@@ -49,7 +52,9 @@ def _vectors_to_arrow(vecs: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def _cache_table_name(identity: dict, long_text: str) -> str:
-    return f"embedding_cache_{identity['encoder'].get('fingerprint', 'hub')[:12]}_{long_text}"
+    """One cache per encoder identity (fingerprint, or hub id) and long-text mode."""
+    digest = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:12]
+    return f"embedding_cache_{digest}_{long_text}"
 
 
 def _vectors_of(column: pa.ChunkedArray) -> np.ndarray:

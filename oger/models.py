@@ -81,6 +81,14 @@ def _identity_cached(kind: str, path: str, mtime: float) -> str:
     return dir_fingerprint(Path(path))
 
 
+def key_model_ref(ref: str | None) -> str | None:
+    """A model string as it belongs in a stage key: hub ids stay, local files are keyed by their
+    content fingerprint (in the identity) instead, so moving a folder or using an alias changes nothing."""
+    if ref is None:
+        return None
+    return ref if resolve_model(ref).kind == "hub" else None
+
+
 def model_identity(ref: str) -> dict:
     """What goes into a stage key for a model: its content fingerprint, not its path."""
     src = resolve_model(ref)

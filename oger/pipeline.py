@@ -87,7 +87,8 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
     if p.name == "problems":
         return problems_stage.run_problems(cfg.problems, *args)
     if p.name == "teachers":
-        return teachers_stage.run_teachers(cfg.teachers, *args, upstream_refs["problems"])
+        return teachers_stage.run_teachers(cfg.teachers, *args, upstream_refs["problems"],
+                                           refresh=refresh)
     if p.name == "filter":
         return filter_stage.run_filter(cfg.filter, *args, upstream_refs["problems"],
                                        upstream_refs["teachers"])
@@ -98,7 +99,7 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
                                        upstream_refs["filter"])
     if p.name == "train":
         return train_stage.run_train(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
-                                     upstream_refs["index"])
+                                     upstream_refs["index"], refresh=refresh)
     raise ValueError(p.name)
 
 

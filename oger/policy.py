@@ -15,7 +15,7 @@ import polars as pl
 from oger.artifacts import ArtifactRef, write_artifact
 from oger.config import PolicyConfig
 from oger.errors import StageError
-from oger.models import model_identity
+from oger.models import key_model_ref, model_identity
 
 STAGE = "policy"
 STAGE_VERSION = 1
@@ -31,6 +31,7 @@ def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
         identity = {"tiny": True}
     else:
         slice_.pop("tiny")
+        slice_["model"] = key_model_ref(cfg.model)
         identity = {"model": model_identity(cfg.model)}
     return slice_, identity
 

@@ -15,9 +15,10 @@ import polars as pl
 from oger.artifacts import ArtifactRef, write_artifact
 from oger.config import OgerConfig, TrainConfig
 from oger.encoder import encoder_identity
+from oger.errors import StageError
 
 STAGE = "train"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: LM head on response positions, length-sorted micro-batches
 MODEL_DIR = "model"
 CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group_fraction",
           "response_length")
@@ -26,7 +27,8 @@ CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     t: TrainConfig = cfg.train
     slice_ = t.model_dump(mode="json")
-    slice_.pop("checkpoint_every")
+    for k in ("checkpoint_every", "log_rollouts", "micro_batch_size"):  # same model either way
+        slice_.pop(k)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
@@ -34,13 +36,13 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
 
 
-def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float:
+def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float | None:
     """Mean of `key` over the steps in the fraction [lo, hi) of the run (at least one step)."""
     n = len(history)
     a = min(int(n * lo), n - 1)
     b = max(a + 1, int(round(n * hi)))
     vals = [h[key] for h in history[a:b] if h.get(key) == h.get(key)]  # drop NaN
-    return round(sum(vals) / len(vals), 4) if vals else float("nan")
+    return round(sum(vals) / len(vals), 4) if vals else None
 
 
 def plot_curves(history: list[dict], out: Path, title: str) -> None:
@@ -69,7 +71,10 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
 
 
 def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-              problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef) -> ArtifactRef:
+              problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef,
+              refresh: bool = False) -> ArtifactRef:
+    """Train (resuming from this key's last checkpoint unless `refresh`); checkpoints are removed
+    once the artifact is written, the final model lives in the artifact."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,7 +101,12 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
         instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
     )
     run_dir = workdir / "cache" / "train" / key[:16]
+    if refresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if pool.height == 0:
+        splits = sorted(set(problems["split"].to_list()))
+        raise StageError(f"train stage: no problems in train.split={t.split!r} (splits present: {splits})")
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     history = train(t, model, tokenizer, inputs, run_dir,
@@ -138,4 +148,5 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
             shutil.copytree(run_dir / "tensorboard", out.tmp / "tensorboard")
         plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")
         out.metrics = metrics
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)

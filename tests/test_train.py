@@ -79,6 +79,21 @@ def test_presets_replacement_and_bonus(tmp_path):
         assert (Path(refs["train"].path) / "tensorboard").is_dir()
 
 
+def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(tmp_path):
+    from oger.errors import StageError
+
+    cfg = lite(tmp_path, "train.algorithm=grpo")
+    refs = pipeline.run_local(cfg)
+    assert not list(cfg.workdir_path.glob("cache/train/*/checkpoints/step-*"))  # cleaned after success
+    plans = pipeline.plan(cfg)
+    again = pipeline.run_stage(cfg, plans["train"], refs, refresh=True)
+    assert again.metrics["resumed"] is False and again.metrics["steps"] == 6
+    assert again.metrics["reward_first_20pct"] == refs["train"].metrics["reward_first_20pct"]
+    bad = lite(tmp_path, "train.algorithm=grpo", "train.split=validation")
+    with pytest.raises(StageError, match="train.split='validation'"):
+        pipeline.run_local(bad)
+
+
 def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
     from oger.encoder import encode, load_encoder
     from oger.rl import core
@@ -136,6 +151,8 @@ def test_interrupt_after_checkpoint_resumes_at_next_step(tmp_path):
     _run(cfg_path, wd, wait_for_ckpt="step-000006")
     metrics_file = next(wd.glob("cache/train/*/metrics.jsonl"))
     assert not list(wd.glob("artifacts/train/*/manifest.json"))  # killed before the artifact
+    with open(metrics_file, "a") as f:
+        f.write('{"step": 99, "rew')  # a line cut by the kill must not break the resume
     out = _run(cfg_path, wd)
     art = Path(out.strip().splitlines()[-1].split("DONE ", 1)[1])
     manifest = json.loads((art / "manifest.json").read_text())

@@ -261,6 +261,7 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         opt.zero_grad(set_to_none=True)
         loss_metrics = update(model, ref_model, samples, adv.float(), cfg, pad_id)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        lr_used = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         t_update = time.perf_counter()
@@ -276,12 +277,12 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
             "divergence": float(div[want].mean()) if want else float("nan"),
             "last_token_entropy": float(last_h[on].mean()) if on else float("nan"),
             "replaced_fraction": float(is_teacher.float().mean()),
-            "no_teacher_fraction": float((~has_teacher).float().mean()),
+            "no_teacher_fraction": float((~has_teacher).float().mean()) if needs_index else float("nan"),
             "mixed_group_fraction": float(((groups.min(1).values < 1) & (groups.max(1).values > 0)).float().mean()),
             "response_length": sum(len(samples[i].response_ids) for i in on) / max(1, len(on)),
             "truncated_fraction": sum(samples[i].finish_reason != "stop" for i in on) / max(1, len(on)),
             "grad_norm": grad_norm,
-            "lr": sched.get_last_lr()[0],
+            "lr": lr_used,
             "seconds_generate": t_gen - t0,
             "seconds_score": t_score - t_gen,
             "seconds_embed": t_embed - t_score,
@@ -320,8 +321,13 @@ def _read_history(path: Path, done_steps: int) -> list[dict]:
     """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= done_steps]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: it belongs to lost work anyway
+            continue
+    rows = [r for r in rows if r.get("step", done_steps + 1) <= done_steps]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -16,7 +16,7 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
         tok.pad_token = tok.eos_token
     s = tcfg.sampling
     out: list[Generation] = []
-    # One prompt per call chunk keeps the progress bar moving; sampling is seeded per chunk.
+    # batch_size // n prompts per chunk (n samples each); sampling is seeded per chunk.
     chunk = max(1, tcfg.batch_size // tcfg.n)
     bar = tqdm(total=len(prompts) * tcfg.n, desc=f"teacher {tcfg.name}", unit="trace")
     for c in range(0, len(prompts), chunk):

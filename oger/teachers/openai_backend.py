@@ -30,8 +30,12 @@ def _request(client: httpx.Client, tcfg: TeacherConfig, p: Prompt, i: int) -> Ge
     if resp.status_code != 200:
         raise StageError(f"teacher {tcfg.name!r}: {tcfg.base_url}/chat/completions answered "
                          f"{resp.status_code}: {resp.text[:300]}")
-    data = resp.json()
-    choice = data["choices"][0]
+    try:
+        data = resp.json()
+        choice = data["choices"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise StageError(f"teacher {tcfg.name!r}: {tcfg.base_url}/chat/completions answered without "
+                         f"choices: {resp.text[:300]}") from None
     text = (choice.get("message") or {}).get("content") or ""
     usage = data.get("usage") or {}
     return Generation(p.problem_id, i, text.strip(), usage.get("completion_tokens"),
@@ -51,6 +55,10 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
             ThreadPoolExecutor(max_workers=tcfg.max_concurrency) as pool:
         futures = [pool.submit(_request, client, tcfg, p, i) for p, i in jobs]
         out = []
-        for f in tqdm(futures, desc=f"teacher {tcfg.name}", unit="trace"):
-            out.append(f.result())
+        try:
+            for f in tqdm(futures, desc=f"teacher {tcfg.name}", unit="trace"):
+                out.append(f.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # don't keep sending doomed requests
+            raise
     return out

@@ -13,7 +13,7 @@ import polars as pl
 from oger.artifacts import ArtifactRef, canonical_json, write_artifact
 from oger.config import TeacherConfig, TeachersConfig
 from oger.errors import StageError
-from oger.models import model_identity
+from oger.models import key_model_ref, model_identity
 from oger.teachers.base import Generation, Prompt
 
 STAGE = "teachers"
@@ -59,6 +59,8 @@ def _generation_slice(tcfg: TeacherConfig) -> dict:
     # batch_size stays: with sampling, batch composition changes the random stream.
     for k in ("base_url", "api_key_env", "max_concurrency", "request_timeout_s"):
         d.pop(k)
+    if tcfg.backend in ("transformers", "vllm"):
+        d["model"] = key_model_ref(tcfg.model)  # the fingerprint in the identity stands for it
     return d
 
 
@@ -109,13 +111,14 @@ def _write_atomic(df: pl.DataFrame, path: Path) -> None:
 
 
 def run_teachers(cfg: TeachersConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-                 problems_ref: ArtifactRef) -> ArtifactRef:
+                 problems_ref: ArtifactRef, refresh: bool = False) -> ArtifactRef:
+    """`refresh` regenerates every teacher instead of reusing finished per-teacher shards."""
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     frames, per_teacher = [], {}
     for tcfg in cfg.teachers:
         shard = _shard_path(workdir, tcfg, cfg.round, problems_ref.key)
         started = time.time()
-        if shard.is_file():
+        if shard.is_file() and not refresh:
             df, reused = pl.read_parquet(shard), True
         else:
             prompts = select_prompts(problems, tcfg)

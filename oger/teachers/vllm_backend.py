@@ -17,7 +17,7 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
     src = resolve_model(tcfg.model)
     model_path = str(materialize_gguf(tcfg.model)) if src.kind == "gguf" else src.load_dir
     llm = LLM(model=model_path, tensor_parallel_size=tcfg.tensor_parallel_size,
-              seed=tcfg.sampling.seed, dtype=tcfg.dtype if tcfg.dtype != "float32" else "auto")
+              seed=tcfg.sampling.seed, dtype=tcfg.dtype)
     s = tcfg.sampling
     params = SamplingParams(n=tcfg.n, temperature=s.temperature, top_p=s.top_p,
                             max_tokens=s.max_new_tokens, seed=s.seed)
