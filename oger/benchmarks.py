@@ -1,0 +1,74 @@
+"""The evaluation benchmarks: where each lives under OGER_DATA_DIR (or on the hub) and how to read it.
+
+Each resolves to rows {problem_id, question, answer} with one row per problem (LUFFY's parquet repeats
+AIME/AMC rows 32 times for avg@32; those repeats are collapsed here and re-created by sampling k times).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from oger.config import FieldMap
+from oger.errors import DataError
+from oger.problems import data_dir, iter_rows, normalize_row, problem_id
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: str  # relative to OGER_DATA_DIR
+    format: str = "plain"
+    fields: FieldMap = field(default_factory=FieldMap)
+    data_source: str | None = None  # LUFFY parquet: keep rows of this data_source
+    kind: str = "math"  # "math" | "choice"
+    hub_id: str | None = None
+
+
+REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
+    Benchmark("aime24", "benchmarks/aime24/test.jsonl", fields=FieldMap(question="problem"),
+              hub_id="math-ai/aime24"),
+    Benchmark("aime25", "benchmarks/aime25/test.jsonl", hub_id="math-ai/aime25"),
+    Benchmark("amc", "benchmarks/luffy_eval/valid.all.parquet", format="luffy", data_source="amc",
+              hub_id="math-ai/amc23"),
+    Benchmark("math500", "benchmarks/math500/test.jsonl", hub_id="HuggingFaceH4/MATH-500"),
+    Benchmark("minerva", "benchmarks/minerva_math/test.jsonl", format="math",
+              hub_id="math-ai/minervamath"),
+    Benchmark("olympiadbench", "benchmarks/olympiadbench/test.jsonl",
+              fields=FieldMap(answer="final_answer"), hub_id="Hothan/OlympiadBench"),
+    Benchmark("gsm8k", "train/gsm8k/test.jsonl", format="gsm8k", hub_id="openai/gsm8k"),
+    Benchmark("arc_c", "benchmarks/luffy_eval/valid.arc_c.parquet", format="luffy", kind="choice",
+              hub_id="allenai/ai2_arc"),
+    Benchmark("gpqa_diamond", "benchmarks/gpqa_diamond_mcq/test.jsonl", kind="choice",
+              hub_id="Idavidrein/gpqa"),
+    Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
+]}
+MATH_BENCHMARKS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
+OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
+
+
+def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
+    """Rows {problem_id, question, answer} of a registered benchmark, first `limit` if given."""
+    if name not in REGISTRY:
+        raise DataError(f"unknown benchmark {name!r}; registered: {sorted(REGISTRY)}")
+    b = REGISTRY[name]
+    root = data_dir()
+    path = root / b.path if root else None
+    if path is None or not path.is_file():
+        raise DataError(f"benchmark {name!r}: {b.path} not found under OGER_DATA_DIR={root} "
+                        f"(on a machine with network, its hub id is {b.hub_id})")
+    rows, seen = [], set()
+    for i, row in iter_rows(Path(path)):
+        if b.data_source and row.get("data_source") != b.data_source:
+            continue
+        rec = normalize_row(row, b.format, b.fields, f"{path}: row {i}")
+        pid = problem_id(rec["question"])
+        if pid in seen:  # LUFFY's repeated rows
+            continue
+        seen.add(pid)
+        rows.append({"problem_id": pid, "question": rec["question"], "answer": rec["answer"]})
+        if limit and len(rows) >= limit:
+            break
+    return pl.DataFrame(rows, schema={"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8})
