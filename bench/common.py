@@ -58,20 +58,10 @@ def tiny_artifacts(until: str = "policy"):
 
 
 def train_inputs(refs, instruction: str | None = None):
-    """TrainInputs over the tiny train problems, with the tiny index at its tag."""
+    """The train stage's own inputs for the tiny config (prompt pool, answers, index at its tag)."""
     import polars as pl
 
-    from oger.index import TeacherIndex
-    from oger.rl.trainer import TrainInputs
+    from oger.train import train_inputs as build
 
-    cfg = tiny_config()
     problems = pl.read_parquet(Path(refs["problems"].path) / "problems.parquet")
-    train = problems.filter(pl.col("split") == "train")
-    return TrainInputs(
-        questions=dict(zip(problems["problem_id"], problems["question"])),
-        answers=dict(zip(problems["problem_id"], problems["answer"])),
-        problem_ids=train["problem_id"].to_list(),
-        index=TeacherIndex.from_artifact(refs["index"]),
-        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
-        instruction=instruction or cfg.policy.instruction,
-    )
+    return build(tiny_config(), problems, refs["index"], instruction)

@@ -185,13 +185,13 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
 
 
-def file_fingerprint(path: Path, full: bool = False) -> str:
+def file_fingerprint(path: Path) -> str:
     """Content identity of a file: full sha256 for small files, size + head/tail hash for big ones."""
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if full or size <= 64 * 1024 * 1024:
+        if size <= 64 * 1024 * 1024:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         else:

@@ -164,18 +164,14 @@ def load_tokenizer(ref: str):
 def load_causal_lm(ref: str, dtype: str = "float32"):
     """(model, tokenizer) for generation; a GGUF model is loaded from its dequantised HF folder."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model(ref)
     folder = materialize_gguf(ref) if src.kind == "gguf" else src.load_dir
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    tokenizer = _tokenizer_from(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:  # batched generation and training pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
-
-
-def _tokenizer_from(folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)

@@ -37,8 +37,6 @@ def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
 
 
 def _load_base(cfg: PolicyConfig, corpus: list[str]):
-    import torch
-
     from oger.models import load_causal_lm
     from oger.tiny_model import build_model, train_tokenizer
 
@@ -48,11 +46,7 @@ def _load_base(cfg: PolicyConfig, corpus: list[str]):
         model = build_model(tokenizer, t.hidden_size, t.num_layers, t.num_heads,
                             t.intermediate_size, t.max_position, t.seed)
         return model, tokenizer
-    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
-    return model, tokenizer
+    return load_causal_lm(cfg.model, cfg.dtype)
 
 
 def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: dict[str, str]):

@@ -70,6 +70,30 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef,
+                 instruction: str | None = None):
+    """What the trainer reads: the RL prompt pool (train.split, first train.max_prompts), gold
+    answers, the teacher index at the index stage's tag, and the prompt format."""
+    from oger.index import TeacherIndex
+    from oger.rl.trainer import TrainInputs
+
+    pool = problems.filter(pl.col("split") == cfg.train.split)
+    if cfg.train.max_prompts:
+        pool = pool.head(cfg.train.max_prompts)
+    if pool.height == 0:
+        splits = sorted(set(problems["split"].to_list()))
+        raise StageError(f"train stage: no problems in train.split={cfg.train.split!r} "
+                         f"(splits present: {splits})")
+    return TrainInputs(
+        questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
+        answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
+        problem_ids=pool["problem_id"].to_list(),
+        index=TeacherIndex.from_artifact(index_ref),
+        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
+        instruction=instruction or cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+    )
+
+
 def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
               problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef,
               refresh: bool = False) -> ArtifactRef:
@@ -79,9 +103,8 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oger.index import TeacherIndex
     from oger.rl.rollout import greedy_accuracy
-    from oger.rl.trainer import TrainInputs, train
+    from oger.rl.trainer import train
 
     t = cfg.train
     policy_dir = Path(policy_ref.path) / "model"
@@ -89,24 +112,11 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
-    pool = problems.filter(pl.col("split") == t.split)
-    if t.max_prompts:
-        pool = pool.head(t.max_prompts)
-    inputs = TrainInputs(
-        questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
-        answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
-        problem_ids=pool["problem_id"].to_list(),
-        index=TeacherIndex.from_artifact(index_ref),
-        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
-        instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
-    )
+    inputs = train_inputs(cfg, problems, index_ref)
     run_dir = workdir / "cache" / "train" / key[:16]
     if refresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if pool.height == 0:
-        splits = sorted(set(problems["split"].to_list()))
-        raise StageError(f"train stage: no problems in train.split={t.split!r} (splits present: {splits})")
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     history = train(t, model, tokenizer, inputs, run_dir,

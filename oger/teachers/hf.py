@@ -12,8 +12,6 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
     from tqdm.auto import tqdm
 
     model, tok = load_causal_lm(tcfg.model, tcfg.dtype)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     s = tcfg.sampling
     out: list[Generation] = []
     # batch_size // n prompts per chunk (n samples each); sampling is seeded per chunk.
