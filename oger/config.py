@@ -123,6 +123,12 @@ class TeacherConfig(Strict):
     api_key_env: str | None = "OPENAI_API_KEY"
     max_concurrency: int = Field(4, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
+    # fan-out (runner.kind: ray); not in the key: shards give the same traces as one run
+    shards: int = Field(1, ge=1, description="split this teacher's problems into N shards, run "
+                        "as separate tasks (in parallel on Ray)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each shard asks Ray for; default: "
+                                   "tensor_parallel_size for vllm, 0 otherwise")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each shard asks Ray for")
 
     @model_validator(mode="after")
     def _check_backend(self) -> "TeacherConfig":
@@ -267,9 +273,37 @@ class TrainConfig(Strict):
     split: str = "train"
     max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
                                     "of the split (a small pool learns visibly faster)")
+    rollout_batch_prompts: int = Field(8, ge=1, description="prompts per generation call; each "
+                                       "call is seeded by its global index, so results do not "
+                                       "depend on num_processes")
+    # Multi-process training (DDP; FSDP2 on GPU). Not in the key: same model either way.
+    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, "
+                                                     "else gloo")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
+                       "(FSDP2) instead of replicating them (DDP)")
+    gradient_checkpointing: bool = False
     checkpoint_every: int = Field(10, ge=1)
     log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
     seed: int = 0
+    init_from: Literal["policy", "previous_round"] = Field(
+        "policy", description="policy: start from the policy-stage model; previous_round: continue "
+                              "from the latest trained model of an earlier teachers.round in this "
+                              "workdir (same policy recipe), the policy model when there is none")
+
+    @model_validator(mode="after")
+    def _shardable(self) -> "TrainConfig":
+        per_call = self.num_processes * self.rollout_batch_prompts
+        if self.num_processes > 1 and self.prompts_per_step % per_call:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of num_processes x "
+                f"rollout_batch_prompts ({self.num_processes} x {self.rollout_batch_prompts}): every "
+                f"rank rolls out whole generation calls, so the result does not depend on the "
+                f"number of processes")
+        if self.fsdp and self.num_processes < 2:
+            raise ValueError("fsdp needs num_processes > 1")
+        return self
 
     @property
     def replaces(self) -> bool:
@@ -278,6 +312,100 @@ class TrainConfig(Strict):
     @property
     def bonus_lambda(self) -> float:
         return self.oger.lam if self.algorithm == "oger" else 0.0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+# LUFFY's evaluation system prompt (its `apply_qwen_math_template`), selectable as a preset.
+LUFFY_SYSTEM_PROMPT = (
+    "Your task is to follow a systematic, thorough reasoning process before providing the final "
+    "solution. This involves analyzing, summarizing, exploring, reassessing, and refining your thought "
+    "process through multiple iterations. Structure your response into two sections: Thought and "
+    "Solution. In the Thought section, present your reasoning using the format: \"<think>\\n {thoughts} "
+    "</think>\\n\". Each thought should include detailed analysis, brainstorming, verification, and "
+    "refinement of ideas. After \"</think>\\n,\" in the Solution section, provide the final, logical, and "
+    "accurate answer, clearly derived from the exploration in the Thought section. If applicable, "
+    "include the answer in \\boxed{} for closed-form results like multiple choices or mathematical "
+    "solutions.")
+# The LUFFY/OGER protocol samples 32 times on the small competition sets, once elsewhere.
+LUFFY_MULTI_SAMPLE = {"aime24": 32, "aime25": 32, "amc": 32}
+
+
+class BenchmarkSpec(Strict):
+    """One benchmark to evaluate; `samples`/`temperature` override the protocol for it."""
+
+    name: str
+    limit: int | None = Field(None, ge=1, description="first N problems (deterministic subset)")
+    samples: int | None = Field(None, ge=1, description="k samples per problem")
+    temperature: float | None = Field(None, ge=0.0)
+
+
+class EvaluateConfig(Strict):
+    """Benchmarks scored for the policy-stage model ("base") and the trained one."""
+
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
+    protocol: Literal["luffy", "greedy"] = Field(
+        "luffy", description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample "
+                             "elsewhere; greedy: T=0, 1 sample")
+    engine: Literal["hf", "vllm"] = "hf"
+    max_new_tokens: int = Field(1024, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    prompt: Literal["policy", "luffy"] = Field(
+        "policy", description="policy: the policy's instruction and system prompt (as trained); "
+                              "luffy: LUFFY's system prompt with the question as the user turn")
+    instruction: str | None = Field(None, description="user turn; overrides the prompt preset's")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    score_timeout_s: float = Field(5.0, gt=0)
+    score_workers: int = Field(2, ge=1, description="math-verify processes")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine")
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _names_as_specs(cls, v):
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _known_unique(self):
+        from oger.benchmarks import REGISTRY, SYNTHETIC
+
+        names = [b.name for b in self.benchmarks]
+        for i, n in enumerate(names):
+            if n != SYNTHETIC and n not in REGISTRY:
+                raise ValueError(f"benchmarks.{i}.name: unknown benchmark {n!r}; known: "
+                                 f"{sorted([SYNTHETIC, *REGISTRY])}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmarks listed twice: {dup}")
+        return self
+
+    def samples_for(self, spec: BenchmarkSpec) -> int:
+        if spec.samples:
+            return spec.samples
+        return LUFFY_MULTI_SAMPLE.get(spec.name, 1) if self.protocol == "luffy" else 1
+
+    def temperature_for(self, spec: BenchmarkSpec) -> float:
+        if spec.temperature is not None:
+            return spec.temperature
+        return 0.6 if self.protocol == "luffy" else 0.0
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class RunnerConfig(Strict):
+    """Where fan-out stages (teachers; evaluation sampling) run their shards: Prefect's default
+    task runner in this process (`local`) or prefect-ray's RayTaskRunner (`ray`). Not in any key."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster (e.g. ray://head:10001 or auto); "
+                                "none starts a local Ray instance")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray instance only")
+    num_gpus: int | None = Field(None, ge=0, description="local Ray instance only")
 
 
 # --------------------------------------------------------------------------- top level
@@ -292,6 +420,8 @@ class OgerConfig(Strict):
     index: IndexConfig = IndexConfig()
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
+    runner: RunnerConfig = RunnerConfig()
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True)

@@ -18,7 +18,7 @@ from oger.encoder import encoder_identity
 from oger.errors import StageError
 
 STAGE = "train"
-STAGE_VERSION = 2  # 2: LM head on response positions, length-sorted micro-batches
+STAGE_VERSION = 3  # 3: rollouts seeded per generation call (rank-invariant), per-group teacher pick
 MODEL_DIR = "model"
 CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group_fraction",
           "response_length")
@@ -27,8 +27,11 @@ CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     t: TrainConfig = cfg.train
     slice_ = t.model_dump(mode="json")
-    for k in ("checkpoint_every", "log_rollouts", "micro_batch_size"):  # same model either way
+    for k in ("checkpoint_every", "log_rollouts", "micro_batch_size",  # same model either way
+              "num_processes", "launcher", "backend", "fsdp", "gradient_checkpointing"):
         slice_.pop(k)
+    if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
+        slice_.pop("init_from")
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
@@ -96,9 +99,10 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
 
 def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
               problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef,
-              refresh: bool = False) -> ArtifactRef:
+              refresh: bool = False, init_ref: ArtifactRef | None = None) -> ArtifactRef:
     """Train (resuming from this key's last checkpoint unless `refresh`); checkpoints are removed
-    once the artifact is written, the final model lives in the artifact."""
+    once the artifact is written, the final model lives in the artifact. `init_ref`: an earlier
+    round's train artifact to continue from (its model and tokenizer) instead of the policy."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,7 +111,7 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     from oger.rl.trainer import train
 
     t = cfg.train
-    policy_dir = Path(policy_ref.path) / "model"
+    policy_dir = Path((init_ref or policy_ref).path) / MODEL_DIR
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -119,10 +123,18 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
-    history = train(t, model, tokenizer, inputs, run_dir,
-                    progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
-                                          bar.set_postfix(reward=f"{row['reward']:.3f}",
-                                                          acc=f"{row['accuracy']:.2f}")))
+    if t.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
+        from oger.rl.checkpoint import latest_checkpoint
+        from oger.rl.distributed import train_distributed
+
+        history = train_distributed(cfg, policy_dir, Path(problems_ref.path) / "problems.parquet",
+                                    index_ref, run_dir)
+        model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
+    else:
+        history = train(t, model, tokenizer, inputs, run_dir,
+                        progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
+                                              bar.set_postfix(reward=f"{row['reward']:.3f}",
+                                                              acc=f"{row['accuracy']:.2f}")))
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.policy.eval_split).head(cfg.policy.eval_limit)
     metrics = {
@@ -138,7 +150,12 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
         "mixed_group_fraction": mean_over(history, "mixed_group_fraction", 0.0, 1.0),
         "seconds_per_step": mean_over(history, "seconds_step", 0.0, 1.0),
         "resumed": done_before > 0,
+        "round": cfg.teachers.round,
+        "init_from": init_ref.key if init_ref else "policy",
     }
+    if init_ref is not None:
+        metrics["init_round"] = init_ref.metrics.get("round")
+        metrics["heldout_accuracy_init"] = init_ref.metrics.get("heldout_accuracy")
     if heldout.height:
         metrics["heldout_accuracy"] = round(greedy_accuracy(
             model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
@@ -146,7 +163,8 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
             max_new_tokens=cfg.policy.eval_max_new_tokens,
             batch_size=cfg.policy.eval_batch_size), 4)
         metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
-    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "index": index_ref.key}
+    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "index": index_ref.key,
+                **({"init": init_ref.key} if init_ref else {})}
     with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream=upstream,
                         identity={**identity, "index_tag": index_ref.key}) as out:
         model.save_pretrained(out.tmp / MODEL_DIR)

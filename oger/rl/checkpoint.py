@@ -12,15 +12,20 @@ import torch
 _STEP = re.compile(r"^step-(\d{6})$")
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, keep: int = 2) -> Path:
-    """Write step-NNNNNN/ via a temp dir and rename; prune all but the newest `keep`."""
+def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, keep: int = 2,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Write step-NNNNNN/ via a temp dir and rename; prune all but the newest `keep`.
+
+    `model_state` / `optimizer_state` are full state dicts gathered from sharded ranks (FSDP);
+    by default the model's and optimizer's own are saved."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+    torch.save({"step": step,
+                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
     (tmp / "COMPLETE").write_text(str(step))
     shutil.rmtree(final, ignore_errors=True)
@@ -42,9 +47,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def read_trainer_state(ckpt: Path) -> dict:
+    """{step, optimizer, scheduler} as saved (full, unsharded state dicts)."""
+    return torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location="cpu")
+
+
 def load_trainer_state(ckpt: Path, optimizer, scheduler) -> int:
     """Restore optimizer and scheduler; returns the number of steps already done."""
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state = read_trainer_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])

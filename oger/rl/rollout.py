@@ -52,8 +52,9 @@ def eos_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-             record_entropy: bool = True) -> list[Rollout]:
-    """n samples per prompt (temperature 0 = greedy), in prompt-major order."""
+             record_entropy: bool = True, synced_gpus: bool = False) -> list[Rollout]:
+    """n samples per prompt (temperature 0 = greedy), in prompt-major order. `synced_gpus` keeps
+    decoding until max_new_tokens so FSDP ranks run the same number of forward passes."""
     from transformers import LogitsProcessorList
 
     was_training = model.training
@@ -78,6 +79,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(do_sample=False)
+        if synced_gpus:
+            kwargs["synced_gpus"] = True
         if record_entropy:
             kwargs["logits_processor"] = LogitsProcessorList([recorder])
         torch.manual_seed(seed * 1_000_003 + b)

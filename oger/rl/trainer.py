@@ -4,10 +4,14 @@ Each step: sample prompts -> roll out n per prompt -> replace k rollouts per gro
 traces from the index (at its tag) -> verify answers -> embed correct on-policy rollouts ->
 rewards (OGER bonus) -> group advantages -> micro-batched update with the hybrid loss.
 All the math lives in `oger.rl.core`; this file only moves data.
+
+On several ranks (`oger.rl.distributed`) each rank rolls out its own slice of the step's prompts,
+whole groups only, and the per-sample records are gathered to rank 0, which logs and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -19,7 +23,8 @@ import torch
 
 from oger.config import TrainConfig
 from oger.rl import core
-from oger.rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from oger.rl.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+from oger.rl.distributed import Dist, unwrap
 from oger.rl.rollout import chat_prompt_ids, generate
 from oger.verify import score_response
 
@@ -65,12 +70,14 @@ def _lr_lambda(cfg: TrainConfig):
 
 
 def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, tokenizer,
-                          eos_id: int, rng: random.Random) -> None:
-    """LUFFY: in each group with teacher traces, the last k rollouts become teacher traces."""
+                          eos_id: int, seed: int) -> None:
+    """LUFFY: in each group with teacher traces, the last k rollouts become teacher traces
+    (picked with a generator seeded by the group's global index: the same on any rank)."""
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
         groups.setdefault(s.group, []).append(i)
-    for members in groups.values():
+    for group, members in groups.items():
+        rng = random.Random(seed * 1_000_003 + group)
         pid = samples[members[0]].problem_id
         if pid not in refs:
             continue
@@ -113,9 +120,15 @@ def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
 
 
 def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
-           pad_id: int) -> dict:
-    """One optimizer step's gradients, accumulated over micro-batches to equal the full batch."""
-    total_tokens = sum(len(s.response_ids) for s in samples)
+           pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
+           no_sync=None) -> dict:
+    """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
+
+    On several ranks `totals` is the (response tokens, samples) count of the global batch, which
+    normalises the loss, `grad_scale` the world size (undoing DDP's average over ranks) and
+    `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. The returned
+    metrics are this rank's share of the global ones (summed over ranks by the caller)."""
+    total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
     max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
     agg_metrics: dict[str, float] = {}
@@ -124,7 +137,8 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     # Micro-batches of similar length waste less compute on padding (long teacher traces end up
     # together); the accumulated gradient does not depend on the order.
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
-    for b in range(0, len(samples), cfg.micro_batch_size):
+    starts = list(range(0, len(samples), cfg.micro_batch_size))
+    for b in starts:
         idx = order[b:b + cfg.micro_batch_size]
         mb = [samples[i] for i in idx]
         ids, attn, pos, resp = _batch_tensors(mb, pad_id)
@@ -149,8 +163,9 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
             ref_logp=ref_logp, beta=cfg.beta)
         share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
-                 else len(mb) / len(samples))
-        (loss * share).backward()
+                 else len(mb) / total_samples)
+        with no_sync(b == starts[-1]) if no_sync else contextlib.nullcontext():
+            (loss * (share * grad_scale)).backward()
         with torch.no_grad():
             ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
             token_entropy_sum += float((ent * resp).sum())
@@ -161,37 +176,97 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     return agg_metrics
 
 
+def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]:
+    """This rank's prompts [lo, hi) of the step: a contiguous run of whole generation calls."""
+    if not dist.active:
+        return 0, n_prompts
+    per_call = dist.world * cfg.rollout_batch_prompts
+    if n_prompts % per_call:
+        raise ValueError(f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
+                         f"train.max_prompts) is not a multiple of num_processes x "
+                         f"rollout_batch_prompts = {per_call}")
+    per_rank = n_prompts // dist.world
+    return dist.rank * per_rank, (dist.rank + 1) * per_rank
+
+
+def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
+    """The sampling seed of one generation call, by its global index within the step."""
+    return (cfg.seed * 100_003 + step) * 10_007 + call
+
+
+def step_metrics(records: list[dict], needs_index: bool) -> dict:
+    """A step's metrics from the per-sample records of all ranks."""
+    def mean(xs, empty=float("nan")):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else empty
+
+    on = [r for r in records if not r["off_policy"]]
+    want = [r for r in records if r["bonus_eligible"]]
+    groups: dict[int, list[bool]] = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r["correct"])
+    return {
+        "reward": mean(r["reward"] for r in records),
+        "accuracy": mean(float(r["correct"]) for r in on),
+        "bonus_mean": mean(r["bonus"] for r in records),
+        "bonus_correct_mean": mean((r["bonus"] for r in want), 0.0),
+        "divergence": mean(r["divergence"] for r in want),
+        "last_token_entropy": mean(float("nan") if r["last_token_entropy"] is None
+                                   else r["last_token_entropy"] for r in on),
+        "replaced_fraction": mean(float(r["off_policy"]) for r in records),
+        "no_teacher_fraction": (mean(float(not r["has_teacher"]) for r in records)
+                                if needs_index else float("nan")),
+        "mixed_group_fraction": mean(float(any(g) and not all(g)) for g in groups.values()),
+        "response_length": mean((r["response_tokens"] for r in on), 0.0),
+        "truncated_fraction": mean((float(r["finish_reason"] != "stop") for r in on), 0.0),
+    }
+
+
 def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
-          progress=None) -> list[dict]:
-    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir."""
+          progress=None, dist: Dist | None = None) -> list[dict]:
+    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
+    the other ranks return an empty history)."""
+    dist = dist or Dist()
     torch.manual_seed(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
     vocab = model.config.vocab_size
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    rollouts_path = run_dir / "rollouts.jsonl"
+    ckpt = latest_checkpoint(ckpt_root)
+    state = None
+    if ckpt is not None:
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
+        model.load_state_dict(weights)
+        state = read_trainer_state(ckpt)
     ref_model = None
     if cfg.beta:
         import copy
 
-        ref_model = copy.deepcopy(model).eval()
+        ref_model = copy.deepcopy(model).eval().to(dist.device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
+    policy = unwrap(model)  # the HF model: generation and saving
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
     start = 0
-    ckpt = latest_checkpoint(ckpt_root)
-    if ckpt is not None:
-        from transformers import AutoModelForCausalLM
-
-        state = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
-        model.load_state_dict(state)
-        start = load_trainer_state(ckpt, opt, sched)
-    history = _read_history(metrics_path, start)
-    rollouts_path = run_dir / "rollouts.jsonl"
-    _read_history(rollouts_path, start)  # drop rollouts of steps after the checkpoint
-    writer = _tensorboard(run_dir / "tensorboard")
+    if state is not None:
+        dist.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    history, writer = [], None
+    if dist.main:
+        history = _read_history(metrics_path, start)
+        _read_history(rollouts_path, start)  # drop rollouts of steps after the checkpoint
+        writer = _tensorboard(run_dir / "tensorboard")
+    dist.barrier()
     lam = cfg.bonus_lambda
     needs_index = inputs.index is not None and (cfg.replaces or lam > 0)
     encoder = None
@@ -203,25 +278,30 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 7919 + step)
         t0 = time.perf_counter()
-        # 1. sample prompts and roll out n per prompt
+        # 1. every rank draws the same prompts, then rolls out n per prompt for its own slice,
+        #    in generation calls of rollout_batch_prompts prompts seeded by their global index
         pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
-        prompt_ids = [chat_prompt_ids(tokenizer, inputs.questions[p], inputs.instruction,
-                                      inputs.system_prompt) for p in pids]
-        rolls = generate(model, tokenizer, prompt_ids, n=cfg.group_size,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                         top_p=cfg.top_p, seed=cfg.seed * 100_003 + step,
-                         batch_size=max(cfg.group_size, 64))
-        samples = [Sample(r.prompt_index, pids[r.prompt_index], prompt_ids[r.prompt_index],
-                          r.response_ids, r.text, False, entropies=r.entropies,
-                          finish_reason=r.finish_reason) for r in rolls]
+        lo, hi = _rank_slice(len(pids), cfg, dist)
+        prompt_ids = {g: chat_prompt_ids(tokenizer, inputs.questions[pids[g]], inputs.instruction,
+                                         inputs.system_prompt) for g in range(lo, hi)}
+        samples: list[Sample] = []
+        for c in range(lo, hi, cfg.rollout_batch_prompts):
+            call = list(range(c, min(c + cfg.rollout_batch_prompts, hi)))
+            rolls = generate(policy, tokenizer, [prompt_ids[g] for g in call], n=cfg.group_size,
+                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
+                             batch_size=len(call) * cfg.group_size, synced_gpus=dist.fsdp)
+            samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
+                               prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
+                               entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
         t_gen = time.perf_counter()
 
         # 2. verify, then (luffy/oger) put teacher traces in place of k rollouts per group
         for s in samples:
             s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
-        refs = inputs.index.lookup(pids) if needs_index else {}
+        refs = inputs.index.lookup(pids[lo:hi]) if needs_index else {}
         if cfg.replaces:
-            replace_with_teachers(samples, cfg, refs, tokenizer, eos_id, rng)
+            replace_with_teachers(samples, cfg, refs, tokenizer, eos_id, seed=cfg.seed * 7919 + step)
             for s in samples:
                 if s.off_policy:
                     s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
@@ -252,69 +332,79 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         last_h = core.last_token_entropy(ent, emask, cfg.oger.entropy_tokens)
         t_embed = time.perf_counter()
 
-        # 4. rewards and group advantages (teacher samples included in the group statistics)
+        # 4. rewards and group advantages (teacher samples included in the group statistics);
+        #    a group never spans ranks, so its statistics are local
         reward, bonus = core.oger_reward(correct, div, last_h, has_teacher, is_teacher, lam,
                                          cfg.oger.modulation, cfg.oger.tau, vocab)
-        adv = core.group_advantages(reward.view(len(pids), cfg.group_size), cfg.scale_rewards).view(-1)
+        adv = core.group_advantages(reward.view(hi - lo, cfg.group_size), cfg.scale_rewards).view(-1)
 
-        # 5. update
+        # 5. update: the loss is normalised over the global batch, gradients all-reduced once
+        totals = dist.sum([sum(len(s.response_ids) for s in samples), len(samples)])
         opt.zero_grad(set_to_none=True)
-        loss_metrics = update(model, ref_model, samples, adv.float(), cfg, pad_id)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        loss_metrics = update(model, ref_model, samples, adv.float(), cfg, pad_id, totals=tuple(totals),
+                              grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         lr_used = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         t_update = time.perf_counter()
 
-        on = [i for i, s in enumerate(samples) if not s.off_policy]
-        groups = correct.view(len(pids), cfg.group_size)
-        row = {
-            "step": step + 1,
-            "reward": float(reward.mean()),
-            "accuracy": float(correct[on].mean()) if on else float("nan"),
-            "bonus_mean": float(bonus.mean()),
-            "bonus_correct_mean": float(bonus[want].mean()) if want else 0.0,
-            "divergence": float(div[want].mean()) if want else float("nan"),
-            "last_token_entropy": float(last_h[on].mean()) if on else float("nan"),
-            "replaced_fraction": float(is_teacher.float().mean()),
-            "no_teacher_fraction": float((~has_teacher).float().mean()) if needs_index else float("nan"),
-            "mixed_group_fraction": float(((groups.min(1).values < 1) & (groups.max(1).values > 0)).float().mean()),
-            "response_length": sum(len(samples[i].response_ids) for i in on) / max(1, len(on)),
-            "truncated_fraction": sum(samples[i].finish_reason != "stop" for i in on) / max(1, len(on)),
-            "grad_norm": grad_norm,
-            "lr": lr_used,
-            "seconds_generate": t_gen - t0,
-            "seconds_score": t_score - t_gen,
-            "seconds_embed": t_embed - t_score,
-            "seconds_update": t_update - t_embed,
-            "seconds_step": t_update - t0,
-            **{k: v for k, v in loss_metrics.items() if k in ("pg_loss", "kl", "clip_frac", "token_entropy")},
-        }
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if cfg.log_rollouts:
-            with open(rollouts_path, "a") as f:
-                for i, s in enumerate(samples):
-                    f.write(json.dumps({
-                        "step": step + 1, "group": s.group, "problem_id": s.problem_id,
-                        "off_policy": s.off_policy, "correct": s.correct, "has_teacher": bool(has_teacher[i]),
-                        "reward": float(reward[i]), "bonus": float(bonus[i]),
-                        "advantage": float(adv[i]), "divergence": float(div[i]),
-                        "last_token_entropy": float(last_h[i]) if s.entropies else None,
-                        "text": s.text}) + "\n")
-        if writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, float) and not math.isnan(v):
-                    writer.add_scalar(f"train/{k}", v, step + 1)
-            writer.flush()
+        # 6. gather the per-sample records; rank 0 logs them and checkpoints
+        records = [{
+            "step": step + 1, "group": s.group, "problem_id": s.problem_id,
+            "off_policy": s.off_policy, "correct": s.correct, "has_teacher": bool(has_teacher[i]),
+            "reward": float(reward[i]), "bonus": float(bonus[i]), "advantage": float(adv[i]),
+            "divergence": float(div[i]),
+            "last_token_entropy": float(last_h[i]) if s.entropies else None,
+            "bonus_eligible": i in want, "response_tokens": len(s.response_ids),
+            "finish_reason": s.finish_reason, **({"text": s.text} if cfg.log_rollouts else {}),
+        } for i, s in enumerate(samples)]
+        records = [r for part in dist.gather(records) for r in part]
+        loss_metrics = _sum_metrics(dist.gather(loss_metrics))
+        if dist.main:
+            row = {
+                "step": step + 1, **step_metrics(records, needs_index),
+                "grad_norm": grad_norm,
+                "lr": lr_used,
+                "seconds_generate": t_gen - t0,
+                "seconds_score": t_score - t_gen,
+                "seconds_embed": t_embed - t_score,
+                "seconds_update": t_update - t_embed,
+                "seconds_step": t_update - t0,
+                **{k: v for k, v in loss_metrics.items() if k in ("pg_loss", "kl", "clip_frac", "token_entropy")},
+            }
+            history.append(row)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if cfg.log_rollouts:
+                with open(rollouts_path, "a") as f:
+                    for r in records:
+                        f.write(json.dumps(r) + "\n")
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, float) and not math.isnan(v):
+                        writer.add_scalar(f"train/{k}", v, step + 1)
+                writer.flush()
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt_root, step + 1, model, tokenizer, opt, sched)
-        if progress is not None:
+            model_state, optim_state = dist.model_state(model), dist.optimizer_state(model, opt)
+            if dist.main:
+                save_checkpoint(ckpt_root, step + 1, policy, tokenizer, opt, sched,
+                                model_state=model_state, optimizer_state=optim_state)
+            dist.barrier()
+        if progress is not None and dist.main:
             progress(row)
     if writer is not None:
         writer.close()
     return history
+
+
+def _sum_metrics(parts: list[dict]) -> dict:
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def _read_history(path: Path, done_steps: int) -> list[dict]:

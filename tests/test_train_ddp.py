@@ -1,0 +1,101 @@
+"""Multi-process training for real: the train stage launches 2 CPU ranks under torchrun (gloo, DDP)
+and must give the parameters one process gets on the whole batch; a launch interrupted after a
+rank-0 checkpoint resumes there."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from oger import pipeline
+from oger.config import load_config
+
+pytestmark = pytest.mark.slow
+
+# LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
+# the rank's batch; SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
+# g/sqrt(v) amplifies it on near-zero gradients.
+DDP = """
+name: ddp
+problems:
+  sources:
+    - {kind: synthetic, name: arith, n_train: 40, n_test: 8, max_operands: 3, max_value: 9, ops: "+-"}
+teachers:
+  teachers:
+    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
+    - {name: terms, backend: scripted, model: terms}
+filter: {tokenizer: smollm2, max_tokens: 200}
+policy:
+  tiny: {vocab_size: 320, hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}
+  sft: {epochs: 3, batch_size: 16, lr: 0.003}
+  eval_limit: 8
+  eval_max_new_tokens: 40
+train:
+  algorithm: luffy
+  steps: 2
+  prompts_per_step: 4
+  group_size: 4
+  rollout_batch_prompts: 2
+  micro_batch_size: 3
+  max_new_tokens: 40
+  temperature: 1.0
+  optimizer: sgd
+  lr: 0.05
+  entropy_coef: 0.01
+  checkpoint_every: 1
+"""
+
+
+def params(path: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
+
+
+def rollouts(ref) -> list[tuple]:
+    rows = [json.loads(x) for x in (Path(ref.path) / "rollouts.jsonl").read_text().splitlines()]
+    return [(r["step"], r["group"], r["text"], r["off_policy"], r["correct"], round(r["reward"], 6))
+            for r in rows]
+
+
+def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
+    from oger.rl.distributed import train_distributed
+
+    p = tmp_path / "ddp.yaml"
+    p.write_text(DDP)
+    one = load_config(p, [f"workdir={tmp_path / 'w'}"])
+    two = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2"])
+    plans = pipeline.plan(one)
+    assert pipeline.plan(two)["train"].key == plans["train"].key  # world size is not in the key
+
+    refs = pipeline.run_local(one, until="train")
+    single = refs["train"]
+    assert single.metrics["replaced_fraction"] > 0
+    a, single_rollouts = params(Path(single.path) / "model"), rollouts(single)
+
+    # Two ranks, interrupted after step 1: a launch of a 1-step run into the same run directory
+    # leaves rank 0's checkpoint step-000001 there; the stage then resumes at step 2.
+    run_dir = two.workdir_path / "cache" / "train" / plans["train"].key[:16]
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    first = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.steps=1"])
+    hist = train_distributed(first, Path(refs["policy"].path) / "model",
+                             Path(refs["problems"].path) / "problems.parquet", refs["index"], run_dir)
+    assert [h["step"] for h in hist] == [1]
+    assert [c.name for c in (run_dir / "checkpoints").iterdir()] == ["step-000001"]  # rank 0 only
+    shutil.rmtree(single.path)  # the artifact of the 1-process run, so the stage recomputes
+    ddp = pipeline.run_stage(two, plans["train"], refs)
+    assert ddp.metrics["resumed"] is True and ddp.metrics["steps"] == 2
+    assert "[oger-train] step 2/2" in (run_dir / "launch.log").read_text()
+
+    assert rollouts(ddp) == single_rollouts  # the same samples, rewards, teacher picks
+    b = params(Path(ddp.path) / "model")
+    moved = 0
+    for name, init in params(Path(refs["policy"].path) / "model").items():
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+        moved += int(not torch.equal(a[name], init))
+    assert moved > 0  # the two steps did update the model
+    assert ddp.metrics["heldout_accuracy"] == single.metrics["heldout_accuracy"]
