@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import timezone
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -14,24 +15,22 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 from prefect import flow, task  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows.fanout import prefect_fan_out  # noqa: E402
 from oger import pipeline  # noqa: E402
 from oger.artifacts import ArtifactRef  # noqa: E402
 from oger.config import OgerConfig, load_config  # noqa: E402
 from oger.report import write_report  # noqa: E402
 
 
-def _stage_cache_key(context, parameters) -> str | None:
-    """The stage key (scoped to the workdir) while its artifact is complete on disk, else None.
+def _stage_cache_key(context, parameters) -> str:
+    """The stage key, scoped to the workdir.
 
-    Returning None when the artifact is missing stops Prefect from handing back a stale ref
-    for a deleted or interrupted artifact; the task then recomputes (or finds it) itself.
+    The flow runs the task with `refresh_cache` whenever the artifact is not complete on disk
+    (or is refreshed), so Prefect never hands back a ref to a deleted or interrupted artifact,
+    and the first run already records the result, so the next one shows Cached.
     """
     cfg: OgerConfig = parameters["cfg"]
     p: pipeline.StagePlan = parameters["plan"]
-    if parameters.get("refresh"):
-        return None
-    if pipeline.cached_ref(cfg, p) is None:
-        return None
     scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
     return f"oger-{p.name}-{p.key}-{scope}"
 
@@ -40,27 +39,57 @@ def _stage_cache_key(context, parameters) -> str | None:
       log_prints=True)
 def stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef],
                refresh: bool = False) -> ArtifactRef:
-    return pipeline.run_stage(cfg, plan, upstream, refresh=refresh)
+    # Fan-out stages (teachers) run their shards as tasks on cfg.runner's task runner.
+    return pipeline.run_stage(cfg, plan, upstream, refresh=refresh,
+                              fan_out=prefect_fan_out(cfg.runner))
+
+
+def scheduled_round() -> str:
+    """The run's scheduled start date (UTC, YYYY-MM-DD): a nightly run's teachers.round."""
+    return flow_run.scheduled_start_time.astimezone(timezone.utc).date().isoformat()
+
+
+def _with_round(overrides: list[str] | None, round_from_schedule: bool) -> list[str]:
+    return [*(overrides or []), *([f"teachers.round={scheduled_round()}"] if round_from_schedule else [])]
 
 
 def _run_name() -> str:
+    """`<config name>-<teachers.round>`, e.g. tiny-r1 or tiny-2026-11-28 for a nightly run."""
     params = flow_run.parameters or {}
-    name = os.path.splitext(os.path.basename(str(params.get("config", "oger"))))[0]
-    rnd = next((o.split("=", 1)[1] for o in params.get("overrides") or []
-                if o.startswith("teachers.round=")), None)
-    return f"{name}-{rnd}" if rnd else name
+    try:
+        cfg = load_config(params["config"], _with_round(params.get("overrides"),
+                                                         bool(params.get("round_from_schedule"))))
+        return f"{cfg.name}-{cfg.teachers.round}"
+    except Exception:  # a bad config fails inside the flow, with its message; name it by file
+        return os.path.splitext(os.path.basename(str(params.get("config", "oger"))))[0]
+
+
+def _log_train_inputs(plans: dict) -> None:
+    up, index_key = plans["train"].upstream, plans["index"].key
+    if up["index"] != index_key:
+        print(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
+              f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
+    if "init" in up:
+        print(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
 
 
 @flow(name="oger-pipeline", flow_run_name=_run_name, log_prints=True)
 def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[str] | None = None,
                   from_stage: str | None = None, until: str | None = None,
-                  refresh: list[str] | None = None) -> str:
-    """Run the selected stages of CONFIG; returns the path of the run's summary.json."""
+                  refresh: list[str] | None = None, round_from_schedule: bool = False) -> str:
+    """Run the selected stages of CONFIG; returns the path of the run's summary.json.
+
+    `round_from_schedule` sets teachers.round to the run's scheduled date (the nightly deployment).
+    """
+    overrides = _with_round(overrides, round_from_schedule)
     cfg = load_config(config, overrides)
     selected = pipeline.select_stages(only, from_stage, until)
     refresh_set = set(pipeline._parse_stage_list(refresh, "--refresh"))
     plans = pipeline.plan(cfg)
     record = pipeline.RunRecord(cfg, overrides=overrides)
+    record.data["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name}
+    if "train" in selected:
+        _log_train_inputs(plans)
     try:
         refs = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
         for name in selected:
@@ -69,7 +98,7 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
             was_cached = not force and pipeline.cached_ref(cfg, p) is not None
             upstream = {u: refs[u] for u in pipeline.UPSTREAM[name]}
             opts = {"task_run_name": f"{name}-{p.key[:8]}"}
-            if force:
+            if not was_cached:  # missing, interrupted or --refresh: recompute, re-record
                 opts["refresh_cache"] = True
             ref, seconds = pipeline.timed(stage_task.with_options(name=name, **opts),
                                           cfg, p, upstream, refresh=force)

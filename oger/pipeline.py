@@ -18,20 +18,23 @@ from typing import Any
 
 from oger import filter as filter_stage
 from oger import index as index_stage
+from oger import index_versions, rounds
 from oger import policy as policy_stage
 from oger import problems as problems_stage
 from oger import teachers as teachers_stage
 from oger import train as train_stage
+from oger import evaluate as evaluate_stage
 from oger.artifacts import ArtifactRef, artifact_dir, load_complete, stage_key
 from oger.config import OgerConfig
 from oger.errors import ConfigError, StageError
 
-STAGES = ["problems", "teachers", "filter", "index", "policy", "train"]
+STAGES = ["problems", "teachers", "filter", "index", "policy", "train", "evaluate"]
 UPSTREAM = {"problems": [], "teachers": ["problems"], "filter": ["problems", "teachers"],
             "index": ["filter"], "policy": ["problems", "filter"],
-            "train": ["problems", "policy", "index"]}
+            "train": ["problems", "policy", "index"], "evaluate": ["problems", "policy", "train"]}
 _MODULES = {"problems": problems_stage, "teachers": teachers_stage, "filter": filter_stage,
-            "index": index_stage, "policy": policy_stage, "train": train_stage}
+            "index": index_stage, "policy": policy_stage, "train": train_stage,
+            "evaluate": evaluate_stage}
 
 
 @dataclass
@@ -51,7 +54,7 @@ class StagePlan:
 def _section(cfg: OgerConfig, name: str):
     """The config a stage's key_inputs reads (train needs several sections)."""
     return {"problems": cfg.problems, "teachers": cfg.teachers, "filter": cfg.filter,
-            "index": cfg.index, "policy": cfg.policy, "train": cfg}[name]
+            "index": cfg.index, "policy": cfg.policy, "train": cfg, "evaluate": cfg}[name]
 
 
 def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
@@ -61,9 +64,24 @@ def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
         mod = _MODULES[name]
         slice_, identity = mod.key_inputs(_section(cfg, name))
         upstream = {u: plans[u].key for u in UPSTREAM[name]}
+        if name == "train":
+            upstream = _train_upstream(cfg, upstream, plans["policy"].config_slice)
         key = stage_key(name, mod.STAGE_VERSION, slice_, upstream, identity)
         plans[name] = StagePlan(name, key, slice_, identity, upstream)
     return plans
+
+
+def _train_upstream(cfg: OgerConfig, upstream: dict[str, str], policy_slice) -> dict[str, str]:
+    """The train stage reads the pinned index tag when there is one (`oger index restore`), and
+    with `train.init_from: previous_round` starts from an earlier round's checkpoint: both are
+    inputs, so both go into its key."""
+    wd = cfg.workdir_path
+    out = {**upstream, "index": index_versions.training_tag(wd, cfg.index.table, upstream["index"])}
+    if cfg.train.init_from == "previous_round":
+        prev = rounds.previous_checkpoint(wd, cfg.teachers.round, policy_slice)
+        if prev is not None:
+            out["init"] = prev["key"]
+    return out
 
 
 def cached_ref(cfg: OgerConfig, p: StagePlan) -> ArtifactRef | None:
@@ -76,8 +94,10 @@ def cached_ref(cfg: OgerConfig, p: StagePlan) -> ArtifactRef | None:
 
 
 def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef],
-              refresh: bool = False) -> ArtifactRef:
-    """Return the cached artifact, or compute it (atomically) from the upstream artifacts."""
+              refresh: bool = False, fan_out=None) -> ArtifactRef:
+    """Return the cached artifact, or compute it (atomically) from the upstream artifacts.
+
+    `fan_out` (`oger.fanout`) runs the shards of fan-out stages (teachers); default: in process."""
     if not refresh:
         ref = cached_ref(cfg, p)
         if ref is not None:
@@ -88,7 +108,7 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
         return problems_stage.run_problems(cfg.problems, *args)
     if p.name == "teachers":
         return teachers_stage.run_teachers(cfg.teachers, *args, upstream_refs["problems"],
-                                           refresh=refresh)
+                                           refresh=refresh, fan_out=fan_out)
     if p.name == "filter":
         return filter_stage.run_filter(cfg.filter, *args, upstream_refs["problems"],
                                        upstream_refs["teachers"])
@@ -98,8 +118,20 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
         return policy_stage.run_policy(cfg.policy, *args, upstream_refs["problems"],
                                        upstream_refs["filter"])
     if p.name == "train":
+        index_ref = upstream_refs["index"]
+        if index_ref.key != p.upstream["index"]:  # pinned by `oger index restore`
+            index_ref = index_versions.index_ref(wd, p.upstream["index"])
+        init_ref = None
+        if "init" in p.upstream:
+            init_ref = load_complete(wd, "train", p.upstream["init"])
+            if init_ref is None:
+                raise StageError(f"train.init_from=previous_round: checkpoint "
+                                 f"{p.upstream['init'][:16]} disappeared from {wd}/artifacts/train")
         return train_stage.run_train(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
-                                     upstream_refs["index"], refresh=refresh)
+                                     index_ref, refresh=refresh, init_ref=init_ref)
+    if p.name == "evaluate":
+        return evaluate_stage.run_evaluate(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
+                                           upstream_refs["train"], refresh=refresh)
     raise ValueError(p.name)
 
 
@@ -188,6 +220,9 @@ class RunRecord:
     def add(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
         self.data["stages"][name] = {"key": ref.key, "cached": cached, "seconds": round(seconds, 3),
                                      "path": ref.path, "metrics": ref.metrics}
+        if name == "evaluate":  # the headline numbers, one entry per benchmark
+            self.data["evaluate"] = {b: {"base": m["base"], "trained": m["trained"], "n": m["n"]}
+                                     for b, m in ref.metrics.items() if "k" in m}
         self.write()
 
     def finish(self, status: str, error: str | None = None) -> None:

@@ -12,6 +12,7 @@ class Prompt:
     problem_id: str
     question: str
     reference: str | None = None
+    position: int = 0  # index in the teacher's full prompt list: seeds stay the same when sharded
 
 
 @dataclass

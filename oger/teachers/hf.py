@@ -14,7 +14,8 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
     model, tok = load_causal_lm(tcfg.model, tcfg.dtype)
     s = tcfg.sampling
     out: list[Generation] = []
-    # batch_size // n prompts per chunk (n samples each); sampling is seeded per chunk.
+    # batch_size // n prompts per chunk (n samples each); sampling is seeded per chunk by its first
+    # prompt's position in the teacher's list, so a shard aligned to chunks samples the same.
     chunk = max(1, tcfg.batch_size // tcfg.n)
     bar = tqdm(total=len(prompts) * tcfg.n, desc=f"teacher {tcfg.name}", unit="trace")
     for c in range(0, len(prompts), chunk):
@@ -23,7 +24,7 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
                                            tokenize=False), add_special_tokens=False)["input_ids"]
                for p in batch]
         rolls = rollout_generate(model, tok, ids, n=tcfg.n, max_new_tokens=s.max_new_tokens,
-                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed * 7919 + c,
+                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed * 7919 + batch[0].position,
                                  batch_size=tcfg.batch_size, record_entropy=False)
         counters: dict[int, int] = {}
         for r in rolls:

@@ -1,10 +1,16 @@
 """Run every configured teacher; each teacher's traces are cached on their own so an interrupted
-stage resumes with the teachers already done, and adding a teacher generates only the new one."""
+stage resumes with the teachers already done, and adding a teacher generates only the new one.
+
+A teacher with `shards: N` splits its problems into N shards (aligned to its backend's seeding
+unit, so the traces equal an unsharded run's); the shards of all teachers go through a fan-out
+(`oger.fanout`: in process by default, Prefect's Ray task runner with `runner.kind: ray`), and a
+finished shard is cached too, so a resumed stage redoes only the unfinished ones."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +19,7 @@ import polars as pl
 from oger.artifacts import ArtifactRef, canonical_json, write_artifact
 from oger.config import TeacherConfig, TeachersConfig
 from oger.errors import StageError
+from oger.fanout import FanOut, Job, run_in_process, split_even
 from oger.models import key_model_ref, model_identity
 from oger.teachers.base import Generation, Prompt
 
@@ -57,7 +64,8 @@ def _generation_slice(tcfg: TeacherConfig) -> dict:
     """The teacher options that change its traces (not URLs, concurrency or timeouts)."""
     d = tcfg.model_dump(mode="json")
     # batch_size stays: with sampling, batch composition changes the random stream.
-    for k in ("base_url", "api_key_env", "max_concurrency", "request_timeout_s"):
+    for k in ("base_url", "api_key_env", "max_concurrency", "request_timeout_s",
+              "shards", "num_gpus", "num_cpus"):
         d.pop(k)
     if tcfg.backend in ("transformers", "vllm"):
         d["model"] = key_model_ref(tcfg.model)  # the fingerprint in the identity stands for it
@@ -80,7 +88,28 @@ def select_prompts(problems: pl.DataFrame, tcfg: TeacherConfig) -> list[Prompt]:
         df = df.filter(pl.col("source").is_in(tcfg.sources))
     if tcfg.limit:
         df = df.head(tcfg.limit)
-    return [Prompt(r["problem_id"], r["question"], r["reference"]) for r in df.iter_rows(named=True)]
+    return [Prompt(r["problem_id"], r["question"], r["reference"], i)
+            for i, r in enumerate(df.iter_rows(named=True))]
+
+
+def teacher_resources(tcfg: TeacherConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) one shard asks Ray for: vLLM needs its tensor-parallel GPUs."""
+    gpus = tcfg.num_gpus if tcfg.num_gpus is not None else (
+        float(tcfg.tensor_parallel_size) if tcfg.backend == "vllm" else 0.0)
+    return tcfg.num_cpus, gpus
+
+
+def shard_ranges(tcfg: TeacherConfig, n_prompts: int) -> list[tuple[int, int]]:
+    """The teacher's shards; the transformers backend seeds per chunk of batch_size // n prompts."""
+    block = max(1, tcfg.batch_size // tcfg.n) if tcfg.backend == "transformers" else 1
+    return split_even(n_prompts, tcfg.shards, block)
+
+
+def generate_shard(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> tuple[list[Generation], float]:
+    """One shard of one teacher (the function the fan-out runs, here or on a Ray worker)."""
+    started = time.time()
+    gens = _backend(tcfg.backend)(tcfg, prompts, round_) if prompts else []
+    return gens, time.time() - started
 
 
 def _to_frame(tcfg: TeacherConfig, round_: str, gens: list[Generation]) -> pl.DataFrame:
@@ -111,30 +140,55 @@ def _write_atomic(df: pl.DataFrame, path: Path) -> None:
 
 
 def run_teachers(cfg: TeachersConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-                 problems_ref: ArtifactRef, refresh: bool = False) -> ArtifactRef:
-    """`refresh` regenerates every teacher instead of reusing finished per-teacher shards."""
+                 problems_ref: ArtifactRef, refresh: bool = False,
+                 fan_out: FanOut | None = None) -> ArtifactRef:
+    """`refresh` regenerates every teacher instead of reusing finished per-teacher (and per-shard)
+    caches; `fan_out` runs the shards (default: one after the other in this process)."""
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
-    frames, per_teacher = [], {}
+    frames: dict[str, pl.DataFrame] = {}
+    per_teacher: dict[str, dict] = {}
+    parts: dict[str, dict[int, list[Generation]]] = {}  # teacher -> shard -> traces
+    jobs: list[Job] = []
     for tcfg in cfg.teachers:
-        shard = _shard_path(workdir, tcfg, cfg.round, problems_ref.key)
-        started = time.time()
-        if shard.is_file() and not refresh:
-            df, reused = pl.read_parquet(shard), True
-        else:
-            prompts = select_prompts(problems, tcfg)
-            gens = _backend(tcfg.backend)(tcfg, prompts, cfg.round) if prompts else []
-            df, reused = _to_frame(tcfg, cfg.round, gens), False
-            _write_atomic(df, shard)
-        frames.append(df)
-        per_teacher[tcfg.name] = {
+        teacher_file = _shard_path(workdir, tcfg, cfg.round, problems_ref.key)
+        if teacher_file.is_file() and not refresh:
+            frames[tcfg.name] = pl.read_parquet(teacher_file)
+            per_teacher[tcfg.name] = {"reused": True, "seconds": 0.0, "shards": 0}
+            continue
+        prompts = select_prompts(problems, tcfg)
+        ranges = shard_ranges(tcfg, len(prompts)) or [(0, 0)]
+        parts[tcfg.name] = {}
+        per_teacher[tcfg.name] = {"reused": False, "seconds": 0.0, "shards": len(ranges)}
+        cpus, gpus = teacher_resources(tcfg)
+        for j, (lo, hi) in enumerate(ranges):
+            part_file = _part_path(teacher_file, j, len(ranges))
+            if len(ranges) > 1 and part_file.is_file() and not refresh:
+                parts[tcfg.name][j] = _from_frame(pl.read_parquet(part_file))
+                continue
+            jobs.append(Job(f"teacher-{tcfg.name}-{j + 1}of{len(ranges)}",
+                            (tcfg, prompts[lo:hi], cfg.round), cpus, gpus,
+                            meta={"teacher": tcfg, "shard": j, "of": len(ranges), "file": teacher_file}))
+        _finish_teacher(tcfg, cfg.round, parts[tcfg.name], len(ranges), frames, teacher_file)
+
+    # Shards in completion order: each is saved at once; a teacher is written when its last lands.
+    for job, (gens, seconds) in (fan_out or run_in_process)(generate_shard, jobs):
+        tcfg, j, n = job.meta["teacher"], job.meta["shard"], job.meta["of"]
+        parts[tcfg.name][j] = gens
+        per_teacher[tcfg.name]["seconds"] += seconds
+        if n > 1:
+            _write_atomic(_to_frame(tcfg, cfg.round, gens), _part_path(job.meta["file"], j, n))
+        _finish_teacher(tcfg, cfg.round, parts[tcfg.name], n, frames, job.meta["file"])
+
+    traces = pl.concat([frames[t.name] for t in cfg.teachers])
+    for t in cfg.teachers:
+        df = frames[t.name]
+        per_teacher[t.name] = {
             "traces": df.height,
             "problems": df["problem_id"].n_unique(),
             "mean_tokens": round(float(df["n_tokens"].mean() or 0.0), 1),
             "stopped": int((df["finish_reason"] == "stop").sum()),
-            "seconds": round(time.time() - started, 2),
-            "reused": reused,
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in per_teacher[t.name].items()},
         }
-    traces = pl.concat(frames)
     if traces.height == 0:
         raise StageError("teachers stage: no teacher produced a trace (check each teacher's split, "
                          "sources and limit against the problems table)")
@@ -143,6 +197,26 @@ def run_teachers(cfg: TeachersConfig, workdir: Path, key: str, config_slice: dic
         traces.write_parquet(out.file("traces.parquet"))
         out.metrics = {"traces": traces.height, "round": cfg.round, "per_teacher": per_teacher}
     return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+
+
+def _part_path(teacher_file: Path, shard: int, of: int) -> Path:
+    return teacher_file.parent / "shards" / teacher_file.stem / f"{shard + 1:04d}-of-{of:04d}.parquet"
+
+
+def _from_frame(df: pl.DataFrame) -> list[Generation]:
+    return [Generation(r["problem_id"], r["sample_index"], r["text"], r["n_tokens"], r["finish_reason"])
+            for r in df.iter_rows(named=True)]
+
+
+def _finish_teacher(tcfg: TeacherConfig, round_: str, got: dict[int, list[Generation]], expected: int,
+                    frames: dict, teacher_file: Path) -> None:
+    """Once every shard of a teacher is in, write its cache file (shards in order) and drop the parts."""
+    if tcfg.name in frames or len(got) < expected:
+        return
+    df = _to_frame(tcfg, round_, [g for j in sorted(got) for g in got[j]])
+    _write_atomic(df, teacher_file)
+    frames[tcfg.name] = df
+    shutil.rmtree(teacher_file.parent / "shards" / teacher_file.stem, ignore_errors=True)
 
 
 def read_traces(ref: ArtifactRef) -> pl.DataFrame:

@@ -1,0 +1,74 @@
+"""Prefect wiring of `oger.fanout`: every shard becomes a Prefect task run, submitted to Prefect's
+default thread runner (`runner.kind: local`, one shard at a time, in this process) or to
+prefect-ray's RayTaskRunner (`runner.kind: ray`), where each shard asks Ray for the CPUs and GPUs
+its backend needs. The stage code is the same either way; only the task runner differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from oger.config import RunnerConfig
+from oger.fanout import FanOut, Job
+
+
+@task(cache_policy=NONE, log_prints=True)
+def shard_task(fn: Callable, args: tuple) -> Any:
+    return fn(*args)
+
+
+def task_runner(runner: RunnerConfig):
+    if runner.kind == "local":
+        return ThreadPoolTaskRunner(max_workers=1)
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:  # pragma: no cover - prefect-ray is a dependency of the dev extra
+        from oger.errors import ConfigError
+
+        raise ConfigError("runner.kind: ray needs prefect-ray and ray: pip install 'oger[ray]'") from None
+    init: dict[str, Any] = {"include_dashboard": False}
+    if runner.address is None:  # a local Ray instance
+        init.update({k: v for k, v in (("num_cpus", runner.num_cpus), ("num_gpus", runner.num_gpus))
+                     if v is not None})
+        # Ray workers report task runs to this process's Prefect API (in ephemeral mode each would
+        # otherwise start its own temporary server on the same database). On a remote cluster,
+        # set PREFECT_API_URL to a server the workers can reach.
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            api_url = str(client.api_url)
+        init["runtime_env"] = {"env_vars": {"PREFECT_API_URL": api_url}}
+    return RayTaskRunner(address=runner.address, init_kwargs=init)
+
+
+def _resources(runner: RunnerConfig, job: Job):
+    if runner.kind != "ray":
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
+
+    return remote_options(num_cpus=job.num_cpus, num_gpus=job.num_gpus)
+
+
+def prefect_fan_out(runner: RunnerConfig) -> FanOut:
+    """A `fan_out(fn, jobs)` that runs each job as a Prefect task on the configured task runner."""
+
+    def fan_out(fn: Callable, jobs: list[Job]) -> Iterator[tuple[Job, Any]]:
+        if not jobs:
+            return
+        with task_runner(runner) as tr:
+            futures = {}
+            for job in jobs:
+                with _resources(runner, job):
+                    fut = tr.submit(shard_task.with_options(name=job.name, task_run_name=job.name),
+                                    parameters={"fn": fn, "args": job.args})
+                futures[fut] = job
+            for fut in as_completed(list(futures)):
+                yield futures[fut], fut.result()
+
+    return fan_out
