@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show each stage's key, cached/stale, path, metrics")
     _add_config_args(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from oger.cli_rounds import add_index_parser
+
+    add_index_parser(sub, _add_config_args)
     return parser
 
 
@@ -52,11 +56,18 @@ def cmd_status(args) -> int:
     from oger.config import load_config
     from oger.pipeline import status_rows
 
+    from oger.cli_rounds import print_rounds
+    from oger.index_versions import read_pin
+    from oger.rounds import round_status
+
     cfg = load_config(args.config, args.overrides)
     rows = status_rows(cfg)
+    rounds = round_status(cfg.workdir_path, cfg.index.table)
     if args.json:
         print(json.dumps({"config": cfg.source_file, "workdir": str(cfg.workdir_path),
-                          "stages": rows}, indent=2, default=str))
+                          "stages": rows, "rounds": rounds,
+                          "index_pin": read_pin(cfg.workdir_path, cfg.index.table)},
+                         indent=2, default=str))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -69,6 +80,7 @@ def cmd_status(args) -> int:
         style = "green" if r["state"] == "cached" else "yellow"
         table.add_row(r["stage"], r["key"][:16], f"[{style}]{r['state']}[/{style}]", flat, r["path"])
     Console().print(table)
+    print_rounds(cfg, rounds)
     return 0
 
 
@@ -76,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args)
+        from oger.cli_rounds import cmd_index
+
+        return {"run": cmd_run, "status": cmd_status, "index": cmd_index}[args.command](args)
     except OgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,189 @@
+"""Rounds of fresh teacher traces in one workdir (`teachers.round`, e.g. the nightly run's date).
+
+Rounds are ordered by when their first teachers artifact was written, not by name, so `r10`
+after `r9` and dates both order correctly and rerunning an old round never makes it "newer".
+From that order come: the checkpoint a round continues from (`train.init_from: previous_round`),
+the run a round's report compares against, and `oger status`'s per-round view.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from oger.artifacts import canonical_json, read_manifest
+
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "accuracy_last_20pct", "bonus_mean",
+                  "mixed_group_fraction", "heldout_accuracy")
+
+
+def _when(ts: str | None) -> datetime:
+    return datetime.fromisoformat(ts) if ts else _NEVER
+
+
+def manifests(workdir: Path, stage: str) -> list[dict]:
+    """Complete manifests of a stage's artifacts, each with its "path"."""
+    out = []
+    for d in sorted((Path(workdir) / "artifacts" / stage).glob("*")):
+        m = read_manifest(d)
+        if m and m.get("complete") and not d.name.startswith("."):
+            out.append({**m, "path": str(d)})
+    return out
+
+
+def first_seen(workdir: Path) -> dict[str, datetime]:
+    """round -> when its first teachers artifact was written."""
+    seen: dict[str, datetime] = {}
+    for m in manifests(workdir, "teachers"):
+        rnd, when = str(m.get("config", {}).get("round")), _when(m.get("created_at"))
+        if rnd not in seen or when < seen[rnd]:
+            seen[rnd] = when
+    return seen
+
+
+def earlier_rounds(workdir: Path, rnd: str) -> list[str]:
+    """Rounds first seen before `rnd`, most recent first (all rounds if `rnd` is new)."""
+    seen = first_seen(workdir)
+    mine = seen.get(rnd, _NEVER)
+    return sorted((r for r, t in seen.items() if r != rnd and t < mine), key=seen.get, reverse=True)
+
+
+def train_round(workdir: Path, m: dict) -> str | None:
+    """The round a train artifact belongs to (recorded in its metrics; older ones: its index)."""
+    if m.get("metrics", {}).get("round"):
+        return m["metrics"]["round"]
+    index_key = m.get("inputs", {}).get("index", "")
+    rounds = (read_manifest(Path(workdir) / "artifacts" / "index" / index_key[:16]) or {}) \
+        .get("metrics", {}).get("rounds", [])
+    return rounds[0] if len(rounds) == 1 else None
+
+
+def _same_recipe(workdir: Path, m: dict, policy_slice) -> bool:
+    """The checkpoint was trained from a policy built by the same policy config (architecture,
+    tokenizer recipe, SFT), so continuing from it is meaningful."""
+    policy_key = m.get("inputs", {}).get("policy", "")
+    pm = read_manifest(Path(workdir) / "artifacts" / "policy" / policy_key[:16]) or {}
+    return pm.get("config") == json.loads(canonical_json(policy_slice))
+
+
+def previous_checkpoint(workdir: Path, rnd: str, policy_slice) -> dict | None:
+    """Manifest of the newest train artifact of the most recent earlier round that has one."""
+    trains = [m for m in manifests(workdir, "train") if _same_recipe(workdir, m, policy_slice)]
+    for earlier in earlier_rounds(workdir, rnd):
+        mine = [m for m in trains if train_round(workdir, m) == earlier]
+        if mine:
+            return max(mine, key=lambda m: _when(m.get("created_at")))
+    return None
+
+
+def run_summaries(workdir: Path) -> list[dict]:
+    out = []
+    for f in sorted((Path(workdir) / "runs").glob("*/summary.json")):
+        try:
+            out.append({**json.loads(f.read_text()), "summary": str(f)})
+        except (OSError, ValueError):
+            continue  # a run being written right now
+    return out
+
+
+def previous_run(workdir: Path, rnd: str, exclude_run_id: str | None = None) -> dict | None:
+    """The latest completed run (with train or evaluate) of the most recent earlier round."""
+    runs = [d for d in run_summaries(workdir) if d.get("status") == "completed"
+            and d.get("run_id") != exclude_run_id and {"train", "evaluate"} & set(d.get("stages", {}))]
+    for earlier in earlier_rounds(workdir, rnd):
+        mine = [d for d in runs if d.get("round") == earlier]
+        if mine:
+            return max(mine, key=lambda d: _when(d.get("finished_at")))
+    return None
+
+
+def _pairs(prev: dict, cur: dict) -> list[tuple[str, object, object]]:
+    """(metric, previous, this) for train metrics, and evaluate metrics when both runs have them."""
+    rows = []
+    pt = prev["stages"].get("train", {}).get("metrics", {})
+    ct = cur["stages"].get("train", {}).get("metrics", {})
+    if pt and ct:
+        rows += [(f"train.{k}", pt.get(k), ct.get(k)) for k in TRAIN_COMPARED
+                 if pt.get(k) is not None or ct.get(k) is not None]
+    pe = prev["stages"].get("evaluate", {}).get("metrics", {})
+    ce = cur["stages"].get("evaluate", {}).get("metrics", {})
+    if pe and ce:
+        for bench in sorted(set(pe) | set(ce)):
+            a, b = pe.get(bench), ce.get(bench)
+            if isinstance(a, dict) or isinstance(b, dict):
+                for side in ("base", "trained"):
+                    rows.append((f"evaluate.{bench}.{side}", (a or {}).get(side), (b or {}).get(side)))
+    return rows
+
+
+def _cell(v) -> str:
+    return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def round_comparison_section(data: dict) -> list[str]:
+    """Markdown comparing this run with the previous round's latest completed run; records what
+    it compared with in `data["compared_with"]` (so summary.json says it too)."""
+    if not {"train", "evaluate"} & set(data.get("stages", {})):
+        return []
+    prev = previous_run(Path(data["workdir"]), str(data["round"]), data["run_id"])
+    if prev is None:
+        data["compared_with"] = None
+        return ["", "## Rounds", "", f"Round `{data['round']}` is the first round with a completed "
+                "training run in this workdir: nothing to compare with."]
+    rows = _pairs(prev, data)
+    data["compared_with"] = {"round": prev["round"], "run_id": prev["run_id"],
+                             "summary": prev["summary"],
+                             "metrics": {m: {"previous": a, "this": b} for m, a, b in rows}}
+    lines = ["", f"## Rounds: `{data['round']}` vs `{prev['round']}`", "",
+             f"Previous round `{prev['round']}`: run `{prev['run_id']}` (finished "
+             f"{prev.get('finished_at', '?')}).", "",
+             f"| metric | {prev['round']} | {data['round']} | change |", "|---|---|---|---|"]
+    for metric, a, b in rows:
+        delta = _cell(round(b - a, 4)) if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
+            and not isinstance(a, bool) else ""
+        lines.append(f"| {metric} | {_cell(a)} | {_cell(b)} | {delta} |")
+    return lines
+
+
+def round_status(workdir: Path, table: str) -> list[dict]:
+    """Per round, oldest first: index tags, trained checkpoints, evaluation summaries, last run."""
+    from oger.errors import StageError
+    from oger.index_versions import list_versions
+
+    workdir = Path(workdir)
+    seen = first_seen(workdir)
+    rounds: dict[str, dict] = {}
+
+    def row(r: str) -> dict:
+        return rounds.setdefault(r, {"round": r, "first_seen": seen.get(r), "index_tags": [],
+                                     "checkpoints": [], "evaluations": [], "last_run": None})
+
+    try:
+        versions = list_versions(workdir, table)
+    except StageError:
+        versions = []
+    for v in versions:
+        for r in v["rounds"] or ["?"]:
+            row(r)["index_tags"].append(v)
+    train_rounds = {}
+    for m in manifests(workdir, "train"):
+        r = train_round(workdir, m) or "?"
+        train_rounds[m["key"]] = r
+        met = m.get("metrics", {})
+        row(r)["checkpoints"].append({
+            "key": m["key"], "path": str(Path(m["path"]) / "model"), "created_at": m.get("created_at"),
+            "algorithm": met.get("algorithm"), "init_from": met.get("init_from", "policy"),
+            "index_tag": m.get("inputs", {}).get("index"),
+            "reward_last_20pct": met.get("reward_last_20pct"),
+            "heldout_accuracy": met.get("heldout_accuracy")})
+    for m in manifests(workdir, "evaluate"):
+        r = train_rounds.get(m.get("inputs", {}).get("train", ""), "?")
+        row(r)["evaluations"].append({"key": m["key"], "train": m.get("inputs", {}).get("train"),
+                                      "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
+    for d in run_summaries(workdir):
+        r = row(str(d.get("round")))
+        if r["last_run"] is None or _when(d.get("started_at")) > _when(r["last_run"]["started_at"]):
+            r["last_run"] = {k: d.get(k) for k in ("run_id", "status", "started_at", "finished_at")}
+    return sorted(rounds.values(), key=lambda r: (r["first_seen"] or _NEVER, r["round"]))
