@@ -46,7 +46,16 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
 ]}
 MATH_BENCHMARKS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
+# The synthetic task's held-out split, read from the problems stage (not from OGER_DATA_DIR).
+SYNTHETIC = "synthetic"
 OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
+
+
+def benchmark_path(name: str) -> Path | None:
+    """The registered file under OGER_DATA_DIR, or None when it is not there."""
+    root = data_dir()
+    path = root / REGISTRY[name].path if root else None
+    return path if path is not None and path.is_file() else None
 
 
 def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
@@ -54,10 +63,9 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
     if name not in REGISTRY:
         raise DataError(f"unknown benchmark {name!r}; registered: {sorted(REGISTRY)}")
     b = REGISTRY[name]
-    root = data_dir()
-    path = root / b.path if root else None
-    if path is None or not path.is_file():
-        raise DataError(f"benchmark {name!r}: {b.path} not found under OGER_DATA_DIR={root} "
+    path = benchmark_path(name)
+    if path is None:
+        raise DataError(f"benchmark {name!r}: {b.path} not found under OGER_DATA_DIR={data_dir()} "
                         f"(on a machine with network, its hub id is {b.hub_id})")
     rows, seen = [], set()
     for i, row in iter_rows(Path(path)):

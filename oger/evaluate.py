@@ -1,0 +1,243 @@
+"""evaluate stage: the policy-stage model ("base") and the trained model on the configured benchmarks.
+
+Per benchmark and model, k samples per problem under the protocol (LUFFY/OGER: T=0.6, top_p=1,
+avg@32 on AIME24/25 and AMC, one sample elsewhere; or greedy), scored with math-verify, summarised
+as avg@k, unbiased pass@k and maj@k. Each (model, benchmark) result is cached as a shard under
+`<workdir>/cache/evaluate/`, keyed by the model's artifact key and everything that changes its
+samples: a new training run re-evaluates only the trained model, and an interrupted stage resumes
+at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+
+from oger.artifacts import ArtifactRef, canonical_json, file_fingerprint, write_artifact
+from oger.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
+from oger.errors import StageError
+from oger.eval_metrics import benchmark_scores
+
+STAGE = "evaluate"
+STAGE_VERSION = 1
+MODELS = ("base", "trained")
+SAMPLE_SCHEMA = {"benchmark": pl.Utf8, "model": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64,
+                 "response": pl.Utf8, "extracted_answer": pl.Utf8, "correct": pl.Boolean,
+                 "tokens": pl.Int64, "finish_reason": pl.Utf8, "prompt_truncated": pl.Boolean,
+                 "score_status": pl.Utf8}
+
+
+def prompt_format(cfg: OgerConfig) -> tuple[str, str | None]:
+    """(instruction, system prompt) the evaluation asks with."""
+    e = cfg.evaluate
+    if e.prompt == "luffy":
+        return e.instruction or "{question}", LUFFY_SYSTEM_PROMPT
+    return e.instruction or cfg.policy.instruction, cfg.policy.system_prompt
+
+
+def sampling_plan(e: EvaluateConfig, spec: BenchmarkSpec) -> dict:
+    """What decides one (model, benchmark) shard's samples, besides the model itself."""
+    return {"benchmark": spec.name, "limit": spec.limit, "k": e.samples_for(spec),
+            "temperature": e.temperature_for(spec), "top_p": e.top_p,
+            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "engine": e.engine}
+
+
+def _data_identity(name: str) -> str:
+    if name == SYNTHETIC:
+        return "problems-stage"  # the problems key is an upstream key already
+    path = benchmark_path(name)
+    return file_fingerprint(path) if path is not None else "missing"
+
+
+def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
+    e = cfg.evaluate
+    instruction, system = prompt_format(cfg)
+    slice_ = {"plans": [sampling_plan(e, s) for s in e.benchmarks],
+              "prompt": {"instruction": instruction, "system": system},
+              "score_timeout_s": e.score_timeout_s, "heldout_split": cfg.policy.eval_split}
+    identity = {"data": {s.name: _data_identity(s.name) for s in e.benchmarks}}
+    return slice_, identity
+
+
+def benchmark_rows(cfg: OgerConfig, spec: BenchmarkSpec, problems: pl.DataFrame) -> pl.DataFrame:
+    """{problem_id, question, answer} of one benchmark, first `limit` rows."""
+    if spec.name != SYNTHETIC:
+        return load_benchmark(spec.name, spec.limit)
+    synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
+    rows = problems.filter(pl.col("source").is_in(synthetic) & (pl.col("split") == cfg.policy.eval_split))
+    if rows.height == 0:
+        raise StageError(f"evaluate: benchmark 'synthetic' needs a synthetic problem source with a "
+                         f"{cfg.policy.eval_split!r} split (policy.eval_split); sources: "
+                         f"{[s.name for s in cfg.problems.sources]}")
+    rows = rows.select("problem_id", "question", "answer")
+    return rows.head(spec.limit) if spec.limit else rows
+
+
+def _shard_path(workdir: Path, model_key: str, plan: dict, prompt: tuple, data_id: str) -> Path:
+    h = hashlib.sha256(canonical_json({"v": STAGE_VERSION, "plan": plan, "prompt": list(prompt),
+                                       "data": data_id}).encode()).hexdigest()[:16]
+    return workdir / "cache" / "evaluate" / model_key[:16] / f"{plan['benchmark']}-{h}.parquet"
+
+
+def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, plan: dict, prompt: tuple[str, str | None],
+                     model: str, scorer) -> pl.DataFrame:
+    """k completions per problem, scored; one row per sample."""
+    from tqdm.auto import tqdm
+
+    from oger.eval_engines import fit_prompt
+    from oger.rl.rollout import chat_prompt_ids
+
+    instruction, system = prompt
+    prompts, cut = [], []
+    for q in rows["question"].to_list():
+        ids, was_cut = fit_prompt(chat_prompt_ids(tokenizer, q, instruction, system), engine.context,
+                                  plan["max_new_tokens"])
+        prompts.append(ids)
+        cut.append(was_cut)
+    k = plan["k"]
+    bar = tqdm(total=len(prompts) * k, desc=f"eval {model} {plan['benchmark']}", unit="sample")
+    comps = engine.generate(prompts, k=k, temperature=plan["temperature"], top_p=plan["top_p"],
+                            max_new_tokens=plan["max_new_tokens"], seed=plan["seed"], progress=bar.update)
+    bar.close()
+    golds = rows["answer"].to_list()
+    scores = scorer.score([c.text for c in comps], [golds[c.prompt_index] for c in comps],
+                          desc=f"score {model} {plan['benchmark']}")
+    pids = rows["problem_id"].to_list()
+    return pl.DataFrame([{
+        "benchmark": plan["benchmark"], "model": model, "problem_id": pids[c.prompt_index],
+        "sample_index": c.sample_index, "response": c.text, "extracted_answer": s.answer,
+        "correct": s.correct, "tokens": c.tokens, "finish_reason": c.finish_reason,
+        "prompt_truncated": cut[c.prompt_index], "score_status": s.status,
+    } for c, s in zip(comps, scores)], schema=SAMPLE_SCHEMA)
+
+
+def _write_shard(path: Path, df: pl.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def summarize(samples: pl.DataFrame, specs: list[BenchmarkSpec], e: EvaluateConfig) -> dict:
+    """Per benchmark: base/trained avg@k (the headline accuracy), pass@k, maj@k, n, k; plus the
+    math average over the six math benchmarks and the OOD average, over those present."""
+    out: dict = {}
+    for spec in specs:
+        k = e.samples_for(spec)
+        entry: dict = {"n": 0, "k": k, "metric": f"avg@{k}" if k > 1 else "accuracy"}
+        for model in MODELS:
+            sub = samples.filter((pl.col("benchmark") == spec.name) & (pl.col("model") == model))
+            per: dict[str, list] = {}
+            for pid, ans, ok in sub.select("problem_id", "extracted_answer", "correct").iter_rows():
+                per.setdefault(pid, []).append((ans, ok))
+            sc = benchmark_scores(per, k)
+            entry[model] = round(sc["avg"], 4)
+            entry[f"{model}_pass@{k}"] = round(sc["pass"], 4)
+            entry[f"{model}_maj@{k}"] = round(sc["maj"], 4)
+            entry["n"] = max(entry["n"], sc["n"])
+            entry["prompt_truncated"] = int(sub.filter(pl.col("sample_index") == 0)["prompt_truncated"].sum())
+        out[spec.name] = entry
+    return out
+
+
+def group_averages(per_bench: dict) -> dict:
+    """{"math_avg": ..., "ood_avg": ...} over the benchmarks present (how many is in `of`)."""
+    out = {}
+    for label, group in (("math_avg", MATH_BENCHMARKS), ("ood_avg", OOD_BENCHMARKS)):
+        present = [b for b in group if b in per_bench]
+        if present:
+            out[label] = {m: round(sum(per_bench[b][m] for b in present) / len(present), 4) for m in MODELS}
+            out[label].update(n=sum(per_bench[b]["n"] for b in present), of=present)
+    return out
+
+
+def plot_scores(per_bench: dict, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_bench)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.8))
+    width = 0.38
+    for j, model in enumerate(MODELS):
+        vals = [100 * per_bench[n][model] for n in names]
+        bars = ax.bar([i + (j - 0.5) * width for i in range(len(names))], vals, width, label=model)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(names)), [f"{n}\n({per_bench[n]['metric']}, n={per_bench[n]['n']})"
+                                      for n in names], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _sample_all(cfg: OgerConfig, workdir: Path, identity: dict, problems_ref: ArtifactRef,
+                policy_ref: ArtifactRef, train_ref: ArtifactRef, rows: dict, prompt: tuple,
+                scorer, refresh: bool) -> list[pl.DataFrame]:
+    """Every (model, benchmark) shard: from the cache, or sampled, scored and cached."""
+    from transformers import AutoTokenizer
+
+    from oger.eval_engines import make_engine
+
+    e = cfg.evaluate
+    parts = []
+    for model, ref in (("base", policy_ref), ("trained", train_ref)):
+        model_dir = Path(ref.path) / "model"
+        engine = tokenizer = None
+        for spec in e.benchmarks:
+            plan = sampling_plan(e, spec)
+            data_id = problems_ref.key if spec.name == SYNTHETIC else identity["data"][spec.name]
+            shard = _shard_path(workdir, ref.key, plan, prompt, data_id)
+            if shard.exists() and not refresh:  # keyed by the model's artifact key, not its role
+                parts.append(pl.read_parquet(shard).with_columns(model=pl.lit(model)))
+                continue
+            if engine is None:
+                scorer.warm()  # math-verify workers spawn while the model loads and generates
+                engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
+                                     tensor_parallel_size=e.tensor_parallel_size,
+                                     gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
+                tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            df = sample_benchmark(engine, tokenizer, rows[spec.name], plan, prompt, model, scorer)
+            _write_shard(shard, df)
+            parts.append(df)
+        if engine is not None:
+            engine.close()
+    return parts
+
+
+def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
+                 problems_ref: ArtifactRef, policy_ref: ArtifactRef, train_ref: ArtifactRef,
+                 refresh: bool = False) -> ArtifactRef:
+    from oger.eval_scoring import Scorer
+
+    e = cfg.evaluate
+    prompt = prompt_format(cfg)
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    rows = {s.name: benchmark_rows(cfg, s, problems) for s in e.benchmarks}
+    scorer = Scorer(e.score_timeout_s, e.score_workers)
+    try:
+        parts = _sample_all(cfg, workdir, identity, problems_ref, policy_ref, train_ref, rows, prompt,
+                            scorer, refresh)
+    finally:
+        scorer.close()
+    samples = pl.concat(parts)
+    per_bench = summarize(samples, e.benchmarks, e)
+    metrics = {**per_bench, **group_averages(per_bench)}
+    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "train": train_ref.key}
+    with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream=upstream,
+                        identity=identity) as out:
+        samples.write_parquet(out.file("samples.parquet"))
+        out.file("scores.json").write_text(json.dumps(metrics, indent=2))
+        plot_scores(per_bench, out.file("scores.png"), f"{cfg.name}: policy stage vs trained")
+        out.metrics = metrics
+    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
