@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from oger.rounds import round_comparison_section
+
 
 def _filter_plot(metrics: dict, out: Path) -> str | None:
     per = metrics.get("per_teacher") or {}
@@ -65,6 +67,40 @@ def write_report(record) -> Path:
                       f"20% {m.get('reward_last_20pct')}; held-out accuracy {m.get('heldout_accuracy_policy')}"
                       f" (policy stage) -> {m.get('heldout_accuracy')} (trained)", "",
                       "![training curves](train_curves.png)"]
+    if "evaluate" in data["stages"]:
+        lines += _evaluate_section(data["stages"]["evaluate"], record.dir)
+    lines += round_comparison_section(data)
     path = record.dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _evaluate_section(stage: dict, run_dir: Path) -> list[str]:
+    """Per benchmark base vs trained with the delta, the group averages, and the bar chart."""
+    m = stage["metrics"]
+    lines = ["", "## Evaluation: policy stage (base) vs trained", "",
+             "| benchmark | metric | n | base | trained | Δ | pass@k base → trained | prompts cut |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in m.items():
+        if "k" not in e:
+            continue
+        k = e["k"]
+        pass_cell = (f"{_pct(e.get(f'base_pass@{k}'))} → {_pct(e.get(f'trained_pass@{k}'))}"
+                     if k > 1 else "")
+        lines.append(f"| {name} | {e['metric']} | {e['n']} | {_pct(e['base'])} | {_pct(e['trained'])} "
+                     f"| {100 * (e['trained'] - e['base']):+.1f} | {pass_cell} | {e.get('prompt_truncated', 0)} |")
+    for label, title in (("math_avg", "math average"), ("ood_avg", "out-of-domain average")):
+        if label in m:
+            g = m[label]
+            lines.append(f"| **{title}** ({', '.join(g['of'])}) | mean | {g['n']} | {_pct(g['base'])} "
+                         f"| {_pct(g['trained'])} | {100 * (g['trained'] - g['base']):+.1f} | | |")
+    png = Path(stage["path"]) / "scores.png"
+    if png.exists():
+        shutil.copy(png, run_dir / "evaluate_scores.png")
+        lines += ["", "![base vs trained](evaluate_scores.png)"]
+    lines += ["", f"Per-sample results: `{Path(stage['path']) / 'samples.parquet'}`"]
+    return lines

@@ -161,7 +161,7 @@ def test_status_lists_cached_and_stale(run_oger, workdir, state):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "luffy", "oger"])
 def test_tiny_training_improves_reward_for_each_preset(run_oger, workdir, algorithm):
-    proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}", "--set",
+    proc = run_oger("run", CONFIG, "--until", "train", "--set", f"workdir={workdir}", "--set",
                     f"train.algorithm={algorithm}")
     s = summary_of(proc)
     assert list(s["stages"]) == ["problems", "teachers", "filter", "index", "policy", "train"]
@@ -175,3 +175,41 @@ def test_tiny_training_improves_reward_for_each_preset(run_oger, workdir, algori
     train_dir = Path(s["stages"]["train"]["path"])
     for name in ("model/config.json", "metrics.jsonl", "rollouts.jsonl", "curves.png"):
         assert (train_dir / name).exists(), name
+
+
+def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, workdir, state):
+    """The default run end to end: the trained policy beats the policy stage on the held-out split,
+    and the GSM8K / MATH-500 slices are scored whatever the numbers are."""
+    proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}")
+    s = summary_of(proc)
+    assert list(s["stages"])[-2:] == ["train", "evaluate"]
+    assert s["stages"]["train"]["cached"]  # trained by the oger preset test above
+    ev = s["evaluate"]
+    assert set(ev) == {"synthetic", "gsm8k", "math500"}
+    assert ev["synthetic"]["n"] >= 200 and ev["gsm8k"]["n"] == 50 and ev["math500"]["n"] == 50
+    assert ev["synthetic"]["trained"] > ev["synthetic"]["base"], ev
+    for e in ev.values():
+        assert 0.0 <= e["base"] <= 1.0 and 0.0 <= e["trained"] <= 1.0
+    stage = Path(s["stages"]["evaluate"]["path"])
+    samples = pl.read_parquet(stage / "samples.parquet")
+    assert {"benchmark", "model", "problem_id", "sample_index", "response", "extracted_answer", "correct",
+            "tokens"} <= set(samples.columns)
+    assert samples.filter(pl.col("benchmark") == "synthetic").height == 2 * 200 * 4  # 2 models, avg@4
+    synth = samples.filter((pl.col("benchmark") == "synthetic") & (pl.col("model") == "trained"))
+    assert synth["correct"].mean() == pytest.approx(ev["synthetic"]["trained"], abs=1e-4)
+    run_dir = Path(s["workdir"]) / "runs" / s["run_id"]
+    report = (run_dir / "report.md").read_text()
+    assert "## Evaluation" in report and "| synthetic | avg@4 | 200 |" in report and "math average" in report
+    for png in ("evaluate_scores.png", "train_curves.png"):
+        assert (run_dir / png).stat().st_size > 1000, png
+    state["evaluated"] = s
+
+
+def test_new_training_reevaluates_only_the_trained_model(run_oger, workdir, state):
+    proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}", "--set", "train.steps=2",
+                    "--set", "train.seed=1")
+    s = summary_of(proc)
+    assert not s["stages"]["train"]["cached"] and not s["stages"]["evaluate"]["cached"]
+    assert "eval trained synthetic" in proc.stderr and "eval base" not in proc.stderr
+    before = state["evaluated"]["evaluate"]
+    assert {b: e["base"] for b, e in s["evaluate"].items()} == {b: e["base"] for b, e in before.items()}
