@@ -1,0 +1,42 @@
+"""prefect.yaml: one deployment per shipped config, valid flow parameters, the nightly schedule."""
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from flows.pipeline import oger_pipeline
+from oger.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+
+
+def test_every_shipped_config_has_a_deployment_on_the_process_pool():
+    configs = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    assert configs
+    for name in configs:
+        dep = DEPLOYMENTS.get(Path(name).stem)
+        assert dep is not None, f"prefect.yaml has no deployment for configs/{name}"
+        assert dep["parameters"]["config"] == f"configs/{name}"
+    for dep in DEPLOYMENTS.values():
+        assert dep["work_pool"]["name"] == "oger-process"
+        assert dep["entrypoint"] == "flows/pipeline.py:oger_pipeline"
+
+
+def test_deployment_parameters_are_flow_parameters_and_valid_configs():
+    accepted = set(inspect.signature(oger_pipeline.fn).parameters)
+    assert {"config", "overrides", "only", "from_stage", "until", "refresh"} <= accepted
+    for name, dep in DEPLOYMENTS.items():
+        params = dep["parameters"]
+        assert set(params) <= accepted, (name, set(params) - accepted)
+        load_config(REPO / params["config"], params.get("overrides"))  # raises with key and file
+
+
+def test_nightly_retrain_is_a_cron_schedule_that_dates_the_round_and_continues_training():
+    dep = DEPLOYMENTS["nightly-retrain"]
+    assert [s["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+    assert dep["parameters"]["round_from_schedule"] is True
+    cfg = load_config(REPO / dep["parameters"]["config"], dep["parameters"]["overrides"])
+    assert cfg.train.init_from == "previous_round"
