@@ -25,6 +25,8 @@ class Benchmark:
     data_source: str | None = None  # LUFFY parquet: keep rows of this data_source
     kind: str = "math"  # "math" | "choice"
     hub_id: str | None = None
+    hub_subset: str | None = None
+    hub_split: str = "test"
 
 
 REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
@@ -38,7 +40,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
               hub_id="math-ai/minervamath"),
     Benchmark("olympiadbench", "benchmarks/olympiadbench/test.jsonl",
               fields=FieldMap(answer="final_answer"), hub_id="Hothan/OlympiadBench"),
-    Benchmark("gsm8k", "train/gsm8k/test.jsonl", format="gsm8k", hub_id="openai/gsm8k"),
+    Benchmark("gsm8k", "train/gsm8k/test.jsonl", format="gsm8k", hub_id="openai/gsm8k",
+              hub_subset="main"),
     Benchmark("arc_c", "benchmarks/luffy_eval/valid.arc_c.parquet", format="luffy", kind="choice",
               hub_id="allenai/ai2_arc"),
     Benchmark("gpqa_diamond", "benchmarks/gpqa_diamond_mcq/test.jsonl", kind="choice",
@@ -64,14 +67,12 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
         raise DataError(f"unknown benchmark {name!r}; registered: {sorted(REGISTRY)}")
     b = REGISTRY[name]
     path = benchmark_path(name)
-    if path is None:
-        raise DataError(f"benchmark {name!r}: {b.path} not found under OGER_DATA_DIR={data_dir()} "
-                        f"(on a machine with network, its hub id is {b.hub_id})")
+    records = iter_rows(Path(path)) if path is not None else _hub_rows(b)
     rows, seen = [], set()
-    for i, row in iter_rows(Path(path)):
+    for i, row in records:
         if b.data_source and row.get("data_source") != b.data_source:
             continue
-        rec = normalize_row(row, b.format, b.fields, f"{path}: row {i}")
+        rec = normalize_row(row, b.format, b.fields, f"{path or b.hub_id}: row {i}")
         pid = problem_id(rec["question"])
         if pid in seen:  # LUFFY's repeated rows
             continue
@@ -80,3 +81,16 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
         if limit and len(rows) >= limit:
             break
     return pl.DataFrame(rows, schema={"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8})
+
+
+def _hub_rows(b: Benchmark):
+    """Rows of the benchmark's hub dataset when its file is not under OGER_DATA_DIR."""
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(b.hub_id, b.hub_subset, split=b.hub_split)
+    except Exception as exc:  # offline, unknown id, gated ...
+        raise DataError(f"benchmark {b.name!r}: {b.path} not found under OGER_DATA_DIR={data_dir()} and "
+                        f"hub dataset {b.hub_id!r} could not be loaded: {type(exc).__name__}: "
+                        f"{str(exc)[:200]}") from None
+    return ((i, dict(row)) for i, row in enumerate(ds, start=1))

@@ -84,3 +84,13 @@ def test_single_sample_benchmarks_report_plain_accuracy():
     e = EvaluateConfig(protocol="greedy", benchmarks=[BenchmarkSpec(name="synthetic")])
     out = summarize(_samples(rows), e.benchmarks, e)["synthetic"]
     assert (out["metric"], out["n"], out["base"], out["trained"]) == ("accuracy", 3, 0.3333, 0.6667)
+
+
+def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_path):
+    from oger.benchmarks import load_benchmark
+    from oger.errors import DataError
+
+    monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"benchmarks/aime24/test.jsonl not found under .*'math-ai/aime24'"):
+        load_benchmark("aime24")
