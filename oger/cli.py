@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    plan = sub.add_parser("plan", help="print the DAG, cached stages, engines, resources and token "
+                                       "budget per stage; runs nothing, loads no model")
+    _add_config_args(plan)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
@@ -89,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from oger.cli_rounds import cmd_index
+        from oger.plan import cmd_plan
 
-        return {"run": cmd_run, "status": cmd_status, "index": cmd_index}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index}[args.command](args)
     except OgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -132,3 +132,13 @@ def run_filter(cfg: FilterConfig, workdir: Path, key: str, config_slice: dict, i
 
 def read_kept(ref: ArtifactRef) -> pl.DataFrame:
     return pl.read_parquet(Path(ref.path) / "traces.parquet")
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: what the filter runs (no generation)."""
+    from oger.plan import StageInfo
+
+    f = cfg.filter
+    return StageInfo(engine=f"math-verify; lengths by the {f.tokenizer} tokenizer", resources="CPU",
+                     notes=[f"keeps correct traces of {f.min_tokens}-{f.max_tokens} tokens"
+                            + (", stopped" if f.require_stop else "") + (", de-duplicated" if f.dedupe else "")])

@@ -187,3 +187,12 @@ class TeacherIndex:
         for i in sorted(range(len(tids)), key=tids.__getitem__):  # stable order for a tag
             grouped.setdefault(pids[i], []).append(i)
         return {p: ([texts[i] for i in idx], vecs[idx]) for p, idx in grouped.items()}
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: the encoder and the LanceDB table (no generation)."""
+    from oger.plan import StageInfo
+
+    i = cfg.index
+    return StageInfo(engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}",
+                     resources="CPU", notes=["embeds only texts missing from the embedding cache"])

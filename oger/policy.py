@@ -115,3 +115,19 @@ def run_policy(cfg: PolicyConfig, workdir: Path, key: str, config_slice: dict, i
 
 def model_dir(ref: ArtifactRef) -> Path:
     return Path(ref.path) / MODEL_DIR
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: base model, SFT warm start and the held-out greedy evaluation."""
+    from oger.plan import Budget, StageInfo
+
+    p = cfg.policy
+    base = "tiny Qwen2 + BPE tokenizer" if p.source == "tiny" else f"transformers {p.model} ({p.dtype})"
+    notes = []
+    if p.sft.enabled:
+        notes.append(f"SFT {p.sft.epochs:g} epochs on filtered traces of "
+                     f"{', '.join(p.sft.teachers) if p.sft.teachers else 'all teachers'}")
+    heldout = counts.count(p.eval_split, limit=p.eval_limit)
+    return StageInfo(engine=base + ("; SFT (torch)" if p.sft.enabled else ""), resources="1 process",
+                     budget=[Budget("held-out eval (greedy)", heldout, 1, p.eval_max_new_tokens)],
+                     notes=notes)

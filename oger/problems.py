@@ -292,3 +292,14 @@ def run_problems(cfg: ProblemsConfig, workdir: Path, key: str, config_slice: dic
 
 def read_problems(ref: ArtifactRef) -> pl.DataFrame:
     return pl.read_parquet(Path(ref.path) / "problems.parquet")
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: sources and problem counts (nothing is read but file sizes)."""
+    from oger.plan import StageInfo
+
+    splits = sorted({split for split, _ in counts.rows})
+    return StageInfo(engine="polars: " + ", ".join(f"{s.name} ({s.kind})" for s in cfg.problems.sources),
+                     resources="1 CPU",
+                     notes=[f"{sp}: {counts.count(sp) if counts.count(sp) is not None else '?'} problems"
+                            for sp in splits])

@@ -178,3 +178,26 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
         out.metrics = metrics
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+
+
+def plan_info(cfg: OgerConfig, counts):
+    """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
+    from oger.plan import Budget, StageInfo
+
+    t = cfg.train
+    if t.num_processes > 1:
+        update = (f"torch {'FSDP2' if t.fsdp else 'DDP'} x {t.num_processes} "
+                  f"({t.launcher}, backend {t.backend})")
+    else:
+        update = "torch, 1 process"
+    pool = counts.count(t.split, limit=t.max_prompts)
+    per_step = min(t.prompts_per_step, pool) if pool is not None else t.prompts_per_step
+    heldout = counts.count(cfg.policy.eval_split, limit=cfg.policy.eval_limit)
+    notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
+    if t.replaces:
+        notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
+    return StageInfo(engine=f"rollouts: transformers generate; update: {update}",
+                     resources=f"{t.num_processes} process(es)" + (", GPU per rank" if t.backend == "nccl" else ""),
+                     budget=[Budget("rollouts", t.steps * per_step, t.group_size, t.max_new_tokens),
+                             Budget("held-out eval (greedy)", heldout, 1, cfg.policy.eval_max_new_tokens)],
+                     notes=notes)

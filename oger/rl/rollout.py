@@ -109,7 +109,13 @@ def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], 
     if not questions:
         return float("nan")
     prompts = [chat_prompt_ids(tokenizer, q, instruction, system_prompt) for q in questions]
-    rolls = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens,
-                     temperature=0.0, batch_size=batch_size, record_entropy=False)
+    home = next(model.parameters()).device
+    if home.type == "cpu" and torch.cuda.is_available():  # a stage's model lives on CPU; decode on GPU
+        model.to("cuda")
+    try:
+        rolls = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens,
+                         temperature=0.0, batch_size=batch_size, record_entropy=False)
+    finally:
+        model.to(home)
     correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)
     return correct / len(questions)

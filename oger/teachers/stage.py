@@ -221,3 +221,28 @@ def _finish_teacher(tcfg: TeacherConfig, round_: str, got: dict[int, list[Genera
 
 def read_traces(ref: ArtifactRef) -> pl.DataFrame:
     return pl.read_parquet(Path(ref.path) / "traces.parquet")
+
+
+_ENGINES = {"scripted": "scripted solver", "transformers": "transformers generate",
+            "dataset": "problems' reference column", "openai": "OpenAI-compatible server",
+            "vllm": "vLLM offline engine"}
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: per teacher its engine, shards and their Ray resources, and its token budget."""
+    from oger.plan import Budget, StageInfo
+
+    engines, resources, budget, notes = [], [f"runner {cfg.runner.kind}"], [], []
+    for t in cfg.teachers.teachers:
+        cpus, gpus = teacher_resources(t)
+        extra = f" tp={t.tensor_parallel_size}" if t.backend == "vllm" else ""
+        engines.append(f"{t.name}: {_ENGINES[t.backend]}{extra}"
+                       + (f" {t.model}" if t.model and t.backend != "dataset" else ""))
+        resources.append(f"{t.name}: {t.shards} shard(s) x {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else ""))
+        prompts = counts.count(t.split, t.sources, t.limit)
+        if t.backend in ("dataset", "scripted"):  # no model generates these
+            notes.append(f"{t.name}: {prompts if prompts is not None else '?'} x {t.n if t.backend == 'scripted' else 1} "
+                         f"traces {'read' if t.backend == 'dataset' else 'written by a program'}, no model tokens")
+        else:
+            budget.append(Budget(t.name, prompts, t.n, t.sampling.max_new_tokens))
+    return StageInfo(engine="\n".join(engines), resources="\n".join(resources), budget=budget, notes=notes)

@@ -1,0 +1,104 @@
+"""`oger plan` on every shipped config (nothing runs, no model loads) and the paper-scale configs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oger import pipeline
+from oger.cli import main
+from oger.config import load_config
+from oger.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+PAPER = [REPO / "configs" / f"qwen2.5-math-{s}-{a}.yaml" for s in ("1.5b", "7b")
+         for a in ("grpo", "luffy", "oger")]
+
+
+def plan_json(capsys, config, *overrides) -> dict:
+    args = ["plan", str(config), "--json"] + [x for o in overrides for x in ("--set", o)]
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def budget(data: dict, stage: str) -> dict:
+    s = next(s for s in data["stages"] if s["stage"] == stage)
+    return {b["what"]: b["tokens"] for b in s["budget"]}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_plan_every_shipped_config(config, tmp_path, capsys):
+    data = plan_json(capsys, config, f"workdir={tmp_path}")
+    assert [s["stage"] for s in data["stages"]] == pipeline.STAGES
+    assert [s["upstream"] for s in data["stages"]] == [pipeline.UPSTREAM[s] for s in pipeline.STAGES]
+    keys = {k: p.key for k, p in pipeline.plan(load_config(config, [f"workdir={tmp_path}"])).items()}
+    for s in data["stages"]:
+        assert s["state"] == "stale" and s["key"] == keys[s["stage"]]
+    cfg = load_config(config)
+    t = cfg.train
+    rollouts = budget(data, "train")["rollouts"]
+    if config.stem == "tiny":  # pool of 32 problems >= 8 prompts per step
+        assert rollouts == 40 * 8 * 8 * 80
+        assert budget(data, "teachers") == {"smollm2": 8 * 1 * 96}  # scripted teachers: no model tokens
+        assert data["total_tokens"] == 40 * 8 * 8 * 80 + 768 + 2 * 200 * 100
+    else:
+        assert rollouts == t.steps * t.prompts_per_step * t.group_size * t.max_new_tokens
+    # The human-readable form: the DAG line, every stage, the total.
+    assert main(["plan", str(config), "--set", f"workdir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert " -> ".join(pipeline.STAGES) in out
+    assert "total new tokens at most" in out
+    assert not (tmp_path / "artifacts").exists()  # nothing ran
+
+
+def test_plan_shows_cached_stages_and_exact_counts(tmp_path, capsys):
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"workdir={tmp_path}"])
+    pipeline.run_local(cfg, until="problems")
+    data = plan_json(capsys, REPO / "configs" / "tiny.yaml", f"workdir={tmp_path}")
+    states = {s["stage"]: s["state"] for s in data["stages"]}
+    assert states["problems"] == "cached" and states["teachers"] == "stale"
+    assert data["problem_counts"].startswith("exact")
+    problems = next(s for s in data["stages"] if s["stage"] == "problems")
+    assert problems["notes"] == ["test: 200 problems", "train: 1000 problems"]
+
+
+def test_plan_runs_nothing_and_loads_no_model(tmp_path):
+    code = ("import sys; from oger.cli import main; "
+            f"rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--json', '--set', 'workdir={tmp_path}']); "
+            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'lancedb', "
+            "'prefect', 'ray') if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan, heavy = out.stdout.rsplit("HEAVY", 1)
+    assert heavy.strip() == "[]"
+    stages = {s["stage"]: s for s in json.loads(plan)["stages"]}
+    assert "FSDP2 x 8 (torchrun, backend nccl)" in stages["train"]["engine"]
+    # the vLLM teacher's shards ask Ray for its tensor-parallel GPUs
+    assert "r1-distill-qwen-32b: 2 shard(s) x 1 CPU + 4 GPU" in stages["teachers"]["resources"]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("config", PAPER, ids=[c.stem for c in PAPER])
+def test_paper_configs_validate_with_luffys_recipe(config):
+    cfg = load_config(config)
+    t, algo = cfg.train, config.stem.rsplit("-", 1)[1]
+    assert cfg.name == config.stem and t.algorithm == algo
+    assert (t.prompts_per_step, t.group_size, t.replace_k) == (128, 8, 1)
+    assert (t.lr, t.temperature, t.max_new_tokens, t.gamma) == (1e-6, 1.0, 8192, 0.1)
+    assert (t.beta, t.entropy_coef, t.clip, t.scale_rewards, t.loss_agg) == (0.0, 0.001, False, "none",
+                                                                          "constant_len")
+    assert t.replaces == (algo != "grpo") and (t.bonus_lambda > 0) == (algo == "oger")
+    assert t.num_processes == 8 and t.fsdp == ("7b" in config.stem)
+    backends = {x.backend for x in cfg.teachers.teachers}
+    assert {"dataset", "vllm"} <= backends
+    assert cfg.problems.sources[0].dataset == "Elliott/Openr1-Math-46k-8192"
+    assert cfg.policy.system_prompt.startswith("Your task is to follow a systematic")
+    assert "\n {thoughts} </think>\n" in cfg.policy.system_prompt  # LUFFY's real newlines
+    assert cfg.runner.kind == "ray"
+    assert cfg.evaluate.protocol == "luffy" and cfg.evaluate.max_new_tokens == 8192
+    # The DDP shard rule names the fields to change.
+    with pytest.raises(ConfigError, match="prompts_per_step .*num_processes x rollout_batch_prompts"):
+        load_config(config, ["train.num_processes=3"])
