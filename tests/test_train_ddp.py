@@ -1,6 +1,6 @@
-"""Multi-process training for real: the train stage launches 2 CPU ranks under torchrun (gloo, DDP)
-and must give the parameters one process gets on the whole batch; a launch interrupted after a
-rank-0 checkpoint resumes there."""
+"""Multi-process training for real: the train stage launches 2 CPU ranks (gloo) with DDP under
+torchrun and with FSDP2 under accelerate launch; both must give the parameters one process gets on
+the whole batch; a launch interrupted after a rank-0 checkpoint resumes there."""
 
 import json
 from pathlib import Path
@@ -99,3 +99,16 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
         moved += int(not torch.equal(a[name], init))
     assert moved > 0  # the two steps did update the model
     assert ddp.metrics["heldout_accuracy"] == single.metrics["heldout_accuracy"]
+
+    # FSDP2 (sharded parameters, gradients, optimizer state; gloo on CPU here) is the same update,
+    # here launched by `accelerate launch`.
+    fsdp_cfg = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.fsdp=true",
+                               "train.launcher=accelerate"])
+    fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
+    assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
+    assert rollouts(fsdp) == single_rollouts
+    c = params(Path(fsdp.path) / "model")
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+    config = json.loads((Path(fsdp.path) / "model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]

@@ -176,9 +176,11 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={num_processes}", "-m", "oger.rl.worker", str(spec)]
     if launcher == "accelerate":
-        gpu = ["--multi_gpu"] if torch.cuda.is_available() else []
-        return [sys.executable, "-m", "accelerate.commands.launch", *gpu, "--num_machines", "1",
+        # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
+        # CPU machine would get one process. The trainer does its own DDP / FSDP2 wrapping.
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
                 "--num_processes", str(num_processes), "--main_process_port", "0",
+                "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--module", "oger.rl.worker", str(spec)]
     raise ValueError(launcher)
 
