@@ -55,3 +55,30 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(model_tok, agg):
     assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
     assert torch.allclose(grads[0], grads[2], rtol=1e-9, atol=1e-12)
     assert grads[0].abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(model_tok):
+    model, tok = model_tok
+    ss = samples(tok)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = TrainConfig(micro_batch_size=2, max_new_tokens=12)
+    grads = []
+    for ckpt in (False, True):
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        update(model, None, ss, adv, cfg, tok.pad_token_id)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.gradient_checkpointing_disable()
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_ranks_take_whole_generation_calls_of_the_step():
+    from oger.rl.distributed import Dist
+    from oger.rl.trainer import _rank_slice
+
+    cfg = TrainConfig(prompts_per_step=8, rollout_batch_prompts=2, num_processes=2)
+    assert _rank_slice(8, cfg, Dist()) == (0, 8)
+    assert [_rank_slice(8, cfg, Dist(rank=r, world=2)) for r in (0, 1)] == [(0, 4), (4, 8)]
+    with pytest.raises(ValueError, match="num_processes x rollout_batch_prompts = 4"):
+        _rank_slice(6, cfg, Dist(rank=0, world=2))  # a pool smaller than prompts_per_step

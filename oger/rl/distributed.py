@@ -176,6 +176,13 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={num_processes}", "-m", "oger.rl.worker", str(spec)]
     if launcher == "accelerate":
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            from oger.errors import ConfigError
+
+            raise ConfigError("train.launcher: accelerate needs the accelerate package "
+                              "(pip install accelerate), or use train.launcher: torchrun")
         # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
         # CPU machine would get one process. The trainer does its own DDP / FSDP2 wrapping.
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",

@@ -247,8 +247,8 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         import copy
 
         ref_model = copy.deepcopy(model).eval().to(dist.device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
     policy = unwrap(model)  # the HF model: generation and saving
     if cfg.optimizer == "sgd":
