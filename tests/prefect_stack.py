@@ -68,11 +68,16 @@ class PrefectStack:
                                   "worker.log")
 
     def run_deployment(self, name: str, params: dict, timeout: int = 900) -> dict:
-        """`prefect deployment run NAME --params ... --watch`; returns the flow run (JSON)."""
-        proc = self.cli("deployment", "run", name, "--params", json.dumps(params), "--watch",
-                        "--watch-interval", "2", "--watch-timeout", str(timeout), timeout=timeout + 60)
+        """`prefect deployment run NAME --param k=v ... --watch` (strings bare, as the README
+        writes them; others JSON); returns the flow run (JSON) once it is terminal."""
+        args = [a for k, v in params.items()
+                for a in ("--param", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+        proc = subprocess.run([PREFECT, "--no-prompt", "deployment", "run", name, *args, "--watch",
+                               "--watch-interval", "2", "--watch-timeout", str(timeout)],
+                              cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout + 60)
         ids = _UUID.findall(proc.stdout)
-        assert ids, proc.stdout
+        assert ids, proc.stdout + proc.stderr
         return self.flow_run(ids[0])
 
     def flow_run(self, run_id: str) -> dict:
@@ -86,6 +91,10 @@ class PrefectStack:
         with urllib.request.urlopen(req, timeout=30) as r:
             runs = json.loads(r.read())
         return {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in runs}
+
+    def schedules_active(self, deployment: str) -> list[bool]:
+        dep = json.loads(self.cli("deployment", "inspect", deployment, "--output", "json").stdout)
+        return [sch["active"] for sch in dep["schedules"]]
 
     def worker_log(self) -> str:
         return (self.home / "worker.log").read_text()

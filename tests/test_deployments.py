@@ -170,7 +170,7 @@ def test_status_per_round_and_index_restore(stack, workdir, state):
 
     # restore r1's version: training now reads it, and the train key changes with it
     r1_tag = r1["stages"]["index"]["key"]
-    oger_cli("index", "restore", *args[:1], "--set", f"workdir={workdir}", r1_tag[:16])
+    oger_cli("index", "restore", CONFIG, "--set", f"workdir={workdir}", r1_tag[:16])
     listed = json.loads(oger_cli("index", "list", CONFIG, "--set", f"workdir={workdir}",
                                  "--json").stdout)
     assert [v["tag"] for v in listed["versions"] if v["pinned"]] == [r1_tag]
@@ -193,7 +193,13 @@ def test_nightly_deployment_names_the_round_after_the_run_date(stack, workdir, s
     dep = json.loads(stack.cli("deployment", "inspect", "oger-pipeline/nightly-retrain",
                                "--output", "json").stdout)
     crons = [sch["schedule"].get("cron") for sch in dep["schedules"]]
-    assert crons == ["0 3 * * *"]
+    assert crons == ["0 3 * * *"] and dep["schedules"][0]["active"] is False  # ships paused
+    # the README's commands enable it (and here pause it again before it can fire)
+    sid = dep["schedules"][0]["id"]
+    stack.cli("deployment", "schedule", "resume", "oger-pipeline/nightly-retrain", sid)
+    assert stack.schedules_active("oger-pipeline/nightly-retrain") == [True]
+    stack.cli("deployment", "schedule", "pause", "oger-pipeline/nightly-retrain", sid)
+    assert stack.schedules_active("oger-pipeline/nightly-retrain") == [False]
     assert dep["parameters"]["round_from_schedule"] is True
     assert "train.init_from=previous_round" in dep["parameters"]["overrides"]
     # a manual run of the nightly deployment: its scheduled start is now, so the round is today
