@@ -62,7 +62,8 @@ class PrefectStack:
             assert self.server.poll() is None, (self.home / "server.log").read_text()[-3000:]
             assert time.time() < deadline, "prefect server did not become healthy in 180 s"
             time.sleep(1)
-        self.cli("work-pool", "create", POOL, "--type", "process")
+        for pool in (POOL, "oger-gpu"):  # prefect.yaml deploys the paper configs to oger-gpu
+            self.cli("work-pool", "create", pool, "--type", "process")
         self.cli("deploy", "--all")
         self.worker = self._spawn(["worker", "start", "--pool", POOL, "--type", "process"],
                                   "worker.log")

@@ -20,8 +20,10 @@ def test_every_shipped_config_has_a_deployment_on_the_process_pool():
         dep = DEPLOYMENTS.get(Path(name).stem)
         assert dep is not None, f"prefect.yaml has no deployment for configs/{name}"
         assert dep["parameters"]["config"] == f"configs/{name}"
-    for dep in DEPLOYMENTS.values():
-        assert dep["work_pool"]["name"] == "oger-process"
+    for name, dep in DEPLOYMENTS.items():
+        # the CPU configs on the CPU pool; paper-scale ones only where a GPU worker serves them
+        gpu = load_config(REPO / dep["parameters"]["config"]).policy.source != "tiny"
+        assert dep["work_pool"]["name"] == ("oger-gpu" if gpu else "oger-process"), name
         assert dep["entrypoint"] == "flows/pipeline.py:oger_pipeline"
 
 
