@@ -62,10 +62,14 @@ def write_report(record) -> Path:
         if curves.exists():
             shutil.copy(curves, record.dir / "train_curves.png")
             m = stage["metrics"]
+            start = (f"{m.get('heldout_accuracy_policy')} (policy stage)"
+                     if m.get("init_from", "policy") == "policy" else
+                     f"{m.get('heldout_accuracy_init')} (round {m.get('init_round')}'s trained model "
+                     f"`{m['init_from'][:16]}`, continued from)")
             lines += ["", f"## Training ({m.get('algorithm')})", "",
                       f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
-                      f"20% {m.get('reward_last_20pct')}; held-out accuracy {m.get('heldout_accuracy_policy')}"
-                      f" (policy stage) -> {m.get('heldout_accuracy')} (trained)", "",
+                      f"20% {m.get('reward_last_20pct')}; held-out accuracy {start}"
+                      f" -> {m.get('heldout_accuracy')} (trained)", "",
                       "![training curves](train_curves.png)"]
     if "evaluate" in data["stages"]:
         lines += _evaluate_section(data["stages"]["evaluate"], record.dir)

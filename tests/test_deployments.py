@@ -126,6 +126,7 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
     assert s["compared_with"]["run_id"] == r1["run_id"] and s["compared_with"]["round"] == "r1"
     report = (workdir / "runs" / s["run_id"] / "report.md").read_text()
     assert "## Rounds: `r2` vs `r1`" in report
+    assert "(round r1's trained model" in report  # the training section says where it started
     row = next(ln for ln in report.splitlines() if ln.startswith("| train.reward_last_20pct |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[1]) == pytest.approx(r1["stages"]["train"]["metrics"]["reward_last_20pct"], abs=1e-3)
