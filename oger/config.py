@@ -338,6 +338,7 @@ class BenchmarkSpec(Strict):
     limit: int | None = Field(None, ge=1, description="first N problems (deterministic subset)")
     samples: int | None = Field(None, ge=1, description="k samples per problem")
     temperature: float | None = Field(None, ge=0.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default: evaluate's")
 
 
 class EvaluateConfig(Strict):

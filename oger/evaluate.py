@@ -44,7 +44,7 @@ def sampling_plan(e: EvaluateConfig, spec: BenchmarkSpec) -> dict:
     """What decides one (model, benchmark) shard's samples, besides the model itself."""
     return {"benchmark": spec.name, "limit": spec.limit, "k": e.samples_for(spec),
             "temperature": e.temperature_for(spec), "top_p": e.top_p,
-            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "engine": e.engine}
+            "max_new_tokens": spec.max_new_tokens or e.max_new_tokens, "seed": e.seed, "engine": e.engine}
 
 
 def _data_identity(name: str) -> str:
