@@ -241,3 +241,30 @@ def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, i
         plot_scores(per_bench, out.file("scores.png"), f"{cfg.name}: policy stage vs trained")
         out.metrics = metrics
     return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+
+
+def plan_info(cfg: OgerConfig, counts):
+    """`oger plan`: the engine, and per benchmark problems x k samples x max tokens for both models."""
+    from oger.errors import DataError
+    from oger.plan import Budget, StageInfo
+
+    e = cfg.evaluate
+    budget = []
+    for spec in e.benchmarks:
+        if spec.name == SYNTHETIC:
+            synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
+            n = counts.count(cfg.policy.eval_split, synthetic, limit=spec.limit)
+        else:
+            try:
+                n = load_benchmark(spec.name, spec.limit).height
+            except DataError:
+                n = spec.limit  # not laid out here: unknown size, bounded by the limit if any
+        plan = sampling_plan(e, spec)
+        budget.append(Budget(f"{spec.name} (base + trained, T={plan['temperature']})", n,
+                             2 * plan["k"], plan["max_new_tokens"]))
+    engine = ("vLLM offline engine" if e.engine == "vllm" else "transformers generate") + \
+        f"; math-verify in {e.score_workers} process(es)"
+    resources = (f"{e.tensor_parallel_size} GPU(s) (tensor parallel)" if e.engine == "vllm"
+                 else "1 process (GPU if CUDA is available)")
+    return StageInfo(engine=engine, resources=resources, budget=budget,
+                     notes=[f"protocol {e.protocol}, prompt {e.prompt}"])
