@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from oger.index import TeacherIndex
 from oger.pipeline import STAGES
@@ -26,8 +27,8 @@ CONFIG = "configs/tiny.yaml"
 # small run's time on a shared 2-core machine.
 TEACHERS = ("teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
             " {name: terms, backend: scripted, model: terms, slip_rate: 0.15}]")
-SMALL = ["problems.sources.0.n_train=120", "problems.sources.0.n_test=20", TEACHERS,
-         "policy.sft.epochs=2", "policy.eval_limit=8", "policy.eval_max_new_tokens=40",
+SMALL = ["problems.sources.0.n_train=80", "problems.sources.0.n_test=20", TEACHERS,
+         "policy.sft.epochs=1", "policy.eval_limit=8", "policy.eval_max_new_tokens=40",
          "train.steps=4", "train.max_prompts=8", "train.prompts_per_step=4", "train.group_size=4",
          "train.max_new_tokens=40", "train.checkpoint_every=2",
          "train.init_from=previous_round"]
@@ -76,6 +77,13 @@ def cached(summary: dict) -> dict[str, bool]:
     return {k: v["cached"] for k, v in summary["stages"].items()}
 
 
+def distance(a: dict, b: dict) -> float:
+    """L2 distance between two state dicts (inf when their tensors' names or shapes differ)."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return float("inf")
+    return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a) ** 0.5
+
+
 def stage_states(stack: PrefectStack, fr: dict) -> dict[str, str]:
     """Prefect state of each stage task (fan-out shards such as teacher-<name> left out)."""
     return {k: v for k, v in stack.task_states(fr["id"]).items() if k in STAGES}
@@ -122,6 +130,10 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
     manifest = json.loads((Path(s["stages"]["train"]["path"]) / "manifest.json").read_text())
     assert manifest["inputs"]["init"] == r1["stages"]["train"]["key"]
     assert manifest["inputs"]["index"] == r2_tag
+    # ... and the weights say so: 4 small steps away from r1's model, far from r2's own policy
+    weights = {name: load_file(Path(x["stages"][stage]["path"]) / "model" / "model.safetensors")
+               for name, x, stage in (("r1", r1, "train"), ("r2", s, "train"), ("policy", s, "policy"))}
+    assert distance(weights["r2"], weights["r1"]) < 0.25 * distance(weights["r2"], weights["policy"])
     # the report compares the two rounds, metric by metric
     assert s["compared_with"]["run_id"] == r1["run_id"] and s["compared_with"]["round"] == "r1"
     report = (workdir / "runs" / s["run_id"] / "report.md").read_text()
@@ -179,8 +191,8 @@ def test_status_per_round_and_index_restore(stack, workdir, state):
     assert st2["index_pin"]["tag"] == r1_tag
     train_row = next(r for r in st2["stages"] if r["stage"] == "train")
     assert train_row["state"] == "stale"  # a different input, a different key
-    _, s = run(stack, workdir, "teachers.round=r2", "filter.max_tokens=50", from_stage="train")
-    assert list(s["stages"]) == STAGES[STAGES.index("train"):]
+    _, s = run(stack, workdir, "teachers.round=r2", "filter.max_tokens=50", only=["train"])
+    assert list(s["stages"]) == ["train"]
     manifest = json.loads((Path(s["stages"]["train"]["path"]) / "manifest.json").read_text())
     assert manifest["inputs"]["index"] == r1_tag and manifest["identity"]["index_tag"] == r1_tag
     # unpinned, training follows the index stage again and its earlier artifact is a cache hit
