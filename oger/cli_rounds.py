@@ -45,7 +45,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     t = Table(title=f"{table} in {wd}")
-    for col in ("tag", "version", "rows", "rounds", "created", "training reads"):
+    t.add_column("tag", no_wrap=True, min_width=16)
+    for col in ("version", "rows", "rounds", "created", "training reads"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["tag"][:16], str(r["version"]), str(r["rows"]), ",".join(r["rounds"]),
@@ -69,7 +70,7 @@ def print_rounds(cfg, rounds: list[dict]) -> None:
         tags = "\n".join(f"{v['tag'][:16]} v{v['version']}:{v['rows']}" + (" pinned" if v["pinned"] else "")
                          for v in r["index_tags"])
         ckpts = "\n".join(f"{c['key'][:16]} {c['algorithm']} reward={c['reward_last_20pct']} "
-                          f"heldout={c['heldout_accuracy']}"
+                          f"heldout={c['heldout_accuracy']} index={str(c['index_tag'])[:8]}"
                           + (f" from {c['init_from'][:8]}" if c["init_from"] != "policy" else "")
                           for c in r["checkpoints"])
         evals = "\n".join(", ".join(f"{b}={m.get('trained')}" for b, m in e["metrics"].items()

@@ -168,7 +168,8 @@ def round_status(workdir: Path, table: str) -> list[dict]:
         for r in v["rounds"] or ["?"]:
             row(r)["index_tags"].append(v)
     train_rounds = {}
-    for m in manifests(workdir, "train"):
+    by_time = lambda m: _when(m.get("created_at"))  # noqa: E731
+    for m in sorted(manifests(workdir, "train"), key=by_time):
         r = train_round(workdir, m) or "?"
         train_rounds[m["key"]] = r
         met = m.get("metrics", {})
@@ -178,7 +179,7 @@ def round_status(workdir: Path, table: str) -> list[dict]:
             "index_tag": m.get("inputs", {}).get("index"),
             "reward_last_20pct": met.get("reward_last_20pct"),
             "heldout_accuracy": met.get("heldout_accuracy")})
-    for m in manifests(workdir, "evaluate"):
+    for m in sorted(manifests(workdir, "evaluate"), key=by_time):
         r = train_rounds.get(m.get("inputs", {}).get("train", ""), "?")
         row(r)["evaluations"].append({"key": m["key"], "train": m.get("inputs", {}).get("train"),
                                       "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
