@@ -26,16 +26,19 @@ def pin_path(workdir: Path) -> Path:
     return db_path(workdir).parent / PIN_FILE
 
 
-def read_pin(workdir: Path, table: str) -> dict | None:
-    """{"table", "tag", "version", "pinned_at"} when training is pinned to a tag of `table`."""
+def _read_pins(workdir: Path) -> dict:
     path = pin_path(workdir)
     if not path.is_file():
-        return None
+        return {}
     try:
-        pins = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except ValueError as exc:
-        raise StageError(f"{path}: not valid JSON ({exc}); fix it or run `oger index unpin`") from None
-    return pins.get(table)
+        raise StageError(f"{path}: not valid JSON ({exc}); delete it to unpin") from None
+
+
+def read_pin(workdir: Path, table: str) -> dict | None:
+    """{"table", "tag", "version", "pinned_at"} when training is pinned to a tag of `table`."""
+    return _read_pins(workdir).get(table)
 
 
 def _write_pins(workdir: Path, pins: dict) -> None:
@@ -104,7 +107,7 @@ def restore(workdir: Path, table: str, tag: str) -> dict:
     tbl.restore()
     pin = {"table": table, "tag": tag, "version": version, "restored_as_version": tbl.version,
            "pinned_at": datetime.now(timezone.utc).isoformat()}
-    pins = json.loads(pin_path(workdir).read_text()) if pin_path(workdir).is_file() else {}
+    pins = _read_pins(workdir)
     pins[table] = pin
     _write_pins(workdir, pins)
     return pin
@@ -112,8 +115,7 @@ def restore(workdir: Path, table: str, tag: str) -> dict:
 
 def unpin(workdir: Path, table: str) -> dict | None:
     """Training follows the index stage again; returns the pin that was removed, if any."""
-    path = pin_path(workdir)
-    pins = json.loads(path.read_text()) if path.is_file() else {}
+    pins = _read_pins(workdir)
     old = pins.pop(table, None)
     _write_pins(workdir, pins)
     return old
