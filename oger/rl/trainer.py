@@ -190,8 +190,9 @@ def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]
 
 
 def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
-    """The sampling seed of one generation call, by its global index within the step."""
-    return (cfg.seed * 100_003 + step) * 10_007 + call
+    """The sampling seed of one generation call, by its global index within the step (the first
+    call keeps the seed a whole-step call had before calls were split)."""
+    return cfg.seed * 100_003 + step + call * 1_000_000_007
 
 
 def step_metrics(records: list[dict], needs_index: bool) -> dict:
