@@ -22,10 +22,10 @@ teachers:
     - name: smollm2
       backend: transformers
       model: smollm2
-      limit: 5
+      limit: 4
       batch_size: 2
       shards: 2
-      sampling: {temperature: 0.7, top_p: 0.9, max_new_tokens: 12, seed: 0}
+      sampling: {temperature: 0.7, top_p: 0.9, max_new_tokens: 8, seed: 0}
 runner: {kind: ray, num_cpus: 2}
 """
 
@@ -53,7 +53,7 @@ def test_ray_task_runner_gives_the_traces_of_the_default_runner(tmp_path, run_og
 
     a, b = traces(tmp_path / "ray"), traces(tmp_path / "local")
     assert a.equals(b)
-    assert a.filter(pl.col("teacher") == "smollm2").height == 5
+    assert a.filter(pl.col("teacher") == "smollm2").height == 4
     assert a.filter(pl.col("teacher") == "stepwise").height == 12
     # Sharding never changes a trace: one shard per teacher, in process, without Prefect.
     one = load_config(cfg_path, [f"workdir={tmp_path / 'one'}", "teachers.teachers.0.shards=1",
