@@ -113,7 +113,8 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     t = cfg.train
     policy_dir = Path((init_ref or policy_ref).path) / MODEL_DIR
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
+    # On several processes the ranks load it; this process loads the final checkpoint afterwards.
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.num_processes == 1 else None
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     inputs = train_inputs(cfg, problems, index_ref)
@@ -126,6 +127,12 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     if t.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
         from oger.rl.checkpoint import latest_checkpoint
         from oger.rl.distributed import train_distributed
+
+        per_step = min(t.prompts_per_step, len(inputs.problem_ids))
+        if per_step % (t.num_processes * t.rollout_batch_prompts):
+            raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so "
+                             f"{per_step} prompts per step: not a multiple of train.num_processes x "
+                             f"train.rollout_batch_prompts = {t.num_processes} x {t.rollout_batch_prompts}")
 
         history = train_distributed(cfg, policy_dir, Path(problems_ref.path) / "problems.parquet",
                                     index_ref, run_dir)
