@@ -54,7 +54,7 @@ def rollouts(ref):
 
 def test_presets_replacement_and_bonus(tmp_path):
     for algo in ("grpo", "luffy", "oger"):
-        refs = pipeline.run_local(lite(tmp_path, f"train.algorithm={algo}"))
+        refs = pipeline.run_local(lite(tmp_path, f"train.algorithm={algo}"), until="train")
         m, rows = refs["train"].metrics, rollouts(refs["train"])
         off = [r for r in rows if r["off_policy"]]
         if algo == "grpo":
@@ -83,7 +83,7 @@ def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(tmp_path)
     from oger.errors import StageError
 
     cfg = lite(tmp_path, "train.algorithm=grpo")
-    refs = pipeline.run_local(cfg)
+    refs = pipeline.run_local(cfg, until="train")
     assert not list(cfg.workdir_path.glob("cache/train/*/checkpoints/step-*"))  # cleaned after success
     plans = pipeline.plan(cfg)
     again = pipeline.run_stage(cfg, plans["train"], refs, refresh=True)
@@ -91,7 +91,7 @@ def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(tmp_path)
     assert again.metrics["reward_first_20pct"] == refs["train"].metrics["reward_first_20pct"]
     bad = lite(tmp_path, "train.algorithm=grpo", "train.split=validation")
     with pytest.raises(StageError, match="train.split='validation'"):
-        pipeline.run_local(bad)
+        pipeline.run_local(bad, until="train")
 
 
 def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
@@ -119,7 +119,7 @@ import sys
 from oger.config import load_config
 from oger import pipeline
 cfg = load_config(sys.argv[1], sys.argv[2:])
-ref = pipeline.run_local(cfg)["train"]
+ref = pipeline.run_local(cfg, until="train")["train"]
 print("DONE", ref.path)
 """
 
