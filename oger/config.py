@@ -316,14 +316,14 @@ class TrainConfig(Strict):
 
 # --------------------------------------------------------------------------- evaluate
 
-# LUFFY's evaluation system prompt (its `apply_qwen_math_template`), selectable as a preset.
+# LUFFY's system prompt, as in its valid.all.parquet (and its `apply_qwen_math_template`).
 LUFFY_SYSTEM_PROMPT = (
     "Your task is to follow a systematic, thorough reasoning process before providing the final "
     "solution. This involves analyzing, summarizing, exploring, reassessing, and refining your thought "
     "process through multiple iterations. Structure your response into two sections: Thought and "
-    "Solution. In the Thought section, present your reasoning using the format: \"<think>\\n {thoughts} "
-    "</think>\\n\". Each thought should include detailed analysis, brainstorming, verification, and "
-    "refinement of ideas. After \"</think>\\n,\" in the Solution section, provide the final, logical, and "
+    "Solution. In the Thought section, present your reasoning using the format: \"<think>\n {thoughts} "
+    "</think>\n\". Each thought should include detailed analysis, brainstorming, verification, and "
+    "refinement of ideas. After \"</think>\n,\" in the Solution section, provide the final, logical, and "
     "accurate answer, clearly derived from the exploration in the Thought section. If applicable, "
     "include the answer in \\boxed{} for closed-form results like multiple choices or mathematical "
     "solutions.")

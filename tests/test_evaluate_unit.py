@@ -94,3 +94,11 @@ def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"benchmarks/aime24/test.jsonl not found under .*'math-ai/aime24'"):
         load_benchmark("aime24")
+
+
+def test_luffy_system_prompt_is_the_one_in_luffys_eval_parquet(data_dir):
+    from oger.config import LUFFY_SYSTEM_PROMPT
+
+    df = pl.read_parquet(data_dir / "benchmarks/luffy_eval/valid.all.parquet", columns=["prompt"])
+    assert df["prompt"][0][0]["role"] == "system"
+    assert LUFFY_SYSTEM_PROMPT == df["prompt"][0][0]["content"]
