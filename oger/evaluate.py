@@ -124,8 +124,8 @@ def _write_shard(path: Path, df: pl.DataFrame) -> None:
 
 
 def summarize(samples: pl.DataFrame, specs: list[BenchmarkSpec], e: EvaluateConfig) -> dict:
-    """Per benchmark: base/trained avg@k (the headline accuracy), pass@k, maj@k, n, k; plus the
-    math average over the six math benchmarks and the OOD average, over those present."""
+    """Per benchmark: base/trained avg@k (the headline accuracy), unbiased pass@k, maj@k, n, k and
+    how many prompts were cut to fit the context."""
     out: dict = {}
     for spec in specs:
         k = e.samples_for(spec)
@@ -140,7 +140,8 @@ def summarize(samples: pl.DataFrame, specs: list[BenchmarkSpec], e: EvaluateConf
             entry[f"{model}_pass@{k}"] = round(sc["pass"], 4)
             entry[f"{model}_maj@{k}"] = round(sc["maj"], 4)
             entry["n"] = max(entry["n"], sc["n"])
-            entry["prompt_truncated"] = int(sub.filter(pl.col("sample_index") == 0)["prompt_truncated"].sum())
+            cut = int(sub.filter(pl.col("sample_index") == 0)["prompt_truncated"].sum())
+            entry["prompt_truncated"] = max(entry.get("prompt_truncated", 0), cut)
         out[spec.name] = entry
     return out
 
