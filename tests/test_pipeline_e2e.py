@@ -171,15 +171,16 @@ def test_tiny_training_improves_reward_for_each_preset(run_oger, workdir, algori
     assert (m["replaced_fraction"] > 0) == (algorithm != "grpo")
     assert (m["bonus_mean"] > 0) == (algorithm == "oger")
     policy = s["stages"]["policy"]["metrics"]
-    assert 0.2 <= policy["heldout_accuracy"] <= 0.7, policy  # room to learn, something to learn from
+    assert 0.1 <= policy["heldout_accuracy"] <= 0.7, policy  # room to learn, something to learn from
     train_dir = Path(s["stages"]["train"]["path"])
     for name in ("model/config.json", "metrics.jsonl", "rollouts.jsonl", "curves.png"):
         assert (train_dir / name).exists(), name
 
 
 def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, workdir, state):
-    """The default run end to end: both models scored on the held-out split (avg@4) and on GSM8K /
-    MATH-500 slices, whatever the numbers are; samples, summary and report agree."""
+    """The default run end to end: the trained policy beats the policy stage on the held-out split
+    (avg@4), the GSM8K / MATH-500 slices are scored whatever the numbers are, and samples, summary
+    and report agree."""
     proc = run_oger("run", CONFIG, "--set", f"workdir={workdir}")
     s = summary_of(proc)
     assert list(s["stages"])[-2:] == ["train", "evaluate"]
@@ -187,6 +188,7 @@ def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(run_oger, 
     ev = s["evaluate"]
     assert set(ev) == {"synthetic", "gsm8k", "math500"}
     assert ev["synthetic"]["n"] >= 200 and ev["gsm8k"]["n"] == 50 and ev["math500"]["n"] == 50
+    assert ev["synthetic"]["trained"] > ev["synthetic"]["base"], ev
     for e in ev.values():
         assert 0.0 <= e["base"] <= 1.0 and 0.0 <= e["trained"] <= 1.0
     stage = Path(s["stages"]["evaluate"]["path"])

@@ -40,12 +40,12 @@ def test_plan_every_shipped_config(config, tmp_path, capsys):
     cfg = load_config(config)
     t = cfg.train
     rollouts = budget(data, "train")["rollouts"]
-    if config.stem == "tiny":  # pool of 32 problems >= 8 prompts per step
-        assert rollouts == 40 * 8 * 8 * 80
+    if config.stem == "tiny":  # pool of 64 problems >= 8 prompts per step
+        assert rollouts == 40 * 8 * 8 * 56
         assert budget(data, "teachers") == {"smollm2": 8 * 1 * 96}  # scripted teachers: no model tokens
-        evaluate = 200 * (2 * 4) * 100 + 2 * (50 * 2 * 100)  # synthetic avg@4, gsm8k, math500; 2 models
-        assert budget(data, "evaluate")["synthetic (base + trained, T=0.6)"] == 200 * 8 * 100
-        assert data["total_tokens"] == 40 * 8 * 8 * 80 + 768 + 2 * 200 * 100 + evaluate
+        evaluate = 200 * (2 * 4) * 56 + 2 * (50 * 2 * 56)  # synthetic avg@4, gsm8k, math500; 2 models
+        assert budget(data, "evaluate")["synthetic (base + trained, T=0.6)"] == 200 * 8 * 56
+        assert data["total_tokens"] == 40 * 8 * 8 * 56 + 768 + 2 * 200 * 56 + evaluate
     else:
         assert rollouts == t.steps * t.prompts_per_step * t.group_size * t.max_new_tokens
     # The human-readable form: the DAG line, every stage, the total.
