@@ -362,6 +362,8 @@ class EvaluateConfig(Strict):
     score_workers: int = Field(2, ge=1, description="math-verify processes")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm engine")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each model's job asks Ray for "
+                                   "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf")
 
     @field_validator("benchmarks", mode="before")
     @classmethod

@@ -182,55 +182,66 @@ def plot_scores(per_bench: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _sample_all(cfg: OgerConfig, workdir: Path, identity: dict, problems_ref: ArtifactRef,
-                policy_ref: ArtifactRef, train_ref: ArtifactRef, rows: dict, prompt: tuple,
-                scorer, refresh: bool) -> list[pl.DataFrame]:
-    """Every (model, benchmark) shard: from the cache, or sampled, scored and cached."""
+def _shards(cfg: OgerConfig, workdir: Path, model_key: str, problems_key: str, identity: dict) -> list:
+    """(spec, shard path) of every configured benchmark for the model with this artifact key."""
+    e, prompt = cfg.evaluate, prompt_format(cfg)
+    out = []
+    for spec in e.benchmarks:
+        data_id = problems_key if spec.name == SYNTHETIC else identity["data"][spec.name]
+        out.append((spec, _shard_path(workdir, model_key, sampling_plan(e, spec), prompt, data_id)))
+    return out
+
+
+def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, problems_ref: ArtifactRef,
+                 identity: dict, refresh: bool) -> int:
+    """Sample, score and cache every missing benchmark shard of one model with one engine; returns how
+    many shards it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
     from transformers import AutoTokenizer
 
     from oger.eval_engines import make_engine
+    from oger.eval_scoring import Scorer
 
     e = cfg.evaluate
-    parts = []
-    for model, ref in (("base", policy_ref), ("trained", train_ref)):
-        model_dir = Path(ref.path) / "model"
-        engine = tokenizer = None
-        for spec in e.benchmarks:
-            plan = sampling_plan(e, spec)
-            data_id = problems_ref.key if spec.name == SYNTHETIC else identity["data"][spec.name]
-            shard = _shard_path(workdir, ref.key, plan, prompt, data_id)
-            if shard.exists() and not refresh:  # keyed by the model's artifact key, not its role
-                parts.append(pl.read_parquet(shard).with_columns(model=pl.lit(model)))
-                continue
-            if engine is None:
-                scorer.warm()  # math-verify workers spawn while the model loads and generates
-                engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
-                                     tensor_parallel_size=e.tensor_parallel_size,
-                                     gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
-                tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            df = sample_benchmark(engine, tokenizer, rows[spec.name], plan, prompt, model, scorer)
+    todo = [(spec, shard) for spec, shard in _shards(cfg, workdir, ref.key, problems_ref.key, identity)
+            if refresh or not shard.exists()]
+    if not todo:
+        return 0
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    scorer = Scorer(e.score_timeout_s, e.score_workers)
+    scorer.warm()  # math-verify workers spawn while the model loads and generates
+    model_dir = Path(ref.path) / "model"
+    engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
+                         tensor_parallel_size=e.tensor_parallel_size,
+                         gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        for spec, shard in todo:
+            df = sample_benchmark(engine, tokenizer, benchmark_rows(cfg, spec, problems),
+                                  sampling_plan(e, spec), prompt_format(cfg), model, scorer)
             _write_shard(shard, df)
-            parts.append(df)
-        if engine is not None:
-            engine.close()
-    return parts
+    finally:
+        engine.close()
+        scorer.close()
+    return len(todo)
 
 
 def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
                  problems_ref: ArtifactRef, policy_ref: ArtifactRef, train_ref: ArtifactRef,
-                 refresh: bool = False) -> ArtifactRef:
-    from oger.eval_scoring import Scorer
+                 refresh: bool = False, fan_out=None) -> ArtifactRef:
+    """`fan_out` (`oger.fanout`) runs one job per model (default: one after the other, in process)."""
+    from oger.fanout import Job, run_in_process
 
     e = cfg.evaluate
-    prompt = prompt_format(cfg)
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
-    rows = {s.name: benchmark_rows(cfg, s, problems) for s in e.benchmarks}
-    scorer = Scorer(e.score_timeout_s, e.score_workers)
-    try:
-        parts = _sample_all(cfg, workdir, identity, problems_ref, policy_ref, train_ref, rows, prompt,
-                            scorer, refresh)
-    finally:
-        scorer.close()
+    models = (("base", policy_ref), ("trained", train_ref))
+    gpus = e.num_gpus if e.num_gpus is not None else (e.tensor_parallel_size if e.engine == "vllm" else 0)
+    jobs = [Job(f"evaluate-{model}", (cfg, workdir, model, ref, problems_ref, identity, refresh),
+                num_gpus=gpus) for model, ref in models]
+    for _job, _written in (fan_out or run_in_process)(sample_model, jobs):
+        pass
+    parts = []
+    for model, ref in models:  # shards are keyed by the model's artifact key, not its role
+        for _spec, shard in _shards(cfg, workdir, ref.key, problems_ref.key, identity):
+            parts.append(pl.read_parquet(shard).with_columns(model=pl.lit(model)))
     samples = pl.concat(parts)
     per_bench = summarize(samples, e.benchmarks, e)
     metrics = {**per_bench, **group_averages(per_bench)}

@@ -97,7 +97,7 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
               refresh: bool = False, fan_out=None) -> ArtifactRef:
     """Return the cached artifact, or compute it (atomically) from the upstream artifacts.
 
-    `fan_out` (`oger.fanout`) runs the shards of fan-out stages (teachers); default: in process."""
+    `fan_out` (`oger.fanout`) runs the shards of fan-out stages (teachers, evaluate); default: in process."""
     if not refresh:
         ref = cached_ref(cfg, p)
         if ref is not None:
@@ -131,7 +131,7 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
                                      index_ref, refresh=refresh, init_ref=init_ref)
     if p.name == "evaluate":
         return evaluate_stage.run_evaluate(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
-                                           upstream_refs["train"], refresh=refresh)
+                                           upstream_refs["train"], refresh=refresh, fan_out=fan_out)
     raise ValueError(p.name)
 
 
