@@ -374,7 +374,7 @@ class EvaluateConfig(Strict):
 
     @model_validator(mode="after")
     def _known_unique(self):
-        from oger.benchmarks import REGISTRY, SYNTHETIC
+        from oger.evaluate.benchmarks import REGISTRY, SYNTHETIC
 
         names = [b.name for b in self.benchmarks]
         for i, n in enumerate(names):

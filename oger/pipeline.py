@@ -23,7 +23,7 @@ from oger import policy as policy_stage
 from oger import problems as problems_stage
 from oger import teachers as teachers_stage
 from oger import train as train_stage
-from oger import evaluate as evaluate_stage
+from oger.evaluate import stage as evaluate_stage
 from oger.artifacts import ArtifactRef, artifact_dir, load_complete, stage_key
 from oger.config import OgerConfig
 from oger.errors import ConfigError, StageError

@@ -5,9 +5,9 @@ import pytest
 
 from oger.config import BenchmarkSpec, EvaluateConfig, load_config
 from oger.errors import ConfigError
-from oger.eval_engines import fit_prompt
-from oger.eval_scoring import score_all
-from oger.evaluate import SAMPLE_SCHEMA, group_averages, summarize
+from oger.evaluate.engines import fit_prompt
+from oger.evaluate.scoring import score_all
+from oger.evaluate.stage import SAMPLE_SCHEMA, group_averages, summarize
 
 
 def test_luffy_protocol_samples_32_on_competition_sets_once_elsewhere():
@@ -87,7 +87,7 @@ def test_single_sample_benchmarks_report_plain_accuracy():
 
 
 def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_path):
-    from oger.benchmarks import load_benchmark
+    from oger.evaluate.benchmarks import load_benchmark
     from oger.errors import DataError
 
     monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))

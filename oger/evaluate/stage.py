@@ -18,10 +18,10 @@ from pathlib import Path
 import polars as pl
 
 from oger.artifacts import ArtifactRef, canonical_json, file_fingerprint, write_artifact
-from oger.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
 from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
 from oger.errors import StageError
-from oger.eval_metrics import benchmark_scores
+from oger.evaluate.metrics import benchmark_scores
 
 STAGE = "evaluate"
 STAGE_VERSION = 1
@@ -89,7 +89,7 @@ def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, plan: dict, prompt: 
     """k completions per problem, scored; one row per sample."""
     from tqdm.auto import tqdm
 
-    from oger.eval_engines import fit_prompt
+    from oger.evaluate.engines import fit_prompt
     from oger.rl.rollout import chat_prompt_ids
 
     instruction, system = prompt
@@ -198,8 +198,8 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
     many shards it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
     from transformers import AutoTokenizer
 
-    from oger.eval_engines import make_engine
-    from oger.eval_scoring import Scorer
+    from oger.evaluate.engines import make_engine
+    from oger.evaluate.scoring import Scorer
 
     e = cfg.evaluate
     todo = [(spec, shard) for spec, shard in _shards(cfg, workdir, ref.key, problems_ref.key, identity)
