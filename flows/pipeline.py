@@ -64,15 +64,6 @@ def _run_name() -> str:
         return os.path.splitext(os.path.basename(str(params.get("config", "oger"))))[0]
 
 
-def _log_train_inputs(plans: dict) -> None:
-    up, index_key = plans["train"].upstream, plans["index"].key
-    if up["index"] != index_key:
-        print(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
-              f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
-    if "init" in up:
-        print(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
-
-
 @flow(name="oger-pipeline", flow_run_name=_run_name, log_prints=True)
 def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[str] | None = None,
                   from_stage: str | None = None, until: str | None = None,
@@ -88,8 +79,8 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
     plans = pipeline.plan(cfg)
     record = pipeline.RunRecord(cfg, overrides=overrides)
     record.data["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name}
-    if "train" in selected:
-        _log_train_inputs(plans)
+    for note in pipeline.input_notes(plans, selected):  # e.g. train reads a pinned index tag
+        print(note)
     try:
         refs = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
         for name in selected:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel
 
@@ -60,8 +60,47 @@ class ArtifactRef(BaseModel):
         return Path(self.path)
 
 
+def stage_root(workdir: Path, stage: str) -> Path:
+    """`<workdir>/artifacts/<stage>/`: every artifact of one stage, one folder per key."""
+    return Path(workdir) / "artifacts" / stage
+
+
 def artifact_dir(workdir: Path, stage: str, key: str) -> Path:
-    return Path(workdir) / "artifacts" / stage / key[:16]
+    return stage_root(workdir, stage) / key[:16]
+
+
+def cache_root(workdir: Path, stage: str) -> Path:
+    """`<workdir>/cache/<stage>/`: a stage's resumable work outside its artifacts."""
+    return Path(workdir) / "cache" / stage
+
+
+def cache_dir(workdir: Path, stage: str, key: str) -> Path:
+    """`<workdir>/cache/<stage>/<key16>/`: resumable work of one key (train checkpoints)."""
+    return cache_root(workdir, stage) / key[:16]
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """`write(tmp)` fills a temp sibling of `path` (a file or a folder), which is renamed onto
+    `path` only when `write` returns: a reader, or a crash, never sees half of it.
+
+    The one temp-then-rename in the code base besides `write_artifact` (which adds the manifest).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
+    try:
+        write(tmp)
+        if tmp.is_dir():
+            _swap_into_place(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -176,6 +215,8 @@ def write_artifact(workdir: Path, stage: str, key: str, *, config_slice: Any,
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename tmp to final; an existing final (a --refresh) is moved aside first, then deleted."""
+    if final.is_file():
+        final.unlink()
     if final.exists():
         trash = final.parent / f".tmp-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(final, trash)

@@ -341,6 +341,13 @@ class BenchmarkSpec(Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default: evaluate's")
 
 
+# Every benchmark `evaluate.benchmarks` may name: "synthetic" (the synthetic task's held-out split)
+# and the files of `oger.evaluate.benchmarks.REGISTRY` (tests/test_contract.py keeps them equal;
+# listed here so the config does not import the evaluation code).
+BENCHMARK_NAMES = ("synthetic", "aime24", "aime25", "amc", "math500", "minerva", "olympiadbench",
+                   "gsm8k", "arc_c", "gpqa_diamond", "mmlu_pro")
+
+
 class EvaluateConfig(Strict):
     """Benchmarks scored for the policy-stage model ("base") and the trained one."""
 
@@ -374,13 +381,11 @@ class EvaluateConfig(Strict):
 
     @model_validator(mode="after")
     def _known_unique(self):
-        from oger.evaluate.benchmarks import REGISTRY, SYNTHETIC
-
         names = [b.name for b in self.benchmarks]
         for i, n in enumerate(names):
-            if n != SYNTHETIC and n not in REGISTRY:
+            if n not in BENCHMARK_NAMES:
                 raise ValueError(f"benchmarks.{i}.name: unknown benchmark {n!r}; known: "
-                                 f"{sorted([SYNTHETIC, *REGISTRY])}")
+                                 f"{sorted(BENCHMARK_NAMES)}")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"benchmarks listed twice: {dup}")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, write_artifact
+from oger.artifacts import ArtifactRef
 from oger.config import FilterConfig
+from oger.contract import Stage, StageContext, StageInfo
 from oger.errors import StageError
 from oger.models import key_model_ref, load_tokenizer, model_identity
 from oger.verify import extract_answer, is_equivalent
@@ -100,8 +101,8 @@ def print_table(metrics: dict) -> None:
     Console(stderr=True).print(table)
 
 
-def run_filter(cfg: FilterConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-               problems_ref: ArtifactRef, teachers_ref: ArtifactRef) -> ArtifactRef:
+def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
+               teachers_ref: ArtifactRef) -> ArtifactRef:
     from tqdm.auto import tqdm
 
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
@@ -120,14 +121,12 @@ def run_filter(cfg: FilterConfig, workdir: Path, key: str, config_slice: dict, i
                          f"filter.min_tokens/max_tokens ({cfg.min_tokens}/{cfg.max_tokens}) or "
                          "check the teachers' answers")
     kept = decisions.filter(pl.col("reason") == "kept").drop("reason")
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
-                        upstream={"problems": problems_ref.key, "teachers": teachers_ref.key},
-                        identity=identity) as out:
+    with ctx.output() as out:
         kept.write_parquet(out.file("traces.parquet"))
         decisions.select("trace_id", "teacher", "problem_id", "reason", "extracted_answer",
                          "correct", "n_tokens_policy").write_parquet(out.file("decisions.parquet"))
         out.metrics = {**metrics, "problems_covered": kept["problem_id"].n_unique()}
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def read_kept(ref: ArtifactRef) -> pl.DataFrame:
@@ -136,9 +135,14 @@ def read_kept(ref: ArtifactRef) -> pl.DataFrame:
 
 def plan_info(cfg, counts):
     """`oger plan`: what the filter runs (no generation)."""
-    from oger.plan import StageInfo
-
     f = cfg.filter
     return StageInfo(engine=f"math-verify; lengths by the {f.tokenizer} tokenizer", resources="CPU",
                      notes=[f"keeps correct traces of {f.min_tokens}-{f.max_tokens} tokens"
                             + (", stopped" if f.require_stop else "") + (", de-duplicated" if f.dedupe else "")])
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "teachers"),
+                  key_inputs=lambda cfg: key_inputs(cfg.filter),
+                  run=lambda ctx, inputs: run_filter(ctx.cfg.filter, ctx, inputs["problems"],
+                                                     inputs["teachers"]),
+                  plan_info=plan_info)

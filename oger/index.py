@@ -16,8 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from oger.artifacts import ArtifactRef, canonical_json, write_artifact
+from oger.artifacts import ArtifactRef, canonical_json
 from oger.config import IndexConfig
+from oger.contract import Stage, StageContext, StageInfo
 from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.errors import StageError
 from oger.models import key_model_ref
@@ -101,9 +102,10 @@ def _tag(tbl, tag: str) -> None:
         tbl.tags.create(tag, tbl.version)
 
 
-def run_index(cfg: IndexConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-              filter_ref: ArtifactRef) -> ArtifactRef:
+def run_index(cfg: IndexConfig, ctx: StageContext, filter_ref: ArtifactRef) -> ArtifactRef:
     from lancedb.index import BTree
+
+    workdir, key, identity = ctx.workdir, ctx.key, ctx.identity
 
     kept = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
     if kept.height == 0:
@@ -131,13 +133,12 @@ def run_index(cfg: IndexConfig, workdir: Path, key: str, config_slice: dict, ide
     tbl.create_index("problem_id", config=BTree(), replace=True)
     _tag(tbl, key)
     info = {"db": str(db_path(workdir)), "table": cfg.table, "tag": key, "version": tbl.version}
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
-                        upstream={"filter": filter_ref.key}, identity=identity) as out:
+    with ctx.output() as out:
         out.file(INDEX_FILE).write_text(json.dumps(info, indent=2))
         out.metrics = {"rows": tbl.count_rows(), "rows_this_stage": data.num_rows,
                        "new_embeddings": n_new, "tag": key, "version": tbl.version,
                        "rounds": rounds, "dim": int(vecs.shape[1])}
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def tag_exists(workdir: Path, table: str, tag: str) -> bool:
@@ -191,8 +192,14 @@ class TeacherIndex:
 
 def plan_info(cfg, counts):
     """`oger plan`: the encoder and the LanceDB table (no generation)."""
-    from oger.plan import StageInfo
-
     i = cfg.index
     return StageInfo(engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}",
                      resources="CPU", notes=["embeds only texts missing from the embedding cache"])
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("filter",),
+                  key_inputs=lambda cfg: key_inputs(cfg.index),
+                  run=lambda ctx, inputs: run_index(ctx.cfg.index, ctx, inputs["filter"]),
+                  plan_info=plan_info,
+                  # the artifact points at a table version: without its tag it is not complete
+                  is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key))

@@ -11,11 +11,10 @@ tagged versions themselves never change. `oger index unpin` goes back to followi
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from oger.artifacts import ArtifactRef, load_complete, read_manifest
+from oger.contract import artifact_manifest, atomic_write, load_complete
 from oger.errors import ConfigError, StageError
 from oger.index import db_path
 
@@ -47,9 +46,8 @@ def _write_pins(workdir: Path, pins: dict) -> None:
     if not pins:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(pins, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(pins, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _open_table(workdir: Path, table: str):
@@ -72,7 +70,7 @@ def list_versions(workdir: Path, table: str) -> list[dict]:
     rows = []
     for tag, info in tbl.tags.list().items():
         version = info["version"]
-        manifest = read_manifest(Path(workdir) / "artifacts" / "index" / tag[:16]) or {}
+        manifest = artifact_manifest(workdir, "index", tag) or {}
         metrics = manifest.get("metrics", {})
         tbl.checkout(version)
         rows.append({"tag": tag, "version": version, "rows": tbl.count_rows(),
@@ -126,12 +124,3 @@ def training_tag(workdir: Path, table: str, planned: str) -> str:
     pin = read_pin(workdir, table)
     return pin["tag"] if pin else planned
 
-
-def index_ref(workdir: Path, tag: str) -> ArtifactRef:
-    """The index artifact behind a (pinned) tag."""
-    ref = load_complete(workdir, "index", tag)
-    if ref is None:
-        raise StageError(f"training is pinned to index tag {tag[:16]} ({pin_path(workdir)}), but "
-                         f"its artifact is missing; `oger index restore` another tag or "
-                         f"`oger index unpin`")
-    return ref

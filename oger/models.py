@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from oger.artifacts import dir_fingerprint, file_fingerprint
+from oger.artifacts import atomic_write, dir_fingerprint, file_fingerprint
 from oger.errors import ConfigError
 
 # alias -> (python package that ships the files, relative path inside it, kind)
@@ -108,14 +107,12 @@ def _atomic_save(target: Path, save) -> Path:
     """Run save(tmp_dir) and rename into place, so a crash never leaves a half-written folder."""
     if (target / ".complete").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    (tmp / ".complete").write_text("ok")
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(tmp, target)
-    return target
+
+    def write(tmp: Path) -> None:
+        save(tmp)
+        (tmp / ".complete").write_text("ok")
+
+    return atomic_write(target, write)
 
 
 def gguf_tokenizer_dir(src: ModelSource) -> Path:

@@ -1,14 +1,14 @@
 """The stage DAG without Prefect: keys for every stage from the config alone, cache checks,
 running one stage, stage selection (--only/--from/--until) and the run record.
 
-`flows/pipeline.py` wraps `run_stage` in one Prefect task per stage; tests and scripts can call
-it directly.
+Stages are `oger.contract.Stage` objects registered in DAG order (the built-in ones below); this
+module only walks the registry: it never branches on a stage's name. `flows/pipeline.py` wraps
+`run_stage` in one Prefect task per stage; tests and scripts can call it directly.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,25 +16,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from oger import contract
 from oger import filter as filter_stage
 from oger import index as index_stage
-from oger import index_versions, rounds
 from oger import policy as policy_stage
 from oger import problems as problems_stage
-from oger import teachers as teachers_stage
 from oger import train as train_stage
-from oger.evaluate import stage as evaluate_stage
-from oger.artifacts import ArtifactRef, artifact_dir, load_complete, stage_key
+from oger.artifacts import ArtifactRef, artifact_dir, atomic_write, load_complete, stage_key
 from oger.config import OgerConfig
 from oger.errors import ConfigError, StageError
+from oger.evaluate import stage as evaluate_stage
+from oger.teachers import stage as teachers_stage
 
-STAGES = ["problems", "teachers", "filter", "index", "policy", "train", "evaluate"]
-UPSTREAM = {"problems": [], "teachers": ["problems"], "filter": ["problems", "teachers"],
-            "index": ["filter"], "policy": ["problems", "filter"],
-            "train": ["problems", "policy", "index"], "evaluate": ["problems", "policy", "train"]}
-_MODULES = {"problems": problems_stage, "teachers": teachers_stage, "filter": filter_stage,
-            "index": index_stage, "policy": policy_stage, "train": train_stage,
-            "evaluate": evaluate_stage}
+BUILTIN_STAGES = (problems_stage.STAGE_DEF, teachers_stage.STAGE_DEF, filter_stage.STAGE_DEF,
+                  index_stage.STAGE_DEF, policy_stage.STAGE_DEF, train_stage.STAGE_DEF,
+                  evaluate_stage.STAGE_DEF)
+for _stage in BUILTIN_STAGES:
+    contract.register(_stage)
+
+STAGES = contract.ORDER  # live views of the registry: a registered stage shows up here
+UPSTREAM = contract.UPSTREAM
 
 
 @dataclass
@@ -51,88 +52,74 @@ class StagePlan:
         return artifact_dir(workdir, self.name, self.key)
 
 
-def _section(cfg: OgerConfig, name: str):
-    """The config a stage's key_inputs reads (train needs several sections)."""
-    return {"problems": cfg.problems, "teachers": cfg.teachers, "filter": cfg.filter,
-            "index": cfg.index, "policy": cfg.policy, "train": cfg, "evaluate": cfg}[name]
-
-
 def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
-    """Keys of all stages in order; each folds in its upstream keys (DESIGN §3)."""
+    """Keys of all stages in order; each folds in its upstream keys (DESIGN §3), and a stage's
+    `extra_inputs` hook may add inputs of its own (train: a pinned index tag, a checkpoint)."""
     plans: dict[str, StagePlan] = {}
     for name in STAGES:
-        mod = _MODULES[name]
-        slice_, identity = mod.key_inputs(_section(cfg, name))
-        upstream = {u: plans[u].key for u in UPSTREAM[name]}
-        if name == "train":
-            upstream = _train_upstream(cfg, upstream, plans["policy"].config_slice)
-        key = stage_key(name, mod.STAGE_VERSION, slice_, upstream, identity)
+        stage = contract.get(name)
+        slice_, identity = stage.key_inputs(cfg)
+        upstream = {u: plans[u].key for u in stage.upstream}
+        if stage.extra_inputs is not None:
+            upstream = stage.extra_inputs(cfg, upstream, plans)
+        key = stage_key(name, stage.version, slice_, upstream, identity)
         plans[name] = StagePlan(name, key, slice_, identity, upstream)
     return plans
 
 
-def _train_upstream(cfg: OgerConfig, upstream: dict[str, str], policy_slice) -> dict[str, str]:
-    """The train stage reads the pinned index tag when there is one (`oger index restore`), and
-    with `train.init_from: previous_round` starts from an earlier round's checkpoint: both are
-    inputs, so both go into its key."""
-    wd = cfg.workdir_path
-    out = {**upstream, "index": index_versions.training_tag(wd, cfg.index.table, upstream["index"])}
-    if cfg.train.init_from == "previous_round":
-        prev = rounds.previous_checkpoint(wd, cfg.teachers.round, policy_slice)
-        if prev is not None:
-            out["init"] = prev["key"]
-    return out
-
-
 def cached_ref(cfg: OgerConfig, p: StagePlan) -> ArtifactRef | None:
-    """The complete artifact for this plan, if any (the index also needs its LanceDB tag)."""
+    """The complete artifact for this plan, if any (and if the stage's `is_complete` agrees)."""
     ref = load_complete(cfg.workdir_path, p.name, p.key)
-    if ref is not None and p.name == "index":
-        if not index_stage.tag_exists(cfg.workdir_path, cfg.index.table, p.key):
-            return None
+    is_complete = contract.get(p.name).is_complete
+    if ref is not None and is_complete is not None and not is_complete(cfg, ref):
+        return None
     return ref
+
+
+def resolve_inputs(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
+    """An artifact for every key in the plan's `upstream`: the upstream stage's ref when its key
+    matches, else the complete artifact with that key (a pinned index tag, an earlier round's
+    checkpoint)."""
+    stage, wd = contract.get(p.name), cfg.workdir_path
+    inputs = {}
+    for name, key in p.upstream.items():
+        ref = upstream_refs.get(name)
+        if ref is None or ref.key != key:
+            ref = load_complete(wd, stage.input_stage(name), key)
+        if ref is None:
+            msg = stage.missing_input(wd, name, key) if stage.missing_input else (
+                f"stage {p.name!r}: input {name!r} has no complete {stage.input_stage(name)} "
+                f"artifact for key {key[:16]} in {wd}")
+            raise StageError(msg)
+        inputs[name] = ref
+    return inputs
 
 
 def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef],
               refresh: bool = False, fan_out=None) -> ArtifactRef:
     """Return the cached artifact, or compute it (atomically) from the upstream artifacts.
 
-    `fan_out` (`oger.fanout`) runs the shards of fan-out stages (teachers, evaluate); default: in process."""
+    `fan_out` (`oger.fanout`) runs the fan-out jobs of stages that have them (teachers,
+    evaluate); default: in process."""
     if not refresh:
         ref = cached_ref(cfg, p)
         if ref is not None:
             return ref
-    wd = cfg.workdir_path
-    args = (wd, p.key, p.config_slice, p.identity)
-    if p.name == "problems":
-        return problems_stage.run_problems(cfg.problems, *args)
-    if p.name == "teachers":
-        return teachers_stage.run_teachers(cfg.teachers, *args, upstream_refs["problems"],
-                                           refresh=refresh, fan_out=fan_out)
-    if p.name == "filter":
-        return filter_stage.run_filter(cfg.filter, *args, upstream_refs["problems"],
-                                       upstream_refs["teachers"])
-    if p.name == "index":
-        return index_stage.run_index(cfg.index, *args, upstream_refs["filter"])
-    if p.name == "policy":
-        return policy_stage.run_policy(cfg.policy, *args, upstream_refs["problems"],
-                                       upstream_refs["filter"])
-    if p.name == "train":
-        index_ref = upstream_refs["index"]
-        if index_ref.key != p.upstream["index"]:  # pinned by `oger index restore`
-            index_ref = index_versions.index_ref(wd, p.upstream["index"])
-        init_ref = None
-        if "init" in p.upstream:
-            init_ref = load_complete(wd, "train", p.upstream["init"])
-            if init_ref is None:
-                raise StageError(f"train.init_from=previous_round: checkpoint "
-                                 f"{p.upstream['init'][:16]} disappeared from {wd}/artifacts/train")
-        return train_stage.run_train(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
-                                     index_ref, refresh=refresh, init_ref=init_ref)
-    if p.name == "evaluate":
-        return evaluate_stage.run_evaluate(cfg, *args, upstream_refs["problems"], upstream_refs["policy"],
-                                           upstream_refs["train"], refresh=refresh, fan_out=fan_out)
-    raise ValueError(p.name)
+    inputs = resolve_inputs(cfg, p, upstream_refs)
+    ctx = contract.StageContext(workdir=cfg.workdir_path, name=p.name, key=p.key,
+                                config_slice=p.config_slice, identity=p.identity,
+                                upstream=dict(p.upstream), cfg=cfg, refresh=refresh, fan_out=fan_out)
+    return contract.get(p.name).run(ctx, inputs)
+
+
+def input_notes(plans: dict[str, StagePlan], selected: list[str]) -> list[str]:
+    """What the selected stages want said before they run (e.g. train reads a pinned index)."""
+    out: list[str] = []
+    for name in selected:
+        hook = contract.get(name).input_notes
+        if hook is not None:
+            out += hook(plans)
+    return out
 
 
 def _parse_stage_list(value: str | list[str] | None, option: str) -> list[str]:
@@ -220,9 +207,9 @@ class RunRecord:
     def add(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
         self.data["stages"][name] = {"key": ref.key, "cached": cached, "seconds": round(seconds, 3),
                                      "path": ref.path, "metrics": ref.metrics}
-        if name == "evaluate":  # the headline numbers, one entry per benchmark
-            self.data["evaluate"] = {b: {"base": m["base"], "trained": m["trained"], "n": m["n"]}
-                                     for b, m in ref.metrics.items() if "k" in m}
+        summary = contract.get(name).run_summary
+        if summary is not None:  # headline numbers (evaluate: one entry per benchmark)
+            self.data[name] = summary(ref)
         self.write()
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -233,9 +220,8 @@ class RunRecord:
         self.write()
 
     def write(self) -> None:
-        tmp = self.summary_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.summary_path)
+        text = json.dumps(self.data, indent=2, default=str)
+        atomic_write(self.summary_path, lambda tmp: tmp.write_text(text))
 
 
 def status_rows(cfg: OgerConfig) -> list[dict]:
@@ -254,9 +240,14 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-def run_local(cfg: OgerConfig, until: str = STAGES[-1]) -> dict[str, ArtifactRef]:
-    """Run every stage up to `until` in this process, without Prefect (scripts, tests, benches)."""
-    plans, refs = plan(cfg), {}
-    for name in STAGES[:STAGES.index(until) + 1]:
+def run_local(cfg: OgerConfig, until: str | None = None, *, only=None,
+              from_stage: str | None = None) -> dict[str, ArtifactRef]:
+    """Run the selected stages (default: every stage up to `until`) in this process, without
+    Prefect (scripts, tests, benches). Stages not selected that the selected ones read must be
+    cached already."""
+    plans = plan(cfg)
+    selected = select_stages(only, from_stage, until)
+    refs = load_upstream(cfg, plans, required_upstream(selected))
+    for name in selected:
         refs[name] = run_stage(cfg, plans[name], refs)
     return refs

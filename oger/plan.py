@@ -2,37 +2,20 @@
 
 For every stage of `pipeline.STAGES`: its upstream stages, key, whether its artifact is cached, the
 engines and resources it asks for, and its token budget (problems x samples x max new tokens).
-Each stage module may define `plan_info(cfg, counts) -> StageInfo`; a module without it is listed
-with its key and state only.
+Each stage may give a `plan_info(cfg, counts) -> StageInfo` hook (`oger.contract.Stage`); a stage
+without it is listed with its key and state only.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-
-@dataclass
-class Budget:
-    """Generation of one kind: `prompts` x `samples` x `max_tokens` new tokens at most."""
-
-    what: str
-    prompts: int | None  # None: unknown before the problems stage has run (file not laid out)
-    samples: int
-    max_tokens: int
-
-    @property
-    def tokens(self) -> int | None:
-        return None if self.prompts is None else self.prompts * self.samples * self.max_tokens
-
-
-@dataclass
-class StageInfo:
-    engine: str
-    resources: str
-    budget: list[Budget] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+from oger import contract, pipeline
+from oger.config import SyntheticSource, load_config
+from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.problems import source_file
 
 
 class ProblemCounts:
@@ -49,9 +32,6 @@ class ProblemCounts:
             for split, source, n in df.group_by(["split", "source"]).len().iter_rows():
                 self.rows[(split, source)] = n
             return
-        from oger.config import SyntheticSource
-        from oger.problems import source_file
-
         for src in cfg.problems.sources:
             if isinstance(src, SyntheticSource):
                 self.rows[("train", src.name)] = src.n_train
@@ -91,15 +71,13 @@ def fmt_tokens(n: int | None) -> str:
 
 def build(cfg) -> dict:
     """The plan as a JSON-able dict (what `oger plan --json` prints)."""
-    from oger import pipeline
-
     plans = pipeline.plan(cfg)
     refs = {name: pipeline.cached_ref(cfg, p) for name, p in plans.items()}
     counts = ProblemCounts(cfg, refs.get("problems"))
     stages, total, unknown = [], 0, False
     for name in pipeline.STAGES:
         p = plans[name]
-        hook = getattr(pipeline._MODULES[name], "plan_info", None)
+        hook = contract.get(name).plan_info
         info = hook(cfg, counts) if hook else StageInfo("-", "-", notes=["no plan_info for this stage"])
         budget = [{**asdict(b), "tokens": b.tokens} for b in info.budget]
         for b in info.budget:
@@ -123,8 +101,6 @@ def dag_lines(stages: list[dict]) -> list[str]:
 
 
 def cmd_plan(args) -> int:
-    from oger.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     data = build(cfg)
     if args.json:

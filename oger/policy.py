@@ -12,10 +12,12 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, write_artifact
+from oger.artifacts import ArtifactRef
 from oger.config import PolicyConfig
+from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.errors import StageError
-from oger.models import key_model_ref, model_identity
+from oger.models import key_model_ref, load_causal_lm, model_identity
+from oger.tiny_model import build_model, save_policy, train_tokenizer
 
 STAGE = "policy"
 STAGE_VERSION = 1
@@ -37,9 +39,6 @@ def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
 
 
 def _load_base(cfg: PolicyConfig, corpus: list[str]):
-    from oger.models import load_causal_lm
-    from oger.tiny_model import build_model, train_tokenizer
-
     if cfg.source == "tiny":
         t = cfg.tiny
         tokenizer = train_tokenizer(corpus, t.vocab_size)
@@ -66,8 +65,8 @@ def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: 
     return out, dropped
 
 
-def run_policy(cfg: PolicyConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-               problems_ref: ArtifactRef, filter_ref: ArtifactRef) -> ArtifactRef:
+def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
+               filter_ref: ArtifactRef) -> ArtifactRef:
     from tqdm.auto import tqdm
 
     from oger.rl.rollout import greedy_accuracy
@@ -103,14 +102,10 @@ def run_policy(cfg: PolicyConfig, workdir: Path, key: str, config_slice: dict, i
             instruction=cfg.instruction, system_prompt=cfg.system_prompt,
             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size), 4)
         metrics["heldout_n"] = heldout.height
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
-                        upstream={"problems": problems_ref.key, "filter": filter_ref.key},
-                        identity=identity) as out:
-        from oger.tiny_model import save_policy
-
+    with ctx.output() as out:
         save_policy(model, tokenizer, out.tmp / MODEL_DIR)
         out.metrics = metrics
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def model_dir(ref: ArtifactRef) -> Path:
@@ -119,8 +114,6 @@ def model_dir(ref: ArtifactRef) -> Path:
 
 def plan_info(cfg, counts):
     """`oger plan`: base model, SFT warm start and the held-out greedy evaluation."""
-    from oger.plan import Budget, StageInfo
-
     p = cfg.policy
     base = "tiny Qwen2 + BPE tokenizer" if p.source == "tiny" else f"transformers {p.model} ({p.dtype})"
     notes = []
@@ -131,3 +124,10 @@ def plan_info(cfg, counts):
     return StageInfo(engine=base + ("; SFT (torch)" if p.sft.enabled else ""), resources="1 process",
                      budget=[Budget("held-out eval (greedy)", heldout, 1, p.eval_max_new_tokens)],
                      notes=notes)
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"),
+                  key_inputs=lambda cfg: key_inputs(cfg.policy),
+                  run=lambda ctx, inputs: run_policy(ctx.cfg.policy, ctx, inputs["problems"],
+                                                     inputs["filter"]),
+                  plan_info=plan_info)

@@ -15,8 +15,9 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, file_fingerprint, write_artifact
+from oger.artifacts import ArtifactRef, file_fingerprint
 from oger.config import FieldMap, HFSource, LocalSource, ProblemsConfig, SyntheticSource, expand_path
+from oger.contract import Stage, StageContext, StageInfo
 from oger.errors import ConfigError, DataError
 from oger.synthetic import generate_problems
 from oger.verify import last_boxed
@@ -257,8 +258,7 @@ def key_inputs(cfg: ProblemsConfig) -> tuple[dict, dict]:
     return {"sources": sources}, identity
 
 
-def run_problems(cfg: ProblemsConfig, workdir: Path, key: str, config_slice: dict,
-                 identity: dict) -> ArtifactRef:
+def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
     rows, seen, dropped_dup, per_source = [], set(), 0, {}
     for src in cfg.sources:
         recs = load_source(src)
@@ -276,8 +276,7 @@ def run_problems(cfg: ProblemsConfig, workdir: Path, key: str, config_slice: dic
     if not rows:
         raise DataError("problems stage: the configured sources yielded no problems")
     df = pl.DataFrame(rows, schema=SCHEMA)
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream={},
-                        identity=identity) as out:
+    with ctx.output() as out:
         df.write_parquet(out.file("problems.parquet"))
         out.metrics = {
             "problems": df.height,
@@ -287,7 +286,7 @@ def run_problems(cfg: ProblemsConfig, workdir: Path, key: str, config_slice: dic
             "dropped_duplicate": dropped_dup,
             "per_source": per_source,
         }
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def read_problems(ref: ArtifactRef) -> pl.DataFrame:
@@ -296,10 +295,13 @@ def read_problems(ref: ArtifactRef) -> pl.DataFrame:
 
 def plan_info(cfg, counts):
     """`oger plan`: sources and problem counts (nothing is read but file sizes)."""
-    from oger.plan import StageInfo
-
     splits = sorted({split for split, _ in counts.rows})
     return StageInfo(engine="polars: " + ", ".join(f"{s.name} ({s.kind})" for s in cfg.problems.sources),
                      resources="1 CPU",
                      notes=[f"{sp}: {counts.count(sp) if counts.count(sp) is not None else '?'} problems"
                             for sp in splits])
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=(),
+                  key_inputs=lambda cfg: key_inputs(cfg.problems),
+                  run=lambda ctx, inputs: run_problems(ctx.cfg.problems, ctx), plan_info=plan_info)

@@ -12,7 +12,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from oger.artifacts import canonical_json, read_manifest
+from oger.artifacts import canonical_json
+from oger.contract import artifact_manifest, read_manifest, stage_root
+from oger.errors import StageError
+from oger.index_versions import list_versions
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
 TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "accuracy_last_20pct", "bonus_mean",
@@ -26,7 +29,7 @@ def _when(ts: str | None) -> datetime:
 def manifests(workdir: Path, stage: str) -> list[dict]:
     """Complete manifests of a stage's artifacts, each with its "path"."""
     out = []
-    for d in sorted((Path(workdir) / "artifacts" / stage).glob("*")):
+    for d in sorted(stage_root(workdir, stage).glob("*")):
         m = read_manifest(d)
         if m and m.get("complete") and not d.name.startswith("."):
             out.append({**m, "path": str(d)})
@@ -55,8 +58,7 @@ def train_round(workdir: Path, m: dict) -> str | None:
     if m.get("metrics", {}).get("round"):
         return m["metrics"]["round"]
     index_key = m.get("inputs", {}).get("index", "")
-    rounds = (read_manifest(Path(workdir) / "artifacts" / "index" / index_key[:16]) or {}) \
-        .get("metrics", {}).get("rounds", [])
+    rounds = (artifact_manifest(workdir, "index", index_key) or {}).get("metrics", {}).get("rounds", [])
     return rounds[0] if len(rounds) == 1 else None
 
 
@@ -64,7 +66,7 @@ def _same_recipe(workdir: Path, m: dict, policy_slice) -> bool:
     """The checkpoint was trained from a policy built by the same policy config (architecture,
     tokenizer recipe, SFT), so continuing from it is meaningful."""
     policy_key = m.get("inputs", {}).get("policy", "")
-    pm = read_manifest(Path(workdir) / "artifacts" / "policy" / policy_key[:16]) or {}
+    pm = artifact_manifest(workdir, "policy", policy_key) or {}
     return pm.get("config") == json.loads(canonical_json(policy_slice))
 
 
@@ -149,9 +151,6 @@ def round_comparison_section(data: dict) -> list[str]:
 
 def round_status(workdir: Path, table: str) -> list[dict]:
     """Per round, oldest first: index tags, trained checkpoints, evaluation summaries, last run."""
-    from oger.errors import StageError
-    from oger.index_versions import list_versions
-
     workdir = Path(workdir)
     seen = first_seen(workdir)
     rounds: dict[str, dict] = {}

@@ -3,6 +3,10 @@
 Checkpoints live outside the atomic artifact (in `<workdir>/cache/train/<key16>/`) so an
 interrupted run resumes at the next step; the artifact holds the final HF model folder,
 metrics.jsonl, TensorBoard events and training-curve PNGs.
+
+Its inputs are keys like any stage's, two of them its own: the index tag it reads (the index
+stage's key, or the tag pinned by `oger index restore`) and, with `train.init_from:
+previous_round`, the checkpoint of an earlier round (input "init", a train artifact).
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, write_artifact
+from oger import index_versions, rounds
+from oger.artifacts import ArtifactRef
 from oger.config import OgerConfig, TrainConfig
+from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.encoder import encoder_identity
 from oger.errors import StageError
+from oger.index import TeacherIndex
 
 STAGE = "train"
 STAGE_VERSION = 3  # 3: rollouts seeded per generation call (rank-invariant), per-group teacher pick
@@ -77,8 +84,7 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
                  instruction: str | None = None):
     """What the trainer reads: the RL prompt pool (train.split, first train.max_prompts), gold
     answers, the teacher index at the index stage's tag, and the prompt format."""
-    from oger.index import TeacherIndex
-    from oger.rl.trainer import TrainInputs
+    from oger.rl.trainer import TrainInputs  # imports torch
 
     pool = problems.filter(pl.col("split") == cfg.train.split)
     if cfg.train.max_prompts:
@@ -97,9 +103,8 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
     )
 
 
-def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-              problems_ref: ArtifactRef, policy_ref: ArtifactRef, index_ref: ArtifactRef,
-              refresh: bool = False, init_ref: ArtifactRef | None = None) -> ArtifactRef:
+def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, policy_ref: ArtifactRef,
+              index_ref: ArtifactRef, init_ref: ArtifactRef | None = None) -> ArtifactRef:
     """Train (resuming from this key's last checkpoint unless `refresh`); checkpoints are removed
     once the artifact is written, the final model lives in the artifact. `init_ref`: an earlier
     round's train artifact to continue from (its model and tokenizer) instead of the policy."""
@@ -107,10 +112,10 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oger.rl.rollout import greedy_accuracy
-    from oger.rl.trainer import train
+    from oger.rl.rollout import greedy_accuracy  # imports torch
+    from oger.rl.trainer import train  # imports torch
 
-    t = cfg.train
+    t, refresh = cfg.train, ctx.refresh
     policy_dir = Path((init_ref or policy_ref).path) / MODEL_DIR
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
@@ -118,15 +123,15 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     inputs = train_inputs(cfg, problems, index_ref)
-    run_dir = workdir / "cache" / "train" / key[:16]
+    run_dir = ctx.cache_dir
     if refresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     if t.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
-        from oger.rl.checkpoint import latest_checkpoint
-        from oger.rl.distributed import train_distributed
+        from oger.rl.checkpoint import latest_checkpoint  # imports torch
+        from oger.rl.distributed import train_distributed  # imports torch
 
         per_step = min(t.prompts_per_step, len(inputs.problem_ids))
         if per_step % (t.num_processes * t.rollout_batch_prompts):
@@ -170,10 +175,7 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
             max_new_tokens=cfg.policy.eval_max_new_tokens,
             batch_size=cfg.policy.eval_batch_size), 4)
         metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
-    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "index": index_ref.key,
-                **({"init": init_ref.key} if init_ref else {})}
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream=upstream,
-                        identity={**identity, "index_tag": index_ref.key}) as out:
+    with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
         model.save_pretrained(out.tmp / MODEL_DIR)
         tokenizer.save_pretrained(out.tmp / MODEL_DIR)
         shutil.copy(run_dir / "metrics.jsonl", out.file("metrics.jsonl"))
@@ -184,13 +186,11 @@ def run_train(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, iden
         plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")
         out.metrics = metrics
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
-    from oger.plan import Budget, StageInfo
-
     t = cfg.train
     if t.num_processes > 1:
         update = (f"torch {'FSDP2' if t.fsdp else 'DDP'} x {t.num_processes} "
@@ -208,3 +208,47 @@ def plan_info(cfg: OgerConfig, counts):
                      budget=[Budget("rollouts", t.steps * per_step, t.group_size, t.max_new_tokens),
                              Budget("held-out eval (greedy)", heldout, 1, cfg.policy.eval_max_new_tokens)],
                      notes=notes)
+
+
+def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict[str, str]:
+    """The train stage reads the pinned index tag when there is one (`oger index restore`), and
+    with `train.init_from: previous_round` starts from an earlier round's checkpoint: both are
+    inputs, so both go into its key."""
+    wd = cfg.workdir_path
+    out = {**upstream, "index": index_versions.training_tag(wd, cfg.index.table, upstream["index"])}
+    if cfg.train.init_from == "previous_round":
+        prev = rounds.previous_checkpoint(wd, cfg.teachers.round, plans["policy"].config_slice)
+        if prev is not None:
+            out["init"] = prev["key"]
+    return out
+
+
+def missing_input(workdir: Path, name: str, key: str) -> str:
+    if name == "init":
+        return (f"train.init_from=previous_round: checkpoint {key[:16]} disappeared from "
+                f"{workdir}/artifacts/train")
+    if name != "index":
+        return f"train: input {name!r} has no complete artifact for key {key[:16]} in {workdir}"
+    return (f"training is pinned to index tag {key[:16]} ({index_versions.pin_path(workdir)}), but "
+            f"its artifact is missing; `oger index restore` another tag or `oger index unpin`")
+
+
+def input_notes(plans: dict) -> list[str]:
+    """What the flow says before training on inputs other than the plan's own index."""
+    up, index_key, notes = plans[STAGE].upstream, plans["index"].key, []
+    if up["index"] != index_key:
+        notes.append(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
+                     f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
+    if "init" in up:
+        notes.append(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
+    return notes
+
+
+def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    return run_train(ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"],
+                     init_ref=inputs.get("init"))
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"),
+                  key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
+                  input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes)

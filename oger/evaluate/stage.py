@@ -2,26 +2,27 @@
 
 Per benchmark and model, k samples per problem under the protocol (LUFFY/OGER: T=0.6, top_p=1,
 avg@32 on AIME24/25 and AMC, one sample elsewhere; or greedy), scored with math-verify, summarised
-as avg@k, unbiased pass@k and maj@k. Each (model, benchmark) result is cached as a shard under
+as avg@k, unbiased pass@k and maj@k. Each (model, benchmark) result file is cached under
 `<workdir>/cache/evaluate/`, keyed by the model's artifact key and everything that changes its
 samples: a new training run re-evaluates only the trained model, and an interrupted stage resumes
-at the first missing shard.
+at the first missing result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, canonical_json, file_fingerprint, write_artifact
-from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json, file_fingerprint
 from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
-from oger.errors import StageError
+from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.errors import DataError, StageError
+from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
 from oger.evaluate.metrics import benchmark_scores
+from oger.fanout import Job, run_in_process
 
 STAGE = "evaluate"
 STAGE_VERSION = 1
@@ -40,8 +41,8 @@ def prompt_format(cfg: OgerConfig) -> tuple[str, str | None]:
     return e.instruction or cfg.policy.instruction, cfg.policy.system_prompt
 
 
-def sampling_plan(e: EvaluateConfig, spec: BenchmarkSpec) -> dict:
-    """What decides one (model, benchmark) shard's samples, besides the model itself."""
+def sampling_setup(e: EvaluateConfig, spec: BenchmarkSpec) -> dict:
+    """What decides one (model, benchmark) result's samples, besides the model itself."""
     return {"benchmark": spec.name, "limit": spec.limit, "k": e.samples_for(spec),
             "temperature": e.temperature_for(spec), "top_p": e.top_p,
             "max_new_tokens": spec.max_new_tokens or e.max_new_tokens, "seed": e.seed, "engine": e.engine}
@@ -57,7 +58,8 @@ def _data_identity(name: str) -> str:
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     e = cfg.evaluate
     instruction, system = prompt_format(cfg)
-    slice_ = {"plans": [sampling_plan(e, s) for s in e.benchmarks],
+    # "plans": the field's name since version 1 (renaming it would change every evaluate key)
+    slice_ = {"plans": [sampling_setup(e, s) for s in e.benchmarks],
               "prompt": {"instruction": instruction, "system": system},
               "score_timeout_s": e.score_timeout_s, "heldout_split": cfg.policy.eval_split}
     identity = {"data": {s.name: _data_identity(s.name) for s in e.benchmarks}}
@@ -78,13 +80,13 @@ def benchmark_rows(cfg: OgerConfig, spec: BenchmarkSpec, problems: pl.DataFrame)
     return rows.head(spec.limit) if spec.limit else rows
 
 
-def _shard_path(workdir: Path, model_key: str, plan: dict, prompt: tuple, data_id: str) -> Path:
-    h = hashlib.sha256(canonical_json({"v": STAGE_VERSION, "plan": plan, "prompt": list(prompt),
+def _result_path(workdir: Path, model_key: str, setup: dict, prompt: tuple, data_id: str) -> Path:
+    h = hashlib.sha256(canonical_json({"v": STAGE_VERSION, "plan": setup, "prompt": list(prompt),
                                        "data": data_id}).encode()).hexdigest()[:16]
-    return workdir / "cache" / "evaluate" / model_key[:16] / f"{plan['benchmark']}-{h}.parquet"
+    return cache_root(workdir, STAGE) / model_key[:16] / f"{setup['benchmark']}-{h}.parquet"
 
 
-def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, plan: dict, prompt: tuple[str, str | None],
+def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, setup: dict, prompt: tuple[str, str | None],
                      model: str, scorer) -> pl.DataFrame:
     """k completions per problem, scored; one row per sample."""
     from tqdm.auto import tqdm
@@ -96,31 +98,24 @@ def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, plan: dict, prompt: 
     prompts, cut = [], []
     for q in rows["question"].to_list():
         ids, was_cut = fit_prompt(chat_prompt_ids(tokenizer, q, instruction, system), engine.context,
-                                  plan["max_new_tokens"])
+                                  setup["max_new_tokens"])
         prompts.append(ids)
         cut.append(was_cut)
-    k = plan["k"]
-    bar = tqdm(total=len(prompts) * k, desc=f"eval {model} {plan['benchmark']}", unit="sample")
-    comps = engine.generate(prompts, k=k, temperature=plan["temperature"], top_p=plan["top_p"],
-                            max_new_tokens=plan["max_new_tokens"], seed=plan["seed"], progress=bar.update)
+    k = setup["k"]
+    bar = tqdm(total=len(prompts) * k, desc=f"eval {model} {setup['benchmark']}", unit="sample")
+    comps = engine.generate(prompts, k=k, temperature=setup["temperature"], top_p=setup["top_p"],
+                            max_new_tokens=setup["max_new_tokens"], seed=setup["seed"], progress=bar.update)
     bar.close()
     golds = rows["answer"].to_list()
     scores = scorer.score([c.text for c in comps], [golds[c.prompt_index] for c in comps],
-                          desc=f"score {model} {plan['benchmark']}")
+                          desc=f"score {model} {setup['benchmark']}")
     pids = rows["problem_id"].to_list()
     return pl.DataFrame([{
-        "benchmark": plan["benchmark"], "model": model, "problem_id": pids[c.prompt_index],
+        "benchmark": setup["benchmark"], "model": model, "problem_id": pids[c.prompt_index],
         "sample_index": c.sample_index, "response": c.text, "extracted_answer": s.answer,
         "correct": s.correct, "tokens": c.tokens, "finish_reason": c.finish_reason,
         "prompt_truncated": cut[c.prompt_index], "score_status": s.status,
     } for c, s in zip(comps, scores)], schema=SAMPLE_SCHEMA)
-
-
-def _write_shard(path: Path, df: pl.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
 
 
 def summarize(samples: pl.DataFrame, specs: list[BenchmarkSpec], e: EvaluateConfig) -> dict:
@@ -182,28 +177,28 @@ def plot_scores(per_bench: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _shards(cfg: OgerConfig, workdir: Path, model_key: str, problems_key: str, identity: dict) -> list:
-    """(spec, shard path) of every configured benchmark for the model with this artifact key."""
+def _results(cfg: OgerConfig, workdir: Path, model_key: str, problems_key: str, identity: dict) -> list:
+    """(spec, result file) of every configured benchmark for the model with this artifact key."""
     e, prompt = cfg.evaluate, prompt_format(cfg)
     out = []
     for spec in e.benchmarks:
         data_id = problems_key if spec.name == SYNTHETIC else identity["data"][spec.name]
-        out.append((spec, _shard_path(workdir, model_key, sampling_plan(e, spec), prompt, data_id)))
+        out.append((spec, _result_path(workdir, model_key, sampling_setup(e, spec), prompt, data_id)))
     return out
 
 
 def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, problems_ref: ArtifactRef,
                  identity: dict, refresh: bool) -> int:
-    """Sample, score and cache every missing benchmark shard of one model with one engine; returns how
-    many shards it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
+    """Sample, score and cache every missing benchmark result of one model with one engine; returns
+    how many it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
     from transformers import AutoTokenizer
 
     from oger.evaluate.engines import make_engine
     from oger.evaluate.scoring import Scorer
 
     e = cfg.evaluate
-    todo = [(spec, shard) for spec, shard in _shards(cfg, workdir, ref.key, problems_ref.key, identity)
-            if refresh or not shard.exists()]
+    todo = [(spec, path) for spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity)
+            if refresh or not path.exists()]
     if not todo:
         return 0
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
@@ -215,23 +210,20 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
                          gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        for spec, shard in todo:
+        for spec, path in todo:
             df = sample_benchmark(engine, tokenizer, benchmark_rows(cfg, spec, problems),
-                                  sampling_plan(e, spec), prompt_format(cfg), model, scorer)
-            _write_shard(shard, df)
+                                  sampling_setup(e, spec), prompt_format(cfg), model, scorer)
+            atomic_write(path, df.write_parquet)
     finally:
         engine.close()
         scorer.close()
     return len(todo)
 
 
-def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-                 problems_ref: ArtifactRef, policy_ref: ArtifactRef, train_ref: ArtifactRef,
-                 refresh: bool = False, fan_out=None) -> ArtifactRef:
-    """`fan_out` (`oger.fanout`) runs one job per model (default: one after the other, in process)."""
-    from oger.fanout import Job, run_in_process
-
-    e = cfg.evaluate
+def run_evaluate(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, policy_ref: ArtifactRef,
+                 train_ref: ArtifactRef) -> ArtifactRef:
+    """`ctx.fan_out` (`oger.fanout`) runs one job per model (default: one after the other, in process)."""
+    e, workdir, identity, refresh, fan_out = cfg.evaluate, ctx.workdir, ctx.identity, ctx.refresh, ctx.fan_out
     models = (("base", policy_ref), ("trained", train_ref))
     gpus = e.num_gpus if e.num_gpus is not None else (e.tensor_parallel_size if e.engine == "vllm" else 0)
     jobs = [Job(f"evaluate-{model}", (cfg, workdir, model, ref, problems_ref, identity, refresh),
@@ -239,27 +231,22 @@ def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, i
     for _job, _written in (fan_out or run_in_process)(sample_model, jobs):
         pass
     parts = []
-    for model, ref in models:  # shards are keyed by the model's artifact key, not its role
-        for _spec, shard in _shards(cfg, workdir, ref.key, problems_ref.key, identity):
-            parts.append(pl.read_parquet(shard).with_columns(model=pl.lit(model)))
+    for model, ref in models:  # results are keyed by the model's artifact key, not its role
+        for _spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity):
+            parts.append(pl.read_parquet(path).with_columns(model=pl.lit(model)))
     samples = pl.concat(parts)
     per_bench = summarize(samples, e.benchmarks, e)
     metrics = {**per_bench, **group_averages(per_bench)}
-    upstream = {"problems": problems_ref.key, "policy": policy_ref.key, "train": train_ref.key}
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice, upstream=upstream,
-                        identity=identity) as out:
+    with ctx.output() as out:
         samples.write_parquet(out.file("samples.parquet"))
         out.file("scores.json").write_text(json.dumps(metrics, indent=2))
         plot_scores(per_bench, out.file("scores.png"), f"{cfg.name}: policy stage vs trained")
         out.metrics = metrics
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: the engine, and per benchmark problems x k samples x max tokens for both models."""
-    from oger.errors import DataError
-    from oger.plan import Budget, StageInfo
-
     e = cfg.evaluate
     budget = []
     for spec in e.benchmarks:
@@ -271,12 +258,24 @@ def plan_info(cfg: OgerConfig, counts):
                 n = load_benchmark(spec.name, spec.limit).height
             except DataError:
                 n = spec.limit  # not laid out here: unknown size, bounded by the limit if any
-        plan = sampling_plan(e, spec)
-        budget.append(Budget(f"{spec.name} (base + trained, T={plan['temperature']})", n,
-                             2 * plan["k"], plan["max_new_tokens"]))
+        setup = sampling_setup(e, spec)
+        budget.append(Budget(f"{spec.name} (base + trained, T={setup['temperature']})", n,
+                             2 * setup["k"], setup["max_new_tokens"]))
     engine = ("vLLM offline engine" if e.engine == "vllm" else "transformers generate") + \
         f"; math-verify in {e.score_workers} process(es)"
     resources = (f"{e.tensor_parallel_size} GPU(s) (tensor parallel)" if e.engine == "vllm"
                  else "1 process (GPU if CUDA is available)")
     return StageInfo(engine=engine, resources=resources, budget=budget,
                      notes=[f"protocol {e.protocol}, prompt {e.prompt}"])
+
+
+def run_summary(ref: ArtifactRef) -> dict:
+    """The headline numbers a run's summary.json carries: base/trained/n per benchmark."""
+    return {b: {"base": m["base"], "trained": m["trained"], "n": m["n"]}
+            for b, m in ref.metrics.items() if "k" in m}
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "train"),
+                  key_inputs=key_inputs, plan_info=plan_info, run_summary=run_summary,
+                  run=lambda ctx, inputs: run_evaluate(ctx.cfg, ctx, inputs["problems"], inputs["policy"],
+                                                       inputs["train"]))

@@ -9,17 +9,18 @@ finished shard is cached too, so a resumed stage redoes only the unfinished ones
 from __future__ import annotations
 
 import hashlib
-import os
+import importlib
 import shutil
 import time
 from pathlib import Path
 
 import polars as pl
 
-from oger.artifacts import ArtifactRef, canonical_json, write_artifact
+from oger.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json
 from oger.config import TeacherConfig, TeachersConfig
+from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.errors import StageError
-from oger.fanout import FanOut, Job, run_in_process, split_even
+from oger.fanout import Job, run_in_process, split_even
 from oger.models import key_model_ref, model_identity
 from oger.teachers.base import Generation, Prompt
 
@@ -33,21 +34,16 @@ SCHEMA = {
 }
 
 
+# backend name -> the module whose `generate(tcfg, prompts, round)` runs it
+BACKENDS = {"scripted": "oger.teachers.scripted", "transformers": "oger.teachers.hf",
+            "dataset": "oger.teachers.dataset", "openai": "oger.teachers.openai_backend",
+            "vllm": "oger.teachers.vllm_backend"}
+
+
 def _backend(name: str):
-    """Backends are imported only when used (vllm, torch and httpx stay out of cached runs)."""
-    if name == "scripted":
-        from oger.teachers import scripted as mod
-    elif name == "transformers":
-        from oger.teachers import hf as mod
-    elif name == "dataset":
-        from oger.teachers import dataset as mod
-    elif name == "openai":
-        from oger.teachers import openai_backend as mod
-    elif name == "vllm":
-        from oger.teachers import vllm_backend as mod
-    else:  # pragma: no cover - the config schema rejects other names
-        raise ValueError(name)
-    return mod.generate
+    """Backends are imported by module path, only when used (vllm, torch and httpx stay out of
+    cached runs); the config schema allows only the names in BACKENDS."""
+    return importlib.import_module(BACKENDS[name]).generate
 
 
 def teacher_identity(tcfg: TeacherConfig) -> dict:
@@ -129,21 +125,17 @@ def _shard_path(workdir: Path, tcfg: TeacherConfig, round_: str, problems_key: s
         "v": STAGE_VERSION, "round": round_, "problems": problems_key,
         "teacher": _generation_slice(tcfg), "identity": teacher_identity(tcfg),
     }).encode()).hexdigest()[:16]
-    return workdir / "cache" / "teachers" / f"{tcfg.name}-{key}.parquet"
+    return cache_root(workdir, STAGE) / f"{tcfg.name}-{key}.parquet"
 
 
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, df.write_parquet)
 
 
-def run_teachers(cfg: TeachersConfig, workdir: Path, key: str, config_slice: dict, identity: dict,
-                 problems_ref: ArtifactRef, refresh: bool = False,
-                 fan_out: FanOut | None = None) -> ArtifactRef:
-    """`refresh` regenerates every teacher instead of reusing finished per-teacher (and per-shard)
-    caches; `fan_out` runs the shards (default: one after the other in this process)."""
+def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactRef) -> ArtifactRef:
+    """`ctx.refresh` regenerates every teacher instead of reusing finished per-teacher (and
+    per-shard) caches; `ctx.fan_out` runs the shards (default: one after the other in this process)."""
+    workdir, refresh, fan_out = ctx.workdir, ctx.refresh, ctx.fan_out
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     frames: dict[str, pl.DataFrame] = {}
     per_teacher: dict[str, dict] = {}
@@ -192,11 +184,10 @@ def run_teachers(cfg: TeachersConfig, workdir: Path, key: str, config_slice: dic
     if traces.height == 0:
         raise StageError("teachers stage: no teacher produced a trace (check each teacher's split, "
                          "sources and limit against the problems table)")
-    with write_artifact(workdir, STAGE, key, config_slice=config_slice,
-                        upstream={"problems": problems_ref.key}, identity=identity) as out:
+    with ctx.output() as out:
         traces.write_parquet(out.file("traces.parquet"))
         out.metrics = {"traces": traces.height, "round": cfg.round, "per_teacher": per_teacher}
-    return ArtifactRef(stage=STAGE, key=key, path=str(out.final), metrics=out.metrics)
+    return ctx.ref(out)
 
 
 def _part_path(teacher_file: Path, shard: int, of: int) -> Path:
@@ -230,8 +221,6 @@ _ENGINES = {"scripted": "scripted solver", "transformers": "transformers generat
 
 def plan_info(cfg, counts):
     """`oger plan`: per teacher its engine, shards and their Ray resources, and its token budget."""
-    from oger.plan import Budget, StageInfo
-
     engines, resources, budget, notes = [], [f"runner {cfg.runner.kind}"], [], []
     for t in cfg.teachers.teachers:
         cpus, gpus = teacher_resources(t)
@@ -246,3 +235,9 @@ def plan_info(cfg, counts):
         else:
             budget.append(Budget(t.name, prompts, t.n, t.sampling.max_new_tokens))
     return StageInfo(engine="\n".join(engines), resources="\n".join(resources), budget=budget, notes=notes)
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems",),
+                  key_inputs=lambda cfg: key_inputs(cfg.teachers),
+                  run=lambda ctx, inputs: run_teachers(ctx.cfg.teachers, ctx, inputs["problems"]),
+                  plan_info=plan_info)
