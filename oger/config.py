@@ -429,7 +429,7 @@ class OgerConfig(Strict):
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
     runner: RunnerConfig = RunnerConfig()
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True)

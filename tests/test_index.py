@@ -6,6 +6,7 @@ import pytest
 
 from oger.artifacts import ArtifactRef, stage_key, write_artifact
 from oger.config import IndexConfig
+from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
 from oger.index import TeacherIndex, key_inputs, run_index, tag_exists
 
@@ -19,6 +20,11 @@ def fake_filter_artifact(workdir, rows, key):
     return ArtifactRef(stage="filter", key=key, path=str(out.final))
 
 
+def index_ctx(workdir, key, slice_, identity, filter_ref):
+    return StageContext(workdir=workdir, name="index", key=key, config_slice=slice_, identity=identity,
+                        upstream={"filter": filter_ref.key})
+
+
 def row(tid, pid, text, rnd="r1"):
     return {"trace_id": tid, "problem_id": pid, "teacher": "t", "round": rnd, "text": text}
 
@@ -30,20 +36,20 @@ def test_upsert_tags_cache_and_lookup(tmp_path):
                                          row("b", "p1", "2 + 2 = 4, so \\boxed{4}"),
                                          row("c", "p2", "seven times six is 42")], "f" * 64)
     k1 = stage_key("index", 1, slice_, {"filter": f1.key}, identity)
-    r1 = run_index(cfg, tmp_path, k1, slice_, identity, f1)
+    r1 = run_index(cfg, index_ctx(tmp_path, k1, slice_, identity, f1), f1)
     assert r1.metrics["new_embeddings"] == 3 and r1.metrics["rows"] == 3 and r1.metrics["tag"] == k1
 
     # A stricter filter for the same round: one trace gone, nothing new to embed.
     f2 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
                                          row("c", "p2", "seven times six is 42")], "e" * 64)
     k2 = stage_key("index", 1, slice_, {"filter": f2.key}, identity)
-    r2 = run_index(cfg, tmp_path, k2, slice_, identity, f2)
+    r2 = run_index(cfg, index_ctx(tmp_path, k2, slice_, identity, f2), f2)
     assert r2.metrics["new_embeddings"] == 0 and r2.metrics["rows"] == 2
 
     # A new round appends; older rows stay.
     f3 = fake_filter_artifact(tmp_path, [row("d", "p1", "four, because 2+2=4", "r2")], "d" * 64)
     k3 = stage_key("index", 1, slice_, {"filter": f3.key}, identity)
-    r3 = run_index(cfg, tmp_path, k3, slice_, identity, f3)
+    r3 = run_index(cfg, index_ctx(tmp_path, k3, slice_, identity, f3), f3)
     assert r3.metrics["new_embeddings"] == 1 and r3.metrics["rows"] == 3
 
     db = tmp_path / "index" / "lancedb"
