@@ -1,6 +1,6 @@
-"""Prefect wiring of `oger.fanout`: every shard becomes a Prefect task run, submitted to Prefect's
-default thread runner (`runner.kind: local`, one shard at a time, in this process) or to
-prefect-ray's RayTaskRunner (`runner.kind: ray`), where each shard asks Ray for the CPUs and GPUs
+"""Prefect wiring of `oger.fanout`: every fan-out job becomes a Prefect task run, submitted to Prefect's
+default thread runner (`runner.kind: local`, one job at a time, in this process) or to
+prefect-ray's RayTaskRunner (`runner.kind: ray`), where each job asks Ray for the CPUs and GPUs
 its backend needs. The stage code is the same either way; only the task runner differs.
 """
 
@@ -15,11 +15,12 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from oger.config import RunnerConfig
+from oger.errors import ConfigError
 from oger.fanout import FanOut, Job
 
 
 @task(cache_policy=NONE, log_prints=True)
-def shard_task(fn: Callable, args: tuple) -> Any:
+def job_task(fn: Callable, args: tuple) -> Any:
     return fn(*args)
 
 
@@ -29,8 +30,6 @@ def task_runner(runner: RunnerConfig):
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:  # pragma: no cover - prefect-ray is a dependency of the dev extra
-        from oger.errors import ConfigError
-
         raise ConfigError("runner.kind: ray needs prefect-ray and ray: pip install 'oger[ray]'") from None
     init: dict[str, Any] = {"include_dashboard": False}
     if runner.address is None:  # a local Ray instance
@@ -65,7 +64,7 @@ def prefect_fan_out(runner: RunnerConfig) -> FanOut:
             futures = {}
             for job in jobs:
                 with _resources(runner, job):
-                    fut = tr.submit(shard_task.with_options(name=job.name, task_run_name=job.name),
+                    fut = tr.submit(job_task.with_options(name=job.name, task_run_name=job.name),
                                     parameters={"fn": fn, "args": job.args})
                 futures[fut] = job
             for fut in as_completed(list(futures)):

@@ -39,7 +39,7 @@ def _stage_cache_key(context, parameters) -> str:
       log_prints=True)
 def stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef],
                refresh: bool = False) -> ArtifactRef:
-    # Fan-out stages (teachers, evaluate) run their shards as tasks on cfg.runner's task runner.
+    # Fan-out stages (teachers, evaluate) run their jobs as tasks on cfg.runner's task runner.
     return pipeline.run_stage(cfg, plan, upstream, refresh=refresh,
                               fan_out=prefect_fan_out(cfg.runner))
 

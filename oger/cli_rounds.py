@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from oger import index_versions as iv
+from oger.config import load_config
+
 
 def add_index_parser(sub, add_config_args) -> None:
     index = sub.add_parser("index", help="list the teacher-index versions, pin the one training reads")
@@ -20,9 +23,6 @@ def add_index_parser(sub, add_config_args) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from oger import index_versions as iv
-    from oger.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     wd, table = cfg.workdir_path, cfg.index.table
     if args.index_command == "restore":
@@ -60,9 +60,8 @@ def print_rounds(cfg, rounds: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from oger.index_versions import read_pin
 
-    pin = read_pin(cfg.workdir_path, cfg.index.table)
+    pin = iv.read_pin(cfg.workdir_path, cfg.index.table)
     t = Table(title="rounds" + (f" (training pinned to index tag {pin['tag'][:16]})" if pin else ""))
     for col in ("round", "index tags (version:rows)", "checkpoints", "evaluations", "last run"):
         t.add_column(col, overflow="fold")

@@ -406,8 +406,9 @@ class EvaluateConfig(Strict):
 
 
 class RunnerConfig(Strict):
-    """Where fan-out stages (teachers; evaluation sampling) run their shards: Prefect's default
-    task runner in this process (`local`) or prefect-ray's RayTaskRunner (`ray`). Not in any key."""
+    """Where fan-out stages run their jobs (teacher shards; one evaluation job per model):
+    Prefect's default task runner in this process (`local`) or prefect-ray's RayTaskRunner
+    (`ray`). Not in any key."""
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster (e.g. ray://head:10001 or auto); "

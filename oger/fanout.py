@@ -1,10 +1,11 @@
-"""Fan-out of independent shards (teacher generation; evaluation sampling): the job description
+"""Fan-out of independent jobs (teacher shards; one evaluation job per model): the job description
 and the in-process runner. A stage takes a `fan_out(fn, jobs)` and iterates over
-`(job, fn(*job.args))` in completion order, so it can save each shard as soon as it is done.
+`(job, fn(*job.args))` in completion order, so it can save each job's result as soon as it is done.
 
 `flows/fanout.py` gives the same interface over Prefect task runners: the default thread runner
 or prefect-ray's RayTaskRunner (`runner.kind: ray`), where each job asks Ray for its CPUs/GPUs.
-Shards are pure functions of their arguments, so the runner never changes the result.
+Jobs are pure functions of their arguments, so the runner never changes the result.
+("Shard" means one thing only: a slice of one teacher's prompts, run as one job.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ FanOut = Callable[[Callable, list["Job"]], Iterator[tuple["Job", Any]]]
 
 @dataclass
 class Job:
-    """One shard: `fn(*args)` needing `num_cpus` CPUs and `num_gpus` GPUs (Ray resources)."""
+    """One job: `fn(*args)` needing `num_cpus` CPUs and `num_gpus` GPUs (Ray resources)."""
 
     name: str
     args: tuple
@@ -33,8 +34,8 @@ def run_in_process(fn: Callable, jobs: list[Job]) -> Iterator[tuple[Job, Any]]:
 
 
 def split_even(n_items: int, n_shards: int, block: int = 1) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of about equal size whose boundaries are multiples of `block`
-    (a backend's seeding unit), so a shard samples what the unsharded run samples there."""
+    """[lo, hi) ranges of about equal size (a teacher's shards) whose boundaries are multiples of
+    `block` (a backend's seeding unit), so a shard samples what the unsharded run samples there."""
     blocks = -(-n_items // block)
     n_shards = max(1, min(n_shards, blocks))
     out, lo = [], 0

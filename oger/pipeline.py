@@ -76,7 +76,8 @@ def cached_ref(cfg: OgerConfig, p: StagePlan) -> ArtifactRef | None:
     return ref
 
 
-def resolve_inputs(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
+def resolve_inputs(cfg: OgerConfig, p: StagePlan,
+                   upstream_refs: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
     """An artifact for every key in the plan's `upstream`: the upstream stage's ref when its key
     matches, else the complete artifact with that key (a pinned index tag, an earlier round's
     checkpoint)."""

@@ -50,7 +50,7 @@ def _load_base(cfg: PolicyConfig, corpus: list[str]):
 
 def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: dict[str, str]):
     """(prompt ids, response ids + eos) per kept trace of the chosen teachers, within max_tokens."""
-    from oger.rl.rollout import chat_prompt_ids
+    from oger.rl.rollout import chat_prompt_ids  # imports torch
 
     if cfg.sft.teachers:
         traces = traces.filter(pl.col("teacher").is_in(cfg.sft.teachers))
@@ -69,7 +69,7 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
                filter_ref: ArtifactRef) -> ArtifactRef:
     from tqdm.auto import tqdm
 
-    from oger.rl.rollout import greedy_accuracy
+    from oger.rl.rollout import greedy_accuracy  # imports torch
 
     problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
     traces = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
@@ -84,7 +84,7 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
         if not examples:
             raise StageError(f"policy stage: no SFT example fits sft.max_tokens={cfg.sft.max_tokens} "
                              f"for teachers {cfg.sft.teachers or 'all'}")
-        from oger.rl.sft import sft
+        from oger.rl.sft import sft  # imports torch
 
         started = time.time()
         bar = tqdm(desc="policy: sft", unit="step")

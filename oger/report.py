@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from oger.filter import REASONS
 from oger.rounds import round_comparison_section
 
 
@@ -16,8 +17,6 @@ def _filter_plot(metrics: dict, out: Path) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from oger.filter import REASONS
 
     teachers = list(per)
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -21,7 +21,9 @@ from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, Oger
 from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.errors import DataError, StageError
 from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.evaluate.engines import fit_prompt, make_engine
 from oger.evaluate.metrics import benchmark_scores
+from oger.evaluate.scoring import Scorer
 from oger.fanout import Job, run_in_process
 
 STAGE = "evaluate"
@@ -91,8 +93,7 @@ def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, setup: dict, prompt:
     """k completions per problem, scored; one row per sample."""
     from tqdm.auto import tqdm
 
-    from oger.evaluate.engines import fit_prompt
-    from oger.rl.rollout import chat_prompt_ids
+    from oger.rl.rollout import chat_prompt_ids  # imports torch
 
     instruction, system = prompt
     prompts, cut = [], []
@@ -192,9 +193,6 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
     """Sample, score and cache every missing benchmark result of one model with one engine; returns
     how many it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
     from transformers import AutoTokenizer
-
-    from oger.evaluate.engines import make_engine
-    from oger.evaluate.scoring import Scorer
 
     e = cfg.evaluate
     todo = [(spec, path) for spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from oger.errors import StageError
+from oger.errors import ConfigError, StageError
 
 
 @dataclass
@@ -179,8 +179,6 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
         import importlib.util
 
         if importlib.util.find_spec("accelerate") is None:
-            from oger.errors import ConfigError
-
             raise ConfigError("train.launcher: accelerate needs the accelerate package "
                               "(pip install accelerate), or use train.launcher: torchrun")
         # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
