@@ -243,3 +243,26 @@ def test_a_registered_stage_runs_through_the_pipeline_and_is_cached(words_stage,
     # --refresh recomputes it
     pipeline.run_stage(cfg, plans["words"], {"problems": first["problems"]}, refresh=True)
     assert len(calls) == 2
+
+
+def test_inputs_resolve_by_key_including_the_train_stages_own(tmp_path):
+    """An input that is not the upstream stage's current artifact (train's `init`: an earlier
+    round's checkpoint; a pinned index tag) is found by its key; a missing one is named."""
+    from oger.artifacts import write_artifact
+    from oger.errors import StageError
+
+    cfg_file = tmp_path / "lite.yaml"
+    cfg_file.write_text(LITE)
+    cfg = load_config(cfg_file, [f"workdir={tmp_path / 'w'}"])
+    old = "a" * 64
+    with write_artifact(cfg.workdir_path, "train", old, config_slice={}, upstream={}) as out:
+        out.file("model/config.json").write_text("{}")
+    problems = pipeline.run_local(cfg, until="problems")["problems"]
+    p = pipeline.StagePlan("train", "b" * 64, {}, {}, {"problems": problems.key, "init": old})
+    inputs = pipeline.resolve_inputs(cfg, p, {"problems": problems})
+    assert inputs["problems"] == problems and inputs["init"].path == str(out.final)
+    gone = pipeline.StagePlan("train", "b" * 64, {}, {}, {"init": "c" * 64, "index": "d" * 64})
+    with pytest.raises(StageError, match="checkpoint cccccccccccccccc disappeared"):
+        pipeline.resolve_inputs(cfg, gone, {})
+    with pytest.raises(StageError, match="pinned to index tag dddddddddddddddd"):
+        pipeline.resolve_inputs(cfg, pipeline.StagePlan("train", "b" * 64, {}, {}, {"index": "d" * 64}), {})
