@@ -139,6 +139,8 @@ class Stage:
       its LanceDB tag exists).
     - `input_notes(plans) -> [str]`: lines the flow prints before running (train: pinned inputs).
     - `run_summary(ref) -> dict`: headline numbers copied to the run's summary.json (evaluate).
+    - `report_section(entry, run_dir) -> [markdown lines]`: the stage's part of the run's report.md
+      (`entry`: its record in summary.json; plots go into `run_dir`).
     """
 
     name: str
@@ -153,6 +155,7 @@ class Stage:
     is_complete: Callable[[Any, ArtifactRef], bool] | None = None
     input_notes: Callable[[dict], list[str]] | None = None
     run_summary: Callable[[ArtifactRef], dict] | None = None
+    report_section: Callable[[dict, Path], list[str]] | None = None
 
     def input_stage(self, input_name: str) -> str:
         """The stage whose artifact the input `input_name` is."""

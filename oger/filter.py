@@ -141,8 +141,40 @@ def plan_info(cfg, counts):
                             + (", stopped" if f.require_stop else "") + (", de-duplicated" if f.dedupe else "")])
 
 
+def _filter_plot(metrics: dict, out: Path) -> str | None:
+    per = metrics.get("per_teacher") or {}
+    if not per:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teachers = list(per)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bottom = [0] * len(teachers)
+    for reason in REASONS:
+        vals = [per[t][reason] for t in teachers]
+        if any(vals):
+            ax.bar(teachers, vals, bottom=bottom, label=reason.replace("dropped_", "dropped: "))
+            bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("traces")
+    ax.set_title("filter decisions per teacher")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out.name
+
+
+def report_section(entry: dict, run_dir: Path) -> list[str]:
+    """report.md: decisions per teacher as a stacked bar chart."""
+    png = _filter_plot(entry["metrics"], run_dir / "filter.png")
+    return ["", "## Filter", "", f"![filter decisions]({png})"] if png else []
+
+
 STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "teachers"),
                   key_inputs=lambda cfg: key_inputs(cfg.filter),
                   run=lambda ctx, inputs: run_filter(ctx.cfg.filter, ctx, inputs["problems"],
                                                      inputs["teachers"]),
-                  plan_info=plan_info)
+                  plan_info=plan_info, report_section=report_section)

@@ -244,6 +244,24 @@ def input_notes(plans: dict) -> list[str]:
     return notes
 
 
+def report_section(entry: dict, run_dir: Path) -> list[str]:
+    """report.md: reward and held-out accuracy from start to end, and the training curves."""
+    curves = Path(entry["path"]) / "curves.png"
+    if not curves.exists():
+        return []
+    shutil.copy(curves, run_dir / "train_curves.png")
+    m = entry["metrics"]
+    start = (f"{m.get('heldout_accuracy_policy')} (policy stage)"
+             if m.get("init_from", "policy") == "policy" else
+             f"{m.get('heldout_accuracy_init')} (round {m.get('init_round')}'s trained model "
+             f"`{m['init_from'][:16]}`, continued from)")
+    return ["", f"## Training ({m.get('algorithm')})", "",
+            f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
+            f"20% {m.get('reward_last_20pct')}; held-out accuracy {start}"
+            f" -> {m.get('heldout_accuracy')} (trained)", "",
+            "![training curves](train_curves.png)"]
+
+
 def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     return run_train(ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"],
                      init_ref=inputs.get("init"))
@@ -251,4 +269,5 @@ def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
 
 STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"),
                   key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
-                  input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes)
+                  input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes,
+                  report_section=report_section)

@@ -15,6 +15,7 @@ from oger.artifacts import read_manifest
 from oger.config import BENCHMARK_NAMES, load_config
 from oger.contract import Stage, StageInfo, atomic_write
 from oger.evaluate.benchmarks import REGISTRY, SYNTHETIC
+from oger.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,7 +193,8 @@ WORDS = Stage(name="words", version=1, upstream=("problems",),
               key_inputs=lambda cfg: ({"min_words": 1, "round": cfg.teachers.round}, {}),
               run=_word_counts,
               plan_info=lambda cfg, counts: StageInfo(engine="polars", resources="1 CPU"),
-              run_summary=lambda ref: {"words": ref.metrics["words"]})
+              run_summary=lambda ref: {"words": ref.metrics["words"]},
+              report_section=lambda entry, run_dir: ["", "## Words", "", str(entry["metrics"]["words"])])
 
 
 @pytest.fixture
@@ -228,6 +230,8 @@ def test_a_registered_stage_runs_through_the_pipeline_and_is_cached(words_stage,
     assert (cfg.workdir_path / "cache" / "words" / ref.key[:16] / "note.txt").read_text() == "scratch"
     record.add("words", ref, cached=False, seconds=0.0)
     assert json.loads(record.summary_path.read_text())["words"] == {"words": ref.metrics["words"]}
+    report = write_report(record).read_text()  # the stage's own section, from its hook
+    assert "## Words" in report and str(ref.metrics["words"]) in report
 
     # second run: nothing recomputed, the same artifact comes back from the cache
     again = pipeline.run_local(cfg, only=["problems", "words"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -273,7 +274,39 @@ def run_summary(ref: ArtifactRef) -> dict:
             for b, m in ref.metrics.items() if "k" in m}
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def report_section(stage: dict, run_dir: Path) -> list[str]:
+    """Per benchmark base vs trained with the delta, the group averages, and the bar chart."""
+    m = stage["metrics"]
+    lines = ["", "## Evaluation: policy stage (base) vs trained", "",
+             "| benchmark | metric | n | base | trained | Δ | pass@k base → trained | prompts cut |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in m.items():
+        if "k" not in e:
+            continue
+        k = e["k"]
+        pass_cell = (f"{_pct(e.get(f'base_pass@{k}'))} → {_pct(e.get(f'trained_pass@{k}'))}"
+                     if k > 1 else "")
+        lines.append(f"| {name} | {e['metric']} | {e['n']} | {_pct(e['base'])} | {_pct(e['trained'])} "
+                     f"| {100 * (e['trained'] - e['base']):+.1f} | {pass_cell} | {e.get('prompt_truncated', 0)} |")
+    for label, title in (("math_avg", "math average"), ("ood_avg", "out-of-domain average")):
+        if label in m:
+            g = m[label]
+            lines.append(f"| **{title}** ({', '.join(g['of'])}) | mean | {g['n']} | {_pct(g['base'])} "
+                         f"| {_pct(g['trained'])} | {100 * (g['trained'] - g['base']):+.1f} | | |")
+    png = Path(stage["path"]) / "scores.png"
+    if png.exists():
+        shutil.copy(png, run_dir / "evaluate_scores.png")
+        lines += ["", "![base vs trained](evaluate_scores.png)"]
+    lines += ["", f"Per-sample results: `{Path(stage['path']) / 'samples.parquet'}`"]
+    return lines
+
+
 STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "train"),
                   key_inputs=key_inputs, plan_info=plan_info, run_summary=run_summary,
+                  report_section=report_section,
                   run=lambda ctx, inputs: run_evaluate(ctx.cfg, ctx, inputs["problems"], inputs["policy"],
                                                        inputs["train"]))
