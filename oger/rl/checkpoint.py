@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from oger.artifacts import atomic_write
+
 _STEP = re.compile(r"^step-(\d{6})$")
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, keep: int = 2,
                     model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
-    """Write step-NNNNNN/ via a temp dir and rename; prune all but the newest `keep`.
+    """Write step-NNNNNN/ atomically (`atomic_write`: a temp dir, renamed); prune all but the newest `keep`.
 
     `model_state` / `optimizer_state` are full state dicts gathered from sharded ranks (FSDP);
     by default the model's and optimizer's own are saved."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=model_state)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"step": step,
-                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
-    (tmp / "COMPLETE").write_text(str(step))
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=model_state)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step,
+                    "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
+        (tmp / "COMPLETE").write_text(str(step))
+
+    atomic_write(final, write)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
