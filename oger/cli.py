@@ -37,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
+    from oger.bonus import add_bonus_parser
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
+    add_bonus_parser(sub, _add_config_args)
     return parser
 
 
@@ -93,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
+        from oger.bonus import cmd_bonus
         from oger.cli_rounds import cmd_index
         from oger.plan import cmd_plan
 
-        return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
+                "bonus": cmd_bonus}[args.command](args)
     except OgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

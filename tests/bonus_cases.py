@@ -92,8 +92,24 @@ def variants(case: dict, seed: int = 0) -> dict[str, str]:
         "different": case["different"],
         "bare_answer": f"The answer is \\boxed{{{case['answer']}}}.",
         "offtopic_padding": f"{body}. {ESSAY} {tail}",
-        "random_words": f"{body}. {random_words(120, seed)} {tail}",
+        "random_words": f"{body}. {random_words(120, seed)}. {tail}",
         "other_language": case["other_language"],
         "other_script": case["other_script"],
         "repetition": " ".join([body + "."] * 6) + " " + tail,
     }
+
+
+def as_input_lines(seed: int = 0) -> list[dict]:
+    """The cases in `oger bonus` input format, every rollout correct, variants in `variants` order."""
+    return [{"problem": c["problem"], "answer": c["answer"], "teacher_traces": c["teacher_traces"],
+             "rollouts": [{"text": t, "correct": True, "entropy": 0.0} for t in variants(c, seed).values()]}
+            for c in CASES]
+
+
+# The pre-robustness bonus (issue 12's "before"): whole text embedded, no guards, teacher rows at r = c,
+# c + bonus normalised jointly.
+LEGACY = ["train.oger.embed_text=full", "train.oger.guards.min_reasoning_words=0",
+          "train.oger.guards.length_ratio_min=null", "train.oger.guards.length_ratio_max=null",
+          "train.oger.guards.language=false", "train.oger.guards.max_repetition=null",
+          "train.oger.guards.max_divergence=null", "train.oger.teacher_rows=zero",
+          "train.oger.advantage=joint"]
