@@ -96,7 +96,7 @@ def cmd_bonus(args) -> int:
         for i, x in enumerate(r["rollouts"]):
             failed = ", ".join(k for k, ok in (x["guards"] or {}).items() if not ok) or "-"
             num = (lambda v: "-" if v is None else f"{v:.3f}")
-            table.add_row(str(i), x["text"][:60].replace("\n", " "), str(x["correct"]), num(x["divergence"]),
+            table.add_row(str(i), x["text"][:40].replace("\n", " "), str(x["correct"]), num(x["divergence"]),
                           num(x["gate"]), failed, num(x["bonus"]), num(x["reward"]), num(x["advantage"]))
         console.print(table)
     return 0
