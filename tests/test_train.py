@@ -82,7 +82,9 @@ def test_presets_replacement_and_bonus(tmp_path):
                 assert r["bonus"] == pytest.approx(sum(on) / len(on)), r
             assert r["reward"] == pytest.approx(float(r["correct"]) + r["bonus"])
         # monitor mode: every preset measures divergence (grpo has no teacher rows, still a baseline)
-        assert m["divergence_mean"] is not None and 0 <= m["divergence_mean"] <= 1
+        eligible = [r for r in rows if r["bonus_eligible"]]
+        assert all(r["divergence"] is not None and 0 <= r["divergence"] <= 1 for r in eligible)
+        assert (m["divergence_mean"] is not None) == bool(eligible)
         for k in ("bonus_share", "rank_change_fraction", "env_reward"):
             assert k in m
         if algo != "oger":
