@@ -311,6 +311,9 @@ class TrainConfig(Strict):
     reward_format: Literal["plain", "think"] = Field(
         "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is "
                              "verified")
+    teacher_think_prefix: Literal["strip", "keep"] = Field(
+        "strip", description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
+                             "the prompt already ends with '<think>\\n'")
     split: str = "train"
     max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
                                     "of the split (a small pool learns visibly faster)")

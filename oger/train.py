@@ -38,6 +38,9 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
         slice_.pop(k)
     if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
         slice_.pop("init_from")
+    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act.
+    for k in ("clip", "clip_eps_low", "clip_eps_high"):
+        slice_.pop(k)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}

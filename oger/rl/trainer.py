@@ -32,6 +32,7 @@ from oger.rl.rollout import chat_prompt_ids, generate
 from oger.rl.samples import Sample
 from oger.verify import score_response
 
+THINK_PREFIX = "<think>\n"
 LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "token_entropy")
 
 
@@ -75,8 +76,12 @@ def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, t
         if cfg.replace_policy == "when_all_fail" and any(samples[i].correct for i in members):
             continue
         texts = refs[pid][0]
+        strip = (cfg.teacher_think_prefix == "strip"
+                 and tokenizer.decode(samples[members[0]].prompt_ids).endswith(THINK_PREFIX))
         for i in members[len(members) - min(cfg.replace_k, len(members)):]:
             text = texts[rng.randrange(len(texts))]
+            if strip and text.startswith(THINK_PREFIX):  # the prompt already opened the think block
+                text = text[len(THINK_PREFIX):]
             s = samples[i]
             s.text, s.off_policy, s.entropies = text, True, []
             s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
