@@ -18,13 +18,6 @@ from oger.rl.reward import cached_embedder, compute_rewards
 from oger.rl.samples import Sample
 
 
-def add_bonus_parser(sub, add_config_args) -> None:
-    p = sub.add_parser("bonus", help="the OGER reward of hand-written rollouts (JSONL), no training")
-    add_config_args(p)
-    p.add_argument("--input", required=True, help="JSONL: problem, answer, teacher_traces, rollouts")
-    p.add_argument("--json", action="store_true", help="one JSON object per input line")
-
-
 def read_cases(path: Path) -> list[dict]:
     """The input lines, checked: a clear error names the file, line and field."""
     if not path.is_file():

@@ -37,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from oger.bonus import add_bonus_parser
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
-    add_bonus_parser(sub, _add_config_args)
+    bonus = sub.add_parser("bonus", help="the OGER reward of hand-written rollouts (JSONL), no training")
+    _add_config_args(bonus)
+    bonus.add_argument("--input", required=True, help="JSONL: problem, answer, teacher_traces, rollouts")
+    bonus.add_argument("--json", action="store_true", help="one JSON object per input line")
     return parser
 
 
@@ -91,11 +93,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_bonus(args) -> int:
+    from oger.bonus import cmd_bonus  # torch: only for this command
+
+    return cmd_bonus(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
-        from oger.bonus import cmd_bonus
         from oger.cli_rounds import cmd_index
         from oger.plan import cmd_plan
 
