@@ -303,6 +303,10 @@ class TrainConfig(Strict):
     loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
     scale_rewards: Literal["group", "none"] = "group"
     entropy_coef: float = 0.0
+    entropy_agg: Literal["loss_agg", "token_mean"] = Field(
+        "loss_agg", description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
+                                "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
+                                "then weigh by their row share under seq_mean / constant_len)")
     beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
     replace_k: int = Field(1, ge=0)
     replace_policy: Literal["always", "when_all_fail"] = "always"

@@ -157,6 +157,7 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             logp, logp.detach(), adv[idx].to(device), resp, off,
             eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
             agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
+            entropy_agg=None if cfg.entropy_agg == "loss_agg" else cfg.entropy_agg,
             ref_logp=ref_logp, beta=cfg.beta)
         share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
                  else len(mb) / total_samples)
