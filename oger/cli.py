@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
+    bonus = sub.add_parser("bonus", help="the OGER reward of hand-written rollouts (JSONL), no training")
+    _add_config_args(bonus)
+    bonus.add_argument("--input", required=True, help="JSONL: problem, answer, teacher_traces, rollouts")
+    bonus.add_argument("--json", action="store_true", help="one JSON object per input line")
     return parser
 
 
@@ -89,6 +93,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_bonus(args) -> int:
+    from oger.bonus import cmd_bonus  # torch: only for this command
+
+    return cmd_bonus(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         from oger.cli_rounds import cmd_index
         from oger.plan import cmd_plan
 
-        return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
+                "bonus": cmd_bonus}[args.command](args)
     except OgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -232,14 +232,52 @@ class PolicyConfig(Strict):
         return self
 
 
+class BonusGuards(Strict):
+    """Verdicts that zero the bonus of a degenerate correct rollout (docs/ALGORITHM.md, "Hack-resistant
+    bonus"); null disables a bound. Defaults are reconstructions tuned on tests/bonus_cases.py."""
+
+    min_reasoning_words: int = Field(3, ge=0, description="words left once the answer tag is "
+                                     "removed; a bare answer has none")
+    length_ratio_min: float | None = Field(0.3, ge=0, description="rollout words / median "
+                                           "teacher-trace words of the problem, lower bound")
+    length_ratio_max: float | None = Field(3.0, gt=0, description="upper bound (padding)")
+    language: bool = Field(True, description="same script and (Latin) stop-word language as "
+                           "the teacher traces")
+    max_repetition: float | None = Field(0.3, ge=0, le=1, description="share of repeated word "
+                                         "n-grams above which the bonus is 0")
+    repetition_ngram: int = Field(4, ge=1)
+    think_format: bool = Field(True, description="no bonus without </think> when the reward "
+                               "requires the think format (train.reward_format: think)")
+    max_divergence: float | None = Field(0.45, gt=0, le=1, description="off-topic guard: d above "
+                                         "this means the reasoning left the problem (padding, "
+                                         "essay), bonus 0")
+
+
 class OgerRewardConfig(Strict):
-    """The exploration bonus r = c + lam * c * d * g(H) (DESIGN §4)."""
+    """The exploration bonus r = c + lam * c * d * g(H) (DESIGN §4) and how it enters the advantage."""
 
     lam: float = Field(0.5, ge=0)
     similarity: Literal["max", "mean"] = "max"
     entropy_tokens: int = Field(1, ge=1, description="H over the last m generated tokens")
     modulation: Literal["exp", "linear", "none"] = "exp"
     tau: float = Field(1.0, gt=0)
+    embed_text: Literal["reasoning", "full"] = Field(
+        "reasoning", description="reasoning: embed rollouts and teacher traces without the answer "
+                                 "tag (before </think>, else before the \\boxed sentence); full: "
+                                 "the whole text (teacher vectors straight from the index)")
+    guards: BonusGuards = BonusGuards()
+    baseline: Literal["none", "group"] = Field(
+        "none", description="group: centre the bonus over the group's correct on-policy rollouts")
+    teacher_rows: Literal["group_mean", "zero"] = Field(
+        "group_mean", description="bonus of teacher rows: the group's mean on-policy bonus "
+                                  "(neutral: advantage 0 in an all-correct group, as in LUFFY) or 0")
+    advantage: Literal["separate", "joint"] = Field(
+        "separate", description="separate: A = adv(c) (scaled per scale_rewards) + (b - mean b), "
+                                "the bonus on its own scale; joint: adv(c + b), std-scaled together")
+    shuffle_bonus: bool = Field(False, description="control arm: permute the step's bonus values "
+                                "among the bonus-eligible rollouts (seeded)")
+    monitor: bool = Field(True, description="embed and log divergence and every bonus signal even "
+                          "when lambda is 0 (grpo/luffy), so divergence has a baseline")
 
 
 class TrainConfig(Strict):
@@ -265,11 +303,21 @@ class TrainConfig(Strict):
     loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
     scale_rewards: Literal["group", "none"] = "group"
     entropy_coef: float = 0.0
+    entropy_agg: Literal["loss_agg", "token_mean"] = Field(
+        "loss_agg", description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
+                                "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
+                                "then weigh by their row share under seq_mean / constant_len)")
     beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
     replace_k: int = Field(1, ge=0)
     replace_policy: Literal["always", "when_all_fail"] = "always"
     gamma: float = Field(0.1, gt=0, description="policy shaping f(p) = p / (p + gamma)")
     oger: OgerRewardConfig = OgerRewardConfig()
+    reward_format: Literal["plain", "think"] = Field(
+        "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is "
+                             "verified")
+    teacher_think_prefix: Literal["strip", "keep"] = Field(
+        "strip", description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
+                             "the prompt already ends with '<think>\\n'")
     split: str = "train"
     max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
                                     "of the split (a small pool learns visibly faster)")

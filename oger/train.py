@@ -25,10 +25,16 @@ from oger.errors import StageError
 from oger.index import TeacherIndex
 
 STAGE = "train"
-STAGE_VERSION = 3  # 3: rollouts seeded per generation call (rank-invariant), per-group teacher pick
+STAGE_VERSION = 4  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals
 MODEL_DIR = "model"
-CURVES = ("reward", "accuracy", "bonus_mean", "last_token_entropy", "mixed_group_fraction",
-          "response_length")
+CURVES = ("env_reward", "bonus_mean", "bonus_share", "rank_change_fraction", "divergence_mean",
+          "gate_mean", "teacher_adv_allcorrect", "diversity_correct", "last_token_entropy",
+          "mixed_group_fraction", "response_length", "repetition_rate")
+# Run means in the artifact's metrics (summary.json): what the bonus did over the whole run.
+SIGNAL_MEANS = ("env_reward", "bonus_share", "rank_change_fraction", "teacher_adv_allcorrect",
+                "divergence_mean", "gate_mean", "diversity_correct", "guard_pass_fraction",
+                "response_length", "short_share", "nonascii_share", "repetition_rate",
+                "think_format_share")
 
 
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
@@ -39,6 +45,9 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
         slice_.pop(k)
     if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
         slice_.pop("init_from")
+    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act.
+    for k in ("clip", "clip_eps_low", "clip_eps_high"):
+        slice_.pop(k)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
@@ -51,7 +60,7 @@ def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float | No
     n = len(history)
     a = min(int(n * lo), n - 1)
     b = max(a + 1, int(round(n * hi)))
-    vals = [h[key] for h in history[a:b] if h.get(key) == h.get(key)]  # drop NaN
+    vals = [h[key] for h in history[a:b] if h.get(key) is not None and h[key] == h[key]]  # drop NaN
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
@@ -61,11 +70,11 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    fig, axes = plt.subplots(3, 4, figsize=(16, 9))
     steps = [h["step"] for h in history]
     w = max(1, len(history) // 8)
     for ax, key in zip(axes.flat, CURVES):
-        vals = [h.get(key, float("nan")) for h in history]
+        vals = [float("nan") if h.get(key) is None else h[key] for h in history]
         ax.plot(steps, vals, lw=0.8, alpha=0.4)
         smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
                   for i in range(len(vals))]
@@ -156,7 +165,10 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         "reward_last_20pct": mean_over(history, "reward", 0.8, 1.0),
         "accuracy_first_20pct": mean_over(history, "accuracy", 0.0, 0.2),
         "accuracy_last_20pct": mean_over(history, "accuracy", 0.8, 1.0),
+        "env_reward_first_20pct": mean_over(history, "env_reward", 0.0, 0.2),
+        "env_reward_last_20pct": mean_over(history, "env_reward", 0.8, 1.0),
         "bonus_mean": mean_over(history, "bonus_mean", 0.0, 1.0),
+        **{k: mean_over(history, k, 0.0, 1.0) for k in SIGNAL_MEANS},
         "replaced_fraction": mean_over(history, "replaced_fraction", 0.0, 1.0),
         "no_teacher_fraction": mean_over(history, "no_teacher_fraction", 0.0, 1.0),
         "mixed_group_fraction": mean_over(history, "mixed_group_fraction", 0.0, 1.0),

@@ -69,11 +69,26 @@ def test_presets_replacement_and_bonus(tmp_path):
         bonuses = [r["bonus"] for r in rows]
         if algo != "oger":
             assert all(b == 0 for b in bonuses)
-        # Correctness gating: incorrect rollouts and teacher samples never get a bonus.
+        # Correctness gating: incorrect rollouts never get a bonus; teacher rows get their group's mean
+        # on-policy bonus (neutral rows, oger.teacher_rows: group_mean).
+        groups = {}
         for r in rows:
-            if r["off_policy"] or not r["correct"] or not r["has_teacher"]:
+            groups.setdefault((r["step"], r["group"]), []).append(r)
+        for r in rows:
+            if not r["off_policy"] and (not r["correct"] or not r["has_teacher"]):
                 assert r["bonus"] == 0.0, r
+            if r["off_policy"]:
+                on = [x["bonus"] for x in groups[(r["step"], r["group"])] if not x["off_policy"]]
+                assert r["bonus"] == pytest.approx(sum(on) / len(on)), r
             assert r["reward"] == pytest.approx(float(r["correct"]) + r["bonus"])
+        # monitor mode: every preset measures divergence (grpo has no teacher rows, still a baseline)
+        eligible = [r for r in rows if r["bonus_eligible"]]
+        assert all(r["divergence"] is not None and 0 <= r["divergence"] <= 1 for r in eligible)
+        assert (m["divergence_mean"] is not None) == bool(eligible)
+        for k in ("bonus_share", "rank_change_fraction", "env_reward"):
+            assert k in m
+        if algo != "oger":
+            assert m["bonus_share"] == 0 and m["rank_change_fraction"] == 0
         assert any(not r["correct"] and not r["off_policy"] for r in rows)
         assert (Path(refs["train"].path) / "curves.png").is_file()
         assert (Path(refs["train"].path) / "tensorboard").is_dir()

@@ -82,3 +82,27 @@ def test_ranks_take_whole_generation_calls_of_the_step():
     assert [_rank_slice(8, cfg, Dist(rank=r, world=2)) for r in (0, 1)] == [(0, 4), (4, 8)]
     with pytest.raises(ValueError, match="num_processes x rollout_batch_prompts = 4"):
         _rank_slice(6, cfg, Dist(rank=0, world=2))  # a pool smaller than prompts_per_step
+
+
+def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
+    """LUFFY/verl: entropy = token mean within each micro-batch, micro-batches weighted equally (their row
+    share under constant_len); the gradient equals that of the hand-built objective."""
+    model, tok = model_tok
+    ss = samples(tok)
+    adv = torch.zeros(4, dtype=torch.float64)  # only the entropy term acts
+    cfg = TrainConfig(micro_batch_size=2, loss_agg="constant_len", max_new_tokens=12, entropy_coef=0.5,
+                      entropy_agg="token_mean")
+    model.zero_grad()
+    update(model, None, ss, adv, cfg, tok.pad_token_id)
+    got = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    order = sorted(range(4), key=lambda i: len(ss[i].prompt_ids) + len(ss[i].response_ids))
+    total = 0
+    for b in (0, 2):
+        mb = [ss[i] for i in order[b:b + 2]]
+        ids, attn, pos, resp = _batch_tensors(mb, tok.pad_token_id)
+        ent = core.entropy_from_logits(response_logits(model, ids, attn, pos, resp.shape[1]))
+        total = total + 0.5 * (-0.5 * (ent * resp).sum() / resp.sum())
+    total.backward()
+    want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -275,3 +275,65 @@ def oger_reward(correct: Tensor, div: Tensor, entropy: Tensor, has_teacher: Tens
         raw = lam * c * div * modulation(entropy.to(div.dtype), modulation_mode, tau, vocab_size)
         bonus = torch.where(gate, raw, torch.zeros_like(raw))
     return c + bonus, bonus
+
+
+# ------------------------------------------------------------------------------- OGER bonus into advantages
+
+def shuffle_bonus(bonus: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
+    """Control arm: the bonus values permuted among the bonus-eligible rows (B,), others unchanged.
+
+    Keeps the batch's bonus multiset (its scale and sparsity) but breaks its link to what each rollout
+    says, so a gain that survives the shuffle is not due to the divergence signal."""
+    idx = torch.nonzero(eligible.bool(), as_tuple=True)[0]
+    out = bonus.clone()
+    if idx.numel() > 1:
+        perm = torch.randperm(idx.numel(), generator=generator)
+        out[idx] = bonus[idx[perm.to(idx.device)]]
+    return out
+
+
+def group_relative_bonus(bonus: Tensor, eligible: Tensor) -> Tensor:
+    """Bonus centred over each group's eligible rows: (G, n), (G, n) bool -> (G, n); others stay 0.
+
+    Pays being more novel than the group's other correct answers rather than a level that drifts
+    with the encoder's geometry (a group with one eligible row gets 0)."""
+    m = eligible.to(bonus.dtype)
+    mean = (bonus * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
+    return torch.where(eligible.bool(), bonus - mean, torch.zeros_like(bonus))
+
+
+def neutral_teacher_bonus(bonus: Tensor, is_teacher: Tensor) -> Tensor:
+    """Teacher rows get the group's mean on-policy bonus: (G, n), (G, n) bool -> (G, n).
+
+    With teacher rows at r = c while correct rollouts get c + bonus, a teacher trace in an all-correct
+    group gets a negative advantage (-sum(bonus) / n, blown up by std scaling), pushing the policy away
+    from the very traces LUFFY imitates. With the group mean, its bonus-advantage is exactly 0."""
+    on = (~is_teacher.bool()).to(bonus.dtype)
+    mean = (bonus * on).sum(1, keepdim=True) / on.sum(1, keepdim=True).clamp(min=1.0)
+    return torch.where(is_teacher.bool(), mean.expand_as(bonus), bonus)
+
+
+def hybrid_advantages(correct: Tensor, bonus: Tensor, scale_rewards: str = "group", mode: str = "separate",
+                      eps: float = 1e-6) -> Tensor:
+    """Group advantages of r = c + bonus: (G, n), (G, n) -> (G, n).
+
+    joint:    group_advantages(c + bonus, scale_rewards)  (std scaling divides small bonus differences
+              by a tiny std in all-correct groups: unit-size advantages from noise);
+    separate: group_advantages(c, scale_rewards) + (bonus - mean(bonus)): correctness normalised as in
+              GRPO/LUFFY, the bonus on its own scale. With bonus 0 both equal group_advantages(c)."""
+    if mode == "joint":
+        return group_advantages(correct + bonus, scale_rewards, eps)
+    if mode != "separate":
+        raise ValueError(f"mode must be 'separate' or 'joint', got {mode!r}")
+    return group_advantages(correct, scale_rewards, eps) + (bonus - bonus.mean(dim=1, keepdim=True))
+
+
+def ranking_changed(adv: Tensor, adv_no_bonus: Tensor, rows: Tensor, tol: float = 1e-3) -> Tensor:
+    """Per group, whether the bonus changes the (weak) order of its rows' advantages: (G, n) x2, (G, n)
+    bool -> (G,) bool. A pair tied without the bonus and apart by more than tol with it, or a pair whose
+    strict order flips, counts as a change; rows outside `rows` (e.g. teacher rows) are ignored."""
+    def order(a):
+        d = a.unsqueeze(-1) - a.unsqueeze(-2)  # (G, n, n)
+        return torch.where(d > tol, 1, torch.where(d < -tol, -1, 0))
+    pair = rows.bool().unsqueeze(-1) & rows.bool().unsqueeze(-2)
+    return ((order(adv) != order(adv_no_bonus)) & pair).flatten(1).any(-1)

@@ -1,9 +1,10 @@
 """The GRPO / LUFFY / OGER training loop, readable top to bottom.
 
 Each step: sample prompts -> roll out n per prompt -> replace k rollouts per group by teacher
-traces from the index (at its tag) -> verify answers -> embed correct on-policy rollouts ->
-rewards (OGER bonus) -> group advantages -> micro-batched update with the hybrid loss.
-All the math lives in `oger.rl.core`; this file only moves data.
+traces from the index (at its tag) -> verify answers -> the pure reward step (`oger.rl.reward`:
+bonus, advantages, signals) -> micro-batched update with the hybrid loss -> logging, checkpoint.
+`train()` calls one function per step part (setup, rollouts, score_and_replace, compute_rewards,
+optimizer_step, log_step, checkpoint). All the math lives in `oger.rl.core`; this file moves data.
 
 On several ranks (`oger.rl.distributed`) each rank rolls out its own slice of the step's prompts,
 whole groups only, and the per-sample records are gathered to rank 0, which logs and checkpoints.
@@ -16,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,23 +26,14 @@ from oger.config import TrainConfig
 from oger.rl import core
 from oger.rl.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
 from oger.rl.distributed import Dist, unwrap
+from oger.rl.guards import THINK_CLOSE
+from oger.rl.reward import RewardStep, cached_embedder, compute_rewards, reward_metrics
 from oger.rl.rollout import chat_prompt_ids, generate
+from oger.rl.samples import Sample
 from oger.verify import score_response
 
-
-@dataclass
-class Sample:
-    """One member of a group: an on-policy rollout or a teacher trace put in its place."""
-
-    group: int
-    problem_id: str
-    prompt_ids: list[int]
-    response_ids: list[int]
-    text: str
-    off_policy: bool
-    correct: bool = False
-    entropies: list[float] = field(default_factory=list)
-    finish_reason: str = "stop"
+THINK_PREFIX = "<think>\n"
+LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "token_entropy")
 
 
 @dataclass
@@ -84,8 +76,12 @@ def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, t
         if cfg.replace_policy == "when_all_fail" and any(samples[i].correct for i in members):
             continue
         texts = refs[pid][0]
+        strip = (cfg.teacher_think_prefix == "strip"
+                 and tokenizer.decode(samples[members[0]].prompt_ids).endswith(THINK_PREFIX))
         for i in members[len(members) - min(cfg.replace_k, len(members)):]:
             text = texts[rng.randrange(len(texts))]
+            if strip and text.startswith(THINK_PREFIX):  # the prompt already opened the think block
+                text = text[len(THINK_PREFIX):]
             s = samples[i]
             s.text, s.off_policy, s.entropies = text, True, []
             s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
@@ -161,6 +157,7 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             logp, logp.detach(), adv[idx].to(device), resp, off,
             eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
             agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
+            entropy_agg=None if cfg.entropy_agg == "loss_agg" else cfg.entropy_agg,
             ref_logp=ref_logp, beta=cfg.beta)
         share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
                  else len(mb) / total_samples)
@@ -196,7 +193,8 @@ def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
 
 
 def step_metrics(records: list[dict], needs_index: bool) -> dict:
-    """A step's metrics from the per-sample records of all ranks."""
+    """A step's metrics from the per-sample records of all ranks: the bonus signals
+    (`oger.rl.reward.reward_metrics`) and the run's health (accuracy, replacement, truncation)."""
     def mean(xs, empty=float("nan")):
         xs = list(xs)
         return sum(xs) / len(xs) if xs else empty
@@ -206,36 +204,53 @@ def step_metrics(records: list[dict], needs_index: bool) -> dict:
     groups: dict[int, list[bool]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r["correct"])
+    signals = reward_metrics(records)
     return {
         "reward": mean(r["reward"] for r in records),
         "accuracy": mean(float(r["correct"]) for r in on),
-        "bonus_mean": mean(r["bonus"] for r in records),
-        "bonus_correct_mean": mean((r["bonus"] for r in want), 0.0),
-        "divergence": mean(r["divergence"] for r in want),
+        **signals,
+        "divergence": mean((r["divergence"] for r in want if r["divergence"] is not None)),
         "last_token_entropy": mean(float("nan") if r["last_token_entropy"] is None
                                    else r["last_token_entropy"] for r in on),
         "replaced_fraction": mean(float(r["off_policy"]) for r in records),
         "no_teacher_fraction": (mean(float(not r["has_teacher"]) for r in records)
                                 if needs_index else float("nan")),
         "mixed_group_fraction": mean(float(any(g) and not all(g)) for g in groups.values()),
-        "response_length": mean((r["response_tokens"] for r in on), 0.0),
         "truncated_fraction": mean((float(r["finish_reason"] != "stop") for r in on), 0.0),
     }
 
 
-def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
-          progress=None, dist: Dist | None = None) -> list[dict]:
-    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
-    the other ranks return an empty history)."""
-    dist = dist or Dist()
+@dataclass
+class TrainRun:
+    """Everything the step functions share, built once by `setup`."""
+
+    cfg: TrainConfig
+    model: object  # wrapped for DDP / FSDP2 on several ranks
+    policy: object  # the HF model: generation and saving
+    ref_model: object | None
+    tokenizer: object
+    inputs: TrainInputs
+    dist: Dist
+    opt: torch.optim.Optimizer
+    sched: object
+    start: int
+    history: list[dict]
+    writer: object | None
+    embed: object | None  # texts -> unit vectors (oger.rl.reward.Embed), None without the bonus
+    needs_index: bool
+    run_dir: Path
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+
+def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path, dist: Dist) -> TrainRun:
+    """Resume from the last checkpoint, reference model, DDP/FSDP wrap, optimizer and schedule,
+    history and TensorBoard (rank 0), the encoder for the bonus (or its monitor)."""
     torch.manual_seed(cfg.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
-    vocab = model.config.vocab_size
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    rollouts_path = run_dir / "rollouts.jsonl"
-    ckpt = latest_checkpoint(ckpt_root)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
     state = None
     if ckpt is not None:
         from transformers import AutoModelForCausalLM
@@ -251,7 +266,6 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     if cfg.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
-    policy = unwrap(model)  # the HF model: generation and saving
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
@@ -264,140 +278,148 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         start = int(state["step"])
     history, writer = [], None
     if dist.main:
-        history = _read_history(metrics_path, start)
-        _read_history(rollouts_path, start)  # drop rollouts of steps after the checkpoint
+        history = _read_history(run_dir / "metrics.jsonl", start)
+        _read_history(run_dir / "rollouts.jsonl", start)  # drop rollouts of steps after the checkpoint
         writer = _tensorboard(run_dir / "tensorboard")
     dist.barrier()
-    lam = cfg.bonus_lambda
-    needs_index = inputs.index is not None and (cfg.replaces or lam > 0)
-    encoder = None
-    if lam > 0:
+    measures = cfg.bonus_lambda > 0 or cfg.oger.monitor
+    needs_index = inputs.index is not None and (cfg.replaces or measures)
+    embed = None
+    if measures and inputs.index is not None:
         from oger.encoder import load_encoder
 
-        encoder = load_encoder(inputs.encoder)
+        embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
+    return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
+                    history, writer, embed, needs_index, run_dir)
 
-    for step in range(start, cfg.steps):
-        rng = random.Random(cfg.seed * 7919 + step)
-        t0 = time.perf_counter()
-        # 1. every rank draws the same prompts, then rolls out n per prompt for its own slice,
-        #    in generation calls of rollout_batch_prompts prompts seeded by their global index
-        pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
-        lo, hi = _rank_slice(len(pids), cfg, dist)
-        prompt_ids = {g: chat_prompt_ids(tokenizer, inputs.questions[pids[g]], inputs.instruction,
-                                         inputs.system_prompt) for g in range(lo, hi)}
-        samples: list[Sample] = []
-        for c in range(lo, hi, cfg.rollout_batch_prompts):
-            call = list(range(c, min(c + cfg.rollout_batch_prompts, hi)))
-            rolls = generate(policy, tokenizer, [prompt_ids[g] for g in call], n=cfg.group_size,
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
-                             batch_size=len(call) * cfg.group_size, synced_gpus=dist.fsdp)
-            samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
-                               prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
-                               entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
-        t_gen = time.perf_counter()
 
-        # 2. verify, then (luffy/oger) put teacher traces in place of k rollouts per group
+def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
+    """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
+    in generation calls of rollout_batch_prompts prompts seeded by their global index."""
+    cfg, inputs, tok = run.cfg, run.inputs, run.tokenizer
+    rng = random.Random(cfg.seed * 7919 + step)
+    pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
+    lo, hi = _rank_slice(len(pids), cfg, run.dist)
+    prompt_ids = {g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction,
+                                     inputs.system_prompt) for g in range(lo, hi)}
+    samples: list[Sample] = []
+    for c in range(lo, hi, cfg.rollout_batch_prompts):
+        call = list(range(c, min(c + cfg.rollout_batch_prompts, hi)))
+        rolls = generate(run.policy, tok, [prompt_ids[g] for g in call], n=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
+                         batch_size=len(call) * cfg.group_size, synced_gpus=run.dist.fsdp)
+        samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
+                           prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
+                           entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
+    return samples, pids, lo, hi
+
+
+def is_correct(text: str, answer: str, reward_format: str = "plain") -> bool:
+    """The verifier's verdict; with `reward_format: think` (LUFFY) no `</think>` means 0 and only the
+    text after it is verified."""
+    if reward_format == "think":
+        if THINK_CLOSE not in text:
+            return False
+        text = text.split(THINK_CLOSE, 1)[1]
+    return score_response(text, answer)[1]
+
+
+def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], step: int) -> dict:
+    """Verify every rollout, then (luffy/oger) put teacher traces in place of k rollouts per group.
+    Returns the teacher traces of this rank's problems {problem_id: (texts, vectors)}."""
+    cfg, inputs = run.cfg, run.inputs
+    for s in samples:
+        s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
+    refs = inputs.index.lookup(pids) if run.needs_index else {}
+    if cfg.replaces:
+        replace_with_teachers(samples, cfg, refs, run.tokenizer, run.tokenizer.eos_token_id,
+                              seed=cfg.seed * 7919 + step)
         for s in samples:
-            s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
-        refs = inputs.index.lookup(pids[lo:hi]) if needs_index else {}
-        if cfg.replaces:
-            replace_with_teachers(samples, cfg, refs, tokenizer, eos_id, seed=cfg.seed * 7919 + step)
-            for s in samples:
-                if s.off_policy:
-                    s.correct = score_response(s.text, inputs.answers[s.problem_id])[1]
+            if s.off_policy:
+                s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
+    return refs
+
+
+def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
+    """One optimizer step: the loss is normalised over the global batch, gradients all-reduced once.
+    Returns (loss metrics summed over ranks, grad norm, learning rate used)."""
+    cfg, dist, model = run.cfg, run.dist, run.model
+    totals = dist.sum([sum(len(s.response_ids) for s in samples), len(samples)])
+    run.opt.zero_grad(set_to_none=True)
+    loss_metrics = update(model, run.ref_model, samples, adv.float(), cfg, run.pad_id, totals=tuple(totals),
+                          grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    lr_used = run.sched.get_last_lr()[0]
+    run.opt.step()
+    run.sched.step()
+    return _sum_metrics(dist.gather(loss_metrics)), grad_norm, lr_used
+
+
+def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict,
+             extra: dict) -> dict | None:
+    """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
+    TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
+    cfg = run.cfg
+    records = [{"step": step + 1, **row, **({"text": s.text} if cfg.log_rollouts else {})}
+               for s, row in zip(samples, rew.rows)]
+    records = [r for part in run.dist.gather(records) for r in part]
+    if not run.dist.main:
+        return None
+    row = {"step": step + 1, **step_metrics(records, run.needs_index), **extra,
+           **{k: v for k, v in loss_metrics.items() if k in LOGGED_LOSS_METRICS}}
+    run.history.append(row)
+    with open(run.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if cfg.log_rollouts:
+        with open(run.run_dir / "rollouts.jsonl", "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if run.writer is not None:
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float) and not math.isnan(v):
+                run.writer.add_scalar(f"train/{k}", v, step + 1)
+        run.writer.flush()
+    return row
+
+
+def checkpoint(run: TrainRun, step: int) -> None:
+    if (step + 1) % run.cfg.checkpoint_every == 0 or step + 1 == run.cfg.steps:
+        model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
+        if run.dist.main:
+            save_checkpoint(run.run_dir / "checkpoints", step + 1, run.policy, run.tokenizer, run.opt,
+                            run.sched, model_state=model_state, optimizer_state=optim_state)
+        run.dist.barrier()
+
+
+def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
+          progress=None, dist: Dist | None = None) -> list[dict]:
+    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
+    the other ranks return an empty history)."""
+    run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
+    vocab = run.policy.config.vocab_size
+    for step in range(run.start, cfg.steps):
+        t0 = time.perf_counter()
+        samples, pids, lo, hi = rollouts(run, step)
+        t_gen = time.perf_counter()
+        refs = score_and_replace(run, samples, pids[lo:hi], step)
         t_score = time.perf_counter()
-
-        # 3. OGER: divergence of correct on-policy rollouts from the problem's teacher traces
-        B = len(samples)
-        div = torch.zeros(B, dtype=torch.float64)
-        has_teacher = torch.tensor([s.problem_id in refs for s in samples])
-        is_teacher = torch.tensor([s.off_policy for s in samples])
-        correct = torch.tensor([float(s.correct) for s in samples], dtype=torch.float64)
-        want = [i for i, s in enumerate(samples) if s.correct and not s.off_policy and s.problem_id in refs]
-        if lam > 0 and want:
-            from oger.encoder import encode
-
-            emb = torch.from_numpy(encode(encoder, [samples[i].text for i in want],
-                                          long_text=inputs.long_text)).double()
-            teach = [torch.from_numpy(refs[samples[i].problem_id][1]).double() for i in want]
-            sim, _ = core.teacher_similarity(emb, teach, cfg.oger.similarity)
-            div[want] = core.divergence(sim)
-        width = max(1, max(len(s.entropies) for s in samples))
-        ent = torch.zeros(B, width, dtype=torch.float64)
-        emask = torch.zeros(B, width, dtype=torch.float64)
-        for i, s in enumerate(samples):
-            if s.entropies:
-                ent[i, :len(s.entropies)] = torch.tensor(s.entropies, dtype=torch.float64)
-                emask[i, :len(s.entropies)] = 1
-        last_h = core.last_token_entropy(ent, emask, cfg.oger.entropy_tokens)
+        # a group never spans ranks, so the reward step's group statistics are local
+        rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=cfg.seed * 7919 + step)
         t_embed = time.perf_counter()
-
-        # 4. rewards and group advantages (teacher samples included in the group statistics);
-        #    a group never spans ranks, so its statistics are local
-        reward, bonus = core.oger_reward(correct, div, last_h, has_teacher, is_teacher, lam,
-                                         cfg.oger.modulation, cfg.oger.tau, vocab)
-        adv = core.group_advantages(reward.view(hi - lo, cfg.group_size), cfg.scale_rewards).view(-1)
-
-        # 5. update: the loss is normalised over the global batch, gradients all-reduced once
-        totals = dist.sum([sum(len(s.response_ids) for s in samples), len(samples)])
-        opt.zero_grad(set_to_none=True)
-        loss_metrics = update(model, ref_model, samples, adv.float(), cfg, pad_id, totals=tuple(totals),
-                              grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        lr_used = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
+        loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
         t_update = time.perf_counter()
-
-        # 6. gather the per-sample records; rank 0 logs them and checkpoints
-        records = [{
-            "step": step + 1, "group": s.group, "problem_id": s.problem_id,
-            "off_policy": s.off_policy, "correct": s.correct, "has_teacher": bool(has_teacher[i]),
-            "reward": float(reward[i]), "bonus": float(bonus[i]), "advantage": float(adv[i]),
-            "divergence": float(div[i]),
-            "last_token_entropy": float(last_h[i]) if s.entropies else None,
-            "bonus_eligible": i in want, "response_tokens": len(s.response_ids),
-            "finish_reason": s.finish_reason, **({"text": s.text} if cfg.log_rollouts else {}),
-        } for i, s in enumerate(samples)]
-        records = [r for part in dist.gather(records) for r in part]
-        loss_metrics = _sum_metrics(dist.gather(loss_metrics))
-        if dist.main:
-            row = {
-                "step": step + 1, **step_metrics(records, needs_index),
-                "grad_norm": grad_norm,
-                "lr": lr_used,
-                "seconds_generate": t_gen - t0,
-                "seconds_score": t_score - t_gen,
-                "seconds_embed": t_embed - t_score,
-                "seconds_update": t_update - t_embed,
-                "seconds_step": t_update - t0,
-                **{k: v for k, v in loss_metrics.items() if k in ("pg_loss", "kl", "clip_frac", "token_entropy")},
-            }
-            history.append(row)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if cfg.log_rollouts:
-                with open(rollouts_path, "a") as f:
-                    for r in records:
-                        f.write(json.dumps(r) + "\n")
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "step" and isinstance(v, float) and not math.isnan(v):
-                        writer.add_scalar(f"train/{k}", v, step + 1)
-                writer.flush()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            model_state, optim_state = dist.model_state(model), dist.optimizer_state(model, opt)
-            if dist.main:
-                save_checkpoint(ckpt_root, step + 1, policy, tokenizer, opt, sched,
-                                model_state=model_state, optimizer_state=optim_state)
-            dist.barrier()
-        if progress is not None and dist.main:
+        row = log_step(run, step, samples, rew, loss_metrics, {
+            "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
+            "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
+            "seconds_update": t_update - t_embed, "seconds_step": t_update - t0})
+        checkpoint(run, step)
+        if progress is not None and row is not None:
             progress(row)
-    if writer is not None:
-        writer.close()
-    return history
+    if run.writer is not None:
+        run.writer.close()
+    return run.history
 
 
 def _sum_metrics(parts: list[dict]) -> dict:
