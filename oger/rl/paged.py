@@ -33,6 +33,9 @@ PAGE_SIZE = 64
 MAX_BATCH_TOKENS = 8192
 # Cap on the KV cache (tokens) one call reserves: past it requests wait for free pages.
 MAX_CACHE_TOKENS = 1 << 20
+# Cap on the logits (elements) the entropy pass holds at once: 64 rollouts x 256 tokens x a
+# 152k vocabulary would be 10 GB in fp32.
+ENTROPY_LOGITS = 1 << 28
 
 
 def cb_config(n_requests: int, tokens_per_request: int, seed: int):
@@ -101,14 +104,18 @@ def _run_engine(model, jobs: list[list[int]], gen_config, cbc, max_new_tokens: i
 def response_entropies(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int,
                        pad: int) -> list[list[float]]:
     """Entropy of softmax(raw logits) at every response position, by one forward pass per
-    micro-batch (left-padded prompts, right-padded responses; the LM head runs on the responses)."""
+    micro-batch (left-padded prompts, right-padded responses; the LM head runs on the responses).
+    Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits."""
     out: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-    for b in range(0, len(order), batch_size):
-        idx = [i for i in order[b:b + batch_size] if responses[i]]
-        if not idx:
-            continue
+    vocab = model.get_output_embeddings().weight.shape[0]
+    order = [i for i in sorted(range(len(prompts)), key=lambda i: len(responses[i])) if responses[i]]
+    while order:  # rows sorted by response length: grow a micro-batch while the cap allows
+        rows = 1
+        while (rows < min(batch_size, len(order))
+               and (rows + 1) * (len(responses[order[rows]]) + 1) * vocab <= ENTROPY_LOGITS):
+            rows += 1
+        idx, order = order[:rows], order[rows:]
         P = max(len(prompts[i]) for i in idx)
         R = max(len(responses[i]) for i in idx)
         ids = torch.full((len(idx), P + R), pad, dtype=torch.long)

@@ -291,7 +291,7 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
             rolls = generate(policy, tokenizer, [prompt_ids[g] for g in call], n=cfg.group_size,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
-                             batch_size=len(call) * cfg.group_size, synced_gpus=dist.fsdp)
+                             batch_size=len(call) * cfg.group_size, synced_gpus=dist.fsdp, engine=cfg.rollout_engine)
             samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
                                prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
                                entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
