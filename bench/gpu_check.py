@@ -100,8 +100,13 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
             return "minilm", "minilm"
         except ConfigError:
             pass
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    try:  # sentence-transformers >= 6.2; the device machine has 6.0
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
 
     from oger.synthetic import STYLES, generate_problems, scripted_solution
 
@@ -121,18 +126,44 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=384, num_hidden_layers=2,
                          num_attention_heads=6, intermediate_size=1536)).save_pretrained(bert_dir)
-    word = models.Transformer(str(bert_dir), max_seq_length=256)
-    st = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
-                             device="cpu")
+    word = Transformer(str(bert_dir), max_seq_length=256)
+    dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    st = SentenceTransformer(modules=[word, Pooling(dim(), "mean")], device="cpu")
     out = workdir / "random-bert-st"
     st.save(str(out))
     return str(out), "random_bert"
 
 
-def build_index(workdir: Path, encoder_ref: str, problems) -> None:
-    """Three scripted teacher traces per problem, embedded, in a LanceDB table tagged TAG."""
-    import lancedb
-    import pyarrow as pa
+def lancedb_available() -> bool:
+    """The device machine has neither lancedb nor polars (and they are far over what a call
+    carries): there the check reads the same traces from an in-memory index instead."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("lancedb", "polars"))
+
+
+class MemoryIndex:
+    """TeacherIndex.lookup over an .npz of the traces (the trainer only calls lookup)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+
+        data = np.load(path)
+        self.pids, self.tids, self.texts = (data[k].tolist() for k in ("problem_id", "trace_id", "text"))
+        self.vecs = data["vector"]
+
+    def lookup(self, problem_ids: list[str]) -> dict:
+        want, grouped = set(problem_ids), {}
+        for i in sorted(range(len(self.tids)), key=self.tids.__getitem__):  # TeacherIndex's order
+            if self.pids[i] in want:
+                grouped.setdefault(self.pids[i], []).append(i)
+        return {p: ([self.texts[i] for i in idx], self.vecs[idx]) for p, idx in grouped.items()}
+
+
+def build_index(workdir: Path, encoder_ref: str, problems, prefer_lancedb: bool = True) -> str:
+    """Three scripted teacher traces per problem, embedded, in a LanceDB table tagged TAG (or an
+    in-memory index where lancedb is missing); returns which."""
+    import numpy as np
 
     from oger.encoder import encode, load_encoder
     from oger.synthetic import STYLES, scripted_solution
@@ -140,24 +171,35 @@ def build_index(workdir: Path, encoder_ref: str, problems) -> None:
     rows = [(pid, f"{pid}:{s}", scripted_solution(s, q, (s, pid), 0.0))
             for pid, q in problems.items() for s in STYLES]
     vecs = encode(load_encoder(encoder_ref), [r[2] for r in rows])
-    data = pa.table({"problem_id": [r[0] for r in rows], "trace_id": [r[1] for r in rows],
-                     "text": [r[2] for r in rows],
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])})
+    cols = {"problem_id": [r[0] for r in rows], "trace_id": [r[1] for r in rows], "text": [r[2] for r in rows]}
+    if not (prefer_lancedb and lancedb_available()):
+        np.savez(workdir / "index.npz", **{k: np.array(v) for k, v in cols.items()}, vector=vecs)
+        return "memory"
+    import lancedb
+    import pyarrow as pa
+
+    data = pa.table({**cols, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)),
+                                                                         vecs.shape[1])})
     db = lancedb.connect(str(workdir / "index"))
     tbl = db.create_table(TABLE, data, mode="overwrite")
     tbl.tags.create(TAG, tbl.version)
+    return "lancedb"
 
 
 def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
-    from oger.index import TeacherIndex
     from oger.rl.trainer import TrainInputs
     from oger.synthetic import generate_problems
 
+    if (workdir / "index.npz").exists():
+        index = MemoryIndex(workdir / "index.npz")
+    else:
+        from oger.index import TeacherIndex
+
+        index = TeacherIndex(workdir / "index", TABLE, TAG)
     probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
     return TrainInputs(questions={f"p{i}": p.question for i, p in enumerate(probs)},
                        answers={f"p{i}": str(p.answer) for i, p in enumerate(probs)},
-                       problem_ids=[f"p{i}" for i in range(len(probs))],
-                       index=TeacherIndex(workdir / "index", TABLE, TAG), encoder=encoder_ref,
+                       problem_ids=[f"p{i}" for i in range(len(probs))], index=index, encoder=encoder_ref,
                        instruction="Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}")
 
 
@@ -324,8 +366,9 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
 
 
 def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = None,
-              prefer_minilm: bool = True) -> dict:
-    """Every step of the check; returns the figures of the RESULT line."""
+              prefer_minilm: bool = True, prefer_lancedb: bool = True) -> dict:
+    """Every step of the check; returns the figures of the RESULT line. `prefer_*=False` takes the
+    device machine's fallbacks (random-init BERT encoder, in-memory index) where the real ones exist."""
     import torch
 
     t0 = time.perf_counter()
@@ -341,11 +384,15 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
         from oger.synthetic import generate_problems
 
         probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
-        build_index(workdir, encoder_ref, {f"p{i}": p.question for i, p in enumerate(probs)})
+        index_kind = build_index(workdir, encoder_ref, {f"p{i}": p.question for i, p in enumerate(probs)},
+                                 prefer_lancedb)
+        print(f"gpu_check: teacher index {index_kind}"
+              + (" (lancedb/polars missing: the same traces and lookup, in memory)" if index_kind != "lancedb"
+                 else ""), flush=True)
         inputs = train_inputs(workdir, encoder_ref, scale)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         out: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                     "encoder": encoder_kind}
+                     "encoder": encoder_kind, "index": index_kind}
         for engine in ("hf", "paged"):
             fig = run_engine(workdir, tok, inputs, scale, engine, device, dtype)
             out["params_m"] = fig["params"] / 1e6
