@@ -270,22 +270,28 @@ def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: st
 # --------------------------------------------------------------------------- torchrun, one rank
 
 
-def run_ranked(workdir: Path, encoder_ref: str, scale: Scale, device: str, mode: str) -> dict:
-    """The trainer at world size 1 under torchrun (NCCL on CUDA, gloo on CPU), DDP or FSDP2."""
+def run_ranked(workdir: Path, encoder_ref: str, scale: Scale, device: str,
+               modes: tuple[str, ...] = ("ddp", "fsdp2")) -> dict[str, dict]:
+    """The trainer at world size 1 under one torchrun launch (NCCL on CUDA, gloo on CPU), once per
+    mode (DDP, FSDP2); figures per mode."""
     spec = {"workdir": str(workdir), "encoder": encoder_ref, "scale": asdict(scale), "device": device,
-            "mode": mode}
-    spec_path = workdir / f"rank-{mode}.json"
+            "modes": list(modes)}
+    spec_path = workdir / "rank.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
            "-m", "bench.gpu_check", "--rank", str(spec_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("GPU_CHECK_RANK ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"gpu_check: torchrun {mode} failed (status {proc.returncode}):\n"
+    figures = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("GPU_CHECK_RANK "):
+            fig = json.loads(line[len("GPU_CHECK_RANK "):])
+            figures[fig["mode"]] = fig
+    if proc.returncode != 0 or set(figures) != set(modes):
+        raise RuntimeError(f"gpu_check: torchrun {'/'.join(modes)} failed (status {proc.returncode}):\n"
                            + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
-    return json.loads(line[len("GPU_CHECK_RANK "):])
+    return figures
 
 
 def rank_main(spec_path: str) -> int:
@@ -310,22 +316,25 @@ def rank_main(spec_path: str) -> int:
     if device == "cuda":
         torch.cuda.set_device(dev)
     torch.distributed.init_process_group(backend=backend, rank=0, world_size=1)
-    dist = OneRankDist(0, 1, 0, dev, fsdp=spec["mode"] == "fsdp2")
     try:
         tok = AutoTokenizer.from_pretrained(workdir / "tokenizer")
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         inputs = train_inputs(workdir, spec["encoder"], scale)
-        _reset_peak(device)
-        model = build_policy(tok, scale, device, dtype)
-        params = sum(p.numel() for p in model.parameters())
-        run_dir = workdir / f"train-{spec['mode']}"
-        # FSDP needs ranks in step (hf + synced_gpus); DDP takes the paged engine
-        engine = "hf" if dist.fsdp else "paged"
-        history = train(train_config(scale, engine), model, tok, inputs, run_dir, dist=dist)
-        figures = step_figures(run_dir, history, tok, inputs, params, device)
-        print("GPU_CHECK_RANK " + json.dumps({**figures, "backend": backend, "engine": engine}), flush=True)
+        for mode in spec["modes"]:
+            dist = OneRankDist(0, 1, 0, dev, fsdp=mode == "fsdp2")
+            _reset_peak(device)
+            model = build_policy(tok, scale, device, dtype)
+            params = sum(p.numel() for p in model.parameters())
+            run_dir = workdir / f"train-{mode}"
+            # FSDP needs ranks in step (hf + synced_gpus); DDP takes the paged engine
+            engine = "hf" if dist.fsdp else "paged"
+            history = train(train_config(scale, engine), model, tok, inputs, run_dir, dist=dist)
+            figures = step_figures(run_dir, history, tok, inputs, params, device)
+            print("GPU_CHECK_RANK " + json.dumps({**figures, "mode": mode, "backend": backend, "engine": engine}),
+                  flush=True)
+            del model
     finally:
-        dist.close()
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -399,8 +408,7 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
             for k in ("tokens_per_s", "s_per_step", "generate_s", "update_s", "peak_gib"):
                 out[f"train_{engine}_{k}"] = fig[k]
             out[f"update_mfu_{engine}"] = fig["mfu"]
-        for mode in ("ddp", "fsdp2"):
-            fig = run_ranked(workdir, encoder_ref, scale, device, mode)
+        for mode, fig in run_ranked(workdir, encoder_ref, scale, device).items():
             out[f"torchrun_{mode}_{fig['backend']}_{fig['engine']}_s_per_step"] = fig["s_per_step"]
             out[f"torchrun_{mode}_peak_gib"] = fig["peak_gib"]
         for kind in ("hf", "paged"):
