@@ -1,5 +1,5 @@
 """Rollout engines side by side on CPU: padded HF `generate` vs paged continuous batching, sampled
-tokens/s for one RL step's rollouts (8 prompts x 8, T=1) of the tiny policy's shape and of SmolLM2.
+tokens/s for half an RL step's rollouts (4 prompts x 8, T=1) of the tiny policy's shape and of SmolLM2.
 
 The tiny policy here is random-init at configs/tiny.yaml's shape (every rollout runs to the budget);
 SmolLM2 is the real model, whose rollouts stop at different lengths (what paging is for). Entropy
@@ -25,7 +25,7 @@ def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tupl
     return tokens / seconds, tokens / len(rolls)
 
 
-def main(prompts_n: int = 8, n: int = 8, tiny_tokens: int = 56, smollm_tokens: int = 64) -> None:
+def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: int = 48) -> None:
     import torch
 
     from oger.models import load_causal_lm
@@ -43,6 +43,8 @@ def main(prompts_n: int = 8, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
         prompts = [chat_prompt_ids(tk, q) for q in questions]
         for engine in ("hf", "paged"):
             tps, mean_len = _time(model, tk, prompts, engine, n, budget)
+            print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout",
+                  flush=True)
             rows.append([name, engine, tps, mean_len])
             figures[f"{name}_{engine}_tokens_per_s"] = tps
     table(f"rollout engines, {prompts_n} prompts x {n}, T=1 ({machine()}, {torch.get_num_threads()} threads)",

@@ -30,9 +30,10 @@ from oger.rl.records import Rollout, eos_ids
 # Cache pages of this many tokens; smaller than transformers' 256 so short rollouts waste less.
 PAGE_SIZE = 64
 # Upper bound on the tokens one engine step packs (prefill chunks + one token per decoding request).
-MAX_BATCH_TOKENS = 8192
+# Under sdpa the engine builds a (batch tokens x cache tokens) mask: both caps bound it (~1 GB bf16).
+MAX_BATCH_TOKENS = 2048
 # Cap on the KV cache (tokens) one call reserves: past it requests wait for free pages.
-MAX_CACHE_TOKENS = 1 << 20
+MAX_CACHE_TOKENS = 1 << 18
 # Cap on the logits (elements) the entropy pass holds at once: 64 rollouts x 256 tokens x a
 # 152k vocabulary would be 10 GB in fp32.
 ENTROPY_LOGITS = 1 << 28
