@@ -31,6 +31,17 @@ from pathlib import Path
 
 from bench.common import REPO, machine, result, table
 from bench.gpu_step import PEAK_TFLOPS
+from oger.config import TrainConfig
+from oger.encoder import encode, load_encoder
+from oger.errors import ConfigError
+from oger.evaluate.engines import make_engine
+from oger.models import resolve_model
+from oger.rl.distributed import Dist
+from oger.rl.rollout import chat_prompt_ids
+from oger.rl.trainer import TrainInputs, train
+from oger.synthetic import STYLES, generate_problems, scripted_solution
+from oger.tiny_model import train_tokenizer
+from oger.verify import score_response
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,6 @@ TABLE, TAG = "traces", "gpu_check"
 
 def build_tokenizer(workdir: Path):
     """A BPE tokenizer trained on the synthetic task and its scripted solutions (saved for ranks)."""
-    from oger.synthetic import STYLES, generate_problems, scripted_solution
-    from oger.tiny_model import train_tokenizer
-
     corpus = []
     for p in generate_problems(0, 300, 2, 4, 9, "+-"):
         corpus += [p.question] + [scripted_solution(s, p.question, (s, 0), 0.0) for s in STYLES]
@@ -92,9 +100,6 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
     """(encoder ref for load_encoder, kind): MiniLM from its package, else a random-init BERT
     sentence encoder (WordPiece vocabulary from the task corpus) saved under workdir."""
     if prefer_minilm:
-        from oger.errors import ConfigError
-        from oger.models import resolve_model
-
         try:
             resolve_model("minilm")
             return "minilm", "minilm"
@@ -107,8 +112,6 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     except ImportError:
         from sentence_transformers.models import Pooling, Transformer
-
-    from oger.synthetic import STYLES, generate_problems, scripted_solution
 
     words = set()
     for p in generate_problems(0, 200, 2, 4, 9, "+-"):
@@ -165,9 +168,6 @@ def build_index(workdir: Path, encoder_ref: str, problems, prefer_lancedb: bool 
     in-memory index where lancedb is missing); returns which."""
     import numpy as np
 
-    from oger.encoder import encode, load_encoder
-    from oger.synthetic import STYLES, scripted_solution
-
     rows = [(pid, f"{pid}:{s}", scripted_solution(s, q, (s, pid), 0.0))
             for pid, q in problems.items() for s in STYLES]
     vecs = encode(load_encoder(encoder_ref), [r[2] for r in rows])
@@ -187,13 +187,10 @@ def build_index(workdir: Path, encoder_ref: str, problems, prefer_lancedb: bool 
 
 
 def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
-    from oger.rl.trainer import TrainInputs
-    from oger.synthetic import generate_problems
-
     if (workdir / "index.npz").exists():
         index = MemoryIndex(workdir / "index.npz")
     else:
-        from oger.index import TeacherIndex
+        from oger.index import TeacherIndex  # imports polars: absent on the device machine
 
         index = TeacherIndex(workdir / "index", TABLE, TAG)
     probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
@@ -204,8 +201,6 @@ def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
 
 
 def train_config(scale: Scale, engine: str):
-    from oger.config import TrainConfig
-
     return TrainConfig(algorithm="oger", steps=scale.steps, prompts_per_step=scale.prompts_per_step,
                        group_size=scale.group_size, max_new_tokens=scale.max_new_tokens, lr=1e-6,
                        rollout_batch_prompts=scale.prompts_per_step, micro_batch_size=scale.micro_batch_size,
@@ -231,8 +226,6 @@ def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, d
     """Rollout tokens/s, s/step and the update's MFU over the steps after the first (warm-up)."""
     import torch
 
-    from oger.rl.rollout import chat_prompt_ids
-
     rows = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
     keep = history[1:] or history
     steps = {h["step"] for h in keep}
@@ -252,8 +245,6 @@ def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, d
 
 
 def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: str, dtype) -> dict:
-    from oger.rl.trainer import train
-
     _reset_peak(device)
     model = build_policy(tok, scale, device, dtype)
     params = sum(p.numel() for p in model.parameters())
@@ -300,9 +291,6 @@ def rank_main(spec_path: str) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from oger.rl.distributed import Dist
-    from oger.rl.trainer import train
-
     spec = json.loads(Path(spec_path).read_text())
     workdir, scale, device = Path(spec["workdir"]), Scale(**spec["scale"]), spec["device"]
 
@@ -345,11 +333,6 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
     """The evaluate stage's engine (make_engine) on a small slice of held-out problems."""
     import torch
 
-    from oger.evaluate.engines import make_engine
-    from oger.rl.rollout import chat_prompt_ids
-    from oger.synthetic import generate_problems
-    from oger.verify import score_response
-
     probs = generate_problems(11, scale.eval_problems, 2, 3, 9, "+-", salt="test")
     engine = make_engine(kind, workdir / "eval-model", dtype="bfloat16" if device == "cuda" else "float32",
                          batch_size=64, tensor_parallel_size=1, gpu_memory_utilization=0.85, seed=0)
@@ -390,8 +373,6 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
         print(f"gpu_check: encoder {encoder_kind}"
               + (" (MiniLM package missing: random-init BERT, bonus values meaningless, timings kept)"
                  if encoder_kind != "minilm" else ""), flush=True)
-        from oger.synthetic import generate_problems
-
         probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
         index_kind = build_index(workdir, encoder_ref, {f"p{i}": p.question for i, p in enumerate(probs)},
                                  prefer_lancedb)
