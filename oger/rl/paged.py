@@ -50,14 +50,16 @@ def cb_config(n_requests: int, tokens_per_request: int, seed: int):
     kwargs = dict(num_blocks=pages, max_batch_tokens=min(MAX_BATCH_TOKENS, n_requests * tokens_per_request),
                   max_requests_per_batch=n_requests, seed=seed, return_logprobs=False,
                   auto_switch_to_flash=False, use_cuda_graph=False, use_async_batching=False,
-                  allow_block_sharing=False)
+                  allow_block_sharing=False)  # prefix sharing of a group's prompt pages: not yet tried
+    # CUDA graphs, async batching and the switch to flash attention stay off: graph capture on every
+    # call (the weights change between steps) would cost more than it saves, and flash would make the
+    # attention path (hence the sampled tokens) depend on what happens to be installed.
     # transformers 5.17 names the page size block_size, later versions page_size
     kwargs["page_size" if "page_size" in fields else "block_size"] = PAGE_SIZE
     return ContinuousBatchingConfig(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-def _generation_config(model, stops: set[int], pad: int, max_new_tokens: int, temperature: float,
-                       top_p: float):
+def _generation_config(stops: set[int], pad: int, max_new_tokens: int, temperature: float, top_p: float):
     from transformers import GenerationConfig
 
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(stops), pad_token_id=pad)
@@ -141,18 +143,18 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
              record_entropy: bool = True) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order, like the HF engine.
     `batch_size` bounds the entropy pass only: the engine packs requests by tokens itself."""
-    was_training = model.training
-    model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = eos_ids(model, tokenizer)
     prompt_of = [i for i in range(len(prompts)) for _ in range(n)]
     jobs = [list(prompts[i]) for i in prompt_of]
     out: list[Rollout] = []
     if not jobs:
         return out
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = eos_ids(model, tokenizer)
     tokens_per_request = max(len(j) for j in jobs) + max_new_tokens
     cbc = cb_config(len(jobs), tokens_per_request, seed=seed % (1 << 62))
-    gen_config = _generation_config(model, stops, pad, max_new_tokens, temperature, top_p)
+    gen_config = _generation_config(stops, pad, max_new_tokens, temperature, top_p)
     try:
         with torch.inference_mode():
             generated = _run_engine(model, jobs, gen_config, cbc, max_new_tokens)
