@@ -1,5 +1,5 @@
-"""`python -m bench gpu_check`: OUR trainer on one CUDA GPU, in one call (about 3-5 minutes on an
-H100/H200, nothing downloaded).
+"""`python -m bench gpu_check`: OUR trainer on one CUDA GPU, in one call (estimated 3-5 minutes on an
+H100/H200, not yet run on one; nothing downloaded).
 
 On a random-init Qwen2-0.5B-shaped bf16 policy it runs a few real steps of
 `oger.rl.trainer.train()` (oger preset: teacher replacement and the exploration bonus, from a small
