@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-BENCHES = ["embed", "lookup", "rerun", "reward_overhead", "trl_step", "gpu_step"]
+BENCHES = ["embed", "lookup", "rerun", "reward_overhead", "trl_step", "gpu_step", "gpu_check", "rollout_engines"]
 
 
 def main(argv: list[str]) -> int:

@@ -117,6 +117,8 @@ class TeacherConfig(Strict):
     slip_rate: float = Field(0.0, ge=0.0, le=1.0)
     # transformers / vllm
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    engine: Literal["hf", "paged"] = Field("hf", description="transformers backend: padded generate "
+                                           "(hf) or continuous batching with paged attention (paged)")
     tensor_parallel_size: int = Field(1, ge=1)
     # openai
     base_url: str | None = None
@@ -136,6 +138,9 @@ class TeacherConfig(Strict):
             raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.backend in ("scripted", "transformers", "openai", "vllm") and not self.model:
             raise ValueError(f"backend {self.backend!r} needs model")
+        if self.engine != "hf" and self.backend != "transformers":
+            raise ValueError(f"engine {self.engine!r} applies to backend 'transformers' only, "
+                             f"not {self.backend!r}")
         return self
 
 
@@ -332,6 +337,11 @@ class TrainConfig(Strict):
     fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
                        "(FSDP2) instead of replicating them (DDP)")
     gradient_checkpointing: bool = False
+    # Rollout engine (same module as the update, no weight sync). In the key only when not hf.
+    rollout_engine: Literal["hf", "paged"] = Field(
+        "hf", description="hf: padded transformers generate; paged: transformers continuous "
+                          "batching with paged attention (no padding, finished rollouts leave the "
+                          "batch; entropies from one extra no-grad forward pass)")
     checkpoint_every: int = Field(10, ge=1)
     log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
     seed: int = 0
@@ -351,6 +361,10 @@ class TrainConfig(Strict):
                 f"number of processes")
         if self.fsdp and self.num_processes < 2:
             raise ValueError("fsdp needs num_processes > 1")
+        if self.fsdp and self.rollout_engine == "paged":
+            raise ValueError("rollout_engine 'paged' runs a data-dependent number of forward passes "
+                             "per rank, which FSDP's parameter all-gathers cannot follow: use "
+                             "rollout_engine 'hf' (synced_gpus) with fsdp, or DDP")
         return self
 
     @property
@@ -404,7 +418,9 @@ class EvaluateConfig(Strict):
     protocol: Literal["luffy", "greedy"] = Field(
         "luffy", description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample "
                              "elsewhere; greedy: T=0, 1 sample")
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "paged", "vllm"] = Field(
+        "hf", description="hf: padded transformers generate; paged: transformers continuous "
+                          "batching (paged attention); vllm: the gpu extra")
     max_new_tokens: int = Field(1024, ge=1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     prompt: Literal["policy", "luffy"] = Field(

@@ -48,6 +48,8 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     # One optimizer step per batch: the ratio is 1, so the clip settings cannot act.
     for k in ("clip", "clip_eps_low", "clip_eps_high"):
         slice_.pop(k)
+    if t.rollout_engine == "hf":  # likewise; paged samples another random stream
+        slice_.pop("rollout_engine")
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
@@ -215,7 +217,9 @@ def plan_info(cfg: OgerConfig, counts):
     notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
     if t.replaces:
         notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
-    return StageInfo(engine=f"rollouts: transformers generate; update: {update}",
+    rollouts = ("transformers continuous batching (paged)" if t.rollout_engine == "paged"
+                else "transformers generate")
+    return StageInfo(engine=f"rollouts: {rollouts}; update: {update}",
                      resources=f"{t.num_processes} process(es)" + (", GPU per rank" if t.backend == "nccl" else ""),
                      budget=[Budget("rollouts", t.steps * per_step, t.group_size, t.max_new_tokens),
                              Budget("held-out eval (greedy)", heldout, 1, cfg.policy.eval_max_new_tokens)],

@@ -1,4 +1,5 @@
-"""Sampling engines for evaluation: HF `generate` (CPU or GPU, batched) and vLLM (optional, lazy).
+"""Sampling engines for evaluation: HF `generate` (CPU or GPU, batched, or paged continuous batching)
+and vLLM (optional, lazy).
 
 Both take token-id prompts and return k completions per prompt in prompt-major order, so the
 evaluate stage does not care which one ran.
@@ -36,9 +37,11 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int) -> tuple[list[
 
 
 class HFEngine:
-    """transformers `generate` with the KV cache; prompts sorted by length to waste less padding."""
+    """transformers with the KV cache: padded `generate` (prompts sorted by length to waste less
+    padding) or, with `rollout_engine="paged"`, continuous batching with paged attention."""
 
-    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64):
+    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64,
+                 rollout_engine: str = "hf"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,6 +51,7 @@ class HFEngine:
             self.model = self.model.cuda()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.batch_size = batch_size
+        self.rollout_engine = rollout_engine
         self.context = int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def generate(self, prompts: list[list[int]], *, k: int, temperature: float, top_p: float,
@@ -61,7 +65,8 @@ class HFEngine:
             chunk = order[c:c + per_chunk]
             rolls = generate(self.model, self.tokenizer, [prompts[i] for i in chunk], n=k,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             seed=seed * 7919 + c, batch_size=self.batch_size, record_entropy=False)
+                             seed=seed * 7919 + c, batch_size=self.batch_size, record_entropy=False,
+                             engine=self.rollout_engine)
             counters: dict[int, int] = {}
             for r in rolls:
                 j = counters.get(r.prompt_index, 0)
@@ -123,4 +128,4 @@ def make_engine(kind: str, model_dir: Path, *, dtype: str, batch_size: int,
                 tensor_parallel_size: int, gpu_memory_utilization: float, seed: int):
     if kind == "vllm":
         return VLLMEngine(model_dir, dtype, tensor_parallel_size, gpu_memory_utilization, seed)
-    return HFEngine(model_dir, dtype, batch_size)
+    return HFEngine(model_dir, dtype, batch_size, rollout_engine="paged" if kind == "paged" else "hf")

@@ -260,7 +260,8 @@ def plan_info(cfg: OgerConfig, counts):
         setup = sampling_setup(e, spec)
         budget.append(Budget(f"{spec.name} (base + trained, T={setup['temperature']})", n,
                              2 * setup["k"], setup["max_new_tokens"]))
-    engine = ("vLLM offline engine" if e.engine == "vllm" else "transformers generate") + \
+    engine = {"vllm": "vLLM offline engine", "paged": "transformers continuous batching (paged)"}.get(
+        e.engine, "transformers generate") + \
         f"; math-verify in {e.score_workers} process(es)"
     resources = (f"{e.tensor_parallel_size} GPU(s) (tensor parallel)" if e.engine == "vllm"
                  else "1 process (GPU if CUDA is available)")

@@ -1,4 +1,5 @@
-"""Rollouts with HF `generate` (KV cache, CPU or GPU) that also record each step's entropy.
+"""Rollouts with HF `generate` (KV cache, CPU or GPU) that also record each step's entropy, and
+the dispatch to the other engine (`engine="paged"`: continuous batching, `oger.rl.paged`).
 
 The entropy of the policy's next-token distribution is taken from the logits `generate` already
 computes (a logits processor reads them before sampling), so the OGER reward needs no extra
@@ -7,18 +8,12 @@ forward pass for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from oger.rl import paged
+from oger.rl.records import Rollout, eos_ids
 
-@dataclass
-class Rollout:
-    prompt_index: int
-    response_ids: list[int]
-    text: str
-    finish_reason: str  # "stop" | "length"
-    entropies: list[float] = field(default_factory=list)  # one per response token
+ENGINES = ("hf", "paged")
 
 
 class _EntropyRecorder:
@@ -41,20 +36,22 @@ def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    out = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        out.add(tokenizer.eos_token_id)
-    return out
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-             record_entropy: bool = True, synced_gpus: bool = False) -> list[Rollout]:
+             record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf") -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order. `synced_gpus` keeps
-    decoding until max_new_tokens so FSDP ranks run the same number of forward passes."""
+    decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
+    paged engine cannot: its number of steps depends on the data, see TrainConfig's check)."""
+    if engine == "paged":
+        if synced_gpus:
+            raise ValueError("the paged rollout engine cannot keep FSDP ranks in step "
+                             "(synced_gpus); use engine 'hf' with fsdp")
+        return paged.generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                              record_entropy=record_entropy)
+    if engine != "hf":
+        raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
     from transformers import LogitsProcessorList
 
     was_training = model.training

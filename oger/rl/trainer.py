@@ -308,7 +308,8 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
         rolls = generate(run.policy, tok, [prompt_ids[g] for g in call], n=cfg.group_size,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                          top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
-                         batch_size=len(call) * cfg.group_size, synced_gpus=run.dist.fsdp)
+                         batch_size=len(call) * cfg.group_size, synced_gpus=run.dist.fsdp,
+                         engine=cfg.rollout_engine)
         samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
                            prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
                            entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]

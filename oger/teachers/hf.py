@@ -1,4 +1,5 @@
-"""Teachers run with transformers `generate` (any local HF folder, GGUF file or hub id)."""
+"""Teachers run with transformers (any local HF folder, GGUF file or hub id): padded `generate` or,
+with `engine: paged`, continuous batching (oger.rl.paged)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
                for p in batch]
         rolls = rollout_generate(model, tok, ids, n=tcfg.n, max_new_tokens=s.max_new_tokens,
                                  temperature=s.temperature, top_p=s.top_p, seed=s.seed * 7919 + batch[0].position,
-                                 batch_size=tcfg.batch_size, record_entropy=False)
+                                 batch_size=tcfg.batch_size, record_entropy=False, engine=tcfg.engine)
         counters: dict[int, int] = {}
         for r in rolls:
             i = counters.get(r.prompt_index, 0)

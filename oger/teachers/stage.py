@@ -65,6 +65,8 @@ def _generation_slice(tcfg: TeacherConfig) -> dict:
         d.pop(k)
     if tcfg.backend in ("transformers", "vllm"):
         d["model"] = key_model_ref(tcfg.model)  # the fingerprint in the identity stands for it
+    if tcfg.engine == "hf":  # the default: earlier keys stay valid
+        d.pop("engine")
     return d
 
 
@@ -224,7 +226,8 @@ def plan_info(cfg, counts):
     engines, resources, budget, notes = [], [f"runner {cfg.runner.kind}"], [], []
     for t in cfg.teachers.teachers:
         cpus, gpus = teacher_resources(t)
-        extra = f" tp={t.tensor_parallel_size}" if t.backend == "vllm" else ""
+        extra = (f" tp={t.tensor_parallel_size}" if t.backend == "vllm"
+                 else " (paged continuous batching)" if t.engine == "paged" else "")
         engines.append(f"{t.name}: {_ENGINES[t.backend]}{extra}"
                        + (f" {t.model}" if t.model and t.backend != "dataset" else ""))
         resources.append(f"{t.name}: {t.shards} shard(s) x {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else ""))

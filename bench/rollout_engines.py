@@ -1,0 +1,52 @@
+"""Rollout engines side by side on CPU: padded HF `generate` vs paged continuous batching, sampled
+tokens/s for half an RL step's rollouts (4 prompts x 8, T=1) of the tiny policy's shape and of SmolLM2.
+
+The tiny policy here is random-init at configs/tiny.yaml's shape (every rollout runs to the budget);
+SmolLM2 is the real model, whose rollouts stop at different lengths (what paging is for). Entropy
+recording is on, as in training (the paged engine pays one extra forward pass for it).
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.common import machine, result, table
+
+
+def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tuple[float, float]:
+    from oger.rl.rollout import generate
+
+    generate(model, tok, prompts[:1], n=1, max_new_tokens=4, engine=engine)  # warm-up
+    t = time.perf_counter()
+    rolls = generate(model, tok, prompts, n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1,
+                     batch_size=len(prompts) * n, engine=engine)
+    seconds = time.perf_counter() - t
+    tokens = sum(len(r.response_ids) for r in rolls)
+    return tokens / seconds, tokens / len(rolls)
+
+
+def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: int = 48) -> None:
+    import torch
+
+    from oger.models import load_causal_lm
+    from oger.rl.rollout import chat_prompt_ids
+    from oger.synthetic import generate_problems
+    from oger.tiny_model import build_model, train_tokenizer
+
+    questions = [p.question for p in generate_problems(5, prompts_n, 2, 3, 9, "+-")]
+    corpus = [p.question for p in generate_problems(0, 300, 2, 3, 9, "+-")]
+    tok = train_tokenizer(corpus, 384)
+    tiny = build_model(tok, 128, 4, 4, 384, 512, seed=0)
+    smol, smol_tok = load_causal_lm("smollm2", "float32")
+    rows, figures = [], {}
+    for name, model, tk, budget in (("tiny", tiny, tok, tiny_tokens), ("smollm2", smol, smol_tok, smollm_tokens)):
+        prompts = [chat_prompt_ids(tk, q) for q in questions]
+        for engine in ("hf", "paged"):
+            tps, mean_len = _time(model, tk, prompts, engine, n, budget)
+            print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout",
+                  flush=True)
+            rows.append([name, engine, tps, mean_len])
+            figures[f"{name}_{engine}_tokens_per_s"] = tps
+    table(f"rollout engines, {prompts_n} prompts x {n}, T=1 ({machine()}, {torch.get_num_threads()} threads)",
+          ["model", "engine", "tokens/s", "mean response tokens"], rows)
+    result("rollout_engines", **figures)

@@ -1,0 +1,57 @@
+"""The prepared GPU check: without CUDA `python -m bench gpu_check` says so and exits 0; every
+step of it (engines, index, torchrun DDP and FSDP2 at world size 1, the evaluate engines) runs on
+CPU at tiny sizes, so a typo cannot wait for a lent GPU to surface."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench import gpu_check
+
+
+def test_gpu_check_without_cuda_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run for minutes")
+    proc = subprocess.run([sys.executable, "-m", "bench", "gpu_check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "RESULT gpu_check skipped=1"
+    assert "gpu_check: no CUDA GPU" in lines[-2]
+
+
+@pytest.mark.slow
+def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
+    # the device machine's fallbacks (no MiniLM package, no lancedb), exercised here
+    out = gpu_check.run_check("cpu", gpu_check.TINY, tmp_path, prefer_minilm=False, prefer_lancedb=False)
+    assert out["encoder"] == "random_bert" and out["index"] == "memory"
+    printed = capsys.readouterr().out
+    assert "random-init BERT" in printed and "in memory" in printed
+    for key in ("train_hf_tokens_per_s", "train_paged_tokens_per_s", "train_hf_s_per_step",
+                "train_paged_s_per_step", "torchrun_ddp_gloo_paged_s_per_step",
+                "torchrun_fsdp2_gloo_hf_s_per_step", "eval_hf_tokens_per_s", "eval_paged_tokens_per_s"):
+        assert out[key] > 0 and math.isfinite(out[key]), key
+    assert math.isnan(out["update_mfu_hf"])  # no peak FLOP/s for a CPU
+    assert (tmp_path / "train-fsdp2" / "checkpoints").is_dir()
+    assert (tmp_path / "train-paged" / "metrics.jsonl").read_text().count("\n") == gpu_check.TINY.steps
+
+
+@pytest.mark.slow
+def test_memory_index_reads_like_the_lancedb_one(tmp_path):
+    from oger.encoder import load_encoder
+    from oger.index import TeacherIndex
+
+    questions = {"a": "Compute 1 + 2.", "b": "Compute 4 - 3 + 2."}
+    load_encoder.cache_clear()
+    enc, _ = gpu_check.build_encoder(tmp_path, prefer_minilm=False)
+    assert gpu_check.build_index(tmp_path, enc, questions) == "lancedb"
+    assert gpu_check.build_index(tmp_path, enc, questions, prefer_lancedb=False) == "memory"
+    lance = TeacherIndex(tmp_path / "index", gpu_check.TABLE, gpu_check.TAG).lookup(["b", "a", "zz"])
+    memory = gpu_check.MemoryIndex(tmp_path / "index.npz").lookup(["b", "a", "zz"])
+    assert sorted(lance) == sorted(memory) == ["a", "b"]
+    for pid in lance:
+        assert lance[pid][0] == memory[pid][0] and len(lance[pid][0]) == 3
+        assert (lance[pid][1] == memory[pid][1]).all()
