@@ -11,6 +11,7 @@ from datetime import timezone
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see oger.cli.quiet_threads
 
 from prefect import flow, task  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from oger import published
 from oger.rounds import round_comparison_section
 
 
@@ -73,10 +74,22 @@ def write_report(record) -> Path:
                       "![training curves](train_curves.png)"]
     if "evaluate" in data["stages"]:
         lines += _evaluate_section(data["stages"]["evaluate"], record.dir)
+        lines += published.comparison_markdown(data["stages"]["evaluate"]["metrics"], _published(data))
     lines += round_comparison_section(data)
     path = record.dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _published(data: dict) -> published.Published:
+    """The published rows for the run's config (its backbone), read from the config file."""
+    from oger.config import load_config
+
+    try:
+        cfg = load_config(data["config"], data.get("overrides") or [])
+    except Exception:  # the config file moved since the run: say so rather than fail the report
+        return published.Published(None)
+    return published.published_for_config(cfg)
 
 
 def _pct(v) -> str:

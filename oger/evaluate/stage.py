@@ -18,7 +18,8 @@ from pathlib import Path
 import polars as pl
 
 from oger.artifacts import ArtifactRef, canonical_json, file_fingerprint, write_artifact
-from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.evaluate.benchmarks import (MATH_BENCHMARKS, OOD_BENCHMARKS, REGISTRY, SYNTHETIC, benchmark_path,
+                                      load_benchmark, local_benchmark_size)
 from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
 from oger.errors import StageError
 from oger.evaluate.metrics import benchmark_scores
@@ -257,20 +258,20 @@ def run_evaluate(cfg: OgerConfig, workdir: Path, key: str, config_slice: dict, i
 
 def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: the engine, and per benchmark problems x k samples x max tokens for both models."""
-    from oger.errors import DataError
     from oger.plan import Budget, StageInfo
 
     e = cfg.evaluate
-    budget = []
+    budget, missing = [], []
     for spec in e.benchmarks:
         if spec.name == SYNTHETIC:
             synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
             n = counts.count(cfg.policy.eval_split, synthetic, limit=spec.limit)
         else:
-            try:
-                n = load_benchmark(spec.name, spec.limit).height
-            except DataError:
-                n = spec.limit  # not laid out here: unknown size, bounded by the limit if any
+            n = local_benchmark_size(spec.name, spec.limit)  # never the hub: a plan only looks
+            if n is None:
+                missing.append(f"{spec.name}: {REGISTRY[spec.name].path} not in data/ or OGER_DATA_DIR; "
+                               f"the run would fetch {REGISTRY[spec.name].hub_id} from the hub")
+                n = spec.limit  # unknown size, bounded by the limit if any
         plan = sampling_plan(e, spec)
         budget.append(Budget(f"{spec.name} (base + trained, T={plan['temperature']})", n,
                              2 * plan["k"], plan["max_new_tokens"]))
@@ -279,4 +280,4 @@ def plan_info(cfg: OgerConfig, counts):
     resources = (f"{e.tensor_parallel_size} GPU(s) (tensor parallel)" if e.engine == "vllm"
                  else "1 process (GPU if CUDA is available)")
     return StageInfo(engine=engine, resources=resources, budget=budget,
-                     notes=[f"protocol {e.protocol}, prompt {e.prompt}"])
+                     notes=[f"protocol {e.protocol}, prompt {e.prompt}", *missing])
