@@ -4,7 +4,7 @@
     python -m flows.serve start [--port 4200]   # prints the UI address and how to stop both
     python -m flows.serve stop                  # worker (SIGINT), then server (SIGTERM), by PID
 
-PIDs and logs live in work/serve/. Then `prefect deployment run 'oger-pipeline/tiny'` (with
+PIDs and logs live in work/serve/ (`OGER_SERVE_DIR`). Then `prefect deployment run 'oger-pipeline/tiny'` (with
 PREFECT_API_URL as printed) runs the tiny config, and the UI shows its DAG, states and artifacts.
 """
 
@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = REPO / "work" / "serve"
+STATE = Path(os.environ.get("OGER_SERVE_DIR") or REPO / "work" / "serve")  # pids and logs
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOLS = ["oger-process", "oger-gpu"]  # prefect.yaml deploys the paper configs to oger-gpu
 
