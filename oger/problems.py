@@ -48,14 +48,6 @@ def problem_id(question: str) -> str:
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-def data_dir() -> Path | None:
-    """`OGER_DATA_DIR` when set, else the repository's data/ (None when neither exists)."""
-    d = os.environ.get("OGER_DATA_DIR")
-    if d:
-        return Path(d)
-    return REPO_DATA if REPO_DATA.is_dir() else None
-
-
 def data_roots() -> list[Path]:
     """Where a data file is looked up, in order: `OGER_DATA_DIR` (e.g. a folder of training sets),
     then the repository's data/ (the shipped evaluation sets), so pointing `OGER_DATA_DIR` at
