@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.oger-setup
 
-# Benchmark and training files shipped beside the repository (never copied into it).
-export OGER_DATA_DIR ?= $(abspath ../shared/data)
+# The evaluation sets live in data/ (data/SOURCES.md); set OGER_DATA_DIR to a folder in the same
+# layout for training sets (e.g. OpenR1-Math-46k) or other copies.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Idle torch/OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
+# made SFT several times slower (docs/PERFORMANCE.md, "demo").
+export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -36,6 +39,15 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m bench all
+
+# A local Prefect server (UI) and a worker for the oger-process pool, in the background, with the
+# deployments of prefect.yaml registered; prints the UI address and how to stop both.
+PORT ?= 4200
+serve: setup
+	$(BIN)/python -m flows.serve start --port $(PORT)
+
+serve-stop:
+	$(BIN)/python -m flows.serve stop
 
 clean:
 	rm -rf work .pytest_cache

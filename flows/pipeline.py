@@ -11,10 +11,12 @@ from datetime import timezone
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see oger.cli.quiet_threads
 
 from prefect import flow, task  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows import ui  # noqa: E402
 from flows.fanout import prefect_fan_out  # noqa: E402
 from oger import pipeline  # noqa: E402
 from oger.artifacts import ArtifactRef  # noqa: E402
@@ -79,6 +81,7 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
     plans = pipeline.plan(cfg)
     record = pipeline.RunRecord(cfg, overrides=overrides)
     record.data["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name}
+    ui.start(cfg, record)
     for note in pipeline.input_notes(plans, selected):  # e.g. train reads a pinned index tag
         print(note)
     try:
@@ -95,8 +98,10 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
                                           cfg, p, upstream, refresh=force)
             refs[name] = ref
             record.add(name, ref, was_cached, seconds)
-        write_report(record)
+            ui.stage(record, name)
+        report = write_report(record)
         record.finish("completed")
+        ui.publish(record, report)
     except BaseException as exc:
         record.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

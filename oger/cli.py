@@ -10,6 +10,13 @@ import sys
 from oger.errors import OgerError
 
 
+def quiet_threads() -> None:
+    """Idle OpenMP threads sleep instead of spinning (set before torch loads). torch's threads
+    spin-wait by default, which on a busy 2-core machine, or when two evaluation jobs share it,
+    made an SFT step 5x slower than with one thread (docs/PERFORMANCE.md, "demo")."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -69,13 +76,20 @@ def cmd_status(args) -> int:
     from oger.index_versions import read_pin
     from oger.rounds import round_status
 
+    from oger.published import comparison_rows, published_for_config
+
     cfg = load_config(args.config, args.overrides)
     rows = status_rows(cfg)
     rounds = round_status(cfg.workdir_path, cfg.index.table)
+    pub = published_for_config(cfg)
+    ours = next((r["metrics"] for r in rows if r["stage"] == "evaluate"), {})
     if args.json:
         print(json.dumps({"config": cfg.source_file, "workdir": str(cfg.workdir_path),
                           "stages": rows, "rounds": rounds,
-                          "index_pin": read_pin(cfg.workdir_path, cfg.index.table)},
+                          "index_pin": read_pin(cfg.workdir_path, cfg.index.table),
+                          "published": {"backbone": pub.backbone, "methods": pub.methods,
+                                        "sources": pub.sources,
+                                        "beside_ours": comparison_rows(ours, pub)}},
                          indent=2, default=str))
         return 0
     from rich.console import Console
@@ -89,6 +103,7 @@ def cmd_status(args) -> int:
         style = "green" if r["state"] == "cached" else "yellow"
         table.add_row(r["stage"], r["key"][:16], f"[{style}]{r['state']}[/{style}]", flat, r["path"])
     Console().print(table)
+    _print_published(ours, pub)
     print_rounds(cfg, rounds)
     return 0
 
@@ -99,8 +114,33 @@ def cmd_bonus(args) -> int:
     return cmd_bonus(args)
 
 
+def _print_published(ours: dict, pub) -> None:
+    """Published accuracies of the config's backbone beside the cached evaluation (%)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from oger.published import COLUMNS, comparison_rows
+
+    if not pub.found:
+        print(pub.missing_line())
+        return
+    rows = comparison_rows(ours, pub) or [{"benchmark": b, "base": None, "trained": None,
+                                           **{m: pub.value(m, b) for m in pub.methods}}
+                                          for b in COLUMNS if any(b in v for v in pub.methods.values())]
+    table = Table(title=f"published results, backbone {pub.backbone} (%; ours: evaluate stage"
+                        f"{'' if ours else ' not run yet'})")
+    for col in ("benchmark", "ours base", "ours trained", *pub.methods):
+        table.add_column(col)
+    cell = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in rows:
+        table.add_row(r["benchmark"], cell(r["base"]), cell(r["trained"]), *[cell(r[m]) for m in pub.methods])
+    Console().print(table)
+    print(pub.source_line())
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_threads()
     args = build_parser().parse_args(argv)
     try:
         from oger.cli_rounds import cmd_index

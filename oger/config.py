@@ -427,6 +427,10 @@ class EvaluateConfig(Strict):
         "policy", description="policy: the policy's instruction and system prompt (as trained); "
                               "luffy: LUFFY's system prompt with the question as the user turn")
     instruction: str | None = Field(None, description="user turn; overrides the prompt preset's")
+    backbone: str | None = Field(
+        None, description="the backbone whose published results (data/reference/published_results.json) "
+                          "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
+                          "policy.model. Not part of any stage key")
     seed: int = 0
     batch_size: int = Field(64, ge=1)
     score_timeout_s: float = Field(5.0, gt=0)

@@ -27,7 +27,7 @@ STAGE_VERSION = 2  # 2: test split disjoint from train
 SCHEMA = {"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8,
           "split": pl.Utf8, "reference": pl.Utf8}
 
-# Local copies of HF datasets under $OGER_DATA_DIR (the layout of ../shared/data).
+# Local copies of HF datasets under a data root (the layout of the repository's data/).
 HF_LOCAL_LAYOUT = {
     "openai/gsm8k": {"train": "train/gsm8k/train.jsonl", "test": "train/gsm8k/test.jsonl"},
     "gsm8k": {"train": "train/gsm8k/train.jsonl", "test": "train/gsm8k/test.jsonl"},
@@ -45,9 +45,23 @@ def problem_id(question: str) -> str:
     return hashlib.sha256(question.strip().encode()).hexdigest()[:16]
 
 
-def data_dir() -> Path | None:
-    d = os.environ.get("OGER_DATA_DIR")
-    return Path(d) if d else None
+# The evaluation sets shipped with the repository (data/SOURCES.md); training sets live elsewhere.
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def data_roots() -> list[Path]:
+    """Where a data file is looked up, in order: `OGER_DATA_DIR` (e.g. a folder of training sets),
+    then the repository's data/ (the shipped evaluation sets), so pointing `OGER_DATA_DIR` at
+    training data does not hide the benchmarks."""
+    roots = [Path(d) for d in [os.environ.get("OGER_DATA_DIR")] if d]
+    if REPO_DATA.is_dir() and REPO_DATA not in roots:
+        roots.append(REPO_DATA)
+    return roots
+
+
+def find_data_file(rel: str) -> Path | None:
+    """The first data root holding `rel` (a path in the data/ layout), or None."""
+    return next((r / rel for r in data_roots() if (r / rel).is_file()), None)
 
 
 # --------------------------------------------------------------------------- file reading
@@ -173,16 +187,13 @@ def normalize_row(row: dict, fmt: str, fields: FieldMap, where: str) -> dict:
 
 
 def resolve_hf_local(src: HFSource) -> Path | None:
-    """The local file for an HF dataset under OGER_DATA_DIR, if one is laid out there."""
-    root = data_dir()
-    if root is None:
-        return None
+    """The local file for an HF dataset under a data root (OGER_DATA_DIR, then data/), if laid out there."""
     split = src.hf_split or src.split
     rel = HF_LOCAL_LAYOUT.get(src.dataset, {}).get(split)
-    candidates = [root / rel] if rel else []
+    candidates = [rel] if rel else []
     for ext in ("jsonl", "parquet"):
-        candidates.append(root / src.dataset / (f"{src.subset}/" if src.subset else "") / f"{split}.{ext}")
-    return next((c for c in candidates if c.is_file()), None)
+        candidates.append(f"{src.dataset}/{src.subset + '/' if src.subset else ''}{split}.{ext}")
+    return next((f for f in map(find_data_file, candidates) if f is not None), None)
 
 
 def source_file(src) -> Path | None:
@@ -210,7 +221,7 @@ def _load_hf_hub(src: HFSource) -> list[dict]:
         ds = load_dataset(src.dataset, src.subset, split=src.hf_split or src.split)
     except Exception as exc:  # offline, unknown id, auth ...
         raise DataError(f"dataset {src.dataset!r} (split {src.hf_split or src.split!r}) is not laid "
-                        f"out under OGER_DATA_DIR and could not be loaded from the hub: "
+                        f"out under OGER_DATA_DIR or data/ and could not be loaded from the hub: "
                         f"{type(exc).__name__}: {str(exc)[:200]}") from None
     out = []
     for i, row in enumerate(ds, start=1):

@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("OGER_DATA_DIR") or REPO.parent / "shared" / "data")
-
-os.environ.setdefault("OGER_DATA_DIR", str(DATA))
+DATA = Path(os.environ.get("OGER_DATA_DIR") or REPO / "data")  # the repo's data/ unless pointed elsewhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -16,7 +14,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    assert (DATA / "benchmarks").is_dir(), f"benchmark data not found at {DATA} (set OGER_DATA_DIR)"
+    assert (DATA / "benchmarks").is_dir(), f"benchmark data not found at {DATA} (data/ or OGER_DATA_DIR)"
     return DATA
 
 

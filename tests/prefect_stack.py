@@ -93,6 +93,14 @@ class PrefectStack:
             runs = json.loads(r.read())
         return {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in runs}
 
+    def artifacts(self, flow_run_id: str) -> list[dict]:
+        """The artifacts of a flow run (`POST /api/artifacts/filter`, as the UI asks)."""
+        body = json.dumps({"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).encode()
+        req = urllib.request.Request(f"{self.api}/artifacts/filter", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
     def schedules_active(self, deployment: str) -> list[bool]:
         dep = json.loads(self.cli("deployment", "inspect", deployment, "--output", "json").stdout)
         return [sch["active"] for sch in dep["schedules"]]

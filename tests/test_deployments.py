@@ -98,7 +98,8 @@ def oger_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_round_r1_runs_every_stage(stack, workdir, state):
     fr, s = run(stack, workdir, "teachers.round=r1")
-    assert fr["name"] == "tiny-r1"
+    assert fr["name"] == f"tiny-r1-{s['run_id']}"
+    assert {"config:tiny", "round:r1", "algorithm:oger"} <= set(fr["tags"])
     assert s["round"] == "r1" and list(s["stages"]) == STAGES
     assert not any(cached(s).values())
     assert stage_states(stack, fr) == {k: "Completed" for k in STAGES}  # one task per stage
@@ -109,13 +110,18 @@ def test_round_r1_runs_every_stage(stack, workdir, state):
     assert s["stages"]["train"]["metrics"]["round"] == "r1"
     report = (workdir / "runs" / s["run_id"] / "report.md").read_text()
     assert "first round with a completed training run" in report
+    arts = {a["key"]: a for a in stack.artifacts(fr["id"])}  # what the UI's Artifacts tab shows
+    assert arts["oger-report-tiny"]["data"] == report
+    assert [(r["stage"], r["cached"], r["seconds"]) for r in json.loads(arts["oger-stages-tiny"]["data"])] \
+        == [(k, v["cached"], v["seconds"]) for k, v in s["stages"].items()]
+    assert str(workdir / "runs" / s["run_id"] / "summary.json") in arts["oger-files-tiny"]["data"]
     state["r1"] = s
 
 
 def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
     fr, s = run(stack, workdir, "teachers.round=r2")
     r1 = state["r1"]
-    assert fr["name"] == "tiny-r2"
+    assert fr["name"] == f"tiny-r2-{s['run_id']}"
     assert cached(s)["problems"] and not any(v for k, v in cached(s).items() if k != "problems")
     assert stage_states(stack, fr) == {k: "Cached" if k == "problems" else "Completed"
                                            for k in STAGES}
@@ -218,7 +224,7 @@ def test_nightly_deployment_names_the_round_after_the_run_date(stack, workdir, s
     # a manual run of the nightly deployment: its scheduled start is now, so the round is today
     fr, s = run(stack, workdir, deployment="oger-pipeline/nightly-retrain", until="index")
     day = datetime.fromisoformat(fr["expected_start_time"]).astimezone(timezone.utc).date().isoformat()
-    assert s["round"] == day and fr["name"] == f"tiny-{day}"
+    assert s["round"] == day and fr["name"] == f"tiny-{day}-{s['run_id']}"
     assert f"teachers.round={day}" in s["overrides"]
     assert cached(s) == {"problems": True, "teachers": False, "filter": False, "index": False}
     db = workdir / "index" / "lancedb"

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -8,19 +9,23 @@ from oger.errors import DataError
 from oger.problems import load_source, normalize_row, problem_id, resolve_hf_local
 
 
+# The first rows of the training files (data/SOURCES.md lists their origin; they are not in data/).
+FIXTURES = Path(__file__).parent / "data"
+
+
 def local(path, **kw):
     return LocalSource(kind="local", name="x", path=str(path), **kw)
 
 
-def test_gsm8k_answer_and_reference(data_dir):
-    rows = load_source(local(data_dir / "train/gsm8k/train.jsonl", limit=3))
+def test_gsm8k_answer_and_reference():
+    rows = load_source(local(FIXTURES / "train/gsm8k/train.jsonl", limit=3))
     assert len(rows) == 3
     assert rows[0]["answer"] == "72"
     assert "<<" not in rows[0]["reference"] and "#### 72" in rows[0]["reference"]
 
 
-def test_math_boxed_answer(data_dir):
-    rows = load_source(local(data_dir / "train/math_full_test/test.jsonl", format="math", limit=2))
+def test_math_boxed_answer():
+    rows = load_source(local(FIXTURES / "train/math_full_test/test.jsonl", format="math", limit=2))
     assert rows[0]["answer"] == "2"
     assert rows[0]["reference"].startswith("The denominator")
 

@@ -1,4 +1,5 @@
-"""The evaluation benchmarks: where each lives under OGER_DATA_DIR (or on the hub) and how to read it.
+"""The evaluation benchmarks: where each lives in the repository's data/ (or OGER_DATA_DIR, or on the
+hub) and how to read it.
 
 Each resolves to rows {problem_id, question, answer} with one row per problem (LUFFY's parquet repeats
 AIME/AMC rows 32 times for avg@32; those repeats are collapsed here and re-created by sampling k times).
@@ -13,13 +14,13 @@ import polars as pl
 
 from oger.config import FieldMap
 from oger.errors import DataError
-from oger.problems import data_dir, iter_rows, normalize_row, problem_id
+from oger.problems import data_roots, find_data_file, iter_rows, normalize_row, problem_id
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    path: str  # relative to OGER_DATA_DIR
+    path: str  # relative to a data root (data/ or OGER_DATA_DIR)
     format: str = "plain"
     fields: FieldMap = field(default_factory=FieldMap)
     data_source: str | None = None  # LUFFY parquet: keep rows of this data_source
@@ -49,16 +50,22 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
 ]}
 MATH_BENCHMARKS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
-# The synthetic task's held-out split, read from the problems stage (not from OGER_DATA_DIR).
+# The synthetic task's held-out split, read from the problems stage (not from data/).
 SYNTHETIC = "synthetic"
 OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
 
 
 def benchmark_path(name: str) -> Path | None:
-    """The registered file under OGER_DATA_DIR, or None when it is not there."""
-    root = data_dir()
-    path = root / REGISTRY[name].path if root else None
-    return path if path is not None and path.is_file() else None
+    """The registered file under OGER_DATA_DIR or data/, or None when it is in neither."""
+    return find_data_file(REGISTRY[name].path)
+
+
+def local_benchmark_size(name: str, limit: int | None = None) -> int | None:
+    """Problems in the benchmark's local file (first `limit`), or None when it has none: what
+    `oger plan` shows, without ever asking the hub."""
+    if name not in REGISTRY:
+        raise DataError(f"unknown benchmark {name!r}; registered: {sorted(REGISTRY)}")
+    return load_benchmark(name, limit).height if benchmark_path(name) is not None else None
 
 
 def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
@@ -84,13 +91,13 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
 
 
 def _hub_rows(b: Benchmark):
-    """Rows of the benchmark's hub dataset when its file is not under OGER_DATA_DIR."""
+    """Rows of the benchmark's hub dataset when its file is in no data root."""
     try:
         from datasets import load_dataset
 
         ds = load_dataset(b.hub_id, b.hub_subset, split=b.hub_split)
     except Exception as exc:  # offline, unknown id, gated ...
-        raise DataError(f"benchmark {b.name!r}: {b.path} not found under OGER_DATA_DIR={data_dir()} and "
+        raise DataError(f"benchmark {b.name!r}: {b.path} not found under {' or '.join(map(str, data_roots())) or 'no data root'} and "
                         f"hub dataset {b.hub_id!r} could not be loaded: {type(exc).__name__}: "
                         f"{str(exc)[:200]}") from None
     return ((i, dict(row)) for i, row in enumerate(ds, start=1))

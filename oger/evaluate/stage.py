@@ -21,11 +21,13 @@ from oger.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json
 from oger.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
 from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.errors import DataError, StageError
-from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS, SYNTHETIC, benchmark_path, load_benchmark
+from oger.evaluate.benchmarks import (MATH_BENCHMARKS, OOD_BENCHMARKS, REGISTRY, SYNTHETIC, benchmark_path,
+                                      load_benchmark, local_benchmark_size)
 from oger.evaluate.engines import fit_prompt, make_engine
 from oger.evaluate.metrics import benchmark_scores
 from oger.evaluate.scoring import Scorer
 from oger.fanout import Job, run_in_process
+from oger.published import comparison_markdown, published_for_run
 
 STAGE = "evaluate"
 STAGE_VERSION = 1
@@ -247,16 +249,17 @@ def run_evaluate(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, 
 def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: the engine, and per benchmark problems x k samples x max tokens for both models."""
     e = cfg.evaluate
-    budget = []
+    budget, missing = [], []
     for spec in e.benchmarks:
         if spec.name == SYNTHETIC:
             synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
             n = counts.count(cfg.policy.eval_split, synthetic, limit=spec.limit)
         else:
-            try:
-                n = load_benchmark(spec.name, spec.limit).height
-            except DataError:
-                n = spec.limit  # not laid out here: unknown size, bounded by the limit if any
+            n = local_benchmark_size(spec.name, spec.limit)  # never the hub: a plan only looks
+            if n is None:
+                missing.append(f"{spec.name}: {REGISTRY[spec.name].path} not in data/ or OGER_DATA_DIR; "
+                               f"the run would fetch {REGISTRY[spec.name].hub_id} from the hub")
+                n = spec.limit  # unknown size, bounded by the limit if any
         setup = sampling_setup(e, spec)
         budget.append(Budget(f"{spec.name} (base + trained, T={setup['temperature']})", n,
                              2 * setup["k"], setup["max_new_tokens"]))
@@ -266,7 +269,7 @@ def plan_info(cfg: OgerConfig, counts):
     resources = (f"{e.tensor_parallel_size} GPU(s) (tensor parallel)" if e.engine == "vllm"
                  else "1 process (GPU if CUDA is available)")
     return StageInfo(engine=engine, resources=resources, budget=budget,
-                     notes=[f"protocol {e.protocol}, prompt {e.prompt}"])
+                     notes=[f"protocol {e.protocol}, prompt {e.prompt}", *missing])
 
 
 def run_summary(ref: ArtifactRef) -> dict:
@@ -303,6 +306,7 @@ def report_section(stage: dict, run_dir: Path) -> list[str]:
         shutil.copy(png, run_dir / "evaluate_scores.png")
         lines += ["", "![base vs trained](evaluate_scores.png)"]
     lines += ["", f"Per-sample results: `{Path(stage['path']) / 'samples.parquet'}`"]
+    lines += comparison_markdown(m, published_for_run(run_dir))
     return lines
 
 
