@@ -136,8 +136,8 @@ def _wrap_before(mod, name: str, event: str) -> None:
     setattr(mod, name, wrapped)
 
 
-def drive(config: str) -> None:
-    """Run every stage in this process, announcing events (see the module docstring)."""
+def drive(config: str, until: str = "evaluate") -> None:
+    """Run the stages up to `until` in this process, announcing events (see the module docstring)."""
     from lancedb.merge import LanceMergeInsertBuilder
 
     from oger import index, pipeline
@@ -153,7 +153,7 @@ def drive(config: str) -> None:
     _wrap_after(evaluate_stage, "_write_shard", "eval_shard")
     cfg = load_config(config)
     plans, refs = pipeline.plan(cfg), {}
-    for name in pipeline.STAGES:
+    for name in pipeline.STAGES[:pipeline.STAGES.index(until) + 1]:
         _announce(f"stage {name}")
         refs[name] = pipeline.run_stage(cfg, plans[name], refs)
     _announce("done " + json.dumps({n: r.key for n, r in refs.items()}))
@@ -161,4 +161,4 @@ def drive(config: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    drive(sys.argv[1])
+    drive(*sys.argv[1:3])

@@ -19,7 +19,8 @@ from oger.config import load_config
 from oger.errors import DataError
 from oger.problems import load_source
 from oger.workdir_lock import WorkdirBusy, is_locked, read_holder, workdir_lock
-from tests.reliability_helpers import REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest
+from tests.reliability_helpers import (REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest,
+                                      write_config)
 
 BAD = REPO / "tests" / "data" / "bad"
 PY = sys.executable
@@ -251,23 +252,38 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
 # --------------------------------------------------------------------------- kill anywhere
 
 
-def _start(config: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([PY, str(REPO / "tests" / "reliability_helpers.py"), str(config)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+def _start(config: Path, env: dict, log: Path, until: str = "evaluate") -> subprocess.Popen:
+    return subprocess.Popen([PY, str(REPO / "tests" / "reliability_helpers.py"), str(config), until],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log.open("w"),
                             text=True)
 
 
-def _run_until_event(config: Path, env: dict, event: str, delay: float) -> bool:
-    """Start the driver, SIGKILL it `delay` s after it announces `event`; False if it finished first."""
-    p = _start(config, env)
+STAGE_ORDER = ["problems", "teachers", "filter", "index", "policy", "train", "evaluate"]
+
+
+def _run_until_event(config: Path, env: dict, event: str, delay: float, log: Path,
+                     until: str = "evaluate") -> str | None:
+    """Start the driver and SIGKILL it `delay` s after it announces `event` (or at once when it
+    starts a stage after the event's stage: that stage already finished); returns the stage that
+    was running when it was killed, None if the driver finished first."""
+    p = _start(config, env, log, until)
+    event_stage = {"teacher_part": "teachers", "merge_insert": "index", "tag": "index",
+                   "checkpoint": "train", "eval_shard": "evaluate"}.get(event) or event.split()[-1]
+    running = None
     try:
         for line in p.stdout:
+            if line.startswith("@@stage "):
+                running = line.split()[1]
+                if STAGE_ORDER.index(running) > STAGE_ORDER.index(event_stage):
+                    delay = 0.0
+                    line = "@@" + event
             if line.startswith("@@" + event):
                 time.sleep(delay)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
-                return True
-        return False
+                return running
+        assert p.wait() == 0, f"the driver failed before {event}: {log.read_text()[-3000:]}"
+        return None
     finally:
         if p.poll() is None:
             p.kill()
@@ -276,6 +292,8 @@ def _run_until_event(config: Path, env: dict, event: str, delay: float) -> bool:
 
 @pytest.mark.slow
 def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
+    import json
+
     from oger import pipeline
     from oger.index import TeacherIndex
 
@@ -287,30 +305,25 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     rng = random.Random(14)
     # One kill per moment, in DAG order, each a random delay after the event (fixed seed).
     moments = [("teacher_part", rng.uniform(0, 0.05)),   # teachers: one shard saved, mid-stage
-               ("stage index", rng.uniform(0.1, 1.5)),   # index: encoder load / embed / create
-               ("tag", rng.uniform(0, 0.05)),            # index: while tagging the version
-               ("merge_insert", rng.uniform(0, 0.05)),   # index: upsert into the existing table
-               ("stage policy", rng.uniform(0.1, 1.5)),  # policy: tokenizer, SFT
+               ("stage index", rng.uniform(0.1, 1.0)),   # index: encoder load / embed / create
+               ("stage policy", rng.uniform(0.1, 1.0)),  # policy: tokenizer, SFT
                ("checkpoint", rng.uniform(0, 0.3)),      # train: after a checkpoint
                ("eval_shard", rng.uniform(0, 0.3))]      # evaluate: base shard written
     states = []
-    for event, delay in moments:
-        killed = _run_until_event(config, env, event, delay)
-        cached = check_nothing_looks_complete_that_is_not(cfg)
-        states.append((event, killed, cached))
-    killed_events = [e for e, k, _ in states if k]
-    assert {"teacher_part", "stage index", "stage policy", "checkpoint", "eval_shard"} <= set(killed_events), states
-
+    for i, (event, delay) in enumerate(moments):
+        stage = _run_until_event(config, env, event, delay, tmp_path / f"run{i}.log")
+        states.append((event, round(delay, 3), stage, check_nothing_looks_complete_that_is_not(cfg)))
+    killed_in = {s[2] for s in states}
+    assert {"teachers", "index", "policy", "train", "evaluate"} <= killed_in, states
+    train_state = next(s[3] for s in states if s[2] == "train")
     train_ckpts = sorted((cfg.workdir_path / "cache" / "train").glob("*/checkpoints/step-*"))
-    train_interrupted = not states[-2][2]["train"] and bool(train_ckpts) if states[-2][1] else False
+    train_interrupted = not train_state["train"] and bool(train_ckpts)
     eval_shards = {p: p.stat().st_mtime_ns for p in (cfg.workdir_path / "cache" / "evaluate").rglob("*.parquet")}
 
-    p = _start(config, env)  # the rerun, undisturbed
+    p = _start(config, env, tmp_path / "rerun.log")  # the rerun, undisturbed
     out = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     done = [ln for ln in out.splitlines() if ln.startswith("@@done ")]
-    import json
-
     keys = json.loads(done[0][len("@@done "):])
     assert keys == {n: pl.key for n, pl in plans.items()}  # the keys of an undisturbed run
     assert all(check_nothing_looks_complete_that_is_not(cfg).values())
@@ -324,3 +337,40 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
         assert refs["train"].metrics["resumed"] is True
     for shard, mtime in eval_shards.items():  # finished evaluation shards are reused, not redone
         assert shard.stat().st_mtime_ns == mtime
+    assert refs["teachers"].metrics["per_teacher"]["terms"]["traces"] > 0
+
+
+@pytest.mark.slow
+def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tmp_path):
+    """A second index version (a stricter filter: merge_insert deletes and updates rows) killed
+    during the upsert or the tagging: the table opens, the earlier tag still reads its rows, and
+    the rerun tags the new version with the right rows."""
+    from oger import pipeline
+    from oger.index import TeacherIndex
+
+    lite = textwrap.dedent("""
+        name: lance
+        problems: {sources: [{kind: synthetic, name: arith, n_train: 30, n_test: 5, max_operands: 3}]}
+        teachers: {teachers: [{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2},
+                              {name: terms, backend: scripted, model: terms, slip_rate: 0.2}]}
+        filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
+        """) + f"workdir: {tmp_path / 'w'}\n"
+    first = load_config(write_config(tmp_path, lite, "a.yaml"), [])
+    refs_a = pipeline.run_local(first, until="index")
+    strict = write_config(tmp_path, lite.replace("max_tokens: 200", "max_tokens: 60"), "b.yaml")
+    second = load_config(strict, [])
+    plans_b = pipeline.plan(second)
+    filter_b = pipeline.run_local(second, until="filter")["filter"]
+    assert 0 < filter_b.metrics["kept"] < refs_a["filter"].metrics["kept"]
+    env, rng = _env(tmp_path), random.Random(4)
+    for i, event in enumerate(["merge_insert", "merge_insert", "tag"]):
+        stage = _run_until_event(strict, env, event, rng.uniform(0, 0.02), tmp_path / f"l{i}.log",
+                                 until="index")
+        assert stage == "index"
+        check_nothing_looks_complete_that_is_not(second)
+        old = TeacherIndex.from_artifact(refs_a["index"])  # the earlier tag reads its own rows
+        assert old.count() == refs_a["filter"].metrics["kept"]
+    ref_b = pipeline.run_stage(second, plans_b["index"], {"filter": filter_b})
+    new = TeacherIndex.from_artifact(ref_b)
+    assert new.tag == plans_b["index"].key and new.count() == filter_b.metrics["kept"]
+    assert TeacherIndex.from_artifact(refs_a["index"]).count() == refs_a["filter"].metrics["kept"]
