@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Every stage, each as small as it gets: two scripted teachers, one in 2 shards (so a resumed
-# stage reuses a finished shard), a 1-epoch SFT of a one-layer tiny policy, 4 LUFFY steps (they
+# stage reuses a finished shard), a 1-epoch SFT of a one-layer tiny policy, 3 LUFFY steps (they
 # read the index at its tag) checkpointed every step, one synthetic benchmark (two evaluation
 # shards: base and trained).
 SMALL = """
@@ -41,7 +41,7 @@ policy:
   eval_max_new_tokens: 12
 train:
   algorithm: luffy
-  steps: 4
+  steps: 3
   max_prompts: 8
   prompts_per_step: 2
   group_size: 4
