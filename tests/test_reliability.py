@@ -380,3 +380,30 @@ def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tm
     new = TeacherIndex.from_artifact(ref_b)
     assert new.tag == plans_b["index"].key and new.count() == filter_b.metrics["kept"]
     assert TeacherIndex.from_artifact(refs_a["index"]).count() == refs_a["filter"].metrics["kept"]
+
+
+def test_console_filter_drops_user_error_tracebacks_only(tmp_path):
+    """Prefect's 'Task run failed with exception' record of an OgerError stays off the console;
+    an internal bug's record keeps its traceback. The traceback file sits under the workdir."""
+    import logging
+
+    from oger.error_log import _DropUserErrors, error_line, write_traceback
+    from oger.errors import StageError
+
+    def record(exc):
+        try:
+            raise exc
+        except Exception:
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
+                                     "Task run failed with exception", None, sys.exc_info())
+
+    keep = _DropUserErrors().filter
+    assert keep(record(StageError("filter kept nothing"))) is False
+    assert keep(record(ValueError("a bug"))) is True
+    try:
+        raise DataError("x.jsonl: row 2: bad\nsecond line")
+    except DataError as exc:
+        log = write_traceback(exc, tmp_path / "w")
+        line = error_line(exc, log)
+    assert log.parent == tmp_path / "w" / "logs" and "Traceback" in log.read_text()
+    assert line == f"error: x.jsonl: row 2: bad second line (details: {log})"
