@@ -224,7 +224,8 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
     # Each its own Prefect home: two ephemeral servers on one SQLite file log "database is locked"
     # tracebacks of their own (a Prefect matter; a shared server is the production setup).
     runs = [subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path / f"p{i}"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            for i in range(2)]
     try:
         deadline = time.monotonic() + 600  # Prefect start-up on a loaded machine
         while (info := is_locked(wd)) is None or "pid" not in info:
@@ -235,12 +236,17 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
         holder = next(r for r in runs if r.pid == info["pid"])
         other = next(r for r in runs if r is not holder)
         os.kill(holder.pid, signal.SIGSTOP)
-        out_other = other.communicate(timeout=600)[0]
-    finally:
-        for r in runs:
+        try:
+            out_other = other.communicate(timeout=600)[0]
+        finally:
+            os.kill(holder.pid, signal.SIGCONT)
+        out_holder = holder.communicate(timeout=600)[0]
+    except BaseException:
+        for r in runs:  # never leave a run (or its Prefect server) behind
             if r.poll() is None:
-                os.kill(r.pid, signal.SIGCONT)
-    out_holder = holder.communicate(timeout=600)[0]
+                os.killpg(r.pid, signal.SIGKILL)
+            r.wait()
+        raise
     assert holder.returncode == 0, out_holder[-3000:]
     assert other.returncode == 2, out_other[-3000:]
     assert "Traceback" not in out_other, out_other[-3000:]
@@ -327,7 +333,12 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     eval_shards = {p: p.stat().st_mtime_ns for p in (cfg.workdir_path / "cache" / "evaluate").rglob("*.parquet")}
 
     p = _start(config, env, tmp_path / "rerun.log")  # the rerun, undisturbed
-    out = p.communicate(timeout=600)[0]
+    try:
+        out = p.communicate(timeout=900)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     done = [ln for ln in out.splitlines() if ln.startswith("@@done ")]
     keys = json.loads(done[0][len("@@done "):])
