@@ -223,30 +223,32 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
     cmd = [PY, "-m", "oger.cli", "run", str(config), "--until", "filter"]
     # Each its own Prefect home: two ephemeral servers on one SQLite file log "database is locked"
     # tracebacks of their own (a Prefect matter; a shared server is the production setup).
-    runs = [subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path / f"p{i}"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            for i in range(2)]
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]  # files: a pipe nobody reads would block
+    runs = [subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path / f"p{i}"), stdout=logs[i].open("w"),
+                             stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    output = {r.pid: log for r, log in zip(runs, logs)}
     try:
         deadline = time.monotonic() + 600  # Prefect start-up on a loaded machine
         while (info := is_locked(wd)) is None or "pid" not in info:
             ended = [r for r in runs if r.poll() is not None]
-            assert not ended, ended[0].communicate()[0][-3000:]
+            assert not ended, output[ended[0].pid].read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
         holder = next(r for r in runs if r.pid == info["pid"])
         other = next(r for r in runs if r is not holder)
         os.kill(holder.pid, signal.SIGSTOP)
         try:
-            out_other = other.communicate(timeout=600)[0]
+            other.wait(timeout=600)
         finally:
             os.kill(holder.pid, signal.SIGCONT)
-        out_holder = holder.communicate(timeout=600)[0]
+        holder.wait(timeout=600)
     except BaseException:
         for r in runs:  # never leave a run (or its Prefect server) behind
             if r.poll() is None:
                 os.killpg(r.pid, signal.SIGKILL)
             r.wait()
         raise
+    out_holder, out_other = output[holder.pid].read_text(), output[other.pid].read_text()
     assert holder.returncode == 0, out_holder[-3000:]
     assert other.returncode == 2, out_other[-3000:]
     assert "Traceback" not in out_other, out_other[-3000:]
