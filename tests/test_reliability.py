@@ -52,6 +52,7 @@ filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
 
 
 def _env(tmp_path: Path) -> dict:
+    (tmp_path / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
     # a loaded machine starts Prefect's ephemeral server slowly: don't fail the run for that
     return dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONUNBUFFERED="1",
                 PREFECT_SERVER_ANALYTICS_ENABLED="false",
