@@ -187,10 +187,15 @@ def test_a_waiting_run_gets_the_workdir_when_the_holder_finishes(tmp_path):
     wd = tmp_path / "w"
     holder = _hold(wd, 1.0)
     said = []
-    with workdir_lock(wd, "run-2", timeout_s=30, poll_s=0.1, say=said.append) as me:
-        assert me["run_id"] == "run-2" and holder.poll() is not None
-    holder.wait()
-    assert len(said) == 1
+    t = time.monotonic()
+    try:
+        with workdir_lock(wd, "run-2", timeout_s=30, poll_s=0.1, say=said.append) as me:
+            assert me["run_id"] == "run-2" and read_holder(wd) == me
+            assert time.monotonic() - t >= 0.5  # it waited for the holder's release
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) == 1 and "run-holder" in said[0]
 
 
 def test_read_only_commands_do_not_need_the_lock(tmp_path):
