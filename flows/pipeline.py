@@ -22,6 +22,7 @@ from oger import pipeline  # noqa: E402
 from oger.artifacts import ArtifactRef  # noqa: E402
 from oger.config import OgerConfig, load_config  # noqa: E402
 from oger.report import write_report  # noqa: E402
+from oger.workdir_lock import workdir_lock  # noqa: E402
 
 
 def _stage_cache_key(context, parameters) -> str:
@@ -69,17 +70,27 @@ def _run_name() -> str:
 @flow(name="oger-pipeline", flow_run_name=_run_name, log_prints=True)
 def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[str] | None = None,
                   from_stage: str | None = None, until: str | None = None,
-                  refresh: list[str] | None = None, round_from_schedule: bool = False) -> str:
+                  refresh: list[str] | None = None, round_from_schedule: bool = False,
+                  lock_timeout_s: float | None = None) -> str:
     """Run the selected stages of CONFIG; returns the path of the run's summary.json.
 
     `round_from_schedule` sets teachers.round to the run's scheduled date (the nightly deployment).
+    The run holds the workdir's lock (`oger.workdir_lock`) throughout; a held workdir is waited
+    for up to `lock_timeout_s` (default: the config's `lock_timeout_s`).
     """
     overrides = _with_round(overrides, round_from_schedule)
     cfg = load_config(config, overrides)
+    run_id = pipeline.new_run_id()
+    timeout = cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+    with workdir_lock(cfg.workdir_path, run_id, timeout, say=print):
+        return _run_locked(cfg, run_id, overrides, only, from_stage, until, refresh)
+
+
+def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until, refresh) -> str:
     selected = pipeline.select_stages(only, from_stage, until)
     refresh_set = set(pipeline._parse_stage_list(refresh, "--refresh"))
     plans = pipeline.plan(cfg)
-    record = pipeline.RunRecord(cfg, overrides=overrides)
+    record = pipeline.RunRecord(cfg, run_id=run_id, overrides=overrides)
     record.data["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name}
     ui.start(cfg, record)
     for note in pipeline.input_notes(plans, selected):  # e.g. train reads a pinned index tag

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from oger.error_log import error_line, quiet_user_errors, write_traceback
 from oger.errors import OgerError
 
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", metavar="S", help="stop after stage S")
     run.add_argument("--refresh", action="append", metavar="S",
                      help="recompute stage S even if cached")
+    run.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                     help="wait this long for a workdir another run holds (default: the config's "
+                          "lock_timeout_s, 600)")
 
     status = sub.add_parser("status", help="show each stage's key, cached/stale, path, metrics")
     _add_config_args(status)
@@ -57,13 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from oger.config import load_config
     from oger.pipeline import select_stages
+    from oger.preflight import check_inputs
 
-    load_config(args.config, args.overrides)  # fail fast, before Prefect starts
-    select_stages(args.only, args.from_stage, args.until)
+    cfg = load_config(args.config, args.overrides)  # fail fast, before Prefect starts
+    args.workdir = cfg.workdir_path  # where a user error's traceback is logged
+    check_inputs(cfg, select_stages(args.only, args.from_stage, args.until))
     from flows.pipeline import oger_pipeline
 
-    summary = oger_pipeline(config=args.config, overrides=args.overrides, only=args.only,
-                            from_stage=args.from_stage, until=args.until, refresh=args.refresh)
+    with quiet_user_errors():
+        summary = oger_pipeline(config=args.config, overrides=args.overrides, only=args.only,
+                                from_stage=args.from_stage, until=args.until, refresh=args.refresh,
+                                lock_timeout_s=args.lock_timeout)
     print(summary, flush=True)
     return 0
 
@@ -148,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
                 "bonus": cmd_bonus}[args.command](args)
-    except OgerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except OgerError as exc:  # a user error: one line; the traceback goes to the workdir's log
+        print(error_line(exc, write_traceback(exc, getattr(args, "workdir", None))),
+              file=sys.stderr, flush=True)
         return 2
 
 

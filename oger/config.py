@@ -498,7 +498,10 @@ class OgerConfig(Strict):
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
     runner: RunnerConfig = RunnerConfig()
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
+    lock_timeout_s: float = Field(600.0, ge=0, description="a run that finds its workdir held by "
+                                  "another run waits this long for it, then fails naming the holder "
+                                  "(0: fail at once); `oger run --lock-timeout` overrides it")
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True)

@@ -47,6 +47,20 @@ def _connect(workdir: Path):
     return lancedb.connect(str(path))
 
 
+def open_committed(db, name: str):
+    """The table, or None when it does not exist yet or a killed `create_table` left only data
+    files and no committed version (LanceDB lists such a folder but cannot open it; nothing in
+    it was ever visible, so the next write creates the table over it)."""
+    if name not in db.list_tables().tables:
+        return None
+    try:
+        return db.open_table(name)
+    except ValueError:
+        if any((Path(db.uri) / f"{name}.lance" / "_versions").glob("*.manifest")):
+            raise  # a committed table that fails to open is not ours to replace
+        return None
+
+
 def _vectors_to_arrow(vecs: np.ndarray) -> pa.FixedSizeListArray:
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
@@ -65,10 +79,11 @@ def _vectors_of(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def cached_embeddings(db, name: str, hashes: list[str]) -> dict[str, np.ndarray]:
-    if name not in db.list_tables().tables:
+    tbl = open_committed(db, name)
+    if tbl is None:
         return {}
     want = set(hashes)
-    tbl = db.open_table(name).to_arrow()
+    tbl = tbl.to_arrow()
     vecs = _vectors_of(tbl.column("vector"))
     return {h: vecs[i] for i, h in enumerate(tbl.column("text_hash").to_pylist()) if h in want}
 
@@ -86,11 +101,12 @@ def embed_with_cache(db, cfg: IndexConfig, identity: dict, texts: list[str]) -> 
         model = load_encoder(cfg.encoder)
         vecs = encode(model, list(missing.values()), cfg.batch_size, cfg.long_text, show_progress=True)
         new = pa.table({"text_hash": list(missing.keys()), "vector": _vectors_to_arrow(vecs)})
-        if name in db.list_tables().tables:
-            (db.open_table(name).merge_insert("text_hash").when_matched_update_all()
+        cache = open_committed(db, name)
+        if cache is not None:
+            (cache.merge_insert("text_hash").when_matched_update_all()
              .when_not_matched_insert_all().execute(new))
         else:
-            db.create_table(name, new)
+            db.create_table(name, new, mode="overwrite")
         known.update(zip(missing.keys(), vecs))
     return np.stack([known[h] for h in hashes]).astype(np.float32), len(missing)
 
@@ -123,13 +139,13 @@ def run_index(cfg: IndexConfig, ctx: StageContext, filter_ref: ArtifactRef) -> A
         "vector": _vectors_to_arrow(vecs),
     })
     rounds = sorted(set(kept["round"].to_list()))
-    if cfg.table in db.list_tables().tables:
-        tbl = db.open_table(cfg.table)
+    tbl = open_committed(db, cfg.table)
+    if tbl is not None:
         in_rounds = ", ".join(f"'{r}'" for r in rounds)
         (tbl.merge_insert("trace_id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(f"round IN ({in_rounds})").execute(data))
     else:
-        tbl = db.create_table(cfg.table, data)
+        tbl = db.create_table(cfg.table, data, mode="overwrite")
     tbl.create_index("problem_id", config=BTree(), replace=True)
     _tag(tbl, key)
     info = {"db": str(db_path(workdir)), "table": cfg.table, "tag": key, "version": tbl.version}
@@ -148,10 +164,8 @@ def tag_exists(workdir: Path, table: str, tag: str) -> bool:
         return False
     import lancedb
 
-    db = lancedb.connect(str(path))
-    if table not in db.list_tables().tables:
-        return False
-    return tag in db.open_table(table).tags.list()
+    tbl = open_committed(lancedb.connect(str(path)), table)
+    return tbl is not None and tag in tbl.tags.list()
 
 
 class TeacherIndex:

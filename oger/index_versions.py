@@ -16,7 +16,7 @@ from pathlib import Path
 
 from oger.contract import artifact_manifest, atomic_write, load_complete
 from oger.errors import ConfigError, StageError
-from oger.index import db_path
+from oger.index import db_path, open_committed
 
 PIN_FILE = "pinned.json"
 
@@ -56,10 +56,10 @@ def _open_table(workdir: Path, table: str):
     path = db_path(workdir)
     if not path.is_dir():
         raise StageError(f"no index in {workdir} yet (run the pipeline up to the index stage)")
-    db = lancedb.connect(str(path))
-    if table not in db.list_tables().tables:
+    tbl = open_committed(lancedb.connect(str(path)), table)
+    if tbl is None:
         raise StageError(f"{path}: no table {table!r} (index.table)")
-    return db.open_table(table)
+    return tbl
 
 
 def list_versions(workdir: Path, table: str) -> list[dict]:

@@ -73,6 +73,23 @@ def resolve_model(ref: str) -> ModelSource:
     return ModelSource(ref, "hub", key)
 
 
+def check_model_available(ref: str, field: str) -> None:
+    """Fail now, naming the config field, when a model is neither on disk nor loadable: a missing
+    local path, or (offline, HF_HUB_OFFLINE=1) a hub id that is not in the Hugging Face cache."""
+    try:
+        src = resolve_model(ref)
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc}; fix the path or install the model") from None
+    if src.kind != "hub" or os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(src.path, "config.json"), str):
+        raise ConfigError(f"{field}: model {ref!r} is not a local folder or .gguf file and not in "
+                          f"the Hugging Face cache (offline, HF_HUB_OFFLINE=1); fix the path, or "
+                          f"download it on a machine with network")
+
+
 @lru_cache(maxsize=64)
 def _identity_cached(kind: str, path: str, mtime: float) -> str:
     if kind == "gguf":

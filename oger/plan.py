@@ -51,11 +51,15 @@ class ProblemCounts:
         return min(total, limit) if limit else total
 
 
-def _count_rows(path: Path) -> int:
+def _count_rows(path: Path) -> int | None:
+    """Rows of a jsonl/parquet file; None for a file that cannot be read (the run reports it)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # corrupt or truncated: `oger run` names the file
+            return None
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 

@@ -68,24 +68,53 @@ def find_data_file(rel: str) -> Path | None:
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(1-based row number, record) from jsonl or parquet; a bad line names file and row."""
+    """(1-based row number, record) from jsonl or parquet; a bad line names file and row.
+
+    Undecodable text, a corrupt or truncated parquet file and an empty file are `DataError`s that
+    name the file (never a UnicodeDecodeError or polars traceback)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; point the source at a file with problems")
     if path.suffix == ".parquet":
-        for i, row in enumerate(pl.read_parquet(path).iter_rows(named=True), start=1):
+        try:
+            df = pl.read_parquet(path)
+        except Exception as exc:  # polars/pyarrow: ComputeError, OSError, ArrowInvalid ...
+            raise DataError(f"{path}: not a readable parquet file (corrupt or truncated: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                            f"re-export or re-download it") from None
+        for i, row in enumerate(df.iter_rows(named=True), start=1):
             yield i, row
         return
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: row {i}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                f"column {exc.start + 1}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: row {i}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{path}: row {i}: not valid JSON ({exc.msg}; a truncated or "
+                                f"corrupt line); fix or remove the row") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}: row {i}: expected a JSON object")
+                raise DataError(f"{path}: row {i}: expected a JSON object, got "
+                                f"{type(row).__name__}")
             yield i, row
+
+
+_TEXT_TYPES = (str, list, tuple, dict)
+
+
+def _check_type(row: dict, name: str, where: str, allowed: tuple) -> None:
+    """A field of the wrong type (a number for a question, a dict for an answer ...) is named."""
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise DataError(f"{where}: field {name!r} is {type(value).__name__} ({str(value)[:40]!r}), "
+                        f"expected text; fix the row or map another field with `fields:`")
 
 
 def _detect_format(row: dict) -> str:
@@ -143,6 +172,7 @@ def normalize_row(row: dict, fmt: str, fields: FieldMap, where: str) -> dict:
         qf = fields.question or _first_present(row, ["question", "problem", "Question"]) or "question"
         if qf not in row or row[qf] is None:
             raise DataError(f"{where}: missing question field {qf!r}")
+        _check_type(row, qf, where, _TEXT_TYPES)
         question = _text_of(row[qf])
         if fmt == "gsm8k":
             af = fields.answer or "answer"
@@ -172,6 +202,7 @@ def normalize_row(row: dict, fmt: str, fields: FieldMap, where: str) -> dict:
             af = fields.answer or _first_present(row, ["answer", "final_answer", "gold"]) or "answer"
             if af not in row or row[af] is None:
                 raise DataError(f"{where}: missing answer field {af!r}")
+            _check_type(row, af, where, (str, int, float, list, tuple))
             answer = _text_of(row[af])
             rf = fields.reference or _first_present(row, ["solution", "reference"])
             reference = _text_of(row.get(rf)) if rf else None
@@ -211,7 +242,19 @@ def _load_file_source(src, path: Path) -> list[dict]:
         out.append(rec)
         if src.limit and len(out) >= src.limit:
             break
+    if not out:
+        raise DataError(f"{path}: problems source {src.name!r} has no rows (only blank lines or an "
+                        f"empty table); point it at a file with problems")
     return out
+
+
+def check_sources(cfg: ProblemsConfig) -> None:
+    """Read and validate every local file source now (before a flow starts); errors name the file,
+    row and field. Sources that come from the hub are checked when the stage loads them."""
+    for src in cfg.sources:
+        path = source_file(src)
+        if path is not None:
+            _load_file_source(src, path)
 
 
 def _load_hf_hub(src: HFSource) -> list[dict]:
@@ -285,7 +328,8 @@ def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
             kept += 1
         per_source[src.name] = kept
     if not rows:
-        raise DataError("problems stage: the configured sources yielded no problems")
+        raise DataError(f"problems stage: the configured sources "
+                        f"{[s.name for s in cfg.sources]} yielded no problems")
     df = pl.DataFrame(rows, schema=SCHEMA)
     with ctx.output() as out:
         df.write_parquet(out.file("problems.parquet"))
