@@ -40,11 +40,11 @@ def read_history(train_path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curve(history: list[dict], metric: str, fallback: str | None) -> dict[int, float]:
-    """{step: value} of `metric` (or its older name); NaN and missing rows dropped."""
+def curve(history: list[dict], metric: str) -> dict[int, float]:
+    """{step: value} of `metric`; NaN and rows without it dropped."""
     out = {}
     for row in history:
-        v = row.get(metric, row.get(fallback) if fallback else None)
+        v = row.get(metric)
         if isinstance(v, (int, float)) and not math.isnan(v):
             out[int(row["step"])] = float(v)
     return out
@@ -137,12 +137,15 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
 
 def training_curves(histories: dict[str, dict[int, list[dict]]]) -> dict[str, dict[str, dict]]:
     """{metric: {arm: {"step": [...], "mean": [...], "lo": [...], "hi": [...]}}}: mean, min and max
-    over seeds at each step; metrics no arm logged are left out."""
+    over seeds at each step. A metric no run logged falls back to its older name (and is shown
+    under that name); metrics no arm logged are left out."""
     out: dict[str, dict] = {}
-    for metric, fallback in CURVES:
+    logged = {k for by_seed in histories.values() for h in by_seed.values() for row in h for k in row}
+    for preferred, fallback in CURVES:
+        metric = preferred if preferred in logged or not fallback else fallback
         per_arm = {}
         for arm, by_seed in histories.items():
-            curves = [curve(h, metric, fallback) for h in by_seed.values()]
+            curves = [curve(h, metric) for h in by_seed.values()]
             steps = sorted(set().union(*curves)) if curves else []
             if not steps:
                 continue
