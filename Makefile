@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench ablate clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m bench all
+
+# The tiny ablation (docs/RESULTS.md): grpo, luffy, oger and the shuffled-bonus control x 3 seeds on
+# configs/tiny.yaml, sharing one set of upstream artifacts; the sweep's results fill docs/RESULTS.md.
+ablate: setup
+	$(BIN)/oger sweep configs/tiny.yaml --arms grpo,luffy,oger,shuffled-bonus --seeds 0,1,2 \
+	    --results-doc docs/RESULTS.md
 
 clean:
 	rm -rf work .pytest_cache
