@@ -33,6 +33,11 @@ def test_pairs_share_upstream_keys_and_differ_in_train(tmp_path):
     assert by["grpo-s1"].train.algorithm == "grpo" and by["grpo-s1"].train.oger.lam == 0.5
     # a seed sets the RL seed and the evaluation sampling seed (sweep.seed_fields)
     assert (by["luffy-s2"].train.seed, by["luffy-s2"].evaluate.seed) == (2, 2)
+    # a pair is an ordinary run: `oger run` with the same --set items has the same keys
+    plain = pipeline.plan(load_config(TINY, [f"workdir={tmp_path}", LAM, "train.algorithm=luffy",
+                                             "train.seed=2", "evaluate.seed=2"]))
+    pair = next(p for p in sp.pairs if p.name == "luffy-s2")
+    assert {s: plain[s].key for s in pipeline.STAGES} == {s: pair.plans[s].key for s in pipeline.STAGES}
     # the same sweep is the same folder; another seed list another one
     again = run.prepare(TINY, "grpo,luffy,oger,oger-lam-1.0,oger-no-gate", "0,1,2", [f"workdir={tmp_path}", LAM])
     assert again.sweep_id == sp.sweep_id and again.dir == tmp_path / "sweeps" / sp.sweep_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -91,7 +92,7 @@ def prepare(config: str, arms=None, seeds=None, overrides: list[str] | None = No
         raise ConfigError(f"--baseline {baseline!r} is not one of the sweep's arms {arm_names}")
     if chosen not in arm_names:
         chosen = arm_names[0]
-    if sweep_id is not None and not sweep_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if sweep_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep_id):
         raise ConfigError(f"--id {sweep_id!r}: use letters, digits, '-', '_', '.'")
     pairs = []
     for arm in resolved:
