@@ -116,3 +116,22 @@ def test_fill_results_doc(tmp_path):
     report.fill_results_doc(doc, sweep_dir)  # idempotent
     assert doc.read_text().count("table") == 1
     assert set(pipeline.STAGES) >= set(run.pair_stages())
+
+
+def test_pair_jobs_ship_to_ray_workers(tmp_path):
+    import cloudpickle
+
+    from oger.artifacts import ArtifactRef
+
+    sp = run.prepare(TINY, "grpo,oger", "0,1", [f"workdir={tmp_path}", "runner.kind=ray",
+                                                "sweep.num_gpus=2"])
+    by_key = {k: ArtifactRef(stage=k[0], key=k[1], path=str(tmp_path / k[0])) for k in sp.upstream}
+    jobs = run.pair_jobs(sp, by_key)
+    assert [j.name for j in jobs] == ["grpo-s0", "grpo-s1", "oger-s0", "oger-s1"]
+    assert {(j.num_gpus, j.num_cpus) for j in jobs} == {(2.0, 1.0)}
+    fn, args = cloudpickle.loads(cloudpickle.dumps((run.run_pair, jobs[3].args)))
+    assert fn is run.run_pair and args[0].train.seed == 1 and args[1]["train"].key == sp.pairs[3].plans["train"].key
+    assert set(args[2]) == set(run.upstream_stages())
+    # default: the GPUs of the pair's training ranks with nccl, none on CPU
+    cpu = run.prepare(TINY, "grpo", "0", [f"workdir={tmp_path}"])
+    assert run.pair_gpus(cpu, cpu.pairs[0].cfg) == 0.0

@@ -146,6 +146,15 @@ def pair_gpus(sp: SweepPlan, cfg: OgerConfig) -> float:
     return float(cfg.train.num_processes) if cfg.train.backend == "nccl" else 0.0
 
 
+def pair_jobs(sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef],
+              pair_fan_out: FanOut | None = None) -> list[Job]:
+    """One job per (arm, seed) for `run_pair`; its arguments travel to a Ray worker (pickled)."""
+    return [Job(pair.name, (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key), pair_fan_out),
+                num_cpus=sp.settings.num_cpus, num_gpus=pair_gpus(sp, pair.cfg),
+                meta={"arm": pair.arm, "seed": pair.seed})
+            for pair in sp.pairs]
+
+
 def _run_upstream_in_process(cfg: OgerConfig, plan: pipeline.StagePlan,
                              refs: dict[str, ArtifactRef]) -> ArtifactRef:
     return pipeline.run_stage(cfg, plan, refs)
@@ -168,12 +177,7 @@ def run_sweep(sp: SweepPlan, run_upstream: Callable | None = None, fan_out: FanO
             t = time.perf_counter()
             by_key[(name, key)] = run_upstream(cfg, plans[name], refs_for(plans, before, by_key))
             record.add_upstream(name, by_key[(name, key)], cached, time.perf_counter() - t)
-        jobs = [Job(pair.name, (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key),
-                                pair_fan_out),
-                    num_cpus=sp.settings.num_cpus, num_gpus=pair_gpus(sp, pair.cfg),
-                    meta={"arm": pair.arm, "seed": pair.seed})
-                for pair in sp.pairs]
-        for job, result in (fan_out or run_in_process)(run_pair, jobs):
+        for job, result in (fan_out or run_in_process)(run_pair, pair_jobs(sp, by_key, pair_fan_out)):
             record.add_pair(job.meta["arm"], job.meta["seed"], result)
         write_report(sp, record)
         record.finish("completed")
