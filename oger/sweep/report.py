@@ -90,7 +90,7 @@ def _plt():
     return plt
 
 
-def plot_accuracy(results: dict, out: Path) -> None:
+def plot_accuracy(results: dict, out: Path, method: str) -> None:
     plt = _plt()
     targets = list(results)
     fig, axes = plt.subplots(1, len(targets), figsize=(max(4.0, 3.2 * len(targets)), 3.6), squeeze=False)
@@ -106,14 +106,15 @@ def plot_accuracy(results: dict, out: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(target, fontsize=9)
         ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("mean over seeds, 95% CI; dots: seeds", fontsize=9)
+    fig.suptitle(f"mean over seeds with the 95% {method} CI; dots: seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def plot_differences(comparisons: list[dict], baseline: str, out: Path) -> None:
+def plot_differences(comparisons: list[dict], baseline: str, out: Path, method: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(comparisons) + 1.4))
     labels = [f"{c['arm']} − {baseline} ({c['benchmark']})" for c in comparisons]
@@ -125,7 +126,7 @@ def plot_differences(comparisons: list[dict], baseline: str, out: Path) -> None:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("difference (points), 95% CI")
+    ax.set_xlabel(f"difference (points), 95% {method} CI")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -194,10 +195,10 @@ def write_report(sp, record) -> Path:
     out = sp.dir
     pngs = {}
     if analysis["results"]:
-        plot_accuracy(analysis["results"], out / "accuracy.png")
+        plot_accuracy(analysis["results"], out / "accuracy.png", s.interval)
         pngs["accuracy"] = "accuracy.png"
     if analysis["comparisons"]:
-        plot_differences(analysis["comparisons"], sp.baseline, out / "differences.png")
+        plot_differences(analysis["comparisons"], sp.baseline, out / "differences.png", s.interval)
         pngs["differences"] = "differences.png"
     if analysis["pass_at_k"]:
         plot_pass_at_k(analysis["pass_at_k"], out / "pass_at_k.png")
