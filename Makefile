@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench serve serve-stop clean
+.PHONY: setup demo test test-fast bench ablate serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,12 @@ serve: setup
 
 serve-stop:
 	$(BIN)/python -m flows.serve stop
+
+# The tiny ablation (docs/RESULTS.md): grpo, luffy, oger and the shuffled-bonus control x 3 seeds on
+# configs/tiny.yaml, sharing one set of upstream artifacts; the sweep's results fill docs/RESULTS.md.
+ablate: setup
+	$(BIN)/oger sweep configs/tiny.yaml --arms grpo,luffy,oger,shuffled-bonus --seeds 0,1,2 \
+	    --results-doc docs/RESULTS.md
 
 clean:
 	rm -rf work .pytest_cache

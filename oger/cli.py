@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sweep = sub.add_parser("sweep", help="train + evaluate arms x seeds (shared upstream), then a "
+                                          "report with intervals and verdicts")
+    _add_config_args(sweep)
+    sweep.add_argument("--arms", metavar="A,B", help="presets (grpo, luffy, oger, shuffled-bonus, "
+                       "lam-0-monitor) or sweep.arms names; default sweep.default_arms")
+    sweep.add_argument("--seeds", metavar="0,1,2", help="default sweep.seeds")
+    sweep.add_argument("--baseline", help="arm the others are compared with; default sweep.baseline")
+    sweep.add_argument("--id", dest="sweep_id", help="folder name under <workdir>/sweeps/; default "
+                       "<config name>-<hash of arms, seeds, --set>")
+    sweep.add_argument("--results-doc", metavar="MD", help="afterwards, fill this document's "
+                       "sweep-results markers with the results (make ablate: docs/RESULTS.md)")
+
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
@@ -72,6 +84,24 @@ def cmd_run(args) -> int:
         summary = oger_pipeline(config=args.config, overrides=args.overrides, only=args.only,
                                 from_stage=args.from_stage, until=args.until, refresh=args.refresh,
                                 lock_timeout_s=args.lock_timeout)
+    print(summary, flush=True)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from oger.sweep.run import prepare
+
+    prepare(args.config, args.arms, args.seeds, args.overrides, args.baseline, args.sweep_id)  # fail fast
+    from flows.sweep import oger_sweep
+
+    summary = oger_sweep(config=args.config, arms=args.arms, seeds=args.seeds, overrides=args.overrides,
+                         baseline=args.baseline, sweep_id=args.sweep_id)
+    if args.results_doc:
+        from pathlib import Path
+
+        from oger.sweep.report import fill_results_doc
+
+        fill_results_doc(Path(args.results_doc), Path(summary).parent)
     print(summary, flush=True)
     return 0
 
@@ -155,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         from oger.plan import cmd_plan
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
-                "bonus": cmd_bonus}[args.command](args)
+                "bonus": cmd_bonus, "sweep": cmd_sweep}[args.command](args)
     except OgerError as exc:  # a user error: one line; the traceback goes to the workdir's log
         print(error_line(exc, write_traceback(exc, getattr(args, "workdir", None))),
               file=sys.stderr, flush=True)

@@ -6,11 +6,14 @@ from pathlib import Path
 import yaml
 
 from flows.pipeline import oger_pipeline
+from flows.sweep import oger_sweep
 from oger.config import load_config
+from oger.sweep.arms import parse_list, resolve_arms
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
-DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"] if d["entrypoint"].startswith("flows/pipeline.py")}
+SWEEPS = {d["name"]: d for d in SPEC["deployments"] if d["entrypoint"].startswith("flows/sweep.py")}
 
 
 def test_every_shipped_config_has_a_deployment_on_the_process_pool():
@@ -42,3 +45,16 @@ def test_nightly_retrain_is_a_cron_schedule_that_dates_the_round_and_continues_t
     assert dep["parameters"]["round_from_schedule"] is True
     cfg = load_config(REPO / dep["parameters"]["config"], dep["parameters"]["overrides"])
     assert cfg.train.init_from == "previous_round"
+
+
+def test_sweep_deployments_name_valid_arms_and_flow_parameters():
+    assert set(SWEEPS) >= {"tiny-ablation"}
+    accepted = set(inspect.signature(oger_sweep.fn).parameters)
+    for name, dep in SWEEPS.items():
+        assert dep["entrypoint"] == "flows/sweep.py:oger_sweep"
+        params = dep["parameters"]
+        assert set(params) <= accepted, (name, set(params) - accepted)
+        cfg = load_config(REPO / params["config"], params.get("overrides"))
+        resolve_arms(parse_list(params["arms"], "arms"), cfg.sweep)  # every arm exists
+        gpu = cfg.policy.source != "tiny"
+        assert dep["work_pool"]["name"] == ("oger-gpu" if gpu else "oger-process"), name

@@ -1,0 +1,70 @@
+"""Prefect wiring of a sweep (`oger-sweep`): upstream stages as one cached task each (cache key =
+stage key, as in `oger-pipeline`), then one task per (arm, seed) on cfg.runner's task runner
+(`flows.fanout`: the thread runner by default, prefect-ray's RayTaskRunner with runner.kind: ray,
+each pair asking Ray for sweep.num_cpus / sweep.num_gpus). No algorithm code here: `oger.sweep.run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+from prefect import flow, task  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from flows.fanout import prefect_fan_out  # noqa: E402
+from oger import pipeline  # noqa: E402
+from oger.artifacts import ArtifactRef  # noqa: E402
+from oger.config import OgerConfig  # noqa: E402
+from oger.sweep import run as sweep_run  # noqa: E402
+
+
+def _stage_cache_key(context, parameters) -> str:
+    """The stage key scoped to the workdir; the flow refreshes it whenever the artifact is not
+    complete on disk, so a cached Prefect result never points at a deleted artifact."""
+    cfg: OgerConfig = parameters["cfg"]
+    p: pipeline.StagePlan = parameters["plan"]
+    scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
+    return f"oger-{p.name}-{p.key}-{scope}"
+
+
+@task(cache_key_fn=_stage_cache_key, persist_result=True, log_prints=True)
+def sweep_stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef]) -> ArtifactRef:
+    return pipeline.run_stage(cfg, plan, upstream, fan_out=prefect_fan_out(cfg.runner))
+
+
+def _upstream_as_task(cfg: OgerConfig, plan: pipeline.StagePlan, refs: dict[str, ArtifactRef]) -> ArtifactRef:
+    opts = {"name": plan.name, "task_run_name": f"{plan.name}-{plan.key[:8]}"}
+    if pipeline.cached_ref(cfg, plan) is None:
+        opts["refresh_cache"] = True
+    return sweep_stage_task.with_options(**opts)(cfg, plan, refs)
+
+
+def _run_name() -> str:
+    params = flow_run.parameters or {}
+    name = os.path.splitext(os.path.basename(str(params.get("config", "oger"))))[0]
+    arms = params.get("arms")
+    arms = ",".join(arms) if isinstance(arms, list) else (arms or "default-arms")
+    return f"sweep-{name}-{arms}"
+
+
+@flow(name="oger-sweep", flow_run_name=_run_name, log_prints=True)
+def oger_sweep(config: str, arms: list[str] | str | None = None, seeds: list[int] | str | None = None,
+               overrides: list[str] | None = None, baseline: str | None = None,
+               sweep_id: str | None = None) -> str:
+    """Train and evaluate every (arm, seed) of CONFIG, sharing upstream artifacts; returns the path
+    of `<workdir>/sweeps/<id>/summary.json`. `arms`/`seeds` default to the config's sweep section."""
+    sp = sweep_run.prepare(config, arms, seeds, overrides, baseline, sweep_id)
+    runner = sp.base.runner
+    print(f"sweep {sp.sweep_id}: arms {[a.name for a in sp.arms]} x seeds {sp.seeds} = "
+          f"{len(sp.pairs)} pairs; {len(sp.upstream)} upstream artifacts; runner {runner.kind}")
+    # A pair's own fan-out stage (evaluate) runs in its job's process: nested task runners inside
+    # a Ray worker are not needed, and the job already holds its GPUs.
+    pair_fan_out = prefect_fan_out(runner) if runner.kind == "local" else None
+    summary = sweep_run.run_sweep(sp, run_upstream=_upstream_as_task, fan_out=prefect_fan_out(runner),
+                                  pair_fan_out=pair_fan_out,
+                                  prefect_flow_run={"id": str(flow_run.id), "name": flow_run.name})
+    return str(summary)
