@@ -20,6 +20,7 @@ from oger import pipeline  # noqa: E402
 from oger.artifacts import ArtifactRef  # noqa: E402
 from oger.config import OgerConfig  # noqa: E402
 from oger.sweep import run as sweep_run  # noqa: E402
+from oger.workdir_lock import workdir_lock  # noqa: E402
 
 
 def _stage_cache_key(context, parameters) -> str:
@@ -64,7 +65,9 @@ def oger_sweep(config: str, arms: list[str] | str | None = None, seeds: list[int
     # A pair's own fan-out stage (evaluate) runs in its job's process: nested task runners inside
     # a Ray worker are not needed, and the job already holds its GPUs.
     pair_fan_out = prefect_fan_out(runner) if runner.kind == "local" else None
-    summary = sweep_run.run_sweep(sp, run_upstream=_upstream_as_task, fan_out=prefect_fan_out(runner),
-                                  pair_fan_out=pair_fan_out,
-                                  prefect_flow_run={"id": str(flow_run.id), "name": flow_run.name})
+    # The same workdir lock as `oger-pipeline`: a sweep and a run never write one workdir at once.
+    with workdir_lock(sp.base.workdir_path, sp.sweep_id, sp.base.lock_timeout_s, say=print):
+        summary = sweep_run.run_sweep(sp, run_upstream=_upstream_as_task, fan_out=prefect_fan_out(runner),
+                                      pair_fan_out=pair_fan_out,
+                                      prefect_flow_run={"id": str(flow_run.id), "name": flow_run.name})
     return str(summary)
