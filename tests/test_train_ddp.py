@@ -16,35 +16,9 @@ pytestmark = pytest.mark.slow
 # LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
 # the rank's batch; SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
 # g/sqrt(v) amplifies it on near-zero gradients.
-DDP = """
-name: ddp
-problems:
-  sources:
-    - {kind: synthetic, name: arith, n_train: 40, n_test: 8, max_operands: 3, max_value: 9, ops: "+-"}
-teachers:
-  teachers:
-    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
-    - {name: terms, backend: scripted, model: terms}
-filter: {tokenizer: smollm2, max_tokens: 200}
-policy:
-  tiny: {vocab_size: 320, hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}
-  sft: {epochs: 3, batch_size: 16, lr: 0.003}
-  eval_limit: 8
-  eval_max_new_tokens: 40
-train:
-  algorithm: luffy
-  steps: 2
-  prompts_per_step: 4
-  group_size: 4
-  rollout_batch_prompts: 2
-  micro_batch_size: 3
-  max_new_tokens: 40
-  temperature: 1.0
-  optimizer: sgd
-  lr: 0.05
-  entropy_coef: 0.01
-  checkpoint_every: 1
-"""
+TRAIN = {"algorithm": "luffy", "steps": 2, "prompts_per_step": 4, "group_size": 4,
+         "rollout_batch_prompts": 2, "micro_batch_size": 3, "max_new_tokens": 40, "temperature": 1.0,
+         "optimizer": "sgd", "lr": 0.05, "entropy_coef": 0.01, "checkpoint_every": 1}
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
@@ -59,11 +33,13 @@ def rollouts(ref) -> list[tuple]:
             for r in rows]
 
 
-def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
+def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config):
     from oger.rl.distributed import train_distributed
 
-    p = tmp_path / "ddp.yaml"
-    p.write_text(DDP)
+    t = small_config.scripted
+    p = small_config.write(tmp_path, "ddp", n_train=40, n_test=8, teachers=[t("stepwise", 0.2), t("terms")],
+                           policy={**small_config.TINY_POLICY, "eval_limit": 8, "eval_max_new_tokens": 40},
+                           train=TRAIN)
     one = load_config(p, [f"workdir={tmp_path / 'w'}"])
     two = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2"])
     plans = pipeline.plan(one)
