@@ -65,6 +65,11 @@ def scripted(style: str, slip_rate: float | None = None, **extra) -> dict:
 TINY_POLICY = {"tiny": {"vocab_size": 320, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
                         "intermediate_size": 128},
                "sft": {"epochs": 3, "batch_size": 16, "lr": 0.003}}
+# What the training tests train from (problems -> policy): the same sections in every RL test, so
+# in the session's `rl_workdir` those stages run once and each test adds only its train stage.
+RL_UPSTREAM = {"n_train": 40, "n_test": 8,
+               "teachers": [scripted("stepwise", 0.2), scripted("terms")],
+               "policy": {**TINY_POLICY, "eval_limit": 8, "eval_max_new_tokens": 40}}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -82,6 +87,7 @@ class SmallConfig:
 
     scripted = staticmethod(scripted)
     TINY_POLICY = TINY_POLICY
+    RL_UPSTREAM = RL_UPSTREAM
 
     def data(self, name: str = "small", *, n_train: int = 30, n_test: int = 5,
              teachers: list[dict] | None = None, source: dict | None = None, **sections) -> dict:
@@ -114,6 +120,13 @@ class SmallConfig:
 @pytest.fixture(scope="session")
 def small_config() -> SmallConfig:
     return SmallConfig()
+
+
+@pytest.fixture(scope="session")
+def rl_workdir(tmp_path_factory) -> Path:
+    """One workdir for the session's training tests (configs built on `RL_UPSTREAM`): their
+    upstream stages are computed by the first of them and are cache hits for the others."""
+    return tmp_path_factory.mktemp("rl_work")
 
 
 # --------------------------------------------------------------------------- the CLI in process

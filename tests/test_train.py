@@ -20,22 +20,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lite_yaml(tmp_path_factory, small_config) -> Path:
-    """The module's small training config (two scripted teachers, a d=64 tiny policy, 6 steps)."""
-    t = small_config.scripted
+    """The module's small training config (the RL tests' upstream stages, 6 steps)."""
     return small_config.write(
-        tmp_path_factory.mktemp("lite"), "lite", n_train=60, n_test=20,
-        teachers=[t("stepwise", 0.2), t("terms")],
-        policy={**small_config.TINY_POLICY, "eval_limit": 20, "eval_max_new_tokens": 60},
+        tmp_path_factory.mktemp("lite"), "lite", **small_config.RL_UPSTREAM,
         train={"steps": 6, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 60,
                "checkpoint_every": 3, "lr": 0.0001, "temperature": 1.2})
 
 
 @pytest.fixture(scope="module")
-def lite(lite_yaml):
-    """lite(*overrides): the config on the module's workdir, where upstream stages are shared."""
+def lite(lite_yaml, rl_workdir):
+    """lite(*overrides): the config on the session's RL workdir, where upstream stages are shared."""
 
     def _load(*overrides):
-        return load_config(lite_yaml, [f"workdir={lite_yaml.parent / 'w'}", *overrides])
+        return load_config(lite_yaml, [f"workdir={rl_workdir}", *overrides])
 
     return _load
 

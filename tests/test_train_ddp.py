@@ -33,15 +33,14 @@ def rollouts(ref) -> list[tuple]:
             for r in rows]
 
 
-def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config):
+def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config, rl_workdir):
     from oger.rl.distributed import train_distributed
 
-    t = small_config.scripted
-    p = small_config.write(tmp_path, "ddp", n_train=40, n_test=8, teachers=[t("stepwise", 0.2), t("terms")],
-                           policy={**small_config.TINY_POLICY, "eval_limit": 8, "eval_max_new_tokens": 40},
-                           train=TRAIN)
-    one = load_config(p, [f"workdir={tmp_path / 'w'}"])
-    two = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2"])
+    # The upstream stages are those of every RL test, in the session's RL workdir (cache hits
+    # after the first such test); only the train stage is this test's own.
+    p = small_config.write(tmp_path, "ddp", **small_config.RL_UPSTREAM, train=TRAIN)
+    one = load_config(p, [f"workdir={rl_workdir}"])
+    two = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2"])
     plans = pipeline.plan(one)
     assert pipeline.plan(two)["train"].key == plans["train"].key  # world size is not in the key
 
@@ -57,7 +56,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config)
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    first = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.steps=1"])
+    first = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.steps=1"])
     hist = train_distributed(first, Path(refs["policy"].path) / "model",
                              Path(refs["problems"].path) / "problems.parquet", refs["index"], run_dir)
     assert [h["step"] for h in hist] == [1]
@@ -78,7 +77,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config)
 
     # FSDP2 (sharded parameters, gradients, optimizer state; gloo on CPU here) is the same update,
     # here launched by `accelerate launch`.
-    fsdp_cfg = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.fsdp=true",
+    fsdp_cfg = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.fsdp=true",
                                "train.launcher=accelerate"])
     fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
     assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
