@@ -1,3 +1,13 @@
+"""Shared test fixtures.
+
+- `small_config`: the one builder of small pipeline configs (synthetic arithmetic, scripted
+  teachers); `small_config.RL_UPSTREAM` the upstream sections every training test shares, with
+  `rl_workdir` the session workdir where those stages run once.
+- `oger_in_process`: `oger ARGS` through `oger.cli.main` in this process (one Prefect ephemeral
+  server for the session); `run_oger`: the real CLI in a subprocess, for tests whose subject is
+  the process (exit code, printed error) or that need a fresh interpreter.
+"""
+
 import atexit
 import contextlib
 import copy
@@ -20,11 +30,6 @@ os.environ.setdefault("OGER_DATA_DIR", str(DATA))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# Flows run in this process get a Prefect home of their own (database, result storage), set before
-# anything imports prefect; CLI subprocesses get another (`prefect_home`), deployments a third.
-IN_PROCESS_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="oger-test-prefect-"))
-os.environ["PREFECT_HOME"] = str(IN_PROCESS_PREFECT_HOME)
-atexit.register(shutil.rmtree, IN_PROCESS_PREFECT_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +41,13 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("prefect_home")
+
+
+# Flows run in this process get a Prefect home of their own (database, result storage), set before
+# anything imports prefect; CLI subprocesses get another (`prefect_home`), deployments a third.
+IN_PROCESS_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="oger-test-prefect-"))
+os.environ["PREFECT_HOME"] = str(IN_PROCESS_PREFECT_HOME)
+atexit.register(shutil.rmtree, IN_PROCESS_PREFECT_HOME, ignore_errors=True)
 
 
 @pytest.fixture
