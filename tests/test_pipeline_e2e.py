@@ -110,7 +110,8 @@ def test_cold_run_until_index(cold_run, workdir):
     # What the cached rerun must not show does show here (progress bars of the model-loading
     # stages): the in-process capture sees it, so its absence there means something.
     out = proc.stderr + proc.stdout
-    assert all(m in out for m in ("teacher smollm2", "Batches", "filter: verify")), out[-3000:]
+    assert all(m in out for m in ("Loading weights", "teacher smollm2", "Batches", "filter: verify")), \
+        out[-3000:]
 
 
 def test_cached_rerun_is_fast_and_loads_no_model(tiny, first):
