@@ -3,27 +3,20 @@ import pytest
 from oger.config import load_config, parse_override
 from oger.errors import ConfigError
 
-BASE = """
-name: t
-problems:
-  sources:
-    - {kind: synthetic, n_train: 5, n_test: 2}
-teachers:
-  teachers:
-    - {name: a, backend: scripted, model: stepwise}
-"""
+
+@pytest.fixture
+def base(tmp_path, small_config):
+    """write(**sections): a small config with one scripted teacher 'a', written under tmp_path."""
+
+    def write(teachers=({"name": "a", "backend": "scripted", "model": "stepwise"},), **kw):
+        return small_config.write(tmp_path, "t", n_train=5, n_test=2, teachers=list(teachers), **kw)
+
+    return write
 
 
-def write(tmp_path, text):
-    p = tmp_path / "c.yaml"
-    p.write_text(text)
-    return p
-
-
-def test_overrides_are_yaml_scalars(tmp_path):
-    cfg = load_config(write(tmp_path, BASE), ["filter.max_tokens=64", "filter.require_stop=false",
-                                              "teachers.round=2026-11-27", "workdir=/tmp/x",
-                                              "teachers.teachers.0.n=3"])
+def test_overrides_are_yaml_scalars(base):
+    cfg = load_config(base(), ["filter.max_tokens=64", "filter.require_stop=false",
+                               "teachers.round=2026-11-27", "workdir=/tmp/x", "teachers.teachers.0.n=3"])
     assert cfg.filter.max_tokens == 64 and cfg.filter.require_stop is False
     assert cfg.teachers.round == "2026-11-27"
     assert cfg.teachers.teachers[0].n == 3
@@ -36,37 +29,37 @@ def test_parse_override_requires_equals():
     assert parse_override("a.b=1.5") == (["a", "b"], 1.5)
 
 
-def test_unknown_key_names_key_value_and_file(tmp_path):
-    p = write(tmp_path, BASE + "filter:\n  max_tokenz: 5\n")
+def test_unknown_key_names_key_value_and_file(base):
+    p = base(filter={"max_tokenz": 5})
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
     assert "filter.max_tokenz" in msg and "5" in msg and str(p) in msg and "unknown key" in msg
 
 
-def test_wrong_type_names_key_value_and_file(tmp_path):
-    p = write(tmp_path, BASE)
+def test_wrong_type_names_key_value_and_file(base):
+    p = base()
     with pytest.raises(ConfigError) as e:
         load_config(p, ["filter.max_tokens=lots"])
     msg = str(e.value)
     assert "filter.max_tokens" in msg and "'lots'" in msg and str(p) in msg
 
 
-def test_unknown_key_in_source_list(tmp_path):
-    p = write(tmp_path, BASE.replace("n_test: 2", "n_tset: 2"))
+def test_unknown_key_in_source_list(base):
+    p = base(source={"n_tset": 2})
     with pytest.raises(ConfigError, match=r"problems\.sources\.0\.n_tset"):
         load_config(p)
 
 
-def test_backend_requirements(tmp_path):
-    p = write(tmp_path, BASE.replace("backend: scripted, model: stepwise", "backend: openai, model: m"))
+def test_backend_requirements(base):
+    p = base(teachers=[{"name": "a", "backend": "openai", "model": "m"}])
     with pytest.raises(ConfigError, match="base_url"):
         load_config(p)
 
 
-def test_override_index_out_of_range(tmp_path):
+def test_override_index_out_of_range(base):
     with pytest.raises(ConfigError, match="not an index"):
-        load_config(write(tmp_path, BASE), ["teachers.teachers.3.n=2"])
+        load_config(base(), ["teachers.teachers.3.n=2"])
 
 
 def test_shipped_tiny_config_validates():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 
 from oger.index import TeacherIndex
 from oger.pipeline import STAGES
-from tests.prefect_stack import REPO, PrefectStack
+from tests.prefect_stack import PrefectStack
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/tiny.yaml"
@@ -89,11 +88,16 @@ def stage_states(stack: PrefectStack, fr: dict) -> dict[str, str]:
     return {k: v for k, v in stack.task_states(fr["id"]).items() if k in STAGES}
 
 
-def oger_cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+@pytest.fixture(scope="module")
+def oger_cli(oger_in_process):
+    """`oger ARGS` (status, index restore/list/unpin: no flow) in this process; must succeed."""
+
+    def _cli(*args: str) -> subprocess.CompletedProcess:
+        proc = oger_in_process(*args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return _cli
 
 
 def test_round_r1_runs_every_stage(stack, workdir, state):
@@ -167,7 +171,7 @@ def test_filter_change_recomputes_only_filter_and_downstream(stack, workdir, sta
     state["r2_strict"] = s
 
 
-def test_status_per_round_and_index_restore(stack, workdir, state):
+def test_status_per_round_and_index_restore(stack, workdir, state, oger_cli):
     args = [CONFIG, *[a for o in overrides(workdir, "teachers.round=r2", "filter.max_tokens=50")
                       for a in ("--set", o)]]
     st = json.loads(oger_cli("status", *args, "--json").stdout)

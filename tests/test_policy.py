@@ -9,34 +9,29 @@ from oger.config import load_config
 
 pytestmark = pytest.mark.slow
 
-BASE = """
-name: pol
-problems:
-  sources:
-    - {kind: synthetic, name: arith, n_train: 24, n_test: 4, max_operands: 2, max_value: 9, ops: "+-"}
-teachers:
-  teachers:
-    - {name: terms, backend: scripted, model: terms}
-filter: {tokenizer: smollm2, max_tokens: 200}
-policy:
-  eval_limit: 2
-  eval_max_new_tokens: 8
-  tiny: {vocab_size: 320, hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}
-  sft: {epochs: 1, batch_size: 8}
-"""
+
+@pytest.fixture(scope="module")
+def run_policy(tmp_path_factory, small_config):
+    """run_policy(*overrides): the policy stage's ref; one workdir for the module (shared upstream)."""
+    folder = tmp_path_factory.mktemp("pol")
+    small_config.write(folder, "pol", n_train=24, n_test=4, source={"max_operands": 2},
+                       teachers=[small_config.scripted("terms")],
+                       policy={"eval_limit": 2, "eval_max_new_tokens": 8,
+                               "tiny": {"vocab_size": 320, "hidden_size": 32, "num_layers": 1,
+                                        "num_heads": 2, "intermediate_size": 64},
+                               "sft": {"epochs": 1, "batch_size": 8}})
+
+    def _run(*overrides):
+        cfg = load_config(folder / "pol.yaml", [f"workdir={folder / 'w'}", *overrides])
+        return pipeline.run_local(cfg, until="policy")["policy"]
+
+    return _run
 
 
-def run_policy(tmp_path, *overrides):
-    p = tmp_path / "pol.yaml"
-    p.write_text(BASE)
-    cfg = load_config(p, [f"workdir={tmp_path / 'w'}", *overrides])
-    return pipeline.run_local(cfg, until="policy")["policy"]
-
-
-def test_gguf_source_is_dequantised_and_loadable(tmp_path):
+def test_gguf_source_is_dequantised_and_loadable(run_policy):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ref = run_policy(tmp_path, "policy.source=model", "policy.model=smollm2",
+    ref = run_policy("policy.source=model", "policy.model=smollm2",
                      "policy.sft.epochs=0.25", "policy.sft.batch_size=2")
     folder = Path(ref.path) / "model"
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -47,14 +42,14 @@ def test_gguf_source_is_dequantised_and_loadable(tmp_path):
     assert ref.metrics["sft_steps"] >= 1 and ref.metrics["source"] == "model"
 
 
-def test_local_folder_source_and_tiny_source(tmp_path):
+def test_local_folder_source_and_tiny_source(run_policy):
     from transformers import AutoModelForCausalLM
 
-    tiny = run_policy(tmp_path)
+    tiny = run_policy()
     assert tiny.metrics["source"] == "tiny" and tiny.metrics["vocab_size"] <= 320
     folder = Path(tiny.path) / "model"
     assert AutoModelForCausalLM.from_pretrained(folder).config.architectures == ["Qwen2ForCausalLM"]
-    again = run_policy(tmp_path, "policy.source=model", f"policy.model={folder}",
+    again = run_policy("policy.source=model", f"policy.model={folder}",
                        "policy.sft.enabled=false")
     assert again.key != tiny.key and "sft_steps" not in again.metrics
     assert AutoModelForCausalLM.from_pretrained(Path(again.path) / "model") is not None

@@ -5,26 +5,13 @@ import polars as pl
 import pytest
 
 from oger import pipeline
-from oger.config import load_config
-
-LITE = """
-name: lite
-problems:
-  sources:
-    - {kind: synthetic, name: arith, n_train: 30, n_test: 5, max_operands: 3}
-teachers:
-  teachers:
-    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
-    - {name: terms, backend: scripted, model: terms, slip_rate: 0.2}
-filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
-"""
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    p = tmp_path / "lite.yaml"
-    p.write_text(LITE)
-    return load_config(p, [f"workdir={tmp_path / 'w'}"])
+def cfg(tmp_path, small_config):
+    t = small_config.scripted
+    return small_config.load(tmp_path, name="lite", source={"max_value": 20, "ops": "+-*"},
+                             teachers=[t("stepwise", 0.2), t("terms", 0.2)])
 
 
 def run_until(cfg, last):

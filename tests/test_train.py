@@ -1,6 +1,7 @@
 """The train stage for real on a small config: presets, OGER bonus gating, interrupt and resume."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,45 +17,33 @@ from oger.config import load_config
 
 pytestmark = pytest.mark.slow
 
-LITE = """
-name: lite
-problems:
-  sources:
-    - {kind: synthetic, name: arith, n_train: 60, n_test: 20, max_operands: 3, max_value: 9, ops: "+-"}
-teachers:
-  teachers:
-    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
-    - {name: terms, backend: scripted, model: terms}
-filter: {tokenizer: smollm2, max_tokens: 200}
-policy:
-  tiny: {vocab_size: 320, hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}
-  sft: {epochs: 3, batch_size: 16, lr: 0.003}
-  eval_limit: 20
-  eval_max_new_tokens: 60
-train:
-  steps: 6
-  prompts_per_step: 4
-  group_size: 4
-  max_new_tokens: 60
-  checkpoint_every: 3
-  lr: 0.0001
-  temperature: 1.2
-"""
+
+@pytest.fixture(scope="module")
+def lite_yaml(tmp_path_factory, small_config) -> Path:
+    """The module's small training config (the RL tests' upstream stages, 6 steps)."""
+    return small_config.write(
+        tmp_path_factory.mktemp("lite"), "lite", **small_config.RL_UPSTREAM,
+        train={"steps": 6, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 60,
+               "checkpoint_every": 3, "lr": 0.0001, "temperature": 1.2})
 
 
-def lite(tmp_path, *overrides):
-    p = tmp_path / "lite.yaml"
-    p.write_text(LITE)
-    return load_config(p, [f"workdir={tmp_path / 'w'}", *overrides])
+@pytest.fixture(scope="module")
+def lite(lite_yaml, rl_workdir):
+    """lite(*overrides): the config on the session's RL workdir, where upstream stages are shared."""
+
+    def _load(*overrides):
+        return load_config(lite_yaml, [f"workdir={rl_workdir}", *overrides])
+
+    return _load
 
 
 def rollouts(ref):
     return [json.loads(line) for line in (Path(ref.path) / "rollouts.jsonl").read_text().splitlines()]
 
 
-def test_presets_replacement_and_bonus(tmp_path):
+def test_presets_replacement_and_bonus(lite):
     for algo in ("grpo", "luffy", "oger"):
-        refs = pipeline.run_local(lite(tmp_path, f"train.algorithm={algo}"), until="train")
+        refs = pipeline.run_local(lite(f"train.algorithm={algo}"), until="train")
         m, rows = refs["train"].metrics, rollouts(refs["train"])
         off = [r for r in rows if r["off_policy"]]
         if algo == "grpo":
@@ -94,17 +83,17 @@ def test_presets_replacement_and_bonus(tmp_path):
         assert (Path(refs["train"].path) / "tensorboard").is_dir()
 
 
-def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(tmp_path):
+def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(lite):
     from oger.errors import StageError
 
-    cfg = lite(tmp_path, "train.algorithm=grpo")
+    cfg = lite("train.algorithm=grpo")
     refs = pipeline.run_local(cfg, until="train")
     assert not list(cfg.workdir_path.glob("cache/train/*/checkpoints/step-*"))  # cleaned after success
     plans = pipeline.plan(cfg)
     again = pipeline.run_stage(cfg, plans["train"], refs, refresh=True)
     assert again.metrics["resumed"] is False and again.metrics["steps"] == 6
     assert again.metrics["reward_first_20pct"] == refs["train"].metrics["reward_first_20pct"]
-    bad = lite(tmp_path, "train.algorithm=grpo", "train.split=validation")
+    bad = lite("train.algorithm=grpo", "train.split=validation")
     with pytest.raises(StageError, match="train.split='validation'"):
         pipeline.run_local(bad, until="train")
 
@@ -157,12 +146,21 @@ def _run(cfg_path, workdir, steps=24, wait_for_ckpt=None):
     pytest.fail("no checkpoint appeared")
 
 
-def test_interrupt_after_checkpoint_resumes_at_next_step(tmp_path):
+def seeded_workdir(src: Path, dst: Path) -> Path:
+    """A copy of a workdir without its training (artifacts, run cache) or runs: the upstream
+    stages are cache hits there, so a run into it trains from the same policy and index."""
+    skip = {src / "artifacts" / "train", src / "cache" / "train", src / "runs"}
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
+    return dst
+
+
+def test_interrupt_after_checkpoint_resumes_at_next_step(lite, lite_yaml, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg_path = tmp_path / "lite.yaml"
-    cfg_path.write_text(LITE)
-    wd, ref_wd = tmp_path / "interrupted", tmp_path / "straight"
+    cfg_path = lite_yaml
+    pipeline.run_local(lite(), until="policy")  # the upstream stages, shared with the tests above
+    wd = seeded_workdir(lite().workdir_path, tmp_path / "interrupted")
+    ref_wd = seeded_workdir(lite().workdir_path, tmp_path / "straight")
     _run(cfg_path, wd, wait_for_ckpt="step-000006")
     metrics_file = next(wd.glob("cache/train/*/metrics.jsonl"))
     assert not list(wd.glob("artifacts/train/*/manifest.json"))  # killed before the artifact

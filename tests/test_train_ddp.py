@@ -16,35 +16,9 @@ pytestmark = pytest.mark.slow
 # LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
 # the rank's batch; SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
 # g/sqrt(v) amplifies it on near-zero gradients.
-DDP = """
-name: ddp
-problems:
-  sources:
-    - {kind: synthetic, name: arith, n_train: 40, n_test: 8, max_operands: 3, max_value: 9, ops: "+-"}
-teachers:
-  teachers:
-    - {name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2}
-    - {name: terms, backend: scripted, model: terms}
-filter: {tokenizer: smollm2, max_tokens: 200}
-policy:
-  tiny: {vocab_size: 320, hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}
-  sft: {epochs: 3, batch_size: 16, lr: 0.003}
-  eval_limit: 8
-  eval_max_new_tokens: 40
-train:
-  algorithm: luffy
-  steps: 2
-  prompts_per_step: 4
-  group_size: 4
-  rollout_batch_prompts: 2
-  micro_batch_size: 3
-  max_new_tokens: 40
-  temperature: 1.0
-  optimizer: sgd
-  lr: 0.05
-  entropy_coef: 0.01
-  checkpoint_every: 1
-"""
+TRAIN = {"algorithm": "luffy", "steps": 2, "prompts_per_step": 4, "group_size": 4,
+         "rollout_batch_prompts": 2, "micro_batch_size": 3, "max_new_tokens": 40, "temperature": 1.0,
+         "optimizer": "sgd", "lr": 0.05, "entropy_coef": 0.01, "checkpoint_every": 1}
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
@@ -59,13 +33,14 @@ def rollouts(ref) -> list[tuple]:
             for r in rows]
 
 
-def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
+def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config, rl_workdir):
     from oger.rl.distributed import train_distributed
 
-    p = tmp_path / "ddp.yaml"
-    p.write_text(DDP)
-    one = load_config(p, [f"workdir={tmp_path / 'w'}"])
-    two = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2"])
+    # The upstream stages are those of every RL test, in the session's RL workdir (cache hits
+    # after the first such test); only the train stage is this test's own.
+    p = small_config.write(tmp_path, "ddp", **small_config.RL_UPSTREAM, train=TRAIN)
+    one = load_config(p, [f"workdir={rl_workdir}"])
+    two = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2"])
     plans = pipeline.plan(one)
     assert pipeline.plan(two)["train"].key == plans["train"].key  # world size is not in the key
 
@@ -81,7 +56,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    first = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.steps=1"])
+    first = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.steps=1"])
     hist = train_distributed(first, Path(refs["policy"].path) / "model",
                              Path(refs["problems"].path) / "problems.parquet", refs["index"], run_dir)
     assert [h["step"] for h in hist] == [1]
@@ -102,7 +77,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path):
 
     # FSDP2 (sharded parameters, gradients, optimizer state; gloo on CPU here) is the same update,
     # here launched by `accelerate launch`.
-    fsdp_cfg = load_config(p, [f"workdir={tmp_path / 'w'}", "train.num_processes=2", "train.fsdp=true",
+    fsdp_cfg = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.fsdp=true",
                                "train.launcher=accelerate"])
     fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
     assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
