@@ -303,6 +303,10 @@ class TrainConfig(Strict):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(16, ge=1)
+    ppo_mini_batches: int = Field(
+        1, ge=1, description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
+                             "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
+                             "old log-probs computed once before the first; >1 makes clip* act")
     clip: bool = True
     clip_eps_low: float = Field(0.2, ge=0)
     clip_eps_high: float = Field(0.2, ge=0)

@@ -45,9 +45,11 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
         slice_.pop(k)
     if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
         slice_.pop("init_from")
-    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act.
-    for k in ("clip", "clip_eps_low", "clip_eps_high"):
-        slice_.pop(k)
+    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act (and keys made
+    # before ppo_mini_batches existed stay valid).
+    if t.ppo_mini_batches == 1:
+        for k in ("clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"):
+            slice_.pop(k)
     if t.rollout_engine == "hf":  # likewise; paged samples another random stream
         slice_.pop("rollout_engine")
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}

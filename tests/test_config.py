@@ -67,3 +67,17 @@ def test_shipped_tiny_config_validates():
     assert cfg.name == "tiny" and len(cfg.teachers.teachers) >= 3
     backends = {t.backend for t in cfg.teachers.teachers}
     assert {"scripted", "transformers"} <= backends
+
+
+def test_clip_settings_enter_the_train_key_only_with_several_mini_batches():
+    from oger.train import key_inputs
+
+    tiny = "configs/tiny.yaml"
+    one, _ = key_inputs(load_config(tiny))
+    assert not {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"} & set(one)  # ratio 1: cannot act
+    assert key_inputs(load_config(tiny, ["train.clip_eps_high=0.28"]))[0] == one
+    two, _ = key_inputs(load_config(tiny, ["train.ppo_mini_batches=2"]))
+    assert (two["ppo_mini_batches"], two["clip"], two["clip_eps_high"]) == (2, True, 0.2)
+    assert key_inputs(load_config(tiny, ["train.ppo_mini_batches=2", "train.clip_eps_high=0.28"]))[0] != two
+    with pytest.raises(ConfigError, match="ppo_mini_batches"):
+        load_config(tiny, ["train.ppo_mini_batches=0"])

@@ -93,6 +93,7 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     assert (t.beta, t.entropy_coef, t.clip, t.scale_rewards, t.loss_agg) == (0.0, 0.001, False, "none",
                                                                           "constant_len")
     assert t.replaces == (algo != "grpo") and (t.bonus_lambda > 0) == (algo == "oger")
+    assert t.ppo_mini_batches == 2  # train_batch_size 128 / ppo_mini_batch_size 64
     assert t.num_processes == 8 and t.fsdp == ("7b" in config.stem)
     backends = {x.backend for x in cfg.teachers.teachers}
     # LUFFY's baseline reads the R1 traces only; the oger/grpo configs keep the paper's multi-teacher setting

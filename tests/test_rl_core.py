@@ -137,6 +137,25 @@ def test_policy_loss_hybrid_value_gradient_and_metrics():
     assert all(isinstance(v, float) for v in met.values())
 
 
+def test_policy_loss_on_logits_clips_a_moved_token_and_reports_approx_kl():
+    """A later mini-batch: the behaviour policy gave each token p_old = .5; the current one gives .55 (token 0)
+    and .75 (token 1), A = +1, eps .2. Vocab 2, logits [l, 0]: p = sigmoid(l), d p / d l = p (1 - p)."""
+    p_new = t([[0.55, 0.75]])
+    logits = torch.stack([torch.log(p_new / (1 - p_new)), torch.zeros(1, 2, dtype=D)], -1).requires_grad_()
+    logp = token_logprobs(logits, torch.zeros(1, 2, dtype=torch.long))
+    old = torch.log(t([[0.5, 0.5]]))
+    loss, met = policy_loss(logp, old, t([1.0]), torch.ones(1, 2, dtype=D))
+    # ratios 1.1 (inside [.8, 1.2]: -1.1) and 1.5 (clipped: -1.2); token mean: -2.3 / 2
+    close(loss, -1.15)
+    loss.backward()
+    # token 0: d(-p / .5) / d l / 2 = -2 * .55 * .45 / 2 = -.2475; token 1 clipped: no gradient
+    close(logits.grad[0, :, 0], [-0.2475, 0.0])
+    close(met["clip_frac"], 0.5)
+    # approx KL = mean(old - new) = (log .5 - log .55 + log .5 - log .75) / 2 = -.25040
+    close(met["approx_kl"], (math.log(0.5 / 0.55) + math.log(0.5 / 0.75)) / 2)
+    close(met["approx_kl"], -0.250395, tol=1e-5)
+
+
 def test_policy_loss_all_on_policy_is_plain_grpo():
     logp, _, adv, mask, _ = _mixed_batch()
     old = torch.zeros(2, 2, dtype=D)

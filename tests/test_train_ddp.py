@@ -14,11 +14,13 @@ from oger.config import load_config
 pytestmark = pytest.mark.slow
 
 # LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
-# the rank's batch; SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
+# the rank's batch, two optimizer steps per batch (ppo_mini_batches, as the paper configs: each rank
+# splits its own groups, old log-probs taken once, the loss normalised over the global mini-batch); SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
 # g/sqrt(v) amplifies it on near-zero gradients.
 TRAIN = {"algorithm": "luffy", "steps": 2, "prompts_per_step": 4, "group_size": 4,
-         "rollout_batch_prompts": 2, "micro_batch_size": 3, "max_new_tokens": 40, "temperature": 1.0,
-         "optimizer": "sgd", "lr": 0.05, "entropy_coef": 0.01, "checkpoint_every": 1}
+         "rollout_batch_prompts": 2, "micro_batch_size": 3, "ppo_mini_batches": 2, "clip_eps_high": 0.05,
+         "max_new_tokens": 40, "temperature": 1.0, "optimizer": "sgd", "lr": 0.05, "entropy_coef": 0.01,
+         "checkpoint_every": 1}
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
@@ -47,6 +49,8 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     refs = pipeline.run_local(one, until="train")
     single = refs["train"]
     assert single.metrics["replaced_fraction"] > 0
+    steps = [json.loads(x) for x in (Path(single.path) / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["approx_kl"] != 0 for h in steps)  # the second mini-batch's ratio is not 1
     a, single_rollouts = params(Path(single.path) / "model"), rollouts(single)
 
     # Two ranks, interrupted after step 1: a launch of a 1-step run into the same run directory

@@ -106,3 +106,105 @@ def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
     total.backward()
     want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_mini_batches_are_whole_groups_by_global_group_index():
+    from oger.rl.trainer import mini_batches
+
+    def grouped(groups):
+        return [Sample(g, str(g), [1], [2], "x", False) for g in groups]
+
+    # one rank holding groups 0..3 (two rows each): group g goes to mini-batch g mod 2
+    assert mini_batches(grouped([0, 0, 1, 1, 2, 2, 3, 3]), 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    # rank 1 of 2 holds groups 2, 3: the same split of those groups as on one rank
+    assert mini_batches(grouped([2, 2, 3, 3]), 2) == [[0, 1], [2, 3]]
+    assert mini_batches(grouped([0, 1, 2]), 1) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="ppo_mini_batches = 3 needs at least 3 prompts"):
+        mini_batches(grouped([0, 0, 1, 1]), 3)
+
+
+def _flat_grad(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
+    """ppo_mini_batches 2: old log-probs are taken once, before the first step; the second mini-batch's
+    gradient is that of the clipped surrogate with ratio = p_new / p_old != 1, built here by hand."""
+    import copy
+    from types import SimpleNamespace
+
+    from oger.rl.distributed import Dist
+    from oger.rl.trainer import optimizer_step
+
+    _, tok = model_tok
+    model = copy.deepcopy(model_tok[0])
+    ss = samples(tok)  # groups [0, 0, 1, 1]; sample 3 is a teacher row
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = TrainConfig(micro_batch_size=1, max_new_tokens=12, ppo_mini_batches=2, clip_eps_low=0.2,
+                      clip_eps_high=0.3, optimizer="sgd", lr=0.5, max_grad_norm=1e9, gamma=0.1)
+    ref = copy.deepcopy(model)
+
+    def run_for(m):
+        opt = torch.optim.SGD(m.parameters(), lr=cfg.lr)
+        return SimpleNamespace(cfg=cfg, dist=Dist(), model=m, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
+                               sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+
+    def logps(m, s):  # response-token log-probs of one unpadded sample
+        seq = torch.tensor([s.prompt_ids + s.response_ids])
+        return core.token_logprobs(m(input_ids=seq).logits[:, :-1], seq[:, 1:])[0, len(s.prompt_ids) - 1:]
+
+    run = run_for(model)
+    metrics, _, _ = optimizer_step(run, ss, adv)
+    got = _flat_grad(model)  # gradients of the last optimizer step (the second mini-batch)
+
+    # By hand on a copy: old log-probs of the batch, step 1 on group 0 (ratio 1: the plain gradient) ...
+    with torch.no_grad():
+        old = [logps(ref, s) for s in ss]
+    hand = run_for(ref)
+    hand.opt.zero_grad()
+    update(ref, None, ss[:2], adv[:2], cfg, tok.pad_token_id)
+    hand.opt.step()
+    hand.opt.zero_grad()
+    # ... then group 1: on-policy row 2 gets -min(r A, clip(r, 1 - eps, 1 + eps) A), r = exp(logp - old);
+    # teacher row 3 gets -A p / (p + gamma) with no ratio; token mean over the group's tokens.
+    lp2, lp3 = logps(ref, ss[2]), logps(ref, ss[3])
+    r = torch.exp(lp2 - old[2])
+    on = -torch.min(r * 0.5, r.clamp(0.8, 1.3) * 0.5)
+    p3 = torch.exp(lp3)
+    off = -2.0 * p3 / (p3 + 0.1)
+    ((on.sum() + off.sum()) / (len(lp2) + len(lp3))).backward()
+    want = _flat_grad(ref)
+
+    assert torch.allclose(got, want, rtol=1e-7, atol=1e-10)
+    assert (r - 1).abs().max() > 0.01  # the first step moved the policy: the ratio is not 1
+    clipped = (r > 1.3).float().mean()  # ratios here: 1.16 1.54 2.03 1.11 1.38 1.87
+    assert 0 < clipped < 1  # A > 0: ratio above 1 + eps is clipped (no gradient), below is not
+    # clip_frac: 0 on the first mini-batch (ratio 1); on the second, `clipped` for row 2's micro-batch
+    # (token share len(lp2) / n1; the teacher-only micro-batch has no on-policy token), times the
+    # second mini-batch's token share n1 / (n0 + n1)
+    n0 = sum(len(s.response_ids) for s in ss[:2])
+    n1 = sum(len(s.response_ids) for s in ss[2:])
+    assert metrics["clip_frac"] == pytest.approx(float(clipped) * len(lp2) / (n0 + n1), rel=1e-6)
+    assert metrics["approx_kl"] != 0.0
+
+
+def test_one_mini_batch_is_the_single_step_update(model_tok):
+    """ppo_mini_batches 1 (default) through optimizer_step: exactly `update` on the whole batch, then a step."""
+    import copy
+    from types import SimpleNamespace
+
+    from oger.rl.distributed import Dist
+    from oger.rl.trainer import optimizer_step
+
+    _, tok = model_tok
+    ss = samples(tok)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = TrainConfig(micro_batch_size=2, max_new_tokens=12, max_grad_norm=1e9)
+    a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
+    opt = torch.optim.SGD(a.parameters(), lr=0.1)
+    run = SimpleNamespace(cfg=cfg, dist=Dist(), model=a, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
+                          sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    metrics, _, _ = optimizer_step(run, ss, adv)
+    update(b, None, ss, adv, cfg, tok.pad_token_id)
+    assert torch.equal(_flat_grad(a), _flat_grad(b))
+    assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0

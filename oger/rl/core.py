@@ -183,6 +183,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_p
         low = ((ratio < 1.0 - eps_low) & (a < 0)).to(mask.dtype)
         high = ((ratio > 1.0 + eps_high) & (a > 0)).to(mask.dtype)
         metrics["ratio_mean"] = _masked_mean(ratio, on_m)
+        # k1 estimate of KL(old || new) over on-policy tokens (verl's ppo_kl): 0 when old is the current policy
+        metrics["approx_kl"] = _masked_mean(old_logp - logp.detach(), on_m)
         metrics["clip_frac_low"] = _masked_mean(low, on_m) if clip else 0.0
         metrics["clip_frac_high"] = _masked_mean(high, on_m) if clip else 0.0
         metrics["clip_frac"] = _masked_mean(torch.maximum(low, high), on_m) if clip else 0.0

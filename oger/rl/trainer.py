@@ -33,7 +33,7 @@ from oger.rl.samples import Sample
 from oger.verify import score_response
 
 THINK_PREFIX = "<think>\n"
-LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "token_entropy")
+LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "approx_kl", "token_entropy")
 
 
 @dataclass
@@ -115,24 +115,66 @@ def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def _micro_batch_order(samples: list[Sample]) -> list[int]:
+    # Micro-batches of similar length waste less compute on padding (long teacher traces end up
+    # together); the accumulated gradient does not depend on the order.
+    return sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+
+
+def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int) -> list[torch.Tensor]:
+    """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
+    computed once per batch before the first optimizer step (no grad, micro-batched). Without them
+    every mini-batch after the first would take the already-updated policy as its behaviour policy
+    (ratio 1): the importance ratio and the clip could never act."""
+    out: list[torch.Tensor | None] = [None] * len(samples)
+    order = _micro_batch_order(samples)
+    device = next(model.parameters()).device
+    model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
+    with torch.no_grad():
+        for b in range(0, len(samples), cfg.micro_batch_size):
+            idx = order[b:b + cfg.micro_batch_size]
+            ids, attn, pos, resp = (x.to(device) for x in _batch_tensors([samples[i] for i in idx], pad_id))
+            R = resp.shape[1]
+            logp = core.token_logprobs(response_logits(model, ids, attn, pos, R) / cfg.temperature, ids[:, -R:])
+            for row, i in enumerate(idx):
+                out[i] = logp[row, :len(samples[i].response_ids)].detach()
+    return out
+
+
+def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
+    """Sample indices of the `n` mini-batches of a batch: whole groups, group g in mini-batch g mod n.
+
+    Whole groups keep a teacher row with the rollouts it is compared with; assigning by the global
+    group index makes the split the same whatever num_processes is (a rank holds a contiguous run of
+    groups). Groups are drawn at random each step, so no shuffle is needed."""
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i, s in enumerate(samples):
+        parts[s.group % n].append(i)
+    if any(not p for p in parts):
+        raise ValueError(f"train.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
+                         f"and step; this rank has {len({s.group for s in samples})}: lower "
+                         "ppo_mini_batches or raise prompts_per_step")
+    return parts
+
+
 def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
            pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
-           no_sync=None) -> dict:
+           no_sync=None, old_logp: list[torch.Tensor] | None = None) -> dict:
     """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
 
     On several ranks `totals` is the (response tokens, samples) count of the global batch, which
     normalises the loss, `grad_scale` the world size (undoing DDP's average over ranks) and
-    `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. The returned
-    metrics are this rank's share of the global ones (summed over ranks by the caller)."""
+    `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. `old_logp` (one
+    tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
+    (ratio 1, the exact policy gradient of a single step per batch). The returned metrics are this
+    rank's share of the global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
     max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
     agg_metrics: dict[str, float] = {}
     token_entropy_sum = 0.0
     model.train()
-    # Micro-batches of similar length waste less compute on padding (long teacher traces end up
-    # together); the accumulated gradient does not depend on the order.
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+    order = _micro_batch_order(samples)
     starts = list(range(0, len(samples), cfg.micro_batch_size))
     for b in starts:
         idx = order[b:b + cfg.micro_batch_size]
@@ -152,9 +194,14 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
                 ref_logits = response_logits(ref_model, ids, attn, pos, R) / cfg.temperature
                 ref_logp = core.token_logprobs(ref_logits, targets)
         off = torch.tensor([s.off_policy for s in mb], device=device)
-        # One update per batch: the behaviour policy is the current one (ratio 1, exact gradient).
+        if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
+            behaviour = logp.detach()
+        else:  # padded positions take the current value; the mask drops them anyway
+            behaviour = logp.detach().clone()
+            for row, i in enumerate(idx):
+                behaviour[row, :len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
         loss, m = core.policy_loss(
-            logp, logp.detach(), adv[idx].to(device), resp, off,
+            logp, behaviour, adv[idx].to(device), resp, off,
             eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
             agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
             entropy_agg=None if cfg.entropy_agg == "loss_agg" else cfg.entropy_agg,
@@ -343,19 +390,35 @@ def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], ste
 
 
 def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
-    """One optimizer step: the loss is normalised over the global batch, gradients all-reduced once.
-    Returns (loss metrics summed over ranks, grad norm, learning rate used)."""
+    """The batch's optimizer steps: one (ppo_mini_batches 1) or one per mini-batch, each normalised
+    over its global mini-batch with gradients all-reduced once; the LR schedule steps once per batch
+    (as verl's actor worker). Returns (loss metrics summed over ranks and weighted over mini-batches by
+    their token share, mean grad norm, learning rate used)."""
     cfg, dist, model = run.cfg, run.dist, run.model
-    totals = dist.sum([sum(len(s.response_ids) for s in samples), len(samples)])
-    run.opt.zero_grad(set_to_none=True)
-    loss_metrics = update(model, run.ref_model, samples, adv.float(), cfg, run.pad_id, totals=tuple(totals),
-                          grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last))
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    adv = adv.float()
+    if cfg.ppo_mini_batches == 1:
+        parts, old = [list(range(len(samples)))], None
+    else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
+        parts, old = mini_batches(samples, cfg.ppo_mini_batches), old_logprobs(model, samples, cfg, run.pad_id)
+    batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
+    metrics: dict[str, float] = {}
+    norms = []
+    for part in parts:
+        mb = [samples[i] for i in part]
+        totals = dist.sum([sum(len(s.response_ids) for s in mb), len(mb)])
+        run.opt.zero_grad(set_to_none=True)
+        part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
+                              grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
+                              old_logp=None if old is None else [old[i] for i in part])
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
+        run.opt.step()
+        weight = totals[0] / batch_tokens if len(parts) > 1 else 1.0
+        for k, v in _sum_metrics(dist.gather(part_metrics)).items():
+            metrics[k] = metrics.get(k, 0.0) + v * weight
     lr_used = run.sched.get_last_lr()[0]
-    run.opt.step()
     run.sched.step()
-    return _sum_metrics(dist.gather(loss_metrics)), grad_norm, lr_used
+    return metrics, sum(norms) / len(norms), lr_used
 
 
 def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict,
