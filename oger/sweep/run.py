@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from oger import pipeline
-from oger.artifacts import ArtifactRef, canonical_json
+from oger.artifacts import ArtifactRef, atomic_write, canonical_json
 from oger.config import OgerConfig, SweepConfig, load_config
 from oger.errors import ConfigError
 from oger.fanout import FanOut, Job, run_in_process
@@ -236,6 +235,5 @@ class SweepRecord:
         self.write()
 
     def write(self) -> None:
-        tmp = self.summary_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.summary_path)
+        text = json.dumps(self.data, indent=2, default=str)
+        atomic_write(self.summary_path, lambda tmp: tmp.write_text(text))
