@@ -1,8 +1,8 @@
-"""SFT batching: no padding mask needed under right padding; length-bucketed batches."""
+"""SFT batches: right padding lets the step skip the padding mask without changing the loss."""
 
 import torch
 
-from oger.rl.sft import length_bucketed_batches, pad_batch, sft
+from oger.rl.sft import pad_batch, sft
 
 
 def _tiny_model():
@@ -42,24 +42,3 @@ def test_sft_lowers_the_loss():
     losses = sft(model, EXAMPLES * 8, pad_id=0, epochs=6, lr=0.01, batch_size=8, warmup_steps=2, seed=0)
     assert len(losses) == 18  # ceil(24 / 8) = 3 steps per epoch x 6 epochs
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
-
-
-def test_length_bucketed_batches_cover_the_epoch_once_and_cut_padding():
-    import random
-
-    rng = random.Random(0)
-    lengths = [rng.randrange(40, 100) for _ in range(1000)]
-    batches = length_bucketed_batches(lengths, 32, random.Random(1))
-    assert len(batches) == 32  # ceil(1000 / 32): the same number of steps as plain shuffling
-    assert sorted(i for b in batches for i in b) == list(range(1000))  # each example once
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    shuffled = list(range(1000))
-    random.Random(1).shuffle(shuffled)
-    padded_random = sum(max(lengths[i] for i in shuffled[b:b + 32]) * len(shuffled[b:b + 32])
-                        for b in range(0, 1000, 32))
-    # random batches of 32 are ~all as wide as the longest (~99); sorted windows of 256 are not
-    assert padded < 0.8 * padded_random
-    # the windows keep batches random draws: the epoch does not run short-to-long
-    first_half = [max(lengths[i] for i in b) for b in batches[:16]]
-    second_half = [max(lengths[i] for i in b) for b in batches[16:]]
-    assert min(first_half) < max(second_half) and min(second_half) < max(first_half)

@@ -22,24 +22,6 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, attn, labels
 
 
-def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random,
-                            window: int = 8) -> list[list[int]]:
-    """One epoch's batches: a shuffle, sorted by length within windows of `window` batches, cut
-    into consecutive batches whose order is shuffled again.
-
-    Batches are padded to their longest example; random batches of 32 are all nearly as wide as
-    the longest trace, and a compute-bound step pays for every pad. Sorting only within windows
-    keeps the batches random draws of the data (no fixed short-then-long curriculum)."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    span = batch_size * window
-    order = [i for w in range(0, len(order), span)
-             for i in sorted(order[w:w + span], key=lambda i: lengths[i])]
-    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epochs: float,
         lr: float, batch_size: int, warmup_steps: int, seed: int, progress=None) -> list[float]:
     """Train in place with AdamW and a cosine schedule; returns the loss of every step."""
@@ -47,8 +29,7 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
-    # foreach: one fused kernel per op over all tensors instead of a Python loop per parameter.
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -58,12 +39,12 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
-    lengths = [len(p) + len(r) for p, r in examples]
-    losses, batches = [], []
+    losses, order = [], []
     for step in range(total):
-        if not batches:
-            batches = length_bucketed_batches(lengths, batch_size, rng)
-        idx = batches.pop()
+        if not order:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        idx, order = order[:batch_size], order[batch_size:]
         ids, _, labels = pad_batch([examples[i] for i in idx], pad_id)
         # Right padding only follows the real tokens, so under the causal mask no real position
         # attends to a pad and pads carry no loss: the padding mask changes nothing but costs a
