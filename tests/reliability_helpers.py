@@ -6,7 +6,8 @@ Run as a script it is the driver: `python tests/reliability_helpers.py CONFIG` r
 (like `pipeline.run_local`, without Prefect) and prints `@@<event>` lines: `@@stage <name>` before
 each stage, and, from thin wrappers around the real functions, `@@teacher_part` after a teacher
 shard is saved, `@@merge_insert` as a LanceDB merge_insert starts, `@@tag` as the index tags its
-version, `@@checkpoint` after a training checkpoint, `@@eval_shard` after an evaluation shard.
+version, `@@sft_step` as an SFT batch is built, `@@checkpoint` after a training checkpoint,
+`@@eval_shard` after an evaluation result file.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ policy:
   eval_max_new_tokens: 12
 train:
   algorithm: luffy
-  steps: 3
+  steps: 6
   max_prompts: 8
   prompts_per_step: 2
   group_size: 4
@@ -143,14 +144,15 @@ def drive(config: str, until: str = "evaluate") -> None:
     from oger import index, pipeline
     from oger.config import load_config
     from oger.evaluate import stage as evaluate_stage
-    from oger.rl import trainer
+    from oger.rl import sft, trainer
     from oger.teachers import stage as teachers_stage
 
     _wrap_after(teachers_stage, "_write_atomic", "teacher_part")
     _wrap_before(LanceMergeInsertBuilder, "execute", "merge_insert")
     _wrap_before(index, "_tag", "tag")
+    _wrap_after(sft, "pad_batch", "sft_step")  # an SFT batch built: the policy stage is mid-SFT
     _wrap_after(trainer, "save_checkpoint", "checkpoint")
-    _wrap_after(evaluate_stage, "_write_shard", "eval_shard")
+    _wrap_after(evaluate_stage, "atomic_write", "eval_shard")  # a finished (model, benchmark) result file
     cfg = load_config(config)
     plans, refs = pipeline.plan(cfg), {}
     for name in pipeline.STAGES[:pipeline.STAGES.index(until) + 1]:

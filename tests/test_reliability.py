@@ -288,7 +288,7 @@ def _run_until_event(config: Path, env: dict, event: str, delay: float, log: Pat
     was running when it was killed, None if the driver finished first."""
     p = _start(config, env, log, until)
     event_stage = {"teacher_part": "teachers", "merge_insert": "index", "tag": "index",
-                   "checkpoint": "train", "eval_shard": "evaluate"}.get(event) or event.split()[-1]
+                   "sft_step": "policy", "checkpoint": "train", "eval_shard": "evaluate"}.get(event) or event.split()[-1]
     running = None
     try:
         for line in p.stdout:
@@ -326,8 +326,10 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     # One kill per moment, in DAG order, each a random delay after the event (fixed seed).
     moments = [("teacher_part", rng.uniform(0, 0.05)),   # teachers: one shard saved, mid-stage
                ("stage index", rng.uniform(0.1, 1.0)),   # index: encoder load / embed / create
-               ("stage policy", rng.uniform(0.1, 1.0)),  # policy: tokenizer, SFT
-               ("checkpoint", rng.uniform(0, 0.3)),      # train: after a checkpoint
+               ("sft_step", rng.uniform(0, 0.01)),       # policy: mid-SFT
+               ("checkpoint", rng.uniform(0, 0.01)),     # train: after the first checkpoint of 6
+               # (policy and train wait for events inside them, not wall time: a fast machine finishes
+               # a tiny stage within a fixed delay, and the kill would land a stage later)
                ("eval_shard", rng.uniform(0, 0.3))]      # evaluate: base shard written
     states = []
     for i, (event, delay) in enumerate(moments):
