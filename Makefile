@@ -31,10 +31,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/oger run configs/tiny.yaml
 
-# Two pytest workers, one test file each at a time (module fixtures stay in one process): most tests
-# wait on one core (Prefect servers and workers, subprocesses, single-threaded tiny models).
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
