@@ -253,3 +253,26 @@ def dir_fingerprint(path: Path) -> str:
             h.update(str(p.stat().st_size).encode())
             h.update(file_fingerprint(p).encode() if p.stat().st_size > 4096 else p.read_bytes())
     return h.hexdigest()[:32]
+
+
+class SummaryRecord:
+    """A run's `summary.json` (`self.data` under `self.dir`), rewritten whole after every change so a
+    reader never sees half a file; `finish` stamps the end state. Runs and sweeps both keep one."""
+
+    dir: Path
+    data: dict
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "summary.json"
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.data["status"] = status
+        self.data["finished_at"] = datetime.now(timezone.utc).isoformat()
+        if error:
+            self.data["error"] = error
+        self.write()
+
+    def write(self) -> None:
+        text = json.dumps(self.data, indent=2, default=str)
+        atomic_write(self.summary_path, lambda tmp: tmp.write_text(text))

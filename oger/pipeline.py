@@ -8,7 +8,6 @@ module only walks the registry: it never branches on a stage's name. `flows/pipe
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from oger import index as index_stage
 from oger import policy as policy_stage
 from oger import problems as problems_stage
 from oger import train as train_stage
-from oger.artifacts import ArtifactRef, artifact_dir, atomic_write, load_complete, stage_key
+from oger.artifacts import ArtifactRef, SummaryRecord, artifact_dir, load_complete, stage_key
 from oger.config import OgerConfig
 from oger.errors import ConfigError, StageError
 from oger.evaluate import stage as evaluate_stage
@@ -181,7 +180,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-class RunRecord:
+class RunRecord(SummaryRecord):
     """`<workdir>/runs/<run-id>/summary.json`, rewritten atomically after every stage."""
 
     def __init__(self, cfg: OgerConfig, run_id: str | None = None, overrides=None):
@@ -201,10 +200,6 @@ class RunRecord:
         }
         self.write()
 
-    @property
-    def summary_path(self) -> Path:
-        return self.dir / "summary.json"
-
     def add(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
         self.data["stages"][name] = {"key": ref.key, "cached": cached, "seconds": round(seconds, 3),
                                      "path": ref.path, "metrics": ref.metrics}
@@ -212,17 +207,6 @@ class RunRecord:
         if summary is not None:  # headline numbers (evaluate: one entry per benchmark)
             self.data[name] = summary(ref)
         self.write()
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.data["status"] = status
-        self.data["finished_at"] = datetime.now(timezone.utc).isoformat()
-        if error:
-            self.data["error"] = error
-        self.write()
-
-    def write(self) -> None:
-        text = json.dumps(self.data, indent=2, default=str)
-        atomic_write(self.summary_path, lambda tmp: tmp.write_text(text))
 
 
 def status_rows(cfg: OgerConfig) -> list[dict]:

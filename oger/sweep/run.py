@@ -11,7 +11,6 @@ a task per upstream stage and `flows.fanout.prefect_fan_out` (thread runner or R
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from oger import pipeline
-from oger.artifacts import ArtifactRef, atomic_write, canonical_json
+from oger.artifacts import ArtifactRef, SummaryRecord, canonical_json
 from oger.config import OgerConfig, SweepConfig, load_config
 from oger.errors import ConfigError
 from oger.fanout import FanOut, Job, run_in_process
@@ -186,7 +185,7 @@ def run_sweep(sp: SweepPlan, run_upstream: Callable | None = None, fan_out: FanO
     return record.summary_path
 
 
-class SweepRecord:
+class SweepRecord(SummaryRecord):
     """`<workdir>/sweeps/<id>/summary.json`, rewritten atomically after every stage and pair (the
     report adds results, comparisons and verdicts at the end)."""
 
@@ -214,10 +213,6 @@ class SweepRecord:
             self.data["prefect_flow_run"] = prefect_flow_run
         self.write()
 
-    @property
-    def summary_path(self) -> Path:
-        return self.dir / "summary.json"
-
     def add_upstream(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
         self.data["upstream"].setdefault(name, []).append(
             {"key": ref.key, "cached": cached, "seconds": round(seconds, 3), "path": ref.path})
@@ -226,14 +221,3 @@ class SweepRecord:
     def add_pair(self, arm: str, seed: int, stages: dict[str, dict]) -> None:
         self.data["pairs"].append({"arm": arm, "seed": seed, "stages": stages})
         self.write()
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.data["status"] = status
-        self.data["finished_at"] = datetime.now(timezone.utc).isoformat()
-        if error:
-            self.data["error"] = error
-        self.write()
-
-    def write(self) -> None:
-        text = json.dumps(self.data, indent=2, default=str)
-        atomic_write(self.summary_path, lambda tmp: tmp.write_text(text))
