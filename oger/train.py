@@ -25,7 +25,8 @@ from oger.errors import StageError
 from oger.index import TeacherIndex
 
 STAGE = "train"
-STAGE_VERSION = 4  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals
+STAGE_VERSION = 5  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+# 5: micro-batches on threads on a CPU (same math, other rounding)
 MODEL_DIR = "model"
 CURVES = ("env_reward", "bonus_mean", "bonus_share", "rank_change_fraction", "divergence_mean",
           "gate_mean", "teacher_adv_allcorrect", "diversity_correct", "last_token_entropy",

@@ -6,6 +6,7 @@ import torch
 
 from oger.config import TrainConfig
 from oger.rl import core
+from oger.rl.cpu_threads import BatchThreads, thread_workers
 from oger.rl.trainer import Sample, _batch_tensors, response_logits, update
 from oger.tiny_model import build_model, train_tokenizer
 
@@ -147,6 +148,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     def run_for(m):
         opt = torch.optim.SGD(m.parameters(), lr=cfg.lr)
         return SimpleNamespace(cfg=cfg, dist=Dist(), model=m, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
+                               threads=BatchThreads(thread_workers(m)),
                                sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
 
     def logps(m, s):  # response-token log-probs of one unpadded sample
@@ -203,8 +205,29 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
     opt = torch.optim.SGD(a.parameters(), lr=0.1)
     run = SimpleNamespace(cfg=cfg, dist=Dist(), model=a, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
-                          sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+                          sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), threads=BatchThreads(1))
     metrics, _, _ = optimizer_step(run, ss, adv)
     update(b, None, ss, adv, cfg, tok.pad_token_id)
     assert torch.equal(_flat_grad(a), _flat_grad(b))
     assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
+
+
+def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model_tok):
+    """Two threads, one micro-batch each at a time (`oger.rl.cpu_threads`): the gradient and the
+    metrics of the sequential loop up to float rounding, and bitwise the same on every run."""
+    import copy
+
+    _, tok = model_tok
+    ss = samples(tok)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = TrainConfig(micro_batch_size=1, max_new_tokens=12, entropy_coef=0.01)
+    seq, par, again = (copy.deepcopy(model_tok[0]) for _ in range(3))
+    m_seq = update(seq, None, ss, adv, cfg, tok.pad_token_id)
+    with BatchThreads(2) as threads:
+        m_par = update(par, None, ss, adv, cfg, tok.pad_token_id, threads=threads)
+        update(again, None, ss, adv, cfg, tok.pad_token_id, threads=threads)
+    torch.testing.assert_close(_flat_grad(par), _flat_grad(seq), rtol=1e-5, atol=1e-7)
+    assert torch.equal(_flat_grad(par), _flat_grad(again))
+    assert m_par.keys() == m_seq.keys()
+    for k in m_seq:
+        assert m_par[k] == pytest.approx(m_seq[k], rel=1e-5, abs=1e-7), k

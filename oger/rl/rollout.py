@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from oger.rl import paged
+from oger.rl.cpu_threads import decode_threads
 from oger.rl.records import Rollout, eos_ids
 
 ENGINES = ("hf", "paged")
@@ -43,6 +44,14 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     """n samples per prompt (temperature 0 = greedy), in prompt-major order. `synced_gpus` keeps
     decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
     paged engine cannot: its number of steps depends on the data, see TrainConfig's check)."""
+    with decode_threads(model):
+        return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                         record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine)
+
+
+def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, seed, batch_size,
+              record_entropy, synced_gpus, engine) -> list[Rollout]:
     if engine == "paged":
         if synced_gpus:
             raise ValueError("the paged rollout engine cannot keep FSDP ranks in step "

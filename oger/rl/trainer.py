@@ -25,6 +25,7 @@ import torch
 from oger.config import TrainConfig
 from oger.rl import core
 from oger.rl.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+from oger.rl.cpu_threads import BatchThreads, thread_workers
 from oger.rl.distributed import Dist, unwrap
 from oger.rl.guards import THINK_CLOSE
 from oger.rl.reward import RewardStep, cached_embedder, compute_rewards, reward_metrics
@@ -111,7 +112,8 @@ def _batch_tensors(samples: list[Sample], pad_id: int):
 
 def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
     """Logits predicting the last R tokens, (B, R, V): the LM head skips the prompt positions."""
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1,
+                   use_cache=False).logits[:, :-1]
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
@@ -159,29 +161,27 @@ def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
 
 def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
            pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
-           no_sync=None, old_logp: list[torch.Tensor] | None = None) -> dict:
+           no_sync=None, old_logp: list[torch.Tensor] | None = None,
+           threads: BatchThreads | None = None) -> dict:
     """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
 
     On several ranks `totals` is the (response tokens, samples) count of the global batch, which
     normalises the loss, `grad_scale` the world size (undoing DDP's average over ranks) and
     `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. `old_logp` (one
     tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
-    (ratio 1, the exact policy gradient of a single step per batch). The returned metrics are this
+    (ratio 1, the exact policy gradient of a single step per batch). `threads` (one process on a
+    CPU, `oger.rl.cpu_threads`) runs micro-batches side by side. The returned metrics are this
     rank's share of the global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
     max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
-    agg_metrics: dict[str, float] = {}
-    token_entropy_sum = 0.0
+    device = next(model.parameters()).device
     model.train()
-    order = _micro_batch_order(samples)
-    starts = list(range(0, len(samples), cfg.micro_batch_size))
-    for b in starts:
-        idx = order[b:b + cfg.micro_batch_size]
+
+    def micro_batch(idx: list[int]) -> tuple[torch.Tensor, tuple[dict, float, float]]:
+        """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
         mb = [samples[i] for i in idx]
-        ids, attn, pos, resp = _batch_tensors(mb, pad_id)
-        device = next(model.parameters()).device
-        ids, attn, pos, resp = ids.to(device), attn.to(device), pos.to(device), resp.to(device)
+        ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
         R = resp.shape[1]
         targets = ids[:, -R:]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
@@ -208,15 +208,29 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             ref_logp=ref_logp, beta=cfg.beta)
         share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
                  else len(mb) / total_samples)
-        with no_sync(b == starts[-1]) if no_sync else contextlib.nullcontext():
-            (loss * (share * grad_scale)).backward()
         with torch.no_grad():
             ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
-            token_entropy_sum += float((ent * resp).sum())
+            entropy_sum = float((ent * resp).sum())
+        return loss * (share * grad_scale), (m, share, entropy_sum)
+
+    order = _micro_batch_order(samples)
+    batches = [order[b:b + cfg.micro_batch_size] for b in range(0, len(samples), cfg.micro_batch_size)]
+    if threads is not None and threads.workers > 1:
+        params = [p for p in model.parameters() if p.requires_grad]
+        parts = threads.backward(params, micro_batch, batches)
+    else:
+        parts = []
+        for k, idx in enumerate(batches):
+            loss, part = micro_batch(idx)
+            with no_sync(k == len(batches) - 1) if no_sync else contextlib.nullcontext():
+                loss.backward()
+            parts.append(part)
+    agg_metrics: dict[str, float] = {}
+    for m, share, _ in parts:
         for k, v in m.items():
             if isinstance(v, float) and not math.isnan(v):
                 agg_metrics[k] = agg_metrics.get(k, 0.0) + v * share
-    agg_metrics["token_entropy"] = token_entropy_sum / max(1, total_tokens)
+    agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
     return agg_metrics
 
 
@@ -283,6 +297,7 @@ class TrainRun:
     start: int
     history: list[dict]
     writer: object | None
+    threads: BatchThreads  # micro-batches side by side on a CPU (one process, small model)
     embed: object | None  # texts -> unit vectors (oger.rl.reward.Embed), None without the bonus
     needs_index: bool
     run_dir: Path
@@ -336,8 +351,9 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         from oger.encoder import load_encoder
 
         embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
+    threads = BatchThreads(thread_workers(model, distributed=dist.active))
     return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
-                    history, writer, embed, needs_index, run_dir)
+                    history, writer, threads, embed, needs_index, run_dir)
 
 
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
@@ -409,7 +425,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         run.opt.zero_grad(set_to_none=True)
         part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
                               grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
-                              old_logp=None if old is None else [old[i] for i in part])
+                              old_logp=None if old is None else [old[i] for i in part], threads=run.threads)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()
@@ -481,6 +497,7 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         checkpoint(run, step)
         if progress is not None and row is not None:
             progress(row)
+    run.threads.close()
     if run.writer is not None:
         run.writer.close()
     return run.history
