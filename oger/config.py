@@ -188,6 +188,9 @@ class IndexConfig(Strict):
     batch_size: int = Field(64, ge=1)
     long_text: Literal["chunk_mean", "head"] = "chunk_mean"
     table: str = "teacher_traces"
+    problems: Literal["all", "train_pool"] = Field(
+        "all", description="whose traces to index: all kept traces, or only those of the RL pool "
+        "(train.split, first train.max_prompts), the only problems the train stage looks up")
 
 
 # --------------------------------------------------------------------------- policy / train

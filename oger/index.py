@@ -17,11 +17,12 @@ import polars as pl
 import pyarrow as pa
 
 from oger.artifacts import ArtifactRef, canonical_json
-from oger.config import IndexConfig
+from oger.config import IndexConfig, OgerConfig
 from oger.contract import Stage, StageContext, StageInfo
 from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.errors import StageError
 from oger.models import key_model_ref
+from oger.problems import rl_pool
 
 STAGE = "index"
 STAGE_VERSION = 1
@@ -32,11 +33,15 @@ def db_path(workdir: Path) -> Path:
     return Path(workdir) / "index" / "lancedb"
 
 
-def key_inputs(cfg: IndexConfig) -> tuple[dict, dict]:
-    slice_ = cfg.model_dump(mode="json")
+def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
+    slice_ = cfg.index.model_dump(mode="json")
     slice_.pop("batch_size")  # batching does not change the vectors
-    slice_["encoder"] = key_model_ref(cfg.encoder)
-    return slice_, {"encoder": encoder_identity(cfg.encoder)}
+    slice_["encoder"] = key_model_ref(cfg.index.encoder)
+    if cfg.index.problems == "all":
+        slice_.pop("problems")  # the keys of configs from before the option stay as they were
+    else:  # which problems are in the pool
+        slice_["pool"] = {"split": cfg.train.split, "max_prompts": cfg.train.max_prompts}
+    return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
 
 
 def _connect(workdir: Path):
@@ -118,14 +123,26 @@ def _tag(tbl, tag: str) -> None:
         tbl.tags.create(tag, tbl.version)
 
 
-def run_index(cfg: IndexConfig, ctx: StageContext, filter_ref: ArtifactRef) -> ArtifactRef:
-    from lancedb.index import BTree
-
-    workdir, key, identity = ctx.workdir, ctx.key, ctx.identity
-
+def traces_to_index(cfg: OgerConfig, problems_ref: ArtifactRef, filter_ref: ArtifactRef) -> pl.DataFrame:
+    """The filter's kept traces, or (`index.problems: train_pool`) those of the RL pool's problems."""
     kept = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
     if kept.height == 0:
         raise StageError("index stage: the filter output is empty")
+    if cfg.index.problems == "train_pool":
+        problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+        pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)["problem_id"]
+        kept = kept.filter(pl.col("problem_id").is_in(pool.implode()))
+        if kept.height == 0:
+            raise StageError(f"index stage: index.problems is train_pool, and no kept trace belongs to "
+                             f"the pool (train.split={cfg.train.split!r}, train.max_prompts="
+                             f"{cfg.train.max_prompts})")
+    return kept
+
+
+def run_index(cfg: IndexConfig, ctx: StageContext, kept: pl.DataFrame) -> ArtifactRef:
+    from lancedb.index import BTree
+
+    workdir, key, identity = ctx.workdir, ctx.key, ctx.identity
     db = _connect(workdir)
     vecs, n_new = embed_with_cache(db, cfg, identity, kept["text"].to_list())
     data = pa.table({
@@ -151,7 +168,7 @@ def run_index(cfg: IndexConfig, ctx: StageContext, filter_ref: ArtifactRef) -> A
     info = {"db": str(db_path(workdir)), "table": cfg.table, "tag": key, "version": tbl.version}
     with ctx.output() as out:
         out.file(INDEX_FILE).write_text(json.dumps(info, indent=2))
-        out.metrics = {"rows": tbl.count_rows(), "rows_this_stage": data.num_rows,
+        out.metrics = {"rows": tbl.count_rows(), "rows_this_stage": data.num_rows, "problems": cfg.problems,
                        "new_embeddings": n_new, "tag": key, "version": tbl.version,
                        "rounds": rounds, "dim": int(vecs.shape[1])}
     return ctx.ref(out)
@@ -207,13 +224,17 @@ class TeacherIndex:
 def plan_info(cfg, counts):
     """`oger plan`: the encoder and the LanceDB table (no generation)."""
     i = cfg.index
+    notes = ["embeds only texts missing from the embedding cache"]
+    if i.problems == "train_pool":
+        notes.append(f"only the traces of the RL pool ({cfg.train.split}, first {cfg.train.max_prompts})")
     return StageInfo(engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}",
-                     resources="CPU", notes=["embeds only texts missing from the embedding cache"])
+                     resources="CPU", notes=notes)
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("filter",),
-                  key_inputs=lambda cfg: key_inputs(cfg.index),
-                  run=lambda ctx, inputs: run_index(ctx.cfg.index, ctx, inputs["filter"]),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"),
+                  key_inputs=key_inputs,
+                  run=lambda ctx, inputs: run_index(ctx.cfg.index, ctx, traces_to_index(
+                      ctx.cfg, inputs["problems"], inputs["filter"])),
                   plan_info=plan_info,
                   # the artifact points at a table version: without its tag it is not complete
                   is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key))

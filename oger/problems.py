@@ -41,6 +41,14 @@ HF_LOCAL_LAYOUT = {
 }
 
 
+def rl_pool(problems: pl.DataFrame, split: str, max_prompts: int | None) -> pl.DataFrame:
+    """The RL prompt pool: the problems of `split`, the first `max_prompts` of them (train.split,
+    train.max_prompts). The train stage draws its prompts from it; an index with
+    `index.problems: train_pool` holds the teacher traces of these problems only."""
+    pool = problems.filter(pl.col("split") == split)
+    return pool.head(max_prompts) if max_prompts else pool
+
+
 def problem_id(question: str) -> str:
     return hashlib.sha256(question.strip().encode()).hexdigest()[:16]
 

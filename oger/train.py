@@ -23,6 +23,7 @@ from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.encoder import encoder_identity
 from oger.errors import StageError
 from oger.index import TeacherIndex
+from oger.problems import rl_pool
 
 STAGE = "train"
 STAGE_VERSION = 5  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
@@ -100,9 +101,7 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
     answers, the teacher index at the index stage's tag, and the prompt format."""
     from oger.rl.trainer import TrainInputs  # imports torch
 
-    pool = problems.filter(pl.col("split") == cfg.train.split)
-    if cfg.train.max_prompts:
-        pool = pool.head(cfg.train.max_prompts)
+    pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)
     if pool.height == 0:
         splits = sorted(set(problems["split"].to_list()))
         raise StageError(f"train stage: no problems in train.split={cfg.train.split!r} "

@@ -8,7 +8,7 @@ from oger.artifacts import ArtifactRef, stage_key, write_artifact
 from oger.config import IndexConfig
 from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
-from oger.index import TeacherIndex, key_inputs, run_index, tag_exists
+from oger.index import TeacherIndex, key_inputs, run_index, tag_exists, traces_to_index
 
 pytestmark = pytest.mark.slow
 
@@ -25,31 +25,35 @@ def index_ctx(workdir, key, slice_, identity, filter_ref):
                         upstream={"filter": filter_ref.key})
 
 
+def kept(filter_ref):
+    return pl.read_parquet(f"{filter_ref.path}/traces.parquet")
+
+
 def row(tid, pid, text, rnd="r1"):
     return {"trace_id": tid, "problem_id": pid, "teacher": "t", "round": rnd, "text": text}
 
 
-def test_upsert_tags_cache_and_lookup(tmp_path):
+def test_upsert_tags_cache_and_lookup(tmp_path, small_config):
     cfg = IndexConfig()
-    slice_, identity = key_inputs(cfg)
+    slice_, identity = key_inputs(small_config.load(tmp_path))
     f1 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
                                          row("b", "p1", "2 + 2 = 4, so \\boxed{4}"),
                                          row("c", "p2", "seven times six is 42")], "f" * 64)
     k1 = stage_key("index", 1, slice_, {"filter": f1.key}, identity)
-    r1 = run_index(cfg, index_ctx(tmp_path, k1, slice_, identity, f1), f1)
+    r1 = run_index(cfg, index_ctx(tmp_path, k1, slice_, identity, f1), kept(f1))
     assert r1.metrics["new_embeddings"] == 3 and r1.metrics["rows"] == 3 and r1.metrics["tag"] == k1
 
     # A stricter filter for the same round: one trace gone, nothing new to embed.
     f2 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
                                          row("c", "p2", "seven times six is 42")], "e" * 64)
     k2 = stage_key("index", 1, slice_, {"filter": f2.key}, identity)
-    r2 = run_index(cfg, index_ctx(tmp_path, k2, slice_, identity, f2), f2)
+    r2 = run_index(cfg, index_ctx(tmp_path, k2, slice_, identity, f2), kept(f2))
     assert r2.metrics["new_embeddings"] == 0 and r2.metrics["rows"] == 2
 
     # A new round appends; older rows stay.
     f3 = fake_filter_artifact(tmp_path, [row("d", "p1", "four, because 2+2=4", "r2")], "d" * 64)
     k3 = stage_key("index", 1, slice_, {"filter": f3.key}, identity)
-    r3 = run_index(cfg, index_ctx(tmp_path, k3, slice_, identity, f3), f3)
+    r3 = run_index(cfg, index_ctx(tmp_path, k3, slice_, identity, f3), kept(f3))
     assert r3.metrics["new_embeddings"] == 1 and r3.metrics["rows"] == 3
 
     db = tmp_path / "index" / "lancedb"
@@ -64,6 +68,31 @@ def test_upsert_tags_cache_and_lookup(tmp_path):
     model = load_encoder("minilm")
     texts, vecs = TeacherIndex(db, "teacher_traces", k1).lookup(["p2"])["p2"]
     assert np.allclose(vecs, encode(model, texts), atol=1e-5)
+
+
+def test_train_pool_scope_indexes_only_the_rl_pool(tmp_path, small_config):
+    """index.problems train_pool: the traces of train.split's first train.max_prompts problems (what
+    the train stage looks up); the pool is part of the key, `all` keeps the keys it had."""
+    from oger.pipeline import run_local
+
+    cfg = small_config.load(tmp_path, "index.problems=train_pool", "train.max_prompts=4")
+    refs = run_local(cfg, until="filter")
+    problems = pl.read_parquet(f"{refs['problems'].path}/problems.parquet")
+    pool = problems.filter(pl.col("split") == "train").head(4)["problem_id"].to_list()
+    got = traces_to_index(cfg, refs["problems"], refs["filter"])
+    assert set(got["problem_id"]) <= set(pool) and got.height > 0
+    everything = kept(refs["filter"])
+    assert got.height == everything.filter(pl.col("problem_id").is_in(pool)).height < everything.height
+
+    pool_slice = key_inputs(cfg)[0]
+    assert pool_slice["problems"] == "train_pool"
+    assert pool_slice["pool"] == {"split": "train", "max_prompts": 4}
+    assert key_inputs(small_config.load(tmp_path, "index.problems=train_pool", "train.max_prompts=5"))[0] != pool_slice
+    assert "problems" not in key_inputs(small_config.load(tmp_path))[0]  # default: all, key as before
+
+    empty = small_config.load(tmp_path, "index.problems=train_pool", "train.split=nosuchsplit")
+    with pytest.raises(Exception, match="no kept trace belongs to the pool"):
+        traces_to_index(empty, refs["problems"], refs["filter"])
 
 
 def test_long_texts_chunk_mean_vs_head():
