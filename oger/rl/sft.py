@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from oger.rl.cpu_threads import BatchThreads, split_balanced, thread_workers
+from oger.rl.cpu_threads import BatchThreads, split_by_length, thread_workers
 
 
 def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
@@ -65,7 +65,7 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
             batch = [examples[i] for i in idx]
             tokens = sum(len(r) for _, r in batch)
             parts = [[batch[i] for i in part] for part in
-                     split_balanced(range(len(batch)), lambda i: sum(map(len, batch[i])), threads.workers)]
+                     split_by_length(range(len(batch)), lambda i: sum(map(len, batch[i])), threads.workers)]
             opt.zero_grad(set_to_none=True)
             loss = sum(threads.backward(params, lambda part: part_loss(part, tokens), parts))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
