@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from oger.rl import paged
-from oger.rl.cpu_threads import decode_threads
+from oger.rl.cpu_threads import BatchThreads, decode_threads, thread_workers
 from oger.rl.records import Rollout, eos_ids
 
 ENGINES = ("hf", "paged")
@@ -27,6 +27,33 @@ class _EntropyRecorder:
         logp = torch.log_softmax(scores.float(), dim=-1)
         self.steps.append(-(logp.exp() * logp).sum(-1).detach())  # stays on device: no sync per step
         return scores
+
+
+class RowSampler:
+    """The last logits processor of a greedy `generate`: draws each row's next token from
+    softmax(logits / temperature) (nucleus `top_p`) with the row's own uniform numbers, seeded by
+    the rollout, and leaves only that token, which greedy decoding then takes.
+
+    Why not `do_sample=True`: it draws from torch's one global generator, so two threads decoding
+    side by side would interleave their draws (results would depend on timing), and a rollout's
+    tokens would depend on which batch it was in. Here they depend only on its seed."""
+
+    def __init__(self, seeds: list[int], max_new_tokens: int, temperature: float, top_p: float, device):
+        self.u = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+        self.temperature, self.top_p, self.step = temperature, top_p, 0
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # keep the smallest set of most likely tokens with mass >= top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        cdf = probs.double().cumsum(-1)
+        u = self.u[:, self.step:self.step + 1] * cdf[:, -1:]  # inverse CDF of the (kept) mass
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=scores.shape[-1] - 1)
+        self.step += 1
+        return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
 
 
 def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
@@ -69,9 +96,13 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(model, tokenizer)
     jobs = [i for i in range(len(prompts)) for _ in range(n)]
-    out: list[Rollout] = []
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b:b + batch_size]
+    workers = 1 if synced_gpus else thread_workers(model)
+    # On a CPU a small model's batch is decoded in `workers` chunks side by side; each rollout
+    # draws from its own seeded generator, so chunks and threads do not change what is sampled.
+    size = -(-batch_size // workers)
+
+    def run_chunk(b: int) -> list[Rollout]:
+        batch = jobs[b:b + size]
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
@@ -79,20 +110,19 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             attn[r, width - len(prompts[i]):] = 1
         recorder = _EntropyRecorder()
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad,
-                      eos_token_id=sorted(stops), attention_mask=attn.to(device))
+        processors = [recorder] if record_entropy else []
         if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
+            processors.append(RowSampler([seed * 1_000_003 + b + r for r in range(len(batch))],
+                                         max_new_tokens, temperature, top_p, device))
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=False,
+                      eos_token_id=sorted(stops), attention_mask=attn.to(device),
+                      logits_processor=LogitsProcessorList(processors))
         if synced_gpus:
             kwargs["synced_gpus"] = True
-        if record_entropy:
-            kwargs["logits_processor"] = LogitsProcessorList([recorder])
-        torch.manual_seed(seed * 1_000_003 + b)
         seqs = model.generate(ids.to(device), **kwargs).cpu()
         new = seqs[:, width:]
         ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
+        out = []
         for r, i in enumerate(batch):
             row = new[r].tolist()
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
@@ -101,6 +131,10 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
                                     skip_special_tokens=True)
             ents = ent[r, :len(resp)].tolist() if ent is not None else []
             out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
+        return out
+
+    with BatchThreads(workers) as threads:
+        out = [r for chunk in threads.map(run_chunk, range(0, len(jobs), size)) for r in chunk]
     if was_training:
         model.train()
     return out

@@ -1,0 +1,71 @@
+"""Sampling with one seeded generator per rollout (`oger.rl.rollout.RowSampler`): the right
+distribution, and the same rollouts however the batch is cut into chunks and threads."""
+
+import math
+
+import pytest
+import torch
+
+from oger.rl import rollout
+from oger.rl.rollout import RowSampler, generate
+
+
+def _sampler(us: list[float], temperature=1.0, top_p=1.0) -> RowSampler:
+    s = RowSampler([0] * len(us), 1, temperature, top_p, "cpu")
+    s.u = torch.tensor(us, dtype=torch.float64)[:, None]  # the uniforms, by hand
+    return s
+
+
+def _logits(probs: list[float]) -> torch.Tensor:
+    return torch.tensor([probs]).log()
+
+
+def test_inverse_cdf_picks_the_token_whose_interval_holds_u():
+    # probs 0.5, 0.3, 0.2 -> cdf 0.5, 0.8, 1.0: u 0.1 -> 0, 0.6 -> 1, 0.85 -> 2
+    out = _sampler([0.1, 0.6, 0.85])(None, _logits([0.5, 0.3, 0.2]).repeat(3, 1))
+    assert out.argmax(-1).tolist() == [0, 1, 2]
+    assert torch.isinf(out).sum().item() == 6  # every row keeps exactly its drawn token
+
+
+def test_top_p_drops_the_tail_and_rescales_u_to_the_kept_mass():
+    # top_p 0.7: mass before token 2 is 0.8 >= 0.7, so token 2 goes; kept mass 0.8.
+    # u 0.85 -> 0.85 x 0.8 = 0.68 -> token 1 (cdf 0.5, 0.8); u 0.99 -> 0.792 -> token 1, never 2
+    out = _sampler([0.85, 0.99, 0.2], top_p=0.7)(None, _logits([0.5, 0.3, 0.2]).repeat(3, 1))
+    assert out.argmax(-1).tolist() == [1, 1, 0]
+
+
+def test_temperature_sharpens_before_drawing():
+    # T = 0.5 squares the odds: 0.6, 0.4 -> 0.36 / 0.52 = 0.6923, so u 0.65 -> token 0 (T=1: token 1)
+    logits = _logits([0.6, 0.4])
+    assert _sampler([0.65])(None, logits).argmax().item() == 1
+    assert _sampler([0.65], temperature=0.5)(None, logits).argmax().item() == 0
+
+
+def test_frequencies_match_the_distribution():
+    n = 20_000
+    s = RowSampler(list(range(n)), 1, 1.0, 1.0, "cpu")
+    counts = torch.bincount(s(None, _logits([0.5, 0.3, 0.2]).repeat(n, 1)).argmax(-1), minlength=3)
+    for got, p in zip((counts / n).tolist(), (0.5, 0.3, 0.2)):
+        assert got == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))  # 4 sigma
+
+
+def test_rollouts_do_not_depend_on_chunks_or_threads(monkeypatch):
+    from tests.test_sft import _tiny_model
+
+    class Tok:  # ids are the vocabulary; 1 ends a response
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = _tiny_model()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, batch_size=8)
+    torch.set_num_threads(2)
+    threaded = generate(model, Tok(), prompts, **kw)  # 12 rollouts in 2 chunks of 4 + 1 of 4, 2 threads
+    monkeypatch.setattr(rollout, "thread_workers", lambda m, distributed=False: 1)
+    one_pass = generate(model, Tok(), prompts, **kw)  # batches of 8 on one thread
+    small = generate(model, Tok(), prompts, **{**kw, "batch_size": 1})
+    assert [r.response_ids for r in threaded] == [r.response_ids for r in one_pass] == [r.response_ids for r in small]
+    assert len({tuple(r.response_ids) for r in one_pass}) > 3  # the samples do differ
+    assert [r.response_ids for r in generate(model, Tok(), prompts, **{**kw, "seed": 8})] != [r.response_ids for r in one_pass]
