@@ -20,7 +20,8 @@ from oger.models import key_model_ref, load_causal_lm, model_identity
 from oger.tiny_model import build_model, save_policy, train_tokenizer
 
 STAGE = "policy"
-STAGE_VERSION = 3  # 2: SFT without the padding mask, foreach AdamW; 3: batch halves on threads (same math, other rounding)
+STAGE_VERSION = 4  # 2: SFT without the padding mask, foreach AdamW; 3: batch parts on threads;
+# 4: parts of similar length (same math, other rounding)
 MODEL_DIR = "model"
 
 
