@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/oger run configs/tiny.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
