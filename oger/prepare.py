@@ -54,8 +54,7 @@ def prepare(cfg: OgerConfig, say=print) -> list[tuple[str, str, float]]:
     if proc.returncode != 0:
         raise StageError(f"prepare: `prefect server database upgrade` failed:\n{proc.stdout[-1500:]}"
                          f"{proc.stderr[-1500:]}")
-    from prefect.settings import PREFECT_HOME
-
-    done.append(("Prefect database (migrations)", str(PREFECT_HOME.value()), time.perf_counter() - t))
+    said = [line for line in proc.stdout.splitlines() if line.strip()]  # "Prefect database at URL upgraded!"
+    done.append(("Prefect database (migrations)", said[-1] if said else "", time.perf_counter() - t))
     say(f"prepared {done[-1][0]} -> {done[-1][1]} in {done[-1][2]:.1f} s")
     return done
