@@ -479,25 +479,25 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     the other ranks return an empty history)."""
     run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
     vocab = run.policy.config.vocab_size
-    for step in range(run.start, cfg.steps):
-        t0 = time.perf_counter()
-        samples, pids, lo, hi = rollouts(run, step)
-        t_gen = time.perf_counter()
-        refs = score_and_replace(run, samples, pids[lo:hi], step)
-        t_score = time.perf_counter()
-        # a group never spans ranks, so the reward step's group statistics are local
-        rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=cfg.seed * 7919 + step)
-        t_embed = time.perf_counter()
-        loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
-        t_update = time.perf_counter()
-        row = log_step(run, step, samples, rew, loss_metrics, {
-            "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
-            "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
-            "seconds_update": t_update - t_embed, "seconds_step": t_update - t0})
-        checkpoint(run, step)
-        if progress is not None and row is not None:
-            progress(row)
-    run.threads.close()
+    with run.threads:  # the micro-batch threads live as long as the loop
+        for step in range(run.start, cfg.steps):
+            t0 = time.perf_counter()
+            samples, pids, lo, hi = rollouts(run, step)
+            t_gen = time.perf_counter()
+            refs = score_and_replace(run, samples, pids[lo:hi], step)
+            t_score = time.perf_counter()
+            # a group never spans ranks, so the reward step's group statistics are local
+            rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=cfg.seed * 7919 + step)
+            t_embed = time.perf_counter()
+            loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
+            t_update = time.perf_counter()
+            row = log_step(run, step, samples, rew, loss_metrics, {
+                "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
+                "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
+                "seconds_update": t_update - t_embed, "seconds_step": t_update - t0})
+            checkpoint(run, step)
+            if progress is not None and row is not None:
+                progress(row)
     if run.writer is not None:
         run.writer.close()
     return run.history
