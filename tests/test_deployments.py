@@ -131,9 +131,10 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
                                            for k in STAGES}
     db = workdir / "index" / "lancedb"
     r1_tag, r2_tag = r1["stages"]["index"]["key"], s["stages"]["index"]["key"]
-    r1_kept, r2_kept = (x["stages"]["filter"]["metrics"]["kept"] for x in (r1, s))
-    assert TeacherIndex(db, "teacher_traces", r1_tag).count() == r1_kept  # r1 stays readable
-    assert TeacherIndex(db, "teacher_traces", r2_tag).count() == r1_kept + r2_kept
+    # rows each round's index stage wrote (tiny.yaml indexes the RL pool's traces)
+    r1_rows, r2_rows = (x["stages"]["index"]["metrics"]["rows_this_stage"] for x in (r1, s))
+    assert TeacherIndex(db, "teacher_traces", r1_tag).count() == r1_rows  # r1 stays readable
+    assert TeacherIndex(db, "teacher_traces", r2_tag).count() == r1_rows + r2_rows
     # training continued from r1's trained checkpoint, and its key says so
     m = s["stages"]["train"]["metrics"]
     assert m["init_from"] == r1["stages"]["train"]["key"] and m["init_round"] == "r1"
@@ -235,9 +236,9 @@ def test_nightly_deployment_names_the_round_after_the_run_date(stack, workdir, s
     tag = s["stages"]["index"]["key"]
     assert s["stages"]["index"]["metrics"]["rounds"] == [day]
     # `index restore` made r1's version the latest, so this round was appended to r1's rows
-    r1_kept = state["r1"]["stages"]["filter"]["metrics"]["kept"]
+    r1_rows = state["r1"]["stages"]["index"]["metrics"]["rows_this_stage"]
     assert TeacherIndex(db, "teacher_traces", tag).count() == \
-        r1_kept + s["stages"]["filter"]["metrics"]["kept"]
+        r1_rows + s["stages"]["index"]["metrics"]["rows_this_stage"]
 
 
 def test_worker_and_server_stop_by_pid(stack):

@@ -101,9 +101,15 @@ def test_cold_run_until_index(cold_run, workdir):
     assert idx["metrics"]["tag"] == idx["key"]
     assert idx["metrics"]["new_embeddings"] > 0
     ti = TeacherIndex(workdir / "index" / "lancedb", "teacher_traces", idx["key"])
-    assert ti.count() == f["kept"]
+    # tiny.yaml indexes the RL pool only (index.problems train_pool): the kept traces of the first
+    # train.max_prompts training problems, the ones the train stage looks up
     problems = pl.read_parquet(Path(s["stages"]["problems"]["path"]) / "problems.parquet")
-    some = problems.filter(pl.col("split") == "train")["problem_id"].head(5).to_list()
+    pool = problems.filter(pl.col("split") == "train")["problem_id"].head(64).to_list()
+    kept = pl.read_parquet(Path(s["stages"]["filter"]["path"]) / "traces.parquet")
+    in_pool = kept.filter(pl.col("problem_id").is_in(pool)).height
+    assert idx["metrics"]["problems"] == "train_pool" and 0 < in_pool < f["kept"]
+    assert ti.count() == idx["metrics"]["rows_this_stage"] == in_pool
+    some = pool[:5]
     found = ti.lookup(some)
     assert found and all(v[1].shape[1] == 384 for v in found.values())
     assert (Path(s["stages"]["filter"]["path"]).parent.parent.parent / "runs").is_dir()
@@ -137,8 +143,10 @@ def test_filter_change_recomputes_only_filter_and_index(strict, first, workdir):
     new_tag, old_tag = s["stages"]["index"]["key"], first["index"]["key"]
     assert new_tag != old_tag
     db = workdir / "index" / "lancedb"
-    assert TeacherIndex(db, "teacher_traces", old_tag).count() == first["filter"]["metrics"]["kept"]
-    assert TeacherIndex(db, "teacher_traces", new_tag).count() == s["stages"]["filter"]["metrics"]["kept"]
+    old_rows, new_rows = first["index"]["metrics"]["rows_this_stage"], s["stages"]["index"]["metrics"]["rows_this_stage"]
+    assert new_rows <= old_rows  # the stricter filter keeps no more of the pool's traces
+    assert TeacherIndex(db, "teacher_traces", old_tag).count() == old_rows
+    assert TeacherIndex(db, "teacher_traces", new_tag).count() == new_rows
 
 
 def test_new_round_regenerates_teachers_and_appends(tiny, workdir, first, strict):
@@ -153,7 +161,7 @@ def test_new_round_regenerates_teachers_and_appends(tiny, workdir, first, strict
     r1_tag = strict["stages"]["index"]["key"]
     r2 = TeacherIndex(db, "teacher_traces", s["stages"]["index"]["key"])
     r1 = TeacherIndex(db, "teacher_traces", r1_tag)
-    assert r2.count() == r1.count() + s["stages"]["filter"]["metrics"]["kept"]
+    assert r2.count() == r1.count() + idx["rows_this_stage"] and idx["rows_this_stage"] > 0
     assert TeacherIndex(db, "teacher_traces", first["stages"]["index"]["key"]).count() > 0
     assert (Path(s["workdir"]) / "runs" / s["run_id"] / "report.md").is_file()
     assert (Path(s["workdir"]) / "runs" / s["run_id"] / "filter.png").is_file()
