@@ -33,8 +33,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/oger run configs/tiny.yaml
 
+# Two pytest-xdist workers, each test file on one of them (tests/conftest.py, "two workers").
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

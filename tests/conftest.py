@@ -189,3 +189,22 @@ def oger_main(*args) -> subprocess.CompletedProcess:
 def oger_in_process():
     """`oger_main` as a fixture, for session- and module-scoped runs too."""
     return oger_main
+
+
+# --------------------------------------------------------------------------- two workers
+
+# `make test` runs two pytest-xdist workers with `--dist loadfile`: each test file goes to one
+# worker, so its module-scoped runs (the demo in test_pipeline_e2e.py, the deployment stack) are
+# made once.
+
+
+@pytest.fixture
+def one_launch_at_a_time():
+    """Tests that launch ranks (torchrun, accelerate launch) hold this machine-wide lock, so the two
+    workers never run two launches side by side: two gloo launches at once aborted the 2-rank
+    DDP test once."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "oger-tests-rank-launch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

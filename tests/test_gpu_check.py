@@ -24,6 +24,7 @@ def test_gpu_check_without_cuda_says_so():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_launch_at_a_time")  # it launches torchrun (DDP, FSDP2)
 def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
     # the device machine's fallbacks (no MiniLM package, no lancedb), exercised here
     out = gpu_check.run_check("cpu", gpu_check.TINY, tmp_path, prefer_minilm=False, prefer_lancedb=False)

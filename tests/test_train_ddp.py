@@ -11,7 +11,7 @@ import torch
 from oger import pipeline
 from oger.config import load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 
 # LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
 # the rank's batch, two optimizer steps per batch (ppo_mini_batches, as the paper configs: each rank
