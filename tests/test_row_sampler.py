@@ -1,12 +1,11 @@
 """Sampling with one seeded generator per rollout (`oger.rl.rollout.RowSampler`): the right
-distribution, and the same rollouts however the batch is cut into chunks and threads."""
+distribution, and the same rollouts whatever the batch size."""
 
 import math
 
 import pytest
 import torch
 
-from oger.rl import rollout
 from oger.rl.rollout import RowSampler, generate
 
 
@@ -49,7 +48,7 @@ def test_frequencies_match_the_distribution():
         assert got == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))  # 4 sigma
 
 
-def test_rollouts_do_not_depend_on_chunks_or_threads(monkeypatch):
+def test_rollouts_do_not_depend_on_the_batch_size():
     from tests.test_sft import _tiny_model
 
     class Tok:  # ids are the vocabulary; 1 ends a response
@@ -60,12 +59,9 @@ def test_rollouts_do_not_depend_on_chunks_or_threads(monkeypatch):
 
     model = _tiny_model()
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
-    kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, batch_size=8)
-    torch.set_num_threads(2)
-    threaded = generate(model, Tok(), prompts, **kw)  # 12 rollouts in 2 chunks of 4 + 1 of 4, 2 threads
-    monkeypatch.setattr(rollout, "thread_workers", lambda m, distributed=False: 1)
-    one_pass = generate(model, Tok(), prompts, **kw)  # batches of 8 on one thread
-    small = generate(model, Tok(), prompts, **{**kw, "batch_size": 1})
-    assert [r.response_ids for r in threaded] == [r.response_ids for r in one_pass] == [r.response_ids for r in small]
-    assert len({tuple(r.response_ids) for r in one_pass}) > 3  # the samples do differ
-    assert [r.response_ids for r in generate(model, Tok(), prompts, **{**kw, "seed": 8})] != [r.response_ids for r in one_pass]
+    kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    by_batch = {bs: [r.response_ids for r in generate(model, Tok(), prompts, batch_size=bs, **kw)]
+                for bs in (12, 5, 1)}  # one batch; 5 + 5 + 2 (other paddings); one rollout each
+    assert by_batch[12] == by_batch[5] == by_batch[1]
+    assert len({tuple(r) for r in by_batch[12]}) > 3  # the samples do differ
+    assert [r.response_ids for r in generate(model, Tok(), prompts, batch_size=12, **{**kw, "seed": 8})] != by_batch[12]

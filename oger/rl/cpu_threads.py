@@ -1,4 +1,5 @@
-"""Data parallelism over Python threads for small models on a CPU.
+"""Data parallelism over Python threads for small models on a CPU (SFT and the train update), and
+single-threaded decoding for them.
 
 Why: the tiny policy's matrices (128 wide) are too small for torch's intra-op threads, whose
 OpenMP workers synchronise on every op. On the 2-core machine an SFT step took 0.205 s with two

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from oger.rl import paged
-from oger.rl.cpu_threads import BatchThreads, decode_threads, thread_workers
+from oger.rl.cpu_threads import decode_threads
 from oger.rl.records import Rollout, eos_ids
 
 ENGINES = ("hf", "paged")
@@ -34,9 +34,10 @@ class RowSampler:
     softmax(logits / temperature) (nucleus `top_p`) with the row's own uniform numbers, seeded by
     the rollout, and leaves only that token, which greedy decoding then takes.
 
-    Why not `do_sample=True`: it draws from torch's one global generator, so two threads decoding
-    side by side would interleave their draws (results would depend on timing), and a rollout's
-    tokens would depend on which batch it was in. Here they depend only on its seed."""
+    Why not `do_sample=True`: it draws from torch's one global generator for the whole batch, so a
+    rollout's tokens depend on which batch it is in and on who else draws (a change of batch_size,
+    of rollout_batch_prompts or of the evaluation's chunks changes every sample, and threads
+    decoding side by side would interleave their draws). Here they depend only on its seed."""
 
     def __init__(self, seeds: list[int], max_new_tokens: int, temperature: float, top_p: float, device):
         self.u = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
@@ -96,13 +97,9 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(model, tokenizer)
     jobs = [i for i in range(len(prompts)) for _ in range(n)]
-    workers = 1 if synced_gpus else thread_workers(model)
-    # On a CPU a small model's batch is decoded in `workers` chunks side by side; each rollout
-    # draws from its own seeded generator, so chunks and threads do not change what is sampled.
-    size = -(-batch_size // workers)
-
-    def run_chunk(b: int) -> list[Rollout]:
-        batch = jobs[b:b + size]
+    out: list[Rollout] = []
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b:b + batch_size]
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
@@ -122,7 +119,6 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
         seqs = model.generate(ids.to(device), **kwargs).cpu()
         new = seqs[:, width:]
         ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
-        out = []
         for r, i in enumerate(batch):
             row = new[r].tolist()
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
@@ -131,10 +127,6 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
                                     skip_special_tokens=True)
             ents = ent[r, :len(resp)].tolist() if ent is not None else []
             out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
-        return out
-
-    with BatchThreads(workers) as threads:
-        out = [r for chunk in threads.map(run_chunk, range(0, len(jobs), size)) for r in chunk]
     if was_training:
         model.train()
     return out
