@@ -3,6 +3,8 @@ own PREFECT_HOME; stopped by PID (worker: SIGINT, as a process worker needs)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 import json
 import os
 import re
@@ -124,3 +126,15 @@ class PrefectStack:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
                 proc.wait(timeout=30)
         return killed
+
+
+@contextlib.contextmanager
+def running_stack(home: Path) -> Iterator[PrefectStack]:
+    """A started stack in `home` (a test module's fixture), stopped however the module ends."""
+    s = PrefectStack(home)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+

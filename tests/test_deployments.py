@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from oger.index import TeacherIndex
 from oger.pipeline import STAGES
-from tests.prefect_stack import PrefectStack
+from tests.prefect_stack import PrefectStack, running_stack
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/tiny.yaml"
@@ -38,12 +38,8 @@ if "evaluate" in STAGES:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = PrefectStack(tmp_path_factory.mktemp("prefect_server"))
-    try:
-        s.start()
+    with running_stack(tmp_path_factory.mktemp("prefect_server")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

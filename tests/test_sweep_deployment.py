@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oger.sweep.run import upstream_stages
-from tests.prefect_stack import PrefectStack
+from tests.prefect_stack import running_stack
 
 pytestmark = pytest.mark.slow
 TEACHERS = ("teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
@@ -24,12 +24,8 @@ SMALL = ["problems.sources.0.n_train=60", "problems.sources.0.n_test=10", TEACHE
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = PrefectStack(tmp_path_factory.mktemp("prefect_sweep_server"))
-    try:
-        s.start()
+    with running_stack(tmp_path_factory.mktemp("prefect_sweep_server")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_sweep_deployment_two_arms_one_seed(stack, tmp_path):

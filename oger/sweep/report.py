@@ -90,6 +90,13 @@ def _plt():
     return plt
 
 
+def _save(fig, out: Path, dpi: int = 110) -> None:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    _plt().close(fig)
+
+
 def plot_accuracy(results: dict, out: Path, method: str) -> None:
     plt = _plt()
     targets = list(results)
@@ -109,9 +116,7 @@ def plot_accuracy(results: dict, out: Path, method: str) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"mean over seeds with the 95% {method} CI; dots: seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_differences(comparisons: list[dict], baseline: str, out: Path, method: str) -> None:
@@ -128,9 +133,7 @@ def plot_differences(comparisons: list[dict], baseline: str, out: Path, method: 
     ax.invert_yaxis()
     ax.set_xlabel(f"difference (points), 95% {method} CI")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_pass_at_k(pass_k: dict, out: Path) -> None:
@@ -146,9 +149,7 @@ def plot_pass_at_k(pass_k: dict, out: Path) -> None:
         ax.set_title(bench, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_training(curves: dict, out: Path) -> None:
@@ -168,9 +169,7 @@ def plot_training(curves: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("training curves: mean over seeds, band = min..max", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, dpi=100)
 
 
 # --------------------------------------------------------------------------- report
