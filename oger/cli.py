@@ -81,10 +81,13 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before Prefect starts
     args.workdir = cfg.workdir_path  # where a user error's traceback is logged
+    from flows.early_server import reporting_to, start_early
+
+    server = start_early()  # boots while the inputs are checked and the flow's modules load
     check_inputs(cfg, select_stages(args.only, args.from_stage, args.until))
     from flows.pipeline import oger_pipeline
 
-    with quiet_user_errors():
+    with reporting_to(server), quiet_user_errors():
         summary = oger_pipeline(config=args.config, overrides=args.overrides, only=args.only,
                                 from_stage=args.from_stage, until=args.until, refresh=args.refresh,
                                 lock_timeout_s=args.lock_timeout)
@@ -96,10 +99,14 @@ def cmd_sweep(args) -> int:
     from oger.sweep.run import prepare
 
     prepare(args.config, args.arms, args.seeds, args.overrides, args.baseline, args.sweep_id)  # fail fast
+    from flows.early_server import reporting_to, start_early
+
+    server = start_early()
     from flows.sweep import oger_sweep
 
-    summary = oger_sweep(config=args.config, arms=args.arms, seeds=args.seeds, overrides=args.overrides,
-                         baseline=args.baseline, sweep_id=args.sweep_id)
+    with reporting_to(server):
+        summary = oger_sweep(config=args.config, arms=args.arms, seeds=args.seeds, overrides=args.overrides,
+                             baseline=args.baseline, sweep_id=args.sweep_id)
     if args.results_doc:
         from pathlib import Path
 

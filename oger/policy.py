@@ -29,6 +29,8 @@ def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
     slice_ = cfg.model_dump(mode="json")
     for k in ("eval_batch_size",):
         slice_.pop(k)
+    if cfg.sft.precision == "float32":
+        slice_["sft"].pop("precision")  # the keys of configs from before the option stay as they were
     if cfg.source == "tiny":
         slice_.pop("model")
         identity = {"tiny": True}
@@ -91,7 +93,7 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
         bar = tqdm(desc="policy: sft", unit="step")
         losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
                      lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
-                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed,
+                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed, precision=cfg.sft.precision,
                      progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
         metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),

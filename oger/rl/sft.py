@@ -8,6 +8,7 @@ import random
 import torch
 
 from oger.rl.cpu_threads import BatchThreads, split_by_length, thread_workers
+from oger.rl.precision import Precision, autocast, float32_attention
 
 
 def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
@@ -25,9 +26,11 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epochs: float,
-        lr: float, batch_size: int, warmup_steps: int, seed: int, progress=None) -> list[float]:
+        lr: float, batch_size: int, warmup_steps: int, seed: int, precision: Precision = "float32",
+        progress=None) -> list[float]:
     """Train in place with AdamW and a cosine schedule; returns the loss of every step. On a CPU a
-    small model's batch is split over threads (`oger.rl.cpu_threads`): same gradient, 25% faster."""
+    small model's batch is split over threads (`oger.rl.cpu_threads`): same gradient, 25% faster.
+    `precision="bf16-mixed"`: bf16 matmuls, float32 weights (`oger.rl.precision`)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(examples) / batch_size)
@@ -51,12 +54,13 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
         # 4D mask build and keeps SDPA off its causal fast path (~10% of a tiny model's step).
         # Summed over the part and divided by the whole batch's response tokens, the parts'
         # losses add up to the batch's token mean.
-        loss = model(input_ids=ids, labels=labels, num_items_in_batch=batch_tokens, use_cache=False).loss
+        with autocast(model, precision):
+            loss = model(input_ids=ids, labels=labels, num_items_in_batch=batch_tokens, use_cache=False).loss
         return loss, float(loss.detach())
 
     model.train()
     losses, order = [], []
-    with BatchThreads(thread_workers(model)) as threads:
+    with BatchThreads(thread_workers(model)) as threads, float32_attention(model, precision):
         for _ in range(total):
             if not order:
                 order = list(range(len(examples)))

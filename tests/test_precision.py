@@ -1,0 +1,81 @@
+"""bf16-mixed SFT: bf16 matmuls under autocast, float32 attention on the CPU, float32 weights."""
+
+import contextlib
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from oger.config import PolicyConfig
+from oger.policy import key_inputs
+from oger.rl import precision
+from oger.rl.sft import pad_batch, sft
+from tests.test_sft import EXAMPLES, _tiny_model
+
+
+class _AttentionDtypes(TorchDispatchMode):
+    """Records the dtypes of q, k, v as the attention kernel receives them: after autocast, which
+    a spy on the Python function would not see (autocast casts inside the call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in func.__name__ and "backward" not in func.__name__:
+            self.seen.append(tuple(a.dtype for a in args[:3]))
+        return func(*args, **(kwargs or {}))
+
+
+def _forward(model, attention, cast):
+    ids, _, labels = pad_batch(EXAMPLES, pad_id=0)
+    spy = _AttentionDtypes()
+    with attention, cast, torch.no_grad(), spy:
+        loss = model(input_ids=ids, labels=labels).loss
+    return spy.seen, loss
+
+
+def test_bf16_mixed_runs_matmuls_in_bf16_but_attention_in_float32_and_restores_the_model():
+    model = _tiny_model().eval()
+    assert model.config._attn_implementation == "sdpa"
+    seen32, loss32 = _forward(model, precision.float32_attention(model, "float32"),
+                              precision.autocast(model, "float32"))
+    seen16, loss16 = _forward(model, precision.float32_attention(model, "bf16-mixed"),
+                              precision.autocast(model, "bf16-mixed"))
+    assert seen32 == seen16 == [(torch.float32,) * 3] * 2  # one call per layer, float32 either way
+    # q, k, v came out of bf16 projections: the loss moves by bf16 rounding (8 bits of mantissa,
+    # ~0.4% per value), not by more and not by nothing.
+    assert loss16.dtype == torch.float32
+    assert 0 < abs(float(loss16 - loss32)) < 0.02 * float(loss32)
+    assert model.config._attn_implementation == "sdpa"  # restored: a saved model names no local function
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_without_float32_attention_autocast_would_run_attention_in_bf16():
+    # The failure float32_attention prevents: under CPU autocast the attention kernel runs in bf16,
+    # and its flash backward took 3.7x the float32 one here (docs/PERFORMANCE.md, "demo").
+    model = _tiny_model().eval()
+    seen, _ = _forward(model, contextlib.nullcontext(), precision.autocast(model, "bf16-mixed"))
+    assert seen == [(torch.bfloat16,) * 3] * 2
+
+
+def test_bf16_mixed_sft_learns_like_float32_and_keeps_float32_weights():
+    runs = {}
+    for prec in ("float32", "bf16-mixed"):
+        model = _tiny_model()
+        runs[prec] = sft(model, EXAMPLES * 8, pad_id=0, epochs=6, lr=0.01, batch_size=8, warmup_steps=2,
+                         seed=0, precision=prec)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert model.config._attn_implementation == "sdpa"
+    first, last = runs["float32"], runs["bf16-mixed"]
+    assert last != first  # autocast really ran
+    assert sum(last[-3:]) / 3 < 0.5 * sum(last[:3]) / 3
+    assert abs(last[-1] - first[-1]) < 0.25 * first[-1] + 0.05
+
+
+def test_precision_enters_the_policy_key_only_when_not_float32():
+    default = PolicyConfig()
+    explicit = PolicyConfig(sft={"precision": "float32"})
+    mixed = PolicyConfig(sft={"precision": "bf16-mixed"})
+    assert "precision" not in key_inputs(default)[0]["sft"]  # keys from before the option unchanged
+    assert key_inputs(explicit) == key_inputs(default)
+    assert key_inputs(mixed)[0]["sft"]["precision"] == "bf16-mixed"
