@@ -63,10 +63,12 @@ class HFEngine:
         out: list[Completion] = []
         for c in range(0, len(order), per_chunk):
             chunk = order[c:c + per_chunk]
+            # Each sample's seed follows from its place in `order` (first_job), not from the
+            # chunking, so evaluate.batch_size (not in the key) does not change what is sampled.
             rolls = generate(self.model, self.tokenizer, [prompts[i] for i in chunk], n=k,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             seed=seed * 7919 + c, batch_size=self.batch_size, record_entropy=False,
-                             engine=self.rollout_engine)
+                             seed=seed * 7919, first_job=c * k, batch_size=self.batch_size,
+                             record_entropy=False, engine=self.rollout_engine)
             counters: dict[int, int] = {}
             for r in rolls:
                 j = counters.get(r.prompt_index, 0)

@@ -30,7 +30,7 @@ from oger.fanout import Job, run_in_process
 from oger.published import comparison_markdown, published_for_run
 
 STAGE = "evaluate"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: per-sample seeds independent of evaluate.batch_size (and the RowSampler)
 MODELS = ("base", "trained")
 SAMPLE_SCHEMA = {"benchmark": pl.Utf8, "model": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64,
                  "response": pl.Utf8, "extracted_answer": pl.Utf8, "correct": pl.Boolean,

@@ -68,25 +68,32 @@ def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-             record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf") -> list[Rollout]:
+             record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf",
+             first_job: int = 0) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order. `synced_gpus` keeps
     decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
-    paged engine cannot: its number of steps depends on the data, see TrainConfig's check)."""
+    paged engine cannot: its number of steps depends on the data, see TrainConfig's check).
+
+    Rollout j of this call draws with seed `seed * 1_000_003 + first_job + j`: a caller that cuts
+    one job list into calls passes each call's offset in it, and every rollout keeps its numbers
+    whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
     with decode_threads(model):
         return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                         record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine)
+                         record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,
+                         first_job=first_job)
 
 
 def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, seed, batch_size,
-              record_entropy, synced_gpus, engine) -> list[Rollout]:
+              record_entropy, synced_gpus, engine, first_job) -> list[Rollout]:
     if engine == "paged":
         if synced_gpus:
             raise ValueError("the paged rollout engine cannot keep FSDP ranks in step "
                              "(synced_gpus); use engine 'hf' with fsdp")
         return paged.generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                              record_entropy=record_entropy)
+                              temperature=temperature, top_p=top_p,
+                              seed=seed * 1_000_003 + first_job if first_job else seed,
+                              batch_size=batch_size, record_entropy=record_entropy)
     if engine != "hf":
         raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
     from transformers import LogitsProcessorList
@@ -109,7 +116,7 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
         recorder = _EntropyRecorder()
         processors = [recorder] if record_entropy else []
         if temperature > 0:
-            processors.append(RowSampler([seed * 1_000_003 + b + r for r in range(len(batch))],
+            processors.append(RowSampler([seed * 1_000_003 + first_job + b + r for r in range(len(batch))],
                                          max_new_tokens, temperature, top_p, device))
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=False,
                       eos_token_id=sorted(stops), attention_mask=attn.to(device),
