@@ -97,7 +97,8 @@ _running: EarlyServer | None = None
 def _prefect_server_running() -> bool:
     """Prefect's own temporary server already serves this process (an earlier flow call)."""
     server = sys.modules.get("prefect.server.api.server")  # never imported just to ask
-    return server is not None and any(s.running for s in server.SubprocessASGIServer._instances.values())
+    instances = getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {})
+    return any(getattr(s, "running", False) for s in instances.values())
 
 
 def start_early() -> EarlyServer | None:
