@@ -218,9 +218,10 @@ class SFTConfig(Strict):
     batch_size: int = Field(32, ge=1)
     max_tokens: int = Field(256, ge=8, description="prompt + trace tokens; longer are dropped")
     warmup_steps: int = Field(10, ge=0)
-    precision: Literal["float32", "bf16-mixed"] = Field(
+    precision: Literal["float32", "bf16-mixed", "auto"] = Field(
         "float32", description="bf16-mixed: bf16 matmuls, float32 weights and optimizer (autocast); "
-        "faster on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), slower on other CPUs")
+        "faster on CPUs with native bf16 (AVX512-BF16/AMX), slower on other CPUs. auto: bf16-mixed "
+        "where the CPU has it, else float32 (the key records which)")
     seed: int = 0
 
 

@@ -17,6 +17,7 @@ from oger.config import PolicyConfig
 from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.errors import StageError
 from oger.models import key_model_ref, load_causal_lm, model_identity
+from oger.rl.precision import resolve as resolve_precision
 from oger.tiny_model import build_model, save_policy, train_tokenizer
 
 STAGE = "policy"
@@ -29,8 +30,11 @@ def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
     slice_ = cfg.model_dump(mode="json")
     for k in ("eval_batch_size",):
         slice_.pop(k)
-    if cfg.sft.precision == "float32":
+    precision = resolve_precision(cfg.sft.precision)  # what runs on this machine
+    if precision == "float32":
         slice_["sft"].pop("precision")  # the keys of configs from before the option stay as they were
+    else:
+        slice_["sft"]["precision"] = precision
     if cfg.source == "tiny":
         slice_.pop("model")
         identity = {"tiny": True}
@@ -93,12 +97,14 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
         bar = tqdm(desc="policy: sft", unit="step")
         losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
                      lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
-                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed, precision=cfg.sft.precision,
+                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed,
+                     precision=resolve_precision(cfg.sft.precision),
                      progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
         metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),
                        sft_loss_first=round(losses[0], 4), sft_loss_last=round(losses[-1], 4),
-                       sft_seconds=round(time.time() - started, 1))
+                       sft_seconds=round(time.time() - started, 1),
+                       sft_precision=resolve_precision(cfg.sft.precision))
     if heldout.height:
         metrics["heldout_accuracy"] = round(greedy_accuracy(
             model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),

@@ -79,3 +79,23 @@ def test_precision_enters_the_policy_key_only_when_not_float32():
     assert "precision" not in key_inputs(default)[0]["sft"]  # keys from before the option unchanged
     assert key_inputs(explicit) == key_inputs(default)
     assert key_inputs(mixed)[0]["sft"]["precision"] == "bf16-mixed"
+
+
+def test_auto_picks_bf16_mixed_only_where_the_cpu_has_native_bf16(tmp_path):
+    assert precision.resolve("auto", {"avx512f", "avx512_bf16"}) == "bf16-mixed"  # Zen 4, this machine
+    assert precision.resolve("auto", {"amx_tile", "amx_bf16"}) == "bf16-mixed"  # Sapphire Rapids
+    assert precision.resolve("auto", {"avx2", "avx512f"}) == "float32"  # bf16 only emulated: slower
+    assert precision.resolve("auto", set()) == "float32"  # no /proc/cpuinfo (macOS, ...)
+    assert precision.resolve("bf16-mixed", set()) == "bf16-mixed"  # explicit values stand
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 avx512f\n\nprocessor\t: 1\n")
+    assert precision.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "avx512f"}
+    assert precision.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_auto_is_keyed_as_what_it_resolves_to(monkeypatch):
+    auto = PolicyConfig(sft={"precision": "auto"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    assert key_inputs(auto) == key_inputs(PolicyConfig(sft={"precision": "bf16-mixed"}))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert key_inputs(auto) == key_inputs(PolicyConfig())  # float32: the plain float32 key

@@ -6,17 +6,40 @@ policy's shapes runs 2.3x faster than float32 (3200x128 @ 128x384: 1.48 ms vs 3.
 core here), and matmuls are ~60% of an SFT step. Attention stays float32 on the CPU: torch's
 flash-attention backward in bf16 took 3.7x longer than in float32 and ate the whole gain.
 Master weights stay float32 (autocast casts a copy per op), so AdamW's small updates are not
-rounded away. On a CPU without native bf16 the casts are emulated and slower: keep float32 there.
+rounded away. On a CPU without native bf16 the casts are emulated and slower: keep float32 there,
+which is what `auto` picks (`resolve`). torch is imported only where a model runs, so planning a
+stage (its key records the resolved precision) stays light.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator, Literal
 
-import torch
-
 Precision = Literal["float32", "bf16-mixed"]
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of bf16 dot-product instructions
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (Linux); empty where /proc/cpuinfo is not there."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve(precision: str, flags: set[str] | None = None) -> Precision:
+    """`auto`: bf16-mixed on a CPU with native bf16 dot products, else float32 (emulated bf16 is
+    slower than float32). Other values stand as they are."""
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    flags = cpu_flags() if flags is None else flags
+    return "bf16-mixed" if any(f in flags for f in NATIVE_BF16_FLAGS) else "float32"
 
 # An attention function for transformers' AttentionInterface: SDPA on float32 inputs whatever the
 # autocast dtype of q, k and v; the output projection casts back to bf16 under autocast.
@@ -25,6 +48,7 @@ _registered = False
 
 
 def _sdpa_float32(module, query, key, value, attention_mask, **kwargs):
+    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     with torch.autocast(query.device.type, enabled=False):
@@ -62,6 +86,8 @@ def float32_attention(model, precision: Precision) -> Iterator[None]:
 def autocast(model, precision: Precision) -> contextlib.AbstractContextManager:
     """The forward pass's autocast context. Autocast state is per thread: enter it in the thread
     that runs the forward (`BatchThreads` workers), not around the pool."""
+    import torch
+
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
