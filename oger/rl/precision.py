@@ -41,6 +41,7 @@ def resolve(precision: str, flags: set[str] | None = None) -> Precision:
     flags = cpu_flags() if flags is None else flags
     return "bf16-mixed" if any(f in flags for f in NATIVE_BF16_FLAGS) else "float32"
 
+
 # An attention function for transformers' AttentionInterface: SDPA on float32 inputs whatever the
 # autocast dtype of q, k and v; the output projection casts back to bf16 under autocast.
 FLOAT32_SDPA = "sdpa_float32"
