@@ -7,8 +7,9 @@ core here), and matmuls are ~60% of an SFT step. Attention stays float32 on the 
 flash-attention backward in bf16 took 3.7x longer than in float32 and ate the whole gain.
 Master weights stay float32 (autocast casts a copy per op), so AdamW's small updates are not
 rounded away. A CPU without native bf16 does bf16 dot products in software, expected to be slower
-(not measured: this machine has them): float32 there, which is what `auto` picks (`resolve`). torch is imported only where a model runs, so planning a
-stage (its key records the resolved precision) stays light.
+(not measured: this machine has them): float32 there, which is what `auto` picks (`resolve`).
+torch is imported only where a model runs, so planning a stage (its key records the resolved
+precision) stays light.
 """
 
 from __future__ import annotations
