@@ -105,3 +105,44 @@ def test_luffy_system_prompt_is_the_one_in_luffys_eval_parquet(data_dir):
     df = pl.read_parquet(data_dir / "benchmarks/luffy_eval/valid.all.parquet", columns=["prompt"])
     assert df["prompt"][0][0]["role"] == "system"
     assert LUFFY_SYSTEM_PROMPT == df["prompt"][0][0]["content"]
+
+
+def test_math_verify_workers_leave_when_their_parent_is_killed(tmp_path):
+    # A SIGKILLed `oger run` cannot shut its scoring pool down; before the workers watched their
+    # parent, each killed run left a spawned worker waiting on its queue for good.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from oger.evaluate.scoring import Scorer\n"
+        "if __name__ == '__main__':\n"
+        "    s = Scorer(5.0, 2)\n"
+        "    s.warm()\n"
+        "    while len(s._pool()._processes) < 2:\n"
+        "        time.sleep(0.05)\n"
+        "    print(*s._pool()._processes, flush=True)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd())
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -9,6 +9,7 @@ incorrect (status "timeout") and the workers are killed.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from time import monotonic
@@ -21,6 +22,22 @@ class Score:
     answer: str | None
     correct: bool
     status: str  # "quick" | "math_verify" | "timeout"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave when the parent process is gone. A killed `oger run` (SIGKILL, the
+    OOM killer) cannot shut its pool down, and its spawned workers would wait on their queue
+    forever (the kill test left one behind per run)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _warm() -> bool:
@@ -39,7 +56,8 @@ class Scorer:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._ex is None:
-            self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+            self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                           initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._ex
 
     def warm(self) -> None:
