@@ -93,18 +93,18 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
                              f"for teachers {cfg.sft.teachers or 'all'}")
         from oger.rl.sft import sft  # imports torch
 
+        precision = resolve_precision(cfg.sft.precision)  # as keyed
         started = time.time()
         bar = tqdm(desc="policy: sft", unit="step")
         losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
                      lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
-                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed,
-                     precision=resolve_precision(cfg.sft.precision),
+                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed, precision=precision,
                      progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
         metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),
                        sft_loss_first=round(losses[0], 4), sft_loss_last=round(losses[-1], 4),
                        sft_seconds=round(time.time() - started, 1),
-                       sft_precision=resolve_precision(cfg.sft.precision))
+                       sft_precision=precision)
     if heldout.height:
         metrics["heldout_accuracy"] = round(greedy_accuracy(
             model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),

@@ -15,6 +15,7 @@ precision) stays light.
 from __future__ import annotations
 
 import contextlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -22,21 +23,23 @@ Precision = Literal["float32", "bf16-mixed"]
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of bf16 dot-product instructions
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags (Linux); empty where /proc/cpuinfo is not there."""
+@lru_cache(maxsize=4)
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (Linux), read once (every plan resolves `auto`); empty where
+    /proc/cpuinfo is not there."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def resolve(precision: str, flags: set[str] | None = None) -> Precision:
-    """`auto`: bf16-mixed on a CPU with native bf16 dot products, else float32 (emulated bf16 is
-    slower than float32). Other values stand as they are."""
+def resolve(precision: str, flags: set[str] | frozenset[str] | None = None) -> Precision:
+    """`auto`: bf16-mixed on a CPU with native bf16 dot products, else float32 (bf16 done in
+    software is expected to be slower; not measured here). Other values stand as they are."""
     if precision != "auto":
         return precision  # type: ignore[return-value]
     flags = cpu_flags() if flags is None else flags
