@@ -26,6 +26,22 @@ from pathlib import Path
 from typing import Iterator
 
 ADDRESS_IN_USE = 3  # uvicorn's exit code when the port was taken between our check and its bind
+# How long a start may take. Prefect's own default (20 s, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
+# is too short on a busy 2-core machine: a first start migrates a fresh database while the other core
+# trains, and `make test` failed there with 11 errors. A live process is waited for up to this long;
+# one that exits fails at once, so a generous bound costs nothing when the server is really broken.
+DEFAULT_START_TIMEOUT_S = 180.0
+SLOW_START_NOTICE_S = 15.0  # past this, one line says what the command is waiting for
+
+
+def start_timeout_s() -> float:
+    """`OGER_SERVER_START_TIMEOUT_S` when set, else the larger of Prefect's setting and 180 s."""
+    override = os.environ.get("OGER_SERVER_START_TIMEOUT_S")
+    if override:
+        return float(override)
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return max(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), DEFAULT_START_TIMEOUT_S)
 
 
 def _free_port() -> int:
@@ -48,21 +64,32 @@ class EarlyServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
+    def command(self) -> list[str]:
+        """uvicorn serving Prefect's app factory on `self.port`."""
+        site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        return [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
+                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "error", "--lifespan", "on"]
+
     def _launch(self) -> None:
         self.port = _free_port()
-        site = Path(importlib.util.find_spec("prefect").origin).parent.parent
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
+            self.command(),
             env={**self.env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                  "PREFECT__SERVER_FINAL": "1"})
 
-    def wait(self, timeout_s: float) -> None:
-        """Until the API answers its health check; relaunches on another port if the chosen one
-        was taken meanwhile."""
-        deadline = time.monotonic() + timeout_s
+    def wait(self, timeout_s: float | None = None) -> float:
+        """Until the API answers its health check (default bound: `start_timeout_s()`); relaunches
+        on another port if the chosen one was taken meanwhile. Returns the seconds waited."""
+        timeout_s = start_timeout_s() if timeout_s is None else timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
+        noticed = False
         while time.monotonic() < deadline:
+            if not noticed and time.monotonic() - start > SLOW_START_NOTICE_S:
+                print(f"Waiting for Prefect's temporary server to start (up to {timeout_s:.0f} s; "
+                      f"the machine is busy?)", file=sys.stderr, flush=True)
+                noticed = True
             code = self.process.poll()
             if code == ADDRESS_IN_USE:
                 self._launch()
@@ -73,12 +100,14 @@ class EarlyServer:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:
                     if response.status == 200:
-                        return
+                        return time.monotonic() - start
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s")
+        raise RuntimeError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s; "
+                           f"set OGER_SERVER_START_TIMEOUT_S to wait longer, or PREFECT_API_URL to "
+                           f"use a running server")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -127,10 +156,9 @@ def reporting_to(server: EarlyServer | None) -> Iterator[None]:
     if server is None:
         yield
         return
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  PREFECT_UI_URL, temporary_settings)
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    server.wait(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    server.wait()
     # No UI URL: this server serves none, so Prefect prints no "View at" link (as for its own).
     with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_UI_URL: ""}):
         yield

@@ -9,8 +9,11 @@ import hashlib
 import os
 from datetime import timezone
 
+from flows.early_server import DEFAULT_START_TIMEOUT_S
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# Prefect's own temporary server (a flow called without `oger run`) waits as long as ours does.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(DEFAULT_START_TIMEOUT_S)))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see oger.cli.quiet_threads
 
 from prefect import flow, task  # noqa: E402

@@ -45,6 +45,9 @@ def prefect_home(tmp_path_factory) -> Path:
 # anything imports prefect; CLI subprocesses get another (`prefect_home`), deployments a third.
 IN_PROCESS_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="oger-test-prefect-"))
 os.environ["PREFECT_HOME"] = str(IN_PROCESS_PREFECT_HOME)
+# Prefect's own temporary server (flows called directly) waits as long as `oger run`'s does: its
+# 20 s default failed on this busy 2-core machine (flows/early_server.py).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 atexit.register(shutil.rmtree, IN_PROCESS_PREFECT_HOME, ignore_errors=True)
 
 

@@ -3,10 +3,12 @@ flows report to it, a port taken between the check and uvicorn's bind is retried
 started when PREFECT_API_URL names a server."""
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -56,6 +58,82 @@ def test_a_port_taken_before_uvicorn_binds_it_is_retried_on_another(monkeypatch)
         server.stop()
         taken.close()
     assert server.process is None
+
+
+class DelayedServer(early.EarlyServer):
+    """The real server, started `delay_s` late: a start slower than Prefect's 20 s default."""
+
+    delay_s = 25.0
+
+    def command(self) -> list[str]:
+        python, _, _, *args = super().command()  # python -m uvicorn ARGS
+        delayed = (f"import runpy, sys, time; time.sleep({self.delay_s}); sys.argv = ['uvicorn', *sys.argv[1:]]; "
+                   f"runpy.run_module('uvicorn', run_name='__main__')")
+        return [python, "-c", delayed, *args]
+
+
+def test_a_start_slower_than_prefects_default_is_waited_for(capsys):
+    # The failure of a busy machine: Prefect's 20 s start-up timeout made `make test` fail with
+    # "did not answer within 20 s". The wait's bound is ours (180 s) and says why it waits.
+    assert early.start_timeout_s() >= 180
+    server = DelayedServer(dict(os.environ))
+    try:
+        waited = server.wait()
+        assert waited > DelayedServer.delay_s
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        server.stop()
+    assert "Waiting for Prefect's temporary server" in capsys.readouterr().err
+
+
+class ExitingServer(early.EarlyServer):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "raise SystemExit(7)"]
+
+
+def test_the_timeout_can_be_set_and_a_dead_server_fails_at_once(monkeypatch):
+    monkeypatch.setenv("OGER_SERVER_START_TIMEOUT_S", "3")
+    assert early.start_timeout_s() == 3.0
+    server = DelayedServer(dict(os.environ))
+    with pytest.raises(RuntimeError, match="within 3 s; set OGER_SERVER_START_TIMEOUT_S"):
+        server.wait()
+    assert server.process is None  # stopped, not left behind
+
+    broken = ExitingServer(dict(os.environ))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 7"):
+        broken.wait(60)
+    assert time.monotonic() - started < 30  # an exit is not waited out
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.slow
+def test_the_server_starts_under_cpu_load(tmp_path):
+    # Every core busy with a spinning process, a fresh Prefect home (its database is migrated at
+    # start, the slow part): the production wait still sees the server answer.
+    spinners = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+                for _ in range(os.cpu_count() or 2)]
+    for p in spinners:
+        p.start()
+    server = None
+    try:
+        time.sleep(1.0)
+        server = early.EarlyServer({**os.environ, "PREFECT_HOME": str(tmp_path / "home")})
+        waited = server.wait()
+        print(f"server answered after {waited:.1f} s with {len(spinners)} busy cores")
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        if server is not None:
+            server.stop()
+        for p in spinners:
+            p.kill()
+            p.join()
 
 
 def test_nothing_starts_when_a_server_is_configured():
