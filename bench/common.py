@@ -45,7 +45,7 @@ def mean_after_warmup(values: list[float], warmup: int = 1) -> float:
 
 def tiny_config(*overrides: str):
     """configs/tiny.yaml in the bench workdir (artifacts are cached there across benches)."""
-    from oger.config import load_config
+    from oger.contract.config import load_config
 
     return load_config(REPO / "configs" / "tiny.yaml", [f"workdir={BENCH_WORK / 'tiny'}", *overrides])
 
@@ -61,7 +61,7 @@ def train_inputs(refs, instruction: str | None = None):
     """The train stage's own inputs for the tiny config (prompt pool, answers, index at its tag)."""
     import polars as pl
 
-    from oger.train import train_inputs as build
+    from oger.stages.train.stage import train_inputs as build
 
     problems = pl.read_parquet(Path(refs["problems"].path) / "problems.parquet")
     return build(tiny_config(), problems, refs["index"], instruction)

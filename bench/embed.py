@@ -20,9 +20,9 @@ def texts(n: int = 1200) -> list[str]:
 def main() -> None:
     import lancedb
 
-    from oger.config import IndexConfig
+    from oger.contract.config import IndexConfig
     from oger.encoder import encoder_identity, load_encoder
-    from oger.index import embed_with_cache
+    from oger.stages.index.stage import embed_with_cache
 
     cfg = IndexConfig()
     data = texts()

@@ -2,7 +2,7 @@
 H100/H200, not yet run on one; nothing downloaded).
 
 On a random-init Qwen2-0.5B-shaped bf16 policy it runs a few real steps of
-`oger.rl.trainer.train()` (oger preset: teacher replacement and the exploration bonus, from a small
+`oger.stages.train.trainer.train()` (oger preset: teacher replacement and the exploration bonus, from a small
 LanceDB index of scripted teacher traces built here) once per rollout engine (`hf`, `paged`): rollout
 tokens/s, s/step and peak memory, and the update's MFU; then the same trainer at world size 1 under
 torchrun with the NCCL backend, once with DDP and once with FSDP2 (a one-rank Dist that really wraps,
@@ -31,16 +31,16 @@ from pathlib import Path
 
 from bench.common import REPO, machine, result, table
 from bench.gpu_step import PEAK_TFLOPS
-from oger.config import TrainConfig
+from oger.contract.config import TrainConfig
 from oger.encoder import encode, load_encoder
-from oger.errors import ConfigError
-from oger.evaluate.engines import make_engine
+from oger.contract.errors import ConfigError
+from oger.generation.engines import make_engine
 from oger.models import resolve_model
-from oger.rl.distributed import Dist
-from oger.rl.rollout import chat_prompt_ids
-from oger.rl.trainer import TrainInputs, train
+from oger.stages.train.distributed import Dist
+from oger.generation.hf import chat_prompt_ids
+from oger.stages.train.trainer import TrainInputs, train
 from oger.synthetic import STYLES, generate_problems, scripted_solution
-from oger.tiny_model import train_tokenizer
+from oger.stages.policy.tiny_model import train_tokenizer
 from oger.verify import score_response
 
 
@@ -190,7 +190,7 @@ def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
     if (workdir / "index.npz").exists():
         index = MemoryIndex(workdir / "index.npz")
     else:
-        from oger.index import TeacherIndex  # imports polars: absent on the device machine
+        from oger.stages.index.stage import TeacherIndex  # imports polars: absent on the device machine
 
         index = TeacherIndex(workdir / "index", TABLE, TAG)
     probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")

@@ -22,7 +22,7 @@ def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, g
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from oger.encoder import encode, load_encoder
-    from oger.rl import core
+    from oger.algorithm import core
 
     dev = torch.device("cuda")
     cfg = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -18,7 +18,7 @@ def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int =
     import lancedb
     from lancedb.index import BTree
 
-    from oger.index import TeacherIndex
+    from oger.stages.index.stage import TeacherIndex
 
     rng = np.random.default_rng(0)
     n_problems = rows // per_problem

@@ -19,8 +19,8 @@ def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oger.config import TrainConfig
-    from oger.rl.trainer import train
+    from oger.contract.config import TrainConfig
+    from oger.stages.train.trainer import train
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
@@ -44,7 +44,7 @@ def worst_case_embed_seconds(rows: list[dict], inputs) -> float:
     import torch
 
     from oger.encoder import encode, load_encoder
-    from oger.rl import core
+    from oger.algorithm import core
 
     model = load_encoder(inputs.encoder)
     steps = sorted({r["step"] for r in rows})

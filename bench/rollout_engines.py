@@ -14,7 +14,7 @@ from bench.common import machine, result, table
 
 
 def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tuple[float, float]:
-    from oger.rl.rollout import generate
+    from oger.generation.hf import generate
 
     generate(model, tok, prompts[:1], n=1, max_new_tokens=4, engine=engine)  # warm-up
     t = time.perf_counter()
@@ -29,9 +29,9 @@ def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
     import torch
 
     from oger.models import load_causal_lm
-    from oger.rl.rollout import chat_prompt_ids
+    from oger.generation.hf import chat_prompt_ids
     from oger.synthetic import generate_problems
-    from oger.tiny_model import build_model, train_tokenizer
+    from oger.stages.policy.tiny_model import build_model, train_tokenizer
 
     questions = [p.question for p in generate_problems(5, prompts_n, 2, 3, 9, "+-")]
     corpus = [p.question for p in generate_problems(0, 300, 2, 3, 9, "+-")]

@@ -17,8 +17,8 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oger.config import TrainConfig
-    from oger.rl.trainer import train
+    from oger.contract.config import TrainConfig
+    from oger.stages.train.trainer import train
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(policy_dir)

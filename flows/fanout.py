@@ -1,4 +1,4 @@
-"""Prefect wiring of `oger.fanout`: every fan-out job becomes a Prefect task run, submitted to Prefect's
+"""Prefect wiring of `oger.contract.fanout`: every fan-out job becomes a Prefect task run, submitted to Prefect's
 default thread runner (`runner.kind: local`, one job at a time, in this process) or to
 prefect-ray's RayTaskRunner (`runner.kind: ray`), where each job asks Ray for the CPUs and GPUs
 its backend needs. The stage code is the same either way; only the task runner differs.
@@ -14,9 +14,9 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from oger.config import RunnerConfig
-from oger.errors import ConfigError
-from oger.fanout import FanOut, Job
+from oger.contract.config import RunnerConfig
+from oger.contract.errors import ConfigError
+from oger.contract.fanout import FanOut, Job
 
 
 @task(cache_policy=NONE, log_prints=True)

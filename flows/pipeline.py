@@ -22,10 +22,10 @@ from prefect.runtime import flow_run  # noqa: E402
 from flows import ui  # noqa: E402
 from flows.fanout import prefect_fan_out  # noqa: E402
 from oger import pipeline  # noqa: E402
-from oger.artifacts import ArtifactRef  # noqa: E402
-from oger.config import OgerConfig, load_config  # noqa: E402
-from oger.report import write_report  # noqa: E402
-from oger.workdir_lock import workdir_lock  # noqa: E402
+from oger.contract.artifacts import ArtifactRef  # noqa: E402
+from oger.contract.config import OgerConfig, load_config  # noqa: E402
+from oger.commands.report import write_report  # noqa: E402
+from oger.contract.lock import workdir_lock  # noqa: E402
 
 
 def _stage_cache_key(context, parameters) -> str:
@@ -38,7 +38,7 @@ def _stage_cache_key(context, parameters) -> str:
     cfg: OgerConfig = parameters["cfg"]
     p: pipeline.StagePlan = parameters["plan"]
     scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
-    return f"oger-{p.name}-{p.key}-{scope}"
+    return f"oger2-{p.name}-{p.key}-{scope}"  # oger2: ArtifactRef moved to oger.contract.artifacts
 
 
 @task(cache_key_fn=_stage_cache_key, persist_result=True, task_run_name="{plan.name}",
@@ -78,7 +78,7 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
     """Run the selected stages of CONFIG; returns the path of the run's summary.json.
 
     `round_from_schedule` sets teachers.round to the run's scheduled date (the nightly deployment).
-    The run holds the workdir's lock (`oger.workdir_lock`) throughout; a held workdir is waited
+    The run holds the workdir's lock (`oger.contract.lock`) throughout; a held workdir is waited
     for up to `lock_timeout_s` (default: the config's `lock_timeout_s`).
     """
     overrides = _with_round(overrides, round_from_schedule)

@@ -20,10 +20,10 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from flows.fanout import prefect_fan_out  # noqa: E402
 from oger import pipeline  # noqa: E402
-from oger.artifacts import ArtifactRef  # noqa: E402
-from oger.config import OgerConfig  # noqa: E402
+from oger.contract.artifacts import ArtifactRef  # noqa: E402
+from oger.contract.config import OgerConfig  # noqa: E402
 from oger.sweep import run as sweep_run  # noqa: E402
-from oger.workdir_lock import workdir_lock  # noqa: E402
+from oger.contract.lock import workdir_lock  # noqa: E402
 
 
 def _stage_cache_key(context, parameters) -> str:
@@ -32,7 +32,7 @@ def _stage_cache_key(context, parameters) -> str:
     cfg: OgerConfig = parameters["cfg"]
     p: pipeline.StagePlan = parameters["plan"]
     scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
-    return f"oger-{p.name}-{p.key}-{scope}"
+    return f"oger2-{p.name}-{p.key}-{scope}"  # oger2: ArtifactRef moved to oger.contract.artifacts
 
 
 @task(cache_key_fn=_stage_cache_key, persist_result=True, log_prints=True)

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from oger.config import OgerConfig
+from oger.contract.config import OgerConfig
 
 
 def artifact_key(kind: str, config_name: str) -> str:

@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from oger.error_log import error_line, quiet_user_errors, write_traceback
-from oger.errors import OgerError
+from oger.commands.error_log import error_line, quiet_user_errors, write_traceback
+from oger.contract.errors import OgerError
 
 
 def quiet_threads() -> None:
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "models into the model cache, migrate Prefect's database")
     _add_config_args(prepare)
 
-    from oger.cli_rounds import add_index_parser
+    from oger.commands.index import add_index_parser
 
     add_index_parser(sub, _add_config_args)
     bonus = sub.add_parser("bonus", help="the OGER reward of hand-written rollouts (JSONL), no training")
@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from oger.config import load_config
+    from oger.contract.config import load_config
     from oger.pipeline import select_stages
-    from oger.preflight import check_inputs
+    from oger.commands.preflight import check_inputs
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before Prefect starts
     args.workdir = cfg.workdir_path  # where a user error's traceback is logged
@@ -118,19 +118,19 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from oger.config import load_config
-    from oger.prepare import prepare
+    from oger.contract.config import load_config
+    from oger.commands.prepare import prepare
 
     prepare(load_config(args.config, args.overrides))
     return 0
 
 
 def cmd_status(args) -> int:
-    from oger.config import load_config
+    from oger.contract.config import load_config
     from oger.pipeline import status_rows
 
-    from oger.cli_rounds import print_rounds
-    from oger.index_versions import read_pin
+    from oger.commands.index import print_rounds
+    from oger.stages.index.versions import read_pin
     from oger.rounds import round_status
 
     from oger.published import comparison_rows, published_for_config
@@ -166,7 +166,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_bonus(args) -> int:
-    from oger.bonus import cmd_bonus  # torch: only for this command
+    from oger.commands.bonus import cmd_bonus  # torch: only for this command
 
     return cmd_bonus(args)
 
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_threads()
     args = build_parser().parse_args(argv)
     try:
-        from oger.cli_rounds import cmd_index
-        from oger.plan import cmd_plan
+        from oger.commands.index import cmd_index
+        from oger.commands.plan import cmd_plan
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
                 "bonus": cmd_bonus, "sweep": cmd_sweep,

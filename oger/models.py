@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from oger.artifacts import atomic_write, dir_fingerprint, file_fingerprint
-from oger.errors import ConfigError
+from oger.contract.artifacts import atomic_write, dir_fingerprint, file_fingerprint
+from oger.contract.errors import ConfigError
 
 # alias -> (python package that ships the files, relative path inside it, kind)
 ALIASES = {

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from oger import contract
-from oger import filter as filter_stage
-from oger import index as index_stage
-from oger import policy as policy_stage
-from oger import problems as problems_stage
-from oger import train as train_stage
-from oger.artifacts import ArtifactRef, SummaryRecord, artifact_dir, load_complete, stage_key
-from oger.config import OgerConfig
-from oger.errors import ConfigError, StageError
-from oger.evaluate import stage as evaluate_stage
-from oger.teachers import stage as teachers_stage
+from oger.stages.filter import stage as filter_stage
+from oger.stages.index import stage as index_stage
+from oger.stages.policy import stage as policy_stage
+from oger.stages.problems import stage as problems_stage
+from oger.stages.train import stage as train_stage
+from oger.contract.artifacts import ArtifactRef, SummaryRecord, artifact_dir, load_complete, stage_key
+from oger.contract.config import OgerConfig
+from oger.contract.errors import ConfigError, StageError
+from oger.stages.evaluate import stage as evaluate_stage
+from oger.stages.teachers import stage as teachers_stage
 
 BUILTIN_STAGES = (problems_stage.STAGE_DEF, teachers_stage.STAGE_DEF, filter_stage.STAGE_DEF,
                   index_stage.STAGE_DEF, policy_stage.STAGE_DEF, train_stage.STAGE_DEF,
@@ -99,7 +99,7 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
               refresh: bool = False, fan_out=None) -> ArtifactRef:
     """Return the cached artifact, or compute it (atomically) from the upstream artifacts.
 
-    `fan_out` (`oger.fanout`) runs the fan-out jobs of stages that have them (teachers,
+    `fan_out` (`oger.contract.fanout`) runs the fan-out jobs of stages that have them (teachers,
     evaluate); default: in process."""
     if not refresh:
         ref = cached_ref(cfg, p)

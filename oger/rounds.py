@@ -12,10 +12,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from oger.artifacts import canonical_json
+from oger.contract.artifacts import canonical_json
 from oger.contract import artifact_manifest, read_manifest, stage_root
-from oger.errors import StageError
-from oger.index_versions import list_versions
+from oger.contract.errors import StageError
+from oger.stages.index.versions import list_versions
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
 TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "accuracy_last_20pct", "bonus_mean",

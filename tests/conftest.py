@@ -124,7 +124,7 @@ class SmallConfig:
 
     def load(self, folder: Path, *overrides: str, name: str = "small", **kw):
         """Written to `folder` and loaded with workdir `folder/w` (then `overrides`)."""
-        from oger.config import load_config
+        from oger.contract.config import load_config
 
         return load_config(self.write(folder, name, **kw), [f"workdir={Path(folder) / 'w'}",
                                                             *overrides])

@@ -82,8 +82,8 @@ def check_nothing_looks_complete_that_is_not(cfg) -> dict[str, bool]:
     import polars as pl
 
     from oger import pipeline
-    from oger.artifacts import load_complete, read_manifest
-    from oger.index import db_path, open_committed
+    from oger.contract.artifacts import load_complete, read_manifest
+    from oger.stages.index.stage import db_path, open_committed
 
     wd = cfg.workdir_path
     for stage_root in (wd / "artifacts").glob("*"):
@@ -141,11 +141,13 @@ def drive(config: str, until: str = "evaluate") -> None:
     """Run the stages up to `until` in this process, announcing events (see the module docstring)."""
     from lancedb.merge import LanceMergeInsertBuilder
 
-    from oger import index, pipeline
-    from oger.config import load_config
-    from oger.evaluate import stage as evaluate_stage
-    from oger.rl import sft, trainer
-    from oger.teachers import stage as teachers_stage
+    from oger import pipeline
+    from oger.stages.index import stage as index
+    from oger.contract.config import load_config
+    from oger.stages.evaluate import stage as evaluate_stage
+    from oger.stages.policy import sft
+    from oger.stages.train import trainer
+    from oger.stages.teachers import stage as teachers_stage
 
     _wrap_after(teachers_stage, "_write_atomic", "teacher_part")
     _wrap_before(LanceMergeInsertBuilder, "execute", "merge_insert")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from oger.artifacts import artifact_dir, load_complete, stage_key, write_artifact
+from oger.contract.artifacts import artifact_dir, load_complete, stage_key, write_artifact
 
 
 def test_stage_key_is_canonical_and_sensitive():

@@ -1,7 +1,7 @@
 import pytest
 
-from oger.config import load_config, parse_override
-from oger.errors import ConfigError
+from oger.contract.config import load_config, parse_override
+from oger.contract.errors import ConfigError
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_shipped_tiny_config_validates():
 
 
 def test_clip_settings_enter_the_train_key_only_with_several_mini_batches():
-    from oger.train import key_inputs
+    from oger.stages.train.stage import key_inputs
 
     tiny = "configs/tiny.yaml"
     one, _ = key_inputs(load_config(tiny))

@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from oger import contract, pipeline
-from oger import plan as plan_cmd
-from oger.artifacts import read_manifest
-from oger.config import BENCHMARK_NAMES, load_config
+from oger.commands import plan as plan_cmd
+from oger.contract.artifacts import read_manifest
+from oger.contract.config import BENCHMARK_NAMES, load_config
 from oger.contract import Stage, StageInfo, atomic_write
-from oger.evaluate.benchmarks import REGISTRY, SYNTHETIC
-from oger.report import write_report
+from oger.stages.evaluate.benchmarks import REGISTRY, SYNTHETIC
+from oger.commands.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_find_cycle_sees_a_cycle():
 def test_no_import_cycles_among_internal_modules():
     graph = import_graph()
     assert len(graph) > 40 and "oger.pipeline" in graph["flows.pipeline"]
-    assert "oger.contract" in graph["oger.train"]  # function-local and top-level alike
+    assert "oger.contract" in graph["oger.stages.train.stage"]  # function-local and top-level alike
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -104,7 +104,7 @@ def test_stage_modules_do_not_import_the_pipeline_or_the_plan_command():
     graph = import_graph()
     for stage in pipeline.BUILTIN_STAGES:
         mod = stage.run.__module__  # the stage's own module
-        assert not {"oger.pipeline", "oger.plan"} & graph[mod], mod
+        assert not {"oger.pipeline", "oger.commands.plan"} & graph[mod], mod
 
 
 # --------------------------------------------------------------------------- names
@@ -252,8 +252,8 @@ def test_a_registered_stage_runs_through_the_pipeline_and_is_cached(words_stage,
 def test_inputs_resolve_by_key_including_the_train_stages_own(tmp_path):
     """An input that is not the upstream stage's current artifact (train's `init`: an earlier
     round's checkpoint; a pinned index tag) is found by its key; a missing one is named."""
-    from oger.artifacts import write_artifact
-    from oger.errors import StageError
+    from oger.contract.artifacts import write_artifact
+    from oger.contract.errors import StageError
 
     cfg_file = tmp_path / "lite.yaml"
     cfg_file.write_text(LITE)

@@ -1,4 +1,4 @@
-"""Batch halves on threads (`oger.rl.cpu_threads`): the gradient of one pass, whichever thread
+"""Batch halves on threads (`oger.runtime.cpu_threads`): the gradient of one pass, whichever thread
 ends first, and torch's thread count restored however blocks nest or overlap."""
 
 import threading
@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from oger.rl.cpu_threads import (BatchThreads, decode_threads, one_intra_op_thread, split_by_length,
+from oger.runtime.cpu_threads import (BatchThreads, decode_threads, one_intra_op_thread, split_by_length,
                                  thread_workers)
-from oger.rl.sft import pad_batch
+from oger.stages.policy.sft import pad_batch
 from tests.test_sft import EXAMPLES, _tiny_model
 
 

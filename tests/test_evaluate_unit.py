@@ -3,11 +3,11 @@
 import polars as pl
 import pytest
 
-from oger.config import BenchmarkSpec, EvaluateConfig, load_config
-from oger.errors import ConfigError
-from oger.evaluate.engines import fit_prompt
-from oger.evaluate.scoring import score_all
-from oger.evaluate.stage import SAMPLE_SCHEMA, group_averages, summarize
+from oger.contract.config import BenchmarkSpec, EvaluateConfig, load_config
+from oger.contract.errors import ConfigError
+from oger.generation.engines import fit_prompt
+from oger.stages.evaluate.scoring import score_all
+from oger.stages.evaluate.stage import SAMPLE_SCHEMA, group_averages, summarize
 
 
 def test_luffy_protocol_samples_32_on_competition_sets_once_elsewhere():
@@ -87,20 +87,20 @@ def test_single_sample_benchmarks_report_plain_accuracy():
 
 
 def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_path):
-    from oger.evaluate.benchmarks import load_benchmark
-    from oger.errors import DataError
+    from oger.stages.evaluate.benchmarks import load_benchmark
+    from oger.contract.errors import DataError
 
-    import oger.problems
+    import oger.stages.problems.stage
 
     monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(oger.problems, "REPO_DATA", tmp_path / "no-data")  # a clone without data/
+    monkeypatch.setattr(oger.stages.problems.stage, "REPO_DATA", tmp_path / "no-data")  # a clone without data/
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"benchmarks/aime24/test.jsonl not found under .*'math-ai/aime24'"):
         load_benchmark("aime24")
 
 
 def test_luffy_system_prompt_is_the_one_in_luffys_eval_parquet(data_dir):
-    from oger.config import LUFFY_SYSTEM_PROMPT
+    from oger.contract.config import LUFFY_SYSTEM_PROMPT
 
     df = pl.read_parquet(data_dir / "benchmarks/luffy_eval/valid.all.parquet", columns=["prompt"])
     assert df["prompt"][0][0]["role"] == "system"
@@ -119,7 +119,7 @@ def test_math_verify_workers_leave_when_their_parent_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import time\n"
-        "from oger.evaluate.scoring import Scorer\n"
+        "from oger.stages.evaluate.scoring import Scorer\n"
         "if __name__ == '__main__':\n"
         "    s = Scorer(5.0, 2)\n"
         "    s.warm()\n"

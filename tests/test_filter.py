@@ -1,7 +1,7 @@
 import polars as pl
 
-from oger.config import FilterConfig
-from oger.filter import REASONS, decide, summarize
+from oger.contract.config import FilterConfig
+from oger.stages.filter.stage import REASONS, decide, summarize
 
 
 def traces(rows):

@@ -4,11 +4,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from oger.artifacts import ArtifactRef, stage_key, write_artifact
-from oger.config import IndexConfig
+from oger.contract.artifacts import ArtifactRef, stage_key, write_artifact
+from oger.contract.config import IndexConfig
 from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
-from oger.index import TeacherIndex, key_inputs, run_index, tag_exists, traces_to_index
+from oger.stages.index.stage import TeacherIndex, key_inputs, run_index, tag_exists, traces_to_index
 
 pytestmark = pytest.mark.slow
 

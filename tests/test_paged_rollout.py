@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from oger.config import TrainConfig
-from oger.rl.rollout import chat_prompt_ids, generate
-from oger.rl.trainer import TrainInputs, train
+from oger.contract.config import TrainConfig
+from oger.generation.hf import chat_prompt_ids, generate
+from oger.stages.train.trainer import TrainInputs, train
 from oger.synthetic import generate_problems
-from oger.tiny_model import build_model, train_tokenizer
+from oger.stages.policy.tiny_model import build_model, train_tokenizer
 
 QUESTIONS = ["Compute 1 + 2.", "Compute 4 - 5 + 6 + 7 - 8 + 9 - 1 + 3.", "Compute 7.",
              "Compute 12 + 3 - 4 + 5."]
@@ -113,8 +113,8 @@ def test_training_steps_with_the_paged_engine(policy, tmp_path):
 
 
 def test_engine_options_validated_and_keyed():
-    from oger.config import EvaluateConfig, TeacherConfig
-    from oger.teachers.stage import _generation_slice
+    from oger.contract.config import EvaluateConfig, TeacherConfig
+    from oger.stages.teachers.stage import _generation_slice
 
     with pytest.raises(ValueError, match="rollout_engine 'paged'.*fsdp"):
         TrainConfig(rollout_engine="paged", fsdp=True, num_processes=2, prompts_per_step=16)
@@ -132,8 +132,8 @@ def test_engine_options_validated_and_keyed():
 def test_train_key_names_the_engine_only_when_paged():
     from pathlib import Path
 
-    from oger.config import load_config
-    from oger.train import key_inputs
+    from oger.contract.config import load_config
+    from oger.stages.train.stage import key_inputs
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     hf_slice, _ = key_inputs(load_config(tiny))

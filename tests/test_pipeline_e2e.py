@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 import yaml
 
-from oger.artifacts import load_complete
-from oger.index import TeacherIndex
+from oger.contract.artifacts import load_complete
+from oger.stages.index.stage import TeacherIndex
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/tiny.yaml"

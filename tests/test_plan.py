@@ -9,8 +9,8 @@ import pytest
 
 from oger import pipeline
 from oger.cli import main
-from oger.config import load_config
-from oger.errors import ConfigError
+from oger.contract.config import load_config
+from oger.contract.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from oger import pipeline
-from oger.config import load_config
+from oger.contract.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_local_folder_source_and_tiny_source(run_policy):
 
 
 def test_tiny_tokenizer_roundtrips_and_splits_digits():
-    from oger.tiny_model import train_tokenizer
+    from oger.stages.policy.tiny_model import train_tokenizer
 
     texts = ["Compute 12 + 345.", "Split 12 + 345 into signed terms: +12 +345.\nAnswer: \\boxed{357}"]
     tok = train_tokenizer(texts * 20, 300)

@@ -5,10 +5,10 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from oger.config import PolicyConfig
-from oger.policy import key_inputs
-from oger.rl import precision
-from oger.rl.sft import pad_batch, sft
+from oger.contract.config import PolicyConfig
+from oger.stages.policy.stage import key_inputs
+from oger.runtime import precision
+from oger.stages.policy.sft import pad_batch, sft
 from tests.test_sft import EXAMPLES, _tiny_model
 
 

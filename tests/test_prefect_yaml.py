@@ -7,7 +7,7 @@ import yaml
 
 from flows.pipeline import oger_pipeline
 from flows.sweep import oger_sweep
-from oger.config import load_config
+from oger.contract.config import load_config
 from oger.sweep.arms import parse_list, resolve_arms
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ database migrated, so a first run pays for neither; a second prepare finds both 
 import pytest
 
 from oger.models import cache_root
-from oger.prepare import gguf_models, prepare
+from oger.commands.prepare import gguf_models, prepare
 
 
 def test_a_gguf_used_as_model_and_as_tokenizer_is_converted_once_as_a_model(tmp_path, small_config):

@@ -4,9 +4,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from oger.config import FieldMap, HFSource, LocalSource, SyntheticSource
-from oger.errors import DataError
-from oger.problems import load_source, normalize_row, problem_id, resolve_hf_local
+from oger.contract.config import FieldMap, HFSource, LocalSource, SyntheticSource
+from oger.contract.errors import DataError
+from oger.stages.problems.stage import load_source, normalize_row, problem_id, resolve_hf_local
 
 
 # The first rows of the training files (data/SOURCES.md lists their origin; they are not in data/).

@@ -6,9 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from oger.cli import main
-from oger.config import load_config
+from oger.contract.config import load_config
 from oger.published import backbone_of, published_for
-from oger.report import write_report
+from oger.commands.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = {"aime24": {"metric": "avg@32", "k": 32, "n": 30, "base": 0.1, "trained": 0.2},

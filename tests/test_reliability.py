@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from oger.config import load_config
-from oger.errors import DataError
-from oger.problems import load_source
-from oger.workdir_lock import WorkdirBusy, is_locked, read_holder, workdir_lock
+from oger.contract.config import load_config
+from oger.contract.errors import DataError
+from oger.stages.problems.stage import load_source
+from oger.contract.lock import WorkdirBusy, is_locked, read_holder, workdir_lock
 from tests.reliability_helpers import (REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest,
                                       write_config)
 
@@ -76,7 +76,7 @@ def _lite(tmp_path: Path, source: Path, write: bool = True):
         return path
     import yaml
 
-    from oger.config import OgerConfig
+    from oger.contract.config import OgerConfig
 
     return OgerConfig.model_validate(yaml.safe_load(text))
 
@@ -140,7 +140,7 @@ def test_bad_inputs_one_error_line_exit_2_artifacts_untouched(tmp_path):
 
 _HOLDER = """
 import sys, time
-from oger.workdir_lock import workdir_lock
+from oger.contract.lock import workdir_lock
 with workdir_lock(sys.argv[1], "run-holder"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -315,7 +315,7 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     import json
 
     from oger import pipeline
-    from oger.index import TeacherIndex
+    from oger.stages.index.stage import TeacherIndex
 
     config = tmp_path / "small.yaml"
     config.write_text(SMALL + f"workdir: {tmp_path / 'w'}\n")
@@ -373,7 +373,7 @@ def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tm
     during the upsert or the tagging: the table opens, the earlier tag still reads its rows, and
     the rerun tags the new version with the right rows."""
     from oger import pipeline
-    from oger.index import TeacherIndex
+    from oger.stages.index.stage import TeacherIndex
 
     lite = textwrap.dedent("""
         name: lance
@@ -408,8 +408,8 @@ def test_console_filter_drops_user_error_tracebacks_only(tmp_path):
     an internal bug's record keeps its traceback. The traceback file sits under the workdir."""
     import logging
 
-    from oger.error_log import _DropUserErrors, error_line, write_traceback
-    from oger.errors import StageError
+    from oger.commands.error_log import _DropUserErrors, error_line, write_traceback
+    from oger.contract.errors import StageError
 
     def record(exc):
         try:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from oger.config import TrainConfig
-from oger.rl import core, guards
-from oger.rl.reward import compute_rewards, reward_metrics
-from oger.rl.samples import Sample
+from oger.contract.config import TrainConfig
+from oger.algorithm import core, guards
+from oger.algorithm.reward import compute_rewards, reward_metrics
+from oger.algorithm.samples import Sample
 
 TEACHER = "alpha We add the numbers step by step and carry the tens. So the answer is \\boxed{7}."
 # 2-D unit vectors chosen by the first word, so every cosine is a hand value.
@@ -114,7 +114,7 @@ def test_guards_zero_the_bonus_of_degenerate_rollouts():
 
 
 def test_think_format_reward_and_guard():
-    from oger.rl.trainer import is_correct
+    from oger.stages.train.trainer import is_correct
 
     assert is_correct("<think>\n3 + 4 = 7\n</think>\nThe answer is \\boxed{7}.", "7", "think")
     assert not is_correct("3 + 4 = 7. The answer is \\boxed{7}.", "7", "think")

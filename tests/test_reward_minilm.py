@@ -7,10 +7,10 @@ import time
 import pytest
 
 from bonus_cases import CASES, LEGACY, as_input_lines, variants
-from oger.bonus import score_cases
-from oger.config import load_config
-from oger.rl.reward import cached_embedder, compute_rewards
-from oger.rl.samples import Sample
+from oger.commands.bonus import score_cases
+from oger.contract.config import load_config
+from oger.algorithm.reward import cached_embedder, compute_rewards
+from oger.algorithm.samples import Sample
 
 DEGENERATE = ("bare_answer", "offtopic_padding", "random_words", "other_language", "other_script", "repetition")
 

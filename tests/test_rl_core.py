@@ -1,10 +1,10 @@
-"""Unit tests for oger.rl.core against values worked out by hand (the arithmetic is in the comments)."""
+"""Unit tests for oger.algorithm.core against values worked out by hand (the arithmetic is in the comments)."""
 import math
 
 import pytest
 import torch
 
-from oger.rl.core import (aggregate, clipped_surrogate, divergence, entropy_from_logits, group_advantages,
+from oger.algorithm.core import (aggregate, clipped_surrogate, divergence, entropy_from_logits, group_advantages,
                           kl_k3, last_token_entropy, modulation, oger_reward, policy_loss, policy_shaping,
                           teacher_similarity, token_logprobs)
 

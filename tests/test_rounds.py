@@ -8,11 +8,11 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from oger import index_versions as iv
+from oger.stages.index import versions as iv
 from oger import rounds
-from oger.artifacts import write_artifact
-from oger.config import load_config
-from oger.errors import ConfigError
+from oger.contract.artifacts import write_artifact
+from oger.contract.config import load_config
+from oger.contract.errors import ConfigError
 from oger.pipeline import plan
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

@@ -1,4 +1,4 @@
-"""Sampling with one seeded generator per rollout (`oger.rl.rollout.RowSampler`): the right
+"""Sampling with one seeded generator per rollout (`oger.generation.hf.RowSampler`): the right
 distribution, and the same rollouts whatever the batch size."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from oger.rl.rollout import RowSampler, generate
+from oger.generation.hf import RowSampler, generate
 
 
 def _sampler(us: list[float], temperature=1.0, top_p=1.0) -> RowSampler:
@@ -71,8 +71,8 @@ def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
     # evaluate.batch_size is not in the evaluate key, so it must not change what is sampled: the
     # engine cuts the prompts into chunks of batch_size // k and gives every chunk its offset in
     # the job list (first_job), so sample j of prompt i draws the same numbers in any chunking.
-    from oger.evaluate.engines import HFEngine
-    from oger.tiny_model import build_model, save_policy, train_tokenizer
+    from oger.generation.engines import HFEngine
+    from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
 
     texts = [f"{a} + {b} = {a + b}" for a in range(10) for b in range(10)]
     tok = train_tokenizer(texts, 300)

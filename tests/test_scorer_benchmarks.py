@@ -3,7 +3,7 @@ answer the way a model would scores correct, and one that states a wrong answer 
 
 import pytest
 
-from oger.evaluate.benchmarks import REGISTRY, load_benchmark
+from oger.stages.evaluate.benchmarks import REGISTRY, load_benchmark
 from oger.verify import _normalize, score_response
 
 pytestmark = pytest.mark.slow

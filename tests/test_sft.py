@@ -2,7 +2,7 @@
 
 import torch
 
-from oger.rl.sft import pad_batch, sft
+from oger.stages.policy.sft import pad_batch, sft
 
 
 def _tiny_model():

@@ -47,7 +47,7 @@ def test_filter_crash_after_partial_write_is_not_a_cache_hit(cfg, monkeypatch):
 
 def test_interrupted_teachers_stage_resumes_finished_teachers(cfg, monkeypatch):
     plans, refs = run_until(cfg, "problems")
-    from oger.teachers import stage as tstage
+    from oger.stages.teachers import stage as tstage
 
     real = tstage._backend
     done = []
@@ -74,14 +74,14 @@ def test_interrupted_teachers_stage_resumes_finished_teachers(cfg, monkeypatch):
 
 
 def test_only_needs_cached_upstream(cfg):
-    from oger.errors import StageError
+    from oger.contract.errors import StageError
 
     plans = pipeline.plan(cfg)
     with pytest.raises(StageError, match="'problems' is needed"):
         pipeline.load_upstream(cfg, plans, pipeline.required_upstream(["filter"]))
     assert pipeline.select_stages(["filter,index"], None, None) == ["filter", "index"]
     assert pipeline.select_stages(None, "teachers", "filter") == ["teachers", "filter"]
-    from oger.errors import ConfigError
+    from oger.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown stage"):
         pipeline.select_stages(["filtr"], None, None)

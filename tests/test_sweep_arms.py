@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from oger import pipeline
-from oger.config import OgerRewardConfig, load_config
-from oger.errors import ConfigError
+from oger.contract.config import OgerRewardConfig, load_config
+from oger.contract.errors import ConfigError
 from oger.sweep import arms as arms_mod
 from oger.sweep import report, run
 
@@ -121,7 +121,7 @@ def test_fill_results_doc(tmp_path):
 def test_pair_jobs_ship_to_ray_workers(tmp_path):
     import cloudpickle
 
-    from oger.artifacts import ArtifactRef
+    from oger.contract.artifacts import ArtifactRef
 
     sp = run.prepare(TINY, "grpo,oger", "0,1", [f"workdir={tmp_path}", "runner.kind=ray",
                                                 "sweep.num_gpus=2"])

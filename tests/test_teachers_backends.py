@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oger.config import TeacherConfig
+from oger.contract.config import TeacherConfig
 from oger.models import materialize_gguf, resolve_model
-from oger.teachers import hf, openai_backend
-from oger.teachers.base import Prompt
+from oger.stages.teachers import hf, openai_backend
+from oger.stages.teachers.base import Prompt
 
 pytestmark = pytest.mark.slow
 PROMPTS = [Prompt("p1", "Compute 2 + 3."), Prompt("p2", "Compute 4 * 5 - 1.")]
@@ -87,7 +87,7 @@ def test_openai_backend_bad_endpoint_names_teacher(served_model):
     base_url, model = served_model
     tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url + "/nope",
                          sampling={"max_new_tokens": 4})
-    from oger.errors import StageError
+    from oger.contract.errors import StageError
 
     with pytest.raises(StageError, match="teacher 'o'"):
         openai_backend.generate(tcfg, PROMPTS[:1], "r1")

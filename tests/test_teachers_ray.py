@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from oger import pipeline
-from oger.config import TeacherConfig, load_config
-from oger.fanout import split_even
-from oger.teachers.stage import shard_ranges, teacher_resources
+from oger.contract.config import TeacherConfig, load_config
+from oger.contract.fanout import split_even
+from oger.stages.teachers.stage import shard_ranges, teacher_resources
 
 
 def ray_config(small_config, folder: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from oger import pipeline
-from oger.config import load_config
+from oger.contract.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_presets_replacement_and_bonus(lite):
 
 
 def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(lite):
-    from oger.errors import StageError
+    from oger.contract.errors import StageError
 
     cfg = lite("train.algorithm=grpo")
     refs = pipeline.run_local(cfg, until="train")
@@ -100,7 +100,7 @@ def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(lite):
 
 def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
     from oger.encoder import encode, load_encoder
-    from oger.rl import core
+    from oger.algorithm import core
 
     model = load_encoder("minilm")
     teacher = ("We need to compute 9 - 5 + 7.\nDo the multiplications first.\nFirst, 9 - 5 = 4.\n"
@@ -120,7 +120,7 @@ def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
 
 RUN = """
 import sys
-from oger.config import load_config
+from oger.contract.config import load_config
 from oger import pipeline
 cfg = load_config(sys.argv[1], sys.argv[2:])
 ref = pipeline.run_local(cfg, until="train")["train"]

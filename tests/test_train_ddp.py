@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oger import pipeline
-from oger.config import load_config
+from oger.contract.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 
@@ -36,7 +36,7 @@ def rollouts(ref) -> list[tuple]:
 
 
 def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config, rl_workdir):
-    from oger.rl.distributed import train_distributed
+    from oger.stages.train.distributed import train_distributed
 
     # The upstream stages are those of every RL test, in the session's RL workdir (cache hits
     # after the first such test); only the train stage is this test's own.

@@ -4,11 +4,11 @@ and micro-batched gradients equal the full-batch gradient for every loss aggrega
 import pytest
 import torch
 
-from oger.config import TrainConfig
-from oger.rl import core
-from oger.rl.cpu_threads import BatchThreads, thread_workers
-from oger.rl.trainer import Sample, _batch_tensors, response_logits, update
-from oger.tiny_model import build_model, train_tokenizer
+from oger.contract.config import TrainConfig
+from oger.algorithm import core
+from oger.runtime.cpu_threads import BatchThreads, thread_workers
+from oger.stages.train.trainer import Sample, _batch_tensors, response_logits, update
+from oger.stages.policy.tiny_model import build_model, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_gradient_checkpointing_gives_the_same_gradient(model_tok):
 
 
 def test_ranks_take_whole_generation_calls_of_the_step():
-    from oger.rl.distributed import Dist
-    from oger.rl.trainer import _rank_slice
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.trainer import _rank_slice
 
     cfg = TrainConfig(prompts_per_step=8, rollout_batch_prompts=2, num_processes=2)
     assert _rank_slice(8, cfg, Dist()) == (0, 8)
@@ -110,7 +110,7 @@ def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
 
 
 def test_mini_batches_are_whole_groups_by_global_group_index():
-    from oger.rl.trainer import mini_batches
+    from oger.stages.train.trainer import mini_batches
 
     def grouped(groups):
         return [Sample(g, str(g), [1], [2], "x", False) for g in groups]
@@ -134,8 +134,8 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     import copy
     from types import SimpleNamespace
 
-    from oger.rl.distributed import Dist
-    from oger.rl.trainer import optimizer_step
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.trainer import optimizer_step
 
     _, tok = model_tok
     model = copy.deepcopy(model_tok[0])
@@ -195,8 +195,8 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     import copy
     from types import SimpleNamespace
 
-    from oger.rl.distributed import Dist
-    from oger.rl.trainer import optimizer_step
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.trainer import optimizer_step
 
     _, tok = model_tok
     ss = samples(tok)
@@ -213,7 +213,7 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
 
 
 def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model_tok):
-    """Two threads, one micro-batch each at a time (`oger.rl.cpu_threads`): the gradient and the
+    """Two threads, one micro-batch each at a time (`oger.runtime.cpu_threads`): the gradient and the
     metrics of the sequential loop up to float rounding, and bitwise the same on every run."""
     import copy
 

@@ -1,4 +1,4 @@
-"""Parity of oger.rl.core with TRL's GRPOTrainer (trl 1.16) loss and advantage arithmetic.
+"""Parity of oger.algorithm.core with TRL's GRPOTrainer (trl 1.16) loss and advantage arithmetic.
 
 A real GRPOTrainer is built on a tiny, randomly initialised Qwen2 model and a word-level tokenizer made here
 (no network). For the loss, only the method that runs the model forward (`_get_per_token_logps_and_entropies`)
@@ -20,7 +20,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from oger.rl.core import group_advantages, policy_loss  # noqa: E402
+from oger.algorithm.core import group_advantages, policy_loss  # noqa: E402
 
 pytestmark = pytest.mark.slow  # imports trl/transformers and builds trainers: several seconds
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from oger.config import OgerConfig, SweepConfig, load_config
-from oger.errors import ConfigError
+from oger.contract.config import OgerConfig, SweepConfig, load_config
+from oger.contract.errors import ConfigError
 
 # The presets, and the two controls of issue 13:
 #  shuffled-bonus: the OGER bonus values permuted among the eligible rollouts of each batch, so it

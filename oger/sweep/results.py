@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from oger.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS
+from oger.stages.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS
 from oger.sweep import stats
 
 BASE = "base"  # the policy-stage model every arm starts from (evaluated with each seed's sampling)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from oger import pipeline
-from oger.artifacts import ArtifactRef, SummaryRecord, canonical_json
-from oger.config import OgerConfig, SweepConfig, load_config
-from oger.errors import ConfigError
-from oger.fanout import FanOut, Job, run_in_process
+from oger.contract.artifacts import ArtifactRef, SummaryRecord, canonical_json
+from oger.contract.config import OgerConfig, SweepConfig, load_config
+from oger.contract.errors import ConfigError
+from oger.contract.fanout import FanOut, Job, run_in_process
 from oger.sweep.arms import Arm, pair_config, parse_list, parse_seeds, resolve_arms
 
 PAIR_FROM = "train"  # this stage and the ones after it run per (arm, seed)

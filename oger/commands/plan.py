@@ -1,0 +1,135 @@
+"""`oger plan CONFIG`: what a run would do, without running anything (no model is loaded).
+
+For every stage of `pipeline.STAGES`: its upstream stages, key, whether its artifact is cached, the
+engines and resources it asks for, and its token budget (problems x samples x max new tokens).
+Each stage may give a `plan_info(cfg, counts) -> StageInfo` hook (`oger.contract.Stage`); a stage
+without it is listed with its key and state only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from oger import contract, pipeline
+from oger.contract.config import SyntheticSource, load_config
+from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.stages.problems.stage import source_file
+
+
+class ProblemCounts:
+    """Problems per (split, source): exact from the cached problems table, otherwise from the
+    config (synthetic sizes, row counts of files that are laid out; before de-duplication)."""
+
+    def __init__(self, cfg, problems_ref=None):
+        self.rows: dict[tuple[str, str], int | None] = {}
+        self.exact = problems_ref is not None
+        if problems_ref is not None:
+            import polars as pl
+
+            df = pl.read_parquet(Path(problems_ref.path) / "problems.parquet", columns=["split", "source"])
+            for split, source, n in df.group_by(["split", "source"]).len().iter_rows():
+                self.rows[(split, source)] = n
+            return
+        for src in cfg.problems.sources:
+            if isinstance(src, SyntheticSource):
+                self.rows[("train", src.name)] = src.n_train
+                self.rows[("test", src.name)] = src.n_test
+                continue
+            path = source_file(src)
+            n = _count_rows(path) if path is not None and path.is_file() else None
+            if n is not None and src.limit:
+                n = min(n, src.limit)
+            self.rows[(src.split, src.name)] = n
+
+    def count(self, split: str, sources: list[str] | None = None, limit: int | None = None) -> int | None:
+        ns = [n for (sp, so), n in self.rows.items() if sp == split and (not sources or so in sources)]
+        if any(n is None for n in ns):
+            return limit  # unknown size; a limit still bounds it
+        total = sum(ns)
+        return min(total, limit) if limit else total
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows of a jsonl/parquet file; None for a file that cannot be read (the run reports it)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # corrupt or truncated: `oger run` names the file
+            return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def fmt_tokens(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def build(cfg) -> dict:
+    """The plan as a JSON-able dict (what `oger plan --json` prints)."""
+    plans = pipeline.plan(cfg)
+    refs = {name: pipeline.cached_ref(cfg, p) for name, p in plans.items()}
+    counts = ProblemCounts(cfg, refs.get("problems"))
+    stages, total, unknown = [], 0, False
+    for name in pipeline.STAGES:
+        p = plans[name]
+        hook = contract.get(name).plan_info
+        info = hook(cfg, counts) if hook else StageInfo("-", "-", notes=["no plan_info for this stage"])
+        budget = [{**asdict(b), "tokens": b.tokens} for b in info.budget]
+        for b in info.budget:
+            unknown |= b.tokens is None
+            total += b.tokens or 0
+        stages.append({"stage": name, "upstream": pipeline.UPSTREAM[name], "key": p.key,
+                       "state": "cached" if refs[name] else "stale", "engine": info.engine,
+                       "resources": info.resources, "budget": budget, "notes": info.notes,
+                       "stage_tokens": None if any(b.tokens is None for b in info.budget)
+                       else sum(b.tokens for b in info.budget)})
+    return {"config": cfg.source_file, "workdir": str(cfg.workdir_path), "runner": cfg.runner.kind,
+            "problem_counts": "exact (problems stage cached)" if counts.exact else "from the config",
+            "stages": stages, "total_tokens": None if unknown else total,
+            "total_tokens_known": total}
+
+
+def dag_lines(stages: list[dict]) -> list[str]:
+    chain = " -> ".join(s["stage"] for s in stages)
+    edges = [f"  {s['stage']} <- {', '.join(s['upstream'])}" for s in stages if s["upstream"]]
+    return [chain, *edges]
+
+
+def cmd_plan(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    data = build(cfg)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    console.print(f"[bold]{cfg.name}[/bold]: {data['workdir']} (runner: {data['runner']}; "
+                  f"problem counts {data['problem_counts']})")
+    for line in dag_lines(data["stages"]):
+        console.print(line, highlight=False)
+    table = Table(title="stages (nothing runs: keys, cache state, engines, token budget)")
+    for col in ("stage", "key", "state", "engine", "resources", "token budget"):
+        table.add_column(col, overflow="fold")
+    for s in data["stages"]:
+        style = "green" if s["state"] == "cached" else "yellow"
+        lines = [f"{b['what']}: {b['prompts'] if b['prompts'] is not None else '?'} x {b['samples']} x "
+                 f"{b['max_tokens']} = {fmt_tokens(b['tokens'])}" for b in s["budget"]]
+        table.add_row(s["stage"], s["key"][:16], f"[{style}]{s['state']}[/{style}]", s["engine"],
+                      s["resources"], "\n".join(lines + s["notes"]) or "-")
+    console.print(table)
+    total = data["total_tokens"]
+    console.print(f"total new tokens at most: {fmt_tokens(total)}" if total is not None else
+                  f"total new tokens at most: {fmt_tokens(data['total_tokens_known'])} + unknown "
+                  f"(a problem file is not laid out: run the problems stage to count)", highlight=False)
+    return 0

@@ -1,0 +1,667 @@
+"""Typed experiment configs loaded from YAML, with `--set a.b=value` overrides.
+
+Every section forbids unknown keys so a typo fails loudly, naming the key, the value and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from oger.contract.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class FieldMap(Strict):
+    """Column names in a local or HF dataset; None means 'use the format's default'."""
+
+    question: str | None = None
+    answer: str | None = None
+    reference: str | None = None
+
+
+class SyntheticSource(Strict):
+    """The project's own verifiable arithmetic task (deterministic by seed)."""
+
+    kind: Literal["synthetic"]
+    name: str = "arith"
+    seed: int = 0
+    n_train: int = Field(400, ge=0)
+    n_test: int = Field(200, ge=0)
+    min_operands: int = Field(2, ge=2)
+    max_operands: int = Field(3, ge=2)
+    max_value: int = Field(20, ge=1)
+    ops: str = "+-*"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticSource":
+        if self.max_operands < self.min_operands:
+            raise ValueError("max_operands must be >= min_operands")
+        bad = set(self.ops) - set("+-*")
+        if not self.ops or bad:
+            raise ValueError(f"ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        return self
+
+
+class _FileLikeSource(Strict):
+    name: str
+    format: Literal["auto", "gsm8k", "math", "luffy", "plain"] = "auto"
+    fields: FieldMap = FieldMap()
+    split: str = Field("train", description="split label written to the problems table")
+    limit: int | None = Field(None, ge=1)
+
+
+class LocalSource(_FileLikeSource):
+    """A local jsonl or parquet file; `${OGER_DATA_DIR}` and `~` are expanded."""
+
+    kind: Literal["local"]
+    path: str
+
+
+class HFSource(_FileLikeSource):
+    """A Hugging Face dataset by id, read from `OGER_DATA_DIR` when a local copy is laid out there."""
+
+    kind: Literal["hf"]
+    dataset: str
+    subset: str | None = None
+    hf_split: str | None = Field(None, description="dataset split to read; default: `split`")
+
+
+Source = Annotated[Union[SyntheticSource, LocalSource, HFSource], Field(discriminator="kind")]
+
+
+class ProblemsConfig(Strict):
+    sources: list[Source] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- teachers
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+
+
+Backend = Literal["scripted", "transformers", "dataset", "openai", "vllm"]
+
+
+class TeacherConfig(Strict):
+    """One teacher. `model` is a scripted style, a model path/alias, a column, or a served model name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Backend
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    sampling: Sampling = Sampling()
+    split: str = "train"
+    sources: list[str] | None = Field(None, description="problem source names; default all")
+    limit: int | None = Field(None, ge=1, description="first N problems (deterministic)")
+    batch_size: int = Field(8, ge=1)
+    instruction: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+    system_prompt: str | None = None
+    # scripted
+    slip_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # transformers / vllm
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    engine: Literal["hf", "paged"] = Field("hf", description="transformers backend: padded generate "
+                                           "(hf) or continuous batching with paged attention (paged)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    # openai
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = Field(4, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+    # fan-out (runner.kind: ray); not in the key: shards give the same traces as one run
+    shards: int = Field(1, ge=1, description="split this teacher's problems into N shards, run "
+                        "as separate tasks (in parallel on Ray)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each shard asks Ray for; default: "
+                                   "tensor_parallel_size for vllm, 0 otherwise")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each shard asks Ray for")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> "TeacherConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend in ("scripted", "transformers", "openai", "vllm") and not self.model:
+            raise ValueError(f"backend {self.backend!r} needs model")
+        if self.engine != "hf" and self.backend != "transformers":
+            raise ValueError(f"engine {self.engine!r} applies to backend 'transformers' only, "
+                             f"not {self.backend!r}")
+        return self
+
+
+class TeachersConfig(Strict):
+    round: str = Field("r1", pattern=r"^[A-Za-z0-9_.:-]+$")
+    teachers: list[TeacherConfig] = Field(min_length=1)
+
+    @field_validator("round", mode="before")
+    @classmethod
+    def _round_as_text(cls, v: Any) -> Any:
+        # YAML reads `round: 2026-11-27` as a date and `round: 3` as an int: both mean the string.
+        return v.isoformat() if isinstance(v, (date, datetime)) else str(v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TeachersConfig":
+        names = [t.name for t in self.teachers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"teacher names must be unique, repeated: {sorted(dup)}")
+        return self
+
+
+# --------------------------------------------------------------------------- filter / index
+
+
+class FilterConfig(Strict):
+    tokenizer: str = Field("smollm2", description="model whose tokenizer measures trace length")
+    min_tokens: int = Field(1, ge=0)
+    max_tokens: int = Field(1024, ge=1)
+    require_stop: bool = True
+    dedupe: bool = True
+    max_per_problem_teacher: int | None = Field(None, ge=1)
+    verify_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "FilterConfig":
+        if self.max_tokens < self.min_tokens:
+            raise ValueError("max_tokens must be >= min_tokens")
+        return self
+
+
+class IndexConfig(Strict):
+    encoder: str = "minilm"
+    batch_size: int = Field(64, ge=1)
+    long_text: Literal["chunk_mean", "head"] = "chunk_mean"
+    table: str = "teacher_traces"
+    problems: Literal["all", "train_pool"] = Field(
+        "all", description="whose traces to index: all kept traces, or only those of the RL pool "
+        "(train.split, first train.max_prompts), the only problems the train stage looks up")
+
+
+# --------------------------------------------------------------------------- policy / train
+
+
+class TinyPolicy(Strict):
+    """A Qwen2-architecture model built from scratch, with a BPE tokenizer trained on the corpus."""
+
+    vocab_size: int = Field(384, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=16)
+    max_position: int = Field(512, ge=64)
+    seed: int = 0
+
+
+class SFTConfig(Strict):
+    """Warm start: supervised fine-tuning on filtered traces of chosen teachers."""
+
+    enabled: bool = True
+    teachers: list[str] | None = Field(None, description="teacher names; default all")
+    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_tokens: int = Field(256, ge=8, description="prompt + trace tokens; longer are dropped")
+    warmup_steps: int = Field(10, ge=0)
+    precision: Literal["float32", "bf16-mixed", "auto"] = Field(
+        "float32", description="bf16-mixed: bf16 matmuls, float32 weights and optimizer (autocast); "
+        "faster on CPUs with native bf16 (AVX512-BF16/AMX), slower on other CPUs. auto: bf16-mixed "
+        "where the CPU has it, else float32 (the key records which)")
+    seed: int = 0
+
+
+class PolicyConfig(Strict):
+    source: Literal["tiny", "model"] = "tiny"
+    model: str | None = Field(None, description="HF folder, .gguf file or hub id (source: model)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyPolicy = TinyPolicy()
+    sft: SFTConfig = SFTConfig()
+    instruction: str = Field("{question}", description="user turn; the trainer uses the same")
+    system_prompt: str | None = None
+    eval_split: str = "test"
+    eval_limit: int = Field(200, ge=1)
+    eval_max_new_tokens: int = Field(128, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PolicyConfig":
+        if self.source == "model" and not self.model:
+            raise ValueError("policy.source 'model' needs policy.model")
+        return self
+
+
+class BonusGuards(Strict):
+    """Verdicts that zero the bonus of a degenerate correct rollout (docs/ALGORITHM.md, "Hack-resistant
+    bonus"); null disables a bound. Defaults are reconstructions tuned on tests/bonus_cases.py."""
+
+    min_reasoning_words: int = Field(3, ge=0, description="words left once the answer tag is "
+                                     "removed; a bare answer has none")
+    length_ratio_min: float | None = Field(0.3, ge=0, description="rollout words / median "
+                                           "teacher-trace words of the problem, lower bound")
+    length_ratio_max: float | None = Field(3.0, gt=0, description="upper bound (padding)")
+    language: bool = Field(True, description="same script and (Latin) stop-word language as "
+                           "the teacher traces")
+    max_repetition: float | None = Field(0.3, ge=0, le=1, description="share of repeated word "
+                                         "n-grams above which the bonus is 0")
+    repetition_ngram: int = Field(4, ge=1)
+    think_format: bool = Field(True, description="no bonus without </think> when the reward "
+                               "requires the think format (train.reward_format: think)")
+    max_divergence: float | None = Field(0.45, gt=0, le=1, description="off-topic guard: d above "
+                                         "this means the reasoning left the problem (padding, "
+                                         "essay), bonus 0")
+
+
+class OgerRewardConfig(Strict):
+    """The exploration bonus r = c + lam * c * d * g(H) (DESIGN §4) and how it enters the advantage."""
+
+    lam: float = Field(0.5, ge=0)
+    similarity: Literal["max", "mean"] = "max"
+    entropy_tokens: int = Field(1, ge=1, description="H over the last m generated tokens")
+    modulation: Literal["exp", "linear", "none"] = "exp"
+    tau: float = Field(1.0, gt=0)
+    embed_text: Literal["reasoning", "full"] = Field(
+        "reasoning", description="reasoning: embed rollouts and teacher traces without the answer "
+                                 "tag (before </think>, else before the \\boxed sentence); full: "
+                                 "the whole text (teacher vectors straight from the index)")
+    guards: BonusGuards = BonusGuards()
+    baseline: Literal["none", "group"] = Field(
+        "none", description="group: centre the bonus over the group's correct on-policy rollouts")
+    teacher_rows: Literal["group_mean", "zero"] = Field(
+        "group_mean", description="bonus of teacher rows: the group's mean on-policy bonus "
+                                  "(neutral: advantage 0 in an all-correct group, as in LUFFY) or 0")
+    advantage: Literal["separate", "joint"] = Field(
+        "separate", description="separate: A = adv(c) (scaled per scale_rewards) + (b - mean b), "
+                                "the bonus on its own scale; joint: adv(c + b), std-scaled together")
+    shuffle_bonus: bool = Field(False, description="control arm: permute the step's bonus values "
+                                "among the bonus-eligible rollouts (seeded)")
+    monitor: bool = Field(True, description="embed and log divergence and every bonus signal even "
+                          "when lambda is 0 (grpo/luffy), so divergence has a baseline")
+
+
+class TrainConfig(Strict):
+    algorithm: Literal["grpo", "luffy", "oger"] = "oger"
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
+                             "directions of a tiny model drift less than under Adam")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(16, ge=1)
+    ppo_mini_batches: int = Field(
+        1, ge=1, description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
+                             "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
+                             "old log-probs computed once before the first; >1 makes clip* act")
+    clip: bool = True
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.2, ge=0)
+    loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
+    scale_rewards: Literal["group", "none"] = "group"
+    entropy_coef: float = 0.0
+    entropy_agg: Literal["loss_agg", "token_mean"] = Field(
+        "loss_agg", description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
+                                "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
+                                "then weigh by their row share under seq_mean / constant_len)")
+    beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
+    replace_k: int = Field(1, ge=0)
+    replace_policy: Literal["always", "when_all_fail"] = "always"
+    gamma: float = Field(0.1, gt=0, description="policy shaping f(p) = p / (p + gamma)")
+    oger: OgerRewardConfig = OgerRewardConfig()
+    reward_format: Literal["plain", "think"] = Field(
+        "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is "
+                             "verified")
+    teacher_think_prefix: Literal["strip", "keep"] = Field(
+        "strip", description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
+                             "the prompt already ends with '<think>\\n'")
+    split: str = "train"
+    max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
+                                    "of the split (a small pool learns visibly faster)")
+    rollout_batch_prompts: int = Field(8, ge=1, description="prompts per generation call; each "
+                                       "call is seeded by its global index, so results do not "
+                                       "depend on num_processes")
+    # Multi-process training (DDP; FSDP2 on GPU). Not in the key: same model either way.
+    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, "
+                                                     "else gloo")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
+                       "(FSDP2) instead of replicating them (DDP)")
+    gradient_checkpointing: bool = False
+    # Rollout engine (same module as the update, no weight sync). In the key only when not hf.
+    rollout_engine: Literal["hf", "paged"] = Field(
+        "hf", description="hf: padded transformers generate; paged: transformers continuous "
+                          "batching with paged attention (no padding, finished rollouts leave the "
+                          "batch; entropies from one extra no-grad forward pass)")
+    checkpoint_every: int = Field(10, ge=1)
+    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
+    seed: int = 0
+    init_from: Literal["policy", "previous_round"] = Field(
+        "policy", description="policy: start from the policy-stage model; previous_round: continue "
+                              "from the latest trained model of an earlier teachers.round in this "
+                              "workdir (same policy recipe), the policy model when there is none")
+
+    @model_validator(mode="after")
+    def _shardable(self) -> "TrainConfig":
+        per_call = self.num_processes * self.rollout_batch_prompts
+        if self.num_processes > 1 and self.prompts_per_step % per_call:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of num_processes x "
+                f"rollout_batch_prompts ({self.num_processes} x {self.rollout_batch_prompts}): every "
+                f"rank rolls out whole generation calls, so the result does not depend on the "
+                f"number of processes")
+        if self.fsdp and self.num_processes < 2:
+            raise ValueError("fsdp needs num_processes > 1")
+        if self.fsdp and self.rollout_engine == "paged":
+            raise ValueError("rollout_engine 'paged' runs a data-dependent number of forward passes "
+                             "per rank, which FSDP's parameter all-gathers cannot follow: use "
+                             "rollout_engine 'hf' (synced_gpus) with fsdp, or DDP")
+        return self
+
+    @property
+    def replaces(self) -> bool:
+        return self.algorithm in ("luffy", "oger") and self.replace_k > 0
+
+    @property
+    def bonus_lambda(self) -> float:
+        return self.oger.lam if self.algorithm == "oger" else 0.0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+# LUFFY's system prompt, as in its valid.all.parquet (and its `apply_qwen_math_template`).
+LUFFY_SYSTEM_PROMPT = (
+    "Your task is to follow a systematic, thorough reasoning process before providing the final "
+    "solution. This involves analyzing, summarizing, exploring, reassessing, and refining your thought "
+    "process through multiple iterations. Structure your response into two sections: Thought and "
+    "Solution. In the Thought section, present your reasoning using the format: \"<think>\n {thoughts} "
+    "</think>\n\". Each thought should include detailed analysis, brainstorming, verification, and "
+    "refinement of ideas. After \"</think>\n,\" in the Solution section, provide the final, logical, and "
+    "accurate answer, clearly derived from the exploration in the Thought section. If applicable, "
+    "include the answer in \\boxed{} for closed-form results like multiple choices or mathematical "
+    "solutions.")
+# The LUFFY/OGER protocol samples 32 times on the small competition sets, once elsewhere.
+LUFFY_MULTI_SAMPLE = {"aime24": 32, "aime25": 32, "amc": 32}
+
+
+class BenchmarkSpec(Strict):
+    """One benchmark to evaluate; `samples`/`temperature` override the protocol for it."""
+
+    name: str
+    limit: int | None = Field(None, ge=1, description="first N problems (deterministic subset)")
+    samples: int | None = Field(None, ge=1, description="k samples per problem")
+    temperature: float | None = Field(None, ge=0.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default: evaluate's")
+
+
+# Every benchmark `evaluate.benchmarks` may name: "synthetic" (the synthetic task's held-out split)
+# and the files of `oger.stages.evaluate.benchmarks.REGISTRY` (tests/test_contract.py keeps them equal;
+# listed here so the config does not import the evaluation code).
+BENCHMARK_NAMES = ("synthetic", "aime24", "aime25", "amc", "math500", "minerva", "olympiadbench",
+                   "gsm8k", "arc_c", "gpqa_diamond", "mmlu_pro")
+
+
+class EvaluateConfig(Strict):
+    """Benchmarks scored for the policy-stage model ("base") and the trained one."""
+
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
+    protocol: Literal["luffy", "greedy"] = Field(
+        "luffy", description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample "
+                             "elsewhere; greedy: T=0, 1 sample")
+    engine: Literal["hf", "paged", "vllm"] = Field(
+        "hf", description="hf: padded transformers generate; paged: transformers continuous "
+                          "batching (paged attention); vllm: the gpu extra")
+    max_new_tokens: int = Field(1024, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    prompt: Literal["policy", "luffy"] = Field(
+        "policy", description="policy: the policy's instruction and system prompt (as trained); "
+                              "luffy: LUFFY's system prompt with the question as the user turn")
+    instruction: str | None = Field(None, description="user turn; overrides the prompt preset's")
+    backbone: str | None = Field(
+        None, description="the backbone whose published results (data/reference/published_results.json) "
+                          "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
+                          "policy.model. Not part of any stage key")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    score_timeout_s: float = Field(5.0, gt=0)
+    score_workers: int = Field(2, ge=1, description="math-verify processes")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each model's job asks Ray for "
+                                   "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf")
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _names_as_specs(cls, v):
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _known_unique(self):
+        names = [b.name for b in self.benchmarks]
+        for i, n in enumerate(names):
+            if n not in BENCHMARK_NAMES:
+                raise ValueError(f"benchmarks.{i}.name: unknown benchmark {n!r}; known: "
+                                 f"{sorted(BENCHMARK_NAMES)}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmarks listed twice: {dup}")
+        return self
+
+    def samples_for(self, spec: BenchmarkSpec) -> int:
+        if spec.samples:
+            return spec.samples
+        return LUFFY_MULTI_SAMPLE.get(spec.name, 1) if self.protocol == "luffy" else 1
+
+    def temperature_for(self, spec: BenchmarkSpec) -> float:
+        if spec.temperature is not None:
+            return spec.temperature
+        return 0.6 if self.protocol == "luffy" else 0.0
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class RunnerConfig(Strict):
+    """Where fan-out stages run their jobs (teacher shards; one evaluation job per model):
+    Prefect's default task runner in this process (`local`) or prefect-ray's RayTaskRunner
+    (`ray`). Not in any key."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster (e.g. ray://head:10001 or auto); "
+                                "none starts a local Ray instance")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray instance only")
+    num_gpus: int | None = Field(None, ge=0, description="local Ray instance only")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class SweepConfig(Strict):
+    """Arms x seeds (`oger sweep`, flow `oger-sweep`): each arm is a named set of overrides
+    (`{"train.oger.lam": 1.0}`) on top of this config; presets grpo, luffy, oger, shuffled-bonus
+    and lam-0-monitor are built in (an arm defined here with a preset's name replaces it). Not in
+    any stage key: every (arm, seed) is an ordinary train/evaluate artifact."""
+
+    arms: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> {dotted.config.key: value}, e.g. "
+        "oger-lam-1.0: {train.algorithm: oger, train.oger.lam: 1.0}")
+    default_arms: list[str] = Field(["grpo", "luffy", "oger"], min_length=1,
+                                    description="arms when --arms is not given")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds when --seeds is not given")
+    baseline: str = Field("luffy", description="arm every other arm is compared with (paired "
+                          "differences); when it is not in the sweep, the first arm")
+    seed_fields: list[str] = Field(
+        ["train.seed", "evaluate.seed"], min_length=1,
+        description="config fields a sweep seed sets: RL sampling/order and evaluation sampling. "
+                    "Upstream seeds (policy.sft.seed, policy.tiny.seed) stay shared unless added here")
+    interval: Literal["bootstrap", "t"] = Field(
+        "bootstrap", description="interval the verdicts use: percentile bootstrap over seeds and "
+                                 "problems, or Student-t over per-seed means (needs >= 2 seeds)")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each (arm, seed) job asks Ray for "
+                                   "(runner.kind: ray); default: train.num_processes when "
+                                   "train.backend is nccl, else 0")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each (arm, seed) job asks Ray for")
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, v: dict) -> dict:
+        for name, overrides in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"arm name {name!r}: use letters, digits, '_', '.', '-'")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"arm {name!r}: expected a mapping of config keys to values")
+            for key in overrides:
+                if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+                    raise ValueError(f"arm {name!r}: {key!r} is not a dotted config key")
+                if key.split(".")[0] == "sweep":
+                    raise ValueError(f"arm {name!r}: an arm cannot change the sweep section ({key})")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SweepConfig":
+        for what, items in (("seeds", self.seeds), ("default_arms", self.default_arms)):
+            dup = sorted({x for x in items if items.count(x) > 1})
+            if dup:
+                raise ValueError(f"{what} listed twice: {dup}")
+        return self
+
+
+# --------------------------------------------------------------------------- top level
+
+
+class OgerConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: str = "work/{name}"
+    problems: ProblemsConfig
+    teachers: TeachersConfig
+    filter: FilterConfig = FilterConfig()
+    index: IndexConfig = IndexConfig()
+    policy: PolicyConfig = PolicyConfig()
+    train: TrainConfig = TrainConfig()
+    runner: RunnerConfig = RunnerConfig()
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
+    lock_timeout_s: float = Field(600.0, ge=0, description="a run that finds its workdir held by "
+                                  "another run waits this long for it, then fails naming the holder "
+                                  "(0: fail at once); `oger run --lock-timeout` overrides it")
+    sweep: SweepConfig = SweepConfig()
+
+    # Set by the loader, not by YAML.
+    source_file: str | None = Field(None, exclude=True)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(os.path.expanduser(self.workdir.format(name=self.name))).resolve()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.0.c=value`; the value is parsed as a YAML scalar (so 3 is int, true is bool)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any, item: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i + 1])} is not an index of a "
+                                  f"list of {len(node)}")
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is a value, not a section")
+
+
+def _format_validation_error(exc: ValidationError, data: dict, where: str) -> str:
+    lines = [f"{where}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        # Pydantic puts union tags in loc (e.g. sources.0.synthetic.n_tain); drop them.
+        loc = ".".join(p for p in loc.split(".") if p not in ("synthetic", "local", "hf"))
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = err["msg"]
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {loc} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> OgerConfig:
+    """Read YAML, apply `--set` overrides, validate; errors name the key, value and file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value, item)
+    where = str(path) + (f" (with --set {' '.join(overrides)})" if overrides else "")
+    try:
+        cfg = OgerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, data, where)) from None
+    cfg.source_file = str(path.resolve())
+    return cfg
+
+
+def expand_path(p: str) -> Path:
+    """Expand `~` and environment variables; an unset variable is an error, not an empty string."""
+    expanded = os.path.expandvars(os.path.expanduser(p))
+    if "$" in expanded:
+        raise ConfigError(f"path {p!r} uses an unset environment variable (e.g. OGER_DATA_DIR)")
+    return Path(expanded)

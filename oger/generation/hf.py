@@ -1,0 +1,160 @@
+"""Rollouts with HF `generate` (KV cache, CPU or GPU) that also record each step's entropy, and
+the dispatch to the other engine (`engine="paged"`: continuous batching, `oger.generation.paged`).
+
+The entropy of the policy's next-token distribution is taken from the logits `generate` already
+computes (a logits processor reads them before sampling), so the OGER reward needs no extra
+forward pass for it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from oger.generation import paged
+from oger.runtime.cpu_threads import decode_threads
+from oger.generation.records import Rollout, eos_ids
+
+ENGINES = ("hf", "paged")
+
+
+class _EntropyRecorder:
+    """A logits processor that stores the entropy of softmax(raw logits) at each step."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        self.steps.append(-(logp.exp() * logp).sum(-1).detach())  # stays on device: no sync per step
+        return scores
+
+
+class RowSampler:
+    """The last logits processor of a greedy `generate`: draws each row's next token from
+    softmax(logits / temperature) (nucleus `top_p`) with the row's own uniform numbers, seeded by
+    the rollout, and leaves only that token, which greedy decoding then takes.
+
+    Why not `do_sample=True`: it draws from torch's one global generator for the whole batch, so a
+    rollout's tokens depend on which batch it is in and on who else draws (a change of batch_size,
+    of rollout_batch_prompts or of the evaluation's chunks changes every sample, and threads
+    decoding side by side would interleave their draws). Here they depend only on its seed."""
+
+    def __init__(self, seeds: list[int], max_new_tokens: int, temperature: float, top_p: float, device):
+        self.u = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+        self.temperature, self.top_p, self.step = temperature, top_p, 0
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # keep the smallest set of most likely tokens with mass >= top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        cdf = probs.double().cumsum(-1)
+        u = self.u[:, self.step:self.step + 1] * cdf[:, -1:]  # inverse CDF of the (kept) mass
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=scores.shape[-1] - 1)
+        self.step += 1
+        return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
+
+
+def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
+                    system_prompt: str | None = None) -> list[int]:
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": instruction.format(question=question)})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+             record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf",
+             first_job: int = 0) -> list[Rollout]:
+    """n samples per prompt (temperature 0 = greedy), in prompt-major order. `synced_gpus` keeps
+    decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
+    paged engine cannot: its number of steps depends on the data, see TrainConfig's check).
+
+    Rollout j of this call draws with seed `seed * 1_000_003 + first_job + j`: a caller that cuts
+    one job list into calls passes each call's offset in it, and every rollout keeps its numbers
+    whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
+    with decode_threads(model):
+        return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                         record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,
+                         first_job=first_job)
+
+
+def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, seed, batch_size,
+              record_entropy, synced_gpus, engine, first_job) -> list[Rollout]:
+    if engine == "paged":
+        if synced_gpus:
+            raise ValueError("the paged rollout engine cannot keep FSDP ranks in step "
+                             "(synced_gpus); use engine 'hf' with fsdp")
+        return paged.generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p,
+                              seed=seed * 1_000_003 + first_job if first_job else seed,
+                              batch_size=batch_size, record_entropy=record_entropy)
+    if engine != "hf":
+        raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
+    from transformers import LogitsProcessorList
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = eos_ids(model, tokenizer)
+    jobs = [i for i in range(len(prompts)) for _ in range(n)]
+    out: list[Rollout] = []
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b:b + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):  # left padding
+            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            attn[r, width - len(prompts[i]):] = 1
+        recorder = _EntropyRecorder()
+        processors = [recorder] if record_entropy else []
+        if temperature > 0:
+            processors.append(RowSampler([seed * 1_000_003 + first_job + b + r for r in range(len(batch))],
+                                         max_new_tokens, temperature, top_p, device))
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=False,
+                      eos_token_id=sorted(stops), attention_mask=attn.to(device),
+                      logits_processor=LogitsProcessorList(processors))
+        if synced_gpus:
+            kwargs["synced_gpus"] = True
+        seqs = model.generate(ids.to(device), **kwargs).cpu()
+        new = seqs[:, width:]
+        ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
+        for r, i in enumerate(batch):
+            row = new[r].tolist()
+            stop_at = next((j for j, t in enumerate(row) if t in stops), None)
+            resp = row[:stop_at + 1] if stop_at is not None else row
+            text = tokenizer.decode(resp[:-1] if stop_at is not None else resp,
+                                    skip_special_tokens=True)
+            ents = ent[r, :len(resp)].tolist() if ent is not None else []
+            out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
+    if was_training:
+        model.train()
+    return out
+
+
+def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], *,
+                    instruction: str = "{question}", system_prompt: str | None = None,
+                    max_new_tokens: int = 128, batch_size: int = 64) -> float:
+    """Share of questions whose greedy response's final answer verifies against the gold one."""
+    from oger.verify import score_response
+
+    if not questions:
+        return float("nan")
+    prompts = [chat_prompt_ids(tokenizer, q, instruction, system_prompt) for q in questions]
+    home = next(model.parameters()).device
+    if home.type == "cpu" and torch.cuda.is_available():  # a stage's model lives on CPU; decode on GPU
+        model.to("cuda")
+    try:
+        rolls = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens,
+                         temperature=0.0, batch_size=batch_size, record_entropy=False)
+    finally:
+        model.to(home)
+    correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)
+    return correct / len(questions)

@@ -1,1 +1,0 @@
-"""OGER reinforcement-learning pieces: the algorithm core (core.py) as pure tensor functions."""

@@ -1,0 +1,1 @@
+"""index stage: filtered traces embedded and upserted into LanceDB, one tag per key (`versions`: tags and the pin)."""

@@ -1,0 +1,142 @@
+"""policy stage: the initial policy as an HF folder, optionally warm-started by SFT on traces.
+
+Sources: a local HF folder or hub id, a GGUF file (dequantised, quantizer dropped, architectures
+set), or a tiny Qwen2 model with a BPE tokenizer trained on the task corpus (problem texts and
+filtered traces). The output folder loads with `AutoModelForCausalLM.from_pretrained` (and vLLM).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from oger.contract.artifacts import ArtifactRef
+from oger.contract.config import PolicyConfig
+from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.contract.errors import StageError
+from oger.models import key_model_ref, load_causal_lm, model_identity
+from oger.runtime.precision import resolve as resolve_precision
+from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
+
+STAGE = "policy"
+STAGE_VERSION = 4  # 2: SFT without the padding mask, foreach AdamW; 3: batch parts on threads;
+# 4: parts of similar length (same math, other rounding)
+MODEL_DIR = "model"
+
+
+def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
+    slice_ = cfg.model_dump(mode="json")
+    for k in ("eval_batch_size",):
+        slice_.pop(k)
+    precision = resolve_precision(cfg.sft.precision)  # what runs on this machine
+    if precision == "float32":
+        slice_["sft"].pop("precision")  # the keys of configs from before the option stay as they were
+    else:
+        slice_["sft"]["precision"] = precision
+    if cfg.source == "tiny":
+        slice_.pop("model")
+        identity = {"tiny": True}
+    else:
+        slice_.pop("tiny")
+        slice_["model"] = key_model_ref(cfg.model)
+        identity = {"model": model_identity(cfg.model)}
+    return slice_, identity
+
+
+def _load_base(cfg: PolicyConfig, corpus: list[str]):
+    if cfg.source == "tiny":
+        t = cfg.tiny
+        tokenizer = train_tokenizer(corpus, t.vocab_size)
+        model = build_model(tokenizer, t.hidden_size, t.num_layers, t.num_heads,
+                            t.intermediate_size, t.max_position, t.seed)
+        return model, tokenizer
+    return load_causal_lm(cfg.model, cfg.dtype)
+
+
+def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: dict[str, str]):
+    """(prompt ids, response ids + eos) per kept trace of the chosen teachers, within max_tokens."""
+    from oger.generation.hf import chat_prompt_ids  # imports torch
+
+    if cfg.sft.teachers:
+        traces = traces.filter(pl.col("teacher").is_in(cfg.sft.teachers))
+    out, dropped = [], 0
+    for row in traces.iter_rows(named=True):
+        p = chat_prompt_ids(tokenizer, questions[row["problem_id"]], cfg.instruction, cfg.system_prompt)
+        r = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(p) + len(r) > cfg.sft.max_tokens:
+            dropped += 1
+            continue
+        out.append((p, r))
+    return out, dropped
+
+
+def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
+               filter_ref: ArtifactRef) -> ArtifactRef:
+    from tqdm.auto import tqdm
+
+    from oger.generation.hf import greedy_accuracy  # imports torch
+
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    traces = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
+    corpus = problems["question"].to_list() + traces["text"].to_list()
+    model, tokenizer = _load_base(cfg, corpus)
+    questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
+    heldout = problems.filter(pl.col("split") == cfg.eval_split).head(cfg.eval_limit)
+    metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
+                     "vocab_size": len(tokenizer)}
+    if cfg.sft.enabled:
+        examples, dropped = sft_examples(tokenizer, cfg, traces, questions)
+        if not examples:
+            raise StageError(f"policy stage: no SFT example fits sft.max_tokens={cfg.sft.max_tokens} "
+                             f"for teachers {cfg.sft.teachers or 'all'}")
+        from oger.stages.policy.sft import sft  # imports torch
+
+        precision = resolve_precision(cfg.sft.precision)  # as keyed
+        started = time.time()
+        bar = tqdm(desc="policy: sft", unit="step")
+        losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
+                     lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
+                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed, precision=precision,
+                     progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        bar.close()
+        metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),
+                       sft_loss_first=round(losses[0], 4), sft_loss_last=round(losses[-1], 4),
+                       sft_seconds=round(time.time() - started, 1),
+                       sft_precision=precision)
+    if heldout.height:
+        metrics["heldout_accuracy"] = round(greedy_accuracy(
+            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
+            instruction=cfg.instruction, system_prompt=cfg.system_prompt,
+            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size), 4)
+        metrics["heldout_n"] = heldout.height
+    with ctx.output() as out:
+        save_policy(model, tokenizer, out.tmp / MODEL_DIR)
+        out.metrics = metrics
+    return ctx.ref(out)
+
+
+def model_dir(ref: ArtifactRef) -> Path:
+    return Path(ref.path) / MODEL_DIR
+
+
+def plan_info(cfg, counts):
+    """`oger plan`: base model, SFT warm start and the held-out greedy evaluation."""
+    p = cfg.policy
+    base = "tiny Qwen2 + BPE tokenizer" if p.source == "tiny" else f"transformers {p.model} ({p.dtype})"
+    notes = []
+    if p.sft.enabled:
+        notes.append(f"SFT {p.sft.epochs:g} epochs on filtered traces of "
+                     f"{', '.join(p.sft.teachers) if p.sft.teachers else 'all teachers'}")
+    heldout = counts.count(p.eval_split, limit=p.eval_limit)
+    return StageInfo(engine=base + ("; SFT (torch)" if p.sft.enabled else ""), resources="1 process",
+                     budget=[Budget("held-out eval (greedy)", heldout, 1, p.eval_max_new_tokens)],
+                     notes=notes)
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"),
+                  key_inputs=lambda cfg: key_inputs(cfg.policy),
+                  run=lambda ctx, inputs: run_policy(ctx.cfg.policy, ctx, inputs["problems"],
+                                                     inputs["filter"]),
+                  plan_info=plan_info)

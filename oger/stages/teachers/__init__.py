@@ -1,0 +1,1 @@
+"""teachers stage: several teachers (scripted, transformers, dataset, OpenAI-compatible, vLLM) write reasoning traces."""

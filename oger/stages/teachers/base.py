@@ -1,0 +1,34 @@
+"""What every teacher backend receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oger.contract.config import TeacherConfig
+
+
+@dataclass
+class Prompt:
+    problem_id: str
+    question: str
+    reference: str | None = None
+    position: int = 0  # index in the teacher's full prompt list: seeds stay the same when sharded
+
+
+@dataclass
+class Generation:
+    """One sampled trace before the stage adds ids and provenance."""
+
+    problem_id: str
+    sample_index: int
+    text: str
+    n_tokens: int | None
+    finish_reason: str  # "stop" | "length" | other backend-specific reasons
+
+
+def chat_messages(tcfg: TeacherConfig, question: str) -> list[dict]:
+    messages = []
+    if tcfg.system_prompt:
+        messages.append({"role": "system", "content": tcfg.system_prompt})
+    messages.append({"role": "user", "content": tcfg.instruction.format(question=question)})
+    return messages

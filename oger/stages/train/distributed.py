@@ -1,0 +1,226 @@
+"""Training on several processes with torch.distributed: the rank context the trainer uses, the
+DDP / FSDP2 wrapping, full state dicts for rank-0 checkpoints, and the launcher command
+(`torchrun` or `accelerate launch`) the train stage runs.
+
+Design (docs/ALGORITHM.md, "Training on several processes"): every rank draws the same prompts
+for a step and rolls out its own contiguous slice of them, in whole generation calls, each seeded
+by its global index; a group never spans ranks, so rewards and group advantages are computed
+locally over the whole group. The loss of each rank is normalised by the global token (or sample)
+count and scaled by the world size, so DDP's gradient average equals the one-process gradient.
+Per-sample records and loss metrics are gathered to rank 0, which alone writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from oger.contract.errors import ConfigError, StageError
+
+
+@dataclass
+class Dist:
+    """This process's place among the ranks; the default is the single-process case."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    fsdp: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order (on every rank)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def no_sync(self, model, last: bool):
+        """Skip the gradient all-reduce on every micro-batch but the last one of a step."""
+        if not self.active or last:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            model.set_requires_gradient_sync(False)
+            return _restore_sync(model)
+        return model.no_sync()
+
+    # ------------------------------------------------------------------ wrapping and state
+
+    def wrap(self, model):
+        """DDP (replicated parameters) or FSDP2 (sharded), on this rank's device."""
+        if not self.active:
+            return model
+        model.to(self.device)
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in _decoder_layers(model):
+                fully_shard(layer)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def model_state(self, model) -> dict | None:
+        """The full state dict on rank 0 (called on every rank: FSDP gathers the shards)."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                      cpu_offload=True))
+            return sd if self.main else None
+        return unwrap(model).state_dict() if self.main else None
+
+    def optimizer_state(self, model, opt) -> dict | None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+            return sd if self.main else None
+        return opt.state_dict() if self.main else None
+
+    def load_optimizer_state(self, model, opt, state: dict) -> None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(state)
+
+    def close(self) -> None:
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _restore_sync(model):
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def unwrap(model):
+    """The HF model inside a DDP wrapper (FSDP2 shards the module in place)."""
+    return getattr(model, "module", model)
+
+
+def _decoder_layers(model) -> list:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise StageError(f"train.fsdp: {type(model).__name__} has no model.layers to shard")
+    return list(layers)
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise StageError("train.backend: nccl needs CUDA GPUs; use gloo (or auto) on CPU")
+    return backend
+
+
+def init_from_env(backend: str, fsdp: bool = False) -> Dist:
+    """Join the process group a launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = resolve_backend(backend)
+    if backend == "nccl":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
+    return Dist(rank, world, local, device, fsdp)
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]:
+    """The command that starts `oger.stages.train.worker SPEC` on `num_processes` local ranks."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={num_processes}", "-m", "oger.stages.train.worker", str(spec)]
+    if launcher == "accelerate":
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise ConfigError("train.launcher: accelerate needs the accelerate package "
+                              "(pip install accelerate), or use train.launcher: torchrun")
+        # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
+        # CPU machine would get one process. The trainer does its own DDP / FSDP2 wrapping.
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                "--num_processes", str(num_processes), "--main_process_port", "0",
+                "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--module", "oger.stages.train.worker", str(spec)]
+    raise ValueError(launcher)
+
+
+def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None:
+    """Run the ranks to completion, echoing rank 0's progress; the output goes to launch.log."""
+    spec_path = run_dir / "launch.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    cmd = launcher_command(launcher, num_processes, spec_path)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # torchrun would pin every rank to one thread; share the cores instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    log_path = run_dir / "launch.log"
+    tail: deque[str] = deque(maxlen=40)
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, cwd=Path(__file__).resolve().parents[3])  # the repository root
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip())
+            if line.startswith("[oger-train]"):
+                print(line.rstrip(), flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        raise StageError(f"train: {launcher} with {num_processes} processes exited with status {rc}; "
+                         f"last lines:\n" + "\n".join(tail) + f"\n(full log: {log_path})")
+
+
+def train_distributed(cfg, init_dir: Path, problems_path: Path, index_ref, run_dir: Path) -> list[dict]:
+    """The train stage's multi-process path: launch the ranks on the resolved config and return
+    the metrics history rank 0 wrote (its final checkpoint holds the trained model)."""
+    spec = {"config": cfg.model_dump(mode="json"), "init_dir": str(init_dir),
+            "problems": str(problems_path), "index_ref": index_ref.model_dump(mode="json"),
+            "run_dir": str(run_dir)}
+    launch(cfg.train.launcher, cfg.train.num_processes, spec, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,292 @@
+"""train stage: GRPO / LUFFY / OGER from the policy-stage model, reading the index at its tag.
+
+Checkpoints live outside the atomic artifact (in `<workdir>/cache/train/<key16>/`) so an
+interrupted run resumes at the next step; the artifact holds the final HF model folder,
+metrics.jsonl, TensorBoard events and training-curve PNGs.
+
+Its inputs are keys like any stage's, two of them its own: the index tag it reads (the index
+stage's key, or the tag pinned by `oger index restore`) and, with `train.init_from:
+previous_round`, the checkpoint of an earlier round (input "init", a train artifact).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from oger import rounds
+from oger.stages.index import versions as index_versions
+from oger.contract.artifacts import ArtifactRef
+from oger.contract.config import OgerConfig, TrainConfig
+from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.encoder import encoder_identity
+from oger.contract.errors import StageError
+from oger.stages.index.stage import TeacherIndex
+from oger.stages.problems.stage import rl_pool
+
+STAGE = "train"
+STAGE_VERSION = 5  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+# 5: micro-batches on threads on a CPU (same math, other rounding)
+MODEL_DIR = "model"
+CURVES = ("env_reward", "bonus_mean", "bonus_share", "rank_change_fraction", "divergence_mean",
+          "gate_mean", "teacher_adv_allcorrect", "diversity_correct", "last_token_entropy",
+          "mixed_group_fraction", "response_length", "repetition_rate")
+# Run means in the artifact's metrics (summary.json): what the bonus did over the whole run.
+SIGNAL_MEANS = ("env_reward", "bonus_share", "rank_change_fraction", "teacher_adv_allcorrect",
+                "divergence_mean", "gate_mean", "diversity_correct", "guard_pass_fraction",
+                "response_length", "short_share", "nonascii_share", "repetition_rate",
+                "think_format_share")
+
+
+def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
+    t: TrainConfig = cfg.train
+    slice_ = t.model_dump(mode="json")
+    for k in ("checkpoint_every", "log_rollouts", "micro_batch_size",  # same model either way
+              "num_processes", "launcher", "backend", "fsdp", "gradient_checkpointing"):
+        slice_.pop(k)
+    if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
+        slice_.pop("init_from")
+    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act (and keys made
+    # before ppo_mini_batches existed stay valid).
+    if t.ppo_mini_batches == 1:
+        for k in ("clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"):
+            slice_.pop(k)
+    if t.rollout_engine == "hf":  # likewise; paged samples another random stream
+        slice_.pop("rollout_engine")
+    slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
+    # The prompt format and the encoder used for the bonus change what is learned.
+    slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
+    slice_["long_text"] = cfg.index.long_text
+    return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
+
+
+def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float | None:
+    """Mean of `key` over the steps in the fraction [lo, hi) of the run (at least one step)."""
+    n = len(history)
+    a = min(int(n * lo), n - 1)
+    b = max(a + 1, int(round(n * hi)))
+    vals = [h[key] for h in history[a:b] if h.get(key) is not None and h[key] == h[key]]  # drop NaN
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
+def plot_curves(history: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 4, figsize=(16, 9))
+    steps = [h["step"] for h in history]
+    w = max(1, len(history) // 8)
+    for ax, key in zip(axes.flat, CURVES):
+        vals = [float("nan") if h.get(key) is None else h[key] for h in history]
+        ax.plot(steps, vals, lw=0.8, alpha=0.4)
+        smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
+                  for i in range(len(vals))]
+        ax.plot(steps, smooth, lw=1.8, label=f"mean of last {w}")
+        ax.legend(fontsize=7)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef,
+                 instruction: str | None = None):
+    """What the trainer reads: the RL prompt pool (train.split, first train.max_prompts), gold
+    answers, the teacher index at the index stage's tag, and the prompt format."""
+    from oger.stages.train.trainer import TrainInputs  # imports torch
+
+    pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)
+    if pool.height == 0:
+        splits = sorted(set(problems["split"].to_list()))
+        raise StageError(f"train stage: no problems in train.split={cfg.train.split!r} "
+                         f"(splits present: {splits})")
+    return TrainInputs(
+        questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
+        answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
+        problem_ids=pool["problem_id"].to_list(),
+        index=TeacherIndex.from_artifact(index_ref),
+        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
+        instruction=instruction or cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+    )
+
+
+def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, policy_ref: ArtifactRef,
+              index_ref: ArtifactRef, init_ref: ArtifactRef | None = None) -> ArtifactRef:
+    """Train (resuming from this key's last checkpoint unless `refresh`); checkpoints are removed
+    once the artifact is written, the final model lives in the artifact. `init_ref`: an earlier
+    round's train artifact to continue from (its model and tokenizer) instead of the policy."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oger.generation.hf import greedy_accuracy  # imports torch
+    from oger.stages.train.trainer import train  # imports torch
+
+    t, refresh = cfg.train, ctx.refresh
+    policy_dir = Path((init_ref or policy_ref).path) / MODEL_DIR
+    dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
+    # On several processes the ranks load it; this process loads the final checkpoint afterwards.
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.num_processes == 1 else None
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    inputs = train_inputs(cfg, problems, index_ref)
+    run_dir = ctx.cache_dir
+    if refresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
+    done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
+    if t.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
+        from oger.stages.train.checkpoint import latest_checkpoint  # imports torch
+        from oger.stages.train.distributed import train_distributed  # imports torch
+
+        per_step = min(t.prompts_per_step, len(inputs.problem_ids))
+        if per_step % (t.num_processes * t.rollout_batch_prompts):
+            raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so "
+                             f"{per_step} prompts per step: not a multiple of train.num_processes x "
+                             f"train.rollout_batch_prompts = {t.num_processes} x {t.rollout_batch_prompts}")
+
+        history = train_distributed(cfg, policy_dir, Path(problems_ref.path) / "problems.parquet",
+                                    index_ref, run_dir)
+        model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
+    else:
+        history = train(t, model, tokenizer, inputs, run_dir,
+                        progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
+                                              bar.set_postfix(reward=f"{row['reward']:.3f}",
+                                                              acc=f"{row['accuracy']:.2f}")))
+    bar.close()
+    heldout = problems.filter(pl.col("split") == cfg.policy.eval_split).head(cfg.policy.eval_limit)
+    metrics = {
+        "algorithm": t.algorithm,
+        "steps": len(history),
+        "reward_first_20pct": mean_over(history, "reward", 0.0, 0.2),
+        "reward_last_20pct": mean_over(history, "reward", 0.8, 1.0),
+        "accuracy_first_20pct": mean_over(history, "accuracy", 0.0, 0.2),
+        "accuracy_last_20pct": mean_over(history, "accuracy", 0.8, 1.0),
+        "env_reward_first_20pct": mean_over(history, "env_reward", 0.0, 0.2),
+        "env_reward_last_20pct": mean_over(history, "env_reward", 0.8, 1.0),
+        "bonus_mean": mean_over(history, "bonus_mean", 0.0, 1.0),
+        **{k: mean_over(history, k, 0.0, 1.0) for k in SIGNAL_MEANS},
+        "replaced_fraction": mean_over(history, "replaced_fraction", 0.0, 1.0),
+        "no_teacher_fraction": mean_over(history, "no_teacher_fraction", 0.0, 1.0),
+        "mixed_group_fraction": mean_over(history, "mixed_group_fraction", 0.0, 1.0),
+        "seconds_per_step": mean_over(history, "seconds_step", 0.0, 1.0),
+        "resumed": done_before > 0,
+        "round": cfg.teachers.round,
+        "init_from": init_ref.key if init_ref else "policy",
+    }
+    if init_ref is not None:
+        metrics["init_round"] = init_ref.metrics.get("round")
+        metrics["heldout_accuracy_init"] = init_ref.metrics.get("heldout_accuracy")
+    if heldout.height:
+        metrics["heldout_accuracy"] = round(greedy_accuracy(
+            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
+            instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+            max_new_tokens=cfg.policy.eval_max_new_tokens,
+            batch_size=cfg.policy.eval_batch_size), 4)
+        metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
+    with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
+        model.save_pretrained(out.tmp / MODEL_DIR)
+        tokenizer.save_pretrained(out.tmp / MODEL_DIR)
+        shutil.copy(run_dir / "metrics.jsonl", out.file("metrics.jsonl"))
+        if (run_dir / "rollouts.jsonl").exists():
+            shutil.copy(run_dir / "rollouts.jsonl", out.file("rollouts.jsonl"))
+        if (run_dir / "tensorboard").is_dir():
+            shutil.copytree(run_dir / "tensorboard", out.tmp / "tensorboard")
+        plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")
+        out.metrics = metrics
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return ctx.ref(out)
+
+
+def plan_info(cfg: OgerConfig, counts):
+    """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
+    t = cfg.train
+    if t.num_processes > 1:
+        update = (f"torch {'FSDP2' if t.fsdp else 'DDP'} x {t.num_processes} "
+                  f"({t.launcher}, backend {t.backend})")
+    else:
+        update = "torch, 1 process"
+    pool = counts.count(t.split, limit=t.max_prompts)
+    per_step = min(t.prompts_per_step, pool) if pool is not None else t.prompts_per_step
+    heldout = counts.count(cfg.policy.eval_split, limit=cfg.policy.eval_limit)
+    notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
+    if t.replaces:
+        notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
+    rollouts = ("transformers continuous batching (paged)" if t.rollout_engine == "paged"
+                else "transformers generate")
+    return StageInfo(engine=f"rollouts: {rollouts}; update: {update}",
+                     resources=f"{t.num_processes} process(es)" + (", GPU per rank" if t.backend == "nccl" else ""),
+                     budget=[Budget("rollouts", t.steps * per_step, t.group_size, t.max_new_tokens),
+                             Budget("held-out eval (greedy)", heldout, 1, cfg.policy.eval_max_new_tokens)],
+                     notes=notes)
+
+
+def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict[str, str]:
+    """The train stage reads the pinned index tag when there is one (`oger index restore`), and
+    with `train.init_from: previous_round` starts from an earlier round's checkpoint: both are
+    inputs, so both go into its key."""
+    wd = cfg.workdir_path
+    out = {**upstream, "index": index_versions.training_tag(wd, cfg.index.table, upstream["index"])}
+    if cfg.train.init_from == "previous_round":
+        prev = rounds.previous_checkpoint(wd, cfg.teachers.round, plans["policy"].config_slice)
+        if prev is not None:
+            out["init"] = prev["key"]
+    return out
+
+
+def missing_input(workdir: Path, name: str, key: str) -> str:
+    if name == "init":
+        return (f"train.init_from=previous_round: checkpoint {key[:16]} disappeared from "
+                f"{workdir}/artifacts/train")
+    if name != "index":
+        return f"train: input {name!r} has no complete artifact for key {key[:16]} in {workdir}"
+    return (f"training is pinned to index tag {key[:16]} ({index_versions.pin_path(workdir)}), but "
+            f"its artifact is missing; `oger index restore` another tag or `oger index unpin`")
+
+
+def input_notes(plans: dict) -> list[str]:
+    """What the flow says before training on inputs other than the plan's own index."""
+    up, index_key, notes = plans[STAGE].upstream, plans["index"].key, []
+    if up["index"] != index_key:
+        notes.append(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
+                     f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
+    if "init" in up:
+        notes.append(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
+    return notes
+
+
+def report_section(entry: dict, run_dir: Path) -> list[str]:
+    """report.md: reward and held-out accuracy from start to end, and the training curves."""
+    curves = Path(entry["path"]) / "curves.png"
+    if not curves.exists():
+        return []
+    shutil.copy(curves, run_dir / "train_curves.png")
+    m = entry["metrics"]
+    start = (f"{m.get('heldout_accuracy_policy')} (policy stage)"
+             if m.get("init_from", "policy") == "policy" else
+             f"{m.get('heldout_accuracy_init')} (round {m.get('init_round')}'s trained model "
+             f"`{m['init_from'][:16]}`, continued from)")
+    return ["", f"## Training ({m.get('algorithm')})", "",
+            f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
+            f"20% {m.get('reward_last_20pct')}; held-out accuracy {start}"
+            f" -> {m.get('heldout_accuracy')} (trained)", "",
+            "![training curves](train_curves.png)"]
+
+
+def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    return run_train(ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"],
+                     init_ref=inputs.get("init"))
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"),
+                  key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
+                  input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes,
+                  report_section=report_section)

@@ -1,0 +1,534 @@
+"""The GRPO / LUFFY / OGER training loop, readable top to bottom.
+
+Each step: sample prompts -> roll out n per prompt -> replace k rollouts per group by teacher
+traces from the index (at its tag) -> verify answers -> the pure reward step (`oger.algorithm.reward`:
+bonus, advantages, signals) -> micro-batched update with the hybrid loss -> logging, checkpoint.
+`train()` calls one function per step part (setup, rollouts, score_and_replace, compute_rewards,
+optimizer_step, log_step, checkpoint). All the math lives in `oger.algorithm.core`; this file moves data.
+
+On several ranks (`oger.stages.train.distributed`) each rank rolls out its own slice of the step's prompts,
+whole groups only, and the per-sample records are gathered to rank 0, which logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from oger.contract.config import TrainConfig
+from oger.algorithm import core
+from oger.stages.train.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+from oger.runtime.cpu_threads import BatchThreads, thread_workers
+from oger.stages.train.distributed import Dist, unwrap
+from oger.algorithm.guards import THINK_CLOSE
+from oger.algorithm.reward import RewardStep, cached_embedder, compute_rewards, reward_metrics
+from oger.generation.hf import chat_prompt_ids, generate
+from oger.algorithm.samples import Sample
+from oger.verify import score_response
+
+THINK_PREFIX = "<think>\n"
+LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "approx_kl", "token_entropy")
+
+
+@dataclass
+class TrainInputs:
+    """What the trainer reads: problems to sample from and, for luffy/oger, the teacher index."""
+
+    questions: dict[str, str]
+    answers: dict[str, str]
+    problem_ids: list[str]
+    index: object | None = None  # oger.stages.index.stage.TeacherIndex at the index stage's tag
+    encoder: str = "minilm"
+    long_text: str = "chunk_mean"
+    instruction: str = "{question}"
+    system_prompt: str | None = None
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return 1.0
+    return f
+
+
+def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, tokenizer,
+                          eos_id: int, seed: int) -> None:
+    """LUFFY: in each group with teacher traces, the last k rollouts become teacher traces
+    (picked with a generator seeded by the group's global index: the same on any rank)."""
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.group, []).append(i)
+    for group, members in groups.items():
+        rng = random.Random(seed * 1_000_003 + group)
+        pid = samples[members[0]].problem_id
+        if pid not in refs:
+            continue
+        if cfg.replace_policy == "when_all_fail" and any(samples[i].correct for i in members):
+            continue
+        texts = refs[pid][0]
+        strip = (cfg.teacher_think_prefix == "strip"
+                 and tokenizer.decode(samples[members[0]].prompt_ids).endswith(THINK_PREFIX))
+        for i in members[len(members) - min(cfg.replace_k, len(members)):]:
+            text = texts[rng.randrange(len(texts))]
+            if strip and text.startswith(THINK_PREFIX):  # the prompt already opened the think block
+                text = text[len(THINK_PREFIX):]
+            s = samples[i]
+            s.text, s.off_policy, s.entropies = text, True, []
+            s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+            s.finish_reason = "stop"
+
+
+def _batch_tensors(samples: list[Sample], pad_id: int):
+    """Prompts left-padded to one width P, responses right-padded to width R (as TRL lays them out),
+    so every response sits in the last R positions and the LM head runs on those only.
+
+    Returns ids (B, P+R), attention mask, position ids (counting real tokens only, as `generate`
+    does under left padding) and the response mask (B, R) over the R predicted tokens.
+    """
+    P = max(len(s.prompt_ids) for s in samples)
+    R = max(len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), P + R), dtype=torch.long)
+    resp = torch.zeros((len(samples), R))
+    for r, s in enumerate(samples):
+        ids[r, P - len(s.prompt_ids):P] = torch.tensor(s.prompt_ids)
+        ids[r, P:P + len(s.response_ids)] = torch.tensor(s.response_ids)
+        attn[r, P - len(s.prompt_ids):P + len(s.response_ids)] = 1
+        resp[r, :len(s.response_ids)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos, resp
+
+
+def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
+    """Logits predicting the last R tokens, (B, R, V): the LM head skips the prompt positions."""
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1,
+                   use_cache=False).logits[:, :-1]
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _micro_batch_order(samples: list[Sample]) -> list[int]:
+    # Micro-batches of similar length waste less compute on padding (long teacher traces end up
+    # together); the accumulated gradient does not depend on the order.
+    return sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+
+
+def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int) -> list[torch.Tensor]:
+    """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
+    computed once per batch before the first optimizer step (no grad, micro-batched). Without them
+    every mini-batch after the first would take the already-updated policy as its behaviour policy
+    (ratio 1): the importance ratio and the clip could never act."""
+    out: list[torch.Tensor | None] = [None] * len(samples)
+    order = _micro_batch_order(samples)
+    device = next(model.parameters()).device
+    model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
+    with torch.no_grad():
+        for b in range(0, len(samples), cfg.micro_batch_size):
+            idx = order[b:b + cfg.micro_batch_size]
+            ids, attn, pos, resp = (x.to(device) for x in _batch_tensors([samples[i] for i in idx], pad_id))
+            R = resp.shape[1]
+            logp = core.token_logprobs(response_logits(model, ids, attn, pos, R) / cfg.temperature, ids[:, -R:])
+            for row, i in enumerate(idx):
+                out[i] = logp[row, :len(samples[i].response_ids)].detach()
+    return out
+
+
+def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
+    """Sample indices of the `n` mini-batches of a batch: whole groups, group g in mini-batch g mod n.
+
+    Whole groups keep a teacher row with the rollouts it is compared with; assigning by the global
+    group index makes the split the same whatever num_processes is (a rank holds a contiguous run of
+    groups). Groups are drawn at random each step, so no shuffle is needed."""
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i, s in enumerate(samples):
+        parts[s.group % n].append(i)
+    if any(not p for p in parts):
+        raise ValueError(f"train.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
+                         f"and step; this rank has {len({s.group for s in samples})}: lower "
+                         "ppo_mini_batches or raise prompts_per_step")
+    return parts
+
+
+def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
+           pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
+           no_sync=None, old_logp: list[torch.Tensor] | None = None,
+           threads: BatchThreads | None = None) -> dict:
+    """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
+
+    On several ranks `totals` is the (response tokens, samples) count of the global batch, which
+    normalises the loss, `grad_scale` the world size (undoing DDP's average over ranks) and
+    `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. `old_logp` (one
+    tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
+    (ratio 1, the exact policy gradient of a single step per batch). `threads` (one process on a
+    CPU, `oger.runtime.cpu_threads`) runs micro-batches side by side. The returned metrics are this
+    rank's share of the global ones (summed over ranks by the caller)."""
+    total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
+    # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
+    max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
+    device = next(model.parameters()).device
+    model.train()
+
+    def micro_batch(idx: list[int]) -> tuple[torch.Tensor, tuple[dict, float, float]]:
+        """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
+        mb = [samples[i] for i in idx]
+        ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
+        R = resp.shape[1]
+        targets = ids[:, -R:]
+        # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
+        logits = response_logits(model, ids, attn, pos, R) / cfg.temperature
+        logp = core.token_logprobs(logits, targets)
+        entropy = core.entropy_from_logits(logits) if cfg.entropy_coef else None
+        ref_logp = None
+        if cfg.beta:
+            with torch.no_grad():
+                ref_logits = response_logits(ref_model, ids, attn, pos, R) / cfg.temperature
+                ref_logp = core.token_logprobs(ref_logits, targets)
+        off = torch.tensor([s.off_policy for s in mb], device=device)
+        if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
+            behaviour = logp.detach()
+        else:  # padded positions take the current value; the mask drops them anyway
+            behaviour = logp.detach().clone()
+            for row, i in enumerate(idx):
+                behaviour[row, :len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
+        loss, m = core.policy_loss(
+            logp, behaviour, adv[idx].to(device), resp, off,
+            eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
+            agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
+            entropy_agg=None if cfg.entropy_agg == "loss_agg" else cfg.entropy_agg,
+            ref_logp=ref_logp, beta=cfg.beta)
+        share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
+                 else len(mb) / total_samples)
+        with torch.no_grad():
+            ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
+            entropy_sum = float((ent * resp).sum())
+        return loss * (share * grad_scale), (m, share, entropy_sum)
+
+    order = _micro_batch_order(samples)
+    batches = [order[b:b + cfg.micro_batch_size] for b in range(0, len(samples), cfg.micro_batch_size)]
+    if threads is not None and threads.workers > 1:
+        params = [p for p in model.parameters() if p.requires_grad]
+        parts = threads.backward(params, micro_batch, batches)
+    else:
+        parts = []
+        for k, idx in enumerate(batches):
+            loss, part = micro_batch(idx)
+            with no_sync(k == len(batches) - 1) if no_sync else contextlib.nullcontext():
+                loss.backward()
+            parts.append(part)
+    agg_metrics: dict[str, float] = {}
+    for m, share, _ in parts:
+        for k, v in m.items():
+            if isinstance(v, float) and not math.isnan(v):
+                agg_metrics[k] = agg_metrics.get(k, 0.0) + v * share
+    agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
+    return agg_metrics
+
+
+def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]:
+    """This rank's prompts [lo, hi) of the step: a contiguous run of whole generation calls."""
+    if not dist.active:
+        return 0, n_prompts
+    per_call = dist.world * cfg.rollout_batch_prompts
+    if n_prompts % per_call:
+        raise ValueError(f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
+                         f"train.max_prompts) is not a multiple of num_processes x "
+                         f"rollout_batch_prompts = {per_call}")
+    per_rank = n_prompts // dist.world
+    return dist.rank * per_rank, (dist.rank + 1) * per_rank
+
+
+def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
+    """The sampling seed of one generation call, by its global index within the step (the first
+    call keeps the seed a whole-step call had before calls were split)."""
+    return cfg.seed * 100_003 + step + call * 1_000_000_007
+
+
+def step_metrics(records: list[dict], needs_index: bool) -> dict:
+    """A step's metrics from the per-sample records of all ranks: the bonus signals
+    (`oger.algorithm.reward.reward_metrics`) and the run's health (accuracy, replacement, truncation)."""
+    def mean(xs, empty=float("nan")):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else empty
+
+    on = [r for r in records if not r["off_policy"]]
+    want = [r for r in records if r["bonus_eligible"]]
+    groups: dict[int, list[bool]] = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r["correct"])
+    signals = reward_metrics(records)
+    return {
+        "reward": mean(r["reward"] for r in records),
+        "accuracy": mean(float(r["correct"]) for r in on),
+        **signals,
+        "divergence": mean((r["divergence"] for r in want if r["divergence"] is not None)),
+        "last_token_entropy": mean(float("nan") if r["last_token_entropy"] is None
+                                   else r["last_token_entropy"] for r in on),
+        "replaced_fraction": mean(float(r["off_policy"]) for r in records),
+        "no_teacher_fraction": (mean(float(not r["has_teacher"]) for r in records)
+                                if needs_index else float("nan")),
+        "mixed_group_fraction": mean(float(any(g) and not all(g)) for g in groups.values()),
+        "truncated_fraction": mean((float(r["finish_reason"] != "stop") for r in on), 0.0),
+    }
+
+
+@dataclass
+class TrainRun:
+    """Everything the step functions share, built once by `setup`."""
+
+    cfg: TrainConfig
+    model: object  # wrapped for DDP / FSDP2 on several ranks
+    policy: object  # the HF model: generation and saving
+    ref_model: object | None
+    tokenizer: object
+    inputs: TrainInputs
+    dist: Dist
+    opt: torch.optim.Optimizer
+    sched: object
+    start: int
+    history: list[dict]
+    writer: object | None
+    threads: BatchThreads  # micro-batches side by side on a CPU (one process, small model)
+    embed: object | None  # texts -> unit vectors (oger.algorithm.reward.Embed), None without the bonus
+    needs_index: bool
+    run_dir: Path
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+
+def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path, dist: Dist) -> TrainRun:
+    """Resume from the last checkpoint, reference model, DDP/FSDP wrap, optimizer and schedule,
+    history and TensorBoard (rank 0), the encoder for the bonus (or its monitor)."""
+    torch.manual_seed(cfg.seed)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    state = None
+    if ckpt is not None:
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
+        model.load_state_dict(weights)
+        state = read_trainer_state(ckpt)
+    ref_model = None
+    if cfg.beta:
+        import copy
+
+        ref_model = copy.deepcopy(model).eval().to(dist.device)
+    if cfg.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    start = 0
+    if state is not None:
+        dist.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    history, writer = [], None
+    if dist.main:
+        history = _read_history(run_dir / "metrics.jsonl", start)
+        _read_history(run_dir / "rollouts.jsonl", start)  # drop rollouts of steps after the checkpoint
+        writer = _tensorboard(run_dir / "tensorboard")
+    dist.barrier()
+    measures = cfg.bonus_lambda > 0 or cfg.oger.monitor
+    needs_index = inputs.index is not None and (cfg.replaces or measures)
+    embed = None
+    if measures and inputs.index is not None:
+        from oger.encoder import load_encoder
+
+        embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
+    threads = BatchThreads(thread_workers(model, distributed=dist.active))
+    return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
+                    history, writer, threads, embed, needs_index, run_dir)
+
+
+def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
+    """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
+    in generation calls of rollout_batch_prompts prompts seeded by their global index."""
+    cfg, inputs, tok = run.cfg, run.inputs, run.tokenizer
+    rng = random.Random(cfg.seed * 7919 + step)
+    pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
+    lo, hi = _rank_slice(len(pids), cfg, run.dist)
+    prompt_ids = {g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction,
+                                     inputs.system_prompt) for g in range(lo, hi)}
+    samples: list[Sample] = []
+    for c in range(lo, hi, cfg.rollout_batch_prompts):
+        call = list(range(c, min(c + cfg.rollout_batch_prompts, hi)))
+        rolls = generate(run.policy, tok, [prompt_ids[g] for g in call], n=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
+                         batch_size=len(call) * cfg.group_size, synced_gpus=run.dist.fsdp,
+                         engine=cfg.rollout_engine)
+        samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
+                           prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
+                           entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
+    return samples, pids, lo, hi
+
+
+def is_correct(text: str, answer: str, reward_format: str = "plain") -> bool:
+    """The verifier's verdict; with `reward_format: think` (LUFFY) no `</think>` means 0 and only the
+    text after it is verified."""
+    if reward_format == "think":
+        if THINK_CLOSE not in text:
+            return False
+        text = text.split(THINK_CLOSE, 1)[1]
+    return score_response(text, answer)[1]
+
+
+def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], step: int) -> dict:
+    """Verify every rollout, then (luffy/oger) put teacher traces in place of k rollouts per group.
+    Returns the teacher traces of this rank's problems {problem_id: (texts, vectors)}."""
+    cfg, inputs = run.cfg, run.inputs
+    for s in samples:
+        s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
+    refs = inputs.index.lookup(pids) if run.needs_index else {}
+    if cfg.replaces:
+        replace_with_teachers(samples, cfg, refs, run.tokenizer, run.tokenizer.eos_token_id,
+                              seed=cfg.seed * 7919 + step)
+        for s in samples:
+            if s.off_policy:
+                s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
+    return refs
+
+
+def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
+    """The batch's optimizer steps: one (ppo_mini_batches 1) or one per mini-batch, each normalised
+    over its global mini-batch with gradients all-reduced once; the LR schedule steps once per batch
+    (as verl's actor worker). Returns (loss metrics summed over ranks and weighted over mini-batches by
+    their token share, mean grad norm, learning rate used)."""
+    cfg, dist, model = run.cfg, run.dist, run.model
+    adv = adv.float()
+    if cfg.ppo_mini_batches == 1:
+        parts, old = [list(range(len(samples)))], None
+    else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
+        parts, old = mini_batches(samples, cfg.ppo_mini_batches), old_logprobs(model, samples, cfg, run.pad_id)
+    batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
+    metrics: dict[str, float] = {}
+    norms = []
+    for part in parts:
+        mb = [samples[i] for i in part]
+        totals = dist.sum([sum(len(s.response_ids) for s in mb), len(mb)])
+        run.opt.zero_grad(set_to_none=True)
+        part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
+                              grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
+                              old_logp=None if old is None else [old[i] for i in part], threads=run.threads)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
+        run.opt.step()
+        weight = totals[0] / batch_tokens if len(parts) > 1 else 1.0
+        for k, v in _sum_metrics(dist.gather(part_metrics)).items():
+            metrics[k] = metrics.get(k, 0.0) + v * weight
+    lr_used = run.sched.get_last_lr()[0]
+    run.sched.step()
+    return metrics, sum(norms) / len(norms), lr_used
+
+
+def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict,
+             extra: dict) -> dict | None:
+    """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
+    TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
+    cfg = run.cfg
+    records = [{"step": step + 1, **row, **({"text": s.text} if cfg.log_rollouts else {})}
+               for s, row in zip(samples, rew.rows)]
+    records = [r for part in run.dist.gather(records) for r in part]
+    if not run.dist.main:
+        return None
+    row = {"step": step + 1, **step_metrics(records, run.needs_index), **extra,
+           **{k: v for k, v in loss_metrics.items() if k in LOGGED_LOSS_METRICS}}
+    run.history.append(row)
+    with open(run.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if cfg.log_rollouts:
+        with open(run.run_dir / "rollouts.jsonl", "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if run.writer is not None:
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float) and not math.isnan(v):
+                run.writer.add_scalar(f"train/{k}", v, step + 1)
+        run.writer.flush()
+    return row
+
+
+def checkpoint(run: TrainRun, step: int) -> None:
+    if (step + 1) % run.cfg.checkpoint_every == 0 or step + 1 == run.cfg.steps:
+        model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
+        if run.dist.main:
+            save_checkpoint(run.run_dir / "checkpoints", step + 1, run.policy, run.tokenizer, run.opt,
+                            run.sched, model_state=model_state, optimizer_state=optim_state)
+        run.dist.barrier()
+
+
+def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
+          progress=None, dist: Dist | None = None) -> list[dict]:
+    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
+    the other ranks return an empty history)."""
+    run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
+    vocab = run.policy.config.vocab_size
+    with run.threads:  # the micro-batch threads live as long as the loop
+        for step in range(run.start, cfg.steps):
+            t0 = time.perf_counter()
+            samples, pids, lo, hi = rollouts(run, step)
+            t_gen = time.perf_counter()
+            refs = score_and_replace(run, samples, pids[lo:hi], step)
+            t_score = time.perf_counter()
+            # a group never spans ranks, so the reward step's group statistics are local
+            rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=cfg.seed * 7919 + step)
+            t_embed = time.perf_counter()
+            loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
+            t_update = time.perf_counter()
+            row = log_step(run, step, samples, rew, loss_metrics, {
+                "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
+                "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
+                "seconds_update": t_update - t_embed, "seconds_step": t_update - t0})
+            checkpoint(run, step)
+            if progress is not None and row is not None:
+                progress(row)
+    if run.writer is not None:
+        run.writer.close()
+    return run.history
+
+
+def _sum_metrics(parts: list[dict]) -> dict:
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _read_history(path: Path, done_steps: int) -> list[dict]:
+    """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: it belongs to lost work anyway
+            continue
+    rows = [r for r in rows if r.get("step", done_steps + 1) <= done_steps]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; this only guards broken installs
+        return None
+    return SummaryWriter(str(logdir))
