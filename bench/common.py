@@ -59,9 +59,7 @@ def tiny_artifacts(until: str = "policy"):
 
 def train_inputs(refs, instruction: str | None = None):
     """The train stage's own inputs for the tiny config (prompt pool, answers, index at its tag)."""
-    import polars as pl
-
+    from oger.stages.problems.files import read_problems
     from oger.stages.train.stage import train_inputs as build
 
-    problems = pl.read_parquet(Path(refs["problems"].path) / "problems.parquet")
-    return build(tiny_config(), problems, refs["index"], instruction)
+    return build(tiny_config(), read_problems(refs["problems"]), refs["index"], instruction)

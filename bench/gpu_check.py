@@ -37,6 +37,7 @@ from oger.contract.errors import ConfigError
 from oger.generation.engines import make_engine
 from oger.models import resolve_model
 from oger.stages.train.distributed import Dist
+from oger.stages.train.files import read_rollouts
 from oger.generation.hf import chat_prompt_ids
 from oger.stages.train.trainer import TrainInputs, train
 from oger.synthetic import STYLES, generate_problems, scripted_solution
@@ -226,7 +227,7 @@ def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, d
     """Rollout tokens/s, s/step and the update's MFU over the steps after the first (warm-up)."""
     import torch
 
-    rows = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    rows = read_rollouts(run_dir)
     keep = history[1:] or history
     steps = {h["step"] for h in keep}
     rows = [r for r in rows if r["step"] in steps]

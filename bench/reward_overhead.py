@@ -3,7 +3,6 @@ on SmolLM2-135M (a real LM) and on the tiny demo policy (where the encoder domin
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -20,6 +19,7 @@ def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from oger.contract.config import TrainConfig
+    from oger.stages.train.files import read_rollouts
     from oger.stages.train.trainer import train
 
     torch.manual_seed(0)
@@ -32,7 +32,7 @@ def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> 
     run_dir = Path(tempfile.mkdtemp(prefix=f"oger-overhead-{algorithm}-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)
-        rows = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+        rows = read_rollouts(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return {k: mean_after_warmup([h[k] for h in history]) for k in PHASES}, rows
@@ -72,9 +72,10 @@ def _compare(label: str, policy_dir: Path, inputs, steps: int, **kw) -> tuple[fl
 
 def main() -> None:
     from oger.models import materialize_gguf
+    from oger.stages.policy.files import model_dir
 
     refs = tiny_artifacts("policy")
-    tiny_dir = Path(refs["policy"].path) / "model"
+    tiny_dir = model_dir(refs["policy"])
     tiny_over, tiny_worst, tiny_rows = _compare("tiny", tiny_dir, train_inputs(refs), steps=6,
                                     prompts_per_step=8, group_size=8, max_new_tokens=80)
     lm_dir = materialize_gguf("smollm2")

@@ -89,9 +89,10 @@ def _pair(label, policy_dir, inputs, rounds, **kw) -> tuple[float, float]:
 
 def main() -> None:
     from oger.models import materialize_gguf
+    from oger.stages.policy.files import model_dir
 
     refs = tiny_artifacts("policy")
-    tiny = Path(refs["policy"].path) / "model"
+    tiny = model_dir(refs["policy"])
     inputs = train_inputs(refs)
     o_tiny, t_tiny = _pair("tiny", tiny, inputs, rounds=2, steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
     lm = materialize_gguf("smollm2")

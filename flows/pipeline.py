@@ -5,7 +5,6 @@ No algorithm code here: each task calls `oger.pipeline.run_stage`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from datetime import timezone
 
@@ -16,38 +15,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(DEFAULT_START_TIMEOUT_S)))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see oger.cli.quiet_threads
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import ui  # noqa: E402
-from flows.fanout import prefect_fan_out  # noqa: E402
+from flows.tasks import as_task  # noqa: E402
 from oger import pipeline  # noqa: E402
-from oger.contract.artifacts import ArtifactRef  # noqa: E402
 from oger.contract.config import OgerConfig, load_config  # noqa: E402
 from oger.commands.report import write_report  # noqa: E402
 from oger.contract.lock import workdir_lock  # noqa: E402
-
-
-def _stage_cache_key(context, parameters) -> str:
-    """The stage key, scoped to the workdir.
-
-    The flow runs the task with `refresh_cache` whenever the artifact is not complete on disk
-    (or is refreshed), so Prefect never hands back a ref to a deleted or interrupted artifact,
-    and the first run already records the result, so the next one shows Cached.
-    """
-    cfg: OgerConfig = parameters["cfg"]
-    p: pipeline.StagePlan = parameters["plan"]
-    scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
-    return f"oger2-{p.name}-{p.key}-{scope}"  # oger2: ArtifactRef moved to oger.contract.artifacts
-
-
-@task(cache_key_fn=_stage_cache_key, persist_result=True, task_run_name="{plan.name}",
-      log_prints=True)
-def stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef],
-               refresh: bool = False) -> ArtifactRef:
-    # Fan-out stages (teachers, evaluate) run their jobs as tasks on cfg.runner's task runner.
-    return pipeline.run_stage(cfg, plan, upstream, refresh=refresh,
-                              fan_out=prefect_fan_out(cfg.runner))
 
 
 def scheduled_round() -> str:
@@ -98,21 +74,15 @@ def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until
     ui.start(cfg, record)
     for note in pipeline.input_notes(plans, selected):  # e.g. train reads a pinned index tag
         print(note)
+
+    def on_stage(run: pipeline.StageRun) -> None:
+        record.add(run)
+        ui.stage(record, run.name)
+
     try:
-        refs = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
-        for name in selected:
-            p = plans[name]
-            force = name in refresh_set
-            was_cached = not force and pipeline.cached_ref(cfg, p) is not None
-            upstream = {u: refs[u] for u in pipeline.UPSTREAM[name]}
-            opts = {"task_run_name": f"{name}-{p.key[:8]}"}
-            if not was_cached:  # missing, interrupted or --refresh: recompute, re-record
-                opts["refresh_cache"] = True
-            ref, seconds = pipeline.timed(stage_task.with_options(name=name, **opts),
-                                          cfg, p, upstream, refresh=force)
-            refs[name] = ref
-            record.add(name, ref, was_cached, seconds)
-            ui.stage(record, name)
+        upstream = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
+        pipeline.execute(cfg, plans, selected, upstream, runner=as_task, refresh=refresh_set,
+                         on_stage=on_stage)
         report = write_report(record)
         record.finish("completed")
         ui.publish(record, report)

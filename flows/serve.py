@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from oger.contract.artifacts import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("OGER_SERVE_DIR") or REPO / "work" / "serve")  # pids and logs
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -45,7 +47,7 @@ def _spawn(name: str, args: list[str], env: dict) -> int:
     log = open(STATE / f"{name}.log", "w")
     proc = subprocess.Popen([PREFECT, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    (STATE / f"{name}.pid").write_text(str(proc.pid))
+    atomic_write(STATE / f"{name}.pid", lambda tmp: tmp.write_text(str(proc.pid)))  # a reader never sees ""
     return proc.pid
 
 

@@ -6,7 +6,6 @@ each pair asking Ray for sweep.num_cpus / sweep.num_gpus). No algorithm code her
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from flows.early_server import DEFAULT_START_TIMEOUT_S
@@ -15,36 +14,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's own temporary server (a flow called without `oger run`) waits as long as ours does.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(DEFAULT_START_TIMEOUT_S)))
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows.fanout import prefect_fan_out  # noqa: E402
-from oger import pipeline  # noqa: E402
-from oger.contract.artifacts import ArtifactRef  # noqa: E402
-from oger.contract.config import OgerConfig  # noqa: E402
+from flows.tasks import as_task  # noqa: E402
 from oger.sweep import run as sweep_run  # noqa: E402
 from oger.contract.lock import workdir_lock  # noqa: E402
-
-
-def _stage_cache_key(context, parameters) -> str:
-    """The stage key scoped to the workdir; the flow refreshes it whenever the artifact is not
-    complete on disk, so a cached Prefect result never points at a deleted artifact."""
-    cfg: OgerConfig = parameters["cfg"]
-    p: pipeline.StagePlan = parameters["plan"]
-    scope = hashlib.sha256(str(cfg.workdir_path).encode()).hexdigest()[:12]
-    return f"oger2-{p.name}-{p.key}-{scope}"  # oger2: ArtifactRef moved to oger.contract.artifacts
-
-
-@task(cache_key_fn=_stage_cache_key, persist_result=True, log_prints=True)
-def sweep_stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef]) -> ArtifactRef:
-    return pipeline.run_stage(cfg, plan, upstream, fan_out=prefect_fan_out(cfg.runner))
-
-
-def _upstream_as_task(cfg: OgerConfig, plan: pipeline.StagePlan, refs: dict[str, ArtifactRef]) -> ArtifactRef:
-    opts = {"name": plan.name, "task_run_name": f"{plan.name}-{plan.key[:8]}"}
-    if pipeline.cached_ref(cfg, plan) is None:
-        opts["refresh_cache"] = True
-    return sweep_stage_task.with_options(**opts)(cfg, plan, refs)
 
 
 def _run_name() -> str:
@@ -70,7 +46,7 @@ def oger_sweep(config: str, arms: list[str] | str | None = None, seeds: list[int
     pair_fan_out = prefect_fan_out(runner) if runner.kind == "local" else None
     # The same workdir lock as `oger-pipeline`: a sweep and a run never write one workdir at once.
     with workdir_lock(sp.base.workdir_path, sp.sweep_id, sp.base.lock_timeout_s, say=print):
-        summary = sweep_run.run_sweep(sp, run_upstream=_upstream_as_task, fan_out=prefect_fan_out(runner),
+        summary = sweep_run.run_sweep(sp, runner=as_task, fan_out=prefect_fan_out(runner),
                                       pair_fan_out=pair_fan_out,
                                       prefect_flow_run={"id": str(flow_run.id), "name": flow_run.name})
     return str(summary)

@@ -139,14 +139,12 @@ def cmd_status(args) -> int:
     rows = status_rows(cfg)
     rounds = round_status(cfg.workdir_path, cfg.index.table)
     pub = published_for_config(cfg)
-    ours = next((r["metrics"] for r in rows if r["stage"] == "evaluate"), {})
+    ours = scores_beside_published(rows)
     if args.json:
         print(json.dumps({"config": cfg.source_file, "workdir": str(cfg.workdir_path),
                           "stages": rows, "rounds": rounds,
                           "index_pin": read_pin(cfg.workdir_path, cfg.index.table),
-                          "published": {"backbone": pub.backbone, "methods": pub.methods,
-                                        "sources": pub.sources,
-                                        "beside_ours": comparison_rows(ours, pub)}},
+                          "published": {**pub.as_dict(), "beside_ours": comparison_rows(ours, pub)}},
                          indent=2, default=str))
         return 0
     from rich.console import Console
@@ -163,6 +161,17 @@ def cmd_status(args) -> int:
     _print_published(ours, pub)
     print_rounds(cfg, rounds)
     return 0
+
+
+def scores_beside_published(rows: list[dict]) -> dict:
+    """The benchmark scores of the cached stage that has them (its `scores` hook: evaluate)."""
+    from oger import contract
+
+    for r in rows:
+        hook = contract.get(r["stage"]).scores
+        if hook is not None and r["state"] == "cached":
+            return hook(r["metrics"])
+    return {}
 
 
 def cmd_bonus(args) -> int:

@@ -1,9 +1,11 @@
 """The stage DAG without Prefect: keys for every stage from the config alone, cache checks,
-running one stage, stage selection (--only/--from/--until) and the run record.
+running one stage, the one loop over stages (`execute`), stage selection (--only/--from/--until)
+and the run record.
 
 Stages are `oger.contract.Stage` objects registered in DAG order (the built-in ones below); this
-module only walks the registry: it never branches on a stage's name. `flows/pipeline.py` wraps
-`run_stage` in one Prefect task per stage; tests and scripts can call it directly.
+module only walks the registry: it never branches on a stage's name. `execute` is the loop every
+caller uses: `run_local` (scripts, tests, benches), the Prefect flow (`flows/pipeline.py`, whose
+runner wraps `run_stage` in one task per stage) and sweeps (`oger.sweep.run`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from oger import contract
 from oger.stages.filter import stage as filter_stage
@@ -112,6 +114,58 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
     return contract.get(p.name).run(ctx, inputs)
 
 
+@dataclass
+class StageRun:
+    """What one stage did in a run: its artifact, whether it was reused from cache, its seconds."""
+
+    name: str
+    ref: ArtifactRef
+    cached: bool
+    seconds: float
+
+    def entry(self) -> dict:
+        """The stage's record in a run's or sweep's summary.json."""
+        return {"key": self.ref.key, "cached": self.cached, "seconds": round(self.seconds, 3),
+                "path": self.ref.path, "metrics": self.ref.metrics}
+
+
+# (cfg, plan, upstream refs, refresh, cached) -> ref. `cached`: a complete artifact exists and is
+# not refreshed, so the runner will get it back (the Prefect task uses it to refresh its cache).
+StageRunner = Callable[[OgerConfig, StagePlan, dict[str, ArtifactRef], bool, bool], ArtifactRef]
+
+
+def in_process(fan_out=None) -> StageRunner:
+    """A runner calling `run_stage` here; `fan_out` runs the fan-out stages' jobs (default: here)."""
+
+    def run(cfg: OgerConfig, p: StagePlan, upstream: dict[str, ArtifactRef], refresh: bool,
+            cached: bool) -> ArtifactRef:
+        return run_stage(cfg, p, upstream, refresh=refresh, fan_out=fan_out)
+
+    return run
+
+
+def execute(cfg: OgerConfig, plans: dict[str, StagePlan], names: Iterable[str],
+            refs: dict[str, ArtifactRef], *, runner: StageRunner | None = None,
+            refresh: Iterable[str] = (), on_stage: Callable[[StageRun], None] | None = None
+            ) -> dict[str, ArtifactRef]:
+    """The one loop over stages (local runs, the Prefect flow, sweeps): each of `names` in DAG
+    order, from cache when its artifact is complete (unless in `refresh`), else computed by
+    `runner` from its upstream artifacts (`refs` holds those of stages not in `names`);
+    `on_stage` hears each stage's `StageRun`. Returns `refs` with the new artifacts added."""
+    runner = runner or in_process()
+    refresh, refs = set(refresh), dict(refs)
+    for name in names:
+        p = plans[name]
+        force = name in refresh
+        cached = not force and cached_ref(cfg, p) is not None
+        upstream = {u: refs[u] for u in UPSTREAM[name] if u in refs}
+        started = time.perf_counter()
+        refs[name] = runner(cfg, p, upstream, force, cached)
+        if on_stage is not None:
+            on_stage(StageRun(name, refs[name], cached, time.perf_counter() - started))
+    return refs
+
+
 def input_notes(plans: dict[str, StagePlan], selected: list[str]) -> list[str]:
     """What the selected stages want said before they run (e.g. train reads a pinned index)."""
     out: list[str] = []
@@ -200,12 +254,11 @@ class RunRecord(SummaryRecord):
         }
         self.write()
 
-    def add(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
-        self.data["stages"][name] = {"key": ref.key, "cached": cached, "seconds": round(seconds, 3),
-                                     "path": ref.path, "metrics": ref.metrics}
-        summary = contract.get(name).run_summary
+    def add(self, run: StageRun) -> None:
+        self.data["stages"][run.name] = run.entry()
+        summary = contract.get(run.name).run_summary
         if summary is not None:  # headline numbers (evaluate: one entry per benchmark)
-            self.data[name] = summary(ref)
+            self.data[run.name] = summary(run.ref)
         self.write()
 
 
@@ -219,12 +272,6 @@ def status_rows(cfg: OgerConfig) -> list[dict]:
     return rows
 
 
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t
-
-
 def run_local(cfg: OgerConfig, until: str | None = None, *, only=None,
               from_stage: str | None = None) -> dict[str, ArtifactRef]:
     """Run the selected stages (default: every stage up to `until`) in this process, without
@@ -232,7 +279,4 @@ def run_local(cfg: OgerConfig, until: str | None = None, *, only=None,
     cached already."""
     plans = plan(cfg)
     selected = select_stages(only, from_stage, until)
-    refs = load_upstream(cfg, plans, required_upstream(selected))
-    for name in selected:
-        refs[name] = run_stage(cfg, plans[name], refs)
-    return refs
+    return execute(cfg, plans, selected, load_upstream(cfg, plans, required_upstream(selected)))

@@ -45,6 +45,10 @@ class Published:
     def source_line(self) -> str:
         return "Published (%): " + "; ".join(f"{k}: {v}" for k, v in self.sources.items())
 
+    def as_dict(self) -> dict:
+        """What summary.json and `oger status --json` record."""
+        return {"backbone": self.backbone, "methods": self.methods, "sources": self.sources}
+
 
 def _load(path: Path | None = None) -> dict:
     path = path or find_data_file(REFERENCE)
@@ -122,8 +126,8 @@ def comparison_markdown(ours: dict, pub: Published) -> list[str]:
               "| benchmark | ours base | ours trained | " + " | ".join(methods) + " |",
               "|---|---|---|" + "---|" * len(methods)]
     for r in comparison_rows(ours, pub):
-        cells = [_cell(r[m]) for m in methods]
-        lines.append(f"| {r['benchmark']} | {_cell(r['base'])} | {_cell(r['trained'])} | "
+        cells = [cell(r[m]) for m in methods]
+        lines.append(f"| {r['benchmark']} | {cell(r['base'])} | {cell(r['trained'])} | "
                      + " | ".join(cells) + " |")
     return lines + ["", pub.source_line()]
 
@@ -132,7 +136,8 @@ def _pct(v) -> float | None:
     return None if v is None else round(100 * v, 1)
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
+    """An accuracy (%) as every report shows it: one decimal, – where not published."""
     return "–" if v is None else f"{v:.1f}"
 
 

@@ -15,10 +15,16 @@ from pathlib import Path
 from oger.contract.artifacts import canonical_json
 from oger.contract import artifact_manifest, read_manifest, stage_root
 from oger.contract.errors import StageError
+from oger.stages.evaluate import STAGE as EVALUATE
+from oger.stages.index import STAGE as INDEX
 from oger.stages.index.versions import list_versions
+from oger.stages.policy import STAGE as POLICY
+from oger.stages.teachers import STAGE as TEACHERS
+from oger.stages.train import STAGE as TRAIN
+from oger.stages.train.files import model_dir as trained_model_dir
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
-TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "accuracy_last_20pct", "bonus_mean",
+TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "env_reward_last_20pct", "bonus_mean",
                   "mixed_group_fraction", "heldout_accuracy")
 
 
@@ -39,7 +45,7 @@ def manifests(workdir: Path, stage: str) -> list[dict]:
 def first_seen(workdir: Path) -> dict[str, datetime]:
     """round -> when its first teachers artifact was written."""
     seen: dict[str, datetime] = {}
-    for m in manifests(workdir, "teachers"):
+    for m in manifests(workdir, TEACHERS):
         rnd, when = str(m.get("config", {}).get("round")), _when(m.get("created_at"))
         if rnd not in seen or when < seen[rnd]:
             seen[rnd] = when
@@ -57,22 +63,22 @@ def train_round(workdir: Path, m: dict) -> str | None:
     """The round a train artifact belongs to (recorded in its metrics; older ones: its index)."""
     if m.get("metrics", {}).get("round"):
         return m["metrics"]["round"]
-    index_key = m.get("inputs", {}).get("index", "")
-    rounds = (artifact_manifest(workdir, "index", index_key) or {}).get("metrics", {}).get("rounds", [])
+    index_key = m.get("inputs", {}).get(INDEX, "")
+    rounds = (artifact_manifest(workdir, INDEX, index_key) or {}).get("metrics", {}).get("rounds", [])
     return rounds[0] if len(rounds) == 1 else None
 
 
 def _same_recipe(workdir: Path, m: dict, policy_slice) -> bool:
     """The checkpoint was trained from a policy built by the same policy config (architecture,
     tokenizer recipe, SFT), so continuing from it is meaningful."""
-    policy_key = m.get("inputs", {}).get("policy", "")
-    pm = artifact_manifest(workdir, "policy", policy_key) or {}
+    policy_key = m.get("inputs", {}).get(POLICY, "")
+    pm = artifact_manifest(workdir, POLICY, policy_key) or {}
     return pm.get("config") == json.loads(canonical_json(policy_slice))
 
 
 def previous_checkpoint(workdir: Path, rnd: str, policy_slice) -> dict | None:
     """Manifest of the newest train artifact of the most recent earlier round that has one."""
-    trains = [m for m in manifests(workdir, "train") if _same_recipe(workdir, m, policy_slice)]
+    trains = [m for m in manifests(workdir, TRAIN) if _same_recipe(workdir, m, policy_slice)]
     for earlier in earlier_rounds(workdir, rnd):
         mine = [m for m in trains if train_round(workdir, m) == earlier]
         if mine:
@@ -93,7 +99,7 @@ def run_summaries(workdir: Path) -> list[dict]:
 def previous_run(workdir: Path, rnd: str, exclude_run_id: str | None = None) -> dict | None:
     """The latest completed run (with train or evaluate) of the most recent earlier round."""
     runs = [d for d in run_summaries(workdir) if d.get("status") == "completed"
-            and d.get("run_id") != exclude_run_id and {"train", "evaluate"} & set(d.get("stages", {}))]
+            and d.get("run_id") != exclude_run_id and {TRAIN, EVALUATE} & set(d.get("stages", {}))]
     for earlier in earlier_rounds(workdir, rnd):
         mine = [d for d in runs if d.get("round") == earlier]
         if mine:
@@ -104,13 +110,13 @@ def previous_run(workdir: Path, rnd: str, exclude_run_id: str | None = None) -> 
 def _pairs(prev: dict, cur: dict) -> list[tuple[str, object, object]]:
     """(metric, previous, this) for train metrics, and evaluate metrics when both runs have them."""
     rows = []
-    pt = prev["stages"].get("train", {}).get("metrics", {})
-    ct = cur["stages"].get("train", {}).get("metrics", {})
+    pt = prev["stages"].get(TRAIN, {}).get("metrics", {})
+    ct = cur["stages"].get(TRAIN, {}).get("metrics", {})
     if pt and ct:
         rows += [(f"train.{k}", pt.get(k), ct.get(k)) for k in TRAIN_COMPARED
                  if pt.get(k) is not None or ct.get(k) is not None]
-    pe = prev["stages"].get("evaluate", {}).get("metrics", {})
-    ce = cur["stages"].get("evaluate", {}).get("metrics", {})
+    pe = prev["stages"].get(EVALUATE, {}).get("metrics", {})
+    ce = cur["stages"].get(EVALUATE, {}).get("metrics", {})
     if pe and ce:
         for bench in sorted(set(pe) | set(ce)):
             a, b = pe.get(bench), ce.get(bench)
@@ -127,7 +133,7 @@ def _cell(v) -> str:
 def round_comparison_section(data: dict) -> list[str]:
     """Markdown comparing this run with the previous round's latest completed run; records what
     it compared with in `data["compared_with"]` (so summary.json says it too)."""
-    if not {"train", "evaluate"} & set(data.get("stages", {})):
+    if not {TRAIN, EVALUATE} & set(data.get("stages", {})):
         return []
     prev = previous_run(Path(data["workdir"]), str(data["round"]), data["run_id"])
     if prev is None:
@@ -168,19 +174,19 @@ def round_status(workdir: Path, table: str) -> list[dict]:
             row(r)["index_tags"].append(v)
     train_rounds = {}
     by_time = lambda m: _when(m.get("created_at"))  # noqa: E731
-    for m in sorted(manifests(workdir, "train"), key=by_time):
+    for m in sorted(manifests(workdir, TRAIN), key=by_time):
         r = train_round(workdir, m) or "?"
         train_rounds[m["key"]] = r
         met = m.get("metrics", {})
         row(r)["checkpoints"].append({
-            "key": m["key"], "path": str(Path(m["path"]) / "model"), "created_at": m.get("created_at"),
-            "algorithm": met.get("algorithm"), "init_from": met.get("init_from", "policy"),
-            "index_tag": m.get("inputs", {}).get("index"),
+            "key": m["key"], "path": str(trained_model_dir(m["path"])), "created_at": m.get("created_at"),
+            "algorithm": met.get("algorithm"), "init_from": met.get("init_from", "policy"),  # the option's value
+            "index_tag": m.get("inputs", {}).get(INDEX),
             "reward_last_20pct": met.get("reward_last_20pct"),
             "heldout_accuracy": met.get("heldout_accuracy")})
-    for m in sorted(manifests(workdir, "evaluate"), key=by_time):
-        r = train_rounds.get(m.get("inputs", {}).get("train", ""), "?")
-        row(r)["evaluations"].append({"key": m["key"], "train": m.get("inputs", {}).get("train"),
+    for m in sorted(manifests(workdir, EVALUATE), key=by_time):
+        r = train_rounds.get(m.get("inputs", {}).get(TRAIN, ""), "?")
+        row(r)["evaluations"].append({"key": m["key"], TRAIN: m.get("inputs", {}).get(TRAIN),
                                       "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
     for d in run_summaries(workdir):
         r = row(str(d.get("round")))

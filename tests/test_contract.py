@@ -1,9 +1,10 @@
 """The stage contract: no import cycles, stages as registered parts (a stage defined here runs
-through the real pipeline and is cached on the second run), no stage names in the pipeline,
+through the real pipeline and is cached on the second run), no stage names outside the stages,
 one atomic-write helper, benchmark names the config knows = the benchmark registry."""
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,8 +14,10 @@ from oger import contract, pipeline
 from oger.commands import plan as plan_cmd
 from oger.contract.artifacts import read_manifest
 from oger.contract.config import BENCHMARK_NAMES, load_config
+from oger.contract.errors import ConfigError
 from oger.contract import Stage, StageInfo, atomic_write
 from oger.stages.evaluate.benchmarks import REGISTRY, SYNTHETIC
+from oger.stages.problems.files import read_problems
 from oger.commands.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,11 +117,50 @@ def test_benchmark_names_in_config_equal_the_registry():
     assert sorted(BENCHMARK_NAMES) == sorted([SYNTHETIC, *REGISTRY])
 
 
-def test_pipeline_never_compares_a_stage_name():
-    names = {s.name for s in pipeline.BUILTIN_STAGES}
-    tree = ast.parse((REPO / "oger" / "pipeline.py").read_text())
-    literals = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names]
-    assert literals == [], f"stage names in oger/pipeline.py: {literals}"
+# String literals equal to a stage name that mean something else there, and how many of them.
+NOT_STAGE_NAMES = {
+    ("oger/contract/config.py", "train"): 3,  # the data split called "train" (defaults, a Literal)
+    ("oger/contract/config.py", "policy"): 4,  # train.init_from's value "policy" (Literal, default)
+    ("oger/rounds.py", "policy"): 1,  # init_from's value in a round's checkpoint list
+    ("oger/commands/index.py", "policy"): 1,  # init_from's value, printed
+    ("oger/commands/index.py", "index"): 1,  # the `oger index` subcommand
+    ("oger/cli.py", "index"): 1,  # the `oger index` subcommand
+    ("oger/commands/plan.py", "train"): 1,  # the synthetic source's "train" split
+}
+
+
+def stage_name_literals(names: set[str]) -> dict[tuple[str, str], int]:
+    """(module path, literal) -> count of string constants equal to a stage name in every module
+    outside oger/stages/ (docstrings excluded)."""
+    found: dict[tuple[str, str], int] = {}
+    for path in _modules().values():
+        rel = path.relative_to(REPO)
+        if rel.parts[:2] == ("oger", "stages"):
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Constant) and n.value in names and id(n) not in docs:
+                found[(str(rel), n.value)] = found.get((str(rel), n.value), 0) + 1
+    return found
+
+
+def test_no_module_outside_the_stages_spells_a_stage_name():
+    # A stage is reached through its hooks (models, check_inputs, per_pair, scores, ...) or, where a
+    # module must name it, through the STAGE constant it imports from the stage's package: adding a
+    # stage never means editing preflight, prepare, the CLI or the sweep.
+    found = stage_name_literals({s.name for s in pipeline.BUILTIN_STAGES})
+    assert found == NOT_STAGE_NAMES, {k: v for k, v in found.items() if NOT_STAGE_NAMES.get(k) != v}
+
+
+def test_the_stage_name_check_sees_a_spelled_name(tmp_path, monkeypatch):
+    spy = tmp_path / "oger" / "spy.py"
+    spy.parent.mkdir()
+    spy.write_text('"""a docstring naming train is fine"""\nif stage == "train":\n    pass\n')
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert stage_name_literals({"train"}) == {("oger/spy.py", "train"): 1}
 
 
 def test_registry_order_and_upstream_views():
@@ -129,14 +171,16 @@ def test_registry_order_and_upstream_views():
 
 
 def test_register_rejects_unknown_upstream_and_duplicates():
-    with pytest.raises(Exception, match="upstream \\['nope'\\] not registered"):
+    before = list(pipeline.STAGES)
+    with pytest.raises(ConfigError, match=r"^stage 'x': upstream \['nope'\] not registered \(registered: \["):
         contract.register(Stage("x", 1, ("nope",), key_inputs=lambda c: ({}, {}), run=None))
     dup = Stage("problems", 1, (), key_inputs=lambda c: ({}, {}), run=None)
-    with pytest.raises(Exception, match="registered already"):
+    with pytest.raises(ConfigError, match=r"^stage 'problems' is registered already$"):
         contract.register(dup)
-    with pytest.raises(Exception, match="read by"):
+    with pytest.raises(ConfigError, match=r"^stage 'problems' is read by \['teachers'.*\]; unregister those first$"):
         contract.unregister("problems")
-    assert "x" not in pipeline.STAGES
+    assert pipeline.STAGES == before and "x" not in pipeline.STAGES  # nothing changed by a refusal
+    assert contract.REGISTRY["problems"] is not dup
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -178,7 +222,7 @@ teachers:
 def _word_counts(ctx, inputs):
     """A small stage: question lengths per split, from the problems artifact."""
     calls.append(ctx.key)
-    problems = pl.read_parquet(Path(inputs["problems"].path) / "problems.parquet")
+    problems = read_problems(inputs["problems"])  # the owner's reader, as any downstream stage
     counts = problems.with_columns(words=pl.col("question").str.split(" ").list.len())
     per_split = {s: int(n) for s, n in counts.group_by("split").agg(pl.col("words").sum()).iter_rows()}
     ctx.write_atomic(ctx.cache_dir / "note.txt", lambda tmp: tmp.write_text("scratch"))
@@ -228,7 +272,7 @@ def test_a_registered_stage_runs_through_the_pipeline_and_is_cached(words_stage,
     assert manifest["inputs"] == {"problems": first["problems"].key} and manifest["complete"]
     assert ref.metrics["words"]["train"] > 0 and ref.metrics["words"]["test"] > 0
     assert (cfg.workdir_path / "cache" / "words" / ref.key[:16] / "note.txt").read_text() == "scratch"
-    record.add("words", ref, cached=False, seconds=0.0)
+    record.add(pipeline.StageRun("words", ref, cached=False, seconds=0.0))
     assert json.loads(record.summary_path.read_text())["words"] == {"words": ref.metrics["words"]}
     report = write_report(record).read_text()  # the stage's own section, from its hook
     assert "## Words" in report and str(ref.metrics["words"]) in report
@@ -270,3 +314,120 @@ def test_inputs_resolve_by_key_including_the_train_stages_own(tmp_path):
         pipeline.resolve_inputs(cfg, gone, {})
     with pytest.raises(StageError, match="pinned to index tag dddddddddddddddd"):
         pipeline.resolve_inputs(cfg, pipeline.StagePlan("train", "b" * 64, {}, {}, {"index": "d" * 64}), {})
+
+
+# --------------------------------------------------------------------------- artifacts with owners
+
+PATH_CALLS = {"Path", "PurePath", "file", "joinpath", "join"}  # calls whose string args are paths
+
+
+def declared_files() -> dict[str, set[str]]:
+    """Every file name a built-in stage declares in its artifact -> the packages of the stages that
+    declare it (the teachers' and the filter's tables are both called traces.parquet)."""
+    owners: dict[str, set[str]] = {}
+    for stage in pipeline.BUILTIN_STAGES:
+        package = stage.run.__module__.rpartition(".")[0]  # oger.stages.<name>
+        for name in stage.files:
+            owners.setdefault(name, set()).add(package)
+    return owners
+
+
+def file_name_literals(tree: ast.AST, names) -> list[tuple[int, str]]:
+    """(line, name) of each string constant that spells one of `names` as a path: the whole
+    string or one of its /-separated parts (f-string parts too); a name without a dot ("model", a
+    folder, also a dict key and a column) only when the string is used as a path (an operand of
+    `/`, an argument of Path(...), out.file(...), ...) or has a / in it."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    hits = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        parts = node.value.split("/")
+        parent = parents.get(node)
+        as_path = ((isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div))
+                   or (isinstance(parent, ast.Call) and node in parent.args
+                       and getattr(parent.func, "attr", getattr(parent.func, "id", None)) in PATH_CALLS))
+        for name in names:
+            if name in parts and ("." in name or len(parts) > 1 or as_path):
+                hits.append((node.lineno, name))
+    return sorted(hits)
+
+
+def file_name_spellings(tops=("oger", "flows", "bench")) -> list[str]:
+    """Every module but a stage's `files` module that spells one of that stage's file names (its
+    own stage.py too: a name two stages share, traces.parquet or model, is then never spelled
+    where the other stage's artifact is read)."""
+    owners, bad = declared_files(), []
+    for top in tops:
+        for path in sorted((REPO / top).rglob("*.py")):
+            mod = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            for line, name in file_name_literals(ast.parse(path.read_text(), str(path)), owners):
+                if not any(mod == package + ".files" for package in owners[name]):
+                    bad.append(f"{path.relative_to(REPO)}:{line}: {name!r} belongs to "
+                               f"{' and '.join(sorted(owners[name]))}: use the constants and readers of its "
+                               "files module")
+    return bad
+
+
+def test_every_stage_declares_its_files_in_its_files_module():
+    import importlib
+
+    for stage in pipeline.BUILTIN_STAGES:
+        files = importlib.import_module(stage.run.__module__.rpartition(".")[0] + ".files")
+        assert stage.files and stage.files == files.FILES, stage.name
+    owners = declared_files()
+    assert owners["problems.parquet"] == {"oger.stages.problems"}
+    assert owners["traces.parquet"] == {"oger.stages.teachers", "oger.stages.filter"}
+    assert owners["model"] == {"oger.stages.policy", "oger.stages.train"}
+
+
+def test_no_module_spells_another_stages_file_names():
+    """Only a stage's `files` module names the files of its artifact; the stage itself uses its
+    constants, pipeline, other stages, commands, sweep, flows and bench its readers."""
+    assert file_name_spellings() == []
+
+
+def test_the_file_name_check_sees_a_spelling(tmp_path, monkeypatch):
+    names = declared_files()
+    spelled = """
+problems = pl.read_parquet(Path(ref.path) / "problems.parquet")
+kept = pl.read_parquet(f"{ref.path}/traces.parquet")
+model = Path(ref.path) / "model"
+config = Path(m["path"], "model/config.json")
+row = {"model": "m", "column": pl.col("model")}  # a key and a column: not a path
+"""
+    got = file_name_literals(ast.parse(spelled), names)
+    assert got == [(2, "problems.parquet"), (3, "traces.parquet"), (4, "model"), (5, "model")]
+    spy = tmp_path / "oger" / "spy.py"  # a module outside the stages: flagged
+    spy.parent.mkdir()
+    spy.write_text(spelled)
+    package = tmp_path / "oger" / "stages" / "problems"
+    package.mkdir(parents=True)
+    (package / "files.py").write_text('PROBLEMS_FILE = "problems.parquet"\n')  # the owner's: fine
+    (package / "stage.py").write_text('p = out.file("problems.parquet")\n')  # not through it
+    filter_stage = tmp_path / "oger" / "stages" / "filter" / "stage.py"  # shares the name, still
+    filter_stage.parent.mkdir(parents=True)
+    filter_stage.write_text('t = pl.read_parquet(Path(teachers_ref.path) / "traces.parquet")\n')
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert [b.split(":")[0:2] for b in file_name_spellings(("oger",))] == [
+        ["oger/spy.py", "2"], ["oger/spy.py", "3"], ["oger/spy.py", "4"], ["oger/spy.py", "5"],
+        ["oger/stages/filter/stage.py", "1"], ["oger/stages/problems/stage.py", "1"]]
+
+
+def test_stages_read_only_upstream_stages_files():
+    """A stage's package imports another stage's `files` module only when that stage is upstream of
+    it (directly or not; the train stage's own `init` input is a train artifact)."""
+    graph = import_graph()
+
+    def ancestors(name: str) -> set[str]:
+        ups = set(pipeline.UPSTREAM[name])
+        return ups.union(*(ancestors(u) for u in ups)) if ups else set()
+
+    for stage in pipeline.BUILTIN_STAGES:
+        package = stage.run.__module__.rpartition(".")[0]
+        allowed = {package} | {f"oger.stages.{u}" for u in ancestors(stage.name)}
+        for mod, targets in graph.items():
+            if mod.startswith(package + "."):
+                for t in targets:
+                    if t.startswith("oger.stages.") and t.endswith(".files"):
+                        assert t.rpartition(".")[0] in allowed, f"{mod} imports {t}"

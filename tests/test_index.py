@@ -6,9 +6,12 @@ import pytest
 
 from oger.contract.artifacts import ArtifactRef, stage_key, write_artifact
 from oger.contract.config import IndexConfig
+from oger.contract.errors import StageError
 from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
+from oger.stages.filter.files import KEPT_FILE
 from oger.stages.index.stage import TeacherIndex, key_inputs, run_index, tag_exists, traces_to_index
+from oger.stages.problems.files import read_problems
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +19,7 @@ pytestmark = pytest.mark.slow
 def fake_filter_artifact(workdir, rows, key):
     df = pl.DataFrame(rows).with_columns(pl.lit(10).cast(pl.Int64).alias("n_tokens_policy"))
     with write_artifact(workdir, "filter", key, config_slice={}, upstream={}) as out:
-        df.write_parquet(out.file("traces.parquet"))
+        df.write_parquet(out.file(KEPT_FILE))  # only the columns the index stage reads
     return ArtifactRef(stage="filter", key=key, path=str(out.final))
 
 
@@ -26,7 +29,7 @@ def index_ctx(workdir, key, slice_, identity, filter_ref):
 
 
 def kept(filter_ref):
-    return pl.read_parquet(f"{filter_ref.path}/traces.parquet")
+    return pl.read_parquet(f"{filter_ref.path}/{KEPT_FILE}")
 
 
 def row(tid, pid, text, rnd="r1"):
@@ -77,7 +80,7 @@ def test_train_pool_scope_indexes_only_the_rl_pool(tmp_path, small_config):
 
     cfg = small_config.load(tmp_path, "index.problems=train_pool", "train.max_prompts=4")
     refs = run_local(cfg, until="filter")
-    problems = pl.read_parquet(f"{refs['problems'].path}/problems.parquet")
+    problems = read_problems(refs["problems"])
     pool = problems.filter(pl.col("split") == "train").head(4)["problem_id"].to_list()
     got = traces_to_index(cfg, refs["problems"], refs["filter"])
     assert set(got["problem_id"]) <= set(pool) and got.height > 0
@@ -91,7 +94,7 @@ def test_train_pool_scope_indexes_only_the_rl_pool(tmp_path, small_config):
     assert "problems" not in key_inputs(small_config.load(tmp_path))[0]  # default: all, key as before
 
     empty = small_config.load(tmp_path, "index.problems=train_pool", "train.split=nosuchsplit")
-    with pytest.raises(Exception, match="no kept trace belongs to the pool"):
+    with pytest.raises(StageError, match="no kept trace belongs to the pool"):
         traces_to_index(empty, refs["problems"], refs["filter"])
 
 

@@ -3,8 +3,6 @@ greedy token ids identical on prompts of different lengths (some stopping early,
 the budget), entropies equal to the ones HF records, sampling reproducible by seed, the policy
 left as it was found, and a few real training steps with `train.rollout_engine: paged`."""
 
-import json
-
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from oger.generation.hf import chat_prompt_ids, generate
 from oger.stages.train.trainer import TrainInputs, train
 from oger.synthetic import generate_problems
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
+from tests.builders import rollouts
 
 QUESTIONS = ["Compute 1 + 2.", "Compute 4 - 5 + 6 + 7 - 8 + 9 - 1 + 3.", "Compute 7.",
              "Compute 12 + 3 - 4 + 5."]
@@ -106,7 +105,7 @@ def test_training_steps_with_the_paged_engine(policy, tmp_path):
     assert [h["step"] for h in history] == [1, 2]
     assert all(h["last_token_entropy"] > 0 for h in history)  # entropies came back from the pass
     assert any((a - b).abs().max() > 0 for a, b in zip(before, model.parameters()))
-    rows = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    rows = rollouts(tmp_path)
     assert len(rows) == 2 * 4 * 4 and all(r["response_tokens"] <= 12 for r in rows)
     assert (tmp_path / "checkpoints").is_dir()
     assert model.config._attn_implementation == "sdpa" and not torch.is_inference_mode_enabled()

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from oger import pipeline  # noqa: F401  registers the stages: write_report calls their report sections
 from oger.cli import main
 from oger.contract.config import load_config
 from oger.published import backbone_of, published_for
@@ -69,3 +70,25 @@ def test_status_shows_published_rows(tmp_path, capsys):
     assert "published results, backbone Qwen2.5-Math-7B" in capsys.readouterr().out
     assert main(["status", "configs/tiny.yaml", "--set", f"workdir={tmp_path}/t"]) == 0
     assert "No published row for this policy" in capsys.readouterr().out
+
+
+def test_run_report_and_sweep_report_show_the_same_published_numbers(tmp_path):
+    """One lookup (oger.published) for both reports: the same backbone gives the same numbers."""
+    from oger.published import published_for_config
+    from oger.sweep.report import published_section
+
+    config = "configs/qwen2.5-math-7b-oger.yaml"
+    run_section = write_report(fake_record(tmp_path, config)).read_text().split(
+        "## Published results (same backbone)")[1]
+    methods = table_row(run_section, "benchmark")[3:]
+    benches = [b for b in OURS if b != "gsm8k"]
+    from_run = {(m, b): table_row(run_section, b)[3 + i] for b in benches for i, m in enumerate(methods)}
+    ours = {b: {"rows": {"oger": {"mean": OURS[b]["trained"]}}, "benchmarks": [b]} for b in OURS}
+    sweep = "\n".join(published_section(published_for_config(load_config(REPO / config)), ours))
+    assert "Backbone Qwen2.5-Math-7B" in sweep
+    cols = table_row(sweep, "method")[1:]
+    assert cols == benches  # the published benchmarks the sweep evaluated (gsm8k is not one)
+    from_sweep = {(m, b): table_row(sweep, m)[1 + cols.index(b)] for m in methods for b in benches}
+    assert from_sweep == from_run and from_run[("OGER", "aime24")] == "31.8"
+    assert sweep.splitlines()[-1].startswith("Published (%): ")
+    assert sweep.splitlines()[-1] in run_section.splitlines()  # the same sources

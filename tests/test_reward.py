@@ -11,7 +11,7 @@ import torch
 from oger.contract.config import TrainConfig
 from oger.algorithm import core, guards
 from oger.algorithm.reward import compute_rewards, reward_metrics
-from oger.algorithm.samples import Sample
+from tests.builders import sample
 
 TEACHER = "alpha We add the numbers step by step and carry the tens. So the answer is \\boxed{7}."
 # 2-D unit vectors chosen by the first word, so every cosine is a hand value.
@@ -32,8 +32,8 @@ def cfg(**oger) -> TrainConfig:
 
 def group(g, pid, rows):
     """rows: (first word or teacher text, correct, off_policy); entropy 0 at the last token (g(H) = 1)."""
-    return [Sample(g, pid, [], [1, 2, 3], text if off else rollout(text), off, correct=c, entropies=[0.0])
-            for text, c, off in rows]
+    return [sample(text if off else rollout(text), group=g, problem_id=pid, response_ids=[1, 2, 3],
+                   off_policy=off, correct=c, entropies=[0.0]) for text, c, off in rows]
 
 
 def test_oger_gating_and_advantages_by_hand():
@@ -62,7 +62,7 @@ def test_oger_gating_and_advantages_by_hand():
     assert m["bonus_share"] == pytest.approx((0.8 / 3) / (0.55 / 3 + 1.15 / 3 + 2.45 / 3 + 0.25 + 2))
     assert m["rank_change_fraction"] == 0.5  # group 0: alpha and beta were tied, now apart
     assert m["diversity_correct"] == pytest.approx(0.4)  # 1 - cos(alpha, beta), group 0 only
-    assert m["onpolicy_accuracy"] == pytest.approx(4 / 7) and m["env_reward"] == pytest.approx(4 / 7)
+    assert m["env_reward"] == pytest.approx(4 / 7) and "onpolicy_accuracy" not in m  # one name
 
 
 def test_all_correct_group_gives_teacher_rows_zero_and_bonus_stays_on_its_scale():
@@ -92,7 +92,10 @@ def test_lambda_zero_monitor_measures_without_paying_and_no_embedder_without_mon
     assert out.advantages.tolist() == pytest.approx(
         core.group_advantages(torch.tensor([[1.0, 1, 0, 1]], dtype=torch.float64)).view(-1).tolist())
     off = TrainConfig(group_size=4, algorithm="luffy", oger={"monitor": False})
-    assert compute_rewards(samples, teachers, None, off).metrics["divergence_mean"] != 0.2  # NaN: not measured
+    unmeasured = compute_rewards(samples, teachers, None, off)  # no embedder needed: nothing is embedded
+    assert math.isnan(unmeasured.metrics["divergence_mean"])  # NaN: not measured (not 0, not a value)
+    assert all(r["divergence"] is None for r in unmeasured.rows)
+    assert unmeasured.bonus.abs().sum() == 0
 
 
 def test_guards_zero_the_bonus_of_degenerate_rollouts():
@@ -101,14 +104,14 @@ def test_guards_zero_the_bonus_of_degenerate_rollouts():
                   "beta " + "we add the numbers again " * 12 + ". The answer is \\boxed{7}.",  # repetition
                   "beta Sumamos los números en otro orden y comprobamos la suma que es correcta. "
                   "La respuesta es \\boxed{7}."]  # another language
-    samples = [Sample(0, "p", [], [1], t, False, correct=True, entropies=[0.0]) for t in degenerate]
-    samples.append(Sample(0, "p", [], [1], rollout("beta"), False, correct=True, entropies=[0.0]))
+    samples = [sample(t, correct=True, entropies=[0.0]) for t in degenerate]
+    samples.append(sample(rollout("beta"), correct=True, entropies=[0.0]))
     out = compute_rewards(samples, teachers, fake_embed, TrainConfig(group_size=4))
     failed = [{k for k, ok in r["guards"].items() if not ok} for r in out.rows]
     assert failed == [{"reasoning"}, {"length_ratio", "repetition"}, {"language"}, set()]
     assert out.bonus.tolist() == pytest.approx([0, 0, 0, 0.2])
     # off-topic: d = 1 > max_divergence 0.45
-    far = [Sample(0, "p", [], [1], rollout("gamma"), False, correct=True, entropies=[0.0])] * 2
+    far = [sample(rollout("gamma"), correct=True, entropies=[0.0])] * 2
     out = compute_rewards(far, teachers, fake_embed, TrainConfig(group_size=2))
     assert out.rows[0]["guards"]["off_topic"] is False and out.bonus.abs().sum() == 0
 

@@ -268,6 +268,11 @@ def test_oger_reward_gating():
     close(b0, torch.zeros(6, dtype=D))
     _, bl = oger_reward(correct, div, ent, has, teacher, lam=0.5, modulation_mode="linear", vocab_size=100)
     close(bl[5], 0.25 * (1 - 1 / math.log(100)))
+    # guard verdicts: a row failing one (row 4) gets 0, the others keep their bonus
+    passed = torch.tensor([True, True, True, True, False, True])
+    rg, bg = oger_reward(correct, div, ent, has, teacher, lam=0.5, passed=passed)
+    close(bg, [0.25, 0.0, 0.0, 0.0, 0.0, 0.25 * math.exp(-1)])
+    close(rg, [1.25, 0.0, 1.0, 1.0, 1.0, 1 + 0.25 * math.exp(-1)])
 
 
 def test_oger_bonus_grows_with_divergence_and_shrinks_with_entropy():

@@ -12,7 +12,7 @@ from oger.stages.index import versions as iv
 from oger import rounds
 from oger.contract.artifacts import write_artifact
 from oger.contract.config import load_config
-from oger.contract.errors import ConfigError
+from oger.contract.errors import ConfigError, StageError
 from oger.pipeline import plan
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -137,6 +137,6 @@ def test_index_restore_rejects_unknown_tags_and_tags_without_artifacts(tmp_path)
     import shutil
 
     shutil.rmtree(tmp_path / "artifacts" / "index" / tag1[:16])
-    with pytest.raises(Exception, match="no complete index artifact"):
+    with pytest.raises(StageError, match="no complete index artifact"):
         iv.restore(tmp_path, "teacher_traces", tag1)
     assert iv.read_pin(tmp_path, "teacher_traces") is None

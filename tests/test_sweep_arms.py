@@ -91,15 +91,16 @@ def test_control_arms_are_defined_and_validated_by_the_config():
 
 
 def test_published_numbers_by_backbone():
-    assert "skipped" in report.published_for(load_config(TINY))
-    cfg = load_config(REPO / "configs" / "qwen2.5-math-1.5b-oger.yaml")
-    assert report.backbone(cfg) == "Qwen2.5-Math-1.5B"
-    if report.published_results_path() is None:
-        assert "published_results.json" in report.published_for(cfg)["skipped"]
-        return
-    got = report.published_for(cfg)
-    assert got["backbone"] == "Qwen2.5-Math-1.5B" and got["rows"]
-    assert all(r["backbone"] == "Qwen2.5-Math-1.5B" for r in got["rows"])
+    """The sweep report looks published results up through oger.published, as the run report and
+    `oger status` do (tests/test_published.py compares the numbers of both reports)."""
+    from oger import published
+
+    assert report.published_for_config is published.published_for_config
+    assert not hasattr(report, "published_for") and not hasattr(report, "backbone")
+    tiny = report.published_for_config(load_config(TINY))
+    assert not tiny.found and report.published_section(tiny, {})[-1] == tiny.missing_line()
+    got = report.published_for_config(load_config(REPO / "configs" / "qwen2.5-math-1.5b-oger.yaml"))
+    assert got.backbone == "Qwen2.5-Math-1.5B" and got.found
 
 
 def test_fill_results_doc(tmp_path):

@@ -1,6 +1,7 @@
 """The train stage for real on a small config: presets, OGER bonus gating, interrupt and resume."""
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import torch
 
 from oger import pipeline
 from oger.contract.config import load_config
+from oger.stages.train.metrics import NAMES, run_summary_names
+from tests.builders import metrics, rollouts
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +40,12 @@ def lite(lite_yaml, rl_workdir):
     return _load
 
 
-def rollouts(ref):
-    return [json.loads(line) for line in (Path(ref.path) / "rollouts.jsonl").read_text().splitlines()]
-
-
 def test_presets_replacement_and_bonus(lite):
+    from transformers import AutoModelForCausalLM
+
     for algo in ("grpo", "luffy", "oger"):
-        refs = pipeline.run_local(lite(f"train.algorithm={algo}"), until="train")
+        cfg = lite(f"train.algorithm={algo}")
+        refs = pipeline.run_local(cfg, until="train")
         m, rows = refs["train"].metrics, rollouts(refs["train"])
         off = [r for r in rows if r["off_policy"]]
         if algo == "grpo":
@@ -74,13 +76,50 @@ def test_presets_replacement_and_bonus(lite):
         eligible = [r for r in rows if r["bonus_eligible"]]
         assert all(r["divergence"] is not None and 0 <= r["divergence"] <= 1 for r in eligible)
         assert (m["divergence_mean"] is not None) == bool(eligible)
-        for k in ("bonus_share", "rank_change_fraction", "env_reward"):
-            assert k in m
+        # the bonus is the formula: lam * d * g(H) on eligible rows passing every guard, else 0
+        # (oger.baseline none, no shuffle: an on-policy row's bonus is its raw bonus)
+        lam = cfg.train.bonus_lambda
+        for r in rows:
+            want = (lam * r["divergence"] * r["gate"]
+                    if r["bonus_eligible"] and all(r["guards"].values()) else 0.0)
+            assert r["bonus_raw"] == pytest.approx(want, abs=1e-12), r
+            if not r["off_policy"]:
+                assert r["bonus"] == r["bonus_raw"], r
+        # one metrics row per configured step, finite and in range, agreeing with that step's rollouts
+        hist = metrics(refs["train"])
+        assert m["algorithm"] == algo and m["steps"] == cfg.train.steps == 6
+        assert [h["step"] for h in hist] == list(range(1, 7))
+        assert sorted({r["step"] for r in rows}) == list(range(1, 7))
+        for h in hist:
+            step_rows = [r for r in rows if r["step"] == h["step"]]
+            on = [r for r in step_rows if not r["off_policy"]]
+            assert len(step_rows) == cfg.train.prompts_per_step * cfg.train.group_size
+            assert h["env_reward"] == pytest.approx(sum(r["correct"] for r in on) / len(on))
+            assert h["reward"] == pytest.approx(sum(r["reward"] for r in step_rows) / len(step_rows))
+            assert h["replaced_fraction"] == pytest.approx(1 - len(on) / len(step_rows))
+            for k in ("env_reward", "bonus_share", "rank_change_fraction", "replaced_fraction",
+                      "mixed_group_fraction"):
+                assert 0 <= h[k] <= 1, (k, h)
+            for k in ("reward", "bonus_mean", "grad_norm", "lr", "pg_loss", "token_entropy", "seconds_step"):
+                assert math.isfinite(h[k]), (k, h)
+            assert h["lr"] > 0 and h["seconds_step"] > 0
+        # the artifact's run summaries are the means of those rows (rounded to 4 places)
+        for k in ("env_reward", "bonus_share", "rank_change_fraction", "replaced_fraction"):
+            assert m[k] == pytest.approx(sum(h[k] for h in hist) / len(hist), abs=1e-4), k
+            assert 0 <= m[k] <= 1, k
+        # rows and run summaries under the registry's names only (oger.stages.train.metrics)
+        assert all(list(h) == ["step", *NAMES] for h in hist) and set(run_summary_names()) <= set(m)
+        assert not {"accuracy_last_20pct", "onpolicy_accuracy", "divergence", "seconds_per_step"} & set(m)
         if algo != "oger":
             assert m["bonus_share"] == 0 and m["rank_change_fraction"] == 0
         assert any(not r["correct"] and not r["off_policy"] for r in rows)
-        assert (Path(refs["train"].path) / "curves.png").is_file()
-        assert (Path(refs["train"].path) / "tensorboard").is_dir()
+        art = Path(refs["train"].path)
+        png = (art / "curves.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000  # a real PNG: 12 panels
+        assert list((art / "tensorboard").rglob("events.out.tfevents.*"))  # TensorBoard event files
+        model = AutoModelForCausalLM.from_pretrained(art / "model")  # the trained model loads
+        assert model.config.architectures == ["Qwen2ForCausalLM"]
+        assert model.num_parameters() > 0
 
 
 def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(lite):
@@ -170,7 +209,7 @@ def test_interrupt_after_checkpoint_resumes_at_next_step(lite, lite_yaml, tmp_pa
     art = Path(out.strip().splitlines()[-1].split("DONE ", 1)[1])
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["metrics"]["resumed"] is True
-    steps = [json.loads(line)["step"] for line in (art / "metrics.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in metrics(art)]
     assert steps == list(range(1, 25))  # every step exactly once, resumed at the next one
     assert metrics_file.exists()
     model = AutoModelForCausalLM.from_pretrained(art / "model")
@@ -178,6 +217,6 @@ def test_interrupt_after_checkpoint_resumes_at_next_step(lite, lite_yaml, tmp_pa
     # Deterministic on CPU: the resumed run equals an uninterrupted one.
     out2 = _run(cfg_path, ref_wd)
     art2 = Path(out2.strip().splitlines()[-1].split("DONE ", 1)[1])
-    r1 = [json.loads(x)["reward"] for x in (art / "metrics.jsonl").read_text().splitlines()]
-    r2 = [json.loads(x)["reward"] for x in (art2 / "metrics.jsonl").read_text().splitlines()]
+    r1 = [h["reward"] for h in metrics(art)]
+    r2 = [h["reward"] for h in metrics(art2)]
     assert r1 == r2

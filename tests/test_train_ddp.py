@@ -10,6 +10,7 @@ import torch
 
 from oger import pipeline
 from oger.contract.config import load_config
+from tests.builders import metrics, rollout_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 
@@ -29,12 +30,6 @@ def params(path: Path) -> dict[str, torch.Tensor]:
     return dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
 
 
-def rollouts(ref) -> list[tuple]:
-    rows = [json.loads(x) for x in (Path(ref.path) / "rollouts.jsonl").read_text().splitlines()]
-    return [(r["step"], r["group"], r["text"], r["off_policy"], r["correct"], round(r["reward"], 6))
-            for r in rows]
-
-
 def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config, rl_workdir):
     from oger.stages.train.distributed import train_distributed
 
@@ -49,9 +44,9 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     refs = pipeline.run_local(one, until="train")
     single = refs["train"]
     assert single.metrics["replaced_fraction"] > 0
-    steps = [json.loads(x) for x in (Path(single.path) / "metrics.jsonl").read_text().splitlines()]
+    steps = metrics(single)
     assert all(h["approx_kl"] != 0 for h in steps)  # the second mini-batch's ratio is not 1
-    a, single_rollouts = params(Path(single.path) / "model"), rollouts(single)
+    a, single_rollouts = params(Path(single.path) / "model"), rollout_keys(single)
 
     # Two ranks, interrupted after step 1: a launch of a 1-step run into the same run directory
     # leaves rank 0's checkpoint step-000001 there; the stage then resumes at step 2.
@@ -61,8 +56,8 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     first = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.steps=1"])
-    hist = train_distributed(first, Path(refs["policy"].path) / "model",
-                             Path(refs["problems"].path) / "problems.parquet", refs["index"], run_dir)
+    hist = train_distributed(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"],
+                             run_dir)
     assert [h["step"] for h in hist] == [1]
     assert [c.name for c in (run_dir / "checkpoints").iterdir()] == ["step-000001"]  # rank 0 only
     shutil.rmtree(single.path)  # the artifact of the 1-process run, so the stage recomputes
@@ -70,7 +65,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     assert ddp.metrics["resumed"] is True and ddp.metrics["steps"] == 2
     assert "[oger-train] step 2/2" in (run_dir / "launch.log").read_text()
 
-    assert rollouts(ddp) == single_rollouts  # the same samples, rewards, teacher picks
+    assert rollout_keys(ddp) == single_rollouts  # the same samples, rewards, teacher picks
     b = params(Path(ddp.path) / "model")
     moved = 0
     for name, init in params(Path(refs["policy"].path) / "model").items():
@@ -85,7 +80,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
                                "train.launcher=accelerate"])
     fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
     assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
-    assert rollouts(fsdp) == single_rollouts
+    assert rollout_keys(fsdp) == single_rollouts
     c = params(Path(fsdp.path) / "model")
     for name in a:
         torch.testing.assert_close(c[name], a[name], rtol=1e-5, atol=1e-7, msg=name)

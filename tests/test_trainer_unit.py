@@ -7,8 +7,9 @@ import torch
 from oger.contract.config import TrainConfig
 from oger.algorithm import core
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
-from oger.stages.train.trainer import Sample, _batch_tensors, response_logits, update
+from oger.stages.train.trainer import _batch_tensors, response_logits, update
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
+from tests.builders import sample
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def samples(tok):
     for g, (q, a) in enumerate(texts):
         p = tok(q, add_special_tokens=False)["input_ids"]
         r = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out.append(Sample(g // 2, str(g), p, r, a, off_policy=(g == 3)))
+        out.append(sample(a, group=g // 2, problem_id=str(g), prompt_ids=p, response_ids=r, off_policy=(g == 3)))
     return out
 
 
@@ -113,7 +114,7 @@ def test_mini_batches_are_whole_groups_by_global_group_index():
     from oger.stages.train.trainer import mini_batches
 
     def grouped(groups):
-        return [Sample(g, str(g), [1], [2], "x", False) for g in groups]
+        return [sample(group=g, problem_id=str(g), prompt_ids=[1], response_ids=[2]) for g in groups]
 
     # one rank holding groups 0..3 (two rows each): group g goes to mini-batch g mod 2
     assert mini_batches(grouped([0, 0, 1, 1, 2, 2, 3, 3]), 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]

@@ -262,15 +262,19 @@ def modulation(H: Tensor, mode: str = "exp", tau: float = 1.0, vocab_size: int |
 
 def oger_reward(correct: Tensor, div: Tensor, entropy: Tensor, has_teacher: Tensor, is_teacher: Tensor,
                 lam: float, modulation_mode: str = "exp", tau: float = 1.0,
-                vocab_size: int | None = None) -> tuple[Tensor, Tensor]:
+                vocab_size: int | None = None, passed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """r = c + bonus, bonus = lam * c * d * g(H), gated to correct, on-policy rows of problems with a teacher.
 
     correct: (B,) in {0, 1}; div: (B,) divergence; entropy: (B,) end-of-answer entropy; has_teacher, is_teacher:
-    (B,) bool. Wrong answers, teacher (off-policy) rows and teacher-less problems get bonus exactly 0 (NaN
+    (B,) bool; passed: (B,) bool guard verdicts (`oger.algorithm.guards`), None for all passed. Wrong answers,
+    teacher (off-policy) rows, teacher-less problems and rows failing a guard get bonus exactly 0 (NaN
     divergence/entropy in those rows does not leak). Returns (reward (B,), bonus (B,)).
+    The reward step (`oger.algorithm.reward.compute_rewards`) takes its raw bonus from here.
     """
     c = correct.to(div.dtype)
     gate = (c > 0) & has_teacher.bool() & ~is_teacher.bool()
+    if passed is not None:
+        gate = gate & passed.bool()
     if lam == 0.0:
         bonus = torch.zeros_like(c)
     else:

@@ -90,7 +90,8 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
             emask[i, :len(s.entropies)] = 1
     last_h = core.last_token_entropy(ent, emask, o.entropy_tokens)
     # No entropy (a hand-written rollout in `oger bonus`): no damping, g = 1.
-    gate = core.modulation(torch.nan_to_num(last_h, nan=0.0), o.modulation, o.tau, vocab_size)
+    h = torch.nan_to_num(last_h, nan=0.0)
+    gate = core.modulation(h, o.modulation, o.tau, vocab_size)
 
     div = torch.full((B,), float("nan"), dtype=torch.float64)
     diversity = [None] * G
@@ -124,9 +125,9 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
         verdicts[i] = v
         passed[i] = all(v.values())
 
-    raw = torch.zeros(B, dtype=torch.float64)
-    if lam > 0 and want:
-        raw = torch.where(eligible & passed, lam * torch.nan_to_num(div) * gate, raw)
+    # bonus = lam * c * d * g(H) on eligible rows whose guards passed; d is NaN where not measured (-> 0)
+    _, raw = core.oger_reward(correct, torch.nan_to_num(div), h, has_teacher, is_teacher, lam,
+                              o.modulation, o.tau, vocab_size, passed=passed)
     bonus = raw
     if o.shuffle_bonus:
         bonus = core.shuffle_bonus(bonus, eligible, torch.Generator().manual_seed(seed))
@@ -189,7 +190,8 @@ def _corr(xs: list[float], ys: list[float]) -> float:
 
 def reward_metrics(rows: list[dict]) -> dict:
     """What the bonus did in one step, from the per-sample rows (of all ranks: a group never spans
-    ranks, so group-level fields are exact)."""
+    ranks, so group-level fields are exact). Every name is a step metric of
+    `oger.stages.train.metrics` (meaning and aggregation there)."""
     on = [r for r in rows if not r["off_policy"]]
     want = [r for r in rows if r["bonus_eligible"]]
     groups: dict[int, list[dict]] = {}
@@ -201,8 +203,7 @@ def reward_metrics(rows: list[dict]) -> dict:
     total_adv = sum(abs(r["advantage"]) for r in rows)
     guard_names = sorted({k for r in want for k in (r["guards"] or {})})
     m = {
-        "onpolicy_accuracy": _mean(float(r["correct"]) for r in on),
-        "env_reward": _mean(float(r["correct"]) for r in on),
+        "env_reward": _mean(float(r["correct"]) for r in on),  # on-policy correctness: no teacher rows, no bonus
         "bonus_mean": _mean((r["bonus"] for r in on), 0.0),
         "bonus_correct_mean": _mean((r["bonus"] for r in want), 0.0),
         "bonus_share": (sum(abs(r["advantage"] - r["advantage_no_bonus"]) for r in rows) / total_adv

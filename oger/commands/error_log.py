@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from oger.contract.artifacts import atomic_write
 from oger.contract.errors import OgerError
 
 
@@ -30,8 +31,8 @@ def write_traceback(exc: BaseException, workdir: Path | None) -> Path | None:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = logs / f"error-{stamp}-{os.getpid()}.log"
-        path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        return path
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return atomic_write(path, lambda tmp: tmp.write_text(text))
     except OSError:
         return None
 

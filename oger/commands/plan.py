@@ -15,6 +15,8 @@ from pathlib import Path
 from oger import contract, pipeline
 from oger.contract.config import SyntheticSource, load_config
 from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.stages.problems import STAGE as PROBLEMS
+from oger.stages.problems.files import read_problems
 from oger.stages.problems.stage import source_file
 
 
@@ -26,9 +28,7 @@ class ProblemCounts:
         self.rows: dict[tuple[str, str], int | None] = {}
         self.exact = problems_ref is not None
         if problems_ref is not None:
-            import polars as pl
-
-            df = pl.read_parquet(Path(problems_ref.path) / "problems.parquet", columns=["split", "source"])
+            df = read_problems(problems_ref, columns=["split", "source"])
             for split, source, n in df.group_by(["split", "source"]).len().iter_rows():
                 self.rows[(split, source)] = n
             return
@@ -77,7 +77,7 @@ def build(cfg) -> dict:
     """The plan as a JSON-able dict (what `oger plan --json` prints)."""
     plans = pipeline.plan(cfg)
     refs = {name: pipeline.cached_ref(cfg, p) for name, p in plans.items()}
-    counts = ProblemCounts(cfg, refs.get("problems"))
+    counts = ProblemCounts(cfg, refs.get(PROBLEMS))
     stages, total, unknown = [], 0, False
     for name in pipeline.STAGES:
         p = plans[name]

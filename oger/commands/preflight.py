@@ -8,25 +8,17 @@ Stages already cached are not re-checked (their inputs are in their key's finger
 
 from __future__ import annotations
 
-from oger import pipeline
+from oger import contract, pipeline
+from oger.contract import ModelUse
 from oger.contract.config import OgerConfig
 from oger.contract.errors import ConfigError
 from oger.models import check_model_available
-from oger.stages.problems.stage import check_sources
 
 
-def model_fields(cfg: OgerConfig, stage: str) -> list[tuple[str, str]]:
-    """(config field, model reference) of every model the stage loads."""
-    if stage == "teachers":
-        return [(f"teachers.teachers[{i}].model ({t.name})", t.model)
-                for i, t in enumerate(cfg.teachers.teachers) if t.backend in ("transformers", "vllm")]
-    if stage == "filter":
-        return [("filter.tokenizer", cfg.filter.tokenizer)]
-    if stage == "index":
-        return [("index.encoder", cfg.index.encoder)]
-    if stage == "policy" and cfg.policy.source == "model":
-        return [("policy.model", cfg.policy.model)]
-    return []
+def model_uses(cfg: OgerConfig, stage: str) -> list[ModelUse]:
+    """Every model `stage` loads when it computes (its `models` hook)."""
+    hook = contract.get(stage).models
+    return hook(cfg) if hook is not None else []
 
 
 def check_inputs(cfg: OgerConfig, selected: list[str]) -> dict[str, pipeline.StagePlan]:
@@ -36,13 +28,14 @@ def check_inputs(cfg: OgerConfig, selected: list[str]) -> dict[str, pipeline.Sta
         plans = pipeline.plan(cfg)  # fingerprints local files and model folders
     except ConfigError:
         for stage in pipeline.STAGES:  # a missing model path: name the config field
-            for field, ref in model_fields(cfg, stage):
-                check_model_available(ref, field)
+            for use in model_uses(cfg, stage):
+                check_model_available(use.ref, use.field)
         raise
     to_run = [s for s in selected if pipeline.cached_ref(cfg, plans[s]) is None]
     for stage in to_run:
-        for field, ref in model_fields(cfg, stage):
-            check_model_available(ref, field)
-    if "problems" in to_run:
-        check_sources(cfg.problems)
+        for use in model_uses(cfg, stage):
+            check_model_available(use.ref, use.field)
+        check = contract.get(stage).check_inputs
+        if check is not None:
+            check(cfg)
     return plans

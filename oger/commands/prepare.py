@@ -20,21 +20,21 @@ import time
 from oger.contract.config import OgerConfig
 from oger.contract.errors import StageError
 from oger.models import gguf_tokenizer_dir, materialize_gguf, resolve_model
+from oger.commands.preflight import model_uses
 from oger.pipeline import STAGES
-from oger.commands.preflight import model_fields
 
 
 def gguf_models(cfg: OgerConfig) -> list[tuple[str, str, bool]]:
     """(config field, model reference, tokenizer only) of each distinct GGUF file the config loads."""
     seen: dict[str, tuple[str, str, bool]] = {}
     for stage in STAGES:
-        for field, ref in model_fields(cfg, stage):
-            src = resolve_model(ref)
+        for use in model_uses(cfg, stage):
+            src = resolve_model(use.ref)
             if src.kind != "gguf":
                 continue
-            tokenizer_only = stage == "filter"  # the filter counts tokens; it loads no weights
+            tokenizer_only = not use.weights  # e.g. the filter counts tokens; it loads no weights
             if src.path not in seen or (seen[src.path][2] and not tokenizer_only):
-                seen[src.path] = (field, ref, tokenizer_only)
+                seen[src.path] = (use.field, use.ref, tokenizer_only)
     return list(seen.values())
 
 

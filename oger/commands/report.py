@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from oger import contract
+from oger.contract.artifacts import atomic_write
 from oger.rounds import round_comparison_section
 
 
@@ -30,6 +31,5 @@ def write_report(record) -> Path:
         if stage is not None and stage.report_section is not None:
             lines += stage.report_section(entry, record.dir)
     lines += round_comparison_section(data)
-    path = record.dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    text = "\n".join(lines) + "\n"
+    return atomic_write(record.dir / "report.md", lambda tmp: tmp.write_text(text))

@@ -60,6 +60,37 @@ class ArtifactRef(BaseModel):
         return Path(self.path)
 
 
+def artifact_path(ref: ArtifactRef | str | Path) -> Path:
+    """The folder of an artifact given as its `ArtifactRef` or as its path (a summary.json's
+    "path"): what every stage's readers take."""
+    return ref.dir if isinstance(ref, ArtifactRef) else Path(ref)
+
+
+def read_table(ref: ArtifactRef | str | Path, name: str, schema: dict, columns: list[str] | None = None):
+    """The parquet file `name` of an artifact as a polars DataFrame, after checking that it has the
+    columns of `schema` (all of them, or only `columns`, which are the ones read) with their types.
+
+    The readers in each stage's `files` module call this: a table some other stage wrote is read
+    through its owner's reader, which names what it expects."""
+    import polars as pl
+
+    from oger.contract.errors import StageError
+
+    path = artifact_path(ref) / name
+    want = {c: schema[c] for c in (columns or schema)}
+    try:
+        df = pl.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise StageError(f"{path}: no such file; the artifact is incomplete (rerun its stage "
+                         "with --refresh)") from None
+    missing = [c for c in want if c not in df.columns]
+    wrong = [f"{c} is {df.schema[c]}, expected {t}" for c, t in want.items()
+             if c in df.columns and df.schema[c] != t]
+    if missing or wrong:
+        raise StageError(f"{path}: " + "; ".join(([f"missing columns {missing}"] if missing else []) + wrong))
+    return df
+
+
 def stage_root(workdir: Path, stage: str) -> Path:
     """`<workdir>/artifacts/<stage>/`: every artifact of one stage, one folder per key."""
     return Path(workdir) / "artifacts" / stage

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oger.contract.errors import ConfigError
+from oger.contract.keys import inert, not_in_key, omitted_at_default, resolved
 
 
 class Strict(BaseModel):
@@ -68,7 +69,8 @@ class LocalSource(_FileLikeSource):
     """A local jsonl or parquet file; `${OGER_DATA_DIR}` and `~` are expanded."""
 
     kind: Literal["local"]
-    path: str
+    path: str = Field(json_schema_extra=not_in_key("the file's content fingerprint is in the identity: "
+                                                   "a moved copy is the same data"))
 
 
 class HFSource(_FileLikeSource):
@@ -105,7 +107,8 @@ class TeacherConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backend: Backend
-    model: str | None = None
+    model: str | None = Field(None, json_schema_extra=resolved(
+        "a model the backend loads is keyed by its content fingerprint, not its path or alias"))
     n: int = Field(1, ge=1)
     sampling: Sampling = Sampling()
     split: str = "train"
@@ -119,19 +122,23 @@ class TeacherConfig(Strict):
     # transformers / vllm
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     engine: Literal["hf", "paged"] = Field("hf", description="transformers backend: padded generate "
-                                           "(hf) or continuous batching with paged attention (paged)")
+                                           "(hf) or continuous batching with paged attention (paged)",
+                                           json_schema_extra=omitted_at_default("keys from before the option"))
     tensor_parallel_size: int = Field(1, ge=1)
-    # openai
-    base_url: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    max_concurrency: int = Field(4, ge=1)
-    request_timeout_s: float = Field(300.0, gt=0)
+    # openai: where the served model is and how to talk to it, not what it writes
+    base_url: str | None = Field(None, json_schema_extra=not_in_key("the server's address"))
+    api_key_env: str | None = Field("OPENAI_API_KEY", json_schema_extra=not_in_key("credentials"))
+    max_concurrency: int = Field(4, ge=1, json_schema_extra=not_in_key("requests in flight; each is seeded"))
+    request_timeout_s: float = Field(300.0, gt=0, json_schema_extra=not_in_key("a resource bound"))
     # fan-out (runner.kind: ray); not in the key: shards give the same traces as one run
     shards: int = Field(1, ge=1, description="split this teacher's problems into N shards, run "
-                        "as separate tasks (in parallel on Ray)")
+                        "as separate tasks (in parallel on Ray)",
+                        json_schema_extra=not_in_key("shards sample as one run (seeded by position)"))
     num_gpus: float | None = Field(None, ge=0, description="GPUs each shard asks Ray for; default: "
-                                   "tensor_parallel_size for vllm, 0 otherwise")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs each shard asks Ray for")
+                                   "tensor_parallel_size for vllm, 0 otherwise",
+                                   json_schema_extra=not_in_key("a resource request"))
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each shard asks Ray for",
+                            json_schema_extra=not_in_key("a resource request"))
 
     @model_validator(mode="after")
     def _check_backend(self) -> "TeacherConfig":
@@ -168,13 +175,14 @@ class TeachersConfig(Strict):
 
 
 class FilterConfig(Strict):
-    tokenizer: str = Field("smollm2", description="model whose tokenizer measures trace length")
+    tokenizer: str = Field("smollm2", description="model whose tokenizer measures trace length",
+                           json_schema_extra=resolved("keyed by its content fingerprint"))
     min_tokens: int = Field(1, ge=0)
     max_tokens: int = Field(1024, ge=1)
     require_stop: bool = True
     dedupe: bool = True
     max_per_problem_teacher: int | None = Field(None, ge=1)
-    verify_timeout_s: float = Field(5.0, gt=0)
+    verify_timeout_s: float = Field(5.0, gt=0, json_schema_extra=not_in_key("a resource bound"))
 
     @model_validator(mode="after")
     def _bounds(self) -> "FilterConfig":
@@ -184,13 +192,15 @@ class FilterConfig(Strict):
 
 
 class IndexConfig(Strict):
-    encoder: str = "minilm"
-    batch_size: int = Field(64, ge=1)
+    encoder: str = Field("minilm", json_schema_extra=resolved("keyed by its content fingerprint"))
+    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
+        "batching changes the vectors in the last float32 bits only (|diff| <= 1.2e-7 measured)"))
     long_text: Literal["chunk_mean", "head"] = "chunk_mean"
     table: str = "teacher_traces"
     problems: Literal["all", "train_pool"] = Field(
         "all", description="whose traces to index: all kept traces, or only those of the RL pool "
-        "(train.split, first train.max_prompts), the only problems the train stage looks up")
+        "(train.split, first train.max_prompts), the only problems the train stage looks up",
+        json_schema_extra=omitted_at_default("keys from before the option; train_pool adds the pool"))
 
 
 # --------------------------------------------------------------------------- policy / train
@@ -221,28 +231,36 @@ class SFTConfig(Strict):
     precision: Literal["float32", "bf16-mixed", "auto"] = Field(
         "float32", description="bf16-mixed: bf16 matmuls, float32 weights and optimizer (autocast); "
         "faster on CPUs with native bf16 (AVX512-BF16/AMX), slower on other CPUs. auto: bf16-mixed "
-        "where the CPU has it, else float32 (the key records which)")
+        "where the CPU has it, else float32 (the key records which)",
+        json_schema_extra=resolved("the precision that runs on this machine; float32 (the old "
+                                   "behaviour) leaves it out"))
     seed: int = 0
 
 
 class PolicyConfig(Strict):
     source: Literal["tiny", "model"] = "tiny"
-    model: str | None = Field(None, description="HF folder, .gguf file or hub id (source: model)")
+    model: str | None = Field(None, description="HF folder, .gguf file or hub id (source: model)",
+                              json_schema_extra=resolved("with source: model, keyed by its content "
+                                                         "fingerprint; unused with source: tiny"))
     dtype: Literal["float32", "bfloat16"] = "float32"
-    tiny: TinyPolicy = TinyPolicy()
+    tiny: TinyPolicy = Field(TinyPolicy(), json_schema_extra=inert("unused with source: model"))
     sft: SFTConfig = SFTConfig()
     instruction: str = Field("{question}", description="user turn; the trainer uses the same")
     system_prompt: str | None = None
     eval_split: str = "test"
     eval_limit: int = Field(200, ge=1)
     eval_max_new_tokens: int = Field(128, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
+        "each sample is seeded by its place in the job list, not by its batch"))
 
     @model_validator(mode="after")
     def _check(self) -> "PolicyConfig":
         if self.source == "model" and not self.model:
             raise ValueError("policy.source 'model' needs policy.model")
         return self
+
+    def inert_fields(self) -> set[str]:
+        return {"tiny"} if self.source == "model" else set()
 
 
 class BonusGuards(Strict):
@@ -293,6 +311,10 @@ class OgerRewardConfig(Strict):
                           "when lambda is 0 (grpo/luffy), so divergence has a baseline")
 
 
+_NO_CLIP = "with one optimizer step per batch the ratio is 1: the clip cannot act"
+_SAME_MODEL = "the same model either way (how the update is spread over processes and memory)"
+
+
 class TrainConfig(Strict):
     algorithm: Literal["grpo", "luffy", "oger"] = "oger"
     steps: int = Field(40, ge=1)
@@ -309,14 +331,16 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(16, ge=1, json_schema_extra=not_in_key(
+        "the loss is normalised over the whole batch: the same gradient, other rounding"))
     ppo_mini_batches: int = Field(
         1, ge=1, description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
                              "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
-                             "old log-probs computed once before the first; >1 makes clip* act")
-    clip: bool = True
-    clip_eps_low: float = Field(0.2, ge=0)
-    clip_eps_high: float = Field(0.2, ge=0)
+                             "old log-probs computed once before the first; >1 makes clip* act",
+        json_schema_extra=inert("1 (the default): keys from before the option"))
+    clip: bool = Field(True, json_schema_extra=inert(_NO_CLIP))
+    clip_eps_low: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
+    clip_eps_high: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
     loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
     scale_rewards: Literal["group", "none"] = "group"
     entropy_coef: float = 0.0
@@ -342,25 +366,32 @@ class TrainConfig(Strict):
                                        "call is seeded by its global index, so results do not "
                                        "depend on num_processes")
     # Multi-process training (DDP; FSDP2 on GPU). Not in the key: same model either way.
-    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
-    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks",
+                               json_schema_extra=not_in_key(_SAME_MODEL))
+    launcher: Literal["torchrun", "accelerate"] = Field("torchrun", json_schema_extra=not_in_key(_SAME_MODEL))
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, "
-                                                     "else gloo")
+                                                     "else gloo", json_schema_extra=not_in_key(_SAME_MODEL))
     fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
-                       "(FSDP2) instead of replicating them (DDP)")
-    gradient_checkpointing: bool = False
+                       "(FSDP2) instead of replicating them (DDP)", json_schema_extra=not_in_key(_SAME_MODEL))
+    gradient_checkpointing: bool = Field(False, json_schema_extra=not_in_key(_SAME_MODEL))
     # Rollout engine (same module as the update, no weight sync). In the key only when not hf.
     rollout_engine: Literal["hf", "paged"] = Field(
         "hf", description="hf: padded transformers generate; paged: transformers continuous "
                           "batching with paged attention (no padding, finished rollouts leave the "
-                          "batch; entropies from one extra no-grad forward pass)")
-    checkpoint_every: int = Field(10, ge=1)
-    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
+                          "batch; entropies from one extra no-grad forward pass)",
+        json_schema_extra=omitted_at_default("keys from before the option; paged samples another "
+                                             "random stream"))
+    checkpoint_every: int = Field(10, ge=1, json_schema_extra=not_in_key(
+        "a resumed run continues the same random streams"))
+    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus",
+                               json_schema_extra=not_in_key("logging"))
     seed: int = 0
     init_from: Literal["policy", "previous_round"] = Field(
         "policy", description="policy: start from the policy-stage model; previous_round: continue "
                               "from the latest trained model of an earlier teachers.round in this "
-                              "workdir (same policy recipe), the policy model when there is none")
+                              "workdir (same policy recipe), the policy model when there is none",
+        json_schema_extra=omitted_at_default("keys from before the option; the start checkpoint's "
+                                             "key is an input"))
 
     @model_validator(mode="after")
     def _shardable(self) -> "TrainConfig":
@@ -378,6 +409,11 @@ class TrainConfig(Strict):
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "
                              "rollout_engine 'hf' (synced_gpus) with fsdp, or DDP")
         return self
+
+    def inert_fields(self) -> set[str]:
+        if self.ppo_mini_batches == 1:
+            return {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
+        return set()
 
     @property
     def replaces(self) -> bool:
@@ -442,15 +478,21 @@ class EvaluateConfig(Strict):
     backbone: str | None = Field(
         None, description="the backbone whose published results (data/reference/published_results.json) "
                           "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
-                          "policy.model. Not part of any stage key")
+                          "policy.model. Not part of any stage key",
+        json_schema_extra=not_in_key("which published numbers the report shows beside ours"))
     seed: int = 0
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
+        "each sample is seeded by its place in the job list, not by its batch"))
     score_timeout_s: float = Field(5.0, gt=0)
-    score_workers: int = Field(2, ge=1, description="math-verify processes")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine")
+    score_workers: int = Field(2, ge=1, description="math-verify processes",
+                               json_schema_extra=not_in_key("processes scoring the same answers"))
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine", json_schema_extra=not_in_key(
+        "how the model is spread over GPUs"))
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine",
+                                          json_schema_extra=not_in_key("a memory bound"))
     num_gpus: float | None = Field(None, ge=0, description="GPUs each model's job asks Ray for "
-                                   "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf")
+                                   "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf",
+                                   json_schema_extra=not_in_key("a resource request"))
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -556,23 +598,27 @@ class SweepConfig(Strict):
 
 
 class OgerConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    workdir: str = "work/{name}"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", json_schema_extra=not_in_key(
+        "a label: the default workdir, run names, plot titles"))
+    workdir: str = Field("work/{name}", json_schema_extra=not_in_key("where artifacts are kept"))
     problems: ProblemsConfig
     teachers: TeachersConfig
     filter: FilterConfig = FilterConfig()
     index: IndexConfig = IndexConfig()
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
-    runner: RunnerConfig = RunnerConfig()
+    runner: RunnerConfig = Field(RunnerConfig(), json_schema_extra=not_in_key(
+        "where fan-out jobs run; every job is seeded by its place, not by its worker"))
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
     lock_timeout_s: float = Field(600.0, ge=0, description="a run that finds its workdir held by "
                                   "another run waits this long for it, then fails naming the holder "
-                                  "(0: fail at once); `oger run --lock-timeout` overrides it")
-    sweep: SweepConfig = SweepConfig()
+                                  "(0: fail at once); `oger run --lock-timeout` overrides it",
+                                  json_schema_extra=not_in_key("how long a run waits for another"))
+    sweep: SweepConfig = Field(SweepConfig(), json_schema_extra=not_in_key(
+        "a sweep's arms and seeds become ordinary stage configs, keyed as such"))
 
     # Set by the loader, not by YAML.
-    source_file: str | None = Field(None, exclude=True)
+    source_file: str | None = Field(None, exclude=True, json_schema_extra=not_in_key("where the YAML was read"))
 
     @property
     def workdir_path(self) -> Path:

@@ -24,7 +24,7 @@ from oger.contract.artifacts import (ArtifactRef, StageOutput, artifact_dir, ato
 from oger.contract.errors import ConfigError
 from oger.contract.fanout import FanOut
 
-__all__ = ["Stage", "StageContext", "StageInfo", "Budget", "register", "unregister", "get", "ORDER",
+__all__ = ["Stage", "StageContext", "StageInfo", "Budget", "ModelUse", "register", "unregister", "get", "ORDER",
            "UPSTREAM", "REGISTRY", "artifact_dir", "stage_root", "cache_root", "cache_dir",
            "atomic_write", "load_complete", "read_manifest", "artifact_manifest"]
 
@@ -54,6 +54,17 @@ class StageInfo:
     resources: str
     budget: list[Budget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelUse:
+    """A model a stage loads, for the checks before a run (`oger.commands.preflight`) and the
+    one-time conversions of `oger prepare`: the config field that names it (for the error
+    message), the reference, and whether its weights are loaded (False: the tokenizer only)."""
+
+    field: str
+    ref: str
+    weights: bool = True
 
 
 # --------------------------------------------------------------------------- the workdir layout
@@ -129,6 +140,9 @@ class Stage:
     - `run(ctx, inputs) -> ArtifactRef`: `inputs` maps every key of the plan's `upstream` to its
       artifact; write through `ctx.output()` and return `ctx.ref(out)`.
     - `plan_info(cfg, counts) -> StageInfo`: what `oger plan` shows (optional).
+    - `files`: {name in the artifact folder: what it holds}, from the stage's `files` module, which
+      also has a reader per file; no module outside the stage's package spells these names, others
+      read the artifact through those readers (only a downstream stage reads an upstream one).
 
     Optional hooks, for what only one stage needs:
     - `extra_inputs(cfg, upstream_keys, plans) -> upstream_keys`: more inputs than the upstream
@@ -141,6 +155,14 @@ class Stage:
     - `run_summary(ref) -> dict`: headline numbers copied to the run's summary.json (evaluate).
     - `report_section(entry, run_dir) -> [markdown lines]`: the stage's part of the run's report.md
       (`entry`: its record in summary.json; plots go into `run_dir`).
+    - `models(cfg) -> [ModelUse]`: the models it loads when it computes (checked before a run,
+      converted once by `oger prepare`).
+    - `check_inputs(cfg)`: validate its input files before a run starts (raise an `OgerError`
+      naming file, row and field); called only when the stage will compute.
+    - `per_pair`: in a sweep, runs once per (arm, seed) (train, evaluate) instead of once per key;
+      per-pair stages come last in the DAG.
+    - `scores(metrics) -> {benchmark: ...}`: the benchmark scores in its artifact's metrics, set
+      beside published results by `oger status` (evaluate).
     """
 
     name: str
@@ -151,11 +173,16 @@ class Stage:
     plan_info: Callable[[Any, Any], StageInfo] | None = None
     extra_inputs: Callable[[Any, dict[str, str], dict], dict[str, str]] | None = None
     input_stages: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     missing_input: Callable[[Path, str, str], str] | None = None
     is_complete: Callable[[Any, ArtifactRef], bool] | None = None
     input_notes: Callable[[dict], list[str]] | None = None
     run_summary: Callable[[ArtifactRef], dict] | None = None
     report_section: Callable[[dict, Path], list[str]] | None = None
+    models: Callable[[Any], list[ModelUse]] | None = None
+    check_inputs: Callable[[Any], None] | None = None
+    per_pair: bool = False
+    scores: Callable[[dict], dict] | None = None
 
     def input_stage(self, input_name: str) -> str:
         """The stage whose artifact the input `input_name` is."""

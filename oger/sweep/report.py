@@ -2,7 +2,8 @@
 
 Tables per benchmark and arm (mean over seeds with both 95% intervals, the verdicts' one named),
 paired differences against the baseline arm with a plain-language verdict each, pass@k curves,
-training curves of all arms overlaid, and published numbers beside when the backbone matches.
+training curves of all arms overlaid, and published numbers beside when the backbone matches
+(`oger.published`: the lookup and numbers of the run report and `oger status`).
 `results_section.md` is the same in short, for `docs/RESULTS.md` (`make ablate` fills it in).
 """
 
@@ -16,42 +17,12 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from oger.contract.artifacts import atomic_write
+from oger.published import Published, cell, published_for_config
 from oger.sweep import results as res
 
 REPO = Path(__file__).resolve().parents[2]
-PUBLISHED = Path("reference") / "published_results.json"
 BEGIN, END = "<!-- sweep-results:begin -->", "<!-- sweep-results:end -->"
-
-
-def published_results_path() -> Path | None:
-    """The repo's data/reference file, else the one under OGER_DATA_DIR; None when neither exists."""
-    candidates = [REPO / "data" / PUBLISHED]
-    if os.environ.get("OGER_DATA_DIR"):
-        candidates.append(Path(os.environ["OGER_DATA_DIR"]) / PUBLISHED)
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def backbone(cfg) -> str | None:
-    """The policy's model name as published tables spell it (Qwen/Qwen2.5-Math-1.5B ->
-    Qwen2.5-Math-1.5B); None for the project's tiny policy."""
-    if cfg.policy.source != "model" or not cfg.policy.model:
-        return None
-    return Path(cfg.policy.model.rstrip("/")).name.removesuffix(".gguf")
-
-
-def published_for(cfg) -> dict:
-    """{"backbone", "path", "rows": [...]} of published results for this backbone, or {"skipped": why}."""
-    name = backbone(cfg)
-    if name is None:
-        return {"skipped": f"policy.source is {cfg.policy.source!r}: no published numbers for it"}
-    path = published_results_path()
-    if path is None:
-        return {"skipped": f"no {PUBLISHED} in the repo's data/ or OGER_DATA_DIR"}
-    rows = [r for r in json.loads(path.read_text()).get("results", [])
-            if str(r.get("backbone", "")).lower() == name.lower()]
-    if not rows:
-        return {"skipped": f"no published results for backbone {name} in {path}"}
-    return {"backbone": name, "path": str(path), "rows": rows}
 
 
 def _pct(v) -> str:
@@ -91,10 +62,13 @@ def _plt():
 
 
 def _save(fig, out: Path, dpi: int = 110) -> None:
-    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive)."""
+    """Lay out, write the PNG (atomically: a temp sibling, renamed) and free the figure (pyplot
+    keeps every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
-    _plt().close(fig)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        _plt().close(fig)
 
 
 def plot_accuracy(results: dict, out: Path, method: str) -> None:
@@ -183,12 +157,12 @@ def write_report(sp, record) -> Path:
     collected = res.collect(arms, record.data["pairs"])
     analysis = res.analyse(collected, arms, sp.baseline, s.interval, s.confidence, s.bootstrap_resamples)
     curves = res.training_curves(collected["histories"])
-    published = published_for(sp.base)
+    published = published_for_config(sp.base)
     data = record.data
     data.update(analysis)
     data["interval"] = {"method": s.interval, "confidence": s.confidence, "resamples": s.bootstrap_resamples}
     data["training"] = res.last_fraction_means(curves)
-    data["published"] = published
+    data["published"] = published.as_dict()
     started = datetime.fromisoformat(data["started_at"])
     data["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
     out = sp.dir
@@ -218,8 +192,8 @@ def write_report(sp, record) -> Path:
     lines += training_section(data["training"], pngs)
     lines += published_section(published, analysis["results"])
     lines += artifacts_section(data)
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    path = atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
     write_results_section(sp, data, pngs)
     return path
 
@@ -273,19 +247,21 @@ def training_section(training: dict, pngs: dict) -> list[str]:
     return lines
 
 
-def published_section(published: dict, results: dict) -> list[str]:
+def published_section(pub: Published, results: dict) -> list[str]:
+    """Published accuracies of the base config's backbone (`oger.published`, as the run report
+    shows them) per method, then this sweep's rows, on the benchmarks both have."""
     lines = ["", "## Published numbers", ""]
-    if "skipped" in published:
-        return lines + [f"Not shown: {published['skipped']}."]
-    cols = [t for t in results if any(t in r for r in published["rows"])]
-    lines += [f"Backbone {published['backbone']} (from `{published['path']}`, %); ours: mean over seeds.", "",
-              "| method | source | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for r in published["rows"]:
-        lines.append(f"| {r['method']} | {r['source']} | " + " | ".join(str(r.get(c, "–")) for c in cols) + " |")
+    if not pub.found:
+        return lines + [pub.missing_line()]
+    cols = [t for t in results if any(t in v for v in pub.methods.values())]
+    lines += [f"Backbone {pub.backbone} (accuracy %, as published; – where not published); ours: mean "
+              "over seeds.", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for method in pub.methods:
+        lines.append(f"| {method} | " + " | ".join(cell(pub.value(method, c)) for c in cols) + " |")
     for name in next(iter(results.values()))["rows"] if results else []:
-        lines.append(f"| **{name} (this sweep)** | | " + " | ".join(
+        lines.append(f"| **{name} (this sweep)** | " + " | ".join(
             _pct(results[c]["rows"].get(name, {}).get("mean")) for c in cols) + " |")
-    return lines
+    return lines + ["", pub.source_line()]
 
 
 def artifacts_section(data: dict) -> list[str]:
@@ -313,14 +289,14 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
              f"(sweep `{sp.sweep_id}`).", "",
              interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples)]
     lines += results_body(data, sp.baseline, pngs, prefix="results/")
-    path = sp.dir / "results_section.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    text = "\n".join(lines) + "\n"
+    return atomic_write(sp.dir / "results_section.md", lambda tmp: tmp.write_text(text))
 
 
 def fill_results_doc(doc: Path, sweep_dir: Path) -> None:
     """Replace the text between the markers in `doc` with the sweep's results_section.md and copy
-    its PNGs to `<doc's folder>/results/`."""
+    its PNGs to `<doc's folder>/results/`. Every file is replaced whole (`atomic_write`): a crash
+    leaves the tracked document as it was or as it should be, never half of it."""
     doc, sweep_dir = Path(doc), Path(sweep_dir)
     text = doc.read_text()
     if BEGIN not in text or END not in text:
@@ -329,7 +305,8 @@ def fill_results_doc(doc: Path, sweep_dir: Path) -> None:
     target = doc.parent / "results"
     target.mkdir(exist_ok=True)
     for png in re.findall(r"\(results/([^)]+\.png)\)", section):
-        shutil.copy(sweep_dir / png, target / png)
+        atomic_write(target / png, lambda tmp, src=sweep_dir / png: shutil.copyfile(src, tmp))
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    doc.write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
+    filled = f"{head}{BEGIN}\n{section}{END}{tail}"
+    atomic_write(doc, lambda tmp: tmp.write_text(filled))

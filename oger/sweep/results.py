@@ -7,22 +7,21 @@ correct c of the trained model; the policy-stage model as the `base` row) and th
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from oger.stages.evaluate import STAGE as EVALUATE
 from oger.stages.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS
+from oger.stages.evaluate.files import read_samples
+from oger.stages.train import STAGE as TRAIN
+from oger.stages.train.files import read_metrics
+from oger.stages.train.metrics import SWEPT
 from oger.sweep import stats
 
 BASE = "base"  # the policy-stage model every arm starts from (evaluated with each seed's sampling)
-# Training curves to overlay: (metric, what older trainers called it). Missing ones are skipped.
-CURVES = [("onpolicy_accuracy", "accuracy"), ("env_reward", "reward"), ("bonus_mean", None),
-          ("bonus_share", None), ("rank_change_fraction", None), ("divergence_mean", "divergence"),
-          ("diversity_correct", None), ("response_length", None), ("short_share", None),
-          ("nonascii_share", None), ("repetition_rate", None)]
 GROUPS = (("math_avg", MATH_BENCHMARKS), ("ood_avg", OOD_BENCHMARKS))
 
 
@@ -34,10 +33,8 @@ def problem_counts(samples: pl.DataFrame, model: str, benchmark: str) -> dict[st
 
 
 def read_history(train_path: str | Path) -> list[dict]:
-    path = Path(train_path) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The per-step metrics of a train artifact ([] if it logged none)."""
+    return read_metrics(train_path)
 
 
 def curve(history: list[dict], metric: str) -> dict[int, float]:
@@ -56,8 +53,8 @@ def collect(arms: list[str], pairs: list[dict]) -> dict:
     histories: dict[str, dict[int, list[dict]]] = {a: {} for a in arms}
     for pair in pairs:
         arm, seed, st = pair["arm"], pair["seed"], pair["stages"]
-        histories[arm][seed] = read_history(st["train"]["path"])
-        samples = pl.read_parquet(Path(st["evaluate"]["path"]) / "samples.parquet")
+        histories[arm][seed] = read_history(st[TRAIN]["path"])
+        samples = read_samples(st[EVALUATE]["path"])
         for bench in samples["benchmark"].unique(maintain_order=True).to_list():
             by = counts.setdefault(bench, {})
             by.setdefault(arm, {})[seed] = problem_counts(samples, "trained", bench)
@@ -137,12 +134,10 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
 
 def training_curves(histories: dict[str, dict[int, list[dict]]]) -> dict[str, dict[str, dict]]:
     """{metric: {arm: {"step": [...], "mean": [...], "lo": [...], "hi": [...]}}}: mean, min and max
-    over seeds at each step. A metric no run logged falls back to its older name (and is shown
-    under that name); metrics no arm logged are left out."""
+    over seeds at each step, for the step metrics the registry marks for the sweep
+    (`oger.stages.train.metrics.SWEPT`); metrics no arm logged are left out."""
     out: dict[str, dict] = {}
-    logged = {k for by_seed in histories.values() for h in by_seed.values() for row in h for k in row}
-    for preferred, fallback in CURVES:
-        metric = preferred if preferred in logged or not fallback else fallback
+    for metric in SWEPT:
         per_arm = {}
         for arm, by_seed in histories.items():
             curves = [curve(h, metric) for h in by_seed.values()]

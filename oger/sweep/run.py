@@ -1,9 +1,9 @@
 """Planning and running a sweep (arms x seeds) over the cached DAG, with or without Prefect.
 
-Every (arm, seed) gets its own config and `pipeline.plan`; stages before `train` are collected by
-key, so each distinct upstream artifact is computed once (normally one per stage: arms change only
-train options) in DAG order; then the per-pair stages (train, evaluate) run as one fan-out job per
-(arm, seed). Each pair is an ordinary cached artifact, so adding a seed computes only the new pairs
+Every (arm, seed) gets its own config and `pipeline.plan`; the stages that are not `per_pair` are
+collected by key, so each distinct upstream artifact is computed once (normally one per stage: arms
+change only train options) in DAG order; then the per-pair stages (train, evaluate) run as one
+fan-out job per (arm, seed). Both go through `pipeline.execute`, the loop every run uses. Each pair is an ordinary cached artifact, so adding a seed computes only the new pairs
 and a killed sweep resumes (train from its last checkpoint). `flows/sweep.py` passes Prefect hooks:
 a task per upstream stage and `flows.fanout.prefect_fan_out` (thread runner or Ray).
 """
@@ -12,28 +12,30 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from oger import pipeline
+from oger import contract, pipeline
 from oger.contract.artifacts import ArtifactRef, SummaryRecord, canonical_json
 from oger.contract.config import OgerConfig, SweepConfig, load_config
 from oger.contract.errors import ConfigError
 from oger.contract.fanout import FanOut, Job, run_in_process
 from oger.sweep.arms import Arm, pair_config, parse_list, parse_seeds, resolve_arms
 
-PAIR_FROM = "train"  # this stage and the ones after it run per (arm, seed)
-
-
 def pair_stages() -> list[str]:
-    return pipeline.STAGES[pipeline.STAGES.index(PAIR_FROM):]
+    """The stages run once per (arm, seed): those marked `per_pair`, which must end the DAG (a
+    shared stage cannot read one pair's artifact)."""
+    names = [s for s in pipeline.STAGES if contract.get(s).per_pair]
+    if names != pipeline.STAGES[len(pipeline.STAGES) - len(names):]:
+        raise ConfigError(f"per-pair stages {names} must come last in the DAG {pipeline.STAGES}")
+    return names
 
 
 def upstream_stages() -> list[str]:
-    return pipeline.STAGES[:pipeline.STAGES.index(PAIR_FROM)]
+    """The stages shared by every pair with the same key (computed once each)."""
+    return [s for s in pipeline.STAGES if s not in pair_stages()]
 
 
 @dataclass
@@ -109,12 +111,13 @@ def prepare(config: str, arms=None, seeds=None, overrides: list[str] | None = No
 def _check_distinct(pairs: list[Pair], seed_fields: list[str]) -> None:
     """Two seeds of one arm must be two training runs, or the interval measures nothing."""
     seen: dict[tuple[str, str], int] = {}
+    first = pair_stages()[0]
     for pair in pairs:
-        key = pair.plans[PAIR_FROM].key
+        key = pair.plans[first].key
         if (pair.arm, key) in seen:
             raise ConfigError(f"arm {pair.arm!r}: seeds {seen[(pair.arm, key)]} and {pair.seed} give "
-                              f"the same {PAIR_FROM} key: sweep.seed_fields {seed_fields} do not "
-                              f"reach the {PAIR_FROM} stage")
+                              f"the same {first} key: sweep.seed_fields {seed_fields} do not "
+                              f"reach the {first} stage")
         seen[(pair.arm, key)] = pair.seed
 
 
@@ -127,14 +130,9 @@ def run_pair(cfg: OgerConfig, plans: dict[str, pipeline.StagePlan], upstream_ref
              fan_out: FanOut | None = None) -> dict[str, dict]:
     """One fan-out job: the per-pair stages of one (arm, seed) in order, each from cache when its
     artifact is complete. Returns plain data (it may come back from a Ray worker)."""
-    refs, out = dict(upstream_refs), {}
-    for name in pair_stages():
-        p = plans[name]
-        cached = pipeline.cached_ref(cfg, p) is not None
-        t = time.perf_counter()
-        refs[name] = pipeline.run_stage(cfg, p, refs, fan_out=fan_out)
-        out[name] = {"key": p.key, "cached": cached, "seconds": round(time.perf_counter() - t, 3),
-                     "path": refs[name].path, "metrics": refs[name].metrics}
+    out: dict[str, dict] = {}
+    pipeline.execute(cfg, plans, pair_stages(), upstream_refs, runner=pipeline.in_process(fan_out),
+                     on_stage=lambda run: out.__setitem__(run.name, run.entry()))
     return out
 
 
@@ -153,28 +151,22 @@ def pair_jobs(sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef],
             for pair in sp.pairs]
 
 
-def _run_upstream_in_process(cfg: OgerConfig, plan: pipeline.StagePlan,
-                             refs: dict[str, ArtifactRef]) -> ArtifactRef:
-    return pipeline.run_stage(cfg, plan, refs)
-
-
-def run_sweep(sp: SweepPlan, run_upstream: Callable | None = None, fan_out: FanOut | None = None,
+def run_sweep(sp: SweepPlan, runner: pipeline.StageRunner | None = None, fan_out: FanOut | None = None,
               pair_fan_out: FanOut | None = None, prefect_flow_run: dict | None = None) -> Path:
-    """Upstream stages once each (`run_upstream(cfg, plan, refs)`), then every pair as a job on
-    `fan_out` (default: in process, one after the other), then the report. `pair_fan_out` is what
-    a pair's own fan-out stages (evaluate) use inside the job. Returns summary.json's path."""
+    """Upstream stages once per key (through `runner`, default in process: the flow passes its
+    task), then every pair as a job on `fan_out` (default: in process, one after the other), then
+    the report. `pair_fan_out` is what a pair's own fan-out stages (evaluate) use inside the job.
+    Returns summary.json's path."""
     from oger.sweep.report import write_report
 
-    run_upstream = run_upstream or _run_upstream_in_process
     record = SweepRecord(sp, prefect_flow_run)
     try:
         by_key: dict[tuple[str, str], ArtifactRef] = {}
         for (name, key), (cfg, plans) in sp.upstream.items():
             before = upstream_stages()[:upstream_stages().index(name)]
-            cached = pipeline.cached_ref(cfg, plans[name]) is not None
-            t = time.perf_counter()
-            by_key[(name, key)] = run_upstream(cfg, plans[name], refs_for(plans, before, by_key))
-            record.add_upstream(name, by_key[(name, key)], cached, time.perf_counter() - t)
+            refs = pipeline.execute(cfg, plans, [name], refs_for(plans, before, by_key), runner=runner,
+                                    on_stage=record.add_upstream)
+            by_key[(name, key)] = refs[name]
         for job, result in (fan_out or run_in_process)(run_pair, pair_jobs(sp, by_key, pair_fan_out)):
             record.add_pair(job.meta["arm"], job.meta["seed"], result)
         write_report(sp, record)
@@ -213,9 +205,10 @@ class SweepRecord(SummaryRecord):
             self.data["prefect_flow_run"] = prefect_flow_run
         self.write()
 
-    def add_upstream(self, name: str, ref: ArtifactRef, cached: bool, seconds: float) -> None:
-        self.data["upstream"].setdefault(name, []).append(
-            {"key": ref.key, "cached": cached, "seconds": round(seconds, 3), "path": ref.path})
+    def add_upstream(self, run: pipeline.StageRun) -> None:
+        entry = run.entry()
+        entry.pop("metrics")  # the stage's own record holds them; a sweep lists what it shared
+        self.data["upstream"].setdefault(run.name, []).append(entry)
         self.write()
 
     def add_pair(self, arm: str, seed: int, stages: dict[str, dict]) -> None:

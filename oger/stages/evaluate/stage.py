@@ -28,14 +28,15 @@ from oger.stages.evaluate.metrics import benchmark_scores
 from oger.stages.evaluate.scoring import Scorer
 from oger.contract.fanout import Job, run_in_process
 from oger.published import comparison_markdown, published_for_run
+from oger.stages.evaluate.files import FILES, SAMPLE_SCHEMA, SAMPLES_FILE, SCORES_FILE, SCORES_PNG
+from oger.stages.policy.files import model_dir as policy_model_dir
+from oger.stages.problems.files import read_problems
+from oger.stages.train.files import model_dir as trained_model_dir
+from oger.stages.evaluate import STAGE
 
-STAGE = "evaluate"
 STAGE_VERSION = 2  # 2: per-sample seeds independent of evaluate.batch_size (and the RowSampler)
 MODELS = ("base", "trained")
-SAMPLE_SCHEMA = {"benchmark": pl.Utf8, "model": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64,
-                 "response": pl.Utf8, "extracted_answer": pl.Utf8, "correct": pl.Boolean,
-                 "tokens": pl.Int64, "finish_reason": pl.Utf8, "prompt_truncated": pl.Boolean,
-                 "score_status": pl.Utf8}
+MODEL_DIRS = {"base": policy_model_dir, "trained": trained_model_dir}  # per model: its artifact's reader
 
 
 def prompt_format(cfg: OgerConfig) -> tuple[str, str | None]:
@@ -202,10 +203,10 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
             if refresh or not path.exists()]
     if not todo:
         return 0
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    problems = read_problems(problems_ref)
     scorer = Scorer(e.score_timeout_s, e.score_workers)
     scorer.warm()  # math-verify workers spawn while the model loads and generates
-    model_dir = Path(ref.path) / "model"
+    model_dir = MODEL_DIRS[model](ref)
     engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
                          tensor_parallel_size=e.tensor_parallel_size,
                          gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
@@ -239,9 +240,9 @@ def run_evaluate(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, 
     per_bench = summarize(samples, e.benchmarks, e)
     metrics = {**per_bench, **group_averages(per_bench)}
     with ctx.output() as out:
-        samples.write_parquet(out.file("samples.parquet"))
-        out.file("scores.json").write_text(json.dumps(metrics, indent=2))
-        plot_scores(per_bench, out.file("scores.png"), f"{cfg.name}: policy stage vs trained")
+        samples.write_parquet(out.file(SAMPLES_FILE))
+        out.file(SCORES_FILE).write_text(json.dumps(metrics, indent=2))
+        plot_scores(per_bench, out.file(SCORES_PNG), f"{cfg.name}: policy stage vs trained")
         out.metrics = metrics
     return ctx.ref(out)
 
@@ -301,17 +302,17 @@ def report_section(stage: dict, run_dir: Path) -> list[str]:
             g = m[label]
             lines.append(f"| **{title}** ({', '.join(g['of'])}) | mean | {g['n']} | {_pct(g['base'])} "
                          f"| {_pct(g['trained'])} | {100 * (g['trained'] - g['base']):+.1f} | | |")
-    png = Path(stage["path"]) / "scores.png"
+    png = Path(stage["path"]) / SCORES_PNG
     if png.exists():
-        shutil.copy(png, run_dir / "evaluate_scores.png")
+        atomic_write(run_dir / "evaluate_scores.png", lambda tmp: shutil.copyfile(png, tmp))
         lines += ["", "![base vs trained](evaluate_scores.png)"]
-    lines += ["", f"Per-sample results: `{Path(stage['path']) / 'samples.parquet'}`"]
+    lines += ["", f"Per-sample results: `{Path(stage['path']) / SAMPLES_FILE}`"]
     lines += comparison_markdown(m, published_for_run(run_dir))
     return lines
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "train"),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "train"), files=FILES,
                   key_inputs=key_inputs, plan_info=plan_info, run_summary=run_summary,
-                  report_section=report_section,
+                  report_section=report_section, per_pair=True, scores=lambda metrics: metrics,
                   run=lambda ctx, inputs: run_evaluate(ctx.cfg, ctx, inputs["problems"], inputs["policy"],
                                                        inputs["train"]))

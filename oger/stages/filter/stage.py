@@ -10,22 +10,25 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.contract.artifacts import ArtifactRef
+from oger.contract.artifacts import ArtifactRef, atomic_write
+from oger.contract.keys import key_dump
 from oger.contract.config import FilterConfig
-from oger.contract import Stage, StageContext, StageInfo
+from oger.contract import ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.models import key_model_ref, load_tokenizer, model_identity
+from oger.stages.filter.files import DECISIONS_FILE, FILES, KEPT_FILE
+from oger.stages.problems.files import read_problems
+from oger.stages.teachers.files import read_traces
 from oger.verify import extract_answer, is_equivalent
+from oger.stages.filter import STAGE
 
-STAGE = "filter"
 STAGE_VERSION = 1
 REASONS = ["kept", "dropped_truncated", "dropped_incorrect", "dropped_length",
            "dropped_duplicate", "dropped_cap"]
 
 
 def key_inputs(cfg: FilterConfig) -> tuple[dict, dict]:
-    slice_ = cfg.model_dump(mode="json")
-    slice_.pop("verify_timeout_s")  # a resource bound, not a result-changing choice
+    slice_ = key_dump(cfg)
     slice_["tokenizer"] = key_model_ref(cfg.tokenizer)
     return slice_, {"tokenizer": model_identity(cfg.tokenizer)}
 
@@ -105,8 +108,8 @@ def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
                teachers_ref: ArtifactRef) -> ArtifactRef:
     from tqdm.auto import tqdm
 
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
-    traces = pl.read_parquet(Path(teachers_ref.path) / "traces.parquet")
+    problems = read_problems(problems_ref)
+    traces = read_traces(teachers_ref)
     gold = dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list()))
     tokenizer = load_tokenizer(cfg.tokenizer)
     n_tokens = count_tokens(tokenizer, traces["text"].to_list())
@@ -122,15 +125,11 @@ def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
                          "check the teachers' answers")
     kept = decisions.filter(pl.col("reason") == "kept").drop("reason")
     with ctx.output() as out:
-        kept.write_parquet(out.file("traces.parquet"))
+        kept.write_parquet(out.file(KEPT_FILE))
         decisions.select("trace_id", "teacher", "problem_id", "reason", "extracted_answer",
-                         "correct", "n_tokens_policy").write_parquet(out.file("decisions.parquet"))
+                         "correct", "n_tokens_policy").write_parquet(out.file(DECISIONS_FILE))
         out.metrics = {**metrics, "problems_covered": kept["problem_id"].n_unique()}
     return ctx.ref(out)
-
-
-def read_kept(ref: ArtifactRef) -> pl.DataFrame:
-    return pl.read_parquet(Path(ref.path) / "traces.parquet")
 
 
 def plan_info(cfg, counts):
@@ -162,8 +161,10 @@ def _filter_plot(metrics: dict, out: Path) -> str | None:
     ax.set_title("filter decisions per teacher")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:  # into the run folder, outside any artifact: a temp sibling, renamed
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return out.name
 
 
@@ -173,8 +174,10 @@ def report_section(entry: dict, run_dir: Path) -> list[str]:
     return ["", "## Filter", "", f"![filter decisions]({png})"] if png else []
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "teachers"),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "teachers"), files=FILES,
                   key_inputs=lambda cfg: key_inputs(cfg.filter),
                   run=lambda ctx, inputs: run_filter(ctx.cfg.filter, ctx, inputs["problems"],
                                                      inputs["teachers"]),
-                  plan_info=plan_info, report_section=report_section)
+                  plan_info=plan_info, report_section=report_section,
+                  # it counts tokens: the tokenizer only
+                  models=lambda cfg: [ModelUse("filter.tokenizer", cfg.filter.tokenizer, weights=False)])

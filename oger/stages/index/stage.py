@@ -17,16 +17,19 @@ import polars as pl
 import pyarrow as pa
 
 from oger.contract.artifacts import ArtifactRef, canonical_json
+from oger.contract.keys import key_dump
 from oger.contract.config import IndexConfig, OgerConfig
-from oger.contract import Stage, StageContext, StageInfo
+from oger.contract import ModelUse, Stage, StageContext, StageInfo
 from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.contract.errors import StageError
 from oger.models import key_model_ref
+from oger.stages.filter.files import read_kept
+from oger.stages.index.files import FILES, INDEX_FILE, read_index_info
+from oger.stages.problems.files import read_problems
 from oger.stages.problems.stage import rl_pool
+from oger.stages.index import STAGE
 
-STAGE = "index"
 STAGE_VERSION = 1
-INDEX_FILE = "index.json"
 
 
 def db_path(workdir: Path) -> Path:
@@ -34,12 +37,9 @@ def db_path(workdir: Path) -> Path:
 
 
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
-    slice_ = cfg.index.model_dump(mode="json")
-    slice_.pop("batch_size")  # batching does not change the vectors
+    slice_ = key_dump(cfg.index)
     slice_["encoder"] = key_model_ref(cfg.index.encoder)
-    if cfg.index.problems == "all":
-        slice_.pop("problems")  # the keys of configs from before the option stay as they were
-    else:  # which problems are in the pool
+    if cfg.index.problems == "train_pool":  # which problems are in the pool
         slice_["pool"] = {"split": cfg.train.split, "max_prompts": cfg.train.max_prompts}
     return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
 
@@ -125,11 +125,11 @@ def _tag(tbl, tag: str) -> None:
 
 def traces_to_index(cfg: OgerConfig, problems_ref: ArtifactRef, filter_ref: ArtifactRef) -> pl.DataFrame:
     """The filter's kept traces, or (`index.problems: train_pool`) those of the RL pool's problems."""
-    kept = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
+    kept = read_kept(filter_ref)
     if kept.height == 0:
         raise StageError("index stage: the filter output is empty")
     if cfg.index.problems == "train_pool":
-        problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+        problems = read_problems(problems_ref)
         pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)["problem_id"]
         kept = kept.filter(pl.col("problem_id").is_in(pool.implode()))
         if kept.height == 0:
@@ -197,7 +197,7 @@ class TeacherIndex:
 
     @classmethod
     def from_artifact(cls, ref: ArtifactRef) -> "TeacherIndex":
-        info = json.loads((Path(ref.path) / INDEX_FILE).read_text())
+        info = read_index_info(ref)
         return cls(info["db"], info["table"], info["tag"])
 
     def count(self) -> int:
@@ -231,10 +231,11 @@ def plan_info(cfg, counts):
                      resources="CPU", notes=notes)
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"), files=FILES,
                   key_inputs=key_inputs,
                   run=lambda ctx, inputs: run_index(ctx.cfg.index, ctx, traces_to_index(
                       ctx.cfg, inputs["problems"], inputs["filter"])),
                   plan_info=plan_info,
                   # the artifact points at a table version: without its tag it is not complete
-                  is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key))
+                  is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key),
+                  models=lambda cfg: [ModelUse("index.encoder", cfg.index.encoder)])

@@ -8,38 +8,34 @@ filtered traces). The output folder loads with `AutoModelForCausalLM.from_pretra
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import polars as pl
 
 from oger.contract.artifacts import ArtifactRef
+from oger.contract.keys import key_dump
 from oger.contract.config import PolicyConfig
-from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.models import key_model_ref, load_causal_lm, model_identity
 from oger.runtime.precision import resolve as resolve_precision
+from oger.stages.filter.files import read_kept
+from oger.stages.policy.files import FILES, MODEL_DIR
 from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
+from oger.stages.problems.files import read_problems
+from oger.stages.policy import STAGE
 
-STAGE = "policy"
 STAGE_VERSION = 4  # 2: SFT without the padding mask, foreach AdamW; 3: batch parts on threads;
 # 4: parts of similar length (same math, other rounding)
-MODEL_DIR = "model"
 
 
 def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
-    slice_ = cfg.model_dump(mode="json")
-    for k in ("eval_batch_size",):
-        slice_.pop(k)
+    slice_ = key_dump(cfg)
     precision = resolve_precision(cfg.sft.precision)  # what runs on this machine
-    if precision == "float32":
-        slice_["sft"].pop("precision")  # the keys of configs from before the option stay as they were
-    else:
+    if precision != "float32":  # float32 is left out: the keys from before the option stay
         slice_["sft"]["precision"] = precision
     if cfg.source == "tiny":
-        slice_.pop("model")
         identity = {"tiny": True}
     else:
-        slice_.pop("tiny")
         slice_["model"] = key_model_ref(cfg.model)
         identity = {"model": model_identity(cfg.model)}
     return slice_, identity
@@ -78,8 +74,8 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
 
     from oger.generation.hf import greedy_accuracy  # imports torch
 
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
-    traces = pl.read_parquet(Path(filter_ref.path) / "traces.parquet")
+    problems = read_problems(problems_ref)
+    traces = read_kept(filter_ref)
     corpus = problems["question"].to_list() + traces["text"].to_list()
     model, tokenizer = _load_base(cfg, corpus)
     questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
@@ -117,10 +113,6 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
     return ctx.ref(out)
 
 
-def model_dir(ref: ArtifactRef) -> Path:
-    return Path(ref.path) / MODEL_DIR
-
-
 def plan_info(cfg, counts):
     """`oger plan`: base model, SFT warm start and the held-out greedy evaluation."""
     p = cfg.policy
@@ -135,8 +127,10 @@ def plan_info(cfg, counts):
                      notes=notes)
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"), files=FILES,
                   key_inputs=lambda cfg: key_inputs(cfg.policy),
                   run=lambda ctx, inputs: run_policy(ctx.cfg.policy, ctx, inputs["problems"],
                                                      inputs["filter"]),
-                  plan_info=plan_info)
+                  plan_info=plan_info,
+                  models=lambda cfg: ([ModelUse("policy.model", cfg.policy.model)]
+                                      if cfg.policy.source == "model" else []))

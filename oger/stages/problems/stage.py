@@ -16,16 +16,16 @@ from typing import Any, Iterator
 import polars as pl
 
 from oger.contract.artifacts import ArtifactRef, file_fingerprint
+from oger.contract.keys import key_dump
 from oger.contract.config import FieldMap, HFSource, LocalSource, ProblemsConfig, SyntheticSource, expand_path
 from oger.contract import Stage, StageContext, StageInfo
 from oger.contract.errors import ConfigError, DataError
+from oger.stages.problems.files import FILES, PROBLEMS_FILE, SCHEMA
 from oger.synthetic import generate_problems
 from oger.verify import last_boxed
+from oger.stages.problems import STAGE
 
-STAGE = "problems"
 STAGE_VERSION = 2  # 2: test split disjoint from train
-SCHEMA = {"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8,
-          "split": pl.Utf8, "reference": pl.Utf8}
 
 # Local copies of HF datasets under a data root (the layout of the repository's data/).
 HF_LOCAL_LAYOUT = {
@@ -304,10 +304,9 @@ def key_inputs(cfg: ProblemsConfig) -> tuple[dict, dict]:
     """(config slice, identity): file paths are replaced by content fingerprints."""
     sources, identity = [], {}
     for src in cfg.sources:
-        d = src.model_dump(mode="json")
+        d = key_dump(src)  # a local file's path is not in it: its content fingerprint is
         path = source_file(src)
         if isinstance(src, LocalSource):
-            d.pop("path")
             if not path.is_file():
                 raise DataError(f"problems source {src.name!r}: file not found: {path}")
         if path is not None:
@@ -340,7 +339,7 @@ def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
                         f"{[s.name for s in cfg.sources]} yielded no problems")
     df = pl.DataFrame(rows, schema=SCHEMA)
     with ctx.output() as out:
-        df.write_parquet(out.file("problems.parquet"))
+        df.write_parquet(out.file(PROBLEMS_FILE))
         out.metrics = {
             "problems": df.height,
             "train": int((df["split"] == "train").sum()),
@@ -352,10 +351,6 @@ def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
     return ctx.ref(out)
 
 
-def read_problems(ref: ArtifactRef) -> pl.DataFrame:
-    return pl.read_parquet(Path(ref.path) / "problems.parquet")
-
-
 def plan_info(cfg, counts):
     """`oger plan`: sources and problem counts (nothing is read but file sizes)."""
     splits = sorted({split for split, _ in counts.rows})
@@ -365,6 +360,7 @@ def plan_info(cfg, counts):
                             for sp in splits])
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=(),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=(), files=FILES,
                   key_inputs=lambda cfg: key_inputs(cfg.problems),
-                  run=lambda ctx, inputs: run_problems(ctx.cfg.problems, ctx), plan_info=plan_info)
+                  run=lambda ctx, inputs: run_problems(ctx.cfg.problems, ctx), plan_info=plan_info,
+                  check_inputs=lambda cfg: check_sources(cfg.problems))

@@ -17,21 +17,18 @@ from pathlib import Path
 import polars as pl
 
 from oger.contract.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json
+from oger.contract.keys import key_dump
 from oger.contract.config import TeacherConfig, TeachersConfig
-from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.contract.fanout import Job, run_in_process, split_even
 from oger.models import key_model_ref, model_identity
+from oger.stages.problems.files import read_problems
 from oger.stages.teachers.base import Generation, Prompt
+from oger.stages.teachers.files import FILES, SCHEMA, TRACES_FILE
+from oger.stages.teachers import STAGE
 
-STAGE = "teachers"
 STAGE_VERSION = 2  # 2: transformers teachers sample through oger.generation.hf
-SCHEMA = {
-    "trace_id": pl.Utf8, "problem_id": pl.Utf8, "teacher": pl.Utf8, "backend": pl.Utf8,
-    "model": pl.Utf8, "round": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8,
-    "n_tokens": pl.Int64, "finish_reason": pl.Utf8, "temperature": pl.Float64,
-    "top_p": pl.Float64, "max_new_tokens": pl.Int64, "seed": pl.Int64,
-}
 
 
 # backend name -> the module whose `generate(tcfg, prompts, round)` runs it
@@ -58,15 +55,10 @@ def teacher_identity(tcfg: TeacherConfig) -> dict:
 
 def _generation_slice(tcfg: TeacherConfig) -> dict:
     """The teacher options that change its traces (not URLs, concurrency or timeouts)."""
-    d = tcfg.model_dump(mode="json")
-    # batch_size stays: with sampling, batch composition changes the random stream.
-    for k in ("base_url", "api_key_env", "max_concurrency", "request_timeout_s",
-              "shards", "num_gpus", "num_cpus"):
-        d.pop(k)
-    if tcfg.backend in ("transformers", "vllm"):
-        d["model"] = key_model_ref(tcfg.model)  # the fingerprint in the identity stands for it
-    if tcfg.engine == "hf":  # the default: earlier keys stay valid
-        d.pop("engine")
+    d = key_dump(tcfg)  # batch_size stays: with sampling, batch composition changes the random stream
+    # A loaded model's fingerprint (in the identity) stands for it; a scripted style or a served
+    # model's name is the model.
+    d["model"] = key_model_ref(tcfg.model) if tcfg.backend in ("transformers", "vllm") else tcfg.model
     return d
 
 
@@ -138,7 +130,7 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
     """`ctx.refresh` regenerates every teacher instead of reusing finished per-teacher (and
     per-shard) caches; `ctx.fan_out` runs the shards (default: one after the other in this process)."""
     workdir, refresh, fan_out = ctx.workdir, ctx.refresh, ctx.fan_out
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    problems = read_problems(problems_ref)
     frames: dict[str, pl.DataFrame] = {}
     per_teacher: dict[str, dict] = {}
     parts: dict[str, dict[int, list[Generation]]] = {}  # teacher -> shard -> traces
@@ -187,7 +179,7 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
         raise StageError("teachers stage: no teacher produced a trace (check each teacher's split, "
                          "sources and limit against the problems table)")
     with ctx.output() as out:
-        traces.write_parquet(out.file("traces.parquet"))
+        traces.write_parquet(out.file(TRACES_FILE))
         out.metrics = {"traces": traces.height, "round": cfg.round, "per_teacher": per_teacher}
     return ctx.ref(out)
 
@@ -210,10 +202,6 @@ def _finish_teacher(tcfg: TeacherConfig, round_: str, got: dict[int, list[Genera
     _write_atomic(df, teacher_file)
     frames[tcfg.name] = df
     shutil.rmtree(teacher_file.parent / "shards" / teacher_file.stem, ignore_errors=True)
-
-
-def read_traces(ref: ArtifactRef) -> pl.DataFrame:
-    return pl.read_parquet(Path(ref.path) / "traces.parquet")
 
 
 _ENGINES = {"scripted": "scripted solver", "transformers": "transformers generate",
@@ -240,7 +228,14 @@ def plan_info(cfg, counts):
     return StageInfo(engine="\n".join(engines), resources="\n".join(resources), budget=budget, notes=notes)
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems",),
+def models(cfg) -> list[ModelUse]:
+    """The model of every teacher whose backend loads one here (not the scripted, dataset or
+    OpenAI-compatible ones)."""
+    return [ModelUse(f"teachers.teachers[{i}].model ({t.name})", t.model)
+            for i, t in enumerate(cfg.teachers.teachers) if t.backend in ("transformers", "vllm")]
+
+
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems",), files=FILES,
                   key_inputs=lambda cfg: key_inputs(cfg.teachers),
                   run=lambda ctx, inputs: run_teachers(ctx.cfg.teachers, ctx, inputs["problems"]),
-                  plan_info=plan_info)
+                  plan_info=plan_info, models=models)

@@ -1,1 +1,3 @@
 """train stage: GRPO / LUFFY / OGER; the loop (`trainer`), checkpoints, multi-process launch and the rank entry point."""
+
+STAGE = "train"  # the stage's name: other modules import it, never spell it

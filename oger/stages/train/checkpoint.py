@@ -50,11 +50,3 @@ def latest_checkpoint(root: Path) -> Path | None:
 def read_trainer_state(ckpt: Path) -> dict:
     """{step, optimizer, scheduler} as saved (full, unsharded state dicts)."""
     return torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location="cpu")
-
-
-def load_trainer_state(ckpt: Path, optimizer, scheduler) -> int:
-    """Restore optimizer and scheduler; returns the number of steps already done."""
-    state = read_trainer_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])

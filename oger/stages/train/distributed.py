@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from oger.contract.artifacts import artifact_path, atomic_write
 from oger.contract.errors import ConfigError, StageError
+from oger.stages.train.files import read_metrics
 
 
 @dataclass
@@ -193,7 +195,8 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
 def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None:
     """Run the ranks to completion, echoing rank 0's progress; the output goes to launch.log."""
     spec_path = run_dir / "launch.json"
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_text = json.dumps(spec, indent=1)
+    atomic_write(spec_path, lambda tmp: tmp.write_text(spec_text))
     cmd = launcher_command(launcher, num_processes, spec_path)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # torchrun would pin every rank to one thread; share the cores instead.
@@ -215,12 +218,12 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
                          f"last lines:\n" + "\n".join(tail) + f"\n(full log: {log_path})")
 
 
-def train_distributed(cfg, init_dir: Path, problems_path: Path, index_ref, run_dir: Path) -> list[dict]:
+def train_distributed(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path) -> list[dict]:
     """The train stage's multi-process path: launch the ranks on the resolved config and return
-    the metrics history rank 0 wrote (its final checkpoint holds the trained model)."""
+    the metrics history rank 0 wrote (its final checkpoint holds the trained model).
+    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads."""
     spec = {"config": cfg.model_dump(mode="json"), "init_dir": str(init_dir),
-            "problems": str(problems_path), "index_ref": index_ref.model_dump(mode="json"),
+            "problems": str(artifact_path(problems_ref)), "index_ref": index_ref.model_dump(mode="json"),
             "run_dir": str(run_dir)}
     launch(cfg.train.launcher, cfg.train.num_processes, spec, run_dir)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_metrics(run_dir)

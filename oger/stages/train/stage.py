@@ -18,43 +18,32 @@ import polars as pl
 
 from oger import rounds
 from oger.stages.index import versions as index_versions
-from oger.contract.artifacts import ArtifactRef
+from oger.contract.artifacts import ArtifactRef, atomic_write
+from oger.contract.keys import key_dump
 from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.encoder import encoder_identity
 from oger.contract.errors import StageError
 from oger.stages.index.stage import TeacherIndex
+from oger.stages.policy.files import model_dir as policy_model_dir
+from oger.stages.problems.files import read_problems
 from oger.stages.problems.stage import rl_pool
+from oger.stages.train.metrics import PLOTTED, run_summaries
+from oger.stages.train.files import (CURVES_FILE, FILES, METRICS_FILE, MODEL_DIR, ROLLOUTS_FILE,
+                                    TENSORBOARD_DIR, model_dir)
+from oger.stages.train import STAGE
 
-STAGE = "train"
-STAGE_VERSION = 5  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
-# 5: micro-batches on threads on a CPU (same math, other rounding)
-MODEL_DIR = "model"
-CURVES = ("env_reward", "bonus_mean", "bonus_share", "rank_change_fraction", "divergence_mean",
-          "gate_mean", "teacher_adv_allcorrect", "diversity_correct", "last_token_entropy",
-          "mixed_group_fraction", "response_length", "repetition_rate")
-# Run means in the artifact's metrics (summary.json): what the bonus did over the whole run.
-SIGNAL_MEANS = ("env_reward", "bonus_share", "rank_change_fraction", "teacher_adv_allcorrect",
-                "divergence_mean", "gate_mean", "diversity_correct", "guard_pass_fraction",
-                "response_length", "short_share", "nonascii_share", "repetition_rate",
-                "think_format_share")
+STAGE_VERSION = 6  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+# 5: micro-batches on threads on a CPU (same math, other rounding);
+# 6: step metrics from one table (oger.stages.train.metrics): metrics.jsonl and the artifact's
+# metrics lost the duplicate names accuracy / onpolicy_accuracy (= env_reward), divergence
+# (= divergence_mean), accuracy_*_20pct (= env_reward_*_20pct), seconds_per_step (= seconds_step),
+# and every row holds every metric: artifacts with the old names must not be reused.
 
 
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     t: TrainConfig = cfg.train
-    slice_ = t.model_dump(mode="json")
-    for k in ("checkpoint_every", "log_rollouts", "micro_batch_size",  # same model either way
-              "num_processes", "launcher", "backend", "fsdp", "gradient_checkpointing"):
-        slice_.pop(k)
-    if t.init_from == "policy":  # the default: keys of earlier artifacts stay valid
-        slice_.pop("init_from")
-    # One optimizer step per batch: the ratio is 1, so the clip settings cannot act (and keys made
-    # before ppo_mini_batches existed stay valid).
-    if t.ppo_mini_batches == 1:
-        for k in ("clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"):
-            slice_.pop(k)
-    if t.rollout_engine == "hf":  # likewise; paged samples another random stream
-        slice_.pop("rollout_engine")
+    slice_ = key_dump(t)  # the schema says which fields cannot change the model (oger.contract.keys)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
@@ -62,25 +51,22 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
 
 
-def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float | None:
-    """Mean of `key` over the steps in the fraction [lo, hi) of the run (at least one step)."""
-    n = len(history)
-    a = min(int(n * lo), n - 1)
-    b = max(a + 1, int(round(n * hi)))
-    vals = [h[key] for h in history[a:b] if h.get(key) is not None and h[key] == h[key]]  # drop NaN
-    return round(sum(vals) / len(vals), 4) if vals else None
-
-
-def plot_curves(history: list[dict], out: Path, title: str) -> None:
+def plot_curves(history: list[dict], out: Path, title: str) -> list[str]:
+    """curves.png: one panel per step metric the registry plots (`metrics.PLOTTED`), raw and
+    smoothed. Returns the panels' titles, in order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 4, figsize=(16, 9))
+    cols = 4
+    rows = -(-len(PLOTTED) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(PLOTTED):]:
+        ax.axis("off")
     steps = [h["step"] for h in history]
     w = max(1, len(history) // 8)
-    for ax, key in zip(axes.flat, CURVES):
+    for ax, key in zip(axes.flat, PLOTTED):
         vals = [float("nan") if h.get(key) is None else h[key] for h in history]
         ax.plot(steps, vals, lw=0.8, alpha=0.4)
         smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
@@ -93,7 +79,9 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    panels = [ax.get_title() for ax in axes.flat[:len(PLOTTED)]]
     plt.close(fig)
+    return panels
 
 
 def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef,
@@ -130,12 +118,12 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     from oger.stages.train.trainer import train  # imports torch
 
     t, refresh = cfg.train, ctx.refresh
-    policy_dir = Path((init_ref or policy_ref).path) / MODEL_DIR
+    policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.num_processes == 1 else None
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    problems = pl.read_parquet(Path(problems_ref.path) / "problems.parquet")
+    problems = read_problems(problems_ref)
     inputs = train_inputs(cfg, problems, index_ref)
     run_dir = ctx.cache_dir
     if refresh:
@@ -153,31 +141,20 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
                              f"{per_step} prompts per step: not a multiple of train.num_processes x "
                              f"train.rollout_batch_prompts = {t.num_processes} x {t.rollout_batch_prompts}")
 
-        history = train_distributed(cfg, policy_dir, Path(problems_ref.path) / "problems.parquet",
+        history = train_distributed(cfg, policy_dir, problems_ref,
                                     index_ref, run_dir)
         model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
     else:
         history = train(t, model, tokenizer, inputs, run_dir,
                         progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
                                               bar.set_postfix(reward=f"{row['reward']:.3f}",
-                                                              acc=f"{row['accuracy']:.2f}")))
+                                                              acc=f"{row['env_reward']:.2f}")))
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.policy.eval_split).head(cfg.policy.eval_limit)
     metrics = {
         "algorithm": t.algorithm,
         "steps": len(history),
-        "reward_first_20pct": mean_over(history, "reward", 0.0, 0.2),
-        "reward_last_20pct": mean_over(history, "reward", 0.8, 1.0),
-        "accuracy_first_20pct": mean_over(history, "accuracy", 0.0, 0.2),
-        "accuracy_last_20pct": mean_over(history, "accuracy", 0.8, 1.0),
-        "env_reward_first_20pct": mean_over(history, "env_reward", 0.0, 0.2),
-        "env_reward_last_20pct": mean_over(history, "env_reward", 0.8, 1.0),
-        "bonus_mean": mean_over(history, "bonus_mean", 0.0, 1.0),
-        **{k: mean_over(history, k, 0.0, 1.0) for k in SIGNAL_MEANS},
-        "replaced_fraction": mean_over(history, "replaced_fraction", 0.0, 1.0),
-        "no_teacher_fraction": mean_over(history, "no_teacher_fraction", 0.0, 1.0),
-        "mixed_group_fraction": mean_over(history, "mixed_group_fraction", 0.0, 1.0),
-        "seconds_per_step": mean_over(history, "seconds_step", 0.0, 1.0),
+        **run_summaries(history),  # what the registry aggregates (oger.stages.train.metrics)
         "resumed": done_before > 0,
         "round": cfg.teachers.round,
         "init_from": init_ref.key if init_ref else "policy",
@@ -195,12 +172,12 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
         model.save_pretrained(out.tmp / MODEL_DIR)
         tokenizer.save_pretrained(out.tmp / MODEL_DIR)
-        shutil.copy(run_dir / "metrics.jsonl", out.file("metrics.jsonl"))
-        if (run_dir / "rollouts.jsonl").exists():
-            shutil.copy(run_dir / "rollouts.jsonl", out.file("rollouts.jsonl"))
-        if (run_dir / "tensorboard").is_dir():
-            shutil.copytree(run_dir / "tensorboard", out.tmp / "tensorboard")
-        plot_curves(history, out.file("curves.png"), f"{cfg.name}: {t.algorithm}")
+        shutil.copy(run_dir / METRICS_FILE, out.file(METRICS_FILE))  # the trainer's run folder: same names
+        if (run_dir / ROLLOUTS_FILE).exists():
+            shutil.copy(run_dir / ROLLOUTS_FILE, out.file(ROLLOUTS_FILE))
+        if (run_dir / TENSORBOARD_DIR).is_dir():
+            shutil.copytree(run_dir / TENSORBOARD_DIR, out.tmp / TENSORBOARD_DIR)
+        plot_curves(history, out.file(CURVES_FILE), f"{cfg.name}: {t.algorithm}")
         out.metrics = metrics
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return ctx.ref(out)
@@ -265,10 +242,10 @@ def input_notes(plans: dict) -> list[str]:
 
 def report_section(entry: dict, run_dir: Path) -> list[str]:
     """report.md: reward and held-out accuracy from start to end, and the training curves."""
-    curves = Path(entry["path"]) / "curves.png"
+    curves = Path(entry["path"]) / CURVES_FILE
     if not curves.exists():
         return []
-    shutil.copy(curves, run_dir / "train_curves.png")
+    atomic_write(run_dir / "train_curves.png", lambda tmp: shutil.copyfile(curves, tmp))
     m = entry["metrics"]
     start = (f"{m.get('heldout_accuracy_policy')} (policy stage)"
              if m.get("init_from", "policy") == "policy" else
@@ -286,7 +263,7 @@ def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
                      init_ref=inputs.get("init"))
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"),
+STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"), files=FILES,
                   key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
                   input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes,
-                  report_section=report_section)
+                  report_section=report_section, per_pair=True)

@@ -22,19 +22,21 @@ from pathlib import Path
 
 import torch
 
+from oger.contract.artifacts import atomic_write
 from oger.contract.config import TrainConfig
 from oger.algorithm import core
 from oger.stages.train.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
 from oger.stages.train.distributed import Dist, unwrap
+from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
 from oger.algorithm.guards import THINK_CLOSE
 from oger.algorithm.reward import RewardStep, cached_embedder, compute_rewards, reward_metrics
+from oger.stages.train.metrics import BY_NAME as METRICS, NAMES as METRIC_NAMES, step_row
 from oger.generation.hf import chat_prompt_ids, generate
 from oger.algorithm.samples import Sample
 from oger.verify import score_response
 
 THINK_PREFIX = "<think>\n"
-LOGGED_LOSS_METRICS = ("pg_loss", "kl", "clip_frac", "approx_kl", "token_entropy")
 
 
 @dataclass
@@ -255,22 +257,20 @@ def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
 
 def step_metrics(records: list[dict], needs_index: bool) -> dict:
     """A step's metrics from the per-sample records of all ranks: the bonus signals
-    (`oger.algorithm.reward.reward_metrics`) and the run's health (accuracy, replacement, truncation)."""
+    (`oger.algorithm.reward.reward_metrics`) and the run's health (replacement, truncation); names
+    and meanings in `oger.stages.train.metrics`."""
     def mean(xs, empty=float("nan")):
         xs = list(xs)
         return sum(xs) / len(xs) if xs else empty
 
     on = [r for r in records if not r["off_policy"]]
-    want = [r for r in records if r["bonus_eligible"]]
     groups: dict[int, list[bool]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r["correct"])
     signals = reward_metrics(records)
     return {
         "reward": mean(r["reward"] for r in records),
-        "accuracy": mean(float(r["correct"]) for r in on),
         **signals,
-        "divergence": mean((r["divergence"] for r in want if r["divergence"] is not None)),
         "last_token_entropy": mean(float("nan") if r["last_token_entropy"] is None
                                    else r["last_token_entropy"] for r in on),
         "replaced_fraction": mean(float(r["off_policy"]) for r in records),
@@ -340,9 +340,9 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         start = int(state["step"])
     history, writer = [], None
     if dist.main:
-        history = _read_history(run_dir / "metrics.jsonl", start)
-        _read_history(run_dir / "rollouts.jsonl", start)  # drop rollouts of steps after the checkpoint
-        writer = _tensorboard(run_dir / "tensorboard")
+        history = _read_history(run_dir / METRICS_FILE, start)
+        _read_history(run_dir / ROLLOUTS_FILE, start)  # drop rollouts of steps after the checkpoint
+        writer = _tensorboard(run_dir / TENSORBOARD_DIR)
     dist.barrier()
     measures = cfg.bonus_lambda > 0 or cfg.oger.monitor
     needs_index = inputs.index is not None and (cfg.replaces or measures)
@@ -447,19 +447,22 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
     records = [r for part in run.dist.gather(records) for r in part]
     if not run.dist.main:
         return None
-    row = {"step": step + 1, **step_metrics(records, run.needs_index), **extra,
-           **{k: v for k, v in loss_metrics.items() if k in LOGGED_LOSS_METRICS}}
+    # The row's keys are the registry's (oger.stages.train.metrics); of the loss metrics the
+    # registered ones are logged.
+    row = step_row(step + 1, {
+        **step_metrics(records, run.needs_index), **extra,
+        **{k: v for k, v in loss_metrics.items() if k in METRICS}})
     run.history.append(row)
-    with open(run.run_dir / "metrics.jsonl", "a") as f:
+    with open(run.run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
     if cfg.log_rollouts:
-        with open(run.run_dir / "rollouts.jsonl", "a") as f:
+        with open(run.run_dir / ROLLOUTS_FILE, "a") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
     if run.writer is not None:
-        for k, v in row.items():
-            if k != "step" and isinstance(v, float) and not math.isnan(v):
-                run.writer.add_scalar(f"train/{k}", v, step + 1)
+        for k in METRIC_NAMES:
+            if isinstance(row[k], float) and not math.isnan(row[k]):
+                run.writer.add_scalar(f"train/{k}", row[k], step + 1)
         run.writer.flush()
     return row
 
@@ -512,17 +515,23 @@ def _sum_metrics(parts: list[dict]) -> dict:
 
 
 def _read_history(path: Path, done_steps: int) -> list[dict]:
-    """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped."""
+    """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped.
+
+    The kept lines replace the file through `atomic_write` (a temp sibling, renamed), so a kill
+    during the trim leaves the old file whole and the next resume trims it again."""
     if not path.exists():
         return []
+    original = path.read_text()
     rows = []
-    for line in path.read_text().splitlines():
+    for line in original.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill: it belongs to lost work anyway
             continue
     rows = [r for r in rows if r.get("step", done_steps + 1) <= done_steps]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if text != original:  # also drops a cut last line, which the next append would run into
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     return rows
 
 

@@ -1,6 +1,6 @@
 """One training rank: `torchrun ... -m oger.stages.train.worker SPEC.json` (the train stage writes SPEC).
 
-SPEC holds the resolved config, the initial model folder, the problems table, the index artifact
+SPEC holds the resolved config, the initial model folder, the problems artifact, the index artifact
 and the run directory; every rank builds the same inputs, and rank 0 writes metrics and checkpoints
 into the run directory, where the train stage picks up the final checkpoint.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> int:
-    import polars as pl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from oger.contract.artifacts import ArtifactRef
     from oger.contract.config import OgerConfig
+    from oger.stages.problems.files import read_problems
     from oger.stages.train.distributed import init_from_env
     from oger.stages.train.trainer import train
     from oger.stages.train.stage import train_inputs
@@ -31,12 +31,12 @@ def main(spec_path: str) -> int:
         dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(spec["init_dir"], dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(spec["init_dir"])
-        problems = pl.read_parquet(spec["problems"])
+        problems = read_problems(spec["problems"])
         inputs = train_inputs(cfg, problems, ArtifactRef(**spec["index_ref"]))
 
         def progress(row: dict) -> None:
             print(f"[oger-train] step {row['step']}/{t.steps} reward={row['reward']:.3f} "
-                  f"acc={row['accuracy']:.2f} {row['seconds_step']:.1f}s", flush=True)
+                  f"acc={row['env_reward']:.2f} {row['seconds_step']:.1f}s", flush=True)
 
         train(t, model, tokenizer, inputs, Path(spec["run_dir"]), progress=progress, dist=dist)
     finally:

@@ -1,0 +1,43 @@
+"""The train artifact's files and their readers: the only place their names are spelled.
+
+The trainer writes `metrics.jsonl` and `rollouts.jsonl` into its run folder (the key's cache
+folder) under the same names, so the readers take that folder too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from oger.contract.artifacts import ArtifactRef, artifact_path
+
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+FILES = {MODEL_DIR: "the trained model as an HF folder (model and tokenizer)",
+         METRICS_FILE: "one JSON line of training metrics per step",
+         ROLLOUTS_FILE: "one JSON line per sampled rollout (with train.log_rollouts; optional)",
+         CURVES_FILE: "the training curves",
+         TENSORBOARD_DIR: "TensorBoard events (optional)"}
+
+
+def model_dir(ref: ArtifactRef | str | Path) -> Path:
+    """The trained model's HF folder."""
+    return artifact_path(ref) / MODEL_DIR
+
+
+def _json_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(ref: ArtifactRef | str | Path) -> list[dict]:
+    """The per-step metrics rows of a train artifact (or of a trainer run folder); [] if none."""
+    return _json_lines(artifact_path(ref) / METRICS_FILE)
+
+
+def read_rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
+    """The logged rollouts of a train artifact (or of a trainer run folder); [] if none."""
+    return _json_lines(artifact_path(ref) / ROLLOUTS_FILE)

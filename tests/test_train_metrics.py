@@ -1,0 +1,138 @@
+"""One table of step metrics (`oger.stages.train.metrics`): the trainer's rows and TensorBoard
+scalars, the train artifact's run summaries, curves.png's panels and the sweep's training curves
+all come from it, and each quantity has one name."""
+
+import json
+import math
+
+import pytest
+
+from oger.stages.train import metrics as table
+
+REMOVED = ("accuracy", "onpolicy_accuracy", "divergence")  # old duplicates of env_reward / divergence_mean
+
+
+def test_every_metric_has_a_meaning_and_known_aggregations():
+    assert len(set(table.NAMES)) == len(table.STEP_METRICS)
+    for m in table.STEP_METRICS:
+        assert m.meaning.strip() and set(m.run) <= {"mean", "first_last"}, m
+    assert "env_reward" in table.SWEPT and "reward" not in table.SWEPT
+    assert not set(REMOVED) & set(table.NAMES)
+
+
+def test_a_metric_outside_the_table_is_refused():
+    with pytest.raises(KeyError, match="not_registered"):
+        table.step_row(1, {"env_reward": 0.5, "not_registered": 1.0})
+    row = table.step_row(3, {"env_reward": 0.5})
+    assert list(row) == ["step", *table.NAMES] and row["step"] == 3 and math.isnan(row["kl"])
+
+
+def test_guard_metrics_are_the_guards_the_reward_step_applies():
+    from oger.algorithm.guards import guard_verdicts
+    from oger.contract.config import BonusGuards
+
+    g = BonusGuards()  # every guard on by default
+    assert g.max_divergence is not None
+    names = set(guard_verdicts("We add 1 and 2. </think> \\boxed{3}", ["We add 1 and 2 to get 3."], g,
+                               think_required=True)) | {"off_topic"}  # off_topic: oger.algorithm.reward
+    assert {f"guard_fail_{n}" for n in names} == {n for n in table.NAMES if n.startswith("guard_fail_")}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """Two GRPO steps of a random tiny Qwen2 on arithmetic (no index; beta > 0 so the KL is logged)."""
+    import torch
+
+    from oger.contract.config import TrainConfig
+    from oger.stages.policy.tiny_model import build_model, train_tokenizer
+    from oger.stages.train import trainer
+    from oger.synthetic import generate_problems
+
+    problems = generate_problems(3, 8, 2, 3, 9, "+-")
+    tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
+    model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
+    inputs = trainer.TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
+                                 answers={str(i): str(p.answer) for i, p in enumerate(problems)},
+                                 problem_ids=[str(i) for i in range(len(problems))])
+    cfg = TrainConfig(algorithm="grpo", steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8,
+                      micro_batch_size=4, beta=0.01, lr=1e-3)
+    produced: list[set] = []  # the keys the trainer computed, before the table fills the rest with NaN
+    real_step_row = trainer.step_row
+
+    def recording(step, values):
+        produced.append(set(values))
+        return real_step_row(step, values)
+
+    run_dir = tmp_path_factory.mktemp("short_run")
+    trainer.step_row = recording
+    try:
+        torch.manual_seed(0)
+        history = trainer.train(cfg, model, tok, inputs, run_dir)
+    finally:
+        trainer.step_row = real_step_row
+    return history, produced, run_dir
+
+
+def test_step_rows_of_a_real_run_hold_exactly_the_table(short_run):
+    history, produced, run_dir = short_run
+    assert len(history) == 2
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in [*history, *logged]:
+        assert list(row) == ["step", *table.NAMES]
+    # ... and the trainer computes every metric of the table but the guards' (no bonus-eligible
+    # rows without teachers: reward_metrics names only the guards it saw)
+    for keys in produced:
+        assert set(table.NAMES) - keys == {n for n in table.NAMES if n.startswith("guard_fail_")}
+    assert not math.isnan(history[0]["kl"]) and history[0]["env_reward"] == history[0]["env_reward"]
+
+
+def test_tensorboard_scalars_are_the_tables_measured_metrics(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history, _, run_dir = short_run
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    measured = {n for n in table.NAMES
+                if any(isinstance(h[n], float) and not math.isnan(h[n]) for h in history)}
+    assert set(acc.Tags()["scalars"]) == {f"train/{n}" for n in measured}
+
+
+def test_train_artifact_summaries_are_derived_from_the_table(short_run):
+    history, _, _ = short_run
+    got = table.run_summaries(history)
+    expected = []
+    for m in table.STEP_METRICS:
+        expected += [m.name] if "mean" in m.run else []
+        expected += [f"{m.name}_first_20pct", f"{m.name}_last_20pct"] if "first_last" in m.run else []
+    assert list(got) == expected == table.run_summary_names()
+    assert {"reward_first_20pct", "reward_last_20pct", "env_reward", "env_reward_last_20pct",
+            "divergence_mean", "seconds_step"} <= set(got)
+    assert not {"accuracy_first_20pct", "accuracy_last_20pct", "seconds_per_step", *REMOVED} & set(got)
+    # hand values on 10 steps: first 20% = steps 1-2, last 20% = steps 9-10
+    ten = [table.step_row(s, {"reward": float(s), "env_reward": s / 10}) for s in range(1, 11)]
+    out = table.run_summaries(ten)
+    assert (out["reward_first_20pct"], out["reward_last_20pct"]) == (1.5, 9.5)
+    assert out["env_reward"] == 0.55 and out["divergence_mean"] is None  # NaN every step: not measured
+
+
+def test_curves_png_panels_are_the_tables_plotted_metrics(short_run, tmp_path):
+    from oger.stages.train.stage import plot_curves
+
+    history, _, _ = short_run
+    panels = plot_curves(history, tmp_path / "curves.png", "t")
+    assert panels == list(table.PLOTTED) and (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_sweep_reads_on_policy_correctness_from_env_reward_not_the_bonus_reward():
+    from oger.sweep import results as res
+
+    # reward = env_reward + bonus (and teacher rows): the two differ on every step
+    steps = [table.step_row(s, {"reward": 0.9, "env_reward": 0.25 * (s % 2), "bonus_mean": 0.4})
+             for s in range(1, 6)]
+    curves = res.training_curves({"oger": {0: steps, 1: steps}})
+    assert set(curves) <= set(table.SWEPT) and "reward" not in curves
+    assert curves["env_reward"]["oger"]["mean"] == [0.25, 0.0, 0.25, 0.0, 0.25]
+    assert res.last_fraction_means(curves)["oger"]["env_reward"] == 0.25  # the last step of 5
+    # a history with the old names only: nothing is read under the new names (no fallback)
+    old = [{"step": s, "accuracy": 0.5, "reward": 0.9, "divergence": 0.3} for s in range(1, 4)]
+    assert res.training_curves({"grpo": {0: old}}) == {}
