@@ -81,3 +81,16 @@ def test_clip_settings_enter_the_train_key_only_with_several_mini_batches():
     assert key_inputs(load_config(tiny, ["train.ppo_mini_batches=2", "train.clip_eps_high=0.28"]))[0] != two
     with pytest.raises(ConfigError, match="ppo_mini_batches"):
         load_config(tiny, ["train.ppo_mini_batches=0"])
+
+
+def test_the_sharding_rule_lives_in_one_place(base):
+    from oger.contract.config import TrainConfig
+
+    # 8 prompts over 2 ranks x 4 per call: whole calls; 6 are not (the pool-capped count the train
+    # stage checks goes through the same rule).
+    t = TrainConfig(num_processes=2, rollout_batch_prompts=4, prompts_per_step=8)
+    assert t.sharding_problem(8) is None and t.sharding_problem(16) is None
+    assert "6 prompts per step is not a multiple of num_processes x rollout_batch_prompts (2 x 4)" in t.sharding_problem(6)
+    assert TrainConfig(prompts_per_step=6).sharding_problem(6) is None  # one process: anything goes
+    with pytest.raises(ConfigError, match=r"train = .*prompts_per_step: 6 prompts per step is not a multiple"):
+        load_config(base(), ["train.num_processes=2", "train.rollout_batch_prompts=4", "train.prompts_per_step=6"])

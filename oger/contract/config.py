@@ -395,13 +395,9 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _shardable(self) -> "TrainConfig":
-        per_call = self.num_processes * self.rollout_batch_prompts
-        if self.num_processes > 1 and self.prompts_per_step % per_call:
-            raise ValueError(
-                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of num_processes x "
-                f"rollout_batch_prompts ({self.num_processes} x {self.rollout_batch_prompts}): every "
-                f"rank rolls out whole generation calls, so the result does not depend on the "
-                f"number of processes")
+        problem = self.sharding_problem(self.prompts_per_step)
+        if problem:
+            raise ValueError(f"prompts_per_step: {problem}")
         if self.fsdp and self.num_processes < 2:
             raise ValueError("fsdp needs num_processes > 1")
         if self.fsdp and self.rollout_engine == "paged":
@@ -409,6 +405,16 @@ class TrainConfig(Strict):
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "
                              "rollout_engine 'hf' (synced_gpus) with fsdp, or DDP")
         return self
+
+    def sharding_problem(self, prompts: int) -> str | None:
+        """Why `prompts` per step cannot be spread over the ranks (None: it can). The one place the
+        rule lives: the config checks prompts_per_step, the train stage the pool-capped count."""
+        per_call = self.num_processes * self.rollout_batch_prompts
+        if self.num_processes > 1 and prompts % per_call:
+            return (f"{prompts} prompts per step is not a multiple of num_processes x rollout_batch_prompts "
+                    f"({self.num_processes} x {self.rollout_batch_prompts}): every rank rolls out whole "
+                    f"generation calls, so the result does not depend on the number of processes")
+        return None
 
     def inert_fields(self) -> set[str]:
         if self.ppo_mini_batches == 1:

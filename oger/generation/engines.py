@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oger.contract.errors import ConfigError
+from oger import seeds
 
 
 @dataclass
@@ -67,7 +68,7 @@ class HFEngine:
             # chunking, so evaluate.batch_size (not in the key) does not change what is sampled.
             rolls = generate(self.model, self.tokenizer, [prompts[i] for i in chunk], n=k,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             seed=seed * 7919, first_job=c * k, batch_size=self.batch_size,
+                             seed=seeds.for_step(seed, 0), first_job=c * k, batch_size=self.batch_size,
                              record_entropy=False, engine=self.rollout_engine)
             counters: dict[int, int] = {}
             for r in rolls:

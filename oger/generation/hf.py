@@ -13,6 +13,7 @@ import torch
 from oger.generation import paged
 from oger.runtime.cpu_threads import decode_threads
 from oger.generation.records import Rollout, eos_ids
+from oger import seeds
 
 ENGINES = ("hf", "paged")
 
@@ -74,7 +75,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
     paged engine cannot: its number of steps depends on the data, see TrainConfig's check).
 
-    Rollout j of this call draws with seed `seed * 1_000_003 + first_job + j`: a caller that cuts
+    Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
     with decode_threads(model):
@@ -92,7 +93,7 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
                              "(synced_gpus); use engine 'hf' with fsdp")
         return paged.generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=top_p,
-                              seed=seed * 1_000_003 + first_job if first_job else seed,
+                              seed=seeds.for_item(seed, first_job) if first_job else seed,
                               batch_size=batch_size, record_entropy=record_entropy)
     if engine != "hf":
         raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
@@ -116,7 +117,7 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
         recorder = _EntropyRecorder()
         processors = [recorder] if record_entropy else []
         if temperature > 0:
-            processors.append(RowSampler([seed * 1_000_003 + first_job + b + r for r in range(len(batch))],
+            processors.append(RowSampler([seeds.for_item(seed, first_job + b + r) for r in range(len(batch))],
                                          max_new_tokens, temperature, top_p, device))
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=False,
                       eos_token_id=sorted(stops), attention_mask=attn.to(device),

@@ -7,6 +7,7 @@ from oger.contract.config import TeacherConfig
 from oger.models import load_causal_lm
 from oger.generation.hf import generate as rollout_generate
 from oger.stages.teachers.base import Generation, Prompt, chat_messages
+from oger import seeds
 
 
 def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Generation]:
@@ -25,7 +26,7 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
                                            tokenize=False), add_special_tokens=False)["input_ids"]
                for p in batch]
         rolls = rollout_generate(model, tok, ids, n=tcfg.n, max_new_tokens=s.max_new_tokens,
-                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed * 7919 + batch[0].position,
+                                 temperature=s.temperature, top_p=s.top_p, seed=seeds.for_step(s.seed, batch[0].position),
                                  batch_size=tcfg.batch_size, record_entropy=False, engine=tcfg.engine)
         counters: dict[int, int] = {}
         for r in rolls:

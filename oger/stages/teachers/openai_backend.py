@@ -10,6 +10,7 @@ import httpx
 from oger.contract.config import TeacherConfig
 from oger.contract.errors import StageError
 from oger.stages.teachers.base import Generation, Prompt, chat_messages
+from oger import seeds
 
 
 def _request(client: httpx.Client, tcfg: TeacherConfig, p: Prompt, i: int) -> Generation:
@@ -20,7 +21,7 @@ def _request(client: httpx.Client, tcfg: TeacherConfig, p: Prompt, i: int) -> Ge
         "temperature": s.temperature,
         "top_p": s.top_p,
         "max_tokens": s.max_new_tokens,
-        "seed": s.seed * 1_000_003 + i,
+        "seed": seeds.for_item(s.seed, i),
         "stream": False,
     }
     try:

@@ -135,11 +135,9 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         from oger.stages.train.checkpoint import latest_checkpoint  # imports torch
         from oger.stages.train.distributed import train_distributed  # imports torch
 
-        per_step = min(t.prompts_per_step, len(inputs.problem_ids))
-        if per_step % (t.num_processes * t.rollout_batch_prompts):
-            raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so "
-                             f"{per_step} prompts per step: not a multiple of train.num_processes x "
-                             f"train.rollout_batch_prompts = {t.num_processes} x {t.rollout_batch_prompts}")
+        problem = t.sharding_problem(min(t.prompts_per_step, len(inputs.problem_ids)))
+        if problem:
+            raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
         history = train_distributed(cfg, policy_dir, problems_ref,
                                     index_ref, run_dir)

@@ -35,6 +35,7 @@ from oger.stages.train.metrics import BY_NAME as METRICS, NAMES as METRIC_NAMES,
 from oger.generation.hf import chat_prompt_ids, generate
 from oger.algorithm.samples import Sample
 from oger.verify import score_response
+from oger import seeds
 
 THINK_PREFIX = "<think>\n"
 
@@ -72,7 +73,7 @@ def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, t
     for i, s in enumerate(samples):
         groups.setdefault(s.group, []).append(i)
     for group, members in groups.items():
-        rng = random.Random(seed * 1_000_003 + group)
+        rng = random.Random(seeds.for_item(seed, group))
         pid = samples[members[0]].problem_id
         if pid not in refs:
             continue
@@ -252,7 +253,7 @@ def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]
 def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
     """The sampling seed of one generation call, by its global index within the step (the first
     call keeps the seed a whole-step call had before calls were split)."""
-    return cfg.seed * 100_003 + step + call * 1_000_000_007
+    return seeds.for_rollout_call(cfg.seed, step, call)
 
 
 def step_metrics(records: list[dict], needs_index: bool) -> dict:
@@ -360,7 +361,7 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
     """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
     in generation calls of rollout_batch_prompts prompts seeded by their global index."""
     cfg, inputs, tok = run.cfg, run.inputs, run.tokenizer
-    rng = random.Random(cfg.seed * 7919 + step)
+    rng = random.Random(seeds.for_step(cfg.seed, step))
     pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
     lo, hi = _rank_slice(len(pids), cfg, run.dist)
     prompt_ids = {g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction,
@@ -398,7 +399,7 @@ def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], ste
     refs = inputs.index.lookup(pids) if run.needs_index else {}
     if cfg.replaces:
         replace_with_teachers(samples, cfg, refs, run.tokenizer, run.tokenizer.eos_token_id,
-                              seed=cfg.seed * 7919 + step)
+                              seed=seeds.for_step(cfg.seed, step))
         for s in samples:
             if s.off_policy:
                 s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
@@ -490,7 +491,7 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
             refs = score_and_replace(run, samples, pids[lo:hi], step)
             t_score = time.perf_counter()
             # a group never spans ranks, so the reward step's group statistics are local
-            rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=cfg.seed * 7919 + step)
+            rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=seeds.for_step(cfg.seed, step))
             t_embed = time.perf_counter()
             loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
             t_update = time.perf_counter()
