@@ -25,7 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-ADDRESS_IN_USE = 3  # uvicorn's exit code when the port was taken between our check and its bind
+# uvicorn's exit code when it could not start: the port was taken between our check and its bind
+# (relaunched elsewhere), or the app failed its start-up (a database it cannot open: an error).
+STARTUP_FAILURE = 3
+MAX_RELAUNCHES = 5
 # How long a start may take. Prefect's own default (20 s, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
 # is too short on a busy 2-core machine: a first start migrates a fresh database while the other core
 # trains, and `make test` failed there with 11 errors. A live process is waited for up to this long;
@@ -48,6 +51,15 @@ def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _port_taken(port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
 
 
 class EarlyServer:
@@ -84,14 +96,15 @@ class EarlyServer:
         timeout_s = start_timeout_s() if timeout_s is None else timeout_s
         start = time.monotonic()
         deadline = start + timeout_s
-        noticed = False
+        noticed, relaunches = False, 0
         while time.monotonic() < deadline:
             if not noticed and time.monotonic() - start > SLOW_START_NOTICE_S:
                 print(f"Waiting for Prefect's temporary server to start (up to {timeout_s:.0f} s; "
                       f"the machine is busy?)", file=sys.stderr, flush=True)
                 noticed = True
             code = self.process.poll()
-            if code == ADDRESS_IN_USE:
+            if code == STARTUP_FAILURE and relaunches < MAX_RELAUNCHES and _port_taken(self.port):
+                relaunches += 1
                 self._launch()
                 continue
             if code is not None:

@@ -52,12 +52,23 @@ def test_a_port_taken_before_uvicorn_binds_it_is_retried_on_another(monkeypatch)
     server = early.EarlyServer(dict(os.environ))
     try:
         assert server.port == port
-        server.wait(120)  # uvicorn exits with ADDRESS_IN_USE; the wait relaunches it elsewhere
+        server.wait(120)  # uvicorn exits with STARTUP_FAILURE, the port is taken: relaunched elsewhere
         assert server.port != port
     finally:
         server.stop()
         taken.close()
     assert server.process is None
+
+
+def test_a_server_that_fails_its_start_up_is_an_error_at_once_not_a_relaunch_loop(tmp_path):
+    # uvicorn exits with the same code (3) for a taken port and for an app that cannot start (here:
+    # a Prefect home whose folder does not exist, so its database cannot open). Only a taken port is
+    # relaunched; this one fails at once, not after the whole start-up bound.
+    server = early.EarlyServer({**os.environ, "PREFECT_HOME": str(tmp_path / "missing" / "home")})
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 3 before answering"):
+        server.wait(170)
+    assert time.monotonic() - started < 120
 
 
 class DelayedServer(early.EarlyServer):
