@@ -92,5 +92,5 @@ def test_the_sharding_rule_lives_in_one_place(base):
     assert t.sharding_problem(8) is None and t.sharding_problem(16) is None
     assert "6 prompts per step is not a multiple of num_processes x rollout_batch_prompts (2 x 4)" in t.sharding_problem(6)
     assert TrainConfig(prompts_per_step=6).sharding_problem(6) is None  # one process: anything goes
-    with pytest.raises(ConfigError, match=r"train = .*prompts_per_step: 6 prompts per step is not a multiple"):
+    with pytest.raises(ConfigError, match=r"train = .*prompts_per_step \(6\): 6 prompts per step is not a multiple"):
         load_config(base(), ["train.num_processes=2", "train.rollout_batch_prompts=4", "train.prompts_per_step=6"])

@@ -397,7 +397,7 @@ class TrainConfig(Strict):
     def _shardable(self) -> "TrainConfig":
         problem = self.sharding_problem(self.prompts_per_step)
         if problem:
-            raise ValueError(f"prompts_per_step: {problem}")
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}): {problem}")
         if self.fsdp and self.num_processes < 2:
             raise ValueError("fsdp needs num_processes > 1")
         if self.fsdp and self.rollout_engine == "paged":
