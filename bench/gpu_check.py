@@ -34,6 +34,7 @@ from bench.gpu_step import PEAK_TFLOPS
 from oger.contract.config import TrainConfig
 from oger.encoder import encode, load_encoder
 from oger.contract.errors import ConfigError
+from oger.generation.base import Request, generate_sorted
 from oger.generation.engines import make_engine
 from oger.models import resolve_model
 from oger.stages.train.distributed import Dist
@@ -202,10 +203,19 @@ def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
 
 
 def train_config(scale: Scale, engine: str):
-    return TrainConfig(algorithm="oger", steps=scale.steps, prompts_per_step=scale.prompts_per_step,
-                       group_size=scale.group_size, max_new_tokens=scale.max_new_tokens, lr=1e-6,
-                       rollout_batch_prompts=scale.prompts_per_step, micro_batch_size=scale.micro_batch_size,
-                       checkpoint_every=scale.steps, rollout_engine=engine)
+    return TrainConfig(
+        algorithm="oger",
+        steps=scale.steps,
+        prompts_per_step=scale.prompts_per_step,
+        group_size=scale.group_size,
+        rollout={
+            "max_new_tokens": scale.max_new_tokens,
+            "batch_prompts": scale.prompts_per_step,
+            "engine": engine,
+        },
+        optim={"lr": 1e-6, "micro_batch_size": scale.micro_batch_size},
+        logging={"checkpoint_every": scale.steps},
+    )
 
 
 def _peak_gib(device: str) -> float:
@@ -339,19 +349,18 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
                          batch_size=64, tensor_parallel_size=1, gpu_memory_utilization=0.85, seed=0)
     try:
         prompts = [chat_prompt_ids(engine.tokenizer, p.question) for p in probs]
-        engine.generate(prompts[:2], k=1, temperature=0.6, top_p=1.0, max_new_tokens=4, seed=0)  # warm-up
+        engine.generate(prompts[:2], Request(temperature=0.6, max_new_tokens=4))  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        comps = engine.generate(prompts, k=1, temperature=0.6, top_p=1.0,
-                                max_new_tokens=scale.eval_max_new_tokens, seed=0)
+        comps = generate_sorted(engine, prompts, Request(temperature=0.6, max_new_tokens=scale.eval_max_new_tokens))
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t
     finally:
         engine.close()
     correct = sum(score_response(c.text, str(probs[c.prompt_index].answer))[1] for c in comps)
-    return {"tokens_per_s": sum(c.tokens for c in comps) / seconds, "seconds": seconds,
+    return {"tokens_per_s": sum(c.n_tokens for c in comps) / seconds, "seconds": seconds,
             "samples": len(comps), "accuracy": correct / len(comps)}
 
 

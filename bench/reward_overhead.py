@@ -27,8 +27,13 @@ def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> 
     tok = AutoTokenizer.from_pretrained(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = TrainConfig(algorithm=algorithm, steps=steps, log_rollouts=True, checkpoint_every=10_000,
-                      seed=0, **train_kw)
+    cfg = TrainConfig(
+        algorithm=algorithm,
+        steps=steps,
+        seed=0,
+        **train_kw,
+        logging={"log_rollouts": True, "checkpoint_every": 10_000},
+    )
     run_dir = Path(tempfile.mkdtemp(prefix=f"oger-overhead-{algorithm}-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)

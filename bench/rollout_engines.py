@@ -14,12 +14,14 @@ from bench.common import machine, result, table
 
 
 def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tuple[float, float]:
-    from oger.generation.hf import generate
+    from oger.generation.base import Request
+    from oger.generation.hf import TransformersEngine
 
-    generate(model, tok, prompts[:1], n=1, max_new_tokens=4, engine=engine)  # warm-up
+    eng = TransformersEngine(model, tok, engine)
+    eng.generate(prompts[:1], Request(max_new_tokens=4))  # warm-up
     t = time.perf_counter()
-    rolls = generate(model, tok, prompts, n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1,
-                     batch_size=len(prompts) * n, engine=engine)
+    rolls = eng.generate(prompts, Request(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1,
+                                          record_entropy=True))
     seconds = time.perf_counter() - t
     tokens = sum(len(r.response_ids) for r in rolls)
     return tokens / seconds, tokens / len(rolls)

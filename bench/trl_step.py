@@ -24,9 +24,16 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     tok = AutoTokenizer.from_pretrained(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = TrainConfig(algorithm="grpo", steps=steps, prompts_per_step=prompts, group_size=group,
-                      max_new_tokens=max_new, lr=lr, loss_agg="token_mean", micro_batch_size=prompts * group,
-                      log_rollouts=False, checkpoint_every=10_000)
+    cfg = TrainConfig(
+        algorithm="grpo",
+        steps=steps,
+        prompts_per_step=prompts,
+        group_size=group,
+        rollout={"max_new_tokens": max_new},
+        optim={"lr": lr, "micro_batch_size": prompts * group},
+        loss={"loss_agg": "token_mean"},
+        logging={"log_rollouts": False, "checkpoint_every": 10_000},
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)

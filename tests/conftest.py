@@ -82,7 +82,7 @@ TINY_POLICY = {"tiny": {"vocab_size": 320, "hidden_size": 64, "num_layers": 2, "
 # in the session's `rl_workdir` those stages run once and each test adds only its train stage.
 RL_UPSTREAM = {"n_train": 40, "n_test": 8,
                "teachers": [scripted("stepwise", 0.2), scripted("terms")],
-               "policy": {**TINY_POLICY, "eval_limit": 8, "eval_max_new_tokens": 40}}
+               "policy": TINY_POLICY, "evaluate": {"heldout": {"limit": 8, "max_new_tokens": 40}}}
 
 
 def _merge(base: dict, extra: dict) -> dict:

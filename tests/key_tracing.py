@@ -103,3 +103,21 @@ def instances(cfg: BaseModel, path: str = "") -> Iterator[tuple[str, BaseModel]]
 def inert_here(cfg: OgerConfig) -> set[Field]:
     """Fields the config's own values make unable to act (the models' `inert_fields`)."""
     return {(type(m), f) for _, m in instances(cfg) for f in inert_fields(m)}
+
+
+def not_in_key(root: type[BaseModel] = OgerConfig) -> set[Field]:
+    """Fields marked not in any key, and every field of the sections under such a field (a section
+    marked `not_in_key`, like train.distributed, takes its whole subtree out of every key)."""
+    out: set[Field] = set()
+    todo, seen = [(root, False)], set()
+    while todo:
+        cls, below = todo.pop()
+        if (cls, below) in seen:
+            continue
+        seen.add((cls, below))
+        for name, info in cls.model_fields.items():
+            off = below or field_rule(cls, name)[0] == "no"
+            if off:
+                out.add((cls, name))
+            todo += [(m, off) for m in _models_in(info.annotation)]
+    return out

@@ -38,17 +38,16 @@ policy:
   source: tiny
   tiny: {vocab_size: 320, hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}
   sft: {enabled: true, teachers: [stepwise, terms], epochs: 1, batch_size: 16, warmup_steps: 1}
-  eval_limit: 8
-  eval_max_new_tokens: 12
 train:
   algorithm: luffy
   steps: 6
   max_prompts: 8
   prompts_per_step: 2
   group_size: 4
-  max_new_tokens: 12
-  checkpoint_every: 1
+  rollout: {max_new_tokens: 12}
+  logging: {checkpoint_every: 1}
 evaluate:
+  heldout: {limit: 8, max_new_tokens: 12}
   max_new_tokens: 12
   score_workers: 1
   benchmarks:

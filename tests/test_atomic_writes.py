@@ -95,9 +95,16 @@ print("@@finished", flush=True)
 def resume_config(steps: int):
     from oger.contract.config import TrainConfig
 
-    return TrainConfig(algorithm="grpo", steps=steps, prompts_per_step=4, group_size=4, max_new_tokens=12,
-                       rollout_batch_prompts=2, micro_batch_size=8, lr=1e-2, checkpoint_every=1,
-                       entropy_coef=0.01)
+    return TrainConfig(
+        algorithm="grpo",
+        steps=steps,
+        prompts_per_step=4,
+        group_size=4,
+        rollout={"max_new_tokens": 12, "batch_prompts": 2},
+        optim={"micro_batch_size": 8, "lr": 1e-2},
+        logging={"checkpoint_every": 1},
+        loss={"entropy_coef": 0.01},
+    )
 
 
 def resume_inputs():

@@ -75,12 +75,15 @@ def test_clip_settings_enter_the_train_key_only_with_several_mini_batches():
     tiny = "configs/tiny.yaml"
     one, _ = key_inputs(load_config(tiny))
     assert not {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"} & set(one)  # ratio 1: cannot act
-    assert key_inputs(load_config(tiny, ["train.clip_eps_high=0.28"]))[0] == one
-    two, _ = key_inputs(load_config(tiny, ["train.ppo_mini_batches=2"]))
+    assert key_inputs(load_config(tiny, ["train.loss.clip_eps_high=0.28"]))[0] == one
+    two, _ = key_inputs(load_config(tiny, ["train.loss.ppo_mini_batches=2"]))
     assert (two["ppo_mini_batches"], two["clip"], two["clip_eps_high"]) == (2, True, 0.2)
-    assert key_inputs(load_config(tiny, ["train.ppo_mini_batches=2", "train.clip_eps_high=0.28"]))[0] != two
+    assert (
+        key_inputs(load_config(tiny, ["train.loss.ppo_mini_batches=2", "train.loss.clip_eps_high=0.28"]))[0]
+        != two
+    )
     with pytest.raises(ConfigError, match="ppo_mini_batches"):
-        load_config(tiny, ["train.ppo_mini_batches=0"])
+        load_config(tiny, ["train.loss.ppo_mini_batches=0"])
 
 
 def test_the_sharding_rule_lives_in_one_place(base):
@@ -88,9 +91,47 @@ def test_the_sharding_rule_lives_in_one_place(base):
 
     # 8 prompts over 2 ranks x 4 per call: whole calls; 6 are not (the pool-capped count the train
     # stage checks goes through the same rule).
-    t = TrainConfig(num_processes=2, rollout_batch_prompts=4, prompts_per_step=8)
+    t = TrainConfig(prompts_per_step=8, distributed={"num_processes": 2}, rollout={"batch_prompts": 4})
     assert t.sharding_problem(8) is None and t.sharding_problem(16) is None
-    assert "6 prompts per step is not a multiple of num_processes x rollout_batch_prompts (2 x 4)" in t.sharding_problem(6)
+    assert (
+        "6 prompts per step is not a multiple of distributed.num_processes x rollout.batch_prompts (2 x 4)"
+        in t.sharding_problem(6)
+    )
     assert TrainConfig(prompts_per_step=6).sharding_problem(6) is None  # one process: anything goes
     with pytest.raises(ConfigError, match=r"train = .*prompts_per_step \(6\): 6 prompts per step is not a multiple"):
-        load_config(base(), ["train.num_processes=2", "train.rollout_batch_prompts=4", "train.prompts_per_step=6"])
+        load_config(
+            base(),
+            [
+                "train.distributed.num_processes=2",
+                "train.rollout.batch_prompts=4",
+                "train.prompts_per_step=6",
+            ],
+        )
+
+
+def test_a_field_from_before_the_sections_names_its_new_place(base):
+    # One spelling per field: the old flat name is an error that says where the field went.
+    with pytest.raises(ConfigError, match=r"train\.lr is now train\.optim\.lr; "
+                                          r"train\.rollout_engine is now train\.rollout\.engine"):
+        load_config(base(), ["train.lr=0.001", "train.rollout_engine=paged"])
+    with pytest.raises(ConfigError, match=r"policy\.eval_limit is now evaluate\.heldout\.limit"):
+        load_config(base(), ["policy.eval_limit=4"])
+    cfg = load_config(base(), ["train.optim.lr=0.001", "train.rollout.engine=paged",
+                               "evaluate.heldout.limit=4"])
+    assert (cfg.train.optim.lr, cfg.train.rollout.engine, cfg.evaluate.heldout.limit) == (0.001, "paged", 4)
+
+
+def test_sections_keep_the_flat_key_names(base):
+    # train's sections were added after keys existed: their fields sit flat in the key, under the
+    # names they had (rollout.engine -> rollout_engine), so no cached artifact was invalidated.
+    from oger.stages.policy.stage import key_inputs as policy_key
+    from oger.stages.train.stage import key_inputs as train_key
+
+    cfg = load_config(base(), ["train.optim.lr=0.001", "train.rollout.engine=paged",
+                               "train.rollout.batch_prompts=4", "evaluate.heldout.limit=4"])
+    slice_, _ = train_key(cfg)
+    assert (slice_["lr"], slice_["rollout_engine"], slice_["rollout_batch_prompts"]) == (0.001, "paged", 4)
+    assert not {"optim", "loss", "rollout", "distributed", "logging"} & set(slice_)
+    policy_slice, _ = policy_key(cfg.policy, cfg.evaluate.heldout)
+    assert (policy_slice["eval_limit"], policy_slice["eval_split"]) == (4, "test")
+    assert "eval_batch_size" not in policy_slice  # not in the key

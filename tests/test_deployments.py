@@ -27,9 +27,9 @@ CONFIG = "configs/tiny.yaml"
 TEACHERS = ("teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
             " {name: terms, backend: scripted, model: terms, slip_rate: 0.15}]")
 SMALL = ["problems.sources.0.n_train=80", "problems.sources.0.n_test=20", TEACHERS,
-         "policy.sft.epochs=1", "policy.eval_limit=8", "policy.eval_max_new_tokens=40",
+         "policy.sft.epochs=1", "evaluate.heldout.limit=8", "evaluate.heldout.max_new_tokens=40",
          "train.steps=4", "train.max_prompts=8", "train.prompts_per_step=4", "train.group_size=4",
-         "train.max_new_tokens=40", "train.checkpoint_every=2",
+         "train.rollout.max_new_tokens=40", "train.logging.checkpoint_every=2",
          "train.init_from=previous_round"]
 if "evaluate" in STAGES:
     SMALL += ["evaluate.benchmarks=[{name: synthetic, limit: 8}]", "evaluate.protocol=greedy",

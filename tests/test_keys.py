@@ -12,10 +12,10 @@ import yaml
 from pydantic import BaseModel
 
 from oger import pipeline
-from oger.contract.config import OgerConfig, PolicyConfig, TrainConfig, load_config
+from oger.contract.config import LossConfig, OgerConfig, PolicyConfig, TrainConfig, load_config
 from oger.contract.keys import RULES, field_rule, key_dump
 from tests.conftest import REPO
-from tests.key_tracing import (ancestors, every_field, inert_here, instances, key_reads, reads)
+from tests.key_tracing import (ancestors, every_field, inert_here, instances, key_reads, not_in_key, reads)
 
 TINY = "configs/tiny.yaml"  # tests run from the repository root (REPO)
 # Configs whose keys between them read every option some config uses: the demo, a pretrained
@@ -23,9 +23,9 @@ TINY = "configs/tiny.yaml"  # tests run from the repository root (REPO)
 # paper's setting (hub sources, the dataset teacher, LUFFY's prompt and think format).
 VARIANTS = {"tiny": (TINY, []),
             "model-policy": (TINY, ["policy.source=model", "policy.model=smollm2"]),
-            "ppo2": (TINY, ["train.ppo_mini_batches=2"]),
+            "ppo2": (TINY, ["train.loss.ppo_mini_batches=2"]),
             "index-all": (TINY, ["index.problems=all", "train.init_from=previous_round"]),
-            "paged": (TINY, ["train.rollout_engine=paged", "teachers.teachers.3.engine=paged"]),
+            "paged": (TINY, ["train.rollout.engine=paged", "teachers.teachers.3.engine=paged"]),
             "paper": ("configs/qwen2.5-math-1.5b-oger.yaml", [])}
 
 
@@ -77,26 +77,32 @@ def test_the_walk_sees_an_unmarked_field():
 
 
 def test_inert_fields_are_marked_inert():
-    for model in (TrainConfig(), TrainConfig(ppo_mini_batches=2), PolicyConfig(),
+    for model in (LossConfig(), LossConfig(ppo_mini_batches=2), PolicyConfig(),
                   PolicyConfig(source="model", model="smollm2")):
         for name in type(model).inert_fields(model):
             assert field_rule(type(model), name)[0] == "inert", (type(model).__name__, name)
-    assert set(TrainConfig().inert_fields()) == {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
-    assert TrainConfig(ppo_mini_batches=2).inert_fields() == set()
+    assert set(LossConfig().inert_fields()) == {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
+    assert LossConfig(ppo_mini_batches=2).inert_fields() == set()
 
 
 def test_key_dump_leaves_out_exactly_what_the_schema_marks():
-    t = TrainConfig(micro_batch_size=3, rollout_engine="paged", num_processes=1)
+    t = TrainConfig(
+        optim={"micro_batch_size": 3}, rollout={"engine": "paged"}, distributed={"num_processes": 1}
+    )
     d = key_dump(t)
     assert "micro_batch_size" not in d and "checkpoint_every" not in d  # not in key
     assert d["rollout_engine"] == "paged" and "init_from" not in d  # omitted only at the default
     assert "clip" not in d  # inert with one optimizer step per batch
-    assert "clip" in key_dump(TrainConfig(ppo_mini_batches=2))
+    assert "clip" in key_dump(TrainConfig(loss={"ppo_mini_batches": 2}))
     assert d["oger"]["guards"]["max_divergence"] == 0.45  # nested sections, recursively
-    assert set(key_dump(TrainConfig())) == set(TrainConfig().model_dump()) - {
-        "micro_batch_size", "checkpoint_every", "log_rollouts", "num_processes", "launcher", "backend",
-        "fsdp", "gradient_checkpointing", "init_from", "rollout_engine", "clip", "clip_eps_low",
-        "clip_eps_high", "ppo_mini_batches"}
+    # The sections' fields sit flat in the key under the names they had before the sections.
+    flat = {n for n, v in TrainConfig().model_dump().items() if not isinstance(v, dict) or n == "oger"}
+    for section in ("optim", "loss", "rollout"):
+        flat |= set(getattr(TrainConfig(), section).model_dump(by_alias=True))
+    assert set(key_dump(TrainConfig())) == flat - {
+        "micro_batch_size", "init_from", "rollout_engine", "clip", "clip_eps_low", "clip_eps_high",
+        "ppo_mini_batches"}
+    assert "rollout_batch_prompts" in flat and "batch_prompts" not in flat
 
 
 # --------------------------------------------------------------------------- perturbations
@@ -298,13 +304,17 @@ def test_not_in_key_fields_of_the_cheap_stages_change_no_byte(tmp_path, small_co
 @pytest.mark.slow
 def test_each_stage_reads_only_what_its_key_or_an_upstream_key_covers(tmp_path, small_config, monkeypatch):
     path = small_config.write(
-        tmp_path, "reads", **small_config.RL_UPSTREAM,
-        train={"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 16,
-               "checkpoint_every": 1},
-        evaluate={"max_new_tokens": 16, "benchmarks": [{"name": "synthetic", "limit": 4, "samples": 2}]})
+        tmp_path,
+        "reads",
+        **{**small_config.RL_UPSTREAM,
+           "evaluate": {**small_config.RL_UPSTREAM["evaluate"], "max_new_tokens": 16,
+                        "benchmarks": [{"name": "synthetic", "limit": 4, "samples": 2}]}},
+        train={"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout": {"max_new_tokens": 16},
+               "logging": {"checkpoint_every": 1}},
+    )
     cfg = load_config(path, [f"workdir={tmp_path / 'w'}"])
     keys = key_reads(cfg)
-    marked = {(c, n) for c, n in every_field() if field_rule(c, n)[0] == "no"}
+    marked = not_in_key()
     idle = inert_here(cfg)
     run_reads: dict[str, set] = {}
     real_run_stage = pipeline.run_stage
@@ -326,3 +336,20 @@ def test_each_stage_reads_only_what_its_key_or_an_upstream_key_covers(tmp_path, 
         if loose:
             stale[stage] = loose
     assert not stale, f"read by a stage's run but in neither its key nor an upstream key: {stale}"
+
+
+def test_a_flat_section_cannot_shadow_a_key_name():
+    from pydantic import Field as F
+
+    from oger.contract.config import Strict
+    from oger.contract.keys import flat_in_key
+
+    class Inner(Strict):
+        steps: int = 1
+
+    class Outer(Strict):
+        steps: int = 2
+        inner: Inner = F(Inner(), json_schema_extra=flat_in_key("test"))
+
+    with pytest.raises(ValueError, match=r"Outer\.inner\.steps: its flat key name 'steps' is taken"):
+        key_dump(Outer())

@@ -97,9 +97,15 @@ def test_training_steps_with_the_paged_engine(policy, tmp_path):
     inputs = TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
                          answers={str(i): str(p.answer) for i, p in enumerate(problems)},
                          problem_ids=[str(i) for i in range(len(problems))])
-    cfg = TrainConfig(algorithm="grpo", steps=2, prompts_per_step=4, group_size=4, max_new_tokens=12,
-                      rollout_batch_prompts=2, micro_batch_size=8, lr=1e-2, rollout_engine="paged",
-                      entropy_coef=0.01)  # a random policy solves nothing: the entropy term moves it
+    cfg = TrainConfig(
+        algorithm="grpo",
+        steps=2,
+        prompts_per_step=4,
+        group_size=4,
+        rollout={"max_new_tokens": 12, "batch_prompts": 2, "engine": "paged"},
+        optim={"micro_batch_size": 8, "lr": 1e-2},
+        loss={"entropy_coef": 0.01},
+    )  # a random policy solves nothing: the entropy term moves it
     before = [p.detach().clone() for p in model.parameters()]
     history = train(cfg, model, tok, inputs, tmp_path)
     assert [h["step"] for h in history] == [1, 2]
@@ -115,10 +121,12 @@ def test_engine_options_validated_and_keyed():
     from oger.contract.config import EvaluateConfig, TeacherConfig
     from oger.stages.teachers.stage import _generation_slice
 
-    with pytest.raises(ValueError, match="rollout_engine 'paged'.*fsdp"):
-        TrainConfig(rollout_engine="paged", fsdp=True, num_processes=2, prompts_per_step=16)
-    with pytest.raises(ValueError, match="rollout_engine"):
-        TrainConfig(rollout_engine="vllm")
+    with pytest.raises(ValueError, match="rollout.engine 'paged'.*fsdp"):
+        TrainConfig(
+            prompts_per_step=16, rollout={"engine": "paged"}, distributed={"fsdp": True, "num_processes": 2}
+        )
+    with pytest.raises(ValueError, match="rollout.engine"):
+        TrainConfig(rollout={"engine": "vllm"})
     with pytest.raises(ValueError, match="engine 'paged' applies to backend 'transformers' only"):
         TeacherConfig(name="s", backend="scripted", model="stepwise", engine="paged")
     assert EvaluateConfig(engine="paged").engine == "paged"
@@ -136,5 +144,5 @@ def test_train_key_names_the_engine_only_when_paged():
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     hf_slice, _ = key_inputs(load_config(tiny))
-    paged_slice, _ = key_inputs(load_config(tiny, ["train.rollout_engine=paged"]))
+    paged_slice, _ = key_inputs(load_config(tiny, ["train.rollout.engine=paged"]))
     assert "rollout_engine" not in hf_slice and paged_slice["rollout_engine"] == "paged"

@@ -47,7 +47,7 @@ def test_plan_every_shipped_config(config, tmp_path, capsys):
         assert budget(data, "evaluate")["synthetic (base + trained, T=0.6)"] == 200 * 8 * 56
         assert data["total_tokens"] == 40 * 8 * 8 * 56 + 768 + 2 * 200 * 56 + evaluate
     else:
-        assert rollouts == t.steps * t.prompts_per_step * t.group_size * t.max_new_tokens
+        assert rollouts == t.steps * t.prompts_per_step * t.group_size * t.rollout.max_new_tokens
     # The human-readable form: the DAG line, every stage, the total.
     assert main(["plan", str(config), "--set", f"workdir={tmp_path}"]) == 0
     out = capsys.readouterr().out
@@ -89,12 +89,13 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     t, algo = cfg.train, config.stem.rsplit("-", 1)[1]
     assert cfg.name == config.stem and t.algorithm == algo
     assert (t.prompts_per_step, t.group_size, t.replace_k) == (128, 8, 1)
-    assert (t.lr, t.temperature, t.max_new_tokens, t.gamma) == (1e-6, 1.0, 8192, 0.1)
-    assert (t.beta, t.entropy_coef, t.clip, t.scale_rewards, t.loss_agg) == (0.0, 0.001, False, "none",
-                                                                          "constant_len")
+    loss = t.loss
+    assert (t.optim.lr, t.rollout.temperature, t.rollout.max_new_tokens, loss.gamma) == (1e-6, 1.0, 8192, 0.1)
+    assert (loss.beta, loss.entropy_coef, loss.clip, loss.scale_rewards, loss.loss_agg) == (
+        0.0, 0.001, False, "none", "constant_len")
     assert t.replaces == (algo != "grpo") and (t.bonus_lambda > 0) == (algo == "oger")
-    assert t.ppo_mini_batches == 2  # train_batch_size 128 / ppo_mini_batch_size 64
-    assert t.num_processes == 8 and t.fsdp == ("7b" in config.stem)
+    assert loss.ppo_mini_batches == 2  # train_batch_size 128 / ppo_mini_batch_size 64
+    assert t.distributed.num_processes == 8 and t.distributed.fsdp == ("7b" in config.stem)
     backends = {x.backend for x in cfg.teachers.teachers}
     # LUFFY's baseline reads the R1 traces only; the oger/grpo configs keep the paper's multi-teacher setting
     assert backends == {"dataset"} if algo == "luffy" else {"dataset", "vllm"} <= backends
@@ -105,5 +106,7 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     assert cfg.runner.kind == "ray"
     assert cfg.evaluate.protocol == "luffy" and cfg.evaluate.max_new_tokens == 8192
     # The DDP shard rule names the fields to change.
-    with pytest.raises(ConfigError, match="prompts_per_step .*num_processes x rollout_batch_prompts"):
-        load_config(config, ["train.num_processes=3"])
+    with pytest.raises(
+        ConfigError, match="prompts_per_step .*distributed.num_processes x rollout.batch_prompts"
+    ):
+        load_config(config, ["train.distributed.num_processes=3"])

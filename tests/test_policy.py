@@ -16,8 +16,8 @@ def run_policy(tmp_path_factory, small_config):
     folder = tmp_path_factory.mktemp("pol")
     small_config.write(folder, "pol", n_train=24, n_test=4, source={"max_operands": 2},
                        teachers=[small_config.scripted("terms")],
-                       policy={"eval_limit": 2, "eval_max_new_tokens": 8,
-                               "tiny": {"vocab_size": 320, "hidden_size": 32, "num_layers": 1,
+                       evaluate={"heldout": {"limit": 2, "max_new_tokens": 8}},
+                       policy={"tiny": {"vocab_size": 320, "hidden_size": 32, "num_layers": 1,
                                         "num_heads": 2, "intermediate_size": 64},
                                "sft": {"epochs": 1, "batch_size": 8}})
 

@@ -5,11 +5,15 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from oger.contract.config import PolicyConfig
-from oger.stages.policy.stage import key_inputs
+from oger.contract.config import HeldoutConfig, PolicyConfig
+from oger.stages.policy.stage import key_inputs as policy_key_inputs
 from oger.runtime import precision
 from oger.stages.policy.sft import pad_batch, sft
 from tests.test_sft import EXAMPLES, _tiny_model
+
+
+def key_inputs(policy: PolicyConfig):  # the held-out check at its defaults
+    return policy_key_inputs(policy, HeldoutConfig())
 
 
 class _AttentionDtypes(TorchDispatchMode):

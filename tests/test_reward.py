@@ -27,7 +27,8 @@ def rollout(word: str) -> str:
 
 
 def cfg(**oger) -> TrainConfig:
-    return TrainConfig(group_size=4, scale_rewards=oger.pop("scale_rewards", "none"), oger={"lam": 0.5, **oger})
+    scale = oger.pop("scale_rewards", "none")
+    return TrainConfig(group_size=4, loss={"scale_rewards": scale}, oger={"lam": 0.5, **oger})
 
 
 def group(g, pid, rows):

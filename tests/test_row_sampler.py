@@ -69,20 +69,22 @@ def test_rollouts_do_not_depend_on_the_batch_size():
 
 def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
     # evaluate.batch_size is not in the evaluate key, so it must not change what is sampled: the
-    # engine cuts the prompts into chunks of batch_size // k and gives every chunk its offset in
+    # engine's calls cut the prompts into chunks of batch_size // k and give every chunk its offset in
     # the job list (first_job), so sample j of prompt i draws the same numbers in any chunking.
-    from oger.generation.engines import HFEngine
+    from oger.generation.base import Request, generate_sorted
+    from oger.generation.hf import TransformersEngine
     from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
 
     texts = [f"{a} + {b} = {a + b}" for a in range(10) for b in range(10)]
     tok = train_tokenizer(texts, 300)
     save_policy(build_model(tok, 32, 2, 2, 64, 128, seed=0), tok, tmp_path / "m")
     prompts = [tok(t)["input_ids"] for t in ("1 + 2", "3 + 4 =", "9", "7 + 7 + 7", "5 +")]
-    kw = dict(k=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=4)
+    request = Request(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=4)
     texts_by_bs = {}
     for bs in (64, 6, 3):  # one chunk; chunks of 2 prompts; of 1 prompt
-        engine = HFEngine(tmp_path / "m", batch_size=bs)
-        texts_by_bs[bs] = [(c.prompt_index, c.sample_index, c.text) for c in engine.generate(prompts, **kw)]
+        engine = TransformersEngine.load(tmp_path / "m", batch_size=bs)
+        texts_by_bs[bs] = [(c.prompt_index, c.sample_index, c.text)
+                           for c in generate_sorted(engine, prompts, request)]
         engine.close()
     assert texts_by_bs[64] == texts_by_bs[6] == texts_by_bs[3]
     assert len({t for _, _, t in texts_by_bs[64]}) > 5  # random model, T=1: the samples differ

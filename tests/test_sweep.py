@@ -35,10 +35,9 @@ filter: {tokenizer: smollm2, max_tokens: 200}
 policy:
   tiny: {vocab_size: 320, hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}
   sft: {epochs: 1, batch_size: 16, lr: 0.003}
-  eval_limit: 4
-  eval_max_new_tokens: 24
-train: {steps: 2, prompts_per_step: 2, group_size: 4, max_new_tokens: 24, checkpoint_every: 1}
+train: {steps: 2, prompts_per_step: 2, group_size: 4, rollout: {max_new_tokens: 24}, logging: {checkpoint_every: 1}}
 evaluate:
+  heldout: {limit: 4, max_new_tokens: 24}
   protocol: luffy
   max_new_tokens: 24
   score_workers: 1

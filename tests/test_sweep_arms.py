@@ -74,7 +74,9 @@ def test_unknown_arm_and_unknown_field_fail_naming_them(tmp_path):
 
 def test_seed_fields_must_reach_training(tmp_path):
     with pytest.raises(ConfigError, match="do not reach the train stage"):
-        run.prepare(TINY, "grpo", "1,2", [f"workdir={tmp_path}", "sweep.seed_fields=[train.checkpoint_every]"])
+        run.prepare(
+            TINY, "grpo", "1,2", [f"workdir={tmp_path}", "sweep.seed_fields=[train.logging.checkpoint_every]"]
+        )
 
 
 def test_control_arms_are_defined_and_validated_by_the_config():

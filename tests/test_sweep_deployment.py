@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 TEACHERS = ("teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
             " {name: terms, backend: scripted, model: terms, slip_rate: 0.15}]")
 SMALL = ["problems.sources.0.n_train=60", "problems.sources.0.n_test=10", TEACHERS,
-         "policy.sft.epochs=1", "policy.eval_limit=4", "policy.eval_max_new_tokens=24",
+         "policy.sft.epochs=1", "evaluate.heldout.limit=4", "evaluate.heldout.max_new_tokens=24",
          "train.steps=2", "train.max_prompts=4", "train.prompts_per_step=2", "train.group_size=4",
-         "train.max_new_tokens=24", "evaluate.benchmarks=[{name: synthetic, limit: 4, samples: 2}]",
+         "train.rollout.max_new_tokens=24", "evaluate.benchmarks=[{name: synthetic, limit: 4, samples: 2}]",
          "evaluate.max_new_tokens=24", "evaluate.score_workers=1"]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from oger.contract.config import TeacherConfig
 from oger.models import materialize_gguf, resolve_model
-from oger.stages.teachers import hf, openai_backend
+from oger.stages.teachers import sampled
 from oger.stages.teachers.base import Prompt
 
 pytestmark = pytest.mark.slow
@@ -24,8 +24,8 @@ def test_transformers_backend_smollm2_gguf_is_deterministic():
     assert resolve_model("smollm2").kind == "gguf"
     tcfg = TeacherConfig(name="s", backend="transformers", model="smollm2", n=2, batch_size=4,
                          sampling={"temperature": 0.7, "max_new_tokens": 24, "seed": 3})
-    a = hf.generate(tcfg, PROMPTS, "r1")
-    b = hf.generate(tcfg, PROMPTS, "r1")
+    a = sampled.generate(tcfg, PROMPTS, "r1")
+    b = sampled.generate(tcfg, PROMPTS, "r1")
     assert [(g.problem_id, g.sample_index) for g in a] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
     assert [g.text for g in a] == [g.text for g in b]
     assert all(g.text for g in a)
@@ -76,7 +76,7 @@ def test_openai_backend_against_real_server(served_model):
     base_url, model = served_model
     tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url, n=2,
                          max_concurrency=2, sampling={"temperature": 0.7, "max_new_tokens": 16})
-    gens = openai_backend.generate(tcfg, PROMPTS, "r1")
+    gens = sampled.generate(tcfg, PROMPTS, "r1")
     assert sorted((g.problem_id, g.sample_index) for g in gens) == \
         [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
     assert all(g.text for g in gens)
@@ -90,4 +90,4 @@ def test_openai_backend_bad_endpoint_names_teacher(served_model):
     from oger.contract.errors import StageError
 
     with pytest.raises(StageError, match="teacher 'o'"):
-        openai_backend.generate(tcfg, PROMPTS[:1], "r1")
+        sampled.generate(tcfg, PROMPTS[:1], "r1")

@@ -25,9 +25,18 @@ pytestmark = pytest.mark.slow
 def lite_yaml(tmp_path_factory, small_config) -> Path:
     """The module's small training config (the RL tests' upstream stages, 6 steps)."""
     return small_config.write(
-        tmp_path_factory.mktemp("lite"), "lite", **small_config.RL_UPSTREAM,
-        train={"steps": 6, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 60,
-               "checkpoint_every": 3, "lr": 0.0001, "temperature": 1.2})
+        tmp_path_factory.mktemp("lite"),
+        "lite",
+        **small_config.RL_UPSTREAM,
+        train={
+            "steps": 6,
+            "prompts_per_step": 4,
+            "group_size": 4,
+            "rollout": {"max_new_tokens": 60, "temperature": 1.2},
+            "logging": {"checkpoint_every": 3},
+            "optim": {"lr": 0.0001},
+        },
+    )
 
 
 @pytest.fixture(scope="module")

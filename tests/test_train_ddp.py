@@ -18,10 +18,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 # the rank's batch, two optimizer steps per batch (ppo_mini_batches, as the paper configs: each rank
 # splits its own groups, old log-probs taken once, the loss normalised over the global mini-batch); SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
 # g/sqrt(v) amplifies it on near-zero gradients.
-TRAIN = {"algorithm": "luffy", "steps": 2, "prompts_per_step": 4, "group_size": 4,
-         "rollout_batch_prompts": 2, "micro_batch_size": 3, "ppo_mini_batches": 2, "clip_eps_high": 0.05,
-         "max_new_tokens": 40, "temperature": 1.0, "optimizer": "sgd", "lr": 0.05, "entropy_coef": 0.01,
-         "checkpoint_every": 1}
+TRAIN = {
+    "algorithm": "luffy",
+    "steps": 2,
+    "prompts_per_step": 4,
+    "group_size": 4,
+    "rollout": {"batch_prompts": 2, "max_new_tokens": 40, "temperature": 1.0},
+    "optim": {"micro_batch_size": 3, "optimizer": "sgd", "lr": 0.05},
+    "loss": {"ppo_mini_batches": 2, "clip_eps_high": 0.05, "entropy_coef": 0.01},
+    "logging": {"checkpoint_every": 1},
+}
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
@@ -37,7 +43,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     # after the first such test); only the train stage is this test's own.
     p = small_config.write(tmp_path, "ddp", **small_config.RL_UPSTREAM, train=TRAIN)
     one = load_config(p, [f"workdir={rl_workdir}"])
-    two = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2"])
+    two = load_config(p, [f"workdir={rl_workdir}", "train.distributed.num_processes=2"])
     plans = pipeline.plan(one)
     assert pipeline.plan(two)["train"].key == plans["train"].key  # world size is not in the key
 
@@ -55,7 +61,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    first = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.steps=1"])
+    first = load_config(p, [f"workdir={rl_workdir}", "train.distributed.num_processes=2", "train.steps=1"])
     hist = train_distributed(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"],
                              run_dir)
     assert [h["step"] for h in hist] == [1]
@@ -76,8 +82,15 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
 
     # FSDP2 (sharded parameters, gradients, optimizer state; gloo on CPU here) is the same update,
     # here launched by `accelerate launch`.
-    fsdp_cfg = load_config(p, [f"workdir={rl_workdir}", "train.num_processes=2", "train.fsdp=true",
-                               "train.launcher=accelerate"])
+    fsdp_cfg = load_config(
+        p,
+        [
+            f"workdir={rl_workdir}",
+            "train.distributed.num_processes=2",
+            "train.distributed.fsdp=true",
+            "train.distributed.launcher=accelerate",
+        ],
+    )
     fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
     assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
     assert rollout_keys(fsdp) == single_rollouts

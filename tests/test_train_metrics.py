@@ -54,8 +54,15 @@ def short_run(tmp_path_factory):
     inputs = trainer.TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
                                  answers={str(i): str(p.answer) for i, p in enumerate(problems)},
                                  problem_ids=[str(i) for i in range(len(problems))])
-    cfg = TrainConfig(algorithm="grpo", steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8,
-                      micro_batch_size=4, beta=0.01, lr=1e-3)
+    cfg = TrainConfig(
+        algorithm="grpo",
+        steps=2,
+        prompts_per_step=2,
+        group_size=2,
+        rollout={"max_new_tokens": 8},
+        optim={"micro_batch_size": 4, "lr": 1e-3},
+        loss={"beta": 0.01},
+    )
     produced: list[set] = []  # the keys the trainer computed, before the table fills the rest with NaN
     real_step_row = trainer.step_row
 

@@ -50,7 +50,11 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(model_tok, agg):
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
     grads = []
     for mb in (4, 1, 3):
-        cfg = TrainConfig(micro_batch_size=mb, loss_agg=agg, max_new_tokens=12, temperature=1.0)
+        cfg = TrainConfig(
+            optim={"micro_batch_size": mb},
+            loss={"loss_agg": agg},
+            rollout={"max_new_tokens": 12, "temperature": 1.0},
+        )
         model.zero_grad()
         update(model, None, ss, adv, cfg, tok.pad_token_id)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
@@ -63,7 +67,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(model_tok):
     model, tok = model_tok
     ss = samples(tok)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    cfg = TrainConfig(micro_batch_size=2, max_new_tokens=12)
+    cfg = TrainConfig(optim={"micro_batch_size": 2}, rollout={"max_new_tokens": 12})
     grads = []
     for ckpt in (False, True):
         if ckpt:
@@ -79,10 +83,10 @@ def test_ranks_take_whole_generation_calls_of_the_step():
     from oger.stages.train.distributed import Dist
     from oger.stages.train.trainer import _rank_slice
 
-    cfg = TrainConfig(prompts_per_step=8, rollout_batch_prompts=2, num_processes=2)
+    cfg = TrainConfig(prompts_per_step=8, rollout={"batch_prompts": 2}, distributed={"num_processes": 2})
     assert _rank_slice(8, cfg, Dist()) == (0, 8)
     assert [_rank_slice(8, cfg, Dist(rank=r, world=2)) for r in (0, 1)] == [(0, 4), (4, 8)]
-    with pytest.raises(ValueError, match="num_processes x rollout_batch_prompts = 4"):
+    with pytest.raises(ValueError, match="distributed.num_processes x rollout.batch_prompts = 4"):
         _rank_slice(6, cfg, Dist(rank=0, world=2))  # a pool smaller than prompts_per_step
 
 
@@ -92,8 +96,11 @@ def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
     model, tok = model_tok
     ss = samples(tok)
     adv = torch.zeros(4, dtype=torch.float64)  # only the entropy term acts
-    cfg = TrainConfig(micro_batch_size=2, loss_agg="constant_len", max_new_tokens=12, entropy_coef=0.5,
-                      entropy_agg="token_mean")
+    cfg = TrainConfig(
+        optim={"micro_batch_size": 2},
+        loss={"loss_agg": "constant_len", "entropy_coef": 0.5, "entropy_agg": "token_mean"},
+        rollout={"max_new_tokens": 12},
+    )
     model.zero_grad()
     update(model, None, ss, adv, cfg, tok.pad_token_id)
     got = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -142,12 +149,15 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     model = copy.deepcopy(model_tok[0])
     ss = samples(tok)  # groups [0, 0, 1, 1]; sample 3 is a teacher row
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    cfg = TrainConfig(micro_batch_size=1, max_new_tokens=12, ppo_mini_batches=2, clip_eps_low=0.2,
-                      clip_eps_high=0.3, optimizer="sgd", lr=0.5, max_grad_norm=1e9, gamma=0.1)
+    cfg = TrainConfig(
+        optim={"micro_batch_size": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9},
+        rollout={"max_new_tokens": 12},
+        loss={"ppo_mini_batches": 2, "clip_eps_low": 0.2, "clip_eps_high": 0.3, "gamma": 0.1},
+    )
     ref = copy.deepcopy(model)
 
     def run_for(m):
-        opt = torch.optim.SGD(m.parameters(), lr=cfg.lr)
+        opt = torch.optim.SGD(m.parameters(), lr=cfg.optim.lr)
         return SimpleNamespace(cfg=cfg, dist=Dist(), model=m, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
                                threads=BatchThreads(thread_workers(m)),
                                sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
@@ -202,7 +212,7 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     _, tok = model_tok
     ss = samples(tok)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    cfg = TrainConfig(micro_batch_size=2, max_new_tokens=12, max_grad_norm=1e9)
+    cfg = TrainConfig(optim={"micro_batch_size": 2, "max_grad_norm": 1e9}, rollout={"max_new_tokens": 12})
     a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
     opt = torch.optim.SGD(a.parameters(), lr=0.1)
     run = SimpleNamespace(cfg=cfg, dist=Dist(), model=a, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
@@ -221,7 +231,9 @@ def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model
     _, tok = model_tok
     ss = samples(tok)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    cfg = TrainConfig(micro_batch_size=1, max_new_tokens=12, entropy_coef=0.01)
+    cfg = TrainConfig(
+        optim={"micro_batch_size": 1}, rollout={"max_new_tokens": 12}, loss={"entropy_coef": 0.01}
+    )
     seq, par, again = (copy.deepcopy(model_tok[0]) for _ in range(3))
     m_seq = update(seq, None, ss, adv, cfg, tok.pad_token_id)
     with BatchThreads(2) as threads:

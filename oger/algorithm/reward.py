@@ -137,8 +137,8 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
     if o.teacher_rows == "group_mean":
         bonus = core.neutral_teacher_bonus(bonus, is_teacher.view(G, n))
     c = correct.view(G, n)
-    adv = core.hybrid_advantages(c, bonus, cfg.scale_rewards, o.advantage)
-    adv0 = core.hybrid_advantages(c, torch.zeros_like(bonus), cfg.scale_rewards, o.advantage)
+    adv = core.hybrid_advantages(c, bonus, cfg.loss.scale_rewards, o.advantage)
+    adv0 = core.hybrid_advantages(c, torch.zeros_like(bonus), cfg.loss.scale_rewards, o.advantage)
     changed = core.ranking_changed(adv, adv0, ~is_teacher.view(G, n))
     bonus, adv, adv0 = bonus.reshape(-1), adv.reshape(-1), adv0.reshape(-1)
     reward = correct + bonus

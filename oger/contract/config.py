@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oger.contract.errors import ConfigError
-from oger.contract.keys import inert, not_in_key, omitted_at_default, resolved
+from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default, resolved
 
 
 class Strict(BaseModel):
@@ -247,11 +247,20 @@ class PolicyConfig(Strict):
     sft: SFTConfig = SFTConfig()
     instruction: str = Field("{question}", description="user turn; the trainer uses the same")
     system_prompt: str | None = None
-    eval_split: str = "test"
-    eval_limit: int = Field(200, ge=1)
-    eval_max_new_tokens: int = Field(128, ge=1)
-    eval_batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
-        "each sample is seeded by its place in the job list, not by its batch"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data):
+        """The quick held-out check's settings moved to `evaluate.heldout`: an error naming the place."""
+        if isinstance(data, dict):
+            moved = [
+                f"policy.{k} is now evaluate.heldout.{k.removeprefix('eval_')}"
+                for k in data
+                if k in ("eval_split", "eval_limit", "eval_max_new_tokens", "eval_batch_size")
+            ]
+            if moved:
+                raise ValueError("; ".join(moved))
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "PolicyConfig":
@@ -315,14 +324,9 @@ _NO_CLIP = "with one optimizer step per batch the ratio is 1: the clip cannot ac
 _SAME_MODEL = "the same model either way (how the update is spread over processes and memory)"
 
 
-class TrainConfig(Strict):
-    algorithm: Literal["grpo", "luffy", "oger"] = "oger"
-    steps: int = Field(40, ge=1)
-    prompts_per_step: int = Field(8, ge=1)
-    group_size: int = Field(8, ge=2)
-    max_new_tokens: int = Field(96, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+class OptimConfig(Strict):
+    """The optimizer and its schedule."""
+
     lr: float = Field(1e-4, gt=0)
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
@@ -333,6 +337,11 @@ class TrainConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(16, ge=1, json_schema_extra=not_in_key(
         "the loss is normalised over the whole batch: the same gradient, other rounding"))
+
+
+class LossConfig(Strict):
+    """The policy-gradient loss: clipping, aggregation, advantage scaling, entropy, KL, shaping."""
+
     ppo_mini_batches: int = Field(
         1, ge=1, description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
                              "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
@@ -349,9 +358,75 @@ class TrainConfig(Strict):
                                 "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
                                 "then weigh by their row share under seq_mean / constant_len)")
     beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
+    gamma: float = Field(0.1, gt=0, description="policy shaping of teacher rows f(p) = p / (p + gamma)")
+
+    def inert_fields(self) -> set[str]:
+        if self.ppo_mini_batches == 1:
+            return {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
+        return set()
+
+
+class RolloutConfig(Strict):
+    """How on-policy rollouts are sampled, and by which engine."""
+
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_prompts: int = Field(8, ge=1, serialization_alias="rollout_batch_prompts",
+                               description="prompts per generation call; each call is seeded by its "
+                                           "global index, so results do not depend on num_processes")
+    # The same module as the update, no weight sync. In the key only when not hf.
+    engine: Literal["hf", "paged"] = Field(
+        "hf", serialization_alias="rollout_engine",
+        description="hf: padded transformers generate; paged: transformers continuous "
+                    "batching with paged attention (no padding, finished rollouts leave the "
+                    "batch; entropies from one extra no-grad forward pass)",
+        json_schema_extra=omitted_at_default("keys from before the option; paged samples another "
+                                             "random stream"))
+
+
+class DistributedConfig(Strict):
+    """Multi-process training (DDP; FSDP2 on GPU): the same model either way, so not in the key."""
+
+    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, else gloo")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
+                       "(FSDP2) instead of replicating them (DDP)")
+    gradient_checkpointing: bool = False
+
+
+class TrainLogging(Strict):
+    """What a run writes besides the model: checkpoints and per-sample logs."""
+
+    checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
+    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus")
+
+
+# Where the fields of the flat TrainConfig went (its sections came later); see `_moved_fields`.
+MOVED_TRAIN_FIELDS = {
+    **{f: f"optim.{f}" for f in ("lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule",
+                                 "max_grad_norm", "micro_batch_size")},
+    **{f: f"loss.{f}" for f in ("ppo_mini_batches", "clip", "clip_eps_low", "clip_eps_high", "loss_agg",
+                                "scale_rewards", "entropy_coef", "entropy_agg", "beta", "gamma")},
+    **{f: f"rollout.{f}" for f in ("max_new_tokens", "temperature", "top_p")},
+    "rollout_batch_prompts": "rollout.batch_prompts", "rollout_engine": "rollout.engine",
+    **{f: f"distributed.{f}" for f in ("num_processes", "launcher", "backend", "fsdp",
+                                       "gradient_checkpointing")},
+    **{f: f"logging.{f}" for f in ("checkpoint_every", "log_rollouts")},
+}
+
+# The sections keep their fields' flat names in the key: keys from before the sections stay valid.
+_FLAT = flat_in_key("keys from before the sections: its fields keep their flat names")
+
+
+class TrainConfig(Strict):
+    algorithm: Literal["grpo", "luffy", "oger"] = "oger"
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2)
     replace_k: int = Field(1, ge=0)
     replace_policy: Literal["always", "when_all_fail"] = "always"
-    gamma: float = Field(0.1, gt=0, description="policy shaping f(p) = p / (p + gamma)")
     oger: OgerRewardConfig = OgerRewardConfig()
     reward_format: Literal["plain", "think"] = Field(
         "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is "
@@ -362,29 +437,6 @@ class TrainConfig(Strict):
     split: str = "train"
     max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
                                     "of the split (a small pool learns visibly faster)")
-    rollout_batch_prompts: int = Field(8, ge=1, description="prompts per generation call; each "
-                                       "call is seeded by its global index, so results do not "
-                                       "depend on num_processes")
-    # Multi-process training (DDP; FSDP2 on GPU). Not in the key: same model either way.
-    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks",
-                               json_schema_extra=not_in_key(_SAME_MODEL))
-    launcher: Literal["torchrun", "accelerate"] = Field("torchrun", json_schema_extra=not_in_key(_SAME_MODEL))
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, "
-                                                     "else gloo", json_schema_extra=not_in_key(_SAME_MODEL))
-    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
-                       "(FSDP2) instead of replicating them (DDP)", json_schema_extra=not_in_key(_SAME_MODEL))
-    gradient_checkpointing: bool = Field(False, json_schema_extra=not_in_key(_SAME_MODEL))
-    # Rollout engine (same module as the update, no weight sync). In the key only when not hf.
-    rollout_engine: Literal["hf", "paged"] = Field(
-        "hf", description="hf: padded transformers generate; paged: transformers continuous "
-                          "batching with paged attention (no padding, finished rollouts leave the "
-                          "batch; entropies from one extra no-grad forward pass)",
-        json_schema_extra=omitted_at_default("keys from before the option; paged samples another "
-                                             "random stream"))
-    checkpoint_every: int = Field(10, ge=1, json_schema_extra=not_in_key(
-        "a resumed run continues the same random streams"))
-    log_rollouts: bool = Field(True, description="write every sample's text, reward and bonus",
-                               json_schema_extra=not_in_key("logging"))
     seed: int = 0
     init_from: Literal["policy", "previous_round"] = Field(
         "policy", description="policy: start from the policy-stage model; previous_round: continue "
@@ -392,34 +444,49 @@ class TrainConfig(Strict):
                               "workdir (same policy recipe), the policy model when there is none",
         json_schema_extra=omitted_at_default("keys from before the option; the start checkpoint's "
                                              "key is an input"))
+    optim: OptimConfig = Field(OptimConfig(), json_schema_extra=_FLAT)
+    loss: LossConfig = Field(LossConfig(), json_schema_extra=_FLAT)
+    rollout: RolloutConfig = Field(RolloutConfig(), json_schema_extra=_FLAT)
+    distributed: DistributedConfig = Field(DistributedConfig(), json_schema_extra=not_in_key(_SAME_MODEL))
+    logging: TrainLogging = Field(TrainLogging(), json_schema_extra=not_in_key(
+        "logging; a resumed run continues the same random streams"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data):
+        """A field from before the sections is an error naming its new place (not a second spelling)."""
+        if isinstance(data, dict):
+            moved = [
+                f"train.{k} is now train.{MOVED_TRAIN_FIELDS[k]}" for k in data if k in MOVED_TRAIN_FIELDS
+            ]
+            if moved:
+                raise ValueError("; ".join(moved))
+        return data
 
     @model_validator(mode="after")
     def _shardable(self) -> "TrainConfig":
         problem = self.sharding_problem(self.prompts_per_step)
         if problem:
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}): {problem}")
-        if self.fsdp and self.num_processes < 2:
-            raise ValueError("fsdp needs num_processes > 1")
-        if self.fsdp and self.rollout_engine == "paged":
-            raise ValueError("rollout_engine 'paged' runs a data-dependent number of forward passes "
+        if self.distributed.fsdp and self.distributed.num_processes < 2:
+            raise ValueError("distributed.fsdp needs distributed.num_processes > 1")
+        if self.distributed.fsdp and self.rollout.engine == "paged":
+            raise ValueError("rollout.engine 'paged' runs a data-dependent number of forward passes "
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "
-                             "rollout_engine 'hf' (synced_gpus) with fsdp, or DDP")
+                             "rollout.engine 'hf' (synced_gpus) with fsdp, or DDP")
         return self
 
     def sharding_problem(self, prompts: int) -> str | None:
         """Why `prompts` per step cannot be spread over the ranks (None: it can). The one place the
         rule lives: the config checks prompts_per_step, the train stage the pool-capped count."""
-        per_call = self.num_processes * self.rollout_batch_prompts
-        if self.num_processes > 1 and prompts % per_call:
-            return (f"{prompts} prompts per step is not a multiple of num_processes x rollout_batch_prompts "
-                    f"({self.num_processes} x {self.rollout_batch_prompts}): every rank rolls out whole "
-                    f"generation calls, so the result does not depend on the number of processes")
+        ranks, batch = self.distributed.num_processes, self.rollout.batch_prompts
+        if ranks > 1 and prompts % (ranks * batch):
+            return (
+                f"{prompts} prompts per step is not a multiple of distributed.num_processes x rollout.batch_prompts "
+                f"({ranks} x {batch}): every rank rolls out whole "
+                f"generation calls, so the result does not depend on the number of processes"
+            )
         return None
-
-    def inert_fields(self) -> set[str]:
-        if self.ppo_mini_batches == 1:
-            return {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
-        return set()
 
     @property
     def replaces(self) -> bool:
@@ -464,6 +531,17 @@ BENCHMARK_NAMES = ("synthetic", "aime24", "aime25", "amc", "math500", "minerva",
                    "gsm8k", "arc_c", "gpqa_diamond", "mmlu_pro")
 
 
+class HeldoutConfig(Strict):
+    """The quick greedy check on the task's held-out split that the policy and train stages report
+    (keyed there); the evaluate stage reads only `split`, for the synthetic benchmark."""
+
+    split: str = "test"
+    limit: int = Field(200, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
+        "each sample is seeded by its place in the job list, not by its batch"))
+
+
 class EvaluateConfig(Strict):
     """Benchmarks scored for the policy-stage model ("base") and the trained one."""
 
@@ -486,6 +564,7 @@ class EvaluateConfig(Strict):
                           "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
                           "policy.model. Not part of any stage key",
         json_schema_extra=not_in_key("which published numbers the report shows beside ours"))
+    heldout: HeldoutConfig = HeldoutConfig()
     seed: int = 0
     batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
         "each sample is seeded by its place in the job list, not by its batch"))
@@ -572,8 +651,8 @@ class SweepConfig(Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(2000, ge=100)
     num_gpus: float | None = Field(None, ge=0, description="GPUs each (arm, seed) job asks Ray for "
-                                   "(runner.kind: ray); default: train.num_processes when "
-                                   "train.backend is nccl, else 0")
+                                   "(runner.kind: ray); default: train.distributed.num_processes when "
+                                   "train.distributed.backend is nccl, else 0")
     num_cpus: float = Field(1.0, ge=0, description="CPUs each (arm, seed) job asks Ray for")
 
     @field_validator("arms")

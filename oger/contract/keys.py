@@ -12,6 +12,8 @@ unless its schema entry says otherwise, with a reason:
   the option existed stay valid (the default is what the code did before).
 - `inert(why)`: in the key except when the model's `inert_fields()` says the other fields make it
   unable to act (train's clip settings with one optimizer step per batch).
+- `flat_in_key(why)` (a section): in the key, its fields merged into the parent's under their
+  `serialization_alias` or name (a section added later keeps the keys made before it).
 - `resolved(why)`: the stage puts a resolved form in its slice or identity instead of the raw value
   (a model alias -> its content fingerprint; `precision: auto` -> what runs on this machine).
 
@@ -28,6 +30,7 @@ from pydantic_core import to_jsonable_python
 
 KEY = "key"  # the json_schema_extra entry holding a field's rule
 RULES = ("in", "no", "omitted_at_default", "inert", "resolved")
+FLAT = "flat"  # a section whose fields sit in the parent's key (`flat_in_key`)
 
 
 def _rule(kind: str, why: str) -> dict:
@@ -52,12 +55,21 @@ def resolved(why: str) -> dict:
     return _rule("resolved", why)
 
 
+def flat_in_key(why: str) -> dict:
+    return {**_rule("in", why), FLAT: True}
+
+
 def field_rule(model_cls: type[BaseModel], name: str) -> tuple[str, str]:
     """(rule, reason) of one field; ("in", "") when the schema declares nothing."""
     extra = model_cls.model_fields[name].json_schema_extra
     if isinstance(extra, dict) and KEY in extra:
         return str(extra[KEY]), str(extra.get("why", ""))
     return "in", ""
+
+
+def _is_flat(info) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(FLAT))
 
 
 def inert_fields(model: BaseModel) -> set[str]:
@@ -92,6 +104,16 @@ def key_dump(model: BaseModel) -> dict:
             continue
         value = getattr(model, name)
         if rule == "omitted_at_default" and value == info.get_default(call_default_factory=True):
+            continue
+        if _is_flat(info) and isinstance(value, BaseModel):
+            inner = key_dump(value)
+            aliases = {n: f.serialization_alias or n for n, f in type(value).model_fields.items()}
+            for sub, v in inner.items():
+                flat = aliases.get(sub, sub)
+                if flat in out or flat in cls.model_fields:
+                    raise ValueError(f"{cls.__name__}.{name}.{sub}: its flat key name {flat!r} is "
+                                     f"taken in {cls.__name__}")
+                out[flat] = v
             continue
         out[name] = _plain(value)
     return to_jsonable_python(out)  # as model_dump(mode="json") gives them (dates, paths)

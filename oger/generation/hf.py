@@ -1,5 +1,6 @@
 """Rollouts with HF `generate` (KV cache, CPU or GPU) that also record each step's entropy, and
-the dispatch to the other engine (`engine="paged"`: continuous batching, `oger.generation.paged`).
+the dispatch to the other engine (`engine="paged"`: continuous batching, `oger.generation.paged`);
+`TransformersEngine` puts both behind the engine interface (`oger.generation.base`).
 
 The entropy of the policy's next-token distribution is taken from the logits `generate` already
 computes (a logits processor reads them before sampling), so the OGER reward needs no extra
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from oger.generation import paged
-from oger.runtime.cpu_threads import decode_threads
-from oger.generation.records import Rollout, eos_ids
 from oger import seeds
+from oger.generation import paged
+from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
+from oger.generation.records import Rollout, eos_ids
+from oger.runtime.cpu_threads import decode_threads
 
 ENGINES = ("hf", "paged")
 
@@ -37,7 +39,7 @@ class RowSampler:
 
     Why not `do_sample=True`: it draws from torch's one global generator for the whole batch, so a
     rollout's tokens depend on which batch it is in and on who else draws (a change of batch_size,
-    of rollout_batch_prompts or of the evaluation's chunks changes every sample, and threads
+    of rollout.batch_prompts or of the evaluation's chunks changes every sample, and threads
     decoding side by side would interleave their draws). Here they depend only on its seed."""
 
     def __init__(self, seeds: list[int], max_new_tokens: int, temperature: float, top_p: float, device):
@@ -60,10 +62,52 @@ class RowSampler:
 
 def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
                     system_prompt: str | None = None) -> list[int]:
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-    messages.append({"role": "user", "content": instruction.format(question=question)})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return prompt_ids(tokenizer, chat_messages(question, instruction, system_prompt))
+
+
+class TransformersEngine:
+    """`hf` (padded generate) or `paged` (continuous batching) over a model in this process: the
+    live policy while training, a loaded model for teachers and evaluation.
+
+    `batch_size`: jobs per padded batch (None: the whole call in one); `synced_gpus` keeps FSDP
+    ranks decoding in step (hf only)."""
+
+    def __init__(self, model, tokenizer, kind: str = "hf", batch_size: int | None = None,
+                 synced_gpus: bool = False):
+        if kind not in ENGINES:
+            raise ValueError(f"unknown transformers engine {kind!r}; choose from {ENGINES}")
+        self.model, self.tokenizer, self.kind = model, tokenizer, kind
+        self.batch_size, self.synced_gpus = batch_size, synced_gpus
+        self.context = int(getattr(model.config, "max_position_embeddings", 4096))
+
+    @classmethod
+    def load(cls, model_ref, dtype: str = "float32", kind: str = "hf",
+             batch_size: int | None = None) -> "TransformersEngine":
+        """From an HF folder, GGUF file or hub id (`oger.models`), on the GPU when there is one."""
+        from oger.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(str(model_ref), dtype)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        return cls(model, tokenizer, kind, batch_size)
+
+    def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
+        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
+        rolls = generate(self.model, self.tokenizer, ids, n=request.n,
+                         max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                         top_p=request.top_p, seed=request.seed, first_job=request.first_job,
+                         batch_size=self.batch_size or max(1, len(ids) * request.n),
+                         record_entropy=request.record_entropy, synced_gpus=self.synced_gpus,
+                         engine=self.kind)
+        if progress is not None:
+            progress(len(rolls))
+        return number_samples(rolls)
+
+    def close(self) -> None:
+        import gc
+
+        self.model = None
+        gc.collect()
 
 
 @torch.no_grad()
@@ -153,8 +197,8 @@ def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], 
     if home.type == "cpu" and torch.cuda.is_available():  # a stage's model lives on CPU; decode on GPU
         model.to("cuda")
     try:
-        rolls = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens,
-                         temperature=0.0, batch_size=batch_size, record_entropy=False)
+        rolls = TransformersEngine(model, tokenizer, batch_size=batch_size).generate(
+            prompts, Request(max_new_tokens=max_new_tokens, temperature=0.0))
     finally:
         model.to(home)
     correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)

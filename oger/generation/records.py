@@ -7,11 +7,20 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Rollout:
+    """One sampled response. A server returns no token ids; `n_tokens` is then its usage count (None
+    when it reports none)."""
+
     prompt_index: int
     response_ids: list[int]
     text: str
-    finish_reason: str  # "stop" | "length"
-    entropies: list[float] = field(default_factory=list)  # one per response token
+    finish_reason: str  # "stop" | "length" (a server may name others)
+    entropies: list[float] = field(default_factory=list)  # one per response token (hf, paged)
+    sample_index: int = 0  # its place among its prompt's n samples
+    n_tokens: int | None = None  # response tokens; engines with token ids set len(response_ids)
+
+    def __post_init__(self):
+        if self.n_tokens is None and self.response_ids:
+            self.n_tokens = len(self.response_ids)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

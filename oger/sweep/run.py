@@ -139,7 +139,7 @@ def run_pair(cfg: OgerConfig, plans: dict[str, pipeline.StagePlan], upstream_ref
 def pair_gpus(sp: SweepPlan, cfg: OgerConfig) -> float:
     if sp.settings.num_gpus is not None:
         return sp.settings.num_gpus
-    return float(cfg.train.num_processes) if cfg.train.backend == "nccl" else 0.0
+    return float(cfg.train.distributed.num_processes) if cfg.train.distributed.backend == "nccl" else 0.0
 
 
 def pair_jobs(sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef],

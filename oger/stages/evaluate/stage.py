@@ -23,6 +23,8 @@ from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.contract.errors import DataError, StageError
 from oger.stages.evaluate.benchmarks import (MATH_BENCHMARKS, OOD_BENCHMARKS, REGISTRY, SYNTHETIC, benchmark_path,
                                       load_benchmark, local_benchmark_size)
+from oger import seeds
+from oger.generation.base import Request, generate_sorted
 from oger.generation.engines import fit_prompt, make_engine
 from oger.stages.evaluate.metrics import benchmark_scores
 from oger.stages.evaluate.scoring import Scorer
@@ -51,7 +53,10 @@ def sampling_setup(e: EvaluateConfig, spec: BenchmarkSpec) -> dict:
     """What decides one (model, benchmark) result's samples, besides the model itself."""
     return {"benchmark": spec.name, "limit": spec.limit, "k": e.samples_for(spec),
             "temperature": e.temperature_for(spec), "top_p": e.top_p,
-            "max_new_tokens": spec.max_new_tokens or e.max_new_tokens, "seed": e.seed, "engine": e.engine}
+            "max_new_tokens": spec.max_new_tokens or e.max_new_tokens, "seed": e.seed, "engine": e.engine,
+            # vllm draws each sample with its own seed since the engines share one interface (before:
+            # one seed per call); the other engines' keys stay as they were.
+            **({"seeding": "per_sample"} if e.engine == "vllm" else {})}
 
 
 def _data_identity(name: str) -> str:
@@ -67,7 +72,7 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     # "plans": the field's name since version 1 (renaming it would change every evaluate key)
     slice_ = {"plans": [sampling_setup(e, s) for s in e.benchmarks],
               "prompt": {"instruction": instruction, "system": system},
-              "score_timeout_s": e.score_timeout_s, "heldout_split": cfg.policy.eval_split}
+              "score_timeout_s": e.score_timeout_s, "heldout_split": cfg.evaluate.heldout.split}
     identity = {"data": {s.name: _data_identity(s.name) for s in e.benchmarks}}
     return slice_, identity
 
@@ -77,10 +82,12 @@ def benchmark_rows(cfg: OgerConfig, spec: BenchmarkSpec, problems: pl.DataFrame)
     if spec.name != SYNTHETIC:
         return load_benchmark(spec.name, spec.limit)
     synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
-    rows = problems.filter(pl.col("source").is_in(synthetic) & (pl.col("split") == cfg.policy.eval_split))
+    rows = problems.filter(
+        pl.col("source").is_in(synthetic) & (pl.col("split") == cfg.evaluate.heldout.split)
+    )
     if rows.height == 0:
         raise StageError(f"evaluate: benchmark 'synthetic' needs a synthetic problem source with a "
-                         f"{cfg.policy.eval_split!r} split (policy.eval_split); sources: "
+                         f"{cfg.evaluate.heldout.split!r} split (evaluate.heldout.split); sources: "
                          f"{[s.name for s in cfg.problems.sources]}")
     rows = rows.select("problem_id", "question", "answer")
     return rows.head(spec.limit) if spec.limit else rows
@@ -108,8 +115,9 @@ def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, setup: dict, prompt:
         cut.append(was_cut)
     k = setup["k"]
     bar = tqdm(total=len(prompts) * k, desc=f"eval {model} {setup['benchmark']}", unit="sample")
-    comps = engine.generate(prompts, k=k, temperature=setup["temperature"], top_p=setup["top_p"],
-                            max_new_tokens=setup["max_new_tokens"], seed=setup["seed"], progress=bar.update)
+    request = Request(n=k, temperature=setup["temperature"], top_p=setup["top_p"],
+                      max_new_tokens=setup["max_new_tokens"], seed=seeds.for_step(setup["seed"], 0))
+    comps = generate_sorted(engine, prompts, request, progress=bar.update)
     bar.close()
     golds = rows["answer"].to_list()
     scores = scorer.score([c.text for c in comps], [golds[c.prompt_index] for c in comps],
@@ -118,7 +126,7 @@ def sample_benchmark(engine, tokenizer, rows: pl.DataFrame, setup: dict, prompt:
     return pl.DataFrame([{
         "benchmark": setup["benchmark"], "model": model, "problem_id": pids[c.prompt_index],
         "sample_index": c.sample_index, "response": c.text, "extracted_answer": s.answer,
-        "correct": s.correct, "tokens": c.tokens, "finish_reason": c.finish_reason,
+        "correct": s.correct, "tokens": c.n_tokens, "finish_reason": c.finish_reason,
         "prompt_truncated": cut[c.prompt_index], "score_status": s.status,
     } for c, s in zip(comps, scores)], schema=SAMPLE_SCHEMA)
 
@@ -196,8 +204,6 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
                  identity: dict, refresh: bool) -> int:
     """Sample, score and cache every missing benchmark result of one model with one engine; returns
     how many it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
-    from transformers import AutoTokenizer
-
     e = cfg.evaluate
     todo = [(spec, path) for spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity)
             if refresh or not path.exists()]
@@ -209,9 +215,10 @@ def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, p
     model_dir = MODEL_DIRS[model](ref)
     engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
                          tensor_parallel_size=e.tensor_parallel_size,
-                         gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed)
+                         gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed,
+                         what="evaluate.engine")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = engine.tokenizer
         for spec, path in todo:
             df = sample_benchmark(engine, tokenizer, benchmark_rows(cfg, spec, problems),
                                   sampling_setup(e, spec), prompt_format(cfg), model, scorer)
@@ -254,7 +261,7 @@ def plan_info(cfg: OgerConfig, counts):
     for spec in e.benchmarks:
         if spec.name == SYNTHETIC:
             synthetic = [s.name for s in cfg.problems.sources if s.kind == "synthetic"]
-            n = counts.count(cfg.policy.eval_split, synthetic, limit=spec.limit)
+            n = counts.count(cfg.evaluate.heldout.split, synthetic, limit=spec.limit)
         else:
             n = local_benchmark_size(spec.name, spec.limit)  # never the hub: a plan only looks
             if n is None:

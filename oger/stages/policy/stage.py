@@ -13,7 +13,7 @@ import polars as pl
 
 from oger.contract.artifacts import ArtifactRef
 from oger.contract.keys import key_dump
-from oger.contract.config import PolicyConfig
+from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.models import key_model_ref, load_causal_lm, model_identity
@@ -28,8 +28,10 @@ STAGE_VERSION = 4  # 2: SFT without the padding mask, foreach AdamW; 3: batch pa
 # 4: parts of similar length (same math, other rounding)
 
 
-def key_inputs(cfg: PolicyConfig) -> tuple[dict, dict]:
+def key_inputs(cfg: PolicyConfig, heldout: HeldoutConfig) -> tuple[dict, dict]:
     slice_ = key_dump(cfg)
+    # The held-out check's settings under the names they had in the policy section (same keys).
+    slice_.update({f"eval_{k}": v for k, v in key_dump(heldout).items()})
     precision = resolve_precision(cfg.sft.precision)  # what runs on this machine
     if precision != "float32":  # float32 is left out: the keys from before the option stay
         slice_["sft"]["precision"] = precision
@@ -68,7 +70,7 @@ def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: 
     return out, dropped
 
 
-def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
+def run_policy(cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext, problems_ref: ArtifactRef,
                filter_ref: ArtifactRef) -> ArtifactRef:
     from tqdm.auto import tqdm
 
@@ -79,7 +81,7 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
     corpus = problems["question"].to_list() + traces["text"].to_list()
     model, tokenizer = _load_base(cfg, corpus)
     questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
-    heldout = problems.filter(pl.col("split") == cfg.eval_split).head(cfg.eval_limit)
+    heldout = problems.filter(pl.col("split") == heldout_cfg.split).head(heldout_cfg.limit)
     metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
                      "vocab_size": len(tokenizer)}
     if cfg.sft.enabled:
@@ -105,7 +107,7 @@ def run_policy(cfg: PolicyConfig, ctx: StageContext, problems_ref: ArtifactRef,
         metrics["heldout_accuracy"] = round(greedy_accuracy(
             model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
             instruction=cfg.instruction, system_prompt=cfg.system_prompt,
-            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size), 4)
+            max_new_tokens=heldout_cfg.max_new_tokens, batch_size=heldout_cfg.batch_size), 4)
         metrics["heldout_n"] = heldout.height
     with ctx.output() as out:
         save_policy(model, tokenizer, out.tmp / MODEL_DIR)
@@ -121,16 +123,22 @@ def plan_info(cfg, counts):
     if p.sft.enabled:
         notes.append(f"SFT {p.sft.epochs:g} epochs on filtered traces of "
                      f"{', '.join(p.sft.teachers) if p.sft.teachers else 'all teachers'}")
-    heldout = counts.count(p.eval_split, limit=p.eval_limit)
+    h = cfg.evaluate.heldout
+    heldout = counts.count(h.split, limit=h.limit)
     return StageInfo(engine=base + ("; SFT (torch)" if p.sft.enabled else ""), resources="1 process",
-                     budget=[Budget("held-out eval (greedy)", heldout, 1, p.eval_max_new_tokens)],
+                     budget=[Budget("held-out eval (greedy)", heldout, 1, h.max_new_tokens)],
                      notes=notes)
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"), files=FILES,
-                  key_inputs=lambda cfg: key_inputs(cfg.policy),
-                  run=lambda ctx, inputs: run_policy(ctx.cfg.policy, ctx, inputs["problems"],
-                                                     inputs["filter"]),
-                  plan_info=plan_info,
-                  models=lambda cfg: ([ModelUse("policy.model", cfg.policy.model)]
-                                      if cfg.policy.source == "model" else []))
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=("problems", "filter"),
+    files=FILES,
+    key_inputs=lambda cfg: key_inputs(cfg.policy, cfg.evaluate.heldout),
+    run=lambda ctx, inputs: run_policy(
+        ctx.cfg.policy, ctx.cfg.evaluate.heldout, ctx, inputs["problems"], inputs["filter"]
+    ),
+    plan_info=plan_info,
+    models=lambda cfg: ([ModelUse("policy.model", cfg.policy.model)] if cfg.policy.source == "model" else []),
+)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oger.contract.config import TeacherConfig
-
 
 @dataclass
 class Prompt:
@@ -25,10 +23,3 @@ class Generation:
     n_tokens: int | None
     finish_reason: str  # "stop" | "length" | other backend-specific reasons
 
-
-def chat_messages(tcfg: TeacherConfig, question: str) -> list[dict]:
-    messages = []
-    if tcfg.system_prompt:
-        messages.append({"role": "system", "content": tcfg.system_prompt})
-    messages.append({"role": "user", "content": tcfg.instruction.format(question=question)})
-    return messages

@@ -32,9 +32,8 @@ STAGE_VERSION = 2  # 2: transformers teachers sample through oger.generation.hf
 
 
 # backend name -> the module whose `generate(tcfg, prompts, round)` runs it
-BACKENDS = {"scripted": "oger.stages.teachers.scripted", "transformers": "oger.stages.teachers.hf",
-            "dataset": "oger.stages.teachers.dataset", "openai": "oger.stages.teachers.openai_backend",
-            "vllm": "oger.stages.teachers.vllm_backend"}
+BACKENDS = {"scripted": "oger.stages.teachers.scripted", "dataset": "oger.stages.teachers.dataset",
+            **dict.fromkeys(("transformers", "vllm", "openai"), "oger.stages.teachers.sampled")}
 
 
 def _backend(name: str):
@@ -59,6 +58,8 @@ def _generation_slice(tcfg: TeacherConfig) -> dict:
     # A loaded model's fingerprint (in the identity) stands for it; a scripted style or a served
     # model's name is the model.
     d["model"] = key_model_ref(tcfg.model) if tcfg.backend in ("transformers", "vllm") else tcfg.model
+    if tcfg.backend == "vllm":  # each sample seeded by its place since vLLM joined the engines (before: one seed)
+        d["seeding"] = "per_sample"
     return d
 
 
@@ -90,9 +91,10 @@ def teacher_resources(tcfg: TeacherConfig) -> tuple[float, float]:
 
 
 def shard_ranges(tcfg: TeacherConfig, n_prompts: int) -> list[tuple[int, int]]:
-    """The teacher's shards; the transformers backend seeds per chunk of batch_size // n prompts."""
-    block = max(1, tcfg.batch_size // tcfg.n) if tcfg.backend == "transformers" else 1
-    return split_even(n_prompts, tcfg.shards, block)
+    """The teacher's shards, cut only between blocks of prompts that share a random stream."""
+    from oger.stages.teachers.sampled import seeding_block
+
+    return split_even(n_prompts, tcfg.shards, seeding_block(tcfg))
 
 
 def generate_shard(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> tuple[list[Generation], float]:

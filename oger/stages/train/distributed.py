@@ -141,7 +141,7 @@ def unwrap(model):
 def _decoder_layers(model) -> list:
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
-        raise StageError(f"train.fsdp: {type(model).__name__} has no model.layers to shard")
+        raise StageError(f"train.distributed.fsdp: {type(model).__name__} has no model.layers to shard")
     return list(layers)
 
 
@@ -149,7 +149,7 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
-        raise StageError("train.backend: nccl needs CUDA GPUs; use gloo (or auto) on CPU")
+        raise StageError("train.distributed.backend: nccl needs CUDA GPUs; use gloo (or auto) on CPU")
     return backend
 
 
@@ -181,8 +181,8 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
         import importlib.util
 
         if importlib.util.find_spec("accelerate") is None:
-            raise ConfigError("train.launcher: accelerate needs the accelerate package "
-                              "(pip install accelerate), or use train.launcher: torchrun")
+            raise ConfigError("train.distributed.launcher: accelerate needs the accelerate package "
+                              "(pip install accelerate), or use train.distributed.launcher: torchrun")
         # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
         # CPU machine would get one process. The trainer does its own DDP / FSDP2 wrapping.
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
@@ -225,5 +225,5 @@ def train_distributed(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Pat
     spec = {"config": cfg.model_dump(mode="json"), "init_dir": str(init_dir),
             "problems": str(artifact_path(problems_ref)), "index_ref": index_ref.model_dump(mode="json"),
             "run_dir": str(run_dir)}
-    launch(cfg.train.launcher, cfg.train.num_processes, spec, run_dir)
+    launch(cfg.train.distributed.launcher, cfg.train.distributed.num_processes, spec, run_dir)
     return read_metrics(run_dir)

@@ -17,7 +17,7 @@ CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 FILES = {MODEL_DIR: "the trained model as an HF folder (model and tokenizer)",
          METRICS_FILE: "one JSON line of training metrics per step",
-         ROLLOUTS_FILE: "one JSON line per sampled rollout (with train.log_rollouts; optional)",
+         ROLLOUTS_FILE: "one JSON line per sampled rollout (with train.logging.log_rollouts; optional)",
          CURVES_FILE: "the training curves",
          TENSORBOARD_DIR: "TensorBoard events (optional)"}
 

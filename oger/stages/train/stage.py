@@ -121,7 +121,11 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
-    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.num_processes == 1 else None
+    model = (
+        AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
+        if t.distributed.num_processes == 1
+        else None
+    )
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     problems = read_problems(problems_ref)
     inputs = train_inputs(cfg, problems, index_ref)
@@ -131,7 +135,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
-    if t.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
+    if t.distributed.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
         from oger.stages.train.checkpoint import latest_checkpoint  # imports torch
         from oger.stages.train.distributed import train_distributed  # imports torch
 
@@ -148,7 +152,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
                                               bar.set_postfix(reward=f"{row['reward']:.3f}",
                                                               acc=f"{row['env_reward']:.2f}")))
     bar.close()
-    heldout = problems.filter(pl.col("split") == cfg.policy.eval_split).head(cfg.policy.eval_limit)
+    heldout = problems.filter(pl.col("split") == cfg.evaluate.heldout.split).head(cfg.evaluate.heldout.limit)
     metrics = {
         "algorithm": t.algorithm,
         "steps": len(history),
@@ -164,8 +168,8 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         metrics["heldout_accuracy"] = round(greedy_accuracy(
             model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
             instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
-            max_new_tokens=cfg.policy.eval_max_new_tokens,
-            batch_size=cfg.policy.eval_batch_size), 4)
+            max_new_tokens=cfg.evaluate.heldout.max_new_tokens,
+            batch_size=cfg.evaluate.heldout.batch_size), 4)
         metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
     with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
         model.save_pretrained(out.tmp / MODEL_DIR)
@@ -184,24 +188,29 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
 def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
     t = cfg.train
-    if t.num_processes > 1:
-        update = (f"torch {'FSDP2' if t.fsdp else 'DDP'} x {t.num_processes} "
-                  f"({t.launcher}, backend {t.backend})")
+    if t.distributed.num_processes > 1:
+        update = (f"torch {'FSDP2' if t.distributed.fsdp else 'DDP'} x {t.distributed.num_processes} "
+                  f"({t.distributed.launcher}, backend {t.distributed.backend})")
     else:
         update = "torch, 1 process"
     pool = counts.count(t.split, limit=t.max_prompts)
     per_step = min(t.prompts_per_step, pool) if pool is not None else t.prompts_per_step
-    heldout = counts.count(cfg.policy.eval_split, limit=cfg.policy.eval_limit)
+    heldout = counts.count(cfg.evaluate.heldout.split, limit=cfg.evaluate.heldout.limit)
     notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
     if t.replaces:
         notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
-    rollouts = ("transformers continuous batching (paged)" if t.rollout_engine == "paged"
+    rollouts = ("transformers continuous batching (paged)" if t.rollout.engine == "paged"
                 else "transformers generate")
-    return StageInfo(engine=f"rollouts: {rollouts}; update: {update}",
-                     resources=f"{t.num_processes} process(es)" + (", GPU per rank" if t.backend == "nccl" else ""),
-                     budget=[Budget("rollouts", t.steps * per_step, t.group_size, t.max_new_tokens),
-                             Budget("held-out eval (greedy)", heldout, 1, cfg.policy.eval_max_new_tokens)],
-                     notes=notes)
+    return StageInfo(
+        engine=f"rollouts: {rollouts}; update: {update}",
+        resources=f"{t.distributed.num_processes} process(es)"
+        + (", GPU per rank" if t.distributed.backend == "nccl" else ""),
+        budget=[
+            Budget("rollouts", t.steps * per_step, t.group_size, t.rollout.max_new_tokens),
+            Budget("held-out eval (greedy)", heldout, 1, cfg.evaluate.heldout.max_new_tokens),
+        ],
+        notes=notes,
+    )
 
 
 def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict[str, str]:

@@ -32,7 +32,8 @@ from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
 from oger.algorithm.guards import THINK_CLOSE
 from oger.algorithm.reward import RewardStep, cached_embedder, compute_rewards, reward_metrics
 from oger.stages.train.metrics import BY_NAME as METRICS, NAMES as METRIC_NAMES, step_row
-from oger.generation.hf import chat_prompt_ids, generate
+from oger.generation.base import Request
+from oger.generation.hf import TransformersEngine, chat_prompt_ids
 from oger.algorithm.samples import Sample
 from oger.verify import score_response
 from oger import seeds
@@ -56,10 +57,10 @@ class TrainInputs:
 
 def _lr_lambda(cfg: TrainConfig):
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "cosine":
-            frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if step < cfg.optim.warmup_steps:
+            return (step + 1) / cfg.optim.warmup_steps
+        if cfg.optim.lr_schedule == "cosine":
+            frac = (step - cfg.optim.warmup_steps) / max(1, cfg.steps - cfg.optim.warmup_steps)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         return 1.0
     return f
@@ -136,11 +137,14 @@ def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int) ->
     device = next(model.parameters()).device
     model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
     with torch.no_grad():
-        for b in range(0, len(samples), cfg.micro_batch_size):
-            idx = order[b:b + cfg.micro_batch_size]
+        size = cfg.optim.micro_batch_size
+        for b in range(0, len(samples), size):
+            idx = order[b:b + size]
             ids, attn, pos, resp = (x.to(device) for x in _batch_tensors([samples[i] for i in idx], pad_id))
             R = resp.shape[1]
-            logp = core.token_logprobs(response_logits(model, ids, attn, pos, R) / cfg.temperature, ids[:, -R:])
+            logp = core.token_logprobs(
+                response_logits(model, ids, attn, pos, R) / cfg.rollout.temperature, ids[:, -R:]
+            )
             for row, i in enumerate(idx):
                 out[i] = logp[row, :len(samples[i].response_ids)].detach()
     return out
@@ -156,7 +160,7 @@ def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
     for i, s in enumerate(samples):
         parts[s.group % n].append(i)
     if any(not p for p in parts):
-        raise ValueError(f"train.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
+        raise ValueError(f"train.loss.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
                          f"and step; this rank has {len({s.group for s in samples})}: lower "
                          "ppo_mini_batches or raise prompts_per_step")
     return parts
@@ -177,7 +181,8 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     rank's share of the global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
-    max_len = cfg.max_new_tokens if cfg.loss_agg == "constant_len" else None
+    lc, T = cfg.loss, cfg.rollout.temperature
+    max_len = cfg.rollout.max_new_tokens if lc.loss_agg == "constant_len" else None
     device = next(model.parameters()).device
     model.train()
 
@@ -188,13 +193,13 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         R = resp.shape[1]
         targets = ids[:, -R:]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logits = response_logits(model, ids, attn, pos, R) / cfg.temperature
+        logits = response_logits(model, ids, attn, pos, R) / T
         logp = core.token_logprobs(logits, targets)
-        entropy = core.entropy_from_logits(logits) if cfg.entropy_coef else None
+        entropy = core.entropy_from_logits(logits) if lc.entropy_coef else None
         ref_logp = None
-        if cfg.beta:
+        if lc.beta:
             with torch.no_grad():
-                ref_logits = response_logits(ref_model, ids, attn, pos, R) / cfg.temperature
+                ref_logits = response_logits(ref_model, ids, attn, pos, R) / T
                 ref_logp = core.token_logprobs(ref_logits, targets)
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
@@ -205,11 +210,11 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
                 behaviour[row, :len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
         loss, m = core.policy_loss(
             logp, behaviour, adv[idx].to(device), resp, off,
-            eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, clip=cfg.clip, gamma=cfg.gamma,
-            agg=cfg.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=cfg.entropy_coef,
-            entropy_agg=None if cfg.entropy_agg == "loss_agg" else cfg.entropy_agg,
-            ref_logp=ref_logp, beta=cfg.beta)
-        share = (resp.sum().item() / total_tokens if cfg.loss_agg == "token_mean"
+            eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, clip=lc.clip, gamma=lc.gamma,
+            agg=lc.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=lc.entropy_coef,
+            entropy_agg=None if lc.entropy_agg == "loss_agg" else lc.entropy_agg,
+            ref_logp=ref_logp, beta=lc.beta)
+        share = (resp.sum().item() / total_tokens if lc.loss_agg == "token_mean"
                  else len(mb) / total_samples)
         with torch.no_grad():
             ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
@@ -217,7 +222,8 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         return loss * (share * grad_scale), (m, share, entropy_sum)
 
     order = _micro_batch_order(samples)
-    batches = [order[b:b + cfg.micro_batch_size] for b in range(0, len(samples), cfg.micro_batch_size)]
+    size = cfg.optim.micro_batch_size
+    batches = [order[b:b + size] for b in range(0, len(samples), size)]
     if threads is not None and threads.workers > 1:
         params = [p for p in model.parameters() if p.requires_grad]
         parts = threads.backward(params, micro_batch, batches)
@@ -241,11 +247,11 @@ def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]
     """This rank's prompts [lo, hi) of the step: a contiguous run of whole generation calls."""
     if not dist.active:
         return 0, n_prompts
-    per_call = dist.world * cfg.rollout_batch_prompts
+    per_call = dist.world * cfg.rollout.batch_prompts
     if n_prompts % per_call:
         raise ValueError(f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
-                         f"train.max_prompts) is not a multiple of num_processes x "
-                         f"rollout_batch_prompts = {per_call}")
+                         f"train.max_prompts) is not a multiple of distributed.num_processes x "
+                         f"rollout.batch_prompts = {per_call}")
     per_rank = n_prompts // dist.world
     return dist.rank * per_rank, (dist.rank + 1) * per_rank
 
@@ -302,6 +308,7 @@ class TrainRun:
     embed: object | None  # texts -> unit vectors (oger.algorithm.reward.Embed), None without the bonus
     needs_index: bool
     run_dir: Path
+    engine: object  # rollouts over `policy` (an oger.generation engine: the same module, no weight sync)
 
     @property
     def pad_id(self) -> int:
@@ -322,17 +329,18 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         model.load_state_dict(weights)
         state = read_trainer_state(ckpt)
     ref_model = None
-    if cfg.beta:
+    if cfg.loss.beta:
         import copy
 
         ref_model = copy.deepcopy(model).eval().to(dist.device)
-    if cfg.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
+    if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     start = 0
     if state is not None:
@@ -353,13 +361,14 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
 
         embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
     threads = BatchThreads(thread_workers(model, distributed=dist.active))
+    engine = TransformersEngine(unwrap(model), tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
     return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
-                    history, writer, threads, embed, needs_index, run_dir)
+                    history, writer, threads, embed, needs_index, run_dir, engine)
 
 
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
     """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
-    in generation calls of rollout_batch_prompts prompts seeded by their global index."""
+    in generation calls of rollout.batch_prompts prompts seeded by their global index."""
     cfg, inputs, tok = run.cfg, run.inputs, run.tokenizer
     rng = random.Random(seeds.for_step(cfg.seed, step))
     pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
@@ -367,13 +376,13 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
     prompt_ids = {g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction,
                                      inputs.system_prompt) for g in range(lo, hi)}
     samples: list[Sample] = []
-    for c in range(lo, hi, cfg.rollout_batch_prompts):
-        call = list(range(c, min(c + cfg.rollout_batch_prompts, hi)))
-        rolls = generate(run.policy, tok, [prompt_ids[g] for g in call], n=cfg.group_size,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                         top_p=cfg.top_p, seed=rollout_seed(cfg, step, c // cfg.rollout_batch_prompts),
-                         batch_size=len(call) * cfg.group_size, synced_gpus=run.dist.fsdp,
-                         engine=cfg.rollout_engine)
+    ro = cfg.rollout
+    for c in range(lo, hi, ro.batch_prompts):
+        call = list(range(c, min(c + ro.batch_prompts, hi)))
+        request = Request(n=cfg.group_size, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+                          top_p=ro.top_p, seed=rollout_seed(cfg, step, c // ro.batch_prompts),
+                          record_entropy=True)
+        rolls = run.engine.generate([prompt_ids[g] for g in call], request)
         samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
                            prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
                            entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
@@ -413,10 +422,12 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
     their token share, mean grad norm, learning rate used)."""
     cfg, dist, model = run.cfg, run.dist, run.model
     adv = adv.float()
-    if cfg.ppo_mini_batches == 1:
+    if cfg.loss.ppo_mini_batches == 1:
         parts, old = [list(range(len(samples)))], None
     else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
-        parts, old = mini_batches(samples, cfg.ppo_mini_batches), old_logprobs(model, samples, cfg, run.pad_id)
+        parts, old = mini_batches(samples, cfg.loss.ppo_mini_batches), old_logprobs(
+            model, samples, cfg, run.pad_id
+        )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     metrics: dict[str, float] = {}
     norms = []
@@ -427,7 +438,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
                               grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
                               old_logp=None if old is None else [old[i] for i in part], threads=run.threads)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()
         weight = totals[0] / batch_tokens if len(parts) > 1 else 1.0
@@ -443,7 +454,7 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
     """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
     TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
     cfg = run.cfg
-    records = [{"step": step + 1, **row, **({"text": s.text} if cfg.log_rollouts else {})}
+    records = [{"step": step + 1, **row, **({"text": s.text} if cfg.logging.log_rollouts else {})}
                for s, row in zip(samples, rew.rows)]
     records = [r for part in run.dist.gather(records) for r in part]
     if not run.dist.main:
@@ -456,7 +467,7 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
     run.history.append(row)
     with open(run.run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
-    if cfg.log_rollouts:
+    if cfg.logging.log_rollouts:
         with open(run.run_dir / ROLLOUTS_FILE, "a") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
@@ -469,7 +480,7 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
 
 
 def checkpoint(run: TrainRun, step: int) -> None:
-    if (step + 1) % run.cfg.checkpoint_every == 0 or step + 1 == run.cfg.steps:
+    if (step + 1) % run.cfg.logging.checkpoint_every == 0 or step + 1 == run.cfg.steps:
         model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
         if run.dist.main:
             save_checkpoint(run.run_dir / "checkpoints", step + 1, run.policy, run.tokenizer, run.opt,
