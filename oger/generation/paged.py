@@ -156,7 +156,9 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     cbc = cb_config(len(jobs), tokens_per_request, seed=seed % (1 << 62))
     gen_config = _generation_config(stops, pad, max_new_tokens, temperature, top_p)
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the engine's warm-up makes its static tensors in this mode and
+        # its thread zeroes them outside it, which transformers 5.19 refuses for inference tensors.
+        with torch.no_grad():
             generated = _run_engine(model, jobs, gen_config, cbc, max_new_tokens)
         responses = []
         for row in generated:

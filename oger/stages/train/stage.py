@@ -33,12 +33,13 @@ from oger.stages.train.files import (CURVES_FILE, FILES, METRICS_FILE, MODEL_DIR
                                     TENSORBOARD_DIR, model_dir)
 from oger.stages.train import STAGE
 
-STAGE_VERSION = 6  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+STAGE_VERSION = 7  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
 # 5: micro-batches on threads on a CPU (same math, other rounding);
 # 6: step metrics from one table (oger.stages.train.metrics): metrics.jsonl and the artifact's
 # metrics lost the duplicate names accuracy / onpolicy_accuracy (= env_reward), divergence
 # (= divergence_mean), accuracy_*_20pct (= env_reward_*_20pct), seconds_per_step (= seconds_step),
-# and every row holds every metric: artifacts with the old names must not be reused.
+# and every row holds every metric: artifacts with the old names must not be reused;
+# 7: the rollout engine's mismatch metrics and seconds_sync joined the table (rows of 6 lack them).
 
 
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:

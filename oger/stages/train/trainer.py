@@ -181,7 +181,7 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     rank's share of the global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
-    lc, T = cfg.loss, cfg.rollout.temperature
+    lc, ro, T = cfg.loss, cfg.rollout, cfg.rollout.temperature
     max_len = cfg.rollout.max_new_tokens if lc.loss_agg == "constant_len" else None
     device = next(model.parameters()).device
     model.train()
@@ -208,12 +208,23 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             behaviour = logp.detach().clone()
             for row, i in enumerate(idx):
                 behaviour[row, :len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
+        is_weight, mismatch = None, {}
+        if any(s.rollout_logprobs for s in mb):  # sampled by another engine (vllm): correct for its sampler
+            sampled = behaviour.clone()
+            for row, s in enumerate(mb):
+                if s.rollout_logprobs:
+                    sampled[row, :len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs, dtype=logp.dtype)
+            on = resp * (~off).unsqueeze(-1).to(resp.dtype)
+            mismatch = core.rollout_mismatch(behaviour, sampled, on)
+            if ro.correction != "none":
+                is_weight = core.rollout_is_weights(behaviour, sampled, on, ro.correction, ro.correction_cap)
         loss, m = core.policy_loss(
             logp, behaviour, adv[idx].to(device), resp, off,
             eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, clip=lc.clip, gamma=lc.gamma,
             agg=lc.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=lc.entropy_coef,
             entropy_agg=None if lc.entropy_agg == "loss_agg" else lc.entropy_agg,
-            ref_logp=ref_logp, beta=lc.beta)
+            ref_logp=ref_logp, beta=lc.beta, is_weight=is_weight)
+        m.update(mismatch)
         share = (resp.sum().item() / total_tokens if lc.loss_agg == "token_mean"
                  else len(mb) / total_samples)
         with torch.no_grad():
@@ -361,9 +372,21 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
 
         embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
     threads = BatchThreads(thread_workers(model, distributed=dist.active))
-    engine = TransformersEngine(unwrap(model), tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
+    engine = rollout_engine(cfg, unwrap(model), tokenizer, dist)
     return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
                     history, writer, threads, embed, needs_index, run_dir, engine)
+
+
+def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist):
+    """The engine rollouts come from: the trained module itself (hf, paged), or an in-process vLLM
+    engine beside it (vllm) that every rank holds for its own slice, built from the weights the
+    policy has now (a resumed run's checkpoint included)."""
+    if cfg.rollout.engine == "vllm":
+        from oger.generation.vllm import ColocatedEngine
+
+        dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+        return ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib)
+    return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
 
 
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
@@ -385,7 +408,8 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)
         samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
                            prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
-                           entropies=r.entropies, finish_reason=r.finish_reason) for r in rolls]
+                           entropies=r.entropies, finish_reason=r.finish_reason,
+                           rollout_logprobs=r.logprobs) for r in rolls]
     return samples, pids, lo, hi
 
 
@@ -479,6 +503,15 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
     return row
 
 
+def sync_engine(run: TrainRun, step: int) -> float | None:
+    """Give a separate rollout engine (vllm) the updated weights every rollout.sync_every steps; the
+    seconds it took (None: nothing to sync)."""
+    sync = getattr(run.engine, "sync", None)
+    if sync is None or (step + 1) % run.cfg.rollout.sync_every:
+        return None
+    return sync()
+
+
 def checkpoint(run: TrainRun, step: int) -> None:
     if (step + 1) % run.cfg.logging.checkpoint_every == 0 or step + 1 == run.cfg.steps:
         model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
@@ -506,10 +539,12 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
             t_embed = time.perf_counter()
             loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
             t_update = time.perf_counter()
+            synced = sync_engine(run, step)
             row = log_step(run, step, samples, rew, loss_metrics, {
                 "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
                 "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
-                "seconds_update": t_update - t_embed, "seconds_step": t_update - t0})
+                "seconds_update": t_update - t_embed, "seconds_step": time.perf_counter() - t0,
+                **({"seconds_sync": synced} if synced is not None else {})})
             checkpoint(run, step)
             if progress is not None and row is not None:
                 progress(row)
