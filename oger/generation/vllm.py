@@ -152,14 +152,21 @@ class ColocatedEngine:
     batch_size = None
 
     def __init__(self, model, tokenizer, *, dtype: str = "float32", seed: int = 0,
-                 kv_cache_gib: float | None = None, entropy_batch: int = 64):
+                 kv_cache_gib: float | None = None, entropy_batch: int = 64, model_dir: str | Path | None = None):
+        """`model_dir`: a folder holding the model's current weights (several ranks share one, which
+        rank 0 wrote: transformers saves on rank 0 only); None: saved to a temporary folder here."""
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="oger-vllm-") as folder:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            self.vllm = VLLMEngine(folder, dtype=dtype, seed=seed, kv_cache_gib=kv_cache_gib,
-                                   what="train.rollout.engine")
+        # On a GPU the trained model shares the device: vLLM takes a third of it (TRL's colocate default)
+        build = dict(dtype=dtype, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=0.3,
+                     what="train.rollout.engine")
+        if model_dir is not None:
+            self.vllm = VLLMEngine(model_dir, **build)
+        else:
+            with tempfile.TemporaryDirectory(prefix="oger-vllm-") as folder:
+                model.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+                self.vllm = VLLMEngine(folder, **build)
         self.model, self.tokenizer, self.entropy_batch = model, tokenizer, entropy_batch
         self.context = self.vllm.context
 

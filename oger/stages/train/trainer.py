@@ -372,21 +372,34 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
 
         embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
     threads = BatchThreads(thread_workers(model, distributed=dist.active))
-    engine = rollout_engine(cfg, unwrap(model), tokenizer, dist)
+    engine = rollout_engine(cfg, unwrap(model), tokenizer, dist, run_dir)
     return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
                     history, writer, threads, embed, needs_index, run_dir, engine)
 
 
-def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist):
+def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Path):
     """The engine rollouts come from: the trained module itself (hf, paged), or an in-process vLLM
     engine beside it (vllm) that every rank holds for its own slice, built from the weights the
-    policy has now (a resumed run's checkpoint included)."""
-    if cfg.rollout.engine == "vllm":
-        from oger.generation.vllm import ColocatedEngine
+    policy has now (a resumed run's checkpoint included: rank 0 writes them once for all ranks)."""
+    if cfg.rollout.engine != "vllm":
+        return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
+    import shutil
 
-        dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
-        return ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib)
-    return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
+    from oger.generation.vllm import ColocatedEngine
+
+    folder = run_dir / "rollout-engine"  # scratch: the weights the engines start from
+    if dist.main:
+        shutil.rmtree(folder, ignore_errors=True)
+        policy.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    dist.barrier()
+    dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+    engine = ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                             model_dir=folder)
+    dist.barrier()
+    if dist.main:
+        shutil.rmtree(folder, ignore_errors=True)
+    return engine
 
 
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
