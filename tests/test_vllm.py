@@ -54,3 +54,8 @@ def test_a_weight_push_takes_effect_with_tied_embeddings(probe):
 def test_sampled_logprobs_are_the_trainers_sampling_distribution(probe):
     # logprobs_mode processed_logprobs: after temperature, as the trainer's log_softmax(logits / T)
     assert probe["sampled_logprob_max_diff"] < 1e-4
+
+
+def test_the_vllm_teacher_backend_samples_what_the_transformers_one_does_greedily(probe):
+    t = probe["teachers"]
+    assert t["vllm"] == t["transformers"] and len(t["vllm"]) == 4

@@ -104,6 +104,19 @@ def main(model_dir: str, out_path: str) -> None:
                       enumerate(zip(r.response_ids, r.logprobs))]
     out["sampled_logprob_max_diff"] = max(diffs)
     engine.close()
+
+    # 4. the teachers' vllm backend (the offline engine through oger.generation) against the
+    # transformers backend, greedy, through the teachers' one sampling function
+    from oger.contract.config import TeacherConfig
+    from oger.stages.teachers import sampled
+    from oger.stages.teachers.base import Prompt
+
+    teacher_prompts = [Prompt(f"p{i}", q, position=i) for i, q in enumerate(questions[:4])]
+    kw = dict(model=model_dir, n=1, sampling={"temperature": 0.0, "max_new_tokens": 16})
+    by_backend = {b: sampled.generate(TeacherConfig(name=b, backend=b, **kw), teacher_prompts, "r1")
+                  for b in ("transformers", "vllm")}
+    out["teachers"] = {b: [(g.problem_id, g.sample_index, g.text, g.n_tokens, g.finish_reason) for g in gens]
+                       for b, gens in by_backend.items()}
     with open(out_path, "w") as f:
         json.dump(out, f)
 

@@ -319,7 +319,7 @@ class TrainRun:
     embed: object | None  # texts -> unit vectors (oger.algorithm.reward.Embed), None without the bonus
     needs_index: bool
     run_dir: Path
-    engine: object  # rollouts over `policy` (an oger.generation engine: the same module, no weight sync)
+    engine: object  # where rollouts come from (oger.generation: policy itself, or vLLM beside it, `sync()`ed)
 
     @property
     def pad_id(self) -> int:
