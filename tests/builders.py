@@ -35,3 +35,12 @@ def rollout_keys(ref: ArtifactRef | str | Path) -> list[tuple]:
 def metrics(ref: ArtifactRef | str | Path) -> list[dict]:
     """The rows of a train artifact's (or a trainer run folder's) metrics.jsonl, one per step."""
     return read_metrics(ref)
+
+
+def train_inputs(problems):
+    """The trainer's inputs for synthetic problems (oger.synthetic), keyed by their index, no index."""
+    from oger.stages.train.trainer import TrainInputs
+
+    return TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
+                       answers={str(i): str(p.answer) for i, p in enumerate(problems)},
+                       problem_ids=[str(i) for i in range(len(problems))])

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE
-from tests.builders import metrics, rollouts
+from tests.builders import metrics, rollouts, train_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,13 +108,10 @@ def resume_config(steps: int):
 
 
 def resume_inputs():
-    from oger.stages.train.trainer import TrainInputs
     from oger.synthetic import generate_problems
 
     problems = generate_problems(3, 16, 2, 3, 9, "+-")
-    return TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
-                       answers={str(i): str(p.answer) for i, p in enumerate(problems)},
-                       problem_ids=[str(i) for i in range(len(problems))])
+    return train_inputs(problems)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import torch
 
 from oger.contract.config import TrainConfig
 from oger.generation.hf import chat_prompt_ids, generate
-from oger.stages.train.trainer import TrainInputs, train
+from oger.stages.train.trainer import train
 from oger.synthetic import generate_problems
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
-from tests.builders import rollouts
+from tests.builders import rollouts, train_inputs
 
 QUESTIONS = ["Compute 1 + 2.", "Compute 4 - 5 + 6 + 7 - 8 + 9 - 1 + 3.", "Compute 7.",
              "Compute 12 + 3 - 4 + 5."]
@@ -94,9 +94,7 @@ def test_training_steps_with_the_paged_engine(policy, tmp_path):
     _, tok = policy
     model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
     problems = generate_problems(3, 16, 2, 3, 9, "+-")
-    inputs = TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
-                         answers={str(i): str(p.answer) for i, p in enumerate(problems)},
-                         problem_ids=[str(i) for i in range(len(problems))])
+    inputs = train_inputs(problems)
     cfg = TrainConfig(
         algorithm="grpo",
         steps=2,

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from oger.stages.train import metrics as table
+from tests.builders import train_inputs
 
 REMOVED = ("accuracy", "onpolicy_accuracy", "divergence")  # old duplicates of env_reward / divergence_mean
 
@@ -51,9 +52,7 @@ def short_run(tmp_path_factory):
     problems = generate_problems(3, 8, 2, 3, 9, "+-")
     tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
     model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
-    inputs = trainer.TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
-                                 answers={str(i): str(p.answer) for i, p in enumerate(problems)},
-                                 problem_ids=[str(i) for i in range(len(problems))])
+    inputs = train_inputs(problems)
     cfg = TrainConfig(
         algorithm="grpo",
         steps=2,
