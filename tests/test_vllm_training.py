@@ -64,13 +64,19 @@ def test_vllm_rollouts_train_resume_and_match_an_uninterrupted_run(vllm_yaml, rl
     ref = [(r["step"], r["text"]) for r in rollouts(art) if r["step"] > 2 and not r["off_policy"]]
     assert after and after == ref
 
-    # Two gloo ranks (DDP), each holding its own engine for its own prompts: every generation call is
-    # seeded by its place in the step, so the rollouts of both steps (the second after a push of the
-    # all-reduced update) are the one-process run's
-    ddp_wd = seeded_workdir(rl_workdir, tmp_path / "ddp")
+    # Two gloo ranks with FSDP2 (sharded parameters), each holding its own engine for its own prompts,
+    # built from the gathered weights and given the full weights gathered from the shards after the
+    # update: every generation call is seeded by its place in the step, so the rollouts of both
+    # steps (the second after the push) are the one-process run's. (DDP pushes what one process
+    # does: the unwrapped module's weights.)
+    ddp_wd = seeded_workdir(rl_workdir, tmp_path / "fsdp")
     proc = subprocess.run([sys.executable, "-c", RUN, str(vllm_yaml), f"workdir={ddp_wd}", "train.steps=2",
-                           "train.distributed.num_processes=2"], capture_output=True, text=True, timeout=900)
+                           "train.distributed.num_processes=2", "train.distributed.fsdp=true"],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = [(r["step"], r["group"], r["text"]) for r in rollouts(_artifact(proc.stdout)) if not r["off_policy"]]
+    fsdp_art = _artifact(proc.stdout)
+    # after the push of step 1's update the engine's log-probs are the sharded trainer's again
+    assert all(h["rollout_logp_diff"] < 1e-3 for h in _metrics(fsdp_art)), _metrics(fsdp_art)
+    ddp = [(r["step"], r["group"], r["text"]) for r in rollouts(fsdp_art) if not r["off_policy"]]
     one = [(r["step"], r["group"], r["text"]) for r in rollouts(art) if not r["off_policy"] and r["step"] <= 2]
     assert sorted(ddp) == sorted(one)

@@ -117,6 +117,16 @@ def main(model_dir: str, out_path: str) -> None:
                   for b in ("transformers", "vllm")}
     out["teachers"] = {b: [(g.problem_id, g.sample_index, g.text, g.n_tokens, g.finish_reason) for g in gens]
                        for b, gens in by_backend.items()}
+
+    # 5. sleep mode is a GPU feature: asked for on this CPU build, a config error before any build
+    from oger.contract.errors import ConfigError
+    from oger.generation.vllm import VLLMEngine
+
+    try:
+        VLLMEngine(model_dir, sleep=True, what="train.rollout.engine")
+        out["sleep_error"] = None
+    except ConfigError as e:
+        out["sleep_error"] = str(e)
     with open(out_path, "w") as f:
         json.dump(out, f)
 

@@ -401,6 +401,11 @@ class RolloutConfig(Strict):
     kv_cache_gib: float | None = Field(None, gt=0, description="vllm: KV cache size (default on a CPU: "
                                        "1 GiB; on a GPU: vLLM's share of its memory)",
                                        json_schema_extra=not_in_key("a memory bound"))
+    sleep: bool = Field(False, description="vllm on a GPU: put the engine to sleep (vLLM's sleep mode, "
+                        "level 1: weights offloaded to host memory, KV cache freed) during the "
+                        "update and wake it before the next rollouts, so the update has the memory; "
+                        "an error where vLLM has no sleep mode (its CPU build)",
+                        json_schema_extra=not_in_key("memory only: the weights come back as they were"))
 
     def inert_fields(self) -> set[str]:
         if self.engine != "vllm":
@@ -493,10 +498,8 @@ class TrainConfig(Strict):
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}): {problem}")
         if self.distributed.fsdp and self.distributed.num_processes < 2:
             raise ValueError("distributed.fsdp needs distributed.num_processes > 1")
-        if self.distributed.fsdp and self.rollout.engine == "vllm":
-            raise ValueError("rollout.engine 'vllm' with distributed.fsdp: each rank's engine would need "
-                             "the full weights gathered after every step, which is not built; use DDP "
-                             "(every rank holds its own engine) or rollout.engine 'hf'")
+        if self.rollout.sleep and self.rollout.engine != "vllm":
+            raise ValueError("rollout.sleep acts on a vLLM engine: set rollout.engine 'vllm' or drop it")
         if self.distributed.fsdp and self.rollout.engine == "paged":
             raise ValueError("rollout.engine 'paged' runs a data-dependent number of forward passes "
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "

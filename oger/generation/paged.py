@@ -105,17 +105,24 @@ def _run_engine(model, jobs: list[list[int]], gen_config, cbc, max_new_tokens: i
 
 @torch.no_grad()
 def response_entropies(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int,
-                       pad: int) -> list[list[float]]:
+                       pad: int, longest: int | None = None) -> list[list[float]]:
     """Entropy of softmax(raw logits) at every response position, by one forward pass per
     micro-batch (left-padded prompts, right-padded responses; the LM head runs on the responses).
-    Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits."""
+    Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
+
+    `longest` (the most tokens a response can have): every micro-batch then holds the number of rows
+    that bound allows, whatever the responses' lengths, so ranks with as many rows run as many
+    forward passes — FSDP's per-layer all-gathers hang when one rank runs a pass the other does not."""
     out: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
-    order = [i for i in sorted(range(len(prompts)), key=lambda i: len(responses[i])) if responses[i]]
+    order = sorted(range(len(prompts)), key=lambda i: len(responses[i]))
+    if longest is None:
+        order = [i for i in order if responses[i]]
+    fixed = max(1, min(batch_size, ENTROPY_LOGITS // ((longest + 1) * vocab))) if longest else None
     while order:  # rows sorted by response length: grow a micro-batch while the cap allows
-        rows = 1
-        while (rows < min(batch_size, len(order))
+        rows = 1 if fixed is None else min(fixed, len(order))
+        while (fixed is None and rows < min(batch_size, len(order))
                and (rows + 1) * (len(responses[order[rows]]) + 1) * vocab <= ENTROPY_LOGITS):
             rows += 1
         idx, order = order[:rows], order[rows:]

@@ -47,12 +47,22 @@ class VLLMEngine:
 
     def __init__(self, model_path: str | Path, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, seed: int = 0, kv_cache_gib: float | None = None,
-                 max_model_len: int | None = None, what: str = "engine 'vllm'"):
+                 max_model_len: int | None = None, sleep: bool = False, what: str = "engine 'vllm'"):
+        """`sleep`: build with vLLM's sleep mode, so `rest()` can free the engine's memory between
+        rollouts (a GPU feature: an error naming `what` where this vLLM has no sleep mode)."""
         if tensor_parallel_size == 1:  # in-process: read by vLLM when the engine is built
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm(what)
         gpu = _on_gpu()
         kwargs = {}
+        if sleep:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise ConfigError(f"{what}: vLLM's sleep mode is not available on this platform "
+                                  f"({type(current_platform).__name__}; it needs a GPU): drop rollout.sleep")
+            kwargs["enable_sleep_mode"] = True
+        self.asleep = False
         if not gpu:
             kwargs["enforce_eager"] = True
             kwargs["kv_cache_memory_bytes"] = int((kv_cache_gib or CPU_KV_CACHE_GIB) * (1 << 30))
@@ -102,7 +112,8 @@ class VLLMEngine:
         return out
 
     def push_weights(self, model) -> float:
-        """Load a torch model's current weights into the engine in place (vLLM's `reload_weights`, which
+        """Load a torch model's current weights (or a callable giving (name, tensor) pairs) into
+        the engine in place (vLLM's `reload_weights`, which
         also redoes the CPU backend's weight repacking) and drop the prefix cache, whose KV entries
         the old weights computed. Returns the seconds it took.
 
@@ -112,11 +123,23 @@ class VLLMEngine:
         import time
 
         started = time.perf_counter()
-        weights = list(model_weights(model))
+        weights = list(model() if callable(model) and not hasattr(model, "named_parameters")
+                       else model_weights(model))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
                                                           "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - started
+
+    def rest(self) -> None:
+        """Sleep mode level 1: weights copied to host memory, KV cache freed (until `wake`)."""
+        if not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def close(self) -> None:
         self.llm = None
@@ -152,14 +175,19 @@ class ColocatedEngine:
     batch_size = None
 
     def __init__(self, model, tokenizer, *, dtype: str = "float32", seed: int = 0,
-                 kv_cache_gib: float | None = None, entropy_batch: int = 64, model_dir: str | Path | None = None):
+                 kv_cache_gib: float | None = None, entropy_batch: int = 64, model_dir: str | Path | None = None,
+                 weights=None, synced_forward: bool = False, sleep: bool = False):
         """`model_dir`: a folder holding the model's current weights (several ranks share one, which
-        rank 0 wrote: transformers saves on rank 0 only); None: saved to a temporary folder here."""
+        rank 0 wrote: transformers saves on rank 0 only); None: saved to a temporary folder here.
+        `weights`: a callable giving the (name, tensor) pairs to push (default `model_weights(model)`;
+        FSDP2 passes the gathered full state). `synced_forward`: entropy passes by a fixed number of
+        rows (ranks of a sharded model must run the same passes). `sleep`: `rest()` frees the engine's
+        memory during the update (GPU)."""
         import tempfile
 
         # On a GPU the trained model shares the device: vLLM takes a third of it (TRL's colocate default)
         build = dict(dtype=dtype, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=0.3,
-                     what="train.rollout.engine")
+                     sleep=sleep, what="train.rollout.engine")
         if model_dir is not None:
             self.vllm = VLLMEngine(model_dir, **build)
         else:
@@ -168,6 +196,8 @@ class ColocatedEngine:
                 tokenizer.save_pretrained(folder)
                 self.vllm = VLLMEngine(folder, **build)
         self.model, self.tokenizer, self.entropy_batch = model, tokenizer, entropy_batch
+        self.weights = weights or (lambda: model_weights(model))
+        self.synced_forward, self.sleep = synced_forward, sleep
         self.context = self.vllm.context
 
     def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
@@ -175,6 +205,7 @@ class ColocatedEngine:
 
         from oger.generation.paged import response_entropies
 
+        self.vllm.wake()
         rolls = self.vllm.generate(prompts, replace(request, record_logprobs=True), progress=progress)
         if request.record_entropy:
             ids = [prompt_ids(self.tokenizer, p) for p in prompts]
@@ -184,16 +215,23 @@ class ColocatedEngine:
             self.model.eval()
             try:
                 ents = response_entropies(self.model, [ids[r.prompt_index] for r in rolls],
-                                          [r.response_ids for r in rolls], self.entropy_batch, pad)
+                                          [r.response_ids for r in rolls], self.entropy_batch, pad,
+                                          longest=request.max_new_tokens if self.synced_forward else None)
             finally:
                 self.model.train(was_training)
             for r, e in zip(rolls, ents):
                 r.entropies = e
         return rolls
 
+    def rest(self) -> None:
+        """Called between the rollouts and the update: with `sleep`, the engine gives its memory back."""
+        if self.sleep:
+            self.vllm.rest()
+
     def sync(self) -> float:
-        """Push the model's current weights; the seconds it took."""
-        return self.vllm.push_weights(self.model)
+        """Push the model's current weights (gathered first under FSDP2); the seconds it took."""
+        self.vllm.wake()
+        return self.vllm.push_weights(self.weights)
 
     def close(self) -> None:
         self.vllm.close()

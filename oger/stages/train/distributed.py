@@ -103,6 +103,14 @@ class Dist:
             return sd if self.main else None
         return unwrap(model).state_dict() if self.main else None
 
+    def full_weights(self, model) -> list:
+        """(name, tensor) of the full weights on every rank (FSDP2 all-gathers its shards), tied
+        weights under each name as the state dict has them: what a rank's own vLLM engine is given."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return [(k, v.detach()) for k, v in sd.items()]
+
     def optimizer_state(self, model, opt) -> dict | None:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

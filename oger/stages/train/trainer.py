@@ -380,7 +380,8 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
 def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Path):
     """The engine rollouts come from: the trained module itself (hf, paged), or an in-process vLLM
     engine beside it (vllm) that every rank holds for its own slice, built from the weights the
-    policy has now (a resumed run's checkpoint included: rank 0 writes them once for all ranks)."""
+    policy has now (a resumed run's checkpoint included: rank 0 writes them once for all ranks).
+    Under FSDP2 each rank's engine gets the full weights gathered from the shards on every push."""
     if cfg.rollout.engine != "vllm":
         return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
     import shutil
@@ -388,14 +389,16 @@ def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Pat
     from oger.generation.vllm import ColocatedEngine
 
     folder = run_dir / "rollout-engine"  # scratch: the weights the engines start from
+    full = dist.model_state(policy) if dist.fsdp else None  # FSDP2: gathered on every rank, kept on 0
     if dist.main:
         shutil.rmtree(folder, ignore_errors=True)
-        policy.save_pretrained(folder)
+        policy.save_pretrained(folder, state_dict=full)
         tokenizer.save_pretrained(folder)
     dist.barrier()
     dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
     engine = ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                             model_dir=folder)
+                             model_dir=folder, sleep=cfg.rollout.sleep, synced_forward=dist.fsdp,
+                             weights=(lambda: dist.full_weights(policy)) if dist.fsdp else None)
     dist.barrier()
     if dist.main:
         shutil.rmtree(folder, ignore_errors=True)
@@ -544,6 +547,7 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         for step in range(run.start, cfg.steps):
             t0 = time.perf_counter()
             samples, pids, lo, hi = rollouts(run, step)
+            getattr(run.engine, "rest", lambda: None)()  # vllm with rollout.sleep: memory to the update
             t_gen = time.perf_counter()
             refs = score_and_replace(run, samples, pids[lo:hi], step)
             t_score = time.perf_counter()
