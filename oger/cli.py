@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "<config name>-<hash of arms, seeds, --set>")
     sweep.add_argument("--results-doc", metavar="MD", help="afterwards, fill this document's "
                        "sweep-results markers with the results (make ablate: docs/RESULTS.md)")
+    sweep.add_argument("--results-section", metavar="NAME", help="fill the markers of this named "
+                       "section instead (<!-- sweep-results:NAME:begin -->; make ablate-explore: explore)")
 
     prepare = sub.add_parser("prepare", help="one-time set-up for a config: dequantise its GGUF "
                              "models into the model cache, migrate Prefect's database")
@@ -112,7 +114,7 @@ def cmd_sweep(args) -> int:
 
         from oger.sweep.report import fill_results_doc
 
-        fill_results_doc(Path(args.results_doc), Path(summary).parent)
+        fill_results_doc(Path(args.results_doc), Path(summary).parent, section=args.results_section)
     print(summary, flush=True)
     return 0
 

@@ -52,9 +52,11 @@ def _product(factors) -> int:
 
 
 def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, max_value: int,
-                      ops: str, salt: str = "", exclude: set[str] | None = None) -> list[ArithProblem]:
+                      ops: str, salt: str = "", exclude: set[str] | None = None,
+                      smallest_at_most: int | None = None) -> list[ArithProblem]:
     """n distinct problems, deterministic for (seed, salt); salt separates train from test and
-    `exclude` (questions of another split) keeps the splits disjoint."""
+    `exclude` (questions of another split) keeps the splits disjoint. `smallest_at_most`: only
+    problems with an operand at most this (the explore task: one short strategy always exists)."""
     rng = random.Random(f"{seed}:{salt}")
     seen: set[str] = {q[len("Compute "):-1] for q in exclude or ()}
     out: list[ArithProblem] = []
@@ -69,6 +71,8 @@ def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, m
         for _ in range(k - 1):
             tokens += [rng.choice(ops), rng.randint(1, max_value)]
         expr = render(tokens)
+        if smallest_at_most is not None and min(tokens[::2]) > smallest_at_most:
+            continue
         if expr in seen:
             continue
         seen.add(expr)
@@ -185,7 +189,44 @@ def solve_verbose(tokens, rng: random.Random, slip_rate: float) -> str:
     return "\n".join([intro, body, check, last])
 
 
-STYLES = {"stepwise": solve_stepwise, "terms": solve_terms, "verbose": solve_verbose}
+def _two_factors(tokens) -> tuple[int, int] | None:
+    if len(tokens) == 3 and tokens[1] == "*":
+        return tokens[0], tokens[2]
+    return None
+
+
+def _repeated_addition(addend: int, times: int, rng: random.Random, slip_rate: float) -> list[str]:
+    """`addend` added up `times` times, one line per addition: times - 1 lines (the explore task)."""
+    slip = _Slipper(rng, slip_rate, max(times - 1, 1))
+    lines = [f"Add {addend} {times} times."]
+    total = addend
+    for _ in range(times - 1):
+        new = slip(total + addend)
+        lines.append(f"{total} + {addend} = {new}.")
+        total = new
+    lines.append(f"Answer: \\boxed{{{total}}}")
+    return lines
+
+
+def solve_add_first(tokens, rng: random.Random, slip_rate: float) -> str | None:
+    """Strategy A of the explore task (a * b): the first factor added up b times — b - 1 lines, so
+    it runs out of a token budget when b is large. Not a two-factor product: None."""
+    ab = _two_factors(tokens)
+    return None if ab is None else "\n".join(_repeated_addition(ab[0], ab[1], rng, slip_rate))
+
+
+def solve_swap(tokens, rng: random.Random, slip_rate: float) -> str | None:
+    """Strategy B of the explore task: swap the factors, then add the second one up a times — a - 1
+    lines, short when the first factor is small however large the second is."""
+    ab = _two_factors(tokens)
+    if ab is None:
+        return None
+    a, b = ab
+    return "\n".join([f"Swap: {b} * {a}.", *_repeated_addition(b, a, rng, slip_rate)])
+
+
+STYLES = {"stepwise": solve_stepwise, "terms": solve_terms, "verbose": solve_verbose,
+          "add_first": solve_add_first, "swap": solve_swap}
 
 
 def scripted_solution(style: str, question: str, seed_parts: tuple, slip_rate: float) -> str | None:

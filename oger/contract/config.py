@@ -46,6 +46,9 @@ class SyntheticSource(Strict):
     max_operands: int = Field(3, ge=2)
     max_value: int = Field(20, ge=1)
     ops: str = "+-*"
+    smallest_at_most: int | None = Field(None, ge=1, description="only problems with an operand at most "
+                                         "this (the explore task, configs/explore.yaml); default: all",
+                                  json_schema_extra=omitted_at_default("keys from before the option"))
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticSource":
@@ -201,6 +204,11 @@ class IndexConfig(Strict):
         "all", description="whose traces to index: all kept traces, or only those of the RL pool "
         "(train.split, first train.max_prompts), the only problems the train stage looks up",
         json_schema_extra=omitted_at_default("keys from before the option; train_pool adds the pool"))
+    teachers: list[str] | None = Field(
+        None, description="whose traces to index (what divergence is measured against and LUFFY "
+        "replaces rollouts with): these teachers' only; default all. A teacher may then train the "
+        "policy (policy.sft.teachers) without being a reference (configs/explore.yaml)",
+        json_schema_extra=omitted_at_default("keys from before the option"))
 
 
 # --------------------------------------------------------------------------- policy / train
@@ -734,6 +742,18 @@ class OgerConfig(Strict):
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True, json_schema_extra=not_in_key("where the YAML was read"))
+
+    @model_validator(mode="after")
+    def _teacher_names(self) -> "OgerConfig":
+        """A teacher named in index.teachers or policy.sft.teachers is one of teachers.teachers (a typo
+        would silently index or train on nothing of it)."""
+        names = {t.name for t in self.teachers.teachers}
+        for where, listed in (("index.teachers", self.index.teachers), ("policy.sft.teachers",
+                                                                         self.policy.sft.teachers)):
+            unknown = sorted(set(listed or ()) - names)
+            if unknown:
+                raise ValueError(f"{where}: no teacher named {unknown}; teachers: {sorted(names)}")
+        return self
 
     @property
     def workdir_path(self) -> Path:

@@ -293,20 +293,31 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
     return atomic_write(sp.dir / "results_section.md", lambda tmp: tmp.write_text(text))
 
 
-def fill_results_doc(doc: Path, sweep_dir: Path) -> None:
-    """Replace the text between the markers in `doc` with the sweep's results_section.md and copy
-    its PNGs to `<doc's folder>/results/`. Every file is replaced whole (`atomic_write`): a crash
-    leaves the tracked document as it was or as it should be, never half of it."""
+def markers(section: str | None = None) -> tuple[str, str]:
+    """The begin/end comments a results section sits between (one pair per named section)."""
+    if section is None:
+        return BEGIN, END
+    return f"<!-- sweep-results:{section}:begin -->", f"<!-- sweep-results:{section}:end -->"
+
+
+def fill_results_doc(doc: Path, sweep_dir: Path, section: str | None = None) -> None:
+    """Replace the text between the markers (of `section`, if named) in `doc` with the sweep's
+    results_section.md and copy its PNGs to `<doc's folder>/results/` (named `<section>-<png>` for a
+    named section, so two sections' plots do not overwrite each other). Every file is replaced whole
+    (`atomic_write`): a crash leaves the tracked document as it was or as it should be, never half of it."""
     doc, sweep_dir = Path(doc), Path(sweep_dir)
     text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: no {BEGIN} ... {END} markers to fill")
-    section = (sweep_dir / "results_section.md").read_text()
+    begin, end = markers(section)
+    if begin not in text or end not in text:
+        raise ValueError(f"{doc}: no {begin} ... {end} markers to fill")
+    body = (sweep_dir / "results_section.md").read_text()
     target = doc.parent / "results"
     target.mkdir(exist_ok=True)
-    for png in re.findall(r"\(results/([^)]+\.png)\)", section):
-        atomic_write(target / png, lambda tmp, src=sweep_dir / png: shutil.copyfile(src, tmp))
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    filled = f"{head}{BEGIN}\n{section}{END}{tail}"
+    prefix = f"{section}-" if section else ""
+    for png in sorted(set(re.findall(r"\(results/([^)]+\.png)\)", body))):
+        atomic_write(target / f"{prefix}{png}", lambda tmp, src=sweep_dir / png: shutil.copyfile(src, tmp))
+        body = body.replace(f"(results/{png})", f"(results/{prefix}{png})")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    filled = f"{head}{begin}\n{body}{end}{tail}"
     atomic_write(doc, lambda tmp: tmp.write_text(filled))

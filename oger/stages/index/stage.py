@@ -128,6 +128,11 @@ def traces_to_index(cfg: OgerConfig, problems_ref: ArtifactRef, filter_ref: Arti
     kept = read_kept(filter_ref)
     if kept.height == 0:
         raise StageError("index stage: the filter output is empty")
+    if cfg.index.teachers is not None:
+        kept = kept.filter(pl.col("teacher").is_in(cfg.index.teachers))
+        if kept.height == 0:
+            raise StageError(f"index stage: index.teachers {cfg.index.teachers}: no kept trace of theirs "
+                             f"(teachers with kept traces: {sorted(set(read_kept(filter_ref)['teacher']))})")
     if cfg.index.problems == "train_pool":
         problems = read_problems(problems_ref)
         pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)["problem_id"]
@@ -227,6 +232,8 @@ def plan_info(cfg, counts):
     notes = ["embeds only texts missing from the embedding cache"]
     if i.problems == "train_pool":
         notes.append(f"only the traces of the RL pool ({cfg.train.split}, first {cfg.train.max_prompts})")
+    if i.teachers is not None:
+        notes.append(f"only the traces of {', '.join(i.teachers)}")
     return StageInfo(engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}",
                      resources="CPU", notes=notes)
 

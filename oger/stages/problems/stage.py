@@ -289,7 +289,8 @@ def load_source(src) -> list[dict]:
         for split, n in (("train", src.n_train), ("test", src.n_test)):
             taken = {r["question"] for r in rows}  # the test split never repeats a train problem
             for p in generate_problems(src.seed, n, src.min_operands, src.max_operands,
-                                       src.max_value, src.ops, salt=split, exclude=taken):
+                                       src.max_value, src.ops, salt=split, exclude=taken,
+                                       smallest_at_most=src.smallest_at_most):
                 rows.append({"question": p.question, "answer": str(p.answer),
                              "reference": None, "split": split})
         return rows

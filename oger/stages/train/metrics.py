@@ -86,6 +86,14 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("mixed_group_fraction", "share of groups with both correct and incorrect rows", run=("mean",),
            plot=True),
     Metric("truncated_fraction", "share of on-policy rows stopped by max_new_tokens"),
+    # the explore task (oger.explore; NaN on other tasks): which strategy the on-policy rows used
+    Metric("strategy_b_share", "share of on-policy rows using strategy B (the one the references lack)",
+           run=("first_last",), plot=True, sweep=True),
+    Metric("strategy_b_share_correct", "share of B among the correct on-policy rows", run=("first_last",),
+           plot=True, sweep=True),
+    Metric("strategy_other_share", "share of on-policy rows using neither strategy", run=("mean",)),
+    Metric("bonus_mean_a", "mean bonus over correct on-policy rows using strategy A", run=("mean",), sweep=True),
+    Metric("bonus_mean_b", "mean bonus over correct on-policy rows using strategy B", run=("mean",), sweep=True),
     # the update (oger.algorithm.core.policy_loss, token-weighted over micro- and mini-batches)
     Metric("pg_loss", "policy-gradient loss"),
     Metric("kl", "k3 KL to the reference model (NaN with beta 0)"),

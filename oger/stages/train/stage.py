@@ -33,7 +33,7 @@ from oger.stages.train.files import (CURVES_FILE, FILES, METRICS_FILE, MODEL_DIR
                                     TENSORBOARD_DIR, model_dir)
 from oger.stages.train import STAGE
 
-STAGE_VERSION = 7  # 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+STAGE_VERSION = 8  # 8: explore-task strategy metrics; 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
 # 5: micro-batches on threads on a CPU (same math, other rounding);
 # 6: step metrics from one table (oger.stages.train.metrics): metrics.jsonl and the artifact's
 # metrics lost the duplicate names accuracy / onpolicy_accuracy (= env_reward), divergence

@@ -37,6 +37,7 @@ from oger.generation.hf import TransformersEngine, chat_prompt_ids
 from oger.algorithm.samples import Sample
 from oger.verify import score_response
 from oger import seeds
+from oger.explore import strategy_of
 
 THINK_PREFIX = "<think>\n"
 
@@ -296,7 +297,29 @@ def step_metrics(records: list[dict], needs_index: bool) -> dict:
                                 if needs_index else float("nan")),
         "mixed_group_fraction": mean(float(any(g) and not all(g)) for g in groups.values()),
         "truncated_fraction": mean((float(r["finish_reason"] != "stop") for r in on), 0.0),
+        **strategy_metrics(on),
     }
+
+
+def strategy_metrics(on: list[dict]) -> dict:
+    """The explore task's strategy shares and the bonus by strategy over on-policy rows
+    (`oger.explore`); NaN where no row has a strategy (another task) or a share has no rows."""
+    labelled = [r for r in on if r.get("strategy") is not None]
+    if not labelled:
+        return {}
+    nan = float("nan")
+
+    def share(rows, name):
+        return sum(r["strategy"] == name for r in rows) / len(rows) if rows else nan
+
+    def bonus(name):
+        xs = [r["bonus"] for r in labelled if r["correct"] and r["strategy"] == name]
+        return sum(xs) / len(xs) if xs else nan
+
+    correct = [r for r in labelled if r["correct"]]
+    return {"strategy_b_share": share(labelled, "B"), "strategy_other_share": share(labelled, "other"),
+            "strategy_b_share_correct": share(correct, "B"), "bonus_mean_a": bonus("A"),
+            "bonus_mean_b": bonus("B")}
 
 
 @dataclass
@@ -494,7 +517,8 @@ def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, l
     """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
     TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
     cfg = run.cfg
-    records = [{"step": step + 1, **row, **({"text": s.text} if cfg.logging.log_rollouts else {})}
+    records = [{"step": step + 1, **row, "strategy": strategy_of(run.inputs.questions[s.problem_id], s.text),
+                **({"text": s.text} if cfg.logging.log_rollouts else {})}
                for s, row in zip(samples, rew.rows)]
     records = [r for part in run.dist.gather(records) for r in part]
     if not run.dist.main:
