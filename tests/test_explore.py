@@ -1,0 +1,121 @@
+"""The explore task (configs/explore.yaml, oger/explore.py): its strategy classifier on hand-written
+traces, the task's properties on the real upstream stages (references hold only A, the SFT mix has
+the configured share of B, A runs out of the budget exactly where B still fits), and the strategy
+metrics by hand on a small batch."""
+
+import math
+import polars as pl
+import pytest
+
+from oger import pipeline
+from oger.contract.config import load_config
+from oger.explore import a_fits, factors, strategy_of
+from oger.stages.train.trainer import strategy_metrics
+from oger.synthetic import generate_problems, scripted_solution
+from tests.conftest import REPO
+
+A_TRACE = "Add 3 5 times.\n3 + 3 = 6.\n6 + 3 = 9.\n9 + 3 = 12.\n12 + 3 = 15.\nAnswer: \\boxed{15}"
+B_TRACE = "Swap: 5 * 3.\nAdd 5 3 times.\n5 + 5 = 10.\n10 + 5 = 15.\nAnswer: \\boxed{15}"
+
+
+def test_the_classifier_tells_the_strategies_apart_on_hand_written_traces():
+    q = "Compute 3 * 5."
+    assert factors(q) == (3, 5)
+    assert strategy_of(q, A_TRACE) == "A"
+    assert strategy_of(q, B_TRACE) == "B"
+    # B without the "Swap" line is still B: it adds the second factor up first-factor times
+    assert strategy_of(q, "Add 5 3 times.\n5 + 5 = 10.\n10 + 5 = 15.\nAnswer: \\boxed{15}") == "B"
+    assert strategy_of(q, "Add 4 5 times.\n4 + 4 = 8.") == "other"  # adds a number of neither
+    assert strategy_of(q, "The answer is \\boxed{15}") == "other"  # announces no addition
+    # a = b: the same addition either way, so the "Swap" line decides
+    assert strategy_of("Compute 4 * 4.", "Add 4 4 times.\n4 + 4 = 8.") == "A"
+    assert strategy_of("Compute 4 * 4.", "Swap: 4 * 4.\nAdd 4 4 times.\n4 + 4 = 8.") == "B"
+    # another task's question: no strategy at all (its metrics are NaN, not 0)
+    assert strategy_of("Compute 3 + 5.", A_TRACE) is None and factors("Compute 3 * 5 * 2.") is None
+
+
+def test_the_scripted_strategies_are_what_the_classifier_reads():
+    for p in generate_problems(0, 40, 2, 2, 16, "*", smallest_at_most=4):
+        a = scripted_solution("add_first", p.question, ("t",), 0.0)
+        b = scripted_solution("swap", p.question, ("t",), 0.0)
+        assert strategy_of(p.question, a) == "A" and strategy_of(p.question, b) == "B"
+        x, y = p.tokens[0], p.tokens[2]
+        assert a.count("\n") == max(y - 1, 0) + 1 and b.count("\n") == max(x - 1, 0) + 2  # lines per strategy
+        assert min(x, y) <= 4
+
+
+def test_strategy_metrics_by_hand():
+    rows = [  # on-policy rows of one step
+        {"strategy": "A", "correct": True, "bonus": 0.0},
+        {"strategy": "A", "correct": False, "bonus": 0.0},
+        {"strategy": "A", "correct": True, "bonus": 0.02},
+        {"strategy": "B", "correct": True, "bonus": 0.3},
+        {"strategy": "B", "correct": False, "bonus": 0.0},
+        {"strategy": "other", "correct": False, "bonus": 0.0},
+    ]
+    m = strategy_metrics(rows)
+    assert m["strategy_b_share"] == pytest.approx(2 / 6)  # 2 of 6 rows used B
+    assert m["strategy_other_share"] == pytest.approx(1 / 6)
+    assert m["strategy_b_share_correct"] == pytest.approx(1 / 3)  # of 3 correct rows, 1 used B
+    assert m["bonus_mean_a"] == pytest.approx(0.01)  # correct A rows: (0 + 0.02) / 2
+    assert m["bonus_mean_b"] == pytest.approx(0.3)  # the one correct B row
+    no_b = strategy_metrics(rows[:3])
+    assert no_b["strategy_b_share"] == 0 and math.isnan(no_b["bonus_mean_b"])
+    assert strategy_metrics([{"strategy": None, "correct": True, "bonus": 0.1}]) == {}  # another task
+
+
+@pytest.fixture(scope="module")
+def explore_upstream(tmp_path_factory):
+    """The explore config's problems, teachers, filter and index stages, run for real."""
+    cfg = load_config(REPO / "configs" / "explore.yaml", [f"workdir={tmp_path_factory.mktemp('explore')}"])
+    return cfg, pipeline.run_local(cfg, until="index")
+
+
+def test_the_references_hold_only_strategy_a(explore_upstream):
+    import lancedb
+
+    from oger.stages.index.stage import db_path
+
+    cfg, refs = explore_upstream
+    table = lancedb.connect(str(db_path(cfg.workdir_path))).open_table(cfg.index.table).to_polars().collect()
+    assert set(table["teacher"]) == {"add_first"} and table.height > 0
+    p = _problems(refs)
+    questions = dict(zip(p["problem_id"], p["question"]))
+    assert {strategy_of(questions[p], t) for p, t in zip(table["problem_id"], table["text"])} == {"A"}
+
+
+def _problems(refs):
+    from oger.stages.problems.files import read_problems
+
+    return read_problems(refs["problems"])
+
+
+def test_the_sft_mix_has_the_configured_share_of_b(explore_upstream):
+    from oger.stages.filter.files import read_kept
+
+    cfg, refs = explore_upstream
+    kept = read_kept(refs["filter"]).filter(pl.col("teacher").is_in(cfg.policy.sft.teachers))
+    swap = next(t for t in cfg.teachers.teachers if t.name == "swap")
+    n_b = (kept["teacher"] == "swap").sum()
+    assert n_b == swap.limit * swap.n  # slip-free: every B trace is kept
+    assert 0.05 <= n_b / kept.height <= 0.2, n_b / kept.height  # rare, as the config says
+
+
+def test_a_runs_out_of_the_budget_exactly_where_b_still_fits(explore_upstream):
+    """With the policy's own tokenizer (trained on the same corpus as the policy stage does) and the
+    rollout budget: every A-infeasible problem's B solution fits, and both classes are well filled."""
+    from oger.stages.filter.files import read_kept
+    from oger.stages.policy.tiny_model import train_tokenizer
+
+    cfg, refs = explore_upstream
+    problems = _problems(refs)
+    corpus = problems["question"].to_list() + read_kept(refs["filter"])["text"].to_list()
+    tok = train_tokenizer(corpus, cfg.policy.tiny.vocab_size)
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + EOS
+    budget = cfg.train.rollout.max_new_tokens
+    assert budget == cfg.evaluate.max_new_tokens
+    infeasible = [q for q in problems["question"] if not a_fits(q, budget, count)]
+    for q in infeasible:
+        assert count(scripted_solution("swap", q, ("t",), 0.0)) <= budget, q
+    share = len(infeasible) / problems.height
+    assert 0.3 <= share <= 0.7, share
