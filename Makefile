@@ -76,9 +76,9 @@ ablate: setup
 	$(BIN)/oger sweep configs/tiny.yaml --arms grpo,luffy,oger,shuffled-bonus --seeds 0,1,2 \
 	    --results-doc docs/RESULTS.md
 
-# The explore task (configs/explore.yaml, docs/RESULTS.md "explore"): 7 arms x 5 seeds, two pairs at a
+# The explore task (configs/explore.yaml, docs/RESULTS.md "explore"): 8 arms x 5 seeds, two pairs at a
 # time on Ray (each pair on one core); about 40 minutes on this 2-core machine.
-EXPLORE_ARMS := grpo,luffy,oger,shuffled-bonus,oger-lam-0.25,oger-lam-1,oger-lam-2
+EXPLORE_ARMS := grpo,luffy,oger,shuffled-bonus,oger-lam-0.25,oger-lam-1,oger-lam-2,oger-loose-guards
 ablate-explore: setup
 	$(BIN)/oger sweep configs/explore.yaml --arms $(EXPLORE_ARMS) --seeds 0,1,2,3,4 \
 	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md --results-section explore

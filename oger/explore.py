@@ -56,3 +56,67 @@ def a_fits(question: str, budget: int, count_tokens) -> bool | None:
     if factors(question) is None:
         return None
     return count_tokens(scripted_solution("add_first", question, ("a_fits",), 0.0)) <= budget
+
+
+CLASSES = ("A-feasible", "A-infeasible")
+
+
+def problem_classes(problems_path: str, policy_path: str | None, budget: int) -> dict[str, str]:
+    """{problem_id: "A-feasible" | "A-infeasible"} of the explore questions in a problems artifact,
+    counted in the policy's tokenizer against `budget` (the evaluation's max_new_tokens), so the
+    sweep report splits the held-out accuracy by class; {} for any other task."""
+    from oger.stages.problems.files import read_problems
+
+    problems = read_problems(problems_path, ["problem_id", "question"])
+    explore = [(p, q) for p, q in problems.iter_rows() if factors(q) is not None]
+    if not explore or policy_path is None:
+        return {}
+    from transformers import AutoTokenizer
+
+    from oger.stages.policy.files import model_dir
+
+    tok = AutoTokenizer.from_pretrained(model_dir(policy_path))
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + EOS
+    return {p: CLASSES[0] if a_fits(q, budget, count) else CLASSES[1] for p, q in explore}
+
+
+def bonus_by_strategy(cfg, questions: list[str], entropy: float = 1.0) -> dict[str, dict[str, float]]:
+    """What the trainer's reward step pays correct A and B solutions of `questions` against A-only
+    references (the scripted teacher's traces, as the index holds them): mean divergence d, share
+    passing every guard, mean bonus — the check, before training, that the bonus can point at B at
+    all (MiniLM must see B as far from A, and no guard, e.g. the length ratio, may zero it).
+    Through `oger bonus`'s scoring, so with the config's train.oger and index.encoder."""
+    from oger.algorithm.reward import cached_embedder
+    from oger.commands.bonus import score_cases
+    from oger.encoder import load_encoder
+    from oger.synthetic import scripted_solution
+
+    cases = []
+    for k, q in enumerate(questions):
+        refs = [scripted_solution("add_first", q, ("ref", k, i), 0.0) for i in range(2)]
+        rollouts = [{"text": scripted_solution(s, q, ("rollout", k), 0.0), "correct": True, "entropy": entropy}
+                    for s in ("add_first", "swap")]
+        cases.append({"problem": q, "answer": "", "teacher_traces": refs, "rollouts": rollouts})
+    embed = cached_embedder(load_encoder(cfg.index.encoder), cfg.index.long_text)
+    scored = score_cases(cfg, cases, embed)
+    out = {}
+    for i, name in enumerate(("A", "B")):
+        rows = [case["rollouts"][i] for case in scored]
+        out[name] = {"divergence": sum(r["divergence"] for r in rows) / len(rows),
+                     "guards_pass": sum(all((r["guards"] or {}).values()) for r in rows) / len(rows),
+                     "bonus": sum(r["bonus"] for r in rows) / len(rows)}
+    return out
+
+
+if __name__ == "__main__":  # python -m oger.explore CONFIG: the check on the config's A-infeasible pool
+    import sys
+
+    from oger.contract.config import load_config
+    from oger.synthetic import generate_problems
+
+    config = load_config(sys.argv[1])
+    src = config.problems.sources[0]
+    pool = [p.question for p in generate_problems(src.seed, src.n_train, 2, 2, src.max_value, "*", salt="train",
+                                                  smallest_at_most=src.smallest_at_most)]
+    for strategy, row in bonus_by_strategy(config, pool).items():
+        print(strategy, {k: round(v, 4) for k, v in row.items()})

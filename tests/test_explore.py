@@ -101,7 +101,7 @@ def test_the_sft_mix_has_the_configured_share_of_b(explore_upstream):
     assert 0.05 <= n_b / kept.height <= 0.2, n_b / kept.height  # rare, as the config says
 
 
-def test_a_runs_out_of_the_budget_exactly_where_b_still_fits(explore_upstream):
+def test_a_runs_out_of_the_budget_exactly_where_b_still_fits(explore_upstream, tmp_path):
     """With the policy's own tokenizer (trained on the same corpus as the policy stage does) and the
     rollout budget: every A-infeasible problem's B solution fits, and both classes are well filled."""
     from oger.stages.filter.files import read_kept
@@ -119,3 +119,42 @@ def test_a_runs_out_of_the_budget_exactly_where_b_still_fits(explore_upstream):
         assert count(scripted_solution("swap", q, ("t",), 0.0)) <= budget, q
     share = len(infeasible) / problems.height
     assert 0.3 <= share <= 0.7, share
+    # the sweep report's classes are these, read with the tokenizer from a policy folder
+    from oger.explore import problem_classes
+
+    tok.save_pretrained(tmp_path / "model")
+    classes = problem_classes(str(refs["problems"].path), str(tmp_path), budget)
+    ids = dict(zip(problems["question"], problems["problem_id"]))
+    assert {p for p, c in classes.items() if c == "A-infeasible"} == {ids[q] for q in infeasible}
+    assert len(classes) == problems.height
+
+
+def test_the_sweep_splits_a_benchmark_by_problem_class():
+    from oger.sweep.results import split_by_class
+
+    counts = {"synthetic": {"base": {0: {"p1": (8, 6), "p2": (8, 0), "p3": (8, 1)}},
+                            "oger": {0: {"p1": (8, 7), "p2": (8, 3), "p3": (8, 2)}}},
+              "gsm8k": {"base": {0: {"g1": (1, 0)}}}}
+    out = split_by_class(counts, {"p1": "A-feasible", "p2": "A-infeasible", "p3": "A-infeasible"})
+    assert out["synthetic (A-feasible)"] == {"base": {0: {"p1": (8, 6)}}, "oger": {0: {"p1": (8, 7)}}}
+    assert out["synthetic (A-infeasible)"]["oger"] == {0: {"p2": (8, 3), "p3": (8, 2)}}
+    assert out["synthetic"] == counts["synthetic"] and "gsm8k (A-feasible)" not in out  # no such problems
+
+
+def test_minilm_sees_b_far_from_a_and_the_length_guard_zeroes_b_where_it_is_far_shorter():
+    """The check before training (`python -m oger.explore`), on the real encoder: correct B solutions
+    diverge from the A references, correct A ones do not; with the default guards, B's bonus is zero
+    where B is a fifth of A's length (2 * 12) and paid where the lengths are close (3 * 4); the
+    loose-guards arm of configs/explore.yaml pays both."""
+    from oger.explore import bonus_by_strategy
+
+    cfg = load_config(REPO / "configs" / "explore.yaml")
+    close, far = bonus_by_strategy(cfg, ["Compute 3 * 4."]), bonus_by_strategy(cfg, ["Compute 2 * 12."])
+    for check in (close, far):
+        assert check["A"]["divergence"] < 0.02 and check["B"]["divergence"] > 0.2
+        assert check["A"]["bonus"] < 1e-3
+    assert close["B"]["guards_pass"] == 1 and close["B"]["bonus"] > 0.02
+    assert far["B"]["guards_pass"] == 0 and far["B"]["bonus"] == 0  # the length-ratio guard
+    loose = load_config(REPO / "configs" / "explore.yaml", [
+        f"{k}={v}" for k, v in cfg.sweep.arms["oger-loose-guards"].items()])
+    assert bonus_by_strategy(loose, ["Compute 2 * 12."])["B"]["bonus"] > 0.02

@@ -149,12 +149,23 @@ def plot_training(curves: dict, out: Path) -> None:
 # --------------------------------------------------------------------------- report
 
 
+def explore_classes(sp, upstream: dict) -> dict[str, str]:
+    """The explore task's problem classes (oger.explore.problem_classes) from the sweep's shared
+    problems and policy artifacts; {} for other tasks."""
+    from oger.explore import problem_classes
+
+    first = lambda stage: (upstream.get(stage) or [{}])[0].get("path")
+    if first("problems") is None:
+        return {}
+    return problem_classes(first("problems"), first("policy"), sp.base.evaluate.max_new_tokens)
+
+
 def write_report(sp, record) -> Path:
     """Analyse the finished pairs, add the analysis to summary.json, write report.md, the PNGs and
     results_section.md. Returns report.md's path."""
     s = sp.settings
     arms = [a.name for a in sp.arms]
-    collected = res.collect(arms, record.data["pairs"])
+    collected = res.collect(arms, record.data["pairs"], explore_classes(sp, record.data["upstream"]))
     analysis = res.analyse(collected, arms, sp.baseline, s.interval, s.confidence, s.bootstrap_resamples)
     curves = res.training_curves(collected["histories"])
     published = published_for_config(sp.base)

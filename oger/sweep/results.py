@@ -47,8 +47,10 @@ def curve(history: list[dict], metric: str) -> dict[int, float]:
     return out
 
 
-def collect(arms: list[str], pairs: list[dict]) -> dict:
-    """Per benchmark: {arm or base: {seed: {problem_id: (n, c)}}}; per arm: {seed: train history}."""
+def collect(arms: list[str], pairs: list[dict], classes: dict[str, str] | None = None) -> dict:
+    """Per benchmark: {arm or base: {seed: {problem_id: (n, c)}}}; per arm: {seed: train history}.
+    `classes` ({problem_id: class}, the explore task's A-feasible / A-infeasible): each benchmark
+    with classified problems is also split into "<benchmark> (<class>)" rows, analysed as benchmarks."""
     counts: dict[str, dict[str, dict[int, dict]]] = {}
     histories: dict[str, dict[int, list[dict]]] = {a: {} for a in arms}
     for pair in pairs:
@@ -59,7 +61,20 @@ def collect(arms: list[str], pairs: list[dict]) -> dict:
             by = counts.setdefault(bench, {})
             by.setdefault(arm, {})[seed] = problem_counts(samples, "trained", bench)
             by.setdefault(BASE, {}).setdefault(seed, problem_counts(samples, "base", bench))
-    return {"counts": counts, "histories": histories}
+    return {"counts": split_by_class(counts, classes or {}), "histories": histories}
+
+
+def split_by_class(counts: dict, classes: dict[str, str]) -> dict:
+    """`counts` plus, per benchmark and class, a "<benchmark> (<class>)" entry holding only the
+    problems of that class (benchmarks without classified problems get none)."""
+    out = dict(counts)
+    for bench, by_row in counts.items():
+        for cls in sorted(set(classes.values())):
+            split = {row: {seed: {p: v for p, v in c.items() if classes.get(p) == cls}
+                           for seed, c in by_seed.items()} for row, by_seed in by_row.items()}
+            if any(c for by_seed in split.values() for c in by_seed.values()):
+                out[f"{bench} ({cls})"] = split
+    return out
 
 
 def _matrix(per_seed: dict[int, dict], seeds: list[int], problems: list[str]) -> np.ndarray:
