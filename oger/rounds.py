@@ -15,6 +15,7 @@ from pathlib import Path
 from oger.contract.artifacts import canonical_json
 from oger.contract import artifact_manifest, read_manifest, stage_root
 from oger.contract.errors import StageError
+from oger.contract.lock import is_locked
 from oger.stages.evaluate import STAGE as EVALUATE
 from oger.stages.index import STAGE as INDEX
 from oger.stages.index.versions import list_versions
@@ -87,13 +88,30 @@ def previous_checkpoint(workdir: Path, rnd: str, policy_slice) -> dict | None:
 
 
 def run_summaries(workdir: Path) -> list[dict]:
+    """Every run's summary.json, with a "running" run that no longer holds the workdir lock shown as
+    "interrupted" (`run_state`)."""
     out = []
+    holder = None
     for f in sorted((Path(workdir) / "runs").glob("*/summary.json")):
         try:
-            out.append({**json.loads(f.read_text()), "summary": str(f)})
+            d = {**json.loads(f.read_text()), "summary": str(f)}
         except (OSError, ValueError):
             continue  # a run being written right now
+        if d.get("status") == "running":
+            holder = holder if holder is not None else (is_locked(workdir) or {})
+            d["status"] = run_state(d, holder)
+        out.append(d)
     return out
+
+
+def run_state(summary: dict, holder: dict) -> str:
+    """A run's state from its record and the workdir lock's holder (`oger.contract.lock.is_locked`,
+    {} when free): a record that says "running" is running only while its own run holds the lock; a
+    killed or crashed process released it (the kernel drops a flock with its holder), so the run is
+    "interrupted" — known at once, without a timer. Other states are the record's."""
+    if summary.get("status") != "running":
+        return summary.get("status", "?")
+    return "running" if holder.get("run_id") == summary.get("run_id") else "interrupted"
 
 
 def previous_run(workdir: Path, rnd: str, exclude_run_id: str | None = None) -> dict | None:

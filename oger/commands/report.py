@@ -7,7 +7,7 @@ from pathlib import Path
 
 from oger import contract
 from oger.contract.artifacts import atomic_write
-from oger.rounds import round_comparison_section
+from oger.rounds import round_comparison_section, run_summaries
 
 
 def _fmt(v) -> str:
@@ -31,5 +31,21 @@ def write_report(record) -> Path:
         if stage is not None and stage.report_section is not None:
             lines += stage.report_section(entry, record.dir)
     lines += round_comparison_section(data)
+    lines += interrupted_section(data)
     text = "\n".join(lines) + "\n"
     return atomic_write(record.dir / "report.md", lambda tmp: tmp.write_text(text))
+
+
+def interrupted_section(data: dict) -> list[str]:
+    """The workdir's earlier runs that were killed or crashed (`oger.rounds.run_state`): their
+    stages may have left resumable checkpoints, never a corrupt cache."""
+
+    gone = [d for d in run_summaries(Path(data["workdir"]))
+            if d.get("status") in ("interrupted", "failed") and d.get("run_id") != data["run_id"]]
+    if not gone:
+        return []
+    lines = ["", "## Earlier runs that did not finish", "", "| run | started | state | error |", "|---|---|---|---|"]
+    for d in gone:
+        lines.append(f"| {d.get('run_id')} | {d.get('started_at', '?')} | {d['status']} | "
+                     f"{(d.get('error') or '-')[:200]} |")
+    return lines
