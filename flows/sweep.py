@@ -19,6 +19,7 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from flows.fanout import prefect_fan_out  # noqa: E402
 from flows.tasks import as_task  # noqa: E402
+from flows.ui import publish_sweep  # noqa: E402
 from oger.sweep import run as sweep_run  # noqa: E402
 from oger.contract.lock import workdir_lock  # noqa: E402
 
@@ -49,4 +50,5 @@ def oger_sweep(config: str, arms: list[str] | str | None = None, seeds: list[int
         summary = sweep_run.run_sweep(sp, runner=as_task, fan_out=prefect_fan_out(runner),
                                       pair_fan_out=pair_fan_out,
                                       prefect_flow_run={"id": str(flow_run.id), "name": flow_run.name})
+    publish_sweep(summary)
     return str(summary)

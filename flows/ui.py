@@ -42,11 +42,41 @@ def start(cfg: OgerConfig, record) -> None:
                           record.data["workdir"])
 
 
+def flat_metrics(metrics: dict) -> dict:
+    """Scalar metrics, one level of nesting flattened (evaluate's per-benchmark dicts become
+    `synthetic.trained`, ...); lists are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
+        elif not isinstance(v, list):
+            out[k] = v
+    return out
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """The markdown with every PNG it points at (relative to `folder`, or absolute) inlined as a
+    data URI: the Prefect UI cannot reach files in a workdir, and showed each plot as its alt text."""
+    import base64
+
+    def embed(m: re.Match) -> str:
+        path = Path(m[2]) if Path(m[2]).is_absolute() else Path(folder) / m[2]
+        if not path.is_file():
+            return f"*({m[1]}: {m[2]} is missing)*"
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{m[1]}](data:image/png;base64,{data})"
+
+    return _IMAGE.sub(embed, markdown)
+
+
 def stage_rows(record) -> list[dict]:
     """One row per stage as summary.json holds it: key, cached, seconds, scalar metrics."""
     rows = []
     for name, s in record.data["stages"].items():
-        metrics = {k: v for k, v in s["metrics"].items() if not isinstance(v, (dict, list))}
+        metrics = flat_metrics(s["metrics"])
         rows.append({"stage": name, "key": s["key"][:16], "cached": s["cached"],
                      "seconds": s["seconds"], "metrics": json.dumps(metrics, default=str)})
     return rows
@@ -73,10 +103,20 @@ def files_markdown(record, report: Path) -> str:
 def publish(record, report: Path) -> None:
     """The report, the stage table and the file pointers as artifacts of this flow run."""
     cfg_name = record.data["config_name"]
-    create_markdown_artifact(report.read_text(), key=artifact_key("report", cfg_name),
+    create_markdown_artifact(inline_images(report.read_text(), report.parent), key=artifact_key("report", cfg_name),
                              description=f"report.md of run {record.run_id}")
     create_table_artifact(stage_rows(record), key=artifact_key("stages", cfg_name),
                           description=f"stages of run {record.run_id} (summary.json)")
     create_markdown_artifact(files_markdown(record, report), key=artifact_key("files", cfg_name),
                              description=f"summary.json, report.md and stage artifacts of run {record.run_id}")
     get_run_logger().info("report %s", report)
+
+
+def publish_sweep(summary: Path) -> None:
+    """The sweep's report.md (tables, verdicts, plots inlined) as an artifact of the sweep's flow run."""
+    report = Path(summary).parent / "report.md"
+    if not report.is_file():
+        return
+    name = json.loads(Path(summary).read_text()).get("config_name", "sweep")
+    create_markdown_artifact(inline_images(report.read_text(), report.parent), key=artifact_key("sweep", name),
+                             description=f"report.md of sweep {report.parent.name}")
