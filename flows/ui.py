@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
+from oger.commands.report import flat_metrics
 from oger.contract.config import OgerConfig
 
 
@@ -40,18 +41,6 @@ def start(cfg: OgerConfig, record) -> None:
     record.data["prefect_flow_run"]["name"] = name
     get_run_logger().info("run %s: %s (workdir %s)", record.run_id, record.summary_path,
                           record.data["workdir"])
-
-
-def flat_metrics(metrics: dict) -> dict:
-    """Scalar metrics, one level of nesting flattened (evaluate's per-benchmark dicts become
-    `synthetic.trained`, ...); lists are left out."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
-        elif not isinstance(v, list):
-            out[k] = v
-    return out
 
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")

@@ -4,7 +4,8 @@ in a workdir and showed alt text), and the stage table with evaluate's per-bench
 import base64
 import re
 
-from flows.ui import flat_metrics, inline_images
+from flows.ui import inline_images
+from oger.commands.report import flat_metrics
 
 
 def _png(path):

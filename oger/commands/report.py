@@ -18,13 +18,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def flat_metrics(metrics: dict) -> dict:
+    """Scalar metrics, one level of nesting flattened (evaluate's per-benchmark dicts become
+    `synthetic.trained`, ...); lists are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
+        elif not isinstance(v, list):
+            out[k] = v
+    return out
+
+
 def write_report(record) -> Path:
     data = record.data
     lines = [f"# OGER run {data['run_id']}", "",
              f"config `{data['config']}` (round `{data['round']}`), workdir `{data['workdir']}`", "",
              "| stage | key | cached | seconds | metrics |", "|---|---|---|---|---|"]
     for name, s in data["stages"].items():
-        flat = ", ".join(f"{k}={_fmt(v)}" for k, v in s["metrics"].items() if not isinstance(v, dict))
+        flat = ", ".join(f"{k}={_fmt(v)}" for k, v in flat_metrics(s["metrics"]).items())
         lines.append(f"| {name} | `{s['key'][:16]}` | {s['cached']} | {s['seconds']:.2f} | {flat} |")
     for name, entry in data["stages"].items():
         stage = contract.REGISTRY.get(name)
