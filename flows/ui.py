@@ -98,7 +98,23 @@ def publish(record, report: Path) -> None:
                           description=f"stages of run {record.run_id} (summary.json)")
     create_markdown_artifact(files_markdown(record, report), key=artifact_key("files", cfg_name),
                              description=f"summary.json, report.md and stage artifacts of run {record.run_id}")
+    publish_rounds(Path(record.data["workdir"]), cfg_name)
     get_run_logger().info("report %s", report)
+
+
+def publish_rounds(workdir: Path, cfg_name: str) -> None:
+    """The trend across rounds (`oger rounds`) as an artifact, its plot inlined; a round that fell
+    below the previous one beyond the interval is logged as a warning (the run's state unchanged)."""
+    from oger.commands.trend import markdown, plot, regressions, round_rows
+
+    rows = round_rows(workdir)
+    if not rows:
+        return
+    png = plot(rows, workdir / "rounds.png")
+    create_markdown_artifact(inline_images(markdown(rows, str(png) if png else None), workdir),
+                             key=artifact_key("rounds", cfg_name), description="scores per round (oger rounds)")
+    for line in regressions(rows):
+        get_run_logger().warning("regression: %s", line)
 
 
 def publish_sweep(summary: Path) -> None:

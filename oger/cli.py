@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     from oger.commands.index import add_index_parser
 
     add_index_parser(sub, _add_config_args)
+    rounds = sub.add_parser("rounds", help="every round's scores (base vs trained, 95%% intervals), "
+                            "regressions flagged, and a PNG of scores per round")
+    _add_config_args(rounds)
+    rounds.add_argument("--json", action="store_true", help="machine-readable output")
     bonus = sub.add_parser("bonus", help="the OGER reward of hand-written rollouts (JSONL), no training")
     _add_config_args(bonus)
     bonus.add_argument("--input", required=True, help="JSONL: problem, answer, teacher_traces, rollouts")
@@ -213,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from oger.commands.index import cmd_index
         from oger.commands.plan import cmd_plan
+        from oger.commands.trend import cmd_rounds
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
-                "bonus": cmd_bonus, "sweep": cmd_sweep,
+                "bonus": cmd_bonus, "sweep": cmd_sweep, "rounds": cmd_rounds,
                 "prepare": cmd_prepare}[args.command](args)
     except OgerError as exc:  # a user error: one line; the traceback goes to the workdir's log
         print(error_line(exc, write_traceback(exc, getattr(args, "workdir", None))),
