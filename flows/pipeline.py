@@ -50,7 +50,7 @@ def _run_name() -> str:
 def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[str] | None = None,
                   from_stage: str | None = None, until: str | None = None,
                   refresh: list[str] | None = None, round_from_schedule: bool = False,
-                  lock_timeout_s: float | None = None) -> str:
+                  lock_timeout_s: float | None = None, retention: bool = False) -> str:
     """Run the selected stages of CONFIG; returns the path of the run's summary.json.
 
     `round_from_schedule` sets teachers.round to the run's scheduled date (the nightly deployment).
@@ -62,7 +62,10 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
     run_id = pipeline.new_run_id()
     timeout = cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
     with workdir_lock(cfg.workdir_path, run_id, timeout, say=print):
-        return _run_locked(cfg, run_id, overrides, only, from_stage, until, refresh)
+        summary = _run_locked(cfg, run_id, overrides, only, from_stage, until, refresh)
+        if retention:  # after the round is recorded complete, still holding the lock
+            ui.apply_retention(cfg)
+        return summary
 
 
 def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until, refresh) -> str:

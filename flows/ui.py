@@ -125,3 +125,20 @@ def publish_sweep(summary: Path) -> None:
     name = json.loads(Path(summary).read_text()).get("config_name", "sweep")
     create_markdown_artifact(inline_images(report.read_text(), report.parent), key=artifact_key("sweep", name),
                              description=f"report.md of sweep {report.parent.name}")
+
+
+def apply_retention(cfg: OgerConfig) -> dict:
+    """`oger gc` with the config's retention (the nightly deployment's `retention: true`), its result
+    as a small table artifact: what went, bytes freed, the rounds kept."""
+    from oger.commands.gc import run_gc
+
+    r = cfg.retention
+    out = run_gc(cfg.workdir_path, cfg.index.table, r.keep_rounds, r.keep_runs, r.keep_checkpoints)
+    create_table_artifact([{"kept_rounds": ", ".join(out["kept_rounds"]), "removed": len(out["rows"]),
+                            "freed_mb": round(out["freed"] / 1e6, 2),
+                            "lancedb_versions": f"{out['lancedb']['versions_before']} -> "
+                                                f"{out['lancedb']['versions_after']}"}],
+                          key=artifact_key("retention", cfg.name), description="oger gc after this round")
+    get_run_logger().info("retention: kept rounds %s, removed %d paths, freed %.1f MB", out["kept_rounds"],
+                          len(out["rows"]), out["freed"] / 1e6)
+    return out

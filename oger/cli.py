@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     from oger.commands.index import add_index_parser
 
     add_index_parser(sub, _add_config_args)
+    gc = sub.add_parser("gc", help="remove what no kept round, kept run, sweep or pinned index tag needs; "
+                        "compact LanceDB (retention: in the config)")
+    _add_config_args(gc)
+    gc.add_argument("--keep-rounds", type=int, help="default retention.keep_rounds")
+    gc.add_argument("--keep-runs", type=int, help="default retention.keep_runs")
+    gc.add_argument("--dry-run", action="store_true", help="print what would go; remove nothing")
     rounds = sub.add_parser("rounds", help="every round's scores (base vs trained, 95%% intervals), "
                             "regressions flagged, and a PNG of scores per round")
     _add_config_args(rounds)
@@ -217,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from oger.commands.index import cmd_index
         from oger.commands.plan import cmd_plan
+        from oger.commands.gc import cmd_gc
         from oger.commands.trend import cmd_rounds
 
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "index": cmd_index,
-                "bonus": cmd_bonus, "sweep": cmd_sweep, "rounds": cmd_rounds,
+                "bonus": cmd_bonus, "sweep": cmd_sweep, "rounds": cmd_rounds, "gc": cmd_gc,
                 "prepare": cmd_prepare}[args.command](args)
     except OgerError as exc:  # a user error: one line; the traceback goes to the workdir's log
         print(error_line(exc, write_traceback(exc, getattr(args, "workdir", None))),

@@ -30,7 +30,10 @@ TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "env_reward_last_20
 
 
 def _when(ts: str | None) -> datetime:
-    return datetime.fromisoformat(ts) if ts else _NEVER
+    if not ts:
+        return _NEVER
+    t = datetime.fromisoformat(ts)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def manifests(workdir: Path, stage: str) -> list[dict]:
@@ -44,10 +47,14 @@ def manifests(workdir: Path, stage: str) -> list[dict]:
 
 
 def first_seen(workdir: Path) -> dict[str, datetime]:
-    """round -> when its first teachers artifact was written."""
+    """round -> when it was first seen: its first teachers artifact or its first run, whichever came
+    first (runs are on record after `oger gc` removed a round's artifacts, so the order of rounds —
+    and which checkpoint `init_from: previous_round` continues from — does not change)."""
     seen: dict[str, datetime] = {}
-    for m in manifests(workdir, TEACHERS):
-        rnd, when = str(m.get("config", {}).get("round")), _when(m.get("created_at"))
+    stamps = [(str(m.get("config", {}).get("round")), m.get("created_at")) for m in manifests(workdir, TEACHERS)]
+    stamps += [(str(d.get("round")), d.get("started_at")) for d in run_summaries(workdir) if d.get("round")]
+    for rnd, stamp in stamps:
+        when = _when(stamp)
         if rnd not in seen or when < seen[rnd]:
             seen[rnd] = when
     return seen
@@ -88,11 +95,17 @@ def previous_checkpoint(workdir: Path, rnd: str, policy_slice) -> dict | None:
 
 
 def run_summaries(workdir: Path) -> list[dict]:
-    """Every run's summary.json, with a "running" run that no longer holds the workdir lock shown as
-    "interrupted" (`run_state`)."""
+    """Every run's summary.json (those `oger gc` archived included, marked "archived"), with a
+    "running" run that no longer holds the workdir lock shown as "interrupted" (`run_state`)."""
     out = []
     holder = None
-    for f in sorted((Path(workdir) / "runs").glob("*/summary.json")):
+    runs = Path(workdir) / "runs"
+    for f in sorted(runs.glob("archive/*.json")):  # runs whose folders `oger gc` removed
+        try:
+            out.append({**json.loads(f.read_text()), "summary": str(f), "archived": True})
+        except (OSError, ValueError):
+            continue
+    for f in sorted(runs.glob("*/summary.json")):
         try:
             d = {**json.loads(f.read_text()), "summary": str(f)}
         except (OSError, ValueError):

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from oger.rounds import run_summaries
 from oger.stages.evaluate import STAGE as EVALUATE
+from oger.stages.evaluate.files import SAMPLES_FILE
+from oger.stages.index import STAGE as INDEX
+from oger.stages.teachers import STAGE as TEACHERS
 from oger.stages.train import STAGE as TRAIN
 
 Z95 = 1.96
@@ -23,7 +26,7 @@ Z95 = 1.96
 
 def _problem_scores(eval_path: str | None, benchmark: str, model: str) -> list[float] | None:
     """avg@k per problem of `model` on `benchmark`, None when the samples are gone (retention)."""
-    if not eval_path or not (Path(eval_path) / "samples.parquet").is_file():
+    if not eval_path or not (Path(eval_path) / SAMPLES_FILE).is_file():
         return None
     import polars as pl
 
@@ -60,9 +63,9 @@ def round_rows(workdir: Path) -> list[dict]:
         st = d["stages"]
         ev = st[EVALUATE]
         row = {"round": r, "run_id": d.get("run_id"), "finished_at": d.get("finished_at"),
-               "teacher_traces": st.get("teachers", {}).get("metrics", {}).get("traces"),
-               "index_rows": st.get("index", {}).get("metrics", {}).get("rows"),
-               "train": {k: st.get(TRAIN, {}).get("metrics", {}).get(k)
+               "teacher_traces": st.get(TEACHERS, {}).get("metrics", {}).get("traces"),
+               "index_rows": st.get(INDEX, {}).get("metrics", {}).get("rows"),
+               "training": {k: st.get(TRAIN, {}).get("metrics", {}).get(k)
                          for k in ("algorithm", "env_reward_last_20pct", "heldout_accuracy")},
                "benchmarks": {}}
         for bench, m in ev.get("metrics", {}).items():
@@ -116,7 +119,7 @@ def markdown(rows: list[dict], png: str | None = None) -> str:
     lines = ["# Rounds", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["round"], str(r["run_id"]), str(r["teacher_traces"]), str(r["index_rows"]),
-                 str(r["train"].get("env_reward_last_20pct"))]
+                 str(r["training"].get("env_reward_last_20pct"))]
         for b in benches:
             x = r["benchmarks"].get(b)
             cells.append("—" if x is None else f"{_score(x, 'base')} → {_score(x, 'trained')}"

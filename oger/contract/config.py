@@ -720,6 +720,16 @@ class SweepConfig(Strict):
 # --------------------------------------------------------------------------- top level
 
 
+class RetentionConfig(Strict):
+    """What `oger gc` keeps (and the nightly deployment applies after each round): never in a key."""
+
+    keep_rounds: int = Field(3, ge=1, description="the last N rounds keep their artifacts (by their latest "
+                             "completed run) and stay cached")
+    keep_runs: int = Field(10, ge=1, description="the last M run folders (older ones: summary archived)")
+    keep_checkpoints: bool = Field(False, description="keep the resumable checkpoints of finished train "
+                                   "stages of kept rounds (they are only needed by an unfinished one)")
+
+
 class OgerConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", json_schema_extra=not_in_key(
         "a label: the default workdir, run names, plot titles"))
@@ -737,6 +747,8 @@ class OgerConfig(Strict):
                                   "another run waits this long for it, then fails naming the holder "
                                   "(0: fail at once); `oger run --lock-timeout` overrides it",
                                   json_schema_extra=not_in_key("how long a run waits for another"))
+    retention: RetentionConfig = Field(RetentionConfig(), json_schema_extra=not_in_key(
+        "what gc keeps: no stage's output"))
     sweep: SweepConfig = Field(SweepConfig(), json_schema_extra=not_in_key(
         "a sweep's arms and seeds become ordinary stage configs, keyed as such"))
 

@@ -153,11 +153,13 @@ def explore_classes(sp, upstream: dict) -> dict[str, str]:
     """The explore task's problem classes (oger.explore.problem_classes) from the sweep's shared
     problems and policy artifacts; {} for other tasks."""
     from oger.explore import problem_classes
+    from oger.stages.policy import STAGE as POLICY
+    from oger.stages.problems import STAGE as PROBLEMS
 
     first = lambda stage: (upstream.get(stage) or [{}])[0].get("path")
-    if first("problems") is None:
+    if first(PROBLEMS) is None:
         return {}
-    return problem_classes(first("problems"), first("policy"), sp.base.evaluate.max_new_tokens)
+    return problem_classes(first(PROBLEMS), first(POLICY), sp.base.evaluate.max_new_tokens)
 
 
 def write_report(sp, record) -> Path:

@@ -175,6 +175,8 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
             "problems": df["problem_id"].n_unique(),
             "mean_tokens": round(float(df["n_tokens"].mean() or 0.0), 1),
             "stopped": int((df["finish_reason"] == "stop").sum()),
+            # the per-teacher cache file this artifact was built from (`oger gc` removes it with the artifact)
+            "cache_file": _shard_path(workdir, t, cfg.round, problems_ref.key).name,
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in per_teacher[t.name].items()},
         }
     if traces.height == 0:
