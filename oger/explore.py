@@ -12,6 +12,7 @@ strategy is known, and a correct rollout that moved away from the teachers is on
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from oger.synthetic import parse_question
 
@@ -108,12 +109,50 @@ def bonus_by_strategy(cfg, questions: list[str], entropy: float = 1.0) -> dict[s
     return out
 
 
+def strategy_outcomes(sweep_summary: str | Path, early_steps: int = 6) -> list[dict]:
+    """From a sweep's training rollouts: per arm group (grpo / luffy / the bonus arms), phase (steps
+    <= early_steps or later), problem class by what fits the 64-token budget (A: b <= 4, B: a <= 4; the
+    test checks these bounds in the policy's tokens) and strategy, how many on-policy rollouts used
+    it and the share correct — why a strategy's share moved."""
+    import json
+
+    import polars as pl
+
+    from oger.stages.problems.files import read_problems
+    from oger.stages.train.files import ROLLOUTS_FILE
+
+    data = json.loads(Path(sweep_summary).read_text())
+    problems = read_problems(data["upstream"]["problems"][0]["path"], ["problem_id", "question"])
+    question = dict(problems.iter_rows())
+    counts: dict[tuple, list[int]] = {}
+    for pair in data["pairs"]:
+        arm = pair["arm"] if pair["arm"] in ("grpo", "luffy") else "bonus arms"
+        path = Path(pair["stages"]["train"]["path"]) / ROLLOUTS_FILE
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            ab = factors(question.get(r["problem_id"], ""))
+            if r["off_policy"] or ab is None:
+                continue
+            cls = "only B fits (b > 4)" if ab[1] > 4 else "only A fits (a > 4)" if ab[0] > 4 else "both fit"
+            key = (arm, "early" if r["step"] <= early_steps else "late", cls, r["strategy"])
+            c = counts.setdefault(key, [0, 0])
+            c[0] += 1
+            c[1] += bool(r["correct"])
+    return [{"arms": k[0], "phase": k[1], "class": k[2], "strategy": k[3], "rollouts": n,
+             "correct": round(ok / n, 3)} for k, (n, ok) in sorted(counts.items())]
+
+
 if __name__ == "__main__":  # python -m oger.explore CONFIG: the check on the config's A-infeasible pool
     import sys
 
     from oger.contract.config import load_config
     from oger.synthetic import generate_problems
 
+    if len(sys.argv) > 2:  # python -m oger.explore CONFIG SWEEP_SUMMARY: outcomes by strategy
+        print("| arms | phase | class | strategy | rollouts | correct |\n|---|---|---|---|---|---|")
+        for row in strategy_outcomes(sys.argv[2]):
+            print("| " + " | ".join(str(v) for v in row.values()) + " |")
+        sys.exit(0)
     config = load_config(sys.argv[1])
     src = config.problems.sources[0]
     pool = [p.question for p in generate_problems(src.seed, src.n_train, 2, 2, src.max_value, "*", salt=config.train.split,

@@ -7,7 +7,7 @@ What is kept is computed from the records, never from names or dates alone:
   artifact of a pinned tag;
 - the closure of the roots over the manifests' `inputs` (a train artifact keeps its policy, index and
   problems; an index keeps its filter; ...), and the checkpoint a kept train stage continued from
-  (`init`, one level: it is in that stage's key).
+  (`init`, one level: it is in that stage's key) with the policy artifact it was trained from.
 Everything else goes: artifact folders, the stage caches of removed artifacts (a removed teachers
 artifact's per-teacher trace files, a removed model's evaluation results), the resumable checkpoints
 of finished train stages (unless `--keep-checkpoints`; an unfinished train stage's checkpoints are
@@ -43,7 +43,8 @@ TRASH = ".gc-trash-"
 # Inputs that name an artifact of a round before: `init` (train.init_from: previous_round) is part of
 # the kept train stage's key, so its artifact stays, but what *it* was built from does not (else every
 # round would keep every earlier one).
-LINEAGE = {"init": TRAIN}
+# The policy it was trained from stays too: `init_from` checks the checkpoint's recipe against it.
+LINEAGE = {"init": (TRAIN, (POLICY,))}
 MODELS = (POLICY, TRAIN)  # stages whose artifacts are models (evaluation results are cached per model)
 
 
@@ -112,16 +113,20 @@ def plan_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_ch
     if pin:
         roots.add((INDEX, pin["tag"]))
     arts = _artifacts(workdir)
-    keep, todo = set(), list(roots)
+    keep, visited, todo = set(), set(), list(roots)
     while todo:  # the closure over the manifests' inputs
         stage, key = todo.pop()
-        if (stage, key) in keep:
+        if (stage, key) in visited:  # (kept as lineage is not visited: a root's inputs are still walked)
             continue
+        visited.add((stage, key))
         keep.add((stage, key))
         m = arts.get((stage, key), (None, None))[1] or {}
         for name, k in m.get("inputs", {}).items():
             if name in LINEAGE:  # the checkpoint a kept train stage continued from: kept, not its past
-                keep.add((LINEAGE[name], k))
+                stage_of, needed = LINEAGE[name]
+                keep.add((stage_of, k))
+                init = arts.get((stage_of, k), (None, None))[1] or {}
+                keep |= {(s2, k2) for s2, k2 in init.get("inputs", {}).items() if s2 in needed}
             elif isinstance(k, str):
                 todo.append((name, k))
     plan.keep_artifacts = keep
@@ -207,13 +212,13 @@ def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
     db = lancedb.connect(str(path))
     before = size_of(path)
     versions_before = versions_after = 0
-    for name in db.table_names():
+    for name in db.list_tables().tables:
         tbl = db.open_table(name)
         versions_before += len(tbl.list_versions())
         if name == table:
             for t in drop_tags:
                 tbl.tags.delete(t)
-        tbl.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        tbl.optimize(cleanup_older_than=_older_than_every_tag(tbl), delete_unverified=True)
         versions_after += len(tbl.list_versions())
         for tag, info in tbl.tags.list().items():  # every kept tag still reads
             tbl.checkout(info["version"])
@@ -221,6 +226,21 @@ def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
         tbl.checkout_latest()
     return {"versions_before": versions_before, "versions_after": versions_after,
             "freed": max(0, before - size_of(path))}
+
+
+def _older_than_every_tag(tbl):
+    """The age beyond which versions may go: older than the oldest tagged version (Lance refuses a
+    cleanup that would reach a tagged version), so the untagged versions before every kept tag are
+    cleaned and those between kept tags stay (a few per round: bounded by keep_rounds)."""
+    from datetime import datetime, timedelta
+
+    tagged = {info["version"] for info in tbl.tags.list().values()}
+    stamps = [v["timestamp"] for v in tbl.list_versions() if v["version"] in tagged]
+    if not stamps:
+        return timedelta(0)
+    oldest = min(stamps)
+    now = datetime.now(oldest.tzinfo)
+    return max(timedelta(0), now - oldest + timedelta(seconds=1))
 
 
 def run_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_checkpoints: bool = False,

@@ -50,6 +50,12 @@ class SyntheticSource(Strict):
                                          "this (the explore task, configs/explore.yaml); default: all",
                                   json_schema_extra=omitted_at_default("keys from before the option"))
 
+    sft_split_first_above: int | None = Field(
+        None, ge=1, description="problems whose first operand exceeds this get the split 'sft' instead "
+        "of train/test: out of the RL pool and the held-out split, seen only by teachers with split: sft "
+        "(the explore task: where strategy B cannot fit, yet its additions are learned)",
+        json_schema_extra=omitted_at_default("keys from before the option"))
+
     @model_validator(mode="after")
     def _check(self) -> "SyntheticSource":
         if self.max_operands < self.min_operands:

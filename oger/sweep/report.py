@@ -247,7 +247,7 @@ def results_body(data: dict, baseline: str, pngs: dict, prefix: str) -> list[str
     return lines
 
 
-def training_section(training: dict, pngs: dict) -> list[str]:
+def training_section(training: dict, pngs: dict, prefix: str = "") -> list[str]:
     if not training:
         return []
     metrics = sorted({m for per in training.values() for m in per})
@@ -256,7 +256,7 @@ def training_section(training: dict, pngs: dict) -> list[str]:
     for arm, per in training.items():
         lines.append(f"| {arm} | " + " | ".join("–" if m not in per else f"{per[m]:.3g}" for m in metrics) + " |")
     if "training_curves" in pngs:
-        lines += ["", "![training curves](training_curves.png)"]
+        lines += ["", f"![training curves]({prefix}training_curves.png)"]
     return lines
 
 
@@ -302,6 +302,7 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
              f"(sweep `{sp.sweep_id}`).", "",
              interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples)]
     lines += results_body(data, sp.baseline, pngs, prefix="results/")
+    lines += training_section(data["training"], pngs, prefix="results/")
     text = "\n".join(lines) + "\n"
     return atomic_write(sp.dir / "results_section.md", lambda tmp: tmp.write_text(text))
 

@@ -282,6 +282,9 @@ def _load_hf_hub(src: HFSource) -> list[dict]:
     return out
 
 
+SFT_SPLIT = "sft"  # SyntheticSource.sft_split_first_above
+
+
 def load_source(src) -> list[dict]:
     """Records {question, answer, reference, split} of one configured source."""
     if isinstance(src, SyntheticSource):
@@ -291,8 +294,9 @@ def load_source(src) -> list[dict]:
             for p in generate_problems(src.seed, n, src.min_operands, src.max_operands,
                                        src.max_value, src.ops, salt=split, exclude=taken,
                                        smallest_at_most=src.smallest_at_most):
+                above = src.sft_split_first_above is not None and p.tokens[0] > src.sft_split_first_above
                 rows.append({"question": p.question, "answer": str(p.answer),
-                             "reference": None, "split": split})
+                             "reference": None, "split": SFT_SPLIT if above else split})
         return rows
     path = source_file(src)
     rows = _load_file_source(src, path) if path is not None else _load_hf_hub(src)
