@@ -154,8 +154,8 @@ if __name__ == "__main__":  # python -m oger.explore CONFIG: the check on the co
             print("| " + " | ".join(str(v) for v in row.values()) + " |")
         sys.exit(0)
     config = load_config(sys.argv[1])
-    src = config.problems.sources[0]
-    pool = [p.question for p in generate_problems(src.seed, src.n_train, 2, 2, src.max_value, "*", salt=config.train.split,
-                                                  smallest_at_most=src.smallest_at_most)]
+    from oger.stages.problems.stage import load_source
+
+    pool = [r["question"] for r in load_source(config.problems.sources[0]) if r["split"] == config.train.split]
     for strategy, row in bonus_by_strategy(config, pool).items():
         print(strategy, {k: round(v, 4) for k, v in row.items()})
