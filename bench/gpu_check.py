@@ -41,7 +41,7 @@ from oger.stages.train.distributed import Dist
 from oger.stages.train.files import read_rollouts
 from oger.generation.hf import chat_prompt_ids
 from oger.stages.train.trainer import TrainInputs, train
-from oger.synthetic import STYLES, generate_problems, scripted_solution
+from oger.synthetic import EXPRESSION_STYLES as STYLES, generate_problems, scripted_solution
 from oger.stages.policy.tiny_model import train_tokenizer
 from oger.verify import score_response
 

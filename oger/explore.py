@@ -121,13 +121,16 @@ def strategy_outcomes(sweep_summary: str | Path, early_steps: int = 6) -> list[d
     from oger.stages.problems.files import read_problems
     from oger.stages.train.files import ROLLOUTS_FILE
 
+    from oger.stages.problems import STAGE as PROBLEMS
+    from oger.stages.train import STAGE as TRAIN
+
     data = json.loads(Path(sweep_summary).read_text())
-    problems = read_problems(data["upstream"]["problems"][0]["path"], ["problem_id", "question"])
+    problems = read_problems(data["upstream"][PROBLEMS][0]["path"], ["problem_id", "question"])
     question = dict(problems.iter_rows())
     counts: dict[tuple, list[int]] = {}
     for pair in data["pairs"]:
         arm = pair["arm"] if pair["arm"] in ("grpo", "luffy") else "bonus arms"
-        path = Path(pair["stages"]["train"]["path"]) / ROLLOUTS_FILE
+        path = Path(pair["stages"][TRAIN]["path"]) / ROLLOUTS_FILE
         for line in path.read_text().splitlines():
             r = json.loads(line)
             ab = factors(question.get(r["problem_id"], ""))

@@ -227,6 +227,8 @@ def solve_swap(tokens, rng: random.Random, slip_rate: float) -> str | None:
 
 STYLES = {"stepwise": solve_stepwise, "terms": solve_terms, "verbose": solve_verbose,
           "add_first": solve_add_first, "swap": solve_swap}
+EXPLORE_STYLES = ("add_first", "swap")  # products of two factors only (oger.explore): None otherwise
+EXPRESSION_STYLES = tuple(s for s in STYLES if s not in EXPLORE_STYLES)  # every + - * expression
 
 
 def scripted_solution(style: str, question: str, seed_parts: tuple, slip_rate: float) -> str | None:

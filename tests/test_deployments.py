@@ -111,7 +111,12 @@ def test_round_r1_runs_every_stage(stack, workdir, state):
     report = (workdir / "runs" / s["run_id"] / "report.md").read_text()
     assert "first round with a completed training run" in report
     arts = {a["key"]: a for a in stack.artifacts(fr["id"])}  # what the UI's Artifacts tab shows
-    assert arts["oger-report-tiny"]["data"] == report
+    # the report with its plots inlined (the UI cannot reach files in the workdir): every image is data
+    from flows.ui import inline_images
+
+    assert arts["oger-report-tiny"]["data"] == inline_images(report, workdir / "runs" / s["run_id"])
+    assert "](data:image/png;base64," in arts["oger-report-tiny"]["data"]
+    assert "oger-rounds-tiny" in arts  # the trend across rounds, after every run
     assert [(r["stage"], r["cached"], r["seconds"]) for r in json.loads(arts["oger-stages-tiny"]["data"])] \
         == [(k, v["cached"], v["seconds"]) for k, v in s["stages"].items()]
     assert str(workdir / "runs" / s["run_id"] / "summary.json") in arts["oger-files-tiny"]["data"]

@@ -87,11 +87,15 @@ def test_step_rows_of_a_real_run_hold_exactly_the_table(short_run):
         assert list(row) == ["step", *table.NAMES]
     # ... and the trainer computes every metric of the table but the guards' (no bonus-eligible
     # rows without teachers: reward_metrics names only the guards it saw) and the vLLM engine's
-    # (rollouts from the trained module: no second sampler, no weight push)
+    # (rollouts from the trained module: no second sampler, no weight push), and the explore task's
+    # strategy metrics (these are not products of two factors: oger.explore.strategy_of gives None)
     vllm_only = {"rollout_logp_diff", "rollout_kl", "rollout_ratio_p05", "rollout_ratio_p50",
                  "rollout_ratio_p95", "is_weight_mean", "seconds_sync"}
+    explore_only = {"strategy_b_share", "strategy_b_share_correct", "strategy_other_share", "bonus_mean_a",
+                    "bonus_mean_b"}
     for keys in produced:
-        assert set(table.NAMES) - keys == {n for n in table.NAMES if n.startswith("guard_fail_")} | vllm_only
+        assert set(table.NAMES) - keys == ({n for n in table.NAMES if n.startswith("guard_fail_")}
+                                           | vllm_only | explore_only)
     assert not math.isnan(history[0]["kl"]) and history[0]["env_reward"] == history[0]["env_reward"]
 
 
