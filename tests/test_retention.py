@@ -113,7 +113,11 @@ def test_a_gc_killed_midway_is_finished_by_the_next_gc_and_the_next_run(soak, tm
                             start_new_session=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if any(wd.rglob(f"{TRASH}*")):  # mid-removal: a folder renamed into the trash
+        try:
+            mid_removal = any(wd.rglob(f"{TRASH}*"))  # a folder renamed into the trash
+        except FileNotFoundError:  # gc removed a folder while this walk was in it: it is mid-removal
+            mid_removal = True
+        if mid_removal:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.001)
