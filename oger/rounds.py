@@ -117,6 +117,22 @@ def run_summaries(workdir: Path) -> list[dict]:
     return out
 
 
+def round_order(runs: list[dict]) -> list[str]:
+    """Rounds by their first run's start (run records outlive the artifacts `oger gc` removes)."""
+    first: dict[str, str] = {}
+    for d in runs:
+        r = str(d.get("round"))
+        first[r] = min(first.get(r, "\uffff"), str(d.get("started_at")))
+    return sorted(first, key=lambda r: (first[r], r))
+
+
+def latest_completed(runs: list[dict], rnd: str, needs: str | None = None) -> dict | None:
+    """The round's latest completed run (one that ran stage `needs`, if given), None if none."""
+    done = [d for d in runs if str(d.get("round")) == rnd and d.get("status") == "completed"
+            and (needs is None or needs in d.get("stages", {}))]
+    return max(done, key=lambda d: str(d.get("finished_at"))) if done else None
+
+
 def run_state(summary: dict, holder: dict) -> str:
     """A run's state from its record and the workdir lock's holder (`oger.contract.lock.is_locked`,
     {} when free): a record that says "running" is running only while its own run holds the lock; a

@@ -86,7 +86,9 @@ def main(model_dir: str, out_path: str) -> None:
     with torch.no_grad():
         for p in model.parameters():  # a large "optimizer step" on every weight, the tied embedding too
             p.add_(torch.randn_like(p) * 0.05)
-    out["push"]["seconds"] = engine.push_weights(model)
+    from oger.generation.vllm import model_weights
+
+    out["push"]["seconds"] = engine.push_weights(model_weights(model))
     after, hf_after = vllm_logprobs(), hf_logprobs()
     out["push"]["after_vs_hf"] = max_diff(after, hf_after)
     out["push"]["after_vs_before"] = max_diff(after, before)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from oger import contract
 from oger.contract.artifacts import cache_root, read_manifest, stage_root
-from oger.rounds import run_summaries
+from oger.rounds import latest_completed, round_order, run_summaries
 from oger.stages.evaluate import STAGE as EVALUATE
 from oger.stages.index import STAGE as INDEX
 from oger.stages.policy import STAGE as POLICY
@@ -83,16 +83,13 @@ def plan_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_ch
     workdir = Path(workdir)
     plan = Plan()
     runs = run_summaries(workdir)
-    first: dict[str, str] = {}
-    for d in runs:
-        first[str(d.get("round"))] = min(first.get(str(d.get("round")), "\uffff"), str(d.get("started_at")))
-    rounds = sorted(first, key=first.get)
+    rounds = round_order(runs)
     plan.kept_rounds = rounds[-keep_rounds:] if keep_rounds > 0 else []
     roots: set[tuple[str, str]] = set()
     for r in plan.kept_rounds:
-        done = [d for d in runs if str(d.get("round")) == r and d.get("status") == "completed"]
-        if done:
-            roots |= _stage_keys(max(done, key=lambda d: str(d.get("finished_at"))))
+        latest = latest_completed(runs, r)
+        if latest:
+            roots |= _stage_keys(latest)
     by_start = sorted((d for d in runs if not d.get("archived")), key=lambda d: str(d.get("started_at")))
     kept_runs = by_start[-keep_runs:] if keep_runs > 0 else []
     kept_run_ids = {d.get("run_id") for d in kept_runs}

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from oger.rounds import run_summaries
+from oger.rounds import latest_completed, round_order, run_summaries
 from oger.stages.evaluate import STAGE as EVALUATE
 from oger.stages.evaluate.files import SAMPLES_FILE
 from oger.stages.index import STAGE as INDEX
@@ -24,17 +24,20 @@ from oger.stages.train import STAGE as TRAIN
 Z95 = 1.96
 
 
-def _problem_scores(eval_path: str | None, benchmark: str, model: str) -> list[float] | None:
-    """avg@k per problem of `model` on `benchmark`, None when the samples are gone (retention)."""
+def _problem_scores(eval_path: str | None) -> dict[tuple[str, str], list[float]]:
+    """{(benchmark, model): avg@k per problem} of an evaluation, {} when its samples are gone (retention)."""
     if not eval_path or not (Path(eval_path) / SAMPLES_FILE).is_file():
-        return None
+        return {}
     import polars as pl
 
     from oger.stages.evaluate.files import read_samples
 
-    s = read_samples(eval_path).filter((pl.col("benchmark") == benchmark) & (pl.col("model") == model))
-    per = s.group_by("problem_id").agg(pl.col("correct").cast(pl.Float64).mean())
-    return per["correct"].to_list() or None
+    per = read_samples(eval_path).group_by("benchmark", "model", "problem_id").agg(
+        pl.col("correct").cast(pl.Float64).mean())
+    out: dict[tuple[str, str], list[float]] = {}
+    for bench, model, _, score in per.iter_rows():
+        out.setdefault((bench, model), []).append(score)
+    return out
 
 
 def _half_width(scores: list[float] | None) -> float | None:
@@ -47,19 +50,12 @@ def _half_width(scores: list[float] | None) -> float | None:
 
 def round_rows(workdir: Path) -> list[dict]:
     """The trend table's rows, oldest round first (rounds in first-seen order)."""
-    runs = [d for d in run_summaries(workdir) if d.get("status") == "completed" and EVALUATE in d.get("stages", {})]
-    latest: dict[str, dict] = {}
-    for d in runs:
-        r = str(d.get("round"))
-        if r not in latest or str(d.get("finished_at")) > str(latest[r].get("finished_at")):
-            latest[r] = d
-    first = {}  # a round's first run: the order of rounds (run records outlive the artifacts)
-    for d in run_summaries(workdir):
-        r = str(d.get("round"))
-        first[r] = min(first.get(r, "\uffff"), str(d.get("started_at")))
+    runs = run_summaries(workdir)
     rows = []
-    for r in sorted(latest, key=lambda r: (first[r], r)):
-        d = latest[r]
+    for r in round_order(runs):
+        d = latest_completed(runs, r, needs=EVALUATE)
+        if d is None:
+            continue
         st = d["stages"]
         ev = st[EVALUATE]
         row = {"round": r, "run_id": d.get("run_id"), "finished_at": d.get("finished_at"),
@@ -68,13 +64,14 @@ def round_rows(workdir: Path) -> list[dict]:
                "training": {k: st.get(TRAIN, {}).get("metrics", {}).get(k)
                          for k in ("algorithm", "env_reward_last_20pct", "heldout_accuracy")},
                "benchmarks": {}}
+        scores = _problem_scores(ev.get("path"))
         for bench, m in ev.get("metrics", {}).items():
             if not isinstance(m, dict) or "trained" not in m:
                 continue
             row["benchmarks"][bench] = {
                 "metric": m.get("metric"), "base": m.get("base"), "trained": m.get("trained"),
-                "trained_ci": _half_width(_problem_scores(ev.get("path"), bench, "trained")),
-                "base_ci": _half_width(_problem_scores(ev.get("path"), bench, "base"))}
+                "trained_ci": _half_width(scores.get((bench, "trained"))),
+                "base_ci": _half_width(scores.get((bench, "base")))}
         rows.append(row)
     flag_regressions(rows)
     return rows

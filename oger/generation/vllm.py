@@ -111,24 +111,10 @@ class VLLMEngine:
             progress(len(out))
         return out
 
-    def push_weights(self, model) -> float:
-        """Load a torch model's current weights (or a callable giving (name, tensor) pairs) into
-        the engine in place (vLLM's `reload_weights`, which
-        also redoes the CPU backend's weight repacking) and drop the prefix cache, whose KV entries
-        the old weights computed. Returns the seconds it took.
-
-        A tied output layer is pushed under its own name too: a tied model's `named_parameters()`
-        yields the embedding only, and vLLM's reload then left `lm_head` at the old weights (its
-        log-probs were 0.135 off after one push on the tiny policy; 3e-6 with both)."""
-        import time
-
-        started = time.perf_counter()
-        weights = list(model() if callable(model) and not hasattr(model, "named_parameters")
-                       else model_weights(model))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
-                                                          "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
-        return time.perf_counter() - started
+    def push_weights(self, weights) -> float:
+        """Load (name, tensor) pairs — a model's `model_weights`, or FSDP2's gathered full state —
+        into the engine in place (`reload_weights`); the seconds it took."""
+        return reload_weights(self.llm, weights)
 
     def rest(self) -> None:
         """Sleep mode level 1: weights copied to host memory, KV cache freed (until `wake`)."""
@@ -148,6 +134,21 @@ class VLLMEngine:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def reload_weights(llm, weights) -> float:
+    """Load (name, tensor) pairs into a `vllm.LLM` in place (vLLM's `reload_weights`, which also
+    redoes the CPU backend's weight repacking) and drop the prefix cache, whose KV entries the old
+    weights computed; the seconds it took. The pairs must name a tied output layer too
+    (`model_weights` does): with the embedding alone vLLM's reload left `lm_head` at the old weights
+    (log-probs 0.135 off after one push on the tiny policy; 3e-6 with both)."""
+    import time
+
+    started = time.perf_counter()
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights)),
+                                                 "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+    return time.perf_counter() - started
 
 
 def model_weights(model):
@@ -231,7 +232,7 @@ class ColocatedEngine:
     def sync(self) -> float:
         """Push the model's current weights (gathered first under FSDP2); the seconds it took."""
         self.vllm.wake()
-        return self.vllm.push_weights(self.weights)
+        return self.vllm.push_weights(self.weights())
 
     def close(self) -> None:
         self.vllm.close()
