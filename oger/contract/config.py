@@ -351,6 +351,15 @@ class OptimConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(16, ge=1, json_schema_extra=not_in_key(
         "the loss is normalised over the whole batch: the same gradient, other rounding"))
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="micro-batches of at most this many prompt + response tokens instead of "
+        "micro_batch_size samples (verl's dynamic batch size; a longer sample gets one of its own)",
+        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, "
+                                     "other rounding"))
+    padding_free: bool = Field(
+        False, description="each micro-batch as one packed row (per-sample position ids, attention "
+        "kept within each sample) instead of padded rows: no FLOPs on pad tokens",
+        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"))
 
 
 class LossConfig(Strict):
@@ -448,7 +457,8 @@ class TrainLogging(Strict):
 # Where the fields of the flat TrainConfig went (its sections came later); see `_moved_fields`.
 MOVED_TRAIN_FIELDS = {
     **{f: f"optim.{f}" for f in ("lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule",
-                                 "max_grad_norm", "micro_batch_size")},
+                                 "max_grad_norm", "micro_batch_size", "max_tokens_per_micro_batch",
+                                 "padding_free")},
     **{f: f"loss.{f}" for f in ("ppo_mini_batches", "clip", "clip_eps_low", "clip_eps_high", "loss_agg",
                                 "scale_rewards", "entropy_coef", "entropy_agg", "beta", "gamma")},
     **{f: f"rollout.{f}" for f in ("max_new_tokens", "temperature", "top_p")},

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from oger.contract.config import TrainConfig
 from oger.algorithm import core
 from oger.stages.train.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
+from oger.stages.train import packing
 from oger.stages.train.distributed import Dist, unwrap
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
 from oger.algorithm.guards import THINK_CLOSE
@@ -122,30 +124,53 @@ def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, padding_free: bool,
+                 entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies, response mask) of a micro-batch's response tokens under
+    softmax(logits / temperature), each (samples, longest response) whatever the layout: padded rows
+    (`_batch_tensors`) or one packed row (`packing`), so the loss never sees the difference. The
+    entropies carry a gradient only with `entropy_grad` (the entropy bonus); else they are metrics."""
+    device = next(model.parameters()).device
+    if padding_free:
+        row = packing.pack([s.prompt_ids for s in mb], [s.response_ids for s in mb]).to(device)
+        logits = packing.packed_logits(model, row) / temperature
+        logp = row.unpack(core.token_logprobs(logits, row.targets))
+        ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
+        return logp, row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
+    ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
+    R = resp.shape[1]
+    logits = response_logits(model, ids, attn, pos, R) / temperature
+    ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
+    return core.token_logprobs(logits, ids[:, -R:]), ent, resp
+
+
+def micro_batch_indices(samples: list[Sample], cfg: TrainConfig,
+                        count_over_ranks: Callable[[int], int] | None = None) -> list[list[int]]:
+    """The micro-batches of a (mini-)batch: similar lengths together, `optim.micro_batch_size`
+    samples or `optim.max_tokens_per_micro_batch` tokens each."""
+    lengths = [packing.sample_tokens(s.prompt_ids, s.response_ids) for s in samples]
+    return packing.micro_batches(_micro_batch_order(samples), lengths, cfg.optim.micro_batch_size,
+                                 cfg.optim.max_tokens_per_micro_batch, count_over_ranks)
+
+
 def _micro_batch_order(samples: list[Sample]) -> list[int]:
     # Micro-batches of similar length waste less compute on padding (long teacher traces end up
     # together); the accumulated gradient does not depend on the order.
     return sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
 
 
-def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int) -> list[torch.Tensor]:
+def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
+                 count_over_ranks: Callable[[int], int] | None = None) -> list[torch.Tensor]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
     computed once per batch before the first optimizer step (no grad, micro-batched). Without them
     every mini-batch after the first would take the already-updated policy as its behaviour policy
     (ratio 1): the importance ratio and the clip could never act."""
     out: list[torch.Tensor | None] = [None] * len(samples)
-    order = _micro_batch_order(samples)
-    device = next(model.parameters()).device
     model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
     with torch.no_grad():
-        size = cfg.optim.micro_batch_size
-        for b in range(0, len(samples), size):
-            idx = order[b:b + size]
-            ids, attn, pos, resp = (x.to(device) for x in _batch_tensors([samples[i] for i in idx], pad_id))
-            R = resp.shape[1]
-            logp = core.token_logprobs(
-                response_logits(model, ids, attn, pos, R) / cfg.rollout.temperature, ids[:, -R:]
-            )
+        for idx in micro_batch_indices(samples, cfg, count_over_ranks):
+            logp, _, _ = token_scores(model, [samples[i] for i in idx], pad_id, cfg.rollout.temperature,
+                                      cfg.optim.padding_free, entropy_grad=False)
             for row, i in enumerate(idx):
                 out[i] = logp[row, :len(samples[i].response_ids)].detach()
     return out
@@ -170,7 +195,8 @@ def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
 def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
            pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
            no_sync=None, old_logp: list[torch.Tensor] | None = None,
-           threads: BatchThreads | None = None) -> dict:
+           threads: BatchThreads | None = None,
+           count_over_ranks: Callable[[int], int] | None = None) -> dict:
     """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
 
     On several ranks `totals` is the (response tokens, samples) count of the global batch, which
@@ -178,7 +204,8 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. `old_logp` (one
     tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
     (ratio 1, the exact policy gradient of a single step per batch). `threads` (one process on a
-    CPU, `oger.runtime.cpu_threads`) runs micro-batches side by side. The returned metrics are this
+    CPU, `oger.runtime.cpu_threads`) runs micro-batches side by side; `count_over_ranks` makes every
+    rank run as many micro-batches (`packing.split_to_count`). The returned metrics are this
     rank's share of the global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
@@ -190,18 +217,15 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     def micro_batch(idx: list[int]) -> tuple[torch.Tensor, tuple[dict, float, float]]:
         """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
         mb = [samples[i] for i in idx]
-        ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
-        R = resp.shape[1]
-        targets = ids[:, -R:]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logits = response_logits(model, ids, attn, pos, R) / T
-        logp = core.token_logprobs(logits, targets)
-        entropy = core.entropy_from_logits(logits) if lc.entropy_coef else None
+        logp, ent, resp = token_scores(model, mb, pad_id, T, cfg.optim.padding_free,
+                                       entropy_grad=bool(lc.entropy_coef))
+        entropy = ent if lc.entropy_coef else None
         ref_logp = None
         if lc.beta:
             with torch.no_grad():
-                ref_logits = response_logits(ref_model, ids, attn, pos, R) / T
-                ref_logp = core.token_logprobs(ref_logits, targets)
+                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, cfg.optim.padding_free,
+                                              entropy_grad=False)
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
             behaviour = logp.detach()
@@ -228,14 +252,10 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         m.update(mismatch)
         share = (resp.sum().item() / total_tokens if lc.loss_agg == "token_mean"
                  else len(mb) / total_samples)
-        with torch.no_grad():
-            ent = entropy if entropy is not None else core.entropy_from_logits(logits.detach())
-            entropy_sum = float((ent * resp).sum())
+        entropy_sum = float((ent.detach() * resp).sum())
         return loss * (share * grad_scale), (m, share, entropy_sum)
 
-    order = _micro_batch_order(samples)
-    size = cfg.optim.micro_batch_size
-    batches = [order[b:b + size] for b in range(0, len(samples), size)]
+    batches = micro_batch_indices(samples, cfg, count_over_ranks)
     if threads is not None and threads.workers > 1:
         params = [p for p in model.parameters() if p.requires_grad]
         parts = threads.backward(params, micro_batch, batches)
@@ -485,11 +505,13 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
     their token share, mean grad norm, learning rate used)."""
     cfg, dist, model = run.cfg, run.dist, run.model
     adv = adv.float()
+    # Token budgets give ranks different micro-batch counts; each rank then runs the largest.
+    count = (lambda n: int(max(dist.gather(n)))) if dist.active and cfg.optim.max_tokens_per_micro_batch else None
     if cfg.loss.ppo_mini_batches == 1:
         parts, old = [list(range(len(samples)))], None
     else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
         parts, old = mini_batches(samples, cfg.loss.ppo_mini_batches), old_logprobs(
-            model, samples, cfg, run.pad_id
+            model, samples, cfg, run.pad_id, count
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     metrics: dict[str, float] = {}
@@ -500,7 +522,8 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         run.opt.zero_grad(set_to_none=True)
         part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
                               grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
-                              old_logp=None if old is None else [old[i] for i in part], threads=run.threads)
+                              old_logp=None if old is None else [old[i] for i in part], threads=run.threads,
+                              count_over_ranks=count)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()

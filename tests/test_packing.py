@@ -1,0 +1,137 @@
+"""Padding-free updates and token-budget micro-batches (oger.stages.train.packing): the packed row
+scores every response token as the padded rows do, its loss and gradient equal the padded path's in
+float32, and the gradient does not depend on how a token budget splits the batch."""
+
+import pytest
+import torch
+
+from oger.contract.config import TrainConfig
+from oger.stages.train import packing
+from oger.stages.train.trainer import token_scores, update
+from oger.stages.policy.tiny_model import build_model, train_tokenizer
+from tests.builders import sample
+
+AGGS = ["token_mean", "seq_mean", "constant_len"]
+
+
+def _qwen2():
+    tok = train_tokenizer(["Compute 1 + 2.", "Answer: \\boxed{3}", "Terms: 4, -5."] * 10, 300)
+    return build_model(tok, 32, 2, 2, 64, 128, seed=0).float(), tok.pad_token_id
+
+
+def _llama():
+    # SmolLM2's architecture (Llama, tied embeddings), random weights at a tiny size.
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).float(), 0
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model_pad(request):
+    return _qwen2() if request.param == "qwen2" else _llama()
+
+
+def spread_samples(vocab: int, n=6, seed=0):
+    """Samples of very different lengths: prompts 2-20 tokens, responses 1-90 (one of each extreme)."""
+    g = torch.Generator().manual_seed(seed)
+    plens = [2, 20, 7, 13, 4, 9][:n]
+    rlens = [1, 90, 33, 5, 61, 12][:n]
+    out = []
+    for i, (p, r) in enumerate(zip(plens, rlens)):
+        ids = torch.randint(5, vocab, (p + r,), generator=g).tolist()
+        out.append(sample("x", group=i // 2, problem_id=str(i), prompt_ids=ids[:p], response_ids=ids[p:],
+                          off_policy=(i == 3)))
+    return out
+
+
+# ------------------------------------------------------------------ grouping, by hand
+
+
+def test_token_budget_groups_consecutive_samples_within_the_budget():
+    lengths = [3, 4, 5, 9, 12]
+    # 3+4 = 7 <= 8; 5 alone (5+9 > 8); 9 > 8 alone; 12 > 8 alone
+    assert packing.group_by_tokens([0, 1, 2, 3, 4], lengths, 8) == [[0, 1], [2], [3], [4]]
+    # 3+4+5 = 12 <= 12; 9 (9+12 > 12); 12
+    assert packing.group_by_tokens([0, 1, 2, 3, 4], lengths, 12) == [[0, 1, 2], [3], [4]]
+    assert packing.group_by_tokens([0, 1, 2, 3, 4], lengths, 100) == [[0, 1, 2, 3, 4]]
+
+
+def test_split_to_count_halves_the_largest_group_first():
+    lengths = [3, 4, 5, 9, 12]
+    groups = [[0, 1, 2], [3, 4]]  # 12 tokens, 21 tokens: [3, 4] splits first
+    assert packing.split_to_count(groups, lengths, 3) == [[0, 1, 2], [3], [4]]
+    # then [0, 1, 2] (12) is the only splittable one: halves [0], [1, 2]
+    assert packing.split_to_count(groups, lengths, 4) == [[0], [1, 2], [3], [4]]
+    with pytest.raises(ValueError, match="single samples"):
+        packing.split_to_count([[0], [1]], lengths, 3)
+
+
+def test_pack_layout_by_hand():
+    row = packing.pack([[10, 11], [20]], [[12, 13, 14], [21]])
+    # row: 10 11 12 13 14 | 20 21, positions restart at each sample
+    assert row.ids.tolist() == [[10, 11, 12, 13, 14, 20, 21]]
+    assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
+    # logits at 1, 2, 3 predict 12, 13, 14; at 5 predicts 21
+    assert row.keep.tolist() == [1, 2, 3, 5]
+    assert row.targets.tolist() == [12, 13, 14, 21]
+    assert (row.rows.tolist(), row.cols.tolist(), row.shape) == ([0, 0, 0, 1], [0, 1, 2, 0], (2, 3))
+    assert row.unpack(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
+# ------------------------------------------------------------------ numerics, float32
+
+
+def test_packed_scores_equal_padded_scores(model_pad):
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    with torch.no_grad():
+        lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, padding_free=False, entropy_grad=False)
+        lp_pack, ent_pack, m_pack = token_scores(model, ss, pad, 0.7, padding_free=True, entropy_grad=False)
+    assert torch.equal(m_pad, m_pack)
+    assert m_pad.sum() == sum(len(s.response_ids) for s in ss)
+    assert (lp_pad - lp_pack).mul(m_pad).abs().max() < 1e-5
+    assert (ent_pad - ent_pack).mul(m_pad).abs().max() < 1e-5
+    assert lp_pack.mul(m_pad).abs().sum() > 0
+
+
+def _grad(model, ss, cfg, pad, adv):
+    model.zero_grad()
+    metrics = update(model, None, ss, adv, cfg, pad)
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), metrics
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_packed_update_gives_the_padded_loss_and_gradient(model_pad, agg):
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
+    base = dict(loss={"loss_agg": agg, "entropy_coef": 0.01}, rollout={"max_new_tokens": 96})
+    g_pad, m_pad = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 2}, **base), pad, adv)
+    g_pack, m_pack = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 2, "padding_free": True}, **base),
+                           pad, adv)
+    assert g_pad.abs().max() > 0
+    assert (g_pad - g_pack).abs().max() < 1e-5
+    assert abs(m_pad["pg_loss"] - m_pack["pg_loss"]) < 1e-5
+    assert abs(m_pad["token_entropy"] - m_pack["token_entropy"]) < 1e-5
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_token_budgets_that_split_the_batch_differently_give_one_gradient(model_pad, agg):
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in ss]
+    grads = []
+    splits = set()
+    for budget, free in ((10_000, True), (120, True), (60, True), (1, True), (120, False)):
+        cfg = TrainConfig(optim={"max_tokens_per_micro_batch": budget, "padding_free": free},
+                          loss={"loss_agg": agg}, rollout={"max_new_tokens": 96})
+        order = sorted(range(len(ss)), key=lengths.__getitem__)
+        splits.add(len(packing.group_by_tokens(order, lengths, budget)))
+        grads.append(_grad(model, ss, cfg, pad, adv)[0])
+    assert splits == {1, 3, 4, 6}  # the budgets really split the batch differently
+    for g in grads[1:]:
+        assert (grads[0] - g).abs().max() < 1e-5
