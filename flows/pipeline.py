@@ -65,7 +65,11 @@ def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[st
         summary = _run_locked(cfg, run_id, overrides, only, from_stage, until, refresh)
         if retention:  # after the round is recorded complete, still holding the lock
             ui.apply_retention(cfg)
-        return summary
+    if cfg.retention.fail_on_regression:  # the round is recorded and cached; the run's state says it fell
+        from oger.commands.trend import check_round, round_rows
+
+        check_round(round_rows(cfg.workdir_path), run_id)
+    return summary
 
 
 def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until, refresh) -> str:

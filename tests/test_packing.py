@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oger.contract.config import TrainConfig
-from oger.stages.train import packing
+from oger.stages.train import packing, varlen
 from oger.stages.train.trainer import token_scores, update
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from tests.builders import sample
@@ -135,3 +135,38 @@ def test_token_budgets_that_split_the_batch_differently_give_one_gradient(model_
     assert splits == {1, 3, 4, 6}  # the budgets really split the batch differently
     for g in grads[1:]:
         assert (grads[0] - g).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------ varlen attention
+
+
+def test_cu_seq_lens_from_position_restarts():
+    row = packing.pack([[1, 2], [3]], [[4], [5, 6, 7]])  # lengths 3 and 4
+    assert varlen.cu_seq_lens(row.position_ids).tolist() == [0, 3, 7]
+
+
+def test_packed_forward_attends_per_sample_and_restores_the_model(model_pad, monkeypatch):
+    """The packed forward runs one causal SDPA per sample (never the row's T x T), gives the logits
+    transformers' own block-diagonal mask gives, and leaves the model's implementation as it was."""
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    row = packing.pack([s.prompt_ids for s in ss], [s.response_ids for s in ss])
+    before = model.config._attn_implementation
+    with torch.no_grad():  # transformers' path: no 2D mask, the block mask from the position restarts
+        reference = model(input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep,
+                          use_cache=False).logits[0]
+    widths = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *a, **kw):
+        widths.append(q.shape[2])
+        return sdpa(q, *a, **kw)
+
+    monkeypatch.setattr(varlen.torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        ours = packing.packed_logits(model, row)
+    monkeypatch.undo()
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in ss]
+    assert widths == lengths * model.config.num_hidden_layers  # per sample, per layer
+    assert (ours - reference).abs().max() < 1e-5
+    assert model.config._attn_implementation == before

@@ -4,8 +4,10 @@ from the evaluation samples, a drop beyond the interval flagged, the PNG and the
 import json
 
 import polars as pl
+import pytest
 
-from oger.commands.trend import flag_regressions, markdown, plot, regressions, round_rows
+from oger.commands.trend import RoundRegression, check_round, flag_regressions, markdown, plot, regressions, round_rows
+from oger.contract.config import RetentionConfig
 from oger.stages.evaluate.files import SAMPLE_SCHEMA
 
 
@@ -67,3 +69,20 @@ def test_flag_needs_both_intervals():
             {"round": "y", "run_id": "2", "benchmarks": {"s": {"trained": 0.5, "trained_ci": None}}}]
     flag_regressions(rows)
     assert rows[1]["benchmarks"]["s"]["regression"] is False
+
+
+def test_fail_on_regression_fails_only_the_round_that_fell(tmp_path):
+    # the same three rounds as above: b (0.8 -> 0.2) regressed, c (0.2 -> 0.25) did not
+    high = _eval_artifact(tmp_path / "ev-a", [[True, True]] * 16 + [[False, False]] * 4)
+    low = _eval_artifact(tmp_path / "ev-b", [[True, True]] * 4 + [[False, False]] * 16)
+    close = _eval_artifact(tmp_path / "ev-c", [[True, True]] * 5 + [[False, False]] * 15)
+    _run(tmp_path, "run-a", "2026-12-01", "2026-12-01T01:00:00", 0.8, high)
+    _run(tmp_path, "run-b", "2026-12-02", "2026-12-02T01:00:00", 0.2, low)
+    _run(tmp_path, "run-c", "2026-12-03", "2026-12-03T01:00:00", 0.25, close)
+    rows = round_rows(tmp_path)
+    with pytest.raises(RoundRegression, match=r"round 2026-12-02: synthetic 0\.2000 is below round 2026-12-01"):
+        check_round(rows, "run-b")
+    check_round(rows, "run-c")  # a rise
+    check_round(rows, "run-a")  # the first round has nothing to fall below
+    check_round(rows, "not-a-round-row")  # e.g. a run that evaluated nothing
+    assert RetentionConfig().fail_on_regression is False  # a warning only unless asked

@@ -103,6 +103,20 @@ def regressions(rows: list[dict]) -> list[str]:
     return out
 
 
+class RoundRegression(RuntimeError):
+    """A round's trained score fell below the previous round's beyond the interval
+    (`retention.fail_on_regression`): the run's stages are complete and cached, the run fails."""
+
+
+def check_round(rows: list[dict], run_id: str) -> None:
+    """Raise RoundRegression naming each benchmark where run `run_id`'s round regressed; a run that
+    is not its round's latest completed one (the trend's row for the round) checks nothing."""
+    mine = [r for r in rows if r["run_id"] == run_id]
+    flagged = [line for line in regressions(rows) if mine and line.startswith(f"round {mine[0]['round']}:")]
+    if flagged:
+        raise RoundRegression("retention.fail_on_regression: " + "; ".join(flagged))
+
+
 def _score(b: dict, side: str) -> str:
     v, ci = b.get(side), b.get(f"{side}_ci")
     if v is None:

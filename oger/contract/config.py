@@ -744,6 +744,9 @@ class RetentionConfig(Strict):
     keep_runs: int = Field(10, ge=1, description="the last M run folders (older ones: summary archived)")
     keep_checkpoints: bool = Field(False, description="keep the resumable checkpoints of finished train "
                                    "stages of kept rounds (they are only needed by an unfinished one)")
+    fail_on_regression: bool = Field(False, description="fail the run (after its stages are recorded and "
+                                     "cached) when its round's trained score fell below the previous "
+                                     "round's beyond the interval (`oger rounds`); off: a warning only")
 
 
 class OgerConfig(Strict):

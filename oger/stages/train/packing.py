@@ -4,9 +4,8 @@ group is laid out (padded rows, or one packed row with no pad tokens).
 Why: a padded micro-batch costs (rows x its longest sequence) whatever its samples' lengths; at the
 paper's 8k-token budget, with responses from a few hundred to 8k tokens, most of that is pad. A packed
 row concatenates the samples, restarts the position ids at 0 for each and keeps attention within each
-sample (transformers reads the restarts from the position ids when no 2D mask is given: a
-block-diagonal causal mask for sdpa/eager, varlen kernels for flash-attention), so every FLOP lands on
-a real token. Grouping by tokens (verl's dynamic batch size) keeps each forward's memory bounded
+sample (`varlen`: one causal attention per sample, never the row's T x T), so every FLOP lands on a
+real token. Grouping by tokens (verl's dynamic batch size) keeps each forward's memory bounded
 instead of its row count. Neither changes the gradient: the loss is normalised over the whole batch.
 """
 
@@ -16,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from oger.stages.train import varlen
 
 
 def sample_tokens(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> int:
@@ -130,9 +131,14 @@ def response_mask(responses: Sequence[Sequence[int]]) -> torch.Tensor:
 
 
 def packed_logits(model, row: PackedRow) -> torch.Tensor:
-    """Logits (K, V) at `row.keep`: one forward over the packed row, no 2D attention mask (so
-    transformers derives the per-sample mask from the position restarts), the LM head on the kept
+    """Logits (K, V) at `row.keep`: one forward over the packed row with the sample boundaries
+    (`cu_seq_lens_*`) and no 2D mask, attention within each sample (`varlen`: one causal SDPA per
+    sample for sdpa/eager models, the flash kernels' own varlen path on CUDA), the LM head on the kept
     positions only."""
-    out = model(input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep,
-                use_cache=False).logits[0]
+    cu = varlen.cu_seq_lens(row.position_ids)
+    longest = int((cu[1:] - cu[:-1]).max())
+    with varlen.per_sample_attention(model):
+        out = model(input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep,
+                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+                    use_cache=False).logits[0]
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
