@@ -6,7 +6,9 @@ On a random-init Qwen2-0.5B-shaped bf16 policy it runs a few real steps of
 LanceDB index of scripted teacher traces built here) once per rollout engine (`hf`, `paged`): rollout
 tokens/s, s/step and peak memory, and the update's MFU; then the same trainer at world size 1 under
 torchrun with the NCCL backend, once with DDP and once with FSDP2 (a one-rank Dist that really wraps,
-all-reduces and gathers); then the evaluate stage's HF engine (padded and paged) on a small slice.
+all-reduces and gathers); the update alone on a batch of very different lengths, padded vs packed
+(`optim.padding_free`: time and MFU of each); then the evaluate stage's HF engine (padded and paged)
+on a small slice.
 It prints a table and one RESULT line with every figure.
 
 Nothing beyond the repository is needed: the tokenizer is trained on the synthetic task, the models
@@ -57,12 +59,17 @@ class Scale:
     micro_batch_size: int
     eval_problems: int
     eval_max_new_tokens: int
+    update_samples: int  # the update alone, padded vs packed: prompts 64 tokens (4 at tiny sizes),
+    update_longest: int  # responses uniform in [16, update_longest] (the paper's spread scaled down)
+    update_max_tokens: int  # packed: optim.max_tokens_per_micro_batch
 
 
 GPU = Scale("qwen0.5b", train_problems=64, prompts_per_step=16, group_size=8, max_new_tokens=256, steps=3,
-            micro_batch_size=16, eval_problems=64, eval_max_new_tokens=256)
+            micro_batch_size=16, eval_problems=64, eval_max_new_tokens=256, update_samples=64,
+            update_longest=2048, update_max_tokens=16384)
 TINY = Scale("tiny", train_problems=16, prompts_per_step=2, group_size=4, max_new_tokens=10, steps=2,
-             micro_batch_size=8, eval_problems=4, eval_max_new_tokens=10)
+             micro_batch_size=8, eval_problems=4, eval_max_new_tokens=10, update_samples=6,
+             update_longest=24, update_max_tokens=64)
 QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151_936)
 TABLE, TAG = "traces", "gpu_check"
@@ -269,6 +276,41 @@ def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: st
     return {**figures, "params": params}
 
 
+# --------------------------------------------------------------------------- the update, padded vs packed
+
+
+def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
+    """`trainer.update` alone on one batch of very different lengths (bench/update.py's batch at this
+    scale), padded micro-batches (`micro_batch_size`, sorted by length) vs padding-free ones
+    (`max_tokens_per_micro_batch`): best of two timed runs after a warm-up, and the MFU of each
+    counted on real tokens only (what padding wastes shows as a lower MFU)."""
+    from bench.update import positions, spread_batch, timed_update
+
+    model = build_policy(tok, scale, device, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    prompt = 64 if scale.model != "tiny" else 4
+    samples = spread_batch(len(tok), scale.update_samples, prompt=prompt, shortest=min(16, scale.update_longest),
+                           longest=scale.update_longest)
+    common = dict(loss={"loss_agg": "token_mean"}, rollout={"max_new_tokens": scale.update_longest})
+    arms = {"padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
+            "packed": TrainConfig(optim={"padding_free": True,
+                                         "max_tokens_per_micro_batch": scale.update_max_tokens}, **common)}
+    name = __import__("torch").cuda.get_device_name(0) if device == "cuda" else ""
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    out = {}
+    for arm, cfg in arms.items():
+        timed_update(model, samples, cfg, tok.pad_token_id)  # warm-up (kernels, allocator)
+        best = min(timed_update(model, samples, cfg, tok.pad_token_id) for _ in range(2))
+        run, real = positions(samples, cfg)
+        out[f"update_{arm}_s"] = best
+        out[f"update_{arm}_positions"] = run
+        out[f"update_{arm}_mfu"] = 6 * params * real / best / (peak * 1e12) if peak else float("nan")
+    out["update_tokens"] = real
+    out["update_packed_over_padded"] = out["update_packed_s"] / out["update_padded_s"]
+    del model
+    return out
+
+
 # --------------------------------------------------------------------------- torchrun, one rank
 
 
@@ -399,6 +441,7 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
             for k in ("tokens_per_s", "s_per_step", "generate_s", "update_s", "peak_gib"):
                 out[f"train_{engine}_{k}"] = fig[k]
             out[f"update_mfu_{engine}"] = fig["mfu"]
+        out.update(run_update_layouts(tok, scale, device, dtype))
         for mode, fig in run_ranked(workdir, encoder_ref, scale, device).items():
             out[f"torchrun_{mode}_{fig['backend']}_{fig['engine']}_s_per_step"] = fig["s_per_step"]
             out[f"torchrun_{mode}_peak_gib"] = fig["peak_gib"]

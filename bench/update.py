@@ -17,15 +17,17 @@ SAMPLES = int(os.environ.get("OGER_BENCH_UPDATE_SAMPLES", "8"))
 PROMPT, SHORTEST, LONGEST = 64, 16, 1024
 
 
-def spread_batch(vocab: int, n: int, seed: int = 0):
+def spread_batch(vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shortest: int = SHORTEST,
+                 longest: int = LONGEST):
+    """n samples of random token ids: `prompt` prompt tokens, responses uniform in [shortest, longest]."""
     from oger.algorithm.samples import Sample
 
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        r = rng.randint(SHORTEST, LONGEST)
+        r = rng.randint(shortest, longest)
         out.append(Sample(group=i // 4, problem_id=f"p{i}",
-                          prompt_ids=[rng.randrange(3, vocab) for _ in range(PROMPT)],
+                          prompt_ids=[rng.randrange(3, vocab) for _ in range(prompt)],
                           response_ids=[rng.randrange(3, vocab) for _ in range(r)], text="",
                           off_policy=False, correct=bool(i % 2)))
     return out
@@ -50,10 +52,15 @@ def timed_update(model, samples, cfg, pad_id) -> float:
 
     from oger.stages.train.trainer import update
 
+    cuda = next(model.parameters()).is_cuda
     adv = torch.tensor([1.0 if s.correct else -1.0 for s in samples])
     model.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     update(model, None, samples, adv, cfg, pad_id)
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 

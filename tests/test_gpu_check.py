@@ -36,6 +36,9 @@ def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
                 "torchrun_fsdp2_gloo_hf_s_per_step", "eval_hf_tokens_per_s", "eval_paged_tokens_per_s"):
         assert out[key] > 0 and math.isfinite(out[key]), key
     assert math.isnan(out["update_mfu_hf"])  # no peak FLOP/s for a CPU
+    # the padded arm computes on pads too, the packed one on real tokens only
+    assert out["update_padded_positions"] > out["update_packed_positions"] == out["update_tokens"]
+    assert out["update_packed_s"] > 0 and out["update_padded_s"] > 0
     assert (tmp_path / "train-fsdp2" / "checkpoints").is_dir()
     assert (tmp_path / "train-paged" / "metrics.jsonl").read_text().count("\n") == gpu_check.TINY.steps
 

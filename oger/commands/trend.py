@@ -161,7 +161,7 @@ def plot(rows: list[dict], out: Path) -> Path | None:
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{b} (trained)")
     ax.set_xticks(xs, [r["round"] for r in rows], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("score (%)")
-    ax.set_title("scores per round (95% interval over problems)")
+    ax.set_title("scores per round\n(95% interval over problems)", fontsize=9)  # fits the narrowest figure
     ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

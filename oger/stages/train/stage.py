@@ -69,12 +69,17 @@ def plot_curves(history: list[dict], out: Path, title: str) -> list[str]:
     w = max(1, len(history) // 8)
     for ax, key in zip(axes.flat, PLOTTED):
         vals = [float("nan") if h.get(key) is None else h[key] for h in history]
+        ax.set_title(key)
+        if all(v != v for v in vals):  # e.g. the strategy shares outside the explore task
+            ax.text(0.5, 0.5, "no value in this run", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=9, color="0.4")
+            ax.set_xticks([]), ax.set_yticks([])
+            continue
         ax.plot(steps, vals, lw=0.8, alpha=0.4)
         smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
                   for i in range(len(vals))]
         ax.plot(steps, smooth, lw=1.8, label=f"mean of last {w}")
         ax.legend(fontsize=7)
-        ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
