@@ -103,3 +103,29 @@ def test_auto_is_keyed_as_what_it_resolves_to(monkeypatch):
     assert key_inputs(auto) == key_inputs(PolicyConfig(sft={"precision": "bf16-mixed"}))
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     assert key_inputs(auto) == key_inputs(PolicyConfig())  # float32: the plain float32 key
+
+
+def test_native_dtype_is_bf16_only_where_bf16_is_computed_natively(tmp_path):
+    assert precision.native_dtype("native", {"avx512_bf16"}, gpu=False) == "bfloat16"
+    assert precision.native_dtype("native", {"amx_bf16"}, gpu=False) == "bfloat16"
+    assert precision.native_dtype("native", {"avx2", "fma"}, gpu=False) == "float32"  # emulated there
+    assert precision.native_dtype("native", {"avx2"}, gpu=True) == "bfloat16"  # the engine runs on the GPU
+    assert precision.native_dtype("float16", {"avx2"}, gpu=False) == "float16"  # explicit values stand
+    (tmp_path / "gpus" / "0000:01:00.0").mkdir(parents=True)
+    assert precision.has_nvidia_gpu(tmp_path / "gpus") and not precision.has_nvidia_gpu(tmp_path / "none")
+
+
+def test_native_teacher_dtype_is_keyed_as_what_it_resolves_to(monkeypatch):
+    from oger.contract.config import TeachersConfig
+    from oger.stages.teachers.stage import key_inputs as teachers_key
+
+    def cfg(dtype):
+        return TeachersConfig(teachers=[{"name": "lm", "backend": "transformers", "model": "smollm2",
+                                         "dtype": dtype}])
+
+    monkeypatch.setattr(precision, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    assert teachers_key(cfg("native")) == teachers_key(cfg("bfloat16"))  # the keys made before `native`
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert teachers_key(cfg("native")) == teachers_key(cfg("float32"))
+    assert teachers_key(cfg("native")) != teachers_key(cfg("bfloat16"))

@@ -129,7 +129,10 @@ class TeacherConfig(Strict):
     # scripted
     slip_rate: float = Field(0.0, ge=0.0, le=1.0)
     # transformers / vllm
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto", "native"] = Field(
+        "float32", description="auto: the checkpoint's; native: bfloat16 where computed natively (NVIDIA GPU, "
+        "CPU with AVX512-BF16/AMX), else float32", json_schema_extra=resolved("native is keyed as what it "
+                                                                               "resolves to on this machine"))
     engine: Literal["hf", "paged"] = Field("hf", description="transformers backend: padded generate "
                                            "(hf) or continuous batching with paged attention (paged)",
                                            json_schema_extra=omitted_at_default("keys from before the option"))

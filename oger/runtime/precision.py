@@ -46,6 +46,27 @@ def resolve(precision: str, flags: set[str] | frozenset[str] | None = None) -> P
     return "bf16-mixed" if any(f in flags for f in NATIVE_BF16_FLAGS) else "float32"
 
 
+def has_nvidia_gpu(proc: Path = Path("/proc/driver/nvidia/gpus")) -> bool:
+    """Whether the NVIDIA driver lists a GPU (no torch import: planning stays light)."""
+    try:
+        return any(proc.iterdir())
+    except OSError:
+        return False
+
+
+def native_dtype(dtype: str, flags: set[str] | frozenset[str] | None = None,
+                 gpu: bool | None = None) -> str:
+    """A generation dtype as it runs here: `native` is bfloat16 where bf16 is computed natively (an
+    NVIDIA GPU, where the transformers engine puts the model, or a CPU with AVX512-BF16/AMX) and
+    float32 elsewhere. Why: without native bf16 a CPU's bf16 matmuls are done in software, and on
+    the demo's AVX2-only machine SmolLM2's bf16 decode made the teachers stage 3x this machine's.
+    Other values stand as they are."""
+    if dtype != "native":
+        return dtype
+    gpu = has_nvidia_gpu() if gpu is None else gpu
+    return "bfloat16" if gpu or resolve("auto", flags) == "bf16-mixed" else "float32"
+
+
 # An attention function for transformers' AttentionInterface: SDPA on float32 inputs whatever the
 # autocast dtype of q, k and v; the output projection casts back to bf16 under autocast.
 FLOAT32_SDPA = "sdpa_float32"

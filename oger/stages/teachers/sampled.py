@@ -9,6 +9,7 @@ from dataclasses import replace
 from oger import seeds
 from oger.contract.config import TeacherConfig
 from oger.generation.base import Request, chat_messages
+from oger.runtime.precision import native_dtype
 from oger.stages.teachers.base import Generation, Prompt
 
 
@@ -23,7 +24,7 @@ def engine_for(tcfg: TeacherConfig):
     from oger.generation.engines import make_engine
 
     kind = "vllm" if tcfg.backend == "vllm" else tcfg.engine
-    return make_engine(kind, tcfg.model, dtype=tcfg.dtype, batch_size=tcfg.batch_size,
+    return make_engine(kind, tcfg.model, dtype=native_dtype(tcfg.dtype), batch_size=tcfg.batch_size,
                        tensor_parallel_size=tcfg.tensor_parallel_size, seed=tcfg.sampling.seed,
                        what=f"teacher {tcfg.name!r}")
 

@@ -23,6 +23,7 @@ from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.contract.fanout import Job, run_in_process, split_even
 from oger.models import key_model_ref, model_identity
+from oger.runtime.precision import native_dtype
 from oger.stages.problems.files import read_problems
 from oger.stages.teachers.base import Generation, Prompt
 from oger.stages.teachers.files import FILES, SCHEMA, TRACES_FILE
@@ -55,6 +56,7 @@ def teacher_identity(tcfg: TeacherConfig) -> dict:
 def _generation_slice(tcfg: TeacherConfig) -> dict:
     """The teacher options that change its traces (not URLs, concurrency or timeouts)."""
     d = key_dump(tcfg)  # batch_size stays: with sampling, batch composition changes the random stream
+    d["dtype"] = native_dtype(tcfg.dtype)  # `native` keyed as what runs here: bf16 and float32 traces differ
     # A loaded model's fingerprint (in the identity) stands for it; a scripted style or a served
     # model's name is the model.
     d["model"] = key_model_ref(tcfg.model) if tcfg.backend in ("transformers", "vllm") else tcfg.model
