@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench ablate ablate-explore serve serve-stop clean
+.PHONY: setup demo test test-fast bench ablate ablate-explore ablate-explore-rare-b serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -82,6 +82,13 @@ EXPLORE_ARMS := grpo,luffy,oger,shuffled-bonus,oger-lam-0.25,oger-lam-1,oger-lam
 ablate-explore: setup
 	$(BIN)/oger sweep configs/explore.yaml --arms $(EXPLORE_ARMS) --seeds 0,1,2,3,4 \
 	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md --results-section explore
+
+# The same task with strategy B in ~1% of the SFT data (4 traces instead of 32): does OGER find a path
+# the policy rarely samples? (docs/RESULTS.md, "The rare-B dose"); about 13 minutes here.
+ablate-explore-rare-b: setup
+	$(BIN)/oger sweep configs/explore.yaml --arms grpo,luffy,oger,oger-lam-2 --seeds 0,1,2,3,4 \
+	    --set teachers.teachers.2.limit=4 --set runner.kind=ray --set runner.num_cpus=2 --id explore-rare-b-4 \
+	    --results-doc docs/RESULTS.md --results-section explore-rare-b
 
 clean:
 	rm -rf work .pytest_cache

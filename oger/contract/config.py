@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from oger.contract.errors import ConfigError
 from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default, resolved
+from oger.prompt_check import check_instruction
 
 
 class Strict(BaseModel):
@@ -125,6 +126,10 @@ class TeacherConfig(Strict):
     limit: int | None = Field(None, ge=1, description="first N problems (deterministic)")
     batch_size: int = Field(8, ge=1)
     instruction: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_has_question(cls, v: str) -> str:
+        return check_instruction(v)
     system_prompt: str | None = None
     # scripted
     slip_rate: float = Field(0.0, ge=0.0, le=1.0)
@@ -264,6 +269,11 @@ class PolicyConfig(Strict):
     sft: SFTConfig = SFTConfig()
     instruction: str = Field("{question}", description="user turn; the trainer uses the same")
     system_prompt: str | None = None
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_has_question(cls, v: str) -> str:
+        return check_instruction(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -616,6 +626,10 @@ class EvaluateConfig(Strict):
         "policy", description="policy: the policy's instruction and system prompt (as trained); "
                               "luffy: LUFFY's system prompt with the question as the user turn")
     instruction: str | None = Field(None, description="user turn; overrides the prompt preset's")
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_has_question(cls, v: str | None) -> str | None:
+        return v if v is None else check_instruction(v)
     backbone: str | None = Field(
         None, description="the backbone whose published results (data/reference/published_results.json) "
                           "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "

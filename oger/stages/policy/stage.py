@@ -17,6 +17,7 @@ from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
 from oger.contract.errors import StageError
 from oger.models import key_model_ref, load_causal_lm, model_identity
+from oger.prompt_check import check_chat_format
 from oger.runtime.precision import resolve as resolve_precision
 from oger.stages.filter.files import read_kept
 from oger.stages.policy.files import FILES, MODEL_DIR
@@ -80,6 +81,7 @@ def run_policy(cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext,
     traces = read_kept(filter_ref)
     corpus = problems["question"].to_list() + traces["text"].to_list()
     model, tokenizer = _load_base(cfg, corpus)
+    check_chat_format(tokenizer, cfg.instruction, cfg.system_prompt, cfg.model or "tiny")  # before any step
     questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
     heldout = problems.filter(pl.col("split") == heldout_cfg.split).head(heldout_cfg.limit)
     metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
