@@ -28,10 +28,10 @@ def check_instruction(instruction: str) -> str:
     return instruction
 
 
-def check_chat_format(tokenizer, instruction: str, system_prompt: str | None, model: str,
-                      field: str = "policy") -> None:
+def check_chat_format(tokenizer, instruction: str, system_prompt: str | None, model: str, field: str) -> None:
     """Render one probe question through the tokenizer's chat template as every stage does, and fail
-    with the field and the model named where the template or tokenizer cannot carry it."""
+    with the field (`<field>.instruction`, ...: the config section asking) and the model named where
+    the template or tokenizer cannot carry it."""
     from oger.generation.base import chat_messages
 
     if getattr(tokenizer, "chat_template", None) is None:

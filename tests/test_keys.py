@@ -141,7 +141,8 @@ def candidates(value, annotation) -> list:
 
 
 # Fields whose other valid values the generic candidates do not find.
-OTHER_VALUES = {"BenchmarkSpec.name": ["aime24"]}
+OTHER_VALUES = {"BenchmarkSpec.name": ["aime24"],
+                "EvaluateConfig.instruction": ["Q: {question}"]}  # an instruction must hold {question}
 
 
 # Keyed fields that cannot be given another valid value on these configs, and why that is fine.

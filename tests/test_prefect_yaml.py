@@ -24,8 +24,9 @@ def test_every_shipped_config_has_a_deployment_on_the_process_pool():
         assert dep is not None, f"prefect.yaml has no deployment for configs/{name}"
         assert dep["parameters"]["config"] == f"configs/{name}"
     for name, dep in DEPLOYMENTS.items():
-        # the CPU configs on the CPU pool; paper-scale ones only where a GPU worker serves them
-        gpu = load_config(REPO / dep["parameters"]["config"]).policy.source != "tiny"
+        # the CPU configs on the CPU pool (SmolLM2 included); paper-scale ones (8 training processes)
+        # only where a GPU worker serves them
+        gpu = load_config(REPO / dep["parameters"]["config"]).train.distributed.num_processes > 1
         assert dep["work_pool"]["name"] == ("oger-gpu" if gpu else "oger-process"), name
         assert dep["entrypoint"] == "flows/pipeline.py:oger_pipeline"
 
@@ -56,5 +57,5 @@ def test_sweep_deployments_name_valid_arms_and_flow_parameters():
         assert set(params) <= accepted, (name, set(params) - accepted)
         cfg = load_config(REPO / params["config"], params.get("overrides"))
         resolve_arms(parse_list(params["arms"], "arms"), cfg.sweep)  # every arm exists
-        gpu = cfg.policy.source != "tiny"
+        gpu = cfg.train.distributed.num_processes > 1
         assert dep["work_pool"]["name"] == ("oger-gpu" if gpu else "oger-process"), name

@@ -36,7 +36,7 @@ def test_prompt_renders_through_smollm2_chat_template(cfg, smollm2_tokenizer):
     from oger.generation.hf import chat_prompt_ids
 
     tok = smollm2_tokenizer
-    check_chat_format(tok, cfg.policy.instruction, cfg.policy.system_prompt, cfg.policy.model)
+    check_chat_format(tok, cfg.policy.instruction, cfg.policy.system_prompt, cfg.policy.model, "policy")
     text = tok.decode(chat_prompt_ids(tok, "Compute 13 + 12.", cfg.policy.instruction, cfg.policy.system_prompt))
     # the worked example with its literal \boxed{5} (braces doubled in the YAML), then the question, then the
     # open assistant turn the model completes
@@ -82,9 +82,9 @@ def test_templates_and_tokenizers_that_cannot_do_what_the_config_asks(smollm2_to
     no_template = copy.copy(smollm2_tokenizer)
     no_template.chat_template = None
     with pytest.raises(ConfigError, match="policy.model 'm': its tokenizer has no chat template"):
-        check_chat_format(no_template, "{question}", None, "m")
+        check_chat_format(no_template, "{question}", None, "m", "policy")
     with pytest.raises(ConfigError, match="no end-of-sequence token"):
-        check_chat_format(_Tok("t", eos=None), "{question}", None, "m")
+        check_chat_format(_Tok("t", eos=None), "{question}", None, "m", "policy")
 
     def no_system(messages):  # as Gemma's template does
         if messages[0]["role"] == "system":
@@ -92,9 +92,9 @@ def test_templates_and_tokenizers_that_cannot_do_what_the_config_asks(smollm2_to
         return "".join(m["content"] for m in messages)
 
     with pytest.raises(ConfigError, match=r"policy.system_prompt: .*System role not supported"):
-        check_chat_format(_Tok("t", render=no_system), "{question}", "Be brief.", "m")
-    check_chat_format(_Tok("t", render=no_system), "{question}", None, "m")  # without one it renders
+        check_chat_format(_Tok("t", render=no_system), "{question}", "Be brief.", "m", "policy")
+    check_chat_format(_Tok("t", render=no_system), "{question}", None, "m", "policy")  # without one it renders
     with pytest.raises(ConfigError, match="drops the system turn"):
-        check_chat_format(_Tok("t", render=lambda ms: ms[-1]["content"]), "{question}", "Be brief.", "m")
+        check_chat_format(_Tok("t", render=lambda ms: ms[-1]["content"]), "{question}", "Be brief.", "m", "policy")
     with pytest.raises(ConfigError, match="drops the user turn"):
-        check_chat_format(_Tok("t", render=lambda ms: "<user>"), "{question}", None, "m")
+        check_chat_format(_Tok("t", render=lambda ms: "<user>"), "{question}", None, "m", "policy")

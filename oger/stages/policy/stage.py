@@ -81,7 +81,8 @@ def run_policy(cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext,
     traces = read_kept(filter_ref)
     corpus = problems["question"].to_list() + traces["text"].to_list()
     model, tokenizer = _load_base(cfg, corpus)
-    check_chat_format(tokenizer, cfg.instruction, cfg.system_prompt, cfg.model or "tiny")  # before any step
+    label = cfg.model if cfg.source == "model" else "tiny"  # policy.model is not read (nor keyed) for tiny
+    check_chat_format(tokenizer, cfg.instruction, cfg.system_prompt, label, STAGE)  # before any step
     questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
     heldout = problems.filter(pl.col("split") == heldout_cfg.split).head(heldout_cfg.limit)
     metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
