@@ -240,10 +240,16 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, device: str) -> dict:
-    """Rollout tokens/s, s/step and the update's MFU over the steps after the first (warm-up)."""
+def peak_tflops(device: str) -> float | None:
+    """The GPU's dense bf16 peak (bench.gpu_step.PEAK_TFLOPS) by its name; None on a CPU or unknown GPU."""
     import torch
 
+    name = torch.cuda.get_device_name(0) if device == "cuda" else ""
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, device: str) -> dict:
+    """Rollout tokens/s, s/step and the update's MFU over the steps after the first (warm-up)."""
     rows = read_rollouts(run_dir)
     keep = history[1:] or history
     steps = {h["step"] for h in keep}
@@ -254,8 +260,7 @@ def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, d
     update_tokens = sum(r["response_tokens"] + prompt_len[r["problem_id"]] for r in rows)
     t_gen = sum(h["seconds_generate"] for h in keep)
     t_update = sum(h["seconds_update"] for h in keep)
-    name = torch.cuda.get_device_name(0) if device == "cuda" else ""
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_tflops(device)
     return {"tokens_per_s": gen_tokens / t_gen, "s_per_step": sum(h["seconds_step"] for h in keep) / len(keep),
             "generate_s": t_gen / len(keep), "update_s": t_update / len(keep),
             "mfu": 6 * params * update_tokens / t_update / (peak * 1e12) if peak else float("nan"),
@@ -295,8 +300,7 @@ def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
     arms = {"padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
             "packed": TrainConfig(optim={"padding_free": True,
                                          "max_tokens_per_micro_batch": scale.update_max_tokens}, **common)}
-    name = __import__("torch").cuda.get_device_name(0) if device == "cuda" else ""
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_tflops(device)
     out = {}
     for arm, cfg in arms.items():
         timed_update(model, samples, cfg, tok.pad_token_id)  # warm-up (kernels, allocator)

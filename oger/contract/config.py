@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oger.contract.errors import ConfigError
 from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default, resolved
 from oger.prompt_check import check_instruction
+
+
+# A user turn: a str.format template that must hold {question} (oger.prompt_check), checked at load.
+Instruction = Annotated[str, AfterValidator(check_instruction)]
 
 
 class Strict(BaseModel):
@@ -125,11 +129,7 @@ class TeacherConfig(Strict):
     sources: list[str] | None = Field(None, description="problem source names; default all")
     limit: int | None = Field(None, ge=1, description="first N problems (deterministic)")
     batch_size: int = Field(8, ge=1)
-    instruction: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
-    @field_validator("instruction")
-    @classmethod
-    def _instruction_has_question(cls, v: str) -> str:
-        return check_instruction(v)
+    instruction: Instruction = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
     system_prompt: str | None = None
     # scripted
     slip_rate: float = Field(0.0, ge=0.0, le=1.0)
@@ -267,13 +267,9 @@ class PolicyConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"
     tiny: TinyPolicy = Field(TinyPolicy(), json_schema_extra=inert("unused with source: model"))
     sft: SFTConfig = SFTConfig()
-    instruction: str = Field("{question}", description="user turn; the trainer uses the same")
+    instruction: Instruction = Field("{question}", description="user turn; the trainer uses the same")
     system_prompt: str | None = None
 
-    @field_validator("instruction")
-    @classmethod
-    def _instruction_has_question(cls, v: str) -> str:
-        return check_instruction(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -625,11 +621,7 @@ class EvaluateConfig(Strict):
     prompt: Literal["policy", "luffy"] = Field(
         "policy", description="policy: the policy's instruction and system prompt (as trained); "
                               "luffy: LUFFY's system prompt with the question as the user turn")
-    instruction: str | None = Field(None, description="user turn; overrides the prompt preset's")
-    @field_validator("instruction")
-    @classmethod
-    def _instruction_has_question(cls, v: str | None) -> str | None:
-        return v if v is None else check_instruction(v)
+    instruction: Instruction | None = Field(None, description="user turn; overrides the prompt preset's")
     backbone: str | None = Field(
         None, description="the backbone whose published results (data/reference/published_results.json) "
                           "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "

@@ -24,6 +24,7 @@ def engine_for(tcfg: TeacherConfig):
     from oger.generation.engines import make_engine
 
     kind = "vllm" if tcfg.backend == "vllm" else tcfg.engine
+    # the stage resolves `native` before a shard leaves it; a direct caller gets this machine's
     return make_engine(kind, tcfg.model, dtype=native_dtype(tcfg.dtype), batch_size=tcfg.batch_size,
                        tensor_parallel_size=tcfg.tensor_parallel_size, seed=tcfg.sampling.seed,
                        what=f"teacher {tcfg.name!r}")

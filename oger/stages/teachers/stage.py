@@ -150,13 +150,15 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
         parts[tcfg.name] = {}
         per_teacher[tcfg.name] = {"reused": False, "seconds": 0.0, "shards": len(ranges)}
         cpus, gpus = teacher_resources(tcfg)
+        # `dtype: native` resolved here, where the key was: a Ray worker on another machine runs what is keyed
+        as_keyed = tcfg.model_copy(update={"dtype": native_dtype(tcfg.dtype)})
         for j, (lo, hi) in enumerate(ranges):
             part_file = _part_path(teacher_file, j, len(ranges))
             if len(ranges) > 1 and part_file.is_file() and not refresh:
                 parts[tcfg.name][j] = _from_frame(pl.read_parquet(part_file))
                 continue
             jobs.append(Job(f"teacher-{tcfg.name}-{j + 1}of{len(ranges)}",
-                            (tcfg, prompts[lo:hi], cfg.round), cpus, gpus,
+                            (as_keyed, prompts[lo:hi], cfg.round), cpus, gpus,
                             meta={"teacher": tcfg, "shard": j, "of": len(ranges), "file": teacher_file}))
         _finish_teacher(tcfg, cfg.round, parts[tcfg.name], len(ranges), frames, teacher_file)
 
