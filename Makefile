@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench ablate ablate-explore ablate-explore-rare-b serve serve-stop clean
+.PHONY: setup demo test test-fast bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -89,6 +89,12 @@ ablate-explore-rare-b: setup
 	$(BIN)/oger sweep configs/explore.yaml --arms grpo,luffy,oger,oger-lam-2 --seeds 0,1,2,3,4 \
 	    --set teachers.teachers.2.limit=4 --set runner.kind=ray --set runner.num_cpus=2 --id explore-rare-b-4 \
 	    --results-doc docs/RESULTS.md --results-section explore-rare-b
+
+# SmolLM2-135M-Instruct (configs/smollm2-arith.yaml, docs/RESULTS.md "SmolLM2"): grpo, luffy, oger x 3 seeds,
+# two pairs at a time on Ray (each pair on one core).
+ablate-smollm2: setup
+	$(BIN)/oger sweep configs/smollm2-arith.yaml --arms grpo,luffy,oger --seeds 0,1,2 \
+	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md --results-section smollm2
 
 clean:
 	rm -rf work .pytest_cache

@@ -200,32 +200,38 @@ def _results(cfg: OgerConfig, workdir: Path, model_key: str, problems_key: str, 
     return out
 
 
-def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, problems_ref: ArtifactRef,
-                 identity: dict, refresh: bool) -> int:
-    """Sample, score and cache every missing benchmark result of one model with one engine; returns
-    how many it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
+def sample_model_dir(cfg: OgerConfig, model_dir: Path, problems: pl.DataFrame, model: str,
+                     specs: list[BenchmarkSpec]):
+    """Yield (spec, scored samples) of one model folder on each benchmark, with this stage's engine,
+    prompt, sampling and scorer: what the stage caches, and how `bench trl_learning` scores a model
+    another trainer wrote (so two trainers are compared by one evaluation, not two)."""
     e = cfg.evaluate
-    todo = [(spec, path) for spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity)
-            if refresh or not path.exists()]
-    if not todo:
-        return 0
-    problems = read_problems(problems_ref)
     scorer = Scorer(e.score_timeout_s, e.score_workers)
     scorer.warm()  # math-verify workers spawn while the model loads and generates
-    model_dir = MODEL_DIRS[model](ref)
     engine = make_engine(e.engine, model_dir, dtype=cfg.policy.dtype, batch_size=e.batch_size,
                          tensor_parallel_size=e.tensor_parallel_size,
                          gpu_memory_utilization=e.gpu_memory_utilization, seed=e.seed,
                          what="evaluate.engine")
     try:
-        tokenizer = engine.tokenizer
-        for spec, path in todo:
-            df = sample_benchmark(engine, tokenizer, benchmark_rows(cfg, spec, problems),
-                                  sampling_setup(e, spec), prompt_format(cfg), model, scorer)
-            atomic_write(path, df.write_parquet)
+        for spec in specs:
+            yield spec, sample_benchmark(engine, engine.tokenizer, benchmark_rows(cfg, spec, problems),
+                                         sampling_setup(e, spec), prompt_format(cfg), model, scorer)
     finally:
         engine.close()
         scorer.close()
+
+
+def sample_model(cfg: OgerConfig, workdir: Path, model: str, ref: ArtifactRef, problems_ref: ArtifactRef,
+                 identity: dict, refresh: bool) -> int:
+    """Sample, score and cache every missing benchmark result of one model with one engine; returns
+    how many it wrote. One fan-out job: on Ray each model gets its own worker and GPUs."""
+    todo = dict((spec.name, path) for spec, path in _results(cfg, workdir, ref.key, problems_ref.key, identity)
+                if refresh or not path.exists())
+    if not todo:
+        return 0
+    specs = [s for s in cfg.evaluate.benchmarks if s.name in todo]
+    for spec, df in sample_model_dir(cfg, MODEL_DIRS[model](ref), read_problems(problems_ref), model, specs):
+        atomic_write(todo[spec.name], df.write_parquet)
     return len(todo)
 
 
