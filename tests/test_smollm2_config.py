@@ -98,3 +98,43 @@ def test_templates_and_tokenizers_that_cannot_do_what_the_config_asks(smollm2_to
         check_chat_format(_Tok("t", render=lambda ms: ms[-1]["content"]), "{question}", "Be brief.", "m", "policy")
     with pytest.raises(ConfigError, match="drops the user turn"):
         check_chat_format(_Tok("t", render=lambda ms: "<user>"), "{question}", None, "m", "policy")
+
+
+def test_trl_learning_bench_gives_trl_our_reward_and_our_prompt_tokens(cfg, smollm2_tokenizer):
+    """bench trl_learning compares trainers, not rewards or prompts: TRL's reward function is our verdict,
+    and TRL's rendering of each prompt is the token ids our rollouts start from (the bench stops if not)."""
+    from types import SimpleNamespace
+
+    from bench.trl_learning import reward_function, trl_dataset
+
+    reward = reward_function(cfg.train.reward_format)
+    completions = [[{"role": "assistant", "content": c}] for c in (
+        "13 + 12 = 25. The final answer is \\boxed{25}.", "The final answer is \\boxed{24}.", "13 + 12 =")]
+    assert reward(completions, answer=["25", "25", "25"], prompts=None) == [1.0, 0.0, 0.0]
+    inputs = SimpleNamespace(problem_ids=["a", "b"], questions={"a": "Compute 1 + 2.", "b": "Compute 13 + 12."},
+                             answers={"a": "3", "b": "25"}, instruction=cfg.policy.instruction,
+                             system_prompt=cfg.policy.system_prompt)
+    ds = trl_dataset(inputs, smollm2_tokenizer)
+    assert ds["answer"] == ["3", "25"] and ds[1]["prompt"][-1]["content"].endswith("Compute 13 + 12.")
+    with pytest.raises(AssertionError, match="problem a"):  # a system prompt only TRL's rows carried
+        trl_dataset(SimpleNamespace(**{**vars(inputs), "system_prompt": None}),
+                    _TemplateWithSystem(smollm2_tokenizer, "x"))
+
+
+class _TemplateWithSystem:
+    """A tokenizer whose batched chat rendering (the one TRL calls) adds a system turn ours does not."""
+
+    def __init__(self, tok, system):
+        self.tok, self.system = tok, system
+
+    def apply_chat_template(self, conversations, **kw):
+        if isinstance(conversations[0], dict):  # one conversation: how ours renders
+            return self.tok.apply_chat_template(conversations, **kw)
+        return self.tok.apply_chat_template([[{"role": "system", "content": self.system}, *c]
+                                             for c in conversations], **kw)
+
+    def __call__(self, *a, **kw):
+        return self.tok(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
