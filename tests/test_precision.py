@@ -129,3 +129,27 @@ def test_native_teacher_dtype_is_keyed_as_what_it_resolves_to(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     assert teachers_key(cfg("native")) == teachers_key(cfg("float32"))
     assert teachers_key(cfg("native")) != teachers_key(cfg("bfloat16"))
+
+
+def test_teacher_shards_run_the_dtype_they_are_keyed_with(monkeypatch, tmp_path):
+    """The job a fan-out sends (on Ray, maybe to a machine with other CPU flags) carries `native` already
+    resolved where the key was computed, so the worker cannot decode in another dtype than the key says."""
+    from oger.contract.config import load_config
+    from oger.contract.fanout import run_in_process
+    from oger.pipeline import execute, in_process, plan
+
+    monkeypatch.setattr(precision, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    cfg = load_config("configs/tiny.yaml", [
+        f"workdir={tmp_path}", "problems.sources.0.n_train=8", "problems.sources.0.n_test=4",
+        "teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, dtype: native, shards: 2},"
+        " {name: terms, backend: scripted, model: terms}]"])
+    sent = []
+
+    def recording(fn, jobs):
+        sent.extend(jobs)
+        yield from run_in_process(fn, jobs)
+
+    execute(cfg, plan(cfg), ["problems", "teachers"], {}, runner=in_process(recording))
+    assert len(sent) == 3 and [j.args[0].dtype for j in sent] == ["float32", "float32", "float32"]
+    assert cfg.teachers.teachers[0].dtype == "native"  # the config itself is left as written
