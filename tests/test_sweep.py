@@ -83,6 +83,9 @@ def test_upstream_computed_once_and_a_new_seed_computes_only_its_pairs(lite):
     assert cached_pairs(s2) == {(a, seed): {"train": seed == 0, "evaluate": seed == 0}
                                 for a in ("grpo", "oger-lam-1") for seed in (0, 1)}
     assert len(artifact_dirs(workdir, "train")) == 4 and len(artifact_dirs(workdir, "evaluate")) == 4
+    # the results line says its wall time is that of a partly cached invocation
+    assert "2 of 4 pairs read from cache" in (sp2.dir / "results_section.md").read_text()
+    assert "from cache" not in (sp.dir / "results_section.md").read_text()
     # the policy-stage ("base") model is sampled once per evaluation seed, not once per arm
     policy_key = s2["upstream"]["policy"][0]["key"]
     assert len(list((workdir / "cache" / "evaluate" / policy_key[:16]).glob("*.parquet"))) == 2

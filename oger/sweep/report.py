@@ -289,6 +289,16 @@ def artifacts_section(data: dict) -> list[str]:
     return lines
 
 
+def cache_note(pairs: list[dict]) -> str:
+    """Why a rerun's wall time is short: how many pairs this invocation read from cache instead of
+    computing (a cached rerun otherwise reads as a 0.3-minute sweep)."""
+    cached = sum(1 for p in pairs if all(st["cached"] for st in p["stages"].values()))
+    if not cached:
+        return ""
+    return (f"; {cached} of {len(pairs)} pairs read from cache, computed by an earlier invocation: "
+            f"the wall time is this invocation's")
+
+
 def write_results_section(sp, data: dict, pngs: dict) -> Path:
     """The block `make ablate` puts into docs/RESULTS.md: command, machine, date, wall time,
     then the verdicts and tables (PNGs under `results/`, next to the document)."""
@@ -299,7 +309,7 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
              f"({platform.machine()}, no GPU used; a machine shared with other jobs, so times are "
              f"inflated): `oger sweep {Path(data['config']).relative_to(REPO) if str(data['config']).startswith(str(REPO)) else data['config']}"
              f" --arms {arms} --seeds {seeds}{sets}`, wall time {data['wall_seconds'] / 60:.1f} min "
-             f"(sweep `{sp.sweep_id}`).", "",
+             f"(sweep `{sp.sweep_id}`{cache_note(data['pairs'])}).", "",
              interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples)]
     lines += results_body(data, sp.baseline, pngs, prefix="results/")
     lines += training_section(data["training"], pngs, prefix="results/")
