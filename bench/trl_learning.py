@@ -31,9 +31,9 @@ SHARED = ("model and start weights", "training problems (64)", "reward function"
           "loss aggregation (token mean over the batch)", "reward scaling (per group std)",
           "KL beta 0", "one update per batch, clip eps 0.2", "micro-batch size (2 x 8 samples)",
           "float32", "seed")
-ONLY_ONE = ("ours: token-level rollout correction (a no-op here: rollouts are sampled by the trained "
-            "module itself), checkpoints every 8 steps, rollout/metrics logs; TRL: its own prompt order "
-            "over the same 64 problems")
+ONLY_ONE = ("ours: checkpoints every 8 steps, rollout and metrics logs (its token-level rollout correction "
+            "acts on vLLM rollouts only: not applied with these transformers rollouts); TRL: its own "
+            "prompt order over the same 64 problems")
 
 
 def bench_config(seed: int, *overrides: str):
@@ -100,15 +100,7 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
 
     class Log(TrainerCallback):
         def __init__(self):
-            self.reward, self.tokens, self.step_s, self._t = [], 0.0, [], None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self._t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
-            self.step_s.append(now - self._t)
-            self._t = now
+            self.reward, self.tokens = [], 0.0
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "reward" in logs:
@@ -147,13 +139,11 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
 def per_problem_accuracy(cfg, model_dir: Path, problems, label: str) -> dict[str, float]:
     """{problem_id: avg@k} on the config's held-out benchmark, by our evaluate stage's code."""
     from oger.stages.evaluate.stage import sample_model_dir
+    from oger.sweep.results import problem_counts
 
     (spec,) = cfg.evaluate.benchmarks
     ((_, df),) = list(sample_model_dir(cfg, model_dir, problems, label, [spec]))
-    acc: dict[str, list[bool]] = {}
-    for pid, ok in df.select("problem_id", "correct").iter_rows():
-        acc.setdefault(pid, []).append(bool(ok))
-    return {p: sum(v) / len(v) for p, v in acc.items()}
+    return {p: c / n for p, (n, c) in problem_counts(df, label, spec.name).items()}
 
 
 def plot(curves: dict[str, list[list[float]]], path: Path, title: str) -> None:
