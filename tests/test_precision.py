@@ -153,3 +153,20 @@ def test_teacher_shards_run_the_dtype_they_are_keyed_with(monkeypatch, tmp_path)
     execute(cfg, plan(cfg), ["problems", "teachers"], {}, runner=in_process(recording))
     assert len(sent) == 3 and [j.args[0].dtype for j in sent] == ["float32", "float32", "float32"]
     assert cfg.teachers.teachers[0].dtype == "native"  # the config itself is left as written
+
+
+def test_oger_cpu_flags_env_makes_a_run_plan_as_another_cpu(monkeypatch, tmp_path):
+    """`OGER_CPU_FLAGS` (bench demo's AVX2 emulation) replaces /proc/cpuinfo's flags for every plan."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n")
+    precision.cpu_flags.cache_clear()
+    monkeypatch.setenv(precision.CPU_FLAGS_ENV, "fpu avx2 fma")
+    try:
+        assert precision.cpu_flags(cpuinfo) == {"fpu", "avx2", "fma"}  # not the file's avx512_bf16
+        assert precision.resolve("auto", precision.cpu_flags(cpuinfo)) == "float32"
+        assert precision.native_dtype("native", precision.cpu_flags(cpuinfo), gpu=False) == "float32"
+        monkeypatch.delenv(precision.CPU_FLAGS_ENV)
+        precision.cpu_flags.cache_clear()
+        assert precision.resolve("auto", precision.cpu_flags(cpuinfo)) == "bf16-mixed"
+    finally:
+        precision.cpu_flags.cache_clear()

@@ -15,6 +15,7 @@ precision) stays light.
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Literal
@@ -23,10 +24,16 @@ Precision = Literal["float32", "bf16-mixed"]
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of bf16 dot-product instructions
 
 
+CPU_FLAGS_ENV = "OGER_CPU_FLAGS"  # space-separated flags standing in for /proc/cpuinfo's
+
+
 @lru_cache(maxsize=4)
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The CPU's feature flags (Linux), read once (every plan resolves `auto`); empty where
-    /proc/cpuinfo is not there."""
+    /proc/cpuinfo is not there. `OGER_CPU_FLAGS` replaces them, so a run can plan as another CPU
+    would (`OGER_BENCH_AS_AVX2=1 python -m bench demo` plans as a CPU without native bf16)."""
+    if os.environ.get(CPU_FLAGS_ENV) is not None:
+        return frozenset(os.environ[CPU_FLAGS_ENV].split())
     try:
         text = cpuinfo.read_text()
     except OSError:
