@@ -90,8 +90,10 @@ def trl_dataset(inputs, tokenizer):
 
 def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
+    from oger.models import tokenizer_from_folder
 
     t, o = cfg.train, cfg.train.optim
     n = t.prompts_per_step * t.group_size
@@ -108,7 +110,7 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
                 self.tokens += logs["completions/mean_length"] * n
 
     started = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(policy_dir)
+    tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)

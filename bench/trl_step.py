@@ -25,13 +25,14 @@ LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{qu
 def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
          vllm: bool = False) -> float:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from oger.contract.config import TrainConfig
+    from oger.models import tokenizer_from_folder
     from oger.stages.train.trainer import train
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(policy_dir)
+    tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     cfg = TrainConfig(
@@ -55,9 +56,10 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
 def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
         vllm: bool = False) -> float:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from oger.models import tokenizer_from_folder
     from oger.verify import score_response
 
     pids = inputs.problem_ids[:64]
@@ -78,7 +80,7 @@ def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new:
             self.times.append(time.perf_counter() - self._t)
 
     out = tempfile.mkdtemp(prefix="oger-trl-")
-    tok = AutoTokenizer.from_pretrained(policy_dir)
+    tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     args = GRPOConfig(output_dir=out, per_device_train_batch_size=prompts * group, num_generations=group,

@@ -72,11 +72,10 @@ def problem_classes(problems_path: str, policy_path: str | None, budget: int) ->
     explore = [(p, q) for p, q in problems.iter_rows() if factors(q) is not None]
     if not explore or policy_path is None:
         return {}
-    from transformers import AutoTokenizer
-
+    from oger.models import tokenizer_from_folder
     from oger.stages.policy.files import model_dir
 
-    tok = AutoTokenizer.from_pretrained(model_dir(policy_path))
+    tok = tokenizer_from_folder(model_dir(policy_path))
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + EOS
     return {p: CLASSES[0] if a_fits(q, budget, count) else CLASSES[1] for p, q in explore}
 

@@ -165,6 +165,26 @@ def materialize_gguf(ref: str) -> Path:
     return _atomic_save(cache_root() / "models" / fp, save)
 
 
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def tokenizer_from_folder(folder: str | Path):
+    """`AutoTokenizer`, except for a folder whose tokenizer_config.json names the generic class
+    (ours: the tiny policy): that loads as saved in its tokenizer.json. Why: for some model types
+    (qwen2 among them) transformers 5 builds the type's own class whatever the folder says, with that
+    class's pre-tokenizer instead of the saved one, so a tiny policy trained with `pretokenize:
+    digits` (" 4" one piece) would read its prompts cut as "Ġ", "4", pieces it never saw in SFT."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(folder) / "tokenizer_config.json"
+    if (Path(folder) / "tokenizer.json").is_file() and config.is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def load_tokenizer(ref: str):
     """A transformers tokenizer from a folder, a GGUF file or a hub id."""
     from transformers import AutoTokenizer
@@ -172,6 +192,8 @@ def load_tokenizer(ref: str):
     src = resolve_model(ref)
     if src.kind == "gguf":
         return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(src))
+    if Path(src.load_dir).is_dir():
+        return tokenizer_from_folder(src.load_dir)
     return AutoTokenizer.from_pretrained(src.load_dir)
 
 
@@ -184,7 +206,7 @@ def load_causal_lm(ref: str, dtype: str = "float32"):
     folder = materialize_gguf(ref) if src.kind == "gguf" else src.load_dir
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizer_from_folder(folder) if Path(folder).is_dir() else AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:  # batched generation and training pad with EOS
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

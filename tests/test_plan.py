@@ -41,11 +41,11 @@ def test_plan_every_shipped_config(config, tmp_path, capsys):
     t = cfg.train
     rollouts = budget(data, "train")["rollouts"]
     if config.stem == "tiny":  # pool of 64 problems >= 8 prompts per step
-        assert rollouts == 40 * 8 * 8 * 56
+        assert rollouts == 40 * 8 * 8 * 40
         assert budget(data, "teachers") == {"smollm2": 8 * 1 * 96}  # scripted teachers: no model tokens
-        evaluate = 200 * (2 * 4) * 56 + 2 * (50 * 2 * 56)  # synthetic avg@4, gsm8k, math500; 2 models
-        assert budget(data, "evaluate")["synthetic (base + trained, T=0.6)"] == 200 * 8 * 56
-        assert data["total_tokens"] == 40 * 8 * 8 * 56 + 768 + 2 * 200 * 56 + evaluate
+        evaluate = 200 * (2 * 4) * 40 + 2 * (50 * 2 * 40)  # synthetic avg@4, gsm8k, math500; 2 models
+        assert budget(data, "evaluate")["synthetic (base + trained, T=0.6)"] == 200 * 8 * 40
+        assert data["total_tokens"] == 40 * 8 * 8 * 40 + 768 + 2 * 200 * 40 + evaluate
     else:
         assert rollouts == t.steps * t.prompts_per_step * t.group_size * t.rollout.max_new_tokens
     # The human-readable form: the DAG line, every stage, the total.

@@ -64,3 +64,34 @@ def test_tiny_tokenizer_roundtrips_and_splits_digits():
         assert tok.decode(tok(t)["input_ids"]) == t
     pieces = tok.tokenize("345")
     assert [p.replace("Ġ", "") for p in pieces] == ["3", "4", "5"]
+
+
+def test_digits_pretokenize_keeps_a_space_and_its_digit_one_piece_and_merges_phrases():
+    from oger.stages.policy.tiny_model import train_tokenizer
+
+    texts = ["Let's evaluate 6 + 2 - 6.\nNext, 6 + 2 = 8.\nNext, 8 - 6 = 2.\nThe result is \\boxed{2}.",
+             "Compute 12 + 345.", "Split 4 - 7 into signed terms: +4 -7.\nAnswer: \\boxed{-3}"]
+    words, digits = train_tokenizer(texts * 20, 320), train_tokenizer(texts * 20, 320, "digits")
+    for t in texts + ["unseen words ünïcode 9876"]:
+        assert digits.decode(digits(t)["input_ids"]) == t
+    assert digits.tokenize(" 345") == ["Ġ3", "4", "5"]  # one digit a token, the space kept with the first
+    assert words.tokenize(" 345") == ["Ġ", "3", "4", "5"]
+    # the stepwise trace: "Next, 6 + 2 = 8." is 7 pieces in `words` mode ("Next", ",", "Ġ", "6", "Ġ+",
+    # "Ġ", "2", ...) but BPE may merge ".\nNext," across the space in `digits` mode: fewer tokens
+    assert len(digits(texts[0])["input_ids"]) < 0.8 * len(words(texts[0])["input_ids"])
+    with pytest.raises(ValueError, match="pretokenize"):
+        train_tokenizer(texts, 320, "bytes")
+
+
+def test_a_saved_tiny_policy_reloads_the_tokenizer_it_was_saved_with(tmp_path):
+    """transformers 5 loads a qwen2 folder's tokenizer as Qwen2Tokenizer, whose own pre-tokenizer
+    cuts " 4" into "Ġ", "4": a `digits` policy would then read prompts it never saw in SFT."""
+    from oger.models import load_causal_lm, tokenizer_from_folder
+    from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
+
+    texts = ["Compute 4 - 2.", "Next, 6 + 2 = 8.\nThe result is \\boxed{8}."] * 20
+    tok = train_tokenizer(texts, 320, "digits")
+    save_policy(build_model(tok, 32, 1, 2, 64, 128, seed=0), tok, tmp_path / "model")
+    probe = "Compute 4 - 2.\nNext, 6 + 2 = 8."
+    assert tokenizer_from_folder(tmp_path / "model")(probe)["input_ids"] == tok(probe)["input_ids"]
+    assert load_causal_lm(str(tmp_path / "model"))[1](probe)["input_ids"] == tok(probe)["input_ids"]

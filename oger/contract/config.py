@@ -232,6 +232,12 @@ class TinyPolicy(Strict):
     """A Qwen2-architecture model built from scratch, with a BPE tokenizer trained on the corpus."""
 
     vocab_size: int = Field(384, ge=300)
+    pretokenize: Literal["words", "digits"] = Field(
+        "words", description="where BPE may not merge: `words` splits at spaces and punctuation "
+        "(GPT-2's regex) and around every digit; `digits` only before every digit (a space and the "
+        "digit after it stay one piece), so template phrases become single tokens: the demo's traces "
+        "in about half the tokens",
+        json_schema_extra=omitted_at_default("keys from before the option"))
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)

@@ -47,7 +47,7 @@ def key_inputs(cfg: PolicyConfig, heldout: HeldoutConfig) -> tuple[dict, dict]:
 def _load_base(cfg: PolicyConfig, corpus: list[str]):
     if cfg.source == "tiny":
         t = cfg.tiny
-        tokenizer = train_tokenizer(corpus, t.vocab_size)
+        tokenizer = train_tokenizer(corpus, t.vocab_size, t.pretokenize)
         model = build_model(tokenizer, t.hidden_size, t.num_layers, t.num_heads,
                             t.intermediate_size, t.max_position, t.seed)
         return model, tokenizer

@@ -118,8 +118,9 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     round's train artifact to continue from (its model and tokenizer) instead of the policy."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from oger.models import tokenizer_from_folder
     from oger.generation.hf import greedy_accuracy  # imports torch
     from oger.stages.train.trainer import train  # imports torch
 
@@ -132,7 +133,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         if t.distributed.num_processes == 1
         else None
     )
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    tokenizer = tokenizer_from_folder(policy_dir)
     problems = read_problems(problems_ref)
     inputs = train_inputs(cfg, problems, index_ref)
     run_dir = ctx.cache_dir

@@ -14,8 +14,9 @@ from pathlib import Path
 
 def main(spec_path: str) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from oger.models import tokenizer_from_folder
     from oger.contract.artifacts import ArtifactRef
     from oger.contract.config import OgerConfig
     from oger.stages.problems.files import read_problems
@@ -30,7 +31,7 @@ def main(spec_path: str) -> int:
     try:
         dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(spec["init_dir"], dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(spec["init_dir"])
+        tokenizer = tokenizer_from_folder(spec["init_dir"])
         problems = read_problems(spec["problems"])
         inputs = train_inputs(cfg, problems, ArtifactRef(**spec["index_ref"]))
 
