@@ -120,8 +120,8 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from oger.models import tokenizer_from_folder
     from oger.generation.hf import greedy_accuracy  # imports torch
+    from oger.models import tokenizer_from_folder
     from oger.stages.train.trainer import train  # imports torch
 
     t, refresh = cfg.train, ctx.refresh

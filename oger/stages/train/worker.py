@@ -16,9 +16,9 @@ def main(spec_path: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from oger.models import tokenizer_from_folder
     from oger.contract.artifacts import ArtifactRef
     from oger.contract.config import OgerConfig
+    from oger.models import tokenizer_from_folder
     from oger.stages.problems.files import read_problems
     from oger.stages.train.distributed import init_from_env
     from oger.stages.train.trainer import train
