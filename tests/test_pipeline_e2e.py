@@ -223,10 +223,12 @@ def test_tiny_training_improves_heldout_accuracy(trained, algorithm):
     assert list(s["stages"]) == ["problems", "teachers", "filter", "index", "policy", "train"]
     m = s["stages"]["train"]["metrics"]
     assert m["algorithm"] == algorithm
-    # What carries over: held-out greedy accuracy rises (measured 0.215 -> 0.25). The pool's on-policy
-    # accuracy stays flat under the robust bonus (0.252 -> 0.250 over the first/last 20% of steps), so
-    # the pool reward is not asserted; the bonus does reorder groups (rank_change_fraction ~0.49).
+    # What carries over: held-out greedy accuracy rises (measured 0.24 -> 0.49 with bf16-mixed SFT,
+    # 0.195 -> 0.495 in float32), and so does the pool's on-policy accuracy over the first -> last 20%
+    # of steps (0.45-0.53 -> 0.59-0.66 in the four runs measured); the bonus reorders groups
+    # (rank_change_fraction ~0.78).
     assert m["heldout_accuracy"] > m["heldout_accuracy_policy"], m
+    assert m["env_reward_last_20pct"] > m["env_reward_first_20pct"], m
     if algorithm == "oger":
         assert m["rank_change_fraction"] > 0 and 0 < m["bonus_share"] < 1, m
     assert (m["replaced_fraction"] > 0) == (algorithm != "grpo")
