@@ -169,11 +169,12 @@ GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def tokenizer_from_folder(folder: str | Path):
-    """`AutoTokenizer`, except for a folder whose tokenizer_config.json names the generic class
-    (ours: the tiny policy): that loads as saved in its tokenizer.json. Why: for some model types
-    (qwen2 among them) transformers 5 builds the type's own class whatever the folder says, with that
-    class's pre-tokenizer instead of the saved one, so a tiny policy trained with `pretokenize:
-    digits` (" 4" one piece) would read its prompts cut as "Ġ", "4", pieces it never saw in SFT."""
+    """`AutoTokenizer` (a hub id too), except for a folder whose tokenizer_config.json names the
+    generic class (ours: the tiny policy): that loads as saved in its tokenizer.json. Why: for some
+    model types (qwen2 among them) transformers 5 builds the type's own class whatever the folder
+    says, with that class's pre-tokenizer instead of the saved one, so a tiny policy trained with
+    `pretokenize: digits` (" 4" one piece) would read its prompts cut as "Ġ", "4", pieces it never
+    saw in SFT."""
     import json
 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -187,26 +188,20 @@ def tokenizer_from_folder(folder: str | Path):
 
 def load_tokenizer(ref: str):
     """A transformers tokenizer from a folder, a GGUF file or a hub id."""
-    from transformers import AutoTokenizer
-
     src = resolve_model(ref)
-    if src.kind == "gguf":
-        return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(src))
-    if Path(src.load_dir).is_dir():
-        return tokenizer_from_folder(src.load_dir)
-    return AutoTokenizer.from_pretrained(src.load_dir)
+    return tokenizer_from_folder(gguf_tokenizer_dir(src) if src.kind == "gguf" else src.load_dir)
 
 
 def load_causal_lm(ref: str, dtype: str = "float32"):
     """(model, tokenizer) for generation; a GGUF model is loaded from its dequantised HF folder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     src = resolve_model(ref)
     folder = materialize_gguf(ref) if src.kind == "gguf" else src.load_dir
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    tokenizer = tokenizer_from_folder(folder) if Path(folder).is_dir() else AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizer_from_folder(folder)
     if tokenizer.pad_token is None:  # batched generation and training pad with EOS
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -21,8 +21,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, pretokenize: str = "words
 
     `words`: pieces never cross a space or a digit, so " 6" costs two tokens and every template
     word its own. `digits`: only a digit (with the space before it) is cut out, so BPE learns whole
-    phrases ("Cumulative sum:") and numbers stay one digit a token; the tiny config's SFT data then
-    takes 30% fewer tokens (95,704 instead of 137,749 an epoch) and its traces fit a 40-token budget."""
+    phrases ("Cumulative sum:") and numbers stay one digit a token; the tiny config's SFT data
+    then takes 30% fewer tokens (95,704 instead of 137,749 an epoch), its traces a 40-token budget."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
