@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, train_inputs
 
+EXTRA = {}
 LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
 
 
@@ -43,7 +44,7 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
         rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
         optim={"lr": lr, "micro_batch_size": prompts * group},
         loss={"loss_agg": "token_mean"},
-        logging={"log_rollouts": False, "checkpoint_every": 10_000},
+        logging={"log_rollouts": False, "checkpoint_every": 10_000}, **EXTRA,
     )
     run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
     try:

@@ -170,3 +170,37 @@ def test_packed_forward_attends_per_sample_and_restores_the_model(model_pad, mon
     assert widths == lengths * model.config.num_hidden_layers  # per sample, per layer
     assert (ours - reference).abs().max() < 1e-5
     assert model.config._attn_implementation == before
+
+
+# ------------------------------------------------------------------ micro-batches on CPU threads
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_one_micro_batch_split_over_threads_gives_the_one_pass_gradient(model_pad, agg):
+    from oger.runtime.cpu_threads import BatchThreads
+    from oger.stages.train.trainer import micro_batch_indices
+
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
+    cfg = TrainConfig(optim={"micro_batch_size": 6}, loss={"loss_agg": agg, "entropy_coef": 0.01},
+                      rollout={"max_new_tokens": 96})
+    assert len(micro_batch_indices(ss, cfg)) == 1
+    assert len(micro_batch_indices(ss, cfg, workers=2)) == 4  # 2 x workers parts for the threads
+    whole, _ = _grad(model, ss, cfg, pad, adv)
+    model.zero_grad()
+    with BatchThreads(2) as threads:
+        metrics = update(model, None, ss, adv, cfg, pad, threads=threads)
+    split = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert (whole - split).abs().max() < 1e-5
+    assert metrics["token_entropy"] > 0
+
+
+def test_entropy_averaged_per_micro_batch_keeps_its_micro_batches_whole():
+    from oger.stages.train.trainer import micro_batch_indices
+
+    ss = spread_samples(300)
+    # LUFFY/verl's token mean of the entropy per micro-batch: four parts would be another loss
+    cfg = TrainConfig(optim={"micro_batch_size": 6}, loss={"entropy_coef": 0.01, "entropy_agg": "token_mean"})
+    assert len(micro_batch_indices(ss, cfg, workers=2)) == 1
+    assert len(micro_batch_indices(ss[:1], TrainConfig(), workers=2)) == 1  # one sample: one part

@@ -145,12 +145,27 @@ def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, paddi
 
 
 def micro_batch_indices(samples: list[Sample], cfg: TrainConfig,
-                        count_over_ranks: Callable[[int], int] | None = None) -> list[list[int]]:
+                        count_over_ranks: Callable[[int], int] | None = None,
+                        workers: int = 1) -> list[list[int]]:
     """The micro-batches of a (mini-)batch: similar lengths together, `optim.micro_batch_size`
-    samples or `optim.max_tokens_per_micro_batch` tokens each."""
+    samples or `optim.max_tokens_per_micro_batch` tokens each; with `workers` > 1 (`BatchThreads`)
+    split further until there are 2 x workers (`thread_parts`)."""
     lengths = [packing.sample_tokens(s.prompt_ids, s.response_ids) for s in samples]
-    return packing.micro_batches(_micro_batch_order(samples), lengths, cfg.optim.micro_batch_size,
-                                 cfg.optim.max_tokens_per_micro_batch, count_over_ranks)
+    groups = packing.micro_batches(_micro_batch_order(samples), lengths, cfg.optim.micro_batch_size,
+                                   cfg.optim.max_tokens_per_micro_batch, count_over_ranks)
+    if workers > 1 and splits_freely(cfg):
+        groups = packing.split_to_count(groups, lengths, max(len(groups), min(2 * workers, len(samples))))
+    return groups
+
+
+def splits_freely(cfg: TrainConfig) -> bool:
+    """Whether cutting a micro-batch in parts leaves the loss as it is. Why split: one micro-batch
+    (TRL-like micro_batch_size = batch) ran on torch's two intra-op threads in 0.27 s per tiny-policy
+    update; cut into four parts on two `BatchThreads` it took 0.18 s (docs/PERFORMANCE.md,
+    "trl_step"). Parts run two at a time, so memory stays under one micro-batch's. Not with
+    `entropy_agg: token_mean`, which averages the entropy per micro-batch (LUFFY/verl): more parts
+    would be another loss."""
+    return not (cfg.loss.entropy_coef and cfg.loss.entropy_agg == "token_mean")
 
 
 def _micro_batch_order(samples: list[Sample]) -> list[int]:
@@ -160,19 +175,25 @@ def _micro_batch_order(samples: list[Sample]) -> list[int]:
 
 
 def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
-                 count_over_ranks: Callable[[int], int] | None = None) -> list[torch.Tensor]:
+                 count_over_ranks: Callable[[int], int] | None = None,
+                 threads: BatchThreads | None = None) -> list[torch.Tensor]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
-    computed once per batch before the first optimizer step (no grad, micro-batched). Without them
-    every mini-batch after the first would take the already-updated policy as its behaviour policy
-    (ratio 1): the importance ratio and the clip could never act."""
+    computed once per batch before the first optimizer step (no grad, micro-batched, side by side on
+    `threads`). Without them every mini-batch after the first would take the already-updated policy
+    as its behaviour policy (ratio 1): the importance ratio and the clip could never act."""
     out: list[torch.Tensor | None] = [None] * len(samples)
     model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
-    with torch.no_grad():
-        for idx in micro_batch_indices(samples, cfg, count_over_ranks):
-            logp, _, _ = token_scores(model, [samples[i] for i in idx], pad_id, cfg.rollout.temperature,
-                                      cfg.optim.padding_free, entropy_grad=False)
-            for row, i in enumerate(idx):
-                out[i] = logp[row, :len(samples[i].response_ids)].detach()
+    threads = threads or BatchThreads(1)
+
+    def score(idx: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return token_scores(model, [samples[i] for i in idx], pad_id, cfg.rollout.temperature,
+                                cfg.optim.padding_free, entropy_grad=False)[0]
+
+    batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
+    for idx, logp in zip(batches, threads.map(score, batches)):
+        for row, i in enumerate(idx):
+            out[i] = logp[row, :len(samples[i].response_ids)].detach()
     return out
 
 
@@ -255,8 +276,9 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         entropy_sum = float((ent.detach() * resp).sum())
         return loss * (share * grad_scale), (m, share, entropy_sum)
 
-    batches = micro_batch_indices(samples, cfg, count_over_ranks)
-    if threads is not None and threads.workers > 1:
+    workers = threads.workers if threads is not None else 1
+    batches = micro_batch_indices(samples, cfg, count_over_ranks, workers)
+    if workers > 1:
         params = [p for p in model.parameters() if p.requires_grad]
         parts = threads.backward(params, micro_batch, batches)
     else:
@@ -511,7 +533,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         parts, old = [list(range(len(samples)))], None
     else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
         parts, old = mini_batches(samples, cfg.loss.ppo_mini_batches), old_logprobs(
-            model, samples, cfg, run.pad_id, count
+            model, samples, cfg, run.pad_id, count, run.threads
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     metrics: dict[str, float] = {}
