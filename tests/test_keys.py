@@ -101,7 +101,7 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
     for section in ("optim", "loss", "rollout"):
         flat |= set(getattr(TrainConfig(), section).model_dump(by_alias=True))
     assert set(key_dump(TrainConfig())) == flat - {
-        "micro_batch_size", "max_tokens_per_micro_batch", "padding_free", "init_from", "rollout_engine", "clip", "clip_eps_low", "clip_eps_high",
+        "micro_batch_size", "max_tokens_per_micro_batch", "padding_free", "share_prompts", "init_from", "rollout_engine", "clip", "clip_eps_low", "clip_eps_high",
         "ppo_mini_batches", "sync_every", "correction", "correction_cap", "kv_cache_gib", "sleep"}
     vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
     assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)

@@ -88,8 +88,8 @@ def test_packed_scores_equal_padded_scores(model_pad):
     model, pad = model_pad
     ss = spread_samples(model.config.vocab_size)
     with torch.no_grad():
-        lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, padding_free=False, entropy_grad=False)
-        lp_pack, ent_pack, m_pack = token_scores(model, ss, pad, 0.7, padding_free=True, entropy_grad=False)
+        lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, layout="padded", entropy_grad=False)
+        lp_pack, ent_pack, m_pack = token_scores(model, ss, pad, 0.7, layout="packed", entropy_grad=False)
     assert torch.equal(m_pad, m_pack)
     assert m_pad.sum() == sum(len(s.response_ids) for s in ss)
     assert (lp_pad - lp_pack).mul(m_pad).abs().max() < 1e-5
@@ -204,3 +204,67 @@ def test_entropy_averaged_per_micro_batch_keeps_its_micro_batches_whole():
     cfg = TrainConfig(optim={"micro_batch_size": 6}, loss={"entropy_coef": 0.01, "entropy_agg": "token_mean"})
     assert len(micro_batch_indices(ss, cfg, workers=2)) == 1
     assert len(micro_batch_indices(ss[:1], TrainConfig(), workers=2)) == 1  # one sample: one part
+
+
+# ------------------------------------------------------------------ each distinct prompt once
+
+
+def group_samples(vocab: int, seed=0):
+    """Three groups of three (one prompt each, 3, 17 and 9 tokens), responses 1-40 tokens, a teacher
+    row in the second group."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for grp, (plen, rlens) in enumerate([(3, [1, 40, 12]), (17, [40, 7, 25]), (9, [12, 25, 3])]):
+        prompt = torch.randint(5, vocab, (plen,), generator=g).tolist()
+        for k, r in enumerate(rlens):
+            out.append(sample("x", group=grp, problem_id=str(grp), prompt_ids=prompt,
+                              response_ids=torch.randint(5, vocab, (r,), generator=g).tolist(),
+                              off_policy=(grp, k) == (1, 2)))
+    return out
+
+
+def test_distinct_prompts_by_hand():
+    from oger.stages.train.shared_prompts import distinct_prompts
+
+    assert distinct_prompts([[1, 2], [3], [1, 2], [3], [4]]) == ([[1, 2], [3], [4]], [0, 1, 0, 1, 2])
+
+
+def test_shared_prompt_scores_equal_padded_scores(model_pad):
+    model, pad = model_pad
+    ss = group_samples(model.config.vocab_size)
+    with torch.no_grad():
+        lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, layout="padded", entropy_grad=False)
+        lp_sh, ent_sh, m_sh = token_scores(model, ss, pad, 0.7, layout="shared_prompts", entropy_grad=False)
+    assert torch.equal(m_pad, m_sh)
+    assert ((lp_pad - lp_sh) * m_pad).abs().max() < 1e-5
+    assert ((ent_pad - ent_sh) * m_pad).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_shared_prompt_update_gives_the_padded_loss_and_gradient(model_pad, agg):
+    model, pad = model_pad
+    ss = group_samples(model.config.vocab_size)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8, -1.2, 0.4, 0.9])
+    base = dict(loss={"loss_agg": agg, "entropy_coef": 0.01}, rollout={"max_new_tokens": 96})
+    g_pad, m_pad = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 4}, **base), pad, adv)
+    g_sh, m_sh = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 4, "share_prompts": True}, **base),
+                       pad, adv)
+    assert g_pad.abs().max() > 0
+    assert (g_pad - g_sh).abs().max() < 1e-5
+    assert abs(m_pad["pg_loss"] - m_sh["pg_loss"]) < 1e-5
+
+
+def test_sharing_prompts_keeps_a_group_in_one_micro_batch():
+    from oger.stages.train.trainer import micro_batch_indices
+
+    ss = group_samples(300)
+    by_length = micro_batch_indices(ss, TrainConfig(optim={"micro_batch_size": 3}))
+    by_group = micro_batch_indices(ss, TrainConfig(optim={"micro_batch_size": 3, "share_prompts": True}))
+    assert any(len({ss[i].group for i in mb}) > 1 for mb in by_length)
+    # groups shortest first (longest member: 2 -> 9+25, 0 -> 3+40, 1 -> 17+40), each whole
+    assert [[ss[i].group for i in mb] for mb in by_group] == [[2, 2, 2], [0, 0, 0], [1, 1, 1]]
+
+
+def test_two_layouts_at_once_are_refused():
+    with pytest.raises(ValueError, match="choose one"):
+        TrainConfig(optim={"share_prompts": True, "padding_free": True})

@@ -48,7 +48,7 @@ def test_one_update_moves_smollm2_toward_the_rewarded_completion(cfg, smollm2):
     def margin() -> float:  # mean log-prob of the rewarded completions minus the penalised ones'
         with torch.no_grad():
             logp, _, mask = token_scores(model, samples, tok.pad_token_id, cfg.train.rollout.temperature,
-                                         False, entropy_grad=False)
+                                         "padded", entropy_grad=False)
         per_sample = (logp * mask).sum(-1) / mask.sum(-1)
         return float((per_sample * adv).sum() / 2)
 

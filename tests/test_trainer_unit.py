@@ -192,12 +192,12 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     assert (r - 1).abs().max() > 0.01  # the first step moved the policy: the ratio is not 1
     clipped = (r > 1.3).float().mean()  # ratios here: 1.16 1.54 2.03 1.11 1.38 1.87
     assert 0 < clipped < 1  # A > 0: ratio above 1 + eps is clipped (no gradient), below is not
-    # clip_frac: 0 on the first mini-batch (ratio 1); on the second, `clipped` for row 2's micro-batch
-    # (token share len(lp2) / n1; the teacher-only micro-batch has no on-policy token), times the
-    # second mini-batch's token share n1 / (n0 + n1)
+    # clip_frac: 0 on the first mini-batch (ratio 1); on the second, `clipped`: row 2's micro-batch
+    # defines it and the teacher-only micro-batch has no on-policy token (NaN: left out, not counted as
+    # 0); the mini-batches weighted by their token shares n0 / (n0 + n1) and n1 / (n0 + n1)
     n0 = sum(len(s.response_ids) for s in ss[:2])
     n1 = sum(len(s.response_ids) for s in ss[2:])
-    assert metrics["clip_frac"] == pytest.approx(float(clipped) * len(lp2) / (n0 + n1), rel=1e-6)
+    assert metrics["clip_frac"] == pytest.approx(float(clipped) * n1 / (n0 + n1), rel=1e-6)
     assert metrics["approx_kl"] != 0.0
 
 
@@ -244,3 +244,15 @@ def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model
     assert m_par.keys() == m_seq.keys()
     for k in m_seq:
         assert m_par[k] == pytest.approx(m_seq[k], rel=1e-5, abs=1e-7), k
+
+
+def test_a_metric_is_averaged_over_the_parts_that_define_it():
+    from oger.stages.train.trainer import defined_weighted_means
+
+    nan = float("nan")
+    # a: (1 x 0.25 + 3 x 0.25) / 0.5 = 2, times the parts' total weight 0.5 -> 1.0
+    # b: NaN in the first part (teacher rows only): 2 x 0.25 / 0.25 = 2, x 0.5 -> 1.0 (not 0.5)
+    # c: absent from the second part: likewise 4 x 0.25 / 0.25 x 0.5 -> 2.0
+    out = defined_weighted_means([({"a": 1.0, "b": nan, "c": 4.0}, 0.25), ({"a": 3.0, "b": 2.0}, 0.25)])
+    assert out == {"a": 1.0, "b": 1.0, "c": 2.0}
+    assert defined_weighted_means([({"a": nan}, 1.0)]) == {}

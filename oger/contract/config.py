@@ -375,6 +375,17 @@ class OptimConfig(Strict):
         False, description="each micro-batch as one packed row (per-sample position ids, attention "
         "kept within each sample) instead of padded rows: no FLOPs on pad tokens",
         json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"))
+    share_prompts: bool = Field(
+        False, description="run each distinct prompt of a micro-batch once, its KV cache shared by the "
+        "group's responses, instead of once per response (padded layout; not with padding_free)",
+        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"))
+
+    @model_validator(mode="after")
+    def _one_layout(self):
+        if self.share_prompts and self.padding_free:
+            raise ValueError("optim.share_prompts and optim.padding_free are two layouts of the update; "
+                             "choose one")
+        return self
 
 
 class LossConfig(Strict):

@@ -28,7 +28,7 @@ from oger.contract.config import TrainConfig
 from oger.algorithm import core
 from oger.stages.train.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
-from oger.stages.train import packing
+from oger.stages.train import packing, shared_prompts
 from oger.stages.train.distributed import Dist, unwrap
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
 from oger.algorithm.guards import THINK_CLOSE
@@ -124,24 +124,36 @@ def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, padding_free: bool,
+def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, layout: str,
                  entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropies, response mask) of a micro-batch's response tokens under
-    softmax(logits / temperature), each (samples, longest response) whatever the layout: padded rows
-    (`_batch_tensors`) or one packed row (`packing`), so the loss never sees the difference. The
-    entropies carry a gradient only with `entropy_grad` (the entropy bonus); else they are metrics."""
+    softmax(logits / temperature), each (samples, longest response) whatever the `layout`
+    (`update_layout`): padded rows (`_batch_tensors`), one packed row (`packing`) or each distinct
+    prompt once (`shared_prompts`), so the loss never sees the difference. The entropies carry a
+    gradient only with `entropy_grad` (the entropy bonus); else they are metrics."""
     device = next(model.parameters()).device
-    if padding_free:
+    if layout == "packed":
         row = packing.pack([s.prompt_ids for s in mb], [s.response_ids for s in mb]).to(device)
         logits = packing.packed_logits(model, row) / temperature
         logp = row.unpack(core.token_logprobs(logits, row.targets))
         ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
         return logp, row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
-    ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
-    R = resp.shape[1]
-    logits = response_logits(model, ids, attn, pos, R) / temperature
+    if layout == "shared_prompts":
+        logits, targets, resp = shared_prompts.shared_prompt_logits(
+            model, [s.prompt_ids for s in mb], [s.response_ids for s in mb], pad_id)
+    else:
+        ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
+        targets = ids[:, -resp.shape[1]:]
+        logits = response_logits(model, ids, attn, pos, resp.shape[1])
+    logits = logits / temperature
     ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
-    return core.token_logprobs(logits, ids[:, -R:]), ent, resp
+    return core.token_logprobs(logits, targets), ent, resp
+
+
+def update_layout(cfg: TrainConfig) -> str:
+    """How a micro-batch is laid out for the forward: packed, shared_prompts or padded."""
+    o = cfg.optim
+    return "packed" if o.padding_free else "shared_prompts" if o.share_prompts else "padded"
 
 
 def micro_batch_indices(samples: list[Sample], cfg: TrainConfig,
@@ -149,9 +161,10 @@ def micro_batch_indices(samples: list[Sample], cfg: TrainConfig,
                         workers: int = 1) -> list[list[int]]:
     """The micro-batches of a (mini-)batch: similar lengths together, `optim.micro_batch_size`
     samples or `optim.max_tokens_per_micro_batch` tokens each; with `workers` > 1 (`BatchThreads`)
-    split further until there are 2 x workers (`thread_parts`)."""
+    split further until there are 2 x workers (`splits_freely`)."""
     lengths = [packing.sample_tokens(s.prompt_ids, s.response_ids) for s in samples]
-    groups = packing.micro_batches(_micro_batch_order(samples), lengths, cfg.optim.micro_batch_size,
+    groups = packing.micro_batches(_micro_batch_order(samples, cfg.optim.share_prompts), lengths,
+                                   cfg.optim.micro_batch_size,
                                    cfg.optim.max_tokens_per_micro_batch, count_over_ranks)
     if workers > 1 and splits_freely(cfg):
         groups = packing.split_to_count(groups, lengths, max(len(groups), min(2 * workers, len(samples))))
@@ -168,10 +181,19 @@ def splits_freely(cfg: TrainConfig) -> bool:
     return not (cfg.loss.entropy_coef and cfg.loss.entropy_agg == "token_mean")
 
 
-def _micro_batch_order(samples: list[Sample]) -> list[int]:
+def _micro_batch_order(samples: list[Sample], by_group: bool = False) -> list[int]:
     # Micro-batches of similar length waste less compute on padding (long teacher traces end up
-    # together); the accumulated gradient does not depend on the order.
-    return sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+    # together); the accumulated gradient does not depend on the order. Sharing prompts, a group's
+    # samples stay together (shortest groups first) so its prompt runs once.
+    def tokens(i: int) -> int:
+        return len(samples[i].prompt_ids) + len(samples[i].response_ids)
+
+    if not by_group:
+        return sorted(range(len(samples)), key=tokens)
+    longest: dict[int, int] = {}
+    for i, s in enumerate(samples):
+        longest[s.group] = max(longest.get(s.group, 0), tokens(i))
+    return sorted(range(len(samples)), key=lambda i: (longest[samples[i].group], samples[i].group, tokens(i)))
 
 
 def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
@@ -188,7 +210,7 @@ def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
     def score(idx: list[int]) -> torch.Tensor:
         with torch.no_grad():
             return token_scores(model, [samples[i] for i in idx], pad_id, cfg.rollout.temperature,
-                                cfg.optim.padding_free, entropy_grad=False)[0]
+                                update_layout(cfg), entropy_grad=False)[0]
 
     batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
     for idx, logp in zip(batches, threads.map(score, batches)):
@@ -239,13 +261,13 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
         mb = [samples[i] for i in idx]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logp, ent, resp = token_scores(model, mb, pad_id, T, cfg.optim.padding_free,
+        logp, ent, resp = token_scores(model, mb, pad_id, T, update_layout(cfg),
                                        entropy_grad=bool(lc.entropy_coef))
         entropy = ent if lc.entropy_coef else None
         ref_logp = None
         if lc.beta:
             with torch.no_grad():
-                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, cfg.optim.padding_free,
+                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, update_layout(cfg),
                                               entropy_grad=False)
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
@@ -288,13 +310,27 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             with no_sync(k == len(batches) - 1) if no_sync else contextlib.nullcontext():
                 loss.backward()
             parts.append(part)
-    agg_metrics: dict[str, float] = {}
-    for m, share, _ in parts:
-        for k, v in m.items():
-            if isinstance(v, float) and not math.isnan(v):
-                agg_metrics[k] = agg_metrics.get(k, 0.0) + v * share
+    agg_metrics = defined_weighted_means([(m, share) for m, share, _ in parts])
     agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
     return agg_metrics
+
+
+def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
+    """Each metric's weighted mean over the parts that define it (not NaN, present), times the
+    parts' total weight. Why: a metric over on-policy tokens is NaN in a part of teacher rows only;
+    weighting the defined parts by their share of the whole batch counted such a part as 0, so
+    `is_weight_mean` read 0.52 when every weight was 1 (four parts, two without an on-policy token).
+    Times the total weight: a rank's parts hold its share of the global batch, and the caller sums
+    ranks (and mini-batches) as before."""
+    total = sum(w for _, w in parts)
+    sums: dict[str, list[float]] = {}
+    for m, w in parts:
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and not math.isnan(v):
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += v * w
+                acc[1] += w
+    return {k: s / w * total if w > 0 else 0.0 for k, (s, w) in sums.items()}
 
 
 def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]:
@@ -536,7 +572,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
             model, samples, cfg, run.pad_id, count, run.threads
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
-    metrics: dict[str, float] = {}
+    per_part: list[tuple[dict, float]] = []
     norms = []
     for part in parts:
         mb = [samples[i] for i in part]
@@ -549,9 +585,8 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()
-        weight = totals[0] / batch_tokens if len(parts) > 1 else 1.0
-        for k, v in _sum_metrics(dist.gather(part_metrics)).items():
-            metrics[k] = metrics.get(k, 0.0) + v * weight
+        per_part.append((_sum_metrics(dist.gather(part_metrics)), totals[0] / batch_tokens))
+    metrics = defined_weighted_means(per_part) if len(per_part) > 1 else per_part[0][0]
     lr_used = run.sched.get_last_lr()[0]
     run.sched.step()
     return metrics, sum(norms) / len(norms), lr_used
