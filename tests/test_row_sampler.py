@@ -88,3 +88,30 @@ def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
         engine.close()
     assert texts_by_bs[64] == texts_by_bs[6] == texts_by_bs[3]
     assert len({t for _, _, t in texts_by_bs[64]}) > 5  # random model, T=1: the samples differ
+
+
+def test_a_shared_prefill_samples_what_one_prefill_per_row_samples():
+    # n = 3 rows share each prompt: the prompt (but its last token) runs once and its cache is
+    # copied to the rows (`shared_prefill_cache`); the tokens must be those of a prefill per row
+    # and the recorded entropies equal up to float rounding. The one-token prompt [14] has only
+    # padding before its last token.
+    from tests.test_sft import _tiny_model
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = _tiny_model()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, batch_size=12)
+    shared = generate(model, Tok(), prompts, **kw)
+    per_row = generate(model, Tok(), prompts, share_prefill=False, **kw)
+    assert [r.response_ids for r in shared] == [r.response_ids for r in per_row]
+    assert len({tuple(r.response_ids) for r in shared}) > 3
+    for a, b in zip(shared, per_row):
+        assert a.entropies == pytest.approx(b.entropies, abs=1e-5)
+    greedy = dict(kw, temperature=0.0)
+    assert ([r.response_ids for r in generate(model, Tok(), prompts, **greedy)]
+            == [r.response_ids for r in generate(model, Tok(), prompts, share_prefill=False, **greedy)])
