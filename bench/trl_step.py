@@ -1,5 +1,6 @@
 """Our trainer vs TRL's GRPOTrainer: same model, prompts, batch, group size, completion length and
-loss settings (grpo, token-mean loss, beta 0, one update per batch), CPU, runs alternating; with
+loss settings (grpo, token-mean loss, beta 0, one update per batch; ours without the divergence
+monitor, which TRL has no counterpart of, and a row with it), CPU, runs alternating; with
 transformers rollouts on both sides, then with vLLM rollouts on both sides (ours: rollout.engine
 vllm; TRL: use_vllm, vllm_mode colocate, each with its importance-sampling correction on).
 
@@ -24,7 +25,10 @@ LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{qu
 
 
 def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
-         vllm: bool = False) -> float:
+         vllm: bool = False, monitor: bool = False) -> float:
+    """Our step with what TRL's does: no divergence monitor (`oger.monitor`, on by default: it
+    embeds every rollout; `monitor=True` times that too), each group's prompt run once in the
+    update (`optim.share_prompts`) and in the prefill (hf generate shares it always)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -42,8 +46,8 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
         prompts_per_step=prompts,
         group_size=group,
         rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
-        optim={"lr": lr, "micro_batch_size": prompts * group},
-        loss={"loss_agg": "token_mean"},
+        optim={"lr": lr, "micro_batch_size": prompts * group, "share_prompts": True},
+        loss={"loss_agg": "token_mean"}, oger={"monitor": monitor},
         logging={"log_rollouts": False, "checkpoint_every": 10_000}, **EXTRA,
     )
     run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
@@ -128,6 +132,7 @@ def main() -> None:
     tiny = model_dir(refs["policy"])
     inputs = train_inputs(refs)
     o_tiny, t_tiny = _pair("tiny", tiny, inputs, rounds=2, steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
+    m_tiny = ours(tiny, inputs, steps=5, prompts=8, group=8, max_new=80, lr=1e-4, monitor=True)
     lm = materialize_gguf("smollm2")
     o_lm, t_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
                        group=4, max_new=48, lr=1e-6)
@@ -140,9 +145,11 @@ def main() -> None:
     table(f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
           ["policy", "rollouts", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
           [["tiny (0.8M)", "transformers", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
+           ["tiny, ours with the monitor (grpo default)", "transformers", "8 prompts x 8, 80 tokens", m_tiny,
+            t_tiny, m_tiny / t_tiny],
            ["SmolLM2-135M", "transformers", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm],
            ["tiny (0.8M)", "vLLM colocated", "8 prompts x 8, 80 tokens", vo_tiny, vt_tiny, vo_tiny / vt_tiny],
            ["SmolLM2-135M", "vLLM colocated", "2 prompts x 4, 48 tokens", vo_lm, vt_lm, vo_lm / vt_lm]])
-    result("trl_step", ratio=o_tiny / t_tiny, ratio_lm=o_lm / t_lm, ours_s=o_tiny, trl_s=t_tiny,
+    result("trl_step", ratio=o_tiny / t_tiny, monitor_ratio=m_tiny / t_tiny, ratio_lm=o_lm / t_lm, ours_s=o_tiny, trl_s=t_tiny,
            ours_lm_s=o_lm, trl_lm_s=t_lm, vllm_ratio=vo_tiny / vt_tiny, vllm_ratio_lm=vo_lm / vt_lm,
            vllm_ours_s=vo_tiny, vllm_trl_s=vt_tiny, vllm_ours_lm_s=vo_lm, vllm_trl_lm_s=vt_lm)

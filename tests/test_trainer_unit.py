@@ -256,3 +256,12 @@ def test_a_metric_is_averaged_over_the_parts_that_define_it():
     out = defined_weighted_means([({"a": 1.0, "b": nan, "c": 4.0}, 0.25), ({"a": 3.0, "b": 2.0}, 0.25)])
     assert out == {"a": 1.0, "b": 1.0, "c": 2.0}
     assert defined_weighted_means([({"a": nan}, 1.0)]) == {}
+
+
+def test_rollout_entropies_are_recorded_only_where_something_reads_them():
+    from oger.stages.train.trainer import needs_rollout_entropy
+
+    assert needs_rollout_entropy(TrainConfig(algorithm="grpo"))  # the monitor logs g(H) for every preset
+    assert not needs_rollout_entropy(TrainConfig(algorithm="grpo", oger={"monitor": False}))
+    assert not needs_rollout_entropy(TrainConfig(algorithm="luffy", oger={"monitor": False}))
+    assert needs_rollout_entropy(TrainConfig(algorithm="oger", oger={"monitor": False}))  # the bonus's damping

@@ -506,6 +506,13 @@ def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Pat
     return engine
 
 
+def needs_rollout_entropy(cfg: TrainConfig) -> bool:
+    """Whether anything reads the rollouts' per-token entropies: the bonus's damping g(H) and its
+    monitor. Why ask: vLLM returns none, so they cost one more forward over prompt + response
+    (`ColocatedEngine.generate`); grpo/luffy with `oger.monitor: false` skip it."""
+    return cfg.bonus_lambda > 0 or cfg.oger.monitor
+
+
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
     """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
     in generation calls of rollout.batch_prompts prompts seeded by their global index."""
@@ -521,7 +528,7 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
         call = list(range(c, min(c + ro.batch_prompts, hi)))
         request = Request(n=cfg.group_size, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                           top_p=ro.top_p, seed=rollout_seed(cfg, step, c // ro.batch_prompts),
-                          record_entropy=True)
+                          record_entropy=needs_rollout_entropy(cfg))
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)
         samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
                            prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
