@@ -268,3 +268,9 @@ def test_sharing_prompts_keeps_a_group_in_one_micro_batch():
 def test_two_layouts_at_once_are_refused():
     with pytest.raises(ValueError, match="choose one"):
         TrainConfig(optim={"share_prompts": True, "padding_free": True})
+
+
+def test_shared_prompts_refuse_gradient_checkpointing():
+    # checkpointed layers run without a KV cache, so the shared prompt's keys could not reach its rows
+    with pytest.raises(ValueError, match="share_prompts"):
+        TrainConfig(optim={"share_prompts": True}, distributed={"gradient_checkpointing": True})

@@ -554,6 +554,9 @@ class TrainConfig(Strict):
             raise ValueError("rollout.engine 'paged' runs a data-dependent number of forward passes "
                              "per rank, which FSDP's parameter all-gathers cannot follow: use "
                              "rollout.engine 'hf' (synced_gpus) with fsdp, or DDP")
+        if self.optim.share_prompts and self.distributed.gradient_checkpointing:
+            raise ValueError("optim.share_prompts keeps each prompt's KV cache for its group's rows, "
+                             "which gradient checkpointing turns off (use_cache): drop one of them")
         return self
 
     def sharding_problem(self, prompts: int) -> str | None:

@@ -94,7 +94,8 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("strategy_other_share", "share of on-policy rows using neither strategy", run=("mean",)),
     Metric("bonus_mean_a", "mean bonus over correct on-policy rows using strategy A", run=("mean",), sweep=True),
     Metric("bonus_mean_b", "mean bonus over correct on-policy rows using strategy B", run=("mean",), sweep=True),
-    # the update (oger.algorithm.core.policy_loss, token-weighted over micro- and mini-batches)
+    # the update (oger.algorithm.core.policy_loss, token-weighted over the micro- and mini-batches that
+    # define each: a teacher-only micro-batch has no on-policy token, trainer.defined_weighted_means)
     Metric("pg_loss", "policy-gradient loss"),
     Metric("kl", "k3 KL to the reference model (NaN with beta 0)"),
     Metric("clip_frac", "share of on-policy tokens clipped (0 without clip)"),
