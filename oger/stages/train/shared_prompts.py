@@ -6,7 +6,9 @@ micro-batch run once (with their KV cache kept, and the gradient through it), th
 to the rows that share each prompt, and only the responses run per row. The autograd graph adds
 the rows' gradients into the one prompt pass, so log-probs and gradient equal the padded path's up
 to float rounding (tests/test_packing.py). It saves (n - 1) / n of the prompt tokens' FLOPs: with
-SmolLM2's ~60-token chat prompts and 48-token responses in groups of 4, about 40% of the update.
+SmolLM2's 55-token chat prompts and 30-48-token responses in groups of 4, the update took 3.3-3.8 s
+instead of 4.4-4.9 (docs/PERFORMANCE.md, "trl_step"). On the tiny policy (short prompts, threaded
+parts that each pay two forwards) it saved nothing: a choice per model, off by default.
 
 Layout: prompts left-padded to width P (one row per distinct prompt), responses right-padded to
 width R (one row per sample), positions counting real tokens only, as `_batch_tensors` lays them
