@@ -274,3 +274,11 @@ def test_shared_prompts_refuse_gradient_checkpointing():
     # checkpointed layers run without a KV cache, so the shared prompt's keys could not reach its rows
     with pytest.raises(ValueError, match="share_prompts"):
         TrainConfig(optim={"share_prompts": True}, distributed={"gradient_checkpointing": True})
+
+
+def test_shared_prompts_refuse_a_model_whose_cache_rows_cannot_be_copied():
+    from tests.test_row_sampler import tiny_hybrid_model
+
+    ss = group_samples(64)
+    with pytest.raises(ValueError, match="share_prompts.*Qwen3Next"):
+        token_scores(tiny_hybrid_model(), ss, 0, 1.0, layout="shared_prompts", entropy_grad=False)

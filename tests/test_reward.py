@@ -99,6 +99,21 @@ def test_lambda_zero_monitor_measures_without_paying_and_no_embedder_without_mon
     assert unmeasured.bonus.abs().sum() == 0
 
 
+def test_no_recorded_entropy_reports_no_gate_unless_the_bonus_applied_one():
+    # `needs_rollout_entropy` False (luffy, monitor off): the rollouts carry no entropies, and their
+    # gate is None (not g(0) = 1, which nothing computed). With lambda > 0 and no entropy (a
+    # hand-written rollout in `oger bonus`) g = 1 is what the bonus applied: reported as 1.
+    rows = [("alpha", True, False), ("beta", True, False), ("gamma", False, False), (TEACHER, True, True)]
+    samples = [sample(s.text, group=0, problem_id="p", response_ids=[1, 2, 3], off_policy=s.off_policy,
+                      correct=s.correct, entropies=[]) for s in group(0, "p", rows)]
+    teachers = {"p": ([TEACHER], None)}
+    off = compute_rewards(samples, teachers, None, TrainConfig(group_size=4, algorithm="luffy",
+                                                               oger={"monitor": False}))
+    assert all(r["gate"] is None for r in off.rows)
+    applied = compute_rewards(samples, teachers, fake_embed, cfg())
+    assert [r["gate"] for r in applied.rows] == [1.0, 1.0, None, None]  # eligible: the two correct rollouts
+
+
 def test_guards_zero_the_bonus_of_degenerate_rollouts():
     teachers = {"p": ([TEACHER], None)}
     degenerate = ["beta So the answer is \\boxed{7}.",  # no reasoning left

@@ -115,3 +115,34 @@ def test_a_shared_prefill_samples_what_one_prefill_per_row_samples():
     greedy = dict(kw, temperature=0.0)
     assert ([r.response_ids for r in generate(model, Tok(), prompts, **greedy)]
             == [r.response_ids for r in generate(model, Tok(), prompts, share_prefill=False, **greedy)])
+
+
+def tiny_hybrid_model():
+    """A 2-layer Qwen3-Next (one linear-attention layer, one full-attention layer): its cache keeps
+    conv and recurrent states that `batch_select_indices` cannot copy per row."""
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen3NextForCausalLM(Qwen3NextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1,
+        linear_key_head_dim=16, linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1,
+        moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        layer_types=["linear_attention", "full_attention"], pad_token_id=0, eos_token_id=1, bos_token_id=1)).eval()
+
+
+def test_a_cache_whose_rows_cannot_be_copied_is_prefilled_per_row():
+    from oger.generation.hf import _prefill_shareable
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = tiny_hybrid_model()
+    kw = dict(n=3, max_new_tokens=6, temperature=1.0, seed=3, batch_size=6)
+    shared = generate(model, Tok(), [[5, 6, 7], [8, 9]], **kw)  # would raise without the check
+    assert _prefill_shareable[model] is False  # found once, then not tried again for this model
+    per_row = generate(model, Tok(), [[5, 6, 7], [8, 9]], share_prefill=False, **kw)
+    assert [r.response_ids for r in shared] == [r.response_ids for r in per_row]

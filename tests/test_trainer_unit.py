@@ -265,3 +265,13 @@ def test_rollout_entropies_are_recorded_only_where_something_reads_them():
     assert not needs_rollout_entropy(TrainConfig(algorithm="grpo", oger={"monitor": False}))
     assert not needs_rollout_entropy(TrainConfig(algorithm="luffy", oger={"monitor": False}))
     assert needs_rollout_entropy(TrainConfig(algorithm="oger", oger={"monitor": False}))  # the bonus's damping
+
+
+def test_ranks_are_combined_over_those_that_define_a_metric():
+    from oger.stages.train.trainer import combine_ranks
+
+    # each rank's value is its mean times its share (`update`); shares 0.5 and 0.5.
+    # pg_loss: both ranks, means 2 and 4 -> (1 + 2) / (0.5 + 0.5) = 3
+    # shaping_mean: only rank 0 had a teacher row, mean 0.3 -> 0.15 / 0.5 = 0.3 (summed as 0: 0.15)
+    out = combine_ranks([({"pg_loss": 1.0, "shaping_mean": 0.15}, 0.5), ({"pg_loss": 2.0}, 0.5)])
+    assert out == pytest.approx({"pg_loss": 3.0, "shaping_mean": 0.3})

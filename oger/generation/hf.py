@@ -9,6 +9,8 @@ forward pass for it.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from oger import seeds
@@ -169,8 +171,12 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
                       logits_processor=LogitsProcessorList(processors))
         if synced_gpus:
             kwargs["synced_gpus"] = True
-        if share_prefill and len(set(batch)) < len(batch) and width > 1:
-            kwargs["past_key_values"] = shared_prefill_cache(model, ids.to(device), attn.to(device), batch)
+        if share_prefill and len(set(batch)) < len(batch) and width > 1 and _prefill_shareable.get(model, True) \
+                and getattr(model.generation_config, "cache_implementation", None) is None:
+            cache = shared_prefill_cache(model, ids.to(device), attn.to(device), batch)
+            _prefill_shareable[model] = cache is not None  # a model's cache kind does not change
+            if cache is not None:
+                kwargs["past_key_values"] = cache
         seqs = model.generate(ids.to(device), **kwargs).cpu()
         new = seqs[:, width:]
         ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
@@ -187,6 +193,20 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
     return out
 
 
+_prefill_shareable: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def rows_copyable(cache) -> bool:
+    """Whether `batch_select_indices` copies every state the cache's layers keep: key/value layers
+    (full or sliding-window) yes; the conv and recurrent states of linear-attention layers
+    (Qwen3-Next-style hybrids) have no such copy, and their mixed layers would copy only keys and
+    values."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: list[int]):
     """The KV cache of a left-padded batch's prompts but their last token, each distinct prompt
     run once and its keys and values copied to the rows that sample it; `generate` given it runs
@@ -195,7 +215,8 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     Why: a group's n rollouts share one prompt, and a padded `generate` prefills it n times.
     SmolLM2, 2 prompts x 4 rollouts of ~55-token chat prompts: prefilling the 8 rows took 1.16 s of
     a 7.3 s generate on this CPU (docs/PERFORMANCE.md, "trl_step"); here 2 rows. vLLM does the
-    same with its prefix cache."""
+    same with its prefix cache. None (the caller prefills per row) where the cache's rows cannot be
+    copied (`rows_copyable`)."""
     first: dict[int, int] = {}
     for r, j in enumerate(jobs):
         first.setdefault(j, r)
@@ -204,6 +225,8 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     pos = (u_attn.cumsum(-1) - 1).masked_fill(u_attn == 0, 0)
     cache = model(input_ids=u_ids, attention_mask=u_attn, position_ids=pos, use_cache=True,
                   logits_to_keep=1).past_key_values
+    if not rows_copyable(cache):
+        return None
     slot = {j: k for k, j in enumerate(first)}
     cache.batch_select_indices(torch.tensor([slot[j] for j in jobs], device=ids.device))
     return cache

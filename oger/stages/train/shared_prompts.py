@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from oger.generation.hf import rows_copyable
+
 
 def distinct_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
     """(the distinct prompts in first-seen order, each row's index into them)."""
@@ -52,6 +54,9 @@ def shared_prompt_logits(model, prompts: Sequence[Sequence[int]], responses: Seq
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
+    if not rows_copyable(cache):
+        raise ValueError(f"optim.share_prompts: the cache of {type(model).__name__} keeps states that "
+                         "cannot be copied per row (linear attention): set it to false for this model")
     rows = torch.tensor(row_of, device=device)
     cache.batch_select_indices(rows)  # each row gets its prompt's keys and values (a gather: grads add up)
     attn = torch.cat([p_attn[rows], torch.ones((B, R), dtype=torch.long, device=device)], dim=1)

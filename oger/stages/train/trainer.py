@@ -293,8 +293,7 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
             entropy_agg=None if lc.entropy_agg == "loss_agg" else lc.entropy_agg,
             ref_logp=ref_logp, beta=lc.beta, is_weight=is_weight)
         m.update(mismatch)
-        share = (resp.sum().item() / total_tokens if lc.loss_agg == "token_mean"
-                 else len(mb) / total_samples)
+        share = batch_share(mb, (total_tokens, total_samples), lc.loss_agg)
         entropy_sum = float((ent.detach() * resp).sum())
         return loss * (share * grad_scale), (m, share, entropy_sum)
 
@@ -313,6 +312,29 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     agg_metrics = defined_weighted_means([(m, share) for m, share, _ in parts])
     agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
     return agg_metrics
+
+
+def batch_share(samples: list[Sample], totals: tuple[int, int], loss_agg: str) -> float:
+    """The part of a global batch's loss that `samples` carry: their response tokens over the
+    batch's (token_mean), else their count over the batch's; `totals` = (tokens, samples)."""
+    tokens, count = totals
+    if loss_agg == "token_mean":
+        return sum(len(s.response_ids) for s in samples) / tokens
+    return len(samples) / count
+
+
+def combine_ranks(ranks: list[tuple[dict, float]]) -> dict[str, float]:
+    """The global metrics from each rank's (`update` metrics, `batch_share`): a rank's value is its
+    mean times its share, so the sum over the ranks that define a metric, over their shares. A
+    metric no part of a rank defined (no teacher row there: `shaping_mean`) is absent from its
+    dict; summing as 0 would halve it on two ranks."""
+    sums: dict[str, list[float]] = {}
+    for m, share in ranks:
+        for k, v in m.items():
+            acc = sums.setdefault(k, [0.0, 0.0])
+            acc[0] += v
+            acc[1] += share
+    return {k: v / w if w > 0 else 0.0 for k, (v, w) in sums.items()}
 
 
 def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -592,7 +614,8 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()
-        per_part.append((_sum_metrics(dist.gather(part_metrics)), totals[0] / batch_tokens))
+        ranks = dist.gather((part_metrics, batch_share(mb, tuple(totals), cfg.loss.loss_agg)))
+        per_part.append((combine_ranks(ranks), totals[0] / batch_tokens))
     metrics = defined_weighted_means(per_part) if len(per_part) > 1 else per_part[0][0]
     lr_used = run.sched.get_last_lr()[0]
     run.sched.step()
@@ -679,14 +702,6 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     if run.writer is not None:
         run.writer.close()
     return run.history
-
-
-def _sum_metrics(parts: list[dict]) -> dict:
-    out: dict[str, float] = {}
-    for part in parts:
-        for k, v in part.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
 
 
 def _read_history(path: Path, done_steps: int) -> list[dict]:
