@@ -84,17 +84,19 @@ def test_pack_layout_by_hand():
 # ------------------------------------------------------------------ numerics, float32
 
 
-def test_packed_scores_equal_padded_scores(model_pad):
+@pytest.mark.parametrize("layout", ["packed", "shared_prompts"])
+def test_other_layouts_score_as_the_padded_one(model_pad, layout):
+    # packed: samples of very different lengths; shared prompts: groups of three sharing a prompt
     model, pad = model_pad
-    ss = spread_samples(model.config.vocab_size)
+    ss = (spread_samples if layout == "packed" else group_samples)(model.config.vocab_size)
     with torch.no_grad():
         lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, layout="padded", entropy_grad=False)
-        lp_pack, ent_pack, m_pack = token_scores(model, ss, pad, 0.7, layout="packed", entropy_grad=False)
-    assert torch.equal(m_pad, m_pack)
+        lp, ent, m = token_scores(model, ss, pad, 0.7, layout=layout, entropy_grad=False)
+    assert torch.equal(m_pad, m)
     assert m_pad.sum() == sum(len(s.response_ids) for s in ss)
-    assert (lp_pad - lp_pack).mul(m_pad).abs().max() < 1e-5
-    assert (ent_pad - ent_pack).mul(m_pad).abs().max() < 1e-5
-    assert lp_pack.mul(m_pad).abs().sum() > 0
+    assert (lp_pad - lp).mul(m_pad).abs().max() < 1e-5
+    assert (ent_pad - ent).mul(m_pad).abs().max() < 1e-5
+    assert lp.mul(m_pad).abs().sum() > 0
 
 
 def _grad(model, ss, cfg, pad, adv):
@@ -223,21 +225,11 @@ def group_samples(vocab: int, seed=0):
     return out
 
 
-def test_distinct_prompts_by_hand():
-    from oger.stages.train.shared_prompts import distinct_prompts
+def test_distinct_rows_by_hand():
+    from oger.generation.hf import distinct_rows
 
-    assert distinct_prompts([[1, 2], [3], [1, 2], [3], [4]]) == ([[1, 2], [3], [4]], [0, 1, 0, 1, 2])
-
-
-def test_shared_prompt_scores_equal_padded_scores(model_pad):
-    model, pad = model_pad
-    ss = group_samples(model.config.vocab_size)
-    with torch.no_grad():
-        lp_pad, ent_pad, m_pad = token_scores(model, ss, pad, 0.7, layout="padded", entropy_grad=False)
-        lp_sh, ent_sh, m_sh = token_scores(model, ss, pad, 0.7, layout="shared_prompts", entropy_grad=False)
-    assert torch.equal(m_pad, m_sh)
-    assert ((lp_pad - lp_sh) * m_pad).abs().max() < 1e-5
-    assert ((ent_pad - ent_sh) * m_pad).abs().max() < 1e-5
+    # distinct keys (1, 2), (3,), (4,) first seen in rows 0, 1 and 4
+    assert distinct_rows([(1, 2), (3,), (1, 2), (3,), (4,)]) == ([0, 1, 4], [0, 1, 0, 1, 2])
 
 
 @pytest.mark.parametrize("agg", AGGS)

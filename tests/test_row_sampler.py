@@ -9,6 +9,15 @@ import torch
 from oger.generation.hf import RowSampler, generate
 
 
+class IdsTok:
+    """Token ids are the vocabulary; 1 ends a response, 0 pads."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
 def _sampler(us: list[float], temperature=1.0, top_p=1.0) -> RowSampler:
     s = RowSampler([0] * len(us), 1, temperature, top_p, "cpu")
     s.u = torch.tensor(us, dtype=torch.float64)[:, None]  # the uniforms, by hand
@@ -51,20 +60,14 @@ def test_frequencies_match_the_distribution():
 def test_rollouts_do_not_depend_on_the_batch_size():
     from tests.test_sft import _tiny_model
 
-    class Tok:  # ids are the vocabulary; 1 ends a response
-        pad_token_id, eos_token_id = 0, 1
-
-        def decode(self, ids, skip_special_tokens=True):
-            return " ".join(map(str, ids))
-
     model = _tiny_model()
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
     kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
-    by_batch = {bs: [r.response_ids for r in generate(model, Tok(), prompts, batch_size=bs, **kw)]
+    by_batch = {bs: [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=bs, **kw)]
                 for bs in (12, 5, 1)}  # one batch; 5 + 5 + 2 (other paddings); one rollout each
     assert by_batch[12] == by_batch[5] == by_batch[1]
     assert len({tuple(r) for r in by_batch[12]}) > 3  # the samples do differ
-    assert [r.response_ids for r in generate(model, Tok(), prompts, batch_size=12, **{**kw, "seed": 8})] != by_batch[12]
+    assert [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=12, **{**kw, "seed": 8})] != by_batch[12]
 
 
 def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
@@ -97,24 +100,18 @@ def test_a_shared_prefill_samples_what_one_prefill_per_row_samples():
     # padding before its last token.
     from tests.test_sft import _tiny_model
 
-    class Tok:
-        pad_token_id, eos_token_id = 0, 1
-
-        def decode(self, ids, skip_special_tokens=True):
-            return " ".join(map(str, ids))
-
     model = _tiny_model()
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
     kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, batch_size=12)
-    shared = generate(model, Tok(), prompts, **kw)
-    per_row = generate(model, Tok(), prompts, share_prefill=False, **kw)
+    shared = generate(model, IdsTok(), prompts, **kw)
+    per_row = generate(model, IdsTok(), prompts, share_prefill=False, **kw)
     assert [r.response_ids for r in shared] == [r.response_ids for r in per_row]
     assert len({tuple(r.response_ids) for r in shared}) > 3
     for a, b in zip(shared, per_row):
         assert a.entropies == pytest.approx(b.entropies, abs=1e-5)
     greedy = dict(kw, temperature=0.0)
-    assert ([r.response_ids for r in generate(model, Tok(), prompts, **greedy)]
-            == [r.response_ids for r in generate(model, Tok(), prompts, share_prefill=False, **greedy)])
+    assert ([r.response_ids for r in generate(model, IdsTok(), prompts, **greedy)]
+            == [r.response_ids for r in generate(model, IdsTok(), prompts, share_prefill=False, **greedy)])
 
 
 def tiny_hybrid_model():
@@ -134,15 +131,9 @@ def tiny_hybrid_model():
 def test_a_cache_whose_rows_cannot_be_copied_is_prefilled_per_row():
     from oger.generation.hf import _prefill_shareable
 
-    class Tok:
-        pad_token_id, eos_token_id = 0, 1
-
-        def decode(self, ids, skip_special_tokens=True):
-            return " ".join(map(str, ids))
-
     model = tiny_hybrid_model()
     kw = dict(n=3, max_new_tokens=6, temperature=1.0, seed=3, batch_size=6)
-    shared = generate(model, Tok(), [[5, 6, 7], [8, 9]], **kw)  # would raise without the check
+    shared = generate(model, IdsTok(), [[5, 6, 7], [8, 9]], **kw)  # would raise without the check
     assert _prefill_shareable[model] is False  # found once, then not tried again for this model
-    per_row = generate(model, Tok(), [[5, 6, 7], [8, 9]], share_prefill=False, **kw)
+    per_row = generate(model, IdsTok(), [[5, 6, 7], [8, 9]], share_prefill=False, **kw)
     assert [r.response_ids for r in shared] == [r.response_ids for r in per_row]

@@ -171,12 +171,9 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
                       logits_processor=LogitsProcessorList(processors))
         if synced_gpus:
             kwargs["synced_gpus"] = True
-        if share_prefill and len(set(batch)) < len(batch) and width > 1 and _prefill_shareable.get(model, True) \
-                and getattr(model.generation_config, "cache_implementation", None) is None:
-            cache = shared_prefill_cache(model, ids.to(device), attn.to(device), batch)
-            _prefill_shareable[model] = cache is not None  # a model's cache kind does not change
-            if cache is not None:
-                kwargs["past_key_values"] = cache
+        cache = shared_prefill_cache(model, ids.to(device), attn.to(device), batch) if share_prefill else None
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         seqs = model.generate(ids.to(device), **kwargs).cpu()
         new = seqs[:, width:]
         ent = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
@@ -194,6 +191,20 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
 
 
 _prefill_shareable: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def distinct_rows(keys) -> tuple[list[int], list[int]]:
+    """(the first row of each distinct key, in first-seen order; each row's index into them), for
+    hashable keys: a batch's prompts (as tuples) or its job numbers."""
+    slot: dict = {}
+    first: list[int] = []
+    row_of = []
+    for r, key in enumerate(keys):
+        if key not in slot:
+            slot[key] = len(first)
+            first.append(r)
+        row_of.append(slot[key])
+    return first, row_of
 
 
 def rows_copyable(cache) -> bool:
@@ -215,20 +226,21 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     Why: a group's n rollouts share one prompt, and a padded `generate` prefills it n times.
     SmolLM2, 2 prompts x 4 rollouts of ~55-token chat prompts: prefilling the 8 rows took 1.16 s of
     a 7.3 s generate on this CPU (docs/PERFORMANCE.md, "trl_step"); here 2 rows. vLLM does the
-    same with its prefix cache. None (the caller prefills per row) where the cache's rows cannot be
-    copied (`rows_copyable`)."""
-    first: dict[int, int] = {}
-    for r, j in enumerate(jobs):
-        first.setdefault(j, r)
-    heads = torch.tensor(list(first.values()), device=ids.device)
+    same with its prefix cache. None (the caller prefills per row) where nothing is shared (every
+    prompt distinct, or one token wide), where the model's generation config names its own cache,
+    or where the cache's rows cannot be copied (`rows_copyable`; found once per model)."""
+    heads, row_of = distinct_rows(jobs)
+    if (len(heads) == len(jobs) or ids.shape[1] < 2 or not _prefill_shareable.get(model, True)
+            or getattr(model.generation_config, "cache_implementation", None) is not None):
+        return None
     u_ids, u_attn = ids[heads, :-1], attn[heads, :-1]
     pos = (u_attn.cumsum(-1) - 1).masked_fill(u_attn == 0, 0)
     cache = model(input_ids=u_ids, attention_mask=u_attn, position_ids=pos, use_cache=True,
                   logits_to_keep=1).past_key_values
-    if not rows_copyable(cache):
+    _prefill_shareable[model] = rows_copyable(cache)  # a model's kind of cache does not change
+    if not _prefill_shareable[model]:
         return None
-    slot = {j: k for k, j in enumerate(first)}
-    cache.batch_select_indices(torch.tensor([slot[j] for j in jobs], device=ids.device))
+    cache.batch_select_indices(torch.tensor(row_of, device=ids.device))
     return cache
 
 

@@ -21,14 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from oger.generation.hf import rows_copyable
-
-
-def distinct_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
-    """(the distinct prompts in first-seen order, each row's index into them)."""
-    index: dict[tuple[int, ...], int] = {}
-    rows = [index.setdefault(tuple(p), len(index)) for p in prompts]
-    return [list(p) for p in index], rows
+from oger.generation.hf import distinct_rows, rows_copyable
 
 
 def shared_prompt_logits(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
@@ -36,7 +29,8 @@ def shared_prompt_logits(model, prompts: Sequence[Sequence[int]], responses: Seq
     """(logits predicting each response token (B, R, V), those tokens (B, R), response mask (B, R))
     for rows (prompt, response), each distinct prompt run once."""
     device = next(model.parameters()).device
-    unique, row_of = distinct_prompts(prompts)
+    heads, row_of = distinct_rows(tuple(p) for p in prompts)
+    unique = [prompts[r] for r in heads]
     P = max(len(p) for p in unique)
     R = max(len(r) for r in responses)
     B = len(responses)

@@ -328,13 +328,7 @@ def combine_ranks(ranks: list[tuple[dict, float]]) -> dict[str, float]:
     mean times its share, so the sum over the ranks that define a metric, over their shares. A
     metric no part of a rank defined (no teacher row there: `shaping_mean`) is absent from its
     dict; summing as 0 would halve it on two ranks."""
-    sums: dict[str, list[float]] = {}
-    for m, share in ranks:
-        for k, v in m.items():
-            acc = sums.setdefault(k, [0.0, 0.0])
-            acc[0] += v
-            acc[1] += share
-    return {k: v / w if w > 0 else 0.0 for k, (v, w) in sums.items()}
+    return {k: v / w if w > 0 else 0.0 for k, (v, w) in _defined_sums(ranks, scale=False).items()}
 
 
 def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -345,14 +339,19 @@ def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
     Times the total weight: a rank's parts hold its share of the global batch, and the caller sums
     ranks (and mini-batches) as before."""
     total = sum(w for _, w in parts)
-    sums: dict[str, list[float]] = {}
+    return {k: s / w * total if w > 0 else 0.0 for k, (s, w) in _defined_sums(parts, scale=True).items()}
+
+
+def _defined_sums(parts: list[tuple[dict, float]], scale: bool) -> dict[str, tuple[float, float]]:
+    """{metric: (sum of its values (times their part's weight with `scale`), sum of those weights)}
+    over the parts where it is present and not NaN."""
+    sums: dict[str, tuple[float, float]] = {}
     for m, w in parts:
         for k, v in m.items():
             if isinstance(v, (int, float)) and not math.isnan(v):
-                acc = sums.setdefault(k, [0.0, 0.0])
-                acc[0] += v * w
-                acc[1] += w
-    return {k: s / w * total if w > 0 else 0.0 for k, (s, w) in sums.items()}
+                s, ws = sums.get(k, (0.0, 0.0))
+                sums[k] = (s + (v * w if scale else v), ws + w)
+    return sums
 
 
 def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]:
@@ -616,7 +615,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         run.opt.step()
         ranks = dist.gather((part_metrics, batch_share(mb, tuple(totals), cfg.loss.loss_agg)))
         per_part.append((combine_ranks(ranks), totals[0] / batch_tokens))
-    metrics = defined_weighted_means(per_part) if len(per_part) > 1 else per_part[0][0]
+    metrics = defined_weighted_means(per_part)
     lr_used = run.sched.get_last_lr()[0]
     run.sched.step()
     return metrics, sum(norms) / len(norms), lr_used
