@@ -17,7 +17,8 @@ from oger import seeds
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
 from oger.generation.records import Rollout, eos_ids
-from oger.runtime.cpu_threads import decode_threads
+from oger.runtime.cpu_threads import decode_threads, small_cpu_model
+from oger.runtime.packed_linear import packed_linears
 
 ENGINES = ("hf", "paged")
 
@@ -116,16 +117,18 @@ class TransformersEngine:
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
              record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf",
-             first_job: int = 0, share_prefill: bool = True) -> list[Rollout]:
+             first_job: int = 0, share_prefill: bool = True, pack_linears: bool = True) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order. `share_prefill` runs
-    each distinct prompt of a batch once (`shared_prefill_cache`). `synced_gpus` keeps
+    each distinct prompt of a batch once (`shared_prefill_cache`); `pack_linears` decodes a CPU
+    model with its linear weights packed for oneDNN (`oger.runtime.packed_linear`). `synced_gpus` keeps
     decoding until max_new_tokens so FSDP ranks run the same number of forward passes (the
     paged engine cannot: its number of steps depends on the data, see TrainConfig's check).
 
     Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
-    with decode_threads(model):
+    # a small model's decode is bound by Python, not its matmuls: packing gains it nothing
+    with decode_threads(model), packed_linears(model, enabled=pack_linears and not small_cpu_model(model)):
         return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                          record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,

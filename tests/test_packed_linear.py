@@ -1,0 +1,124 @@
+"""Decoding with the linear weights packed for oneDNN (`oger.runtime.packed_linear`): the numbers of
+`F.linear` up to float rounding, the model left exactly as it was, and the same tokens from
+`generate` on SmolLM2."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oger.runtime import packed_linear
+from oger.runtime.packed_linear import MAX_ROWS, packable, packed_linears
+
+pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="torch built without oneDNN")
+
+
+def _qwen2(dtype=torch.float32):
+    """A 2-layer Qwen2 (its q/k/v projections have biases, its LM head has none)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(cfg).to(dtype).eval()
+
+
+def _replaced(model) -> list[str]:
+    return [name for name, m in model.named_modules() if "forward" in m.__dict__]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@torch.no_grad()
+def test_packed_logits_equal_the_plain_ones_up_to_rounding(dtype, tol):
+    model = _qwen2(dtype)
+    ids = torch.randint(0, 96, (3, 5))  # 15 rows per linear: the packed path
+    plain = model(input_ids=ids).logits.float()
+    with packed_linears(model) as packed:
+        assert packed
+        # every linear layer (7 per block and the LM head) now runs through its packed weight
+        assert len(_replaced(model)) == 2 * 7 + 1
+        got = model(input_ids=ids).logits.float()
+    assert torch.allclose(got, plain, rtol=tol, atol=tol * plain.abs().max().item())
+    assert _replaced(model) == []
+
+
+def test_wide_grad_or_autocast_inputs_take_the_plain_path():
+    lin = torch.nn.Linear(32, 48)
+    wide = torch.randn(MAX_ROWS + 1, 32)
+    few = torch.randn(4, 32, requires_grad=True)
+    with packed_linears(lin):
+        with torch.no_grad():
+            assert torch.equal(lin(wide), F.linear(wide, lin.weight, lin.bias))  # bitwise: plain sgemm
+        out = lin(few)
+        assert out.grad_fn is not None and torch.equal(out, F.linear(few, lin.weight, lin.bias))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert lin(few).dtype == torch.bfloat16  # autocast still applies
+
+
+def test_nested_blocks_share_one_copy_and_the_last_restores():
+    model = _qwen2()
+    with packed_linears(model):
+        first = model.lm_head.__dict__["forward"]
+        with packed_linears(model):
+            assert model.lm_head.__dict__["forward"] is first
+        assert model.lm_head.__dict__["forward"] is first  # the outer block still decodes packed
+    assert _replaced(model) == []
+    with packed_linears(model, enabled=False) as packed:
+        assert not packed and _replaced(model) == []
+
+
+def test_weights_changed_between_blocks_are_packed_again():
+    # the trainer updates the weights between two generate calls: each block packs what is there now
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        with packed_linears(lin):
+            before = lin(x)
+        lin.weight.add_(1.0)
+        with packed_linears(lin):
+            after = lin(x)
+    assert torch.allclose(after, F.linear(x, lin.weight, lin.bias), atol=1e-5)
+    assert not torch.allclose(after, before, atol=1e-2)
+
+
+def test_a_forward_someone_else_replaced_is_left_alone():
+    # accelerate's offload hooks replace a module's forward the same way; packing must not undo them
+    lin, other = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    hooked = lambda x: x * 2  # noqa: E731
+    lin.forward = hooked
+    model = torch.nn.Sequential(lin, other)
+    assert not packable(lin) and packable(other)
+    with packed_linears(model):
+        assert lin.forward is hooked and "forward" in other.__dict__
+    assert lin.forward is hooked and "forward" not in other.__dict__
+    assert not packable(torch.nn.Linear(8, 8).to(torch.float16))  # not a dtype oneDNN packs here
+
+
+def test_above_the_memory_cap_nothing_is_packed(monkeypatch):
+    lin = torch.nn.Linear(32, 32)
+    monkeypatch.setattr(packed_linear, "MAX_PACKED_BYTES", 32 * 32 * 4 - 1)
+    with packed_linears(lin) as packed:
+        assert not packed and _replaced(lin) == []
+
+
+@pytest.mark.slow
+def test_smollm2_samples_the_same_tokens_with_packed_weights():
+    # What the rollouts, teachers and evaluation run: HF generate on SmolLM2-135M in float32 (a
+    # model past `small_cpu_model`, so `generate` packs it), sampled and greedy.
+    from transformers import AutoModelForCausalLM
+
+    from oger.generation.hf import chat_prompt_ids, generate
+    from oger.models import materialize_gguf, tokenizer_from_folder
+
+    folder = materialize_gguf("smollm2")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = tokenizer_from_folder(folder)
+    prompts = [chat_prompt_ids(tok, q) for q in ("What is 7 + 8?", "Name a prime number.")]
+    for temperature in (1.0, 0.0):
+        kw = dict(n=2, max_new_tokens=12, temperature=temperature, seed=3, batch_size=4)
+        packed = generate(model, tok, prompts, **kw)
+        plain = generate(model, tok, prompts, pack_linears=False, **kw)
+        assert [r.response_ids for r in packed] == [r.response_ids for r in plain]
+        for a, b in zip(packed, plain):
+            assert a.entropies == pytest.approx(b.entropies, abs=1e-4)
+    with packed_linears(model) as used:
+        assert used
