@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("OGER_DATA_DIR") or REPO / "data")  # the repo's data/ unless pointed elsewhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# As `oger` sets it for its own runs (oger.cli.quiet_threads), before torch loads OpenMP: two workers
+# on two cores oversubscribe the threads, and spinning threads then wait out a time slice at each of a
+# decode's hundreds of small parallel regions (SmolLM2's packed-decoding test beside a busy 2-thread
+# loop: 22 s spinning, 13.5 s passive; 4.9 s alone).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
@@ -198,7 +203,13 @@ def oger_in_process():
 
 # `make test` runs two pytest-xdist workers with `--dist loadfile`: each test file goes to one
 # worker, so its module-scoped runs (the demo in test_pipeline_e2e.py, the deployment stack) are
-# made once.
+# made once. The longest files are collected first (tests/durations.py).
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests.durations import longest_files_first
+
+    items[:] = longest_files_first(items)
 
 
 @pytest.fixture
