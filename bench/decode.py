@@ -62,7 +62,12 @@ def main() -> None:
 
     from oger.generation.hf import chat_prompt_ids
     from oger.models import load_causal_lm
+    from oger.runtime.packed_linear import available
 
+    if not available():
+        print("decode: this torch build has no oneDNN packed linear ops; nothing to compare", flush=True)
+        result("decode", skipped=1)
+        return
     rows, figures = [], {}
     for dtype in ("float32", "bfloat16"):
         model, tok = load_causal_lm("smollm2", dtype)
