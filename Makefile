@@ -53,7 +53,7 @@ demo: setup
 
 # Two pytest-xdist workers, each test file on one of them (tests/conftest.py, "two workers").
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

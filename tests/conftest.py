@@ -203,7 +203,7 @@ def oger_in_process():
 
 # `make test` runs two pytest-xdist workers with `--dist loadfile`: each test file goes to one
 # worker, so its module-scoped runs (the demo in test_pipeline_e2e.py, the deployment stack) are
-# made once. The longest files are collected first (tests/durations.py).
+# made once. The longest files are collected first and handed out in that order (tests/durations.py).
 
 
 def pytest_collection_modifyitems(config, items):

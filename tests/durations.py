@@ -1,10 +1,11 @@
 """Longest test files first, so two `--dist loadfile` workers end together.
 
-pytest-xdist hands each worker the next file in collection order as it frees up; in alphabetical
-order the demo's file (test_pipeline_e2e.py, ~5.5 min) started halfway through and one worker
-finished ~1.5 min before the other (simulated from the 2026-12-07 durations: 879 s and 765 s; longest
-first: 822 s each). `durations.json` holds each file's seconds from a `make test` run; files not in it
-(new ones) go last. Refresh it after the suite changes much:
+With `--no-loadscope-reorder` (pytest-xdist >= 3.8, in `make test`) xdist hands a worker the next
+file in collection order whenever it is down to its last tests. Its default order, most tests first,
+left one worker idle for the last ~1.5 min (the 2026-12-07 durations, simulated: 864 s and 780 s of
+work; longest file first: 822 s each; the demo's file alone is ~5.5 min). `durations.json` holds each
+file's seconds from a `make test` run; files not in it (new ones) go last. Refresh it after the suite
+changes much:
 
     .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=0 > /tmp/d.log
     .venv/bin/python -m tests.durations /tmp/d.log > tests/durations.json
