@@ -2,6 +2,8 @@
 `F.linear` up to float rounding, the model left exactly as it was, and on SmolLM2 the plain model's
 distributions at every decoded token."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +133,24 @@ def test_smollm2_decodes_the_plain_models_distributions_with_packed_weights():
                                                         pack_linears=False, **kw)]
     with packed_linears(model) as used:
         assert used
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_stays_plain():
+    # oneDNN refuses to pack bf16 weights without AVX512-BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only
+    # CPU; here torch's and oneDNN's kernels held to AVX2): the block leaves the model as it is.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from oger.runtime.packed_linear import packed_linears\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)).to(torch.bfloat16)\n"
+        "x = torch.randn(2, 16, dtype=torch.bfloat16)\n"
+        "with torch.no_grad(), packed_linears(m) as packed:\n"
+        "    y = m(x)\n"
+        "    print(packed, [n for n, c in m.named_modules() if 'forward' in c.__dict__])\n"
+        "print(torch.equal(y, m(x).detach()))\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "[]", "True"]
