@@ -6,8 +6,10 @@ real step. Printed too: how many rows sampled the same tokens on both paths (flo
 draw across a token boundary, after which a row goes its own way; tests/test_packed_linear.py checks
 the distributions teacher-forced).
 
-`OGER_BENCH_AS_AVX2=1` holds torch's and oneDNN's kernels to AVX2 (as `bench demo` does): set it
-in the environment before the run, since torch reads it at import.
+To time an AVX2-only CPU's kernels on this one, run it with `ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2` in the environment (torch reads them at import; `bench demo` sets them for
+`OGER_BENCH_AS_AVX2=1`). oneDNN does not pack bf16 weights there: those rows say so, and `generate`
+decodes plain.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def _matmuls(dtype, rows: int, rounds: int = 3) -> tuple[float, float]:
     return best["plain"], best["packed"]
 
 
+def _packs(dtype) -> bool:
+    import torch
+
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 8)
+        return True
+    except RuntimeError:
+        return False
+
+
 def main() -> None:
     import torch
 
@@ -68,8 +80,12 @@ def main() -> None:
         print("decode: this torch build has no oneDNN packed linear ops; nothing to compare", flush=True)
         result("decode", skipped=1)
         return
+    dtypes = [d for d in (torch.float32, torch.bfloat16) if _packs(d)]
+    if torch.bfloat16 not in dtypes:
+        print("decode: oneDNN does not pack bf16 weights on this CPU (no AVX512-BW/VL/DQ or "
+              "AVX-NE-CONVERT); float32 only", flush=True)
     rows, figures = [], {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in [str(d).removeprefix("torch.") for d in dtypes]:
         model, tok = load_causal_lm("smollm2", dtype)
         prompts = [chat_prompt_ids(tok, q) for q in PROMPTS]
         _generate(model, tok, prompts[:1], True)  # warm-up
@@ -86,10 +102,10 @@ def main() -> None:
         figures[f"generate_{dtype}_ratio"] = min(packed) / min(plain)
         figures[f"generate_{dtype}_same_rows"] = same
         del model
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
         for n in (1, 8, 32, 64):
             plain_s, packed_s = _matmuls(dtype, n)
-            name = str(dtype).removeprefix("torch.")
             rows.append([f"decode step's linears, {name}", f"{n} rows", plain_s, packed_s, packed_s / plain_s,
                          "", ""])
             figures[f"linears_{name}_{n}_ratio"] = packed_s / plain_s
