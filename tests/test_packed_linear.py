@@ -154,3 +154,21 @@ def test_bf16_on_a_cpu_without_bf16_instructions_stays_plain():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "[]", "True"]
+
+
+@pytest.mark.slow
+def test_a_loaded_engine_packs_once_for_its_life():
+    # teachers and evaluation call a loaded engine once per chunk; its weights never change, so the
+    # packed copy made at load serves every call (no repacking: 8 calls of 4 prompts, 6.6-6.9 s ->
+    # 5.6-5.9 s, the same tokens), and closing the engine leaves the model as it was.
+    from oger.generation.base import Request
+    from oger.generation.hf import TransformersEngine
+
+    engine = TransformersEngine.load("smollm2", "float32")
+    model = engine.model
+    packed = model.lm_head.__dict__["forward"]
+    for _ in range(2):
+        engine.generate([[1, 2, 3]], Request(n=2, max_new_tokens=2, temperature=0.0))
+        assert model.lm_head.__dict__["forward"] is packed
+    engine.close()
+    assert _replaced(model) == []

@@ -9,6 +9,7 @@ forward pass for it.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -17,8 +18,8 @@ from oger import seeds
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
 from oger.generation.records import Rollout, eos_ids
-from oger.runtime.cpu_threads import decode_threads, small_cpu_model
-from oger.runtime.packed_linear import packed_linears
+from oger.runtime.cpu_threads import decode_threads
+from oger.runtime.packed_linear import decode_linears
 
 ENGINES = ("hf", "paged")
 
@@ -73,7 +74,9 @@ class TransformersEngine:
     live policy while training, a loaded model for teachers and evaluation.
 
     `batch_size`: jobs per padded batch (None: the whole call in one); `synced_gpus` keeps FSDP
-    ranks decoding in step (hf only)."""
+    ranks decoding in step (hf only). A loaded engine's weights never change, so it keeps its
+    model's packed linear weights (`decode_linears`) until `close`, instead of packing them again in
+    every call (teachers and evaluation call once per chunk); the live policy is packed per call."""
 
     def __init__(self, model, tokenizer, kind: str = "hf", batch_size: int | None = None,
                  synced_gpus: bool = False):
@@ -82,6 +85,7 @@ class TransformersEngine:
         self.model, self.tokenizer, self.kind = model, tokenizer, kind
         self.batch_size, self.synced_gpus = batch_size, synced_gpus
         self.context = int(getattr(model.config, "max_position_embeddings", 4096))
+        self._held = contextlib.ExitStack()
 
     @classmethod
     def load(cls, model_ref, dtype: str = "float32", kind: str = "hf",
@@ -92,7 +96,9 @@ class TransformersEngine:
         model, tokenizer = load_causal_lm(str(model_ref), dtype)
         if torch.cuda.is_available():
             model = model.cuda()
-        return cls(model, tokenizer, kind, batch_size)
+        engine = cls(model, tokenizer, kind, batch_size)
+        engine._held.enter_context(decode_linears(model))
+        return engine
 
     def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
@@ -109,6 +115,7 @@ class TransformersEngine:
     def close(self) -> None:
         import gc
 
+        self._held.close()
         self.model = None
         gc.collect()
 
@@ -127,8 +134,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
-    # a small model's decode is bound by Python, not its matmuls: packing gains it nothing
-    with decode_threads(model), packed_linears(model, enabled=pack_linears and not small_cpu_model(model)):
+    with decode_threads(model), decode_linears(model, enabled=pack_linears):
         return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                          record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,

@@ -3,9 +3,10 @@
 Why: a decoding step multiplies a few rows (the batch) by every weight matrix. torch's float32
 `F.linear` on the CPU goes to MKL's sgemm, which repacks the weight on every call and splits a
 skinny product poorly over threads: SmolLM2-135M's 211 matrices of a step ran at ~7 GB/s of
-weights on a machine that reads 100 GB/s. With each weight packed once per `generate` call into
-oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU
-freezing uses), the same products of 8 rows take half the time (docs/PERFORMANCE.md, "decode").
+weights on a machine that reads 100 GB/s. With each weight packed into oneDNN's blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing uses) once per
+`generate` call, or once for a loaded engine's life (`TransformersEngine.load`), the same products
+of 8 rows take half the time (docs/PERFORMANCE.md, "decode").
 
 The packed copy lives only inside the block: weights change after every update, and the copy costs
 the linear weights' memory once more, so models above `MAX_PACKED_BYTES` are left as they are.
@@ -22,6 +23,8 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+
+from oger.runtime.cpu_threads import small_cpu_model
 
 # The largest input (rows = all dimensions but the last) sent to the packed weights, which are laid
 # out for it: decoding steps of a batch. Wider inputs gain less (0.48 of plain's time at 8 rows, 0.77
@@ -102,3 +105,10 @@ def packed_linears(model: torch.nn.Module, enabled: bool = True) -> Iterator[boo
             if entry[0] == 0:
                 _unpack(entry[1])
                 del _active[model]
+
+
+def decode_linears(model: torch.nn.Module, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """`packed_linears` for decoding `model`, except a small CPU model (`small_cpu_model`): its
+    decode is bound by Python, not its matmuls (the tiny policy's 64 rollouts: 0.20-0.24 s plain,
+    0.23-0.31 s packed), so it stays plain, as `cpu_threads.decode_threads` keeps it on one thread."""
+    return packed_linears(model, enabled=enabled and not small_cpu_model(model))
