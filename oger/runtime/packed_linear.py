@@ -28,7 +28,7 @@ from oger.runtime.cpu_threads import small_cpu_model
 
 # The largest input (rows = all dimensions but the last) sent to the packed weights, which are laid
 # out for it: decoding steps of a batch. Wider inputs gain less (0.48 of plain's time at 8 rows, 0.77
-# at 64, 0.91 at 256, SmolLM2's float32 shapes) and a prefill's hundreds of rows stay on `F.linear`.
+# at 64, 0.91 at 256 under load; SmolLM2's float32 shapes): a prefill's hundreds of rows stay on `F.linear`.
 MAX_ROWS = 64
 # Above this many bytes of linear weights the packed copy is not made (memory over speed).
 MAX_PACKED_BYTES = 2 << 30
