@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
+.PHONY: setup demo test test-fast lint bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -51,9 +51,14 @@ endif
 demo: setup
 	$(BIN)/oger run configs/tiny.yaml
 
-# Two pytest-xdist workers, each test file on one of them (tests/conftest.py, "two workers").
-test: setup
+# Lint and format check first (ruff, rules in pyproject.toml), then two pytest-xdist workers, each
+# test file on one of them (tests/conftest.py, "two workers").
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

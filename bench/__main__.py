@@ -6,12 +6,11 @@ import importlib
 import os
 import sys
 
+from bench import BENCHES
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `oger` sets it (oger.cli.quiet_threads)
-
-BENCHES = ["embed", "lookup", "rerun", "reward_overhead", "trl_step", "trl_learning", "update", "gpu_step", "gpu_check", "rollout_engines", "decode", "retention",
-           "demo"]
 
 
 def main(argv: list[str]) -> int:

@@ -19,14 +19,26 @@ import time
 from bench.common import machine, result, table
 
 PROMPTS = ("What is 7 + 8?", "What is 12 - 5 + 3?")
+GENERATE = dict(n=4, max_new_tokens=48, temperature=1.0, seed=1, batch_size=8)  # an RL step's rollouts
+
+
+def build() -> dict:
+    """`generate`'s arguments on both paths, bound to its signature without a model or a call
+    (tests/test_bench.py): a renamed or dropped argument fails here."""
+    import inspect
+
+    from oger.generation.hf import generate
+
+    sig = inspect.signature(generate)
+    return {f"pack_linears={pack}": sig.bind(None, None, [[0]], **GENERATE, pack_linears=pack).arguments
+            for pack in (True, False)}
 
 
 def _generate(model, tok, prompts, pack: bool) -> tuple[float, list[list[int]]]:
     from oger.generation.hf import generate
 
     t = time.perf_counter()
-    rolls = generate(model, tok, prompts, n=4, max_new_tokens=48, temperature=1.0, seed=1, batch_size=8,
-                     pack_linears=pack)
+    rolls = generate(model, tok, prompts, **GENERATE, pack_linears=pack)
     return time.perf_counter() - t, [r.response_ids for r in rolls]
 
 

@@ -28,6 +28,7 @@ from bench.common import REPO, machine, result, table
 
 TARGET_S = 180.0
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CONFIG = "configs/tiny.yaml"
 
 
 def as_avx2_env() -> dict[str, str]:
@@ -48,19 +49,28 @@ def isa_line(env: dict[str, str]) -> str:
     return f"CPU flags {' '.join(have) or 'none of ' + '/'.join(ISA_FLAGS)}{held}"
 
 
+def build() -> dict:
+    """What the cold demo runs with, without running it: the config `oger prepare` and `oger run` are
+    given (loaded and validated as the CLI does, workdir as `--set`) and the AVX2 stand-in's environment."""
+    from oger.contract.config import load_config
+
+    return {"config": load_config(REPO / CONFIG, [f"workdir={Path(tempfile.gettempdir()) / 'work'}"]),
+            "as_avx2_env": as_avx2_env()}
+
+
 def cold_demo(tmp: Path, extra_env: dict[str, str]) -> tuple[float, float, dict]:
     """Wall seconds of `make setup`'s `oger prepare` and of one cold `oger run configs/tiny.yaml`
     after it, and the run's summary.json."""
     env = dict(os.environ, **extra_env, PREFECT_HOME=str(tmp / "prefect"), OGER_CACHE_DIR=str(tmp / "cache"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "prepare", "configs/tiny.yaml"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "oger.cli", "prepare", CONFIG], cwd=REPO,
                           env=env, capture_output=True, text=True)
     prepare_s = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"oger prepare failed:\n{proc.stderr[-3000:]}")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", "configs/tiny.yaml", "--set",
+    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", CONFIG, "--set",
                            f"workdir={tmp / 'work'}"], cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:

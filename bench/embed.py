@@ -17,15 +17,21 @@ def texts(n: int = 1200) -> list[str]:
             for p in probs for style in ("stepwise", "terms")][:n]
 
 
+def build() -> dict:
+    """The index config (its defaults: what a run embeds with) and the texts, built without encoding."""
+    from oger.contract.config import IndexConfig
+
+    return {"index": IndexConfig(), "texts": texts()}
+
+
 def main() -> None:
     import lancedb
 
-    from oger.contract.config import IndexConfig
     from oger.encoder import encoder_identity, load_encoder
     from oger.stages.index.stage import embed_with_cache
 
-    cfg = IndexConfig()
-    data = texts()
+    built = build()
+    cfg, data = built["index"], built["texts"]
     model = load_encoder(cfg.encoder)
     identity = {"encoder": encoder_identity(cfg.encoder)}
     model.encode(data[:64], batch_size=cfg.batch_size)  # warm up both paths' kernels

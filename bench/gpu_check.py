@@ -42,7 +42,8 @@ from oger.models import resolve_model
 from oger.stages.train.distributed import Dist
 from oger.stages.train.files import read_rollouts
 from oger.generation.hf import chat_prompt_ids
-from oger.stages.train.trainer import TrainInputs, train
+from oger.stages.train.setup import TrainInputs
+from oger.stages.train.trainer import train
 from oger.synthetic import EXPRESSION_STYLES as STYLES, generate_problems, scripted_solution
 from oger.stages.policy.tiny_model import train_tokenizer
 from oger.verify import score_response
@@ -199,7 +200,7 @@ def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
     if (workdir / "index.npz").exists():
         index = MemoryIndex(workdir / "index.npz")
     else:
-        from oger.stages.index.stage import TeacherIndex  # imports polars: absent on the device machine
+        from oger.stages.index.files import TeacherIndex  # imports polars: absent on the device machine
 
         index = TeacherIndex(workdir / "index", TABLE, TAG)
     probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
@@ -284,6 +285,14 @@ def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: st
 # --------------------------------------------------------------------------- the update, padded vs packed
 
 
+def update_configs(scale: Scale) -> dict:
+    """The update's two layouts at this scale, as TrainConfigs (same loss settings)."""
+    common = dict(loss={"loss_agg": "token_mean"}, rollout={"max_new_tokens": scale.update_longest})
+    return {"padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
+            "packed": TrainConfig(optim={"padding_free": True,
+                                         "max_tokens_per_micro_batch": scale.update_max_tokens}, **common)}
+
+
 def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
     """`trainer.update` alone on one batch of very different lengths (bench/update.py's batch at this
     scale), padded micro-batches (`micro_batch_size`, sorted by length) vs padding-free ones
@@ -296,10 +305,7 @@ def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
     prompt = 64 if scale.model != "tiny" else 4
     samples = spread_batch(len(tok), scale.update_samples, prompt=prompt, shortest=min(16, scale.update_longest),
                            longest=scale.update_longest)
-    common = dict(loss={"loss_agg": "token_mean"}, rollout={"max_new_tokens": scale.update_longest})
-    arms = {"padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
-            "packed": TrainConfig(optim={"padding_free": True,
-                                         "max_tokens_per_micro_batch": scale.update_max_tokens}, **common)}
+    arms = update_configs(scale)
     peak = peak_tflops(device)
     out = {}
     for arm, cfg in arms.items():
@@ -468,6 +474,18 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
     finally:
         if own:
             own.cleanup()
+
+
+def build(scales: tuple[Scale, ...] = (GPU, TINY)) -> dict:
+    """Every TrainConfig the check trains and updates with, at the GPU's scale and the CPU test's,
+    validated without a GPU, a model or vLLM (tests/test_bench.py)."""
+    out = {}
+    for scale in scales:
+        for engine in ("hf", "paged", "vllm"):
+            out[f"{scale.model} train {engine}"] = train_config(scale, engine)
+        for arm, cfg in update_configs(scale).items():
+            out[f"{scale.model} update {arm}"] = cfg
+    return out
 
 
 def main() -> None:

@@ -12,6 +12,20 @@ from bench.common import machine, result, table
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
+def model_config():
+    """The Qwen2-0.5B shape, random-init (nothing downloaded)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
+                       tie_word_embeddings=True)
+
+
+def build() -> dict:
+    """The model's config, built without a GPU or the model (tests/test_bench.py)."""
+    return {"model": model_config()}
+
+
 def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, gen_tokens: int = 256) -> None:
     import torch
 
@@ -19,15 +33,13 @@ def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, g
         print(f"gpu_step: no CUDA GPU on this machine ({machine()}); skipped")
         result("gpu_step", skipped=1)
         return
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from oger.encoder import encode, load_encoder
     from oger.algorithm import core
 
     dev = torch.device("cuda")
-    cfg = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True)
+    cfg = model_config()
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(dev, dtype=torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())

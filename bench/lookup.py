@@ -13,19 +13,29 @@ import pyarrow as pa
 from bench.common import machine, result, table
 
 
-def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int = 8,
-         calls: int = 50) -> None:
-    import lancedb
-    from lancedb.index import BTree
-
-    from oger.stages.index.stage import TeacherIndex
-
+def build(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int = 8, calls: int = 50) -> dict:
+    """The traces table's columns (unit vectors, `per_problem` rows per problem) and the per-call
+    problem batches, built without writing or reading LanceDB."""
     rng = np.random.default_rng(0)
     n_problems = rows // per_problem
     pids = [f"p{i:06d}" for i in range(n_problems) for _ in range(per_problem)]
     vecs = rng.standard_normal((rows, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     texts = [f"trace {i} " + "x" * 200 for i in range(rows)]
+    sampler = random.Random(0)
+    batches = [sampler.sample(range(n_problems), batch) for _ in range(calls)]
+    return {"pids": pids, "vecs": vecs, "texts": texts, "batches": batches}
+
+
+def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int = 8,
+         calls: int = 50) -> None:
+    import lancedb
+    from lancedb.index import BTree
+
+    from oger.stages.index.files import TeacherIndex
+
+    built = build(rows, per_problem, dim, batch, calls)
+    pids, vecs, texts, batches = built["pids"], built["vecs"], built["texts"], built["batches"]
     tmp = tempfile.mkdtemp(prefix="oger-lookup-")
     try:
         db = lancedb.connect(tmp)
@@ -38,8 +48,6 @@ def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int =
         memory: dict[str, tuple[list[str], np.ndarray]] = {}
         for i in range(0, rows, per_problem):
             memory[pids[i]] = (texts[i:i + per_problem], vecs[i:i + per_problem])
-        sampler = random.Random(0)
-        batches = [sampler.sample(range(n_problems), batch) for _ in range(calls)]
         index.lookup([f"p{j:06d}" for j in batches[0]])  # open files, warm caches
         t = time.perf_counter()
         for b in batches:

@@ -11,12 +11,27 @@ import time
 
 from bench.common import REPO, machine, result, table
 
+CONFIG = "configs/tiny.yaml"
+
+
+def overrides(workdir: str) -> list[str]:
+    """The `--set` items of every `oger run` here."""
+    return [f"workdir={workdir}"]
+
+
+def build() -> dict:
+    """The config `oger run` is given, loaded and validated as the CLI does, without running it."""
+    from oger.contract.config import load_config
+
+    return {"config": load_config(REPO / CONFIG, overrides(tempfile.gettempdir()))}
+
 
 def _run(workdir: str, prefect_home: str) -> float:
     env = dict(os.environ, PREFECT_HOME=prefect_home)
+    sets = [a for item in overrides(workdir) for a in ("--set", item)]
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", "configs/tiny.yaml", "--set",
-                           f"workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", CONFIG, *sets], cwd=REPO, env=env,
+                          capture_output=True, text=True)
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"oger run failed:\n{proc.stderr[-2000:]}")

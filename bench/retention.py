@@ -16,17 +16,32 @@ SHRUNK = ["train.steps=2", "train.logging.checkpoint_every=1", "train.init_from=
           "retention.keep_rounds=3", "retention.keep_runs=3"]
 
 
+def overrides(workdir: Path, i: int) -> list[str]:
+    """Round i's `--set` items: its own teachers.round in the shared workdir, the shrunk settings."""
+    return [f"workdir={workdir}", f"teachers.round=2026-12-{i + 1:02d}", *SHRUNK]
+
+
+def build() -> dict:
+    """The config of every round, loaded and validated as the flow loads it, without running one
+    (tests/test_bench.py): the shrunk settings are config paths that can move."""
+    from oger.contract.config import load_config
+    from tests.reliability_helpers import write_config
+
+    with tempfile.TemporaryDirectory(prefix="oger-bench-retention-") as tmp:
+        config = write_config(Path(tmp))
+        return {f"round {i + 1}": load_config(config, overrides(Path(tmp) / "work", i)) for i in range(ROUNDS)}
+
+
 def _rounds(config: Path, workdir: Path, retention: bool) -> list[tuple[int, int]]:
     import lancedb
 
     from flows.pipeline import oger_pipeline
     from oger.commands.gc import size_of
-    from oger.stages.index.stage import db_path
+    from oger.stages.index.files import db_path
 
     out = []
     for i in range(ROUNDS):
-        oger_pipeline(config=str(config), overrides=[f"workdir={workdir}", f"teachers.round=2026-12-{i + 1:02d}",
-                                                     *SHRUNK], retention=retention)
+        oger_pipeline(config=str(config), overrides=overrides(workdir, i), retention=retention)
         db = lancedb.connect(str(db_path(workdir)))
         versions = sum(len(db.open_table(t).list_versions()) for t in db.list_tables().tables)
         out.append((size_of(workdir), versions))

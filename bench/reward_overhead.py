@@ -8,17 +8,39 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, train_inputs
+from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, tiny_config, train_inputs
 
 PHASES = ["seconds_generate", "seconds_score", "seconds_embed", "seconds_update", "seconds_step"]
 LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+# The train settings of each policy's pair of runs (TrainConfig's sections, as a config file has them).
+RUNS = {
+    "tiny": dict(steps=6, prompts_per_step=8, group_size=8, rollout={"max_new_tokens": 80}),
+    "smollm2": dict(steps=3, prompts_per_step=4, group_size=4, rollout={"max_new_tokens": 64},
+                    optim={"micro_batch_size": 4, "lr": 1e-6}),
+}
+ALGORITHMS = ("grpo", "oger")
 
 
-def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> tuple[dict, list]:
+def train_config(algorithm: str, **run):
+    """One run's TrainConfig: a RUNS entry, same seed for both algorithms, every rollout logged (the
+    worst-case embed figure re-embeds them), no checkpoints inside the timed steps."""
+    from oger.contract.config import TrainConfig
+
+    return TrainConfig(algorithm=algorithm, seed=0, **run,
+                       logging={"log_rollouts": True, "checkpoint_every": 10_000})
+
+
+def build() -> dict:
+    """The configs main() runs with, validated without training (tests/test_bench.py): the tiny
+    pipeline config its inputs come from and the TrainConfig of every (policy, algorithm) run."""
+    return {"tiny.yaml": tiny_config(),
+            **{f"{label} {alg}": train_config(alg, **run) for label, run in RUNS.items() for alg in ALGORITHMS}}
+
+
+def _steps(policy_dir: Path, algorithm: str, inputs, run: dict) -> tuple[dict, list]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oger.contract.config import TrainConfig
     from oger.stages.train.files import read_rollouts
     from oger.stages.train.trainer import train
 
@@ -27,13 +49,7 @@ def _steps(policy_dir: Path, algorithm: str, inputs, steps: int, **train_kw) -> 
     tok = AutoTokenizer.from_pretrained(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = TrainConfig(
-        algorithm=algorithm,
-        steps=steps,
-        seed=0,
-        **train_kw,
-        logging={"log_rollouts": True, "checkpoint_every": 10_000},
-    )
+    cfg = train_config(algorithm, **run)
     run_dir = Path(tempfile.mkdtemp(prefix=f"oger-overhead-{algorithm}-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)
@@ -66,9 +82,9 @@ def worst_case_embed_seconds(rows: list[dict], inputs) -> float:
     return mean_after_warmup(times)
 
 
-def _compare(label: str, policy_dir: Path, inputs, steps: int, **kw) -> tuple[float, float, list[list]]:
-    grpo, _ = _steps(policy_dir, "grpo", inputs, steps, **kw)
-    oger, rollouts = _steps(policy_dir, "oger", inputs, steps, **kw)
+def _compare(label: str, policy_dir: Path, inputs) -> tuple[float, float, list[list]]:
+    grpo, _ = _steps(policy_dir, "grpo", inputs, RUNS[label])
+    oger, rollouts = _steps(policy_dir, "oger", inputs, RUNS[label])
     overhead = (oger["seconds_step"] - grpo["seconds_step"]) / grpo["seconds_step"]
     worst = worst_case_embed_seconds(rollouts, inputs) / grpo["seconds_step"]
     rows = [[f"{label} {name}"] + [d[k] for k in PHASES] for name, d in (("grpo", grpo), ("oger", oger))]
@@ -81,12 +97,9 @@ def main() -> None:
 
     refs = tiny_artifacts("policy")
     tiny_dir = model_dir(refs["policy"])
-    tiny_over, tiny_worst, tiny_rows = _compare("tiny", tiny_dir, train_inputs(refs), steps=6,
-                                    prompts_per_step=8, group_size=8, max_new_tokens=80)
+    tiny_over, tiny_worst, tiny_rows = _compare("tiny", tiny_dir, train_inputs(refs))
     lm_dir = materialize_gguf("smollm2")
-    lm_over, lm_worst, lm_rows = _compare("smollm2", lm_dir, train_inputs(refs, LM_INSTRUCTION), steps=3,
-                                prompts_per_step=4, group_size=4, max_new_tokens=64,
-                                micro_batch_size=4, lr=1e-6)
+    lm_over, lm_worst, lm_rows = _compare("smollm2", lm_dir, train_inputs(refs, LM_INSTRUCTION))
     table(f"reward_overhead: mean seconds per step after the first ({machine()})",
           ["run", "generate", "score", "embed", "update", "step"], lm_rows + tiny_rows)
     table("reward_overhead: OGER's extra cost as a fraction of the grpo step",

@@ -14,7 +14,27 @@ import time
 from bench.common import machine, result, table
 
 
-def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tuple[float, float]:
+def timed_request(n: int, max_new_tokens: int):
+    """The timed call's Request: n samples per prompt at T=1, entropies recorded as in training."""
+    from oger.generation.base import Request
+
+    return Request(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1, record_entropy=True)
+
+
+def build(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: int = 48) -> dict:
+    """The questions, the tiny policy's tokenizer and prompts and each model's Request, built without a
+    model or an engine (tests/test_bench.py)."""
+    from oger.generation.hf import chat_prompt_ids
+    from oger.stages.policy.tiny_model import train_tokenizer
+    from oger.synthetic import generate_problems
+
+    questions = [p.question for p in generate_problems(5, prompts_n, 2, 3, 9, "+-")]
+    tok = train_tokenizer([p.question for p in generate_problems(0, 300, 2, 3, 9, "+-")], 384)
+    return {"questions": questions, "tiny_tokenizer": tok, "tiny_prompts": [chat_prompt_ids(tok, q) for q in questions],
+            "requests": {"tiny": timed_request(n, tiny_tokens), "smollm2": timed_request(n, smollm_tokens)}}
+
+
+def _time(model, tok, prompts, engine: str, request) -> tuple[float, float]:
     from oger.generation.base import Request
     from oger.generation.hf import TransformersEngine
 
@@ -26,8 +46,7 @@ def _time(model, tok, prompts, engine: str, n: int, max_new_tokens: int) -> tupl
         eng = TransformersEngine(model, tok, engine)
     eng.generate(prompts[:1], Request(max_new_tokens=4))  # warm-up
     t = time.perf_counter()
-    rolls = eng.generate(prompts, Request(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=1,
-                                          record_entropy=True))
+    rolls = eng.generate(prompts, request)
     seconds = time.perf_counter() - t
     eng.close()
     tokens = sum(len(r.response_ids) for r in rolls)
@@ -39,12 +58,10 @@ def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
 
     from oger.models import load_causal_lm
     from oger.generation.hf import chat_prompt_ids
-    from oger.synthetic import generate_problems
-    from oger.stages.policy.tiny_model import build_model, train_tokenizer
+    from oger.stages.policy.tiny_model import build_model
 
-    questions = [p.question for p in generate_problems(5, prompts_n, 2, 3, 9, "+-")]
-    corpus = [p.question for p in generate_problems(0, 300, 2, 3, 9, "+-")]
-    tok = train_tokenizer(corpus, 384)
+    built = build(prompts_n, n, tiny_tokens, smollm_tokens)
+    questions, tok, requests = built["questions"], built["tiny_tokenizer"], built["requests"]
     tiny = build_model(tok, 128, 4, 4, 384, 512, seed=0)
     smol, smol_tok = load_causal_lm("smollm2", "float32")
     rows, figures = [], {}
@@ -55,12 +72,12 @@ def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
     except ImportError:
         engines = ("hf", "paged")
         print("rollout_engines: vllm is not installed here; hf and paged only", flush=True)
-    models = (("tiny", tiny, tok, tiny_tokens), ("smollm2", smol, smol_tok, smollm_tokens))
+    models = (("tiny", tiny, tok), ("smollm2", smol, smol_tok))
     # vLLM last: an in-process engine replaces torch.set_num_threads for the rest of the process
     for engine in engines:
-        for name, model, tk, budget in models:
+        for name, model, tk in models:
             prompts = [chat_prompt_ids(tk, q) for q in questions]
-            tps, mean_len = _time(model, tk, prompts, engine, n, budget)
+            tps, mean_len = _time(model, tk, prompts, engine, requests[name])
             print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout",
                   flush=True)
             rows.append([name, engine, tps, mean_len])

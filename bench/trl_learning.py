@@ -1,6 +1,6 @@
 """Does our trainer learn as much as TRL's GRPOTrainer, and in less time? Both train SmolLM2-135M-Instruct
 from the same weights (the smollm2-arith policy stage's model) on the same 64 training problems with the
-same reward (ours: `oger.stages.train.trainer.is_correct`, passed to TRL as its reward function), then our
+same reward (ours: `oger.stages.train.reward.is_correct`, passed to TRL as its reward function), then our
 evaluate stage's sampling and scorer (`sample_model_dir`) score both final models on the same held-out
 problems. Ours runs as a user runs it: the pipeline's train stage (preset `grpo`, recomputed, not read
 from cache), checkpoints included.
@@ -36,6 +36,10 @@ ONLY_ONE = ("ours: checkpoints every 8 steps, rollout and metrics logs (its toke
             "prompt order over the same 64 problems")
 
 
+def bench_seeds() -> list[int]:
+    return [int(s) for s in os.environ.get("OGER_BENCH_SEEDS", "0,1,2").split(",") if s.strip()]
+
+
 def bench_config(seed: int, *overrides: str):
     from oger.contract.config import load_config
 
@@ -60,7 +64,7 @@ def run_ours(cfg) -> dict:
 
 def reward_function(reward_format: str):
     """Our verifier's verdict as a TRL reward function (conversational completions, `answer` column)."""
-    from oger.stages.train.trainer import is_correct
+    from oger.stages.train.reward import is_correct
 
     def correct(completions, answer, **_):
         return [float(is_correct(c[-1]["content"], a, reward_format)) for c, a in zip(completions, answer)]
@@ -88,6 +92,33 @@ def trl_dataset(inputs, tokenizer):
     return Dataset.from_list(rows)
 
 
+def trl_args(cfg, out_dir: Path) -> dict:
+    """GRPOConfig's arguments from our config: every setting both trainers expose (SHARED), equal.
+    A plain dict, so tests/test_bench.py reads the config's fields without importing TRL."""
+    t, o = cfg.train, cfg.train.optim
+    n = t.prompts_per_step * t.group_size
+    if n % o.micro_batch_size:
+        raise ValueError(f"prompts_per_step x group_size ({n}) is not a multiple of micro_batch_size")
+    return dict(
+        output_dir=str(out_dir / "trl-run"), seed=t.seed, max_steps=t.steps, num_generations=t.group_size,
+        per_device_train_batch_size=o.micro_batch_size, gradient_accumulation_steps=n // o.micro_batch_size,
+        learning_rate=o.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm, max_completion_length=t.rollout.max_new_tokens,
+        temperature=t.rollout.temperature, top_p=t.rollout.top_p, top_k=0,
+        loss_type="dapo",  # token mean over the whole (accumulated) batch = our loss_agg token_mean
+        scale_rewards=t.loss.scale_rewards, beta=t.loss.beta, num_iterations=1,
+        epsilon=t.loss.clip_eps_low, epsilon_high=t.loss.clip_eps_high, use_cpu=True, bf16=False,
+        report_to=[], save_strategy="no", logging_strategy="steps", logging_steps=1,
+        disable_tqdm=False)
+
+
+def build() -> dict:
+    """The config of the first seed (as main() loads it, OGER_BENCH_OVERRIDES included) and TRL's
+    arguments from it, built without importing TRL or running either trainer (tests/test_bench.py)."""
+    cfg = bench_config(bench_seeds()[0])
+    return {"config": cfg, "trl_args": trl_args(cfg, Path(tempfile.gettempdir()))}
+
+
 def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -95,10 +126,8 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
 
     from oger.models import tokenizer_from_folder
 
-    t, o = cfg.train, cfg.train.optim
+    t = cfg.train
     n = t.prompts_per_step * t.group_size
-    if n % o.micro_batch_size:
-        raise ValueError(f"prompts_per_step x group_size ({n}) is not a multiple of micro_batch_size")
 
     class Log(TrainerCallback):
         def __init__(self):
@@ -114,17 +143,7 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    args = GRPOConfig(
-        output_dir=str(out_dir / "trl-run"), seed=t.seed, max_steps=t.steps, num_generations=t.group_size,
-        per_device_train_batch_size=o.micro_batch_size, gradient_accumulation_steps=n // o.micro_batch_size,
-        learning_rate=o.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm, max_completion_length=t.rollout.max_new_tokens,
-        temperature=t.rollout.temperature, top_p=t.rollout.top_p, top_k=0,
-        loss_type="dapo",  # token mean over the whole (accumulated) batch = our loss_agg token_mean
-        scale_rewards=t.loss.scale_rewards, beta=t.loss.beta, num_iterations=1,
-        epsilon=t.loss.clip_eps_low, epsilon_high=t.loss.clip_eps_high, use_cpu=True, bf16=False,
-        report_to=[], save_strategy="no", logging_strategy="steps", logging_steps=1,
-        disable_tqdm=False)
+    args = GRPOConfig(**trl_args(cfg, out_dir))
     log = Log()
     trainer = GRPOTrainer(model=model, reward_funcs=reward_function(t.reward_format), args=args,
                           train_dataset=trl_dataset(inputs, tok), processing_class=tok, callbacks=[log])
@@ -189,7 +208,7 @@ def main() -> None:
     from oger.stages.train.stage import train_inputs
     from oger.sweep.stats import paired_blocks, seed_problem_bootstrap
 
-    seeds = [int(s) for s in os.environ.get("OGER_BENCH_SEEDS", "0,1,2").split(",") if s.strip()]
+    seeds = bench_seeds()
     OUT.mkdir(parents=True, exist_ok=True)
     cfg0 = bench_config(seeds[0])
     refs = run_local(cfg0, until="policy")  # shared by every run; from cache after the first bench

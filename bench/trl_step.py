@@ -18,10 +18,38 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, train_inputs
+from bench.common import machine, mean_after_warmup, result, table, tiny_artifacts, tiny_config, train_inputs
 
 EXTRA = {}
 LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
+# Each policy's runs, both trainers (`_pair` gives share_prompts to ours only: TRL has no counterpart).
+TINY = dict(steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
+LM = dict(steps=3, prompts=2, group=4, max_new=48, lr=1e-6, share_prompts=True)
+
+
+def ours_config(steps: int, prompts: int, group: int, max_new: int, lr: float, vllm: bool = False,
+                monitor: bool = False, share_prompts: bool = False):
+    """Our TrainConfig for one run: TRL's settings (module docstring), the whole batch in one micro-batch."""
+    from oger.contract.config import TrainConfig
+
+    return TrainConfig(
+        algorithm="grpo",
+        steps=steps,
+        prompts_per_step=prompts,
+        group_size=group,
+        rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
+        optim={"lr": lr, "micro_batch_size": prompts * group, "share_prompts": share_prompts},
+        loss={"loss_agg": "token_mean"}, oger={"monitor": monitor},
+        logging={"log_rollouts": False, "checkpoint_every": 10_000}, **EXTRA,
+    )
+
+
+def build() -> dict:
+    """Our configs of every row main() times, validated without importing TRL or vLLM or training
+    (tests/test_bench.py), and the tiny pipeline config the prompts come from."""
+    return {"tiny.yaml": tiny_config(), "tiny": ours_config(**TINY),
+            "tiny monitor": ours_config(**TINY, monitor=True), "smollm2": ours_config(**LM),
+            "tiny vllm": ours_config(**TINY, vllm=True), "smollm2 vllm": ours_config(**LM, vllm=True)}
 
 
 def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
@@ -33,7 +61,6 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     import torch
     from transformers import AutoModelForCausalLM
 
-    from oger.contract.config import TrainConfig
     from oger.models import tokenizer_from_folder
     from oger.stages.train.trainer import train
 
@@ -41,16 +68,7 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = TrainConfig(
-        algorithm="grpo",
-        steps=steps,
-        prompts_per_step=prompts,
-        group_size=group,
-        rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
-        optim={"lr": lr, "micro_batch_size": prompts * group, "share_prompts": share_prompts},
-        loss={"loss_agg": "token_mean"}, oger={"monitor": monitor},
-        logging={"log_rollouts": False, "checkpoint_every": 10_000}, **EXTRA,
-    )
+    cfg = ours_config(steps, prompts, group, max_new, lr, vllm, monitor, share_prompts)
     run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)
@@ -132,17 +150,14 @@ def main() -> None:
     refs = tiny_artifacts("policy")
     tiny = model_dir(refs["policy"])
     inputs = train_inputs(refs)
-    o_tiny, t_tiny = _pair("tiny", tiny, inputs, rounds=2, steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
-    m_tiny = ours(tiny, inputs, steps=5, prompts=8, group=8, max_new=80, lr=1e-4, monitor=True)
+    o_tiny, t_tiny = _pair("tiny", tiny, inputs, rounds=2, **TINY)
+    m_tiny = ours(tiny, inputs, **TINY, monitor=True)
     lm = materialize_gguf("smollm2")
-    o_lm, t_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
-                       group=4, max_new=48, lr=1e-6, share_prompts=True)
+    o_lm, t_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, **LM)
     # vLLM on both sides (the engines' builds are outside the timed steps)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, as ours on a CPU (TRL sets no size)
-    vo_tiny, vt_tiny = _pair("tiny", tiny, inputs, rounds=1, steps=5, prompts=8, group=8, max_new=80,
-                             lr=1e-4, vllm=True)
-    vo_lm, vt_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, steps=3, prompts=2,
-                         group=4, max_new=48, lr=1e-6, vllm=True, share_prompts=True)
+    vo_tiny, vt_tiny = _pair("tiny", tiny, inputs, rounds=1, **TINY, vllm=True)
+    vo_lm, vt_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, **LM, vllm=True)
     table(f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
           ["policy", "rollouts", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
           [["tiny (0.8M)", "transformers", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],

@@ -15,6 +15,7 @@ from bench.common import machine, result, table
 
 SAMPLES = int(os.environ.get("OGER_BENCH_UPDATE_SAMPLES", "8"))
 PROMPT, SHORTEST, LONGEST = 64, 16, 1024
+SMOLLM2_VOCAB = 49_152  # build() makes the batch without loading the model
 
 
 def spread_batch(vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shortest: int = SHORTEST,
@@ -35,7 +36,7 @@ def spread_batch(vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shorte
 
 def positions(samples, cfg) -> tuple[int, int]:
     """(positions the model runs over, real tokens) for the trainer's micro-batches under cfg."""
-    from oger.stages.train.trainer import micro_batch_indices
+    from oger.stages.train.update import micro_batch_indices
 
     real = sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     if cfg.optim.padding_free:
@@ -50,7 +51,7 @@ def positions(samples, cfg) -> tuple[int, int]:
 def timed_update(model, samples, cfg, pad_id) -> float:
     import torch
 
-    from oger.stages.train.trainer import update
+    from oger.stages.train.update import update
 
     cuda = next(model.parameters()).is_cuda
     adv = torch.tensor([1.0 if s.correct else -1.0 for s in samples])
@@ -64,19 +65,12 @@ def timed_update(model, samples, cfg, pad_id) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
+def arm_configs() -> dict:
+    """The layouts compared, as TrainConfigs (the same loss settings; only the micro-batching differs)."""
     from oger.contract.config import TrainConfig
-    from oger.models import materialize_gguf
-    from oger.stages.train.trainer import micro_batch_indices
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(materialize_gguf("smollm2"), dtype=torch.float32)
-    samples = spread_batch(model.config.vocab_size, SAMPLES)
     common = dict(loss={"loss_agg": "token_mean"}, rollout={"max_new_tokens": LONGEST})
-    arms = {
+    return {
         "padded 16/mb": TrainConfig(**common),  # the default micro_batch_size: the whole batch at once
         "padded 2/mb": TrainConfig(optim={"micro_batch_size": 2}, **common),
         "packed 2048 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 2048},
@@ -84,6 +78,31 @@ def main() -> None:
         "packed 4096 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 4096},
                                        **common),
     }
+
+
+def build() -> dict:
+    """The arms' configs, the batch (SmolLM2's vocabulary size, no model loaded) and each arm's
+    micro-batches: everything main() times with, without an update (tests/test_bench.py)."""
+    from oger.stages.train.update import micro_batch_indices
+
+    configs = arm_configs()
+    samples = spread_batch(SMOLLM2_VOCAB, SAMPLES)
+    return {"arms": configs, "samples": samples,
+            "micro_batches": {name: micro_batch_indices(samples, cfg) for name, cfg in configs.items()},
+            "positions": {name: positions(samples, cfg) for name, cfg in configs.items()}}
+
+
+def main() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from oger.models import materialize_gguf
+    from oger.stages.train.update import micro_batch_indices
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(materialize_gguf("smollm2"), dtype=torch.float32)
+    samples = spread_batch(model.config.vocab_size, SAMPLES)
+    arms = arm_configs()
     pad_id = 0
     timed_update(model, samples[:2], arms["padded 2/mb"], pad_id)  # warm the kernels
     times: dict[str, list[float]] = {k: [] for k in arms}

@@ -142,7 +142,7 @@ def cmd_status(args) -> int:
     from oger.pipeline import status_rows
 
     from oger.commands.index import print_rounds
-    from oger.stages.index.versions import read_pin
+    from oger.stages.index.files import read_pin
     from oger.rounds import round_status
 
     from oger.published import comparison_rows, published_for_config

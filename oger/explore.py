@@ -7,45 +7,17 @@ and adds b up a times: a - 1 lines, short when a is the small factor. A rollout'
 from the repeated addition it announces ("Add {x} {n} times."): x = a and n = b is A, x = b and
 n = a is B (with a = b, B when it says "Swap" first); anything else is "other". So every rollout's
 strategy is known, and a correct rollout that moved away from the teachers is one that used B.
+The reading itself is the task's labeller (`oger.labels.STRATEGY`), which the trainer logs generically;
+this module is the task's analysis: problem classes, the bonus pre-check, outcomes by strategy.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from oger.synthetic import parse_question
+from oger.labels import STRATEGY, factors
 
-STRATEGIES = ("A", "B", "other")
-_ANNOUNCE = re.compile(r"Add (\d+) (\d+) times\.")
-
-
-def factors(question: str) -> tuple[int, int] | None:
-    """(a, b) of a question "Compute a * b.", None for any other question."""
-    tokens = parse_question(question)
-    if tokens is None or len(tokens) != 3 or tokens[1] != "*":
-        return None
-    return tokens[0], tokens[2]
-
-
-def strategy_of(question: str, text: str) -> str | None:
-    """"A", "B" or "other" for a response to an explore-task question; None if the question is not
-    one (the metrics of other tasks are then NaN, not zero)."""
-    ab = factors(question)
-    if ab is None:
-        return None
-    m = _ANNOUNCE.search(text)
-    if m is None:
-        return "other"
-    addend, times = int(m[1]), int(m[2])
-    a, b = ab
-    if a == b and (addend, times) == (a, b):
-        return "B" if "Swap" in text[:m.start()] else "A"
-    if (addend, times) == (a, b):
-        return "A"
-    if (addend, times) == (b, a):
-        return "B"
-    return "other"
+STRATEGIES = STRATEGY.all_labels  # ("A", "B", "other"): the task's labeller (oger.labels) reads them
 
 
 def a_fits(question: str, budget: int, count_tokens) -> bool | None:
@@ -136,7 +108,8 @@ def strategy_outcomes(sweep_summary: str | Path, early_steps: int = 6) -> list[d
             if r["off_policy"] or ab is None:
                 continue
             cls = "only B fits (b > 4)" if ab[1] > 4 else "only A fits (a > 4)" if ab[0] > 4 else "both fit"
-            key = (arm, "early" if r["step"] <= early_steps else "late", cls, r["strategy"])
+            label = r.get("label", r.get("strategy"))  # "strategy": rows of train artifacts before the labeller hook
+            key = (arm, "early" if r["step"] <= early_steps else "late", cls, label)
             c = counts.setdefault(key, [0, 0])
             c[0] += 1
             c[1] += bool(r["correct"])
@@ -156,7 +129,7 @@ if __name__ == "__main__":  # python -m oger.explore CONFIG: the check on the co
             print("| " + " | ".join(str(v) for v in row.values()) + " |")
         sys.exit(0)
     config = load_config(sys.argv[1])
-    from oger.stages.problems.stage import load_source
+    from oger.data.sources import load_source
 
     pool = [r["question"] for r in load_source(config.problems.sources[0]) if r["split"] == config.train.split]
     for strategy, row in bonus_by_strategy(config, pool).items():

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from oger import contract
+from oger import contract, rounds
 from oger.stages.filter import stage as filter_stage
 from oger.stages.index import stage as index_stage
 from oger.stages.policy import stage as policy_stage
@@ -55,7 +55,8 @@ class StagePlan:
 
 def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
     """Keys of all stages in order; each folds in its upstream keys (DESIGN §3), and a stage's
-    `extra_inputs` hook may add inputs of its own (train: a pinned index tag, a checkpoint)."""
+    `extra_inputs` hook may add inputs of its own (train: a pinned index tag), and a stage that
+    continues from an earlier round gets that round's artifact (`oger.rounds`) as `PREVIOUS_ROUND`."""
     plans: dict[str, StagePlan] = {}
     for name in STAGES:
         stage = contract.get(name)
@@ -63,6 +64,10 @@ def plan(cfg: OgerConfig) -> dict[str, StagePlan]:
         upstream = {u: plans[u].key for u in stage.upstream}
         if stage.extra_inputs is not None:
             upstream = stage.extra_inputs(cfg, upstream, plans)
+        if stage.continues_previous_round is not None and stage.continues_previous_round(cfg):
+            previous = rounds.previous_checkpoint(cfg.workdir_path, cfg.teachers.round, name, plans)
+            if previous is not None:
+                upstream = {**upstream, contract.PREVIOUS_ROUND: previous["key"]}
         key = stage_key(name, stage.version, slice_, upstream, identity)
         plans[name] = StagePlan(name, key, slice_, identity, upstream)
     return plans

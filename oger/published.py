@@ -14,7 +14,7 @@ from pathlib import Path
 
 from oger.contract.config import load_config
 from oger.contract.errors import DataError
-from oger.stages.problems.stage import find_data_file
+from oger.data.roots import find_data_file
 
 REFERENCE = "reference/published_results.json"
 # The benchmark columns of the reference file, in report order (our registry uses the same names).

@@ -18,7 +18,7 @@ from oger.contract.errors import StageError
 from oger.contract.lock import is_locked
 from oger.stages.evaluate import STAGE as EVALUATE
 from oger.stages.index import STAGE as INDEX
-from oger.stages.index.versions import list_versions
+from oger.stages.index.files import list_versions
 from oger.stages.policy import STAGE as POLICY
 from oger.stages.teachers import STAGE as TEACHERS
 from oger.stages.train import STAGE as TRAIN
@@ -84,9 +84,12 @@ def _same_recipe(workdir: Path, m: dict, policy_slice) -> bool:
     return pm.get("config") == json.loads(canonical_json(policy_slice))
 
 
-def previous_checkpoint(workdir: Path, rnd: str, policy_slice) -> dict | None:
-    """Manifest of the newest train artifact of the most recent earlier round that has one."""
-    trains = [m for m in manifests(workdir, TRAIN) if _same_recipe(workdir, m, policy_slice)]
+def previous_checkpoint(workdir: Path, rnd: str, stage: str, plans: dict) -> dict | None:
+    """Manifest of the newest artifact of `stage` (the train stage: a trained model) of the most recent
+    earlier round that has one, trained from a policy of the plan's recipe (`plans`: the plan so far,
+    `pipeline.plan`); None when no earlier round has one."""
+    policy_slice = plans[POLICY].config_slice
+    trains = [m for m in manifests(workdir, stage) if _same_recipe(workdir, m, policy_slice)]
     for earlier in earlier_rounds(workdir, rnd):
         mine = [m for m in trains if train_round(workdir, m) == earlier]
         if mine:

@@ -39,7 +39,7 @@ def metrics(ref: ArtifactRef | str | Path) -> list[dict]:
 
 def train_inputs(problems):
     """The trainer's inputs for synthetic problems (oger.synthetic), keyed by their index, no index."""
-    from oger.stages.train.trainer import TrainInputs
+    from oger.stages.train.setup import TrainInputs
 
     return TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
                        answers={str(i): str(p.answer) for i, p in enumerate(problems)},

@@ -82,7 +82,7 @@ def check_nothing_looks_complete_that_is_not(cfg) -> dict[str, bool]:
 
     from oger import pipeline
     from oger.contract.artifacts import load_complete, read_manifest
-    from oger.stages.index.stage import db_path, open_committed
+    from oger.stages.index.versions import db_path, open_committed
 
     wd = cfg.workdir_path
     for stage_root in (wd / "artifacts").glob("*"):

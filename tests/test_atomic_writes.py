@@ -50,20 +50,20 @@ def _history_file(path: Path) -> bytes:
 
 @pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
 def test_history_trim_that_fails_halfway_leaves_the_file_whole(tmp_path, monkeypatch, exc):
-    from oger.stages.train.trainer import _read_history
+    from oger.stages.train.checkpoint import read_history
 
     path = tmp_path / METRICS_FILE
     before = _history_file(path)
     fail_halfway(monkeypatch, METRICS_FILE, exc)
     with pytest.raises(exc, match="simulated crash"):
-        _read_history(path, done_steps=2)
+        read_history(path, done_steps=2)
     assert path.read_bytes() == before  # not half of the kept lines
     assert leftovers(tmp_path) == []  # the temp sibling is removed
     monkeypatch.undo()
-    assert [r["step"] for r in _read_history(path, done_steps=2)] == [1, 2]  # the next resume trims it
+    assert [r["step"] for r in read_history(path, done_steps=2)] == [1, 2]  # the next resume trims it
     assert path.read_text() == '{"step": 1, "reward": 0.1}\n{"step": 2, "reward": 0.2}\n'
     mtime = path.stat().st_mtime_ns
-    assert [r["step"] for r in _read_history(path, done_steps=2)] == [1, 2]
+    assert [r["step"] for r in read_history(path, done_steps=2)] == [1, 2]
     assert path.stat().st_mtime_ns == mtime  # nothing to drop: not rewritten
 
 

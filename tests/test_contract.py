@@ -1,10 +1,12 @@
-"""The stage contract: no import cycles, stages as registered parts (a stage defined here runs
-through the real pipeline and is cached on the second run), no stage names outside the stages,
-one atomic-write helper, benchmark names the config knows = the benchmark registry."""
+"""The stage contract: no import cycles, stages meet only through their `files` modules, stages as
+registered parts (a stage defined here runs through the real pipeline and is cached on the second
+run), no stage names outside the stages, one atomic-write helper, benchmark names the config knows =
+the benchmark registry."""
 
 import ast
 import json
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +19,7 @@ from oger.contract.config import BENCHMARK_NAMES, load_config
 from oger.contract.errors import ConfigError
 from oger.contract import Stage, StageInfo, atomic_write
 from oger.stages.evaluate.benchmarks import REGISTRY, SYNTHETIC
+from oger.stages.evaluate.files import BENCHMARK_GROUPS
 from oger.stages.problems.files import read_problems
 from oger.commands.report import write_report
 
@@ -38,8 +41,10 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> internal modules it imports anywhere in its body (function-local imports too)."""
+def import_edges() -> list[tuple[str, str, str | None]]:
+    """(module, internal module it imports, the name it takes from it or None) for every import under
+    oger/ and flows/, function-local imports too; `alias._name` on an imported module counts as
+    taking `_name` from it."""
     mods = _modules()
 
     def internal(name: str) -> str | None:
@@ -47,24 +52,41 @@ def import_graph() -> dict[str, set[str]]:
             name = name.rpartition(".")[0]
         return name or None
 
-    graph: dict[str, set[str]] = {m: set() for m in mods}
+    edges: list[tuple[str, str, str | None]] = []
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        aliases: dict[str, str] = {}  # local name -> internal module it is bound to
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
+                pairs = [(a.name, None, a.asname) for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative import
                     parts = package.split(".")[:len(package.split(".")) - node.level + 1]
                     base = ".".join(parts + ([base] if base else []))
-                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+                pairs = [(f"{base}.{a.name}", None, a.asname or a.name) if f"{base}.{a.name}" in mods
+                         else (base, a.name, None) for a in node.names]
             else:
                 continue
-            for name in names:
+            for name, taken, alias in pairs:
                 target = internal(name)
                 if target and target != mod:
-                    graph[mod].add(target)
+                    edges.append((mod, target, taken))
+                    if alias and target == name:
+                        aliases[alias] = target
+        for node in ast.walk(tree):  # `iv._open_table(...)` after `from ... import versions as iv`
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")):
+                edges.append((mod, aliases[node.value.id], node.attr))
+    return edges
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> internal modules it imports anywhere in its body (function-local imports too)."""
+    graph: dict[str, set[str]] = {m: set() for m in _modules()}
+    for mod, target, _ in import_edges():
+        graph[mod].add(target)
     return graph
 
 
@@ -110,22 +132,128 @@ def test_stage_modules_do_not_import_the_pipeline_or_the_plan_command():
         assert not {"oger.pipeline", "oger.commands.plan"} & graph[mod], mod
 
 
+# --------------------------------------------------------------------------- stages meet through files
+
+# Imports of a stage that break the rule on purpose: (importing module, imported module) patterns,
+# each with its reason.
+STAGE_IMPORT_EXCEPTIONS = {
+    ("oger.pipeline", "oger.stages.*.stage"): "the registry: the pipeline registers each stage's STAGE_DEF",
+    ("oger.commands.index", "oger.stages.index.versions"):
+        "`oger index restore|unpin` is the pin's writer: it moves the tag training reads (readers of the "
+        "versions and the pin go through oger.stages.index.files)",
+}
+# What no stage imports: the layers that drive or read the stages from above.
+ABOVE_THE_STAGES = ("oger.rounds", "oger.sweep", "oger.explore", "oger.pipeline", "oger.commands", "oger.cli",
+                    "flows")
+# What sits below the stages (the stages import it, it imports no stage, not even a `files` module).
+BELOW_THE_STAGES = ("oger.contract", "oger.algorithm", "oger.generation", "oger.runtime", "oger.data")
+
+
+def _stage_of(module: str) -> str | None:
+    """"oger.stages.index.files" -> "index"; None outside a stage's package."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["oger", "stages"] else None
+
+
+def _within(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def stage_import_violations(edges) -> list[str]:
+    """`module imports target` for each import that breaks the rule: (a) a stage's module imports
+    another stage only through its `files` module or its package (for STAGE and what the `__init__`
+    exports on purpose); (b) so does every module outside the stages (but the exceptions above), never
+    a private name; (c) no stage imports a layer above it (rounds, sweep, explore, pipeline, commands,
+    cli, flows), and nothing below the stages imports a stage."""
+    bad = set()
+    for mod, target, taken in edges:
+        here, there = _stage_of(mod), _stage_of(target)
+        if here is not None and _within(target, ABOVE_THE_STAGES):  # (c)
+            bad.add(f"{mod} imports {target}")
+        if there is None or there == here:
+            continue
+        if _within(mod, BELOW_THE_STAGES):  # (c): below the stages
+            bad.add(f"{mod} imports {target}")
+        elif taken is not None and taken.startswith("_"):  # (a), (b): a private name, never
+            bad.add(f"{mod} imports {target}.{taken}")
+        elif target not in (f"oger.stages.{there}", f"oger.stages.{there}.files") and not any(
+                fnmatch(mod, m) and fnmatch(target, t) for m, t in STAGE_IMPORT_EXCEPTIONS):  # (a), (b)
+            bad.add(f"{mod} imports {target}")
+    return sorted(bad)
+
+
+def _above_the_stages(line: str) -> bool:
+    return _within(line.split(" imports ")[1], ABOVE_THE_STAGES)
+
+
+def test_stages_meet_only_through_their_files_modules():
+    """(a), (b): another stage's modules and everything outside the stages reach a stage through its
+    `files` module (what others read of it) or its package (STAGE), never its stage.py or helpers."""
+    bad = [b for b in stage_import_violations(import_edges()) if not _above_the_stages(b)]
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_stage_imports_a_layer_above_it():
+    """(c): rounds, the sweep, explore, the pipeline, commands, the CLI and flows read the stages; a
+    stage never imports them (the dependency points one way)."""
+    bad = [b for b in stage_import_violations(import_edges()) if _above_the_stages(b)]
+    assert bad == [], "\n".join(bad)
+
+
+def test_the_stage_import_rule_sees_a_planted_violation(tmp_path, monkeypatch):
+    tree = {
+        "oger/stages/__init__.py": "",
+        "oger/stages/a/__init__.py": 'STAGE = "a"\n',
+        "oger/stages/a/files.py": "def read_a(ref): ...\ndef _raw(ref): ...\n",
+        "oger/stages/a/stage.py": "from oger.stages.a.files import read_a, _raw\nSTAGE_DEF = None\n",
+        "oger/stages/b/__init__.py": 'STAGE = "b"\n',
+        "oger/stages/b/stage.py": ("from oger.stages.a import STAGE\nfrom oger.stages.a.files import read_a\n"
+                                   "from oger.stages.a.stage import STAGE_DEF\n"  # (a)
+                                   "def f():\n    from oger.stages.a.files import _raw\n"  # (a) private
+                                   "    from oger import rounds\n"),  # (c)
+        "oger/rounds.py": "from oger.stages.a import files as af\nrows = af._raw(None)\n",  # (b) private
+        "oger/pipeline.py": "from oger.stages.a import stage as a_stage\n",  # the registry: excepted
+        "oger/commands/plan.py": "from oger.stages.a import stage\n",  # (b)
+        "oger/data/rows.py": "from oger.stages.a.files import read_a\n",  # (c): below the stages
+        "flows/tasks.py": "from oger.stages.b import STAGE\nfrom oger.stages.a.files import read_a\n",
+    }
+    for rel, text in tree.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert stage_import_violations(import_edges()) == [
+        "oger.commands.plan imports oger.stages.a.stage",
+        "oger.data.rows imports oger.stages.a.files",
+        "oger.rounds imports oger.stages.a.files._raw",
+        "oger.stages.b.stage imports oger.rounds",
+        "oger.stages.b.stage imports oger.stages.a.files._raw",
+        "oger.stages.b.stage imports oger.stages.a.stage",
+    ]
+
+
 # --------------------------------------------------------------------------- names
 
 
 def test_benchmark_names_in_config_equal_the_registry():
     assert sorted(BENCHMARK_NAMES) == sorted([SYNTHETIC, *REGISTRY])
+    # the groups the scores average over (evaluate's files, read by the sweep) name registered benchmarks
+    assert all(set(group) <= set(REGISTRY) for _, group in BENCHMARK_GROUPS)
 
 
 # String literals equal to a stage name that mean something else there, and how many of them.
 NOT_STAGE_NAMES = {
-    ("oger/contract/config.py", "train"): 3,  # the data split called "train" (defaults, a Literal)
-    ("oger/contract/config.py", "policy"): 4,  # train.init_from's value "policy" (Literal, default)
+    ("oger/contract/config/problems.py", "train"): 1,  # the data split called "train" (a default)
+    ("oger/contract/config/teachers.py", "train"): 1,  # the data split called "train" (a default)
+    ("oger/contract/config/train.py", "train"): 1,  # the data split called "train" (a default)
+    ("oger/contract/config/train.py", "policy"): 2,  # train.init_from's value "policy" (Literal, default)
+    ("oger/contract/config/evaluate.py", "policy"): 2,  # evaluate.prompt's value "policy" (Literal, default)
     ("oger/rounds.py", "policy"): 1,  # init_from's value in a round's checkpoint list
     ("oger/commands/index.py", "policy"): 1,  # init_from's value, printed
     ("oger/commands/index.py", "index"): 1,  # the `oger index` subcommand
     ("oger/cli.py", "index"): 1,  # the `oger index` subcommand
     ("oger/commands/plan.py", "train"): 1,  # the synthetic source's "train" split
+    ("oger/data/sources.py", "train"): 1,  # the synthetic source's "train" split
+    ("oger/data/hub.py", "train"): 2,  # the "train" split of gsm8k's local layout (two spellings of its id)
 }
 
 

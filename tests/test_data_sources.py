@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import oger.stages.problems.stage
+import oger.data.roots
 from oger.stages.evaluate.benchmarks import REGISTRY, benchmark_path, local_benchmark_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def sha256(path: Path) -> str:
 def repo_data_only(monkeypatch):
     """What a fresh clone sees: OGER_DATA_DIR unset, so the registry reads data/."""
     monkeypatch.delenv("OGER_DATA_DIR", raising=False)
-    monkeypatch.setattr(oger.stages.problems.stage, "REPO_DATA", DATA)
+    monkeypatch.setattr(oger.data.roots, "REPO_DATA", DATA)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -55,7 +55,7 @@ def test_oger_data_dir_takes_precedence_and_data_stays_the_fallback(tmp_path, mo
     (tmp_path / "benchmarks/aime24").mkdir(parents=True)
     (tmp_path / "benchmarks/aime24/test.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
     monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(oger.stages.problems.stage, "REPO_DATA", DATA)
+    monkeypatch.setattr(oger.data.roots, "REPO_DATA", DATA)
     assert benchmark_path("aime24") == tmp_path / "benchmarks/aime24/test.jsonl"
     assert benchmark_path("math500") == DATA / "benchmarks/math500/test.jsonl"  # not in OGER_DATA_DIR
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from oger.stages.index.stage import TeacherIndex
+from oger.stages.index.files import TeacherIndex
 from oger.pipeline import STAGES
 from tests.prefect_stack import PrefectStack, running_stack
 

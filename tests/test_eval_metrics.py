@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from oger.stages.evaluate.metrics import avg_at_k, benchmark_scores, maj_at_k, pass_at_k
+from oger.sample_metrics import avg_at_k, benchmark_scores, maj_at_k, pass_at_k
 
 
 def test_pass_at_k_hand_computed():

@@ -90,10 +90,10 @@ def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_p
     from oger.stages.evaluate.benchmarks import load_benchmark
     from oger.contract.errors import DataError
 
-    import oger.stages.problems.stage
+    import oger.data.roots
 
     monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(oger.stages.problems.stage, "REPO_DATA", tmp_path / "no-data")  # a clone without data/
+    monkeypatch.setattr(oger.data.roots, "REPO_DATA", tmp_path / "no-data")  # a clone without data/
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"benchmarks/aime24/test.jsonl not found under .*'math-ai/aime24'"):
         load_benchmark("aime24")

@@ -9,8 +9,10 @@ import pytest
 
 from oger import pipeline
 from oger.contract.config import load_config
-from oger.explore import a_fits, factors, strategy_of
-from oger.stages.train.trainer import strategy_metrics
+from oger.explore import a_fits
+from oger.labels import STRATEGY, Labeller, factors, strategy_of
+from oger.stages.train.metrics import NAMES, label_metrics, with_labels
+from oger.stages.train.step_log import label_values
 from oger.synthetic import generate_problems, scripted_solution
 from tests.conftest import REPO
 
@@ -44,24 +46,49 @@ def test_the_scripted_strategies_are_what_the_classifier_reads():
         assert min(x, y) <= 4
 
 
-def test_strategy_metrics_by_hand():
+def test_label_metrics_by_hand_for_the_strategy_labeller():
+    def row(label, correct, bonus, labeller="strategy"):
+        return {"labeller": labeller, "label": label, "correct": correct, "bonus": bonus}
+
     rows = [  # on-policy rows of one step
-        {"strategy": "A", "correct": True, "bonus": 0.0},
-        {"strategy": "A", "correct": False, "bonus": 0.0},
-        {"strategy": "A", "correct": True, "bonus": 0.02},
-        {"strategy": "B", "correct": True, "bonus": 0.3},
-        {"strategy": "B", "correct": False, "bonus": 0.0},
-        {"strategy": "other", "correct": False, "bonus": 0.0},
+        row("A", True, 0.0), row("A", False, 0.0), row("A", True, 0.02),
+        row("B", True, 0.3), row("B", False, 0.0), row("other", False, 0.0),
     ]
-    m = strategy_metrics(rows)
+    m = label_values(rows, [STRATEGY])
+    assert set(m) == {mt.name for mt in label_metrics(STRATEGY)}  # the table's names, no other
     assert m["strategy_b_share"] == pytest.approx(2 / 6)  # 2 of 6 rows used B
+    assert m["strategy_a_share"] == pytest.approx(3 / 6)
     assert m["strategy_other_share"] == pytest.approx(1 / 6)
     assert m["strategy_b_share_correct"] == pytest.approx(1 / 3)  # of 3 correct rows, 1 used B
     assert m["bonus_mean_a"] == pytest.approx(0.01)  # correct A rows: (0 + 0.02) / 2
     assert m["bonus_mean_b"] == pytest.approx(0.3)  # the one correct B row
-    no_b = strategy_metrics(rows[:3])
+    no_b = label_values(rows[:3], [STRATEGY])
     assert no_b["strategy_b_share"] == 0 and math.isnan(no_b["bonus_mean_b"])
-    assert strategy_metrics([{"strategy": None, "correct": True, "bonus": 0.1}]) == {}  # another task
+    # rows of another task (no labeller, or a question the labeller does not read) count in no share
+    other_task = [{"correct": True, "bonus": 0.1}, row(None, True, 0.1)]
+    assert all(math.isnan(v) for v in label_values(other_task, [STRATEGY]).values())
+    assert label_values(rows, []) == {}  # a task without a labeller: no label metrics at all
+
+
+def test_labeller_names_in_config_equal_the_labellers():
+    from oger.contract.config import LABELLER_NAMES
+    from oger.labels import LABELLERS
+
+    assert sorted(LABELLER_NAMES) == sorted(LABELLERS)
+    assert {s.labeller for s in load_config(REPO / "configs" / "explore.yaml").problems.sources} == {"strategy"}
+
+
+def test_the_strategy_metrics_keep_the_names_the_explore_sweeps_read():
+    names = {m.name: m for m in label_metrics(STRATEGY)}
+    assert {"strategy_b_share", "strategy_b_share_correct", "strategy_other_share", "bonus_mean_a",
+            "bonus_mean_b"} <= set(names)
+    assert names["strategy_b_share"].plot and names["strategy_b_share"].sweep
+    assert names["strategy_b_share"].run == ("first_last",) and names["strategy_other_share"].run == ("mean",)
+    assert not set(names) & set(NAMES)  # not in the table of every run
+    assert [m.name for m in with_labels([STRATEGY])] == [*NAMES, *names]
+    twin = Labeller("strategy2", ("A",), "rest", (), lambda q, t: "A")  # bonus_mean_a a second time
+    with pytest.raises(ValueError, match=r"define the step metrics \['bonus_mean_a'\] twice"):
+        with_labels([STRATEGY, twin])
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +101,7 @@ def explore_upstream(tmp_path_factory):
 def test_the_references_hold_only_strategy_a(explore_upstream):
     import lancedb
 
-    from oger.stages.index.stage import db_path
+    from oger.stages.index.files import db_path
 
     cfg, refs = explore_upstream
     table = lancedb.connect(str(db_path(cfg.workdir_path))).open_table(cfg.index.table).to_polars().collect()

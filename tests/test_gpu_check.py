@@ -46,7 +46,7 @@ def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
 @pytest.mark.slow
 def test_memory_index_reads_like_the_lancedb_one(tmp_path):
     from oger.encoder import load_encoder
-    from oger.stages.index.stage import TeacherIndex
+    from oger.stages.index.files import TeacherIndex
 
     questions = {"a": "Compute 1 + 2.", "b": "Compute 4 - 3 + 2."}
     load_encoder.cache_clear()

@@ -10,7 +10,8 @@ from oger.contract.errors import StageError
 from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
 from oger.stages.filter.files import KEPT_FILE
-from oger.stages.index.stage import TeacherIndex, key_inputs, run_index, tag_exists, traces_to_index
+from oger.stages.index.files import TeacherIndex
+from oger.stages.index.stage import key_inputs, run_index, tag_exists, traces_to_index
 from oger.stages.problems.files import read_problems
 
 pytestmark = pytest.mark.slow

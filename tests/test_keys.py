@@ -236,7 +236,7 @@ def _artifact_files(ref, workdir: Path) -> dict[str, bytes]:
 
 def _index_rows(refs) -> dict:
     """problem_id -> (trace texts, vectors) of the index at its tag, for every problem."""
-    from oger.stages.index.stage import TeacherIndex
+    from oger.stages.index.files import TeacherIndex
     from oger.stages.problems.files import read_problems
 
     ids = read_problems(refs["problems"])["problem_id"].to_list()

@@ -7,7 +7,7 @@ import torch
 
 from oger.contract.config import TrainConfig
 from oger.stages.train import packing, varlen
-from oger.stages.train.trainer import token_scores, update
+from oger.stages.train.update import token_scores, update
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from tests.builders import sample
 
@@ -180,7 +180,7 @@ def test_packed_forward_attends_per_sample_and_restores_the_model(model_pad, mon
 @pytest.mark.parametrize("agg", AGGS)
 def test_one_micro_batch_split_over_threads_gives_the_one_pass_gradient(model_pad, agg):
     from oger.runtime.cpu_threads import BatchThreads
-    from oger.stages.train.trainer import micro_batch_indices
+    from oger.stages.train.update import micro_batch_indices
 
     model, pad = model_pad
     ss = spread_samples(model.config.vocab_size)
@@ -199,7 +199,7 @@ def test_one_micro_batch_split_over_threads_gives_the_one_pass_gradient(model_pa
 
 
 def test_entropy_averaged_per_micro_batch_keeps_its_micro_batches_whole():
-    from oger.stages.train.trainer import micro_batch_indices
+    from oger.stages.train.update import micro_batch_indices
 
     ss = spread_samples(300)
     # LUFFY/verl's token mean of the entropy per micro-batch: four parts would be another loss
@@ -247,7 +247,7 @@ def test_shared_prompt_update_gives_the_padded_loss_and_gradient(model_pad, agg)
 
 
 def test_sharing_prompts_keeps_a_group_in_one_micro_batch():
-    from oger.stages.train.trainer import micro_batch_indices
+    from oger.stages.train.update import micro_batch_indices
 
     ss = group_samples(300)
     by_length = micro_batch_indices(ss, TrainConfig(optim={"micro_batch_size": 3}))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from oger.contract.artifacts import load_complete
-from oger.stages.index.stage import TeacherIndex
+from oger.stages.index.files import TeacherIndex
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/tiny.yaml"

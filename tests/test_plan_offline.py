@@ -52,8 +52,8 @@ def test_plan_status_index_list_never_touch_the_network(tmp_path):
 def test_plan_names_a_missing_benchmark_instead_of_fetching_it(tmp_path):
     """A clone without data/ and no OGER_DATA_DIR: the plan says which hub dataset a run would
     fetch, and still returns within seconds (the hub endpoint is unroutable)."""
-    script = ("import json, sys, time, contextlib, io\nfrom pathlib import Path\nimport oger.stages.problems.stage\n"
-              "oger.stages.problems.stage.REPO_DATA = Path(sys.argv[1]) / 'no-data'\nfrom oger.cli import main\n"
+    script = ("import json, sys, time, contextlib, io\nfrom pathlib import Path\nimport oger.data.roots\n"
+              "oger.data.roots.REPO_DATA = Path(sys.argv[1]) / 'no-data'\nfrom oger.cli import main\n"
               "t = time.perf_counter()\nwith contextlib.redirect_stdout(io.StringIO()) as buf:\n"
               "    rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--set', f'workdir={sys.argv[1]}', '--json'])\n"
               "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'out': buf.getvalue()}))\n")

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.stages.policy.stage import key_inputs as policy_key_inputs
 from oger.runtime import precision
+from oger.runtime.device import Runtime
 from oger.stages.policy.sft import pad_batch, sft
 from tests.test_sft import EXAMPLES, _tiny_model
 
@@ -41,10 +42,9 @@ def _forward(model, attention, cast):
 def test_bf16_mixed_runs_matmuls_in_bf16_but_attention_in_float32_and_restores_the_model():
     model = _tiny_model().eval()
     assert model.config._attn_implementation == "sdpa"
-    seen32, loss32 = _forward(model, precision.float32_attention(model, "float32"),
-                              precision.autocast(model, "float32"))
-    seen16, loss16 = _forward(model, precision.float32_attention(model, "bf16-mixed"),
-                              precision.autocast(model, "bf16-mixed"))
+    fp32, bf16 = Runtime("cpu", "float32"), Runtime("cpu", "bf16-mixed")  # what SFT asks (oger.runtime.device)
+    seen32, loss32 = _forward(model, fp32.attention(model), fp32.autocast())
+    seen16, loss16 = _forward(model, bf16.attention(model), bf16.autocast())
     assert seen32 == seen16 == [(torch.float32,) * 3] * 2  # one call per layer, float32 either way
     # q, k, v came out of bf16 projections: the loss moves by bf16 rounding (8 bits of mantissa,
     # ~0.4% per value), not by more and not by nothing.
@@ -58,7 +58,7 @@ def test_without_float32_attention_autocast_would_run_attention_in_bf16():
     # The failure float32_attention prevents: under CPU autocast the attention kernel runs in bf16,
     # and its flash backward took 3.7x the float32 one here (docs/PERFORMANCE.md, "demo").
     model = _tiny_model().eval()
-    seen, _ = _forward(model, contextlib.nullcontext(), precision.autocast(model, "bf16-mixed"))
+    seen, _ = _forward(model, contextlib.nullcontext(), Runtime("cpu", "bf16-mixed").autocast())
     assert seen == [(torch.bfloat16,) * 3] * 2
 
 

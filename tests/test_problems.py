@@ -6,7 +6,9 @@ import pytest
 
 from oger.contract.config import FieldMap, HFSource, LocalSource, SyntheticSource
 from oger.contract.errors import DataError
-from oger.stages.problems.stage import load_source, normalize_row, problem_id, resolve_hf_local
+from oger.data.hub import resolve_hf_local
+from oger.data.normalize import normalize_row, problem_id
+from oger.data.sources import load_source
 
 
 # The first rows of the training files (data/SOURCES.md lists their origin; they are not in data/).

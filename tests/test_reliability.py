@@ -17,7 +17,7 @@ import pytest
 
 from oger.contract.config import load_config
 from oger.contract.errors import DataError
-from oger.stages.problems.stage import load_source
+from oger.data.sources import load_source
 from oger.contract.lock import WorkdirBusy, is_locked, read_holder, workdir_lock
 from tests.reliability_helpers import (REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest,
                                       write_config)
@@ -315,7 +315,7 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     import json
 
     from oger import pipeline
-    from oger.stages.index.stage import TeacherIndex
+    from oger.stages.index.files import TeacherIndex
 
     config = tmp_path / "small.yaml"
     config.write_text(SMALL + f"workdir: {tmp_path / 'w'}\n")
@@ -373,7 +373,7 @@ def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tm
     during the upsert or the tagging: the table opens, the earlier tag still reads its rows, and
     the rerun tags the new version with the right rows."""
     from oger import pipeline
-    from oger.stages.index.stage import TeacherIndex
+    from oger.stages.index.files import TeacherIndex
 
     lite = textwrap.dedent("""
         name: lance

@@ -30,7 +30,7 @@ SHRUNK = ["train.steps=2", "train.logging.checkpoint_every=1", "train.init_from=
 def _lancedb_versions(workdir) -> int:
     import lancedb
 
-    from oger.stages.index.stage import db_path
+    from oger.stages.index.files import db_path
 
     db = lancedb.connect(str(db_path(workdir)))
     return sum(len(db.open_table(t).list_versions()) for t in db.list_tables().tables)
@@ -61,7 +61,7 @@ def soak(tmp_path_factory):
 def _rows(workdir) -> int:
     import lancedb
 
-    from oger.stages.index.stage import db_path
+    from oger.stages.index.files import db_path
 
     return lancedb.connect(str(db_path(workdir))).open_table("teacher_traces").count_rows()
 

@@ -133,7 +133,7 @@ def test_guards_zero_the_bonus_of_degenerate_rollouts():
 
 
 def test_think_format_reward_and_guard():
-    from oger.stages.train.trainer import is_correct
+    from oger.stages.train.reward import is_correct
 
     assert is_correct("<think>\n3 + 4 = 7\n</think>\nThe answer is \\boxed{7}.", "7", "think")
     assert not is_correct("3 + 4 = 7. The answer is \\boxed{7}.", "7", "think")

@@ -7,7 +7,7 @@ import pytest
 from oger.contract.config import load_config
 from oger.contract.errors import ConfigError
 from oger.prompt_check import check_chat_format
-from oger.stages.train.trainer import is_correct
+from oger.stages.train.reward import is_correct
 
 CONFIG = "configs/smollm2-arith.yaml"
 

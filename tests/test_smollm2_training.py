@@ -11,7 +11,9 @@ from oger.algorithm.samples import Sample
 from oger.contract.config import load_config
 from oger.generation.hf import chat_prompt_ids
 from oger.models import load_causal_lm
-from oger.stages.train.trainer import TrainInputs, token_scores, train, update
+from oger.stages.train.setup import TrainInputs
+from oger.stages.train.update import token_scores, update
+from oger.stages.train.trainer import train
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/smollm2-arith.yaml"

@@ -46,7 +46,7 @@ def short_run(tmp_path_factory):
 
     from oger.contract.config import TrainConfig
     from oger.stages.policy.tiny_model import build_model, train_tokenizer
-    from oger.stages.train import trainer
+    from oger.stages.train import step_log, trainer
     from oger.synthetic import generate_problems
 
     problems = generate_problems(3, 8, 2, 3, 9, "+-")
@@ -63,19 +63,19 @@ def short_run(tmp_path_factory):
         loss={"beta": 0.01},
     )
     produced: list[set] = []  # the keys the trainer computed, before the table fills the rest with NaN
-    real_step_row = trainer.step_row
+    real_step_row = step_log.step_row
 
-    def recording(step, values):
+    def recording(step, values, table):
         produced.append(set(values))
-        return real_step_row(step, values)
+        return real_step_row(step, values, table)
 
     run_dir = tmp_path_factory.mktemp("short_run")
-    trainer.step_row = recording
+    step_log.step_row = recording
     try:
         torch.manual_seed(0)
         history = trainer.train(cfg, model, tok, inputs, run_dir)
     finally:
-        trainer.step_row = real_step_row
+        step_log.step_row = real_step_row
     return history, produced, run_dir
 
 
@@ -87,16 +87,49 @@ def test_step_rows_of_a_real_run_hold_exactly_the_table(short_run):
         assert list(row) == ["step", *table.NAMES]
     # ... and the trainer computes every metric of the table but the guards' (no bonus-eligible
     # rows without teachers: reward_metrics names only the guards it saw) and the vLLM engine's
-    # (rollouts from the trained module: no second sampler, no weight push), and the explore task's
-    # strategy metrics (these are not products of two factors: oger.explore.strategy_of gives None)
+    # (rollouts from the trained module: no second sampler, no weight push); a task without a labeller
+    # has no label metrics in its table at all (test_a_task_with_a_labeller_logs_its_labels_and_only_then)
     vllm_only = {"rollout_logp_diff", "rollout_kl", "rollout_ratio_p05", "rollout_ratio_p50",
                  "rollout_ratio_p95", "is_weight_mean", "seconds_sync"}
-    explore_only = {"strategy_b_share", "strategy_b_share_correct", "strategy_other_share", "bonus_mean_a",
-                    "bonus_mean_b"}
     for keys in produced:
-        assert set(table.NAMES) - keys == ({n for n in table.NAMES if n.startswith("guard_fail_")}
-                                           | vllm_only | explore_only)
+        assert set(table.NAMES) - keys == ({n for n in table.NAMES if n.startswith("guard_fail_")} | vllm_only)
     assert not math.isnan(history[0]["kl"]) and history[0]["env_reward"] == history[0]["env_reward"]
+
+
+def test_a_task_with_a_labeller_logs_its_labels_and_only_then(tmp_path):
+    """The trainer knows no task: a labeller named by the problems' source (here one that reads the
+    response's length) gives the rows their labels and the step its label metrics; the same run
+    without one logs the plain table (`short_run`)."""
+    import torch
+
+    from oger.contract.config import TrainConfig
+    from oger.labels import Labeller
+    from oger.stages.policy.tiny_model import build_model, train_tokenizer
+    from oger.stages.train import trainer
+    from oger.stages.train.files import read_rollouts
+    from oger.synthetic import generate_problems
+
+    problems = generate_problems(3, 8, 2, 3, 9, "+-")
+    tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
+    model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
+    parity = Labeller("parity", ("even", "odd"), "empty", ("odd",),
+                      lambda q, text: "empty" if not text else ("even", "odd")[len(text) % 2])
+    inputs = train_inputs(problems)
+    inputs.labeller_of = {pid: parity for pid in inputs.problem_ids}
+    cfg = TrainConfig(algorithm="grpo", steps=1, prompts_per_step=2, group_size=2, rollout={"max_new_tokens": 8},
+                      optim={"micro_batch_size": 4, "lr": 1e-3}, logging={"log_rollouts": True})
+    torch.manual_seed(0)
+    (row,) = trainer.train(cfg, model, tok, inputs, tmp_path)
+    names = [m.name for m in table.label_metrics(parity)]
+    assert names == ["parity_even_share", "parity_odd_share", "parity_empty_share", "parity_odd_share_correct",
+                     "bonus_mean_even", "bonus_mean_odd"]
+    assert list(row) == ["step", *table.NAMES, *names]
+    rows = read_rollouts(tmp_path)
+    assert len(rows) == 4 and {r["labeller"] for r in rows} == {"parity"}
+    expected = [("even", "odd")[len(r["text"]) % 2] if r["text"] else "empty" for r in rows]
+    assert [r["label"] for r in rows] == expected
+    assert row["parity_odd_share"] == pytest.approx(expected.count("odd") / 4)
+    assert row["parity_even_share"] + row["parity_odd_share"] + row["parity_empty_share"] == pytest.approx(1)
 
 
 def test_tensorboard_scalars_are_the_tables_measured_metrics(short_run):
@@ -142,10 +175,10 @@ def test_sweep_reads_on_policy_correctness_from_env_reward_not_the_bonus_reward(
     # reward = env_reward + bonus (and teacher rows): the two differ on every step
     steps = [table.step_row(s, {"reward": 0.9, "env_reward": 0.25 * (s % 2), "bonus_mean": 0.4})
              for s in range(1, 6)]
-    curves = res.training_curves({"oger": {0: steps, 1: steps}})
+    curves = res.training_curves({"oger": {0: steps, 1: steps}}, table.SWEPT)
     assert set(curves) <= set(table.SWEPT) and "reward" not in curves
     assert curves["env_reward"]["oger"]["mean"] == [0.25, 0.0, 0.25, 0.0, 0.25]
     assert res.last_fraction_means(curves)["oger"]["env_reward"] == 0.25  # the last step of 5
     # a history with the old names only: nothing is read under the new names (no fallback)
     old = [{"step": s, "accuracy": 0.5, "reward": 0.9, "divergence": 0.3} for s in range(1, 4)]
-    assert res.training_curves({"grpo": {0: old}}) == {}
+    assert res.training_curves({"grpo": {0: old}}, table.SWEPT) == {}

@@ -7,7 +7,7 @@ import torch
 from oger.contract.config import TrainConfig
 from oger.algorithm import core
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
-from oger.stages.train.trainer import _batch_tensors, response_logits, update
+from oger.stages.train.update import _batch_tensors, response_logits, update
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from tests.builders import sample
 
@@ -81,7 +81,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(model_tok):
 
 def test_ranks_take_whole_generation_calls_of_the_step():
     from oger.stages.train.distributed import Dist
-    from oger.stages.train.trainer import _rank_slice
+    from oger.stages.train.rollout import _rank_slice
 
     cfg = TrainConfig(prompts_per_step=8, rollout={"batch_prompts": 2}, distributed={"num_processes": 2})
     assert _rank_slice(8, cfg, Dist()) == (0, 8)
@@ -118,7 +118,7 @@ def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
 
 
 def test_mini_batches_are_whole_groups_by_global_group_index():
-    from oger.stages.train.trainer import mini_batches
+    from oger.stages.train.update import mini_batches
 
     def grouped(groups):
         return [sample(group=g, problem_id=str(g), prompt_ids=[1], response_ids=[2]) for g in groups]
@@ -143,7 +143,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     from types import SimpleNamespace
 
     from oger.stages.train.distributed import Dist
-    from oger.stages.train.trainer import optimizer_step
+    from oger.stages.train.update import optimizer_step
 
     _, tok = model_tok
     model = copy.deepcopy(model_tok[0])
@@ -207,7 +207,7 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     from types import SimpleNamespace
 
     from oger.stages.train.distributed import Dist
-    from oger.stages.train.trainer import optimizer_step
+    from oger.stages.train.update import optimizer_step
 
     _, tok = model_tok
     ss = samples(tok)
@@ -247,7 +247,7 @@ def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model
 
 
 def test_a_metric_is_averaged_over_the_parts_that_define_it():
-    from oger.stages.train.trainer import defined_weighted_means
+    from oger.stages.train.update import defined_weighted_means
 
     nan = float("nan")
     # a: (1 x 0.25 + 3 x 0.25) / 0.5 = 2, times the parts' total weight 0.5 -> 1.0
@@ -259,7 +259,7 @@ def test_a_metric_is_averaged_over_the_parts_that_define_it():
 
 
 def test_rollout_entropies_are_recorded_only_where_something_reads_them():
-    from oger.stages.train.trainer import needs_rollout_entropy
+    from oger.stages.train.rollout import needs_rollout_entropy
 
     assert needs_rollout_entropy(TrainConfig(algorithm="grpo"))  # the monitor logs g(H) for every preset
     assert not needs_rollout_entropy(TrainConfig(algorithm="grpo", oger={"monitor": False}))
@@ -268,7 +268,7 @@ def test_rollout_entropies_are_recorded_only_where_something_reads_them():
 
 
 def test_ranks_are_combined_over_those_that_define_a_metric():
-    from oger.stages.train.trainer import combine_ranks
+    from oger.stages.train.update import combine_ranks
 
     # each rank's value is its mean times its share (`update`); shares 0.5 and 0.5.
     # pg_loss: both ranks, means 2 and 4 -> (1 + 2) / (0.5 + 0.5) = 3

@@ -104,7 +104,7 @@ def plan_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_ch
             roots |= _stage_keys(pair)
         for stage, entries in sweep.get("upstream", {}).items():
             roots |= {(stage, e["key"]) for e in entries if e.get("key")}
-    from oger.stages.index.versions import read_pin
+    from oger.stages.index.files import read_pin
 
     pin = read_pin(workdir, table)
     if pin:
@@ -159,10 +159,10 @@ def plan_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_ch
 
 def _tags_to_drop(workdir: Path, table: str, kept_index_keys: set[str]) -> list[str]:
     from oger.contract.errors import StageError
-    from oger.stages.index.versions import _open_table
+    from oger.stages.index.files import open_table
 
     try:
-        tbl = _open_table(workdir, table)
+        tbl = open_table(workdir, table)
     except StageError:
         return []
     return sorted(t for t in tbl.tags.list() if t not in kept_index_keys)
@@ -201,7 +201,7 @@ def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
 
     import lancedb
 
-    from oger.stages.index.stage import db_path
+    from oger.stages.index.files import db_path
 
     path = db_path(workdir)
     if not path.is_dir():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from oger.stages.index import versions as iv
+from oger.stages.index import versions as iv  # restore, unpin: the pin's writers (tests/test_contract.py)
+from oger.stages.index.files import list_versions, read_pin
 from oger.contract.config import load_config
 
 
@@ -36,9 +37,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"unpinned {old['tag'][:16]}: training reads the index stage's tag" if old
               else "nothing was pinned: training reads the index stage's tag")
         return 0
-    rows = iv.list_versions(wd, table)
+    rows = list_versions(wd, table)
     if args.json:
-        print(json.dumps({"workdir": str(wd), "table": table, "pin": iv.read_pin(wd, table),
+        print(json.dumps({"workdir": str(wd), "table": table, "pin": read_pin(wd, table),
                           "versions": rows}, indent=2, default=str))
         return 0
     from rich.console import Console
@@ -61,7 +62,7 @@ def print_rounds(cfg, rounds: list[dict]) -> None:
     from rich.table import Table
 
 
-    pin = iv.read_pin(cfg.workdir_path, cfg.index.table)
+    pin = read_pin(cfg.workdir_path, cfg.index.table)
     t = Table(title="rounds" + (f" (training pinned to index tag {pin['tag'][:16]})" if pin else ""))
     for col in ("round", "index tags (version:rows)", "checkpoints", "evaluations", "last run"):
         t.add_column(col, overflow="fold")

@@ -17,7 +17,7 @@ from oger.contract.config import SyntheticSource, load_config
 from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
 from oger.stages.problems import STAGE as PROBLEMS
 from oger.stages.problems.files import read_problems
-from oger.stages.problems.stage import source_file
+from oger.data.sources import source_file
 
 
 class ProblemCounts:

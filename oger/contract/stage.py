@@ -130,6 +130,11 @@ class StageContext:
 # --------------------------------------------------------------------------- a stage
 
 
+# The input under which a stage that continues from an earlier round (`continues_previous_round`)
+# gets that round's artifact of its own.
+PREVIOUS_ROUND = "init"
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the DAG, as the pipeline sees it.
@@ -148,6 +153,10 @@ class Stage:
     - `extra_inputs(cfg, upstream_keys, plans) -> upstream_keys`: more inputs than the upstream
       stages' keys (train: a pinned index tag, an earlier round's checkpoint); each is a key.
     - `input_stages`: the stage whose artifact an extra input is ({"init": "train"}).
+    - `continues_previous_round(cfg) -> bool`: the run starts from this stage's own artifact of the most
+      recent earlier round (train: `train.init_from: previous_round`). The plan finds that artifact in
+      the workdir's run records (`oger.rounds`) and gives it as the input `PREVIOUS_ROUND` (its key in
+      this stage's key), so no stage reads run records itself.
     - `missing_input(workdir, name, key) -> str`: the message when an input's artifact is gone.
     - `is_complete(cfg, ref) -> bool`: a cached artifact counts only if this holds too (index:
       its LanceDB tag exists).
@@ -172,6 +181,7 @@ class Stage:
     run: Callable[[StageContext, dict[str, ArtifactRef]], ArtifactRef]
     plan_info: Callable[[Any, Any], StageInfo] | None = None
     extra_inputs: Callable[[Any, dict[str, str], dict], dict[str, str]] | None = None
+    continues_previous_round: Callable[[Any], bool] | None = None
     input_stages: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     missing_input: Callable[[Path, str, str], str] | None = None

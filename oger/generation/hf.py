@@ -18,8 +18,7 @@ from oger import seeds
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
 from oger.generation.records import Rollout, eos_ids
-from oger.runtime.cpu_threads import decode_threads
-from oger.runtime.packed_linear import decode_linears
+from oger.runtime.device import for_decoding, of_model
 
 ENGINES = ("hf", "paged")
 
@@ -75,7 +74,7 @@ class TransformersEngine:
 
     `batch_size`: jobs per padded batch (None: the whole call in one); `synced_gpus` keeps FSDP
     ranks decoding in step (hf only). A loaded engine's weights never change, so it keeps its
-    model's packed linear weights (`decode_linears`) until `close`, instead of packing them again in
+    model's packed linear weights (`Runtime.packed_weights`) until `close`, instead of packing them again in
     every call (teachers and evaluation call once per chunk); the live policy is packed per call."""
 
     def __init__(self, model, tokenizer, kind: str = "hf", batch_size: int | None = None,
@@ -94,10 +93,10 @@ class TransformersEngine:
         from oger.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(str(model_ref), dtype)
-        if torch.cuda.is_available():
-            model = model.cuda()
+        runtime = for_decoding()
+        model = runtime.place(model)
         engine = cls(model, tokenizer, kind, batch_size)
-        engine._held.enter_context(decode_linears(model))
+        engine._held.enter_context(runtime.packed_weights(model))
         return engine
 
     def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
@@ -134,7 +133,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
-    with decode_threads(model), decode_linears(model, enabled=pack_linears):
+    with of_model(model).decode(model, pack_linears=pack_linears):
         return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                          record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,
@@ -262,9 +261,9 @@ def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], 
     if not questions:
         return float("nan")
     prompts = [chat_prompt_ids(tokenizer, q, instruction, system_prompt) for q in questions]
-    home = next(model.parameters()).device
-    if home.type == "cpu" and torch.cuda.is_available():  # a stage's model lives on CPU; decode on GPU
-        model.to("cuda")
+    home, decoding = next(model.parameters()).device, for_decoding()
+    if home.type == "cpu":  # a stage's model lives on the CPU; it decodes where loaded models do
+        decoding.place(model)
     try:
         rolls = TransformersEngine(model, tokenizer, batch_size=batch_size).generate(
             prompts, Request(max_new_tokens=max_new_tokens, temperature=0.0))

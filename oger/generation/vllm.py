@@ -36,9 +36,9 @@ def import_vllm(what: str):
 
 
 def _on_gpu() -> bool:
-    import torch
+    from oger.runtime.device import cuda_available
 
-    return torch.cuda.is_available()
+    return cuda_available()
 
 
 class VLLMEngine:

@@ -1,2 +1,4 @@
-"""How torch runs on this machine: a small model's batch split over CPU threads (`cpu_threads`) and
-bf16-mixed precision where the CPU has native bf16 (`precision`)."""
+"""How torch runs on the device a process has, behind one seam (`device.Runtime`: device, precision
+and autocast, attention, batch threads, decode context), with the CPU answers in their own modules: a
+small model's batch split over CPU threads (`cpu_threads`), bf16-mixed precision where the CPU has
+native bf16 (`precision`) and oneDNN-packed linear weights for decoding (`packed_linear`)."""

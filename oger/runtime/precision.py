@@ -115,12 +115,3 @@ def float32_attention(model, precision: Precision) -> Iterator[None]:
     finally:
         model.set_attn_implementation(before)
 
-
-def autocast(model, precision: Precision) -> contextlib.AbstractContextManager:
-    """The forward pass's autocast context. Autocast state is per thread: enter it in the thread
-    that runs the forward (`BatchThreads` workers), not around the pool."""
-    import torch
-
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)

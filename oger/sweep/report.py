@@ -19,6 +19,7 @@ from pathlib import Path
 
 from oger.contract.artifacts import atomic_write
 from oger.published import Published, cell, published_for_config
+from oger.stages.train.files import swept_metrics
 from oger.sweep import results as res
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,7 +170,7 @@ def write_report(sp, record) -> Path:
     arms = [a.name for a in sp.arms]
     collected = res.collect(arms, record.data["pairs"], explore_classes(sp, record.data["upstream"]))
     analysis = res.analyse(collected, arms, sp.baseline, s.interval, s.confidence, s.bootstrap_resamples)
-    curves = res.training_curves(collected["histories"])
+    curves = res.training_curves(collected["histories"], swept_metrics(sp.base))
     published = published_for_config(sp.base)
     data = record.data
     data.update(analysis)

@@ -14,15 +14,13 @@ import numpy as np
 import polars as pl
 
 from oger.stages.evaluate import STAGE as EVALUATE
-from oger.stages.evaluate.benchmarks import MATH_BENCHMARKS, OOD_BENCHMARKS
-from oger.stages.evaluate.files import read_samples
+from oger.stages.evaluate.files import BENCHMARK_GROUPS, read_samples
 from oger.stages.train import STAGE as TRAIN
 from oger.stages.train.files import read_metrics
-from oger.stages.train.metrics import SWEPT
 from oger.sweep import stats
 
 BASE = "base"  # the policy-stage model every arm starts from (evaluated with each seed's sampling)
-GROUPS = (("math_avg", MATH_BENCHMARKS), ("ood_avg", OOD_BENCHMARKS))
+GROUPS = BENCHMARK_GROUPS  # the evaluate stage's group averages (math_avg, ood_avg), over the same benchmarks
 
 
 def problem_counts(samples: pl.DataFrame, model: str, benchmark: str) -> dict[str, tuple[int, int]]:
@@ -147,12 +145,12 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
     return {"results": results, "comparisons": comparisons, "pass_at_k": pass_k}
 
 
-def training_curves(histories: dict[str, dict[int, list[dict]]]) -> dict[str, dict[str, dict]]:
+def training_curves(histories: dict[str, dict[int, list[dict]]], metrics: tuple[str, ...]) -> dict[str, dict[str, dict]]:
     """{metric: {arm: {"step": [...], "mean": [...], "lo": [...], "hi": [...]}}}: mean, min and max
-    over seeds at each step, for the step metrics the registry marks for the sweep
-    (`oger.stages.train.metrics.SWEPT`); metrics no arm logged are left out."""
+    over seeds at each step, for `metrics` (those the train stage's table marks for the sweep under
+    the sweep's config: `oger.stages.train.files.swept_metrics`); metrics no arm logged are left out."""
     out: dict[str, dict] = {}
-    for metric in SWEPT:
+    for metric in metrics:
         per_arm = {}
         for arm, by_seed in histories.items():
             curves = [curve(h, metric) for h in by_seed.values()]

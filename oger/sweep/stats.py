@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oger.stages.evaluate.metrics import pass_at_k
+from oger.sample_metrics import pass_at_k
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """evaluate stage: the benchmark registry (`benchmarks`), answer scoring in a process pool
-(`scoring`), avg@k / pass@k / maj@k (`metrics`) and the stage itself (`stage`); sampling comes from
-`oger.generation`."""
+(`scoring`) and the stage itself (`stage`); sampling comes from `oger.generation`, the files from
+`oger.data`, avg@k / pass@k / maj@k from `oger.sample_metrics`."""
 
 STAGE = "evaluate"  # the stage's name: other modules import it, never spell it

@@ -3,6 +3,8 @@ hub) and how to read it.
 
 Each resolves to rows {problem_id, question, answer} with one row per problem (LUFFY's parquet repeats
 AIME/AMC rows 32 times for avg@32; those repeats are collapsed here and re-created by sampling k times).
+Files are found, read and normalised by `oger.data`, the same rules the problems stage reads its
+sources with; the groups the scores average over are in `files` (what readers of the scores need).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import polars as pl
 
 from oger.contract.config import FieldMap
 from oger.contract.errors import DataError
-from oger.stages.problems.stage import data_roots, find_data_file, iter_rows, normalize_row, problem_id
+from oger.data.hub import hub_rows
+from oger.data.normalize import normalize_row, problem_id
+from oger.data.roots import data_roots, find_data_file
+from oger.data.rows import iter_rows
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
               hub_id="Idavidrein/gpqa"),
     Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
 ]}
-MATH_BENCHMARKS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
 # The synthetic task's held-out split, read from the problems stage (not from data/).
 SYNTHETIC = "synthetic"
-OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
 
 
 def benchmark_path(name: str) -> Path | None:
@@ -92,12 +95,7 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
 
 def _hub_rows(b: Benchmark):
     """Rows of the benchmark's hub dataset when its file is in no data root."""
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(b.hub_id, b.hub_subset, split=b.hub_split)
-    except Exception as exc:  # offline, unknown id, gated ...
-        raise DataError(f"benchmark {b.name!r}: {b.path} not found under {' or '.join(map(str, data_roots())) or 'no data root'} and "
-                        f"hub dataset {b.hub_id!r} could not be loaded: {type(exc).__name__}: "
-                        f"{str(exc)[:200]}") from None
-    return ((i, dict(row)) for i, row in enumerate(ds, start=1))
+    return hub_rows(b.hub_id, b.hub_subset, b.hub_split,
+                    f"benchmark {b.name!r}: {b.path} not found under "
+                    f"{' or '.join(map(str, data_roots())) or 'no data root'} and "
+                    f"hub dataset {b.hub_id!r} could not be loaded: ")

@@ -1,5 +1,6 @@
 """The evaluate artifact's files and the reader of its samples: the only place their names are
-spelled."""
+spelled; and the benchmark groups its scores average over, which readers of the scores (the sweep)
+average over too."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ FILES = {SAMPLES_FILE: "one row per (benchmark, model, problem, sample): respons
                        "correct, tokens; model is base (policy stage) or trained",
          SCORES_FILE: "the scores per benchmark (avg@k, pass@k, maj@k) and group averages",
          SCORES_PNG: "base vs trained per benchmark, a bar chart"}
+
+# The groups scores.json averages ("math_avg", "ood_avg": the mean over the group's benchmarks that
+# were evaluated): in-distribution math and out-of-distribution multiple choice, as LUFFY reports them.
+# The sweep averages its per-problem scores over the same groups, so they are read from here.
+MATH_BENCHMARKS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
+OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
+BENCHMARK_GROUPS = (("math_avg", MATH_BENCHMARKS), ("ood_avg", OOD_BENCHMARKS))
 
 
 def read_samples(ref: ArtifactRef | str | Path) -> pl.DataFrame:

@@ -21,16 +21,17 @@ from oger.contract.artifacts import ArtifactRef, atomic_write, cache_root, canon
 from oger.contract.config import LUFFY_SYSTEM_PROMPT, BenchmarkSpec, EvaluateConfig, OgerConfig
 from oger.contract import Budget, Stage, StageContext, StageInfo
 from oger.contract.errors import DataError, StageError
-from oger.stages.evaluate.benchmarks import (MATH_BENCHMARKS, OOD_BENCHMARKS, REGISTRY, SYNTHETIC, benchmark_path,
-                                      load_benchmark, local_benchmark_size)
+from oger.stages.evaluate.benchmarks import (REGISTRY, SYNTHETIC, benchmark_path, load_benchmark,
+                                            local_benchmark_size)
 from oger import seeds
 from oger.generation.base import Request, generate_sorted
 from oger.generation.engines import fit_prompt, make_engine
-from oger.stages.evaluate.metrics import benchmark_scores
+from oger.sample_metrics import benchmark_scores
 from oger.stages.evaluate.scoring import Scorer
 from oger.contract.fanout import Job, run_in_process
 from oger.published import comparison_markdown, published_for_run
-from oger.stages.evaluate.files import FILES, SAMPLE_SCHEMA, SAMPLES_FILE, SCORES_FILE, SCORES_PNG
+from oger.stages.evaluate.files import (BENCHMARK_GROUPS, FILES, SAMPLE_SCHEMA, SAMPLES_FILE, SCORES_FILE,
+                                       SCORES_PNG)
 from oger.stages.policy.files import model_dir as policy_model_dir
 from oger.stages.problems.files import read_problems
 from oger.stages.train.files import model_dir as trained_model_dir
@@ -157,7 +158,7 @@ def summarize(samples: pl.DataFrame, specs: list[BenchmarkSpec], e: EvaluateConf
 def group_averages(per_bench: dict) -> dict:
     """{"math_avg": ..., "ood_avg": ...} over the benchmarks present (how many is in `of`)."""
     out = {}
-    for label, group in (("math_avg", MATH_BENCHMARKS), ("ood_avg", OOD_BENCHMARKS)):
+    for label, group in BENCHMARK_GROUPS:
         present = [b for b in group if b in per_bench]
         if present:
             out[label] = {m: round(sum(per_bench[b][m] for b in present) / len(present), 4) for m in MODELS}

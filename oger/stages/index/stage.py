@@ -3,7 +3,8 @@
 One table of teacher traces per workdir. The stage upserts by trace_id (idempotent), replaces
 the rows of the rounds it covers (so a stricter filter removes traces), keeps an embedding cache
 keyed by text hash (a rerun embeds only unseen texts), and tags the resulting table version with
-its stage key. Training reads the table *at that tag*, never "latest".
+its stage key. Training reads the table *at that tag*, never "latest" (`files.TeacherIndex`; where the
+table lives and its tags: `versions`, read by other modules through `files`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,12 @@ from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.contract.errors import StageError
 from oger.models import key_model_ref
 from oger.stages.filter.files import read_kept
-from oger.stages.index.files import FILES, INDEX_FILE, read_index_info
-from oger.stages.problems.files import read_problems
-from oger.stages.problems.stage import rl_pool
+from oger.stages.index.files import FILES, INDEX_FILE, vectors_of
+from oger.stages.index.versions import db_path, open_committed
+from oger.stages.problems.files import read_problems, rl_pool
 from oger.stages.index import STAGE
 
 STAGE_VERSION = 1
-
-
-def db_path(workdir: Path) -> Path:
-    return Path(workdir) / "index" / "lancedb"
 
 
 def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
@@ -52,20 +49,6 @@ def _connect(workdir: Path):
     return lancedb.connect(str(path))
 
 
-def open_committed(db, name: str):
-    """The table, or None when it does not exist yet or a killed `create_table` left only data
-    files and no committed version (LanceDB lists such a folder but cannot open it; nothing in
-    it was ever visible, so the next write creates the table over it)."""
-    if name not in db.list_tables().tables:
-        return None
-    try:
-        return db.open_table(name)
-    except ValueError:
-        if any((Path(db.uri) / f"{name}.lance" / "_versions").glob("*.manifest")):
-            raise  # a committed table that fails to open is not ours to replace
-        return None
-
-
 def _vectors_to_arrow(vecs: np.ndarray) -> pa.FixedSizeListArray:
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
@@ -77,19 +60,13 @@ def _cache_table_name(identity: dict, long_text: str) -> str:
     return f"embedding_cache_{digest}_{long_text}"
 
 
-def _vectors_of(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-
-
 def cached_embeddings(db, name: str, hashes: list[str]) -> dict[str, np.ndarray]:
     tbl = open_committed(db, name)
     if tbl is None:
         return {}
     want = set(hashes)
     tbl = tbl.to_arrow()
-    vecs = _vectors_of(tbl.column("vector"))
+    vecs = vectors_of(tbl.column("vector"))
     return {h: vecs[i] for i, h in enumerate(tbl.column("text_hash").to_pylist()) if h in want}
 
 
@@ -188,42 +165,6 @@ def tag_exists(workdir: Path, table: str, tag: str) -> bool:
 
     tbl = open_committed(lancedb.connect(str(path)), table)
     return tbl is not None and tag in tbl.tags.list()
-
-
-class TeacherIndex:
-    """Read-only view of the teacher-trace table at one tag (what training uses)."""
-
-    def __init__(self, db: str | Path, table: str, tag: str):
-        import lancedb
-
-        self.tag = tag
-        self._tbl = lancedb.connect(str(db)).open_table(table)
-        self._tbl.checkout(tag)
-
-    @classmethod
-    def from_artifact(cls, ref: ArtifactRef) -> "TeacherIndex":
-        info = read_index_info(ref)
-        return cls(info["db"], info["table"], info["tag"])
-
-    def count(self) -> int:
-        return self._tbl.count_rows()
-
-    def lookup(self, problem_ids: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
-        """{problem_id: (trace texts, unit vectors (k, dim))}; ids with no trace are absent."""
-        ids = sorted(set(problem_ids))
-        if not ids:
-            return {}
-        quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in ids)
-        rows = (self._tbl.search().where(f"problem_id IN ({quoted})")
-                .select(["problem_id", "trace_id", "text", "vector"]).limit(None).to_arrow())
-        pids = rows.column("problem_id").to_pylist()
-        tids = rows.column("trace_id").to_pylist()
-        texts = rows.column("text").to_pylist()
-        vecs = _vectors_of(rows.column("vector"))
-        grouped: dict[str, list[int]] = {}
-        for i in sorted(range(len(tids)), key=tids.__getitem__):  # stable order for a tag
-            grouped.setdefault(pids[i], []).append(i)
-        return {p: ([texts[i] for i in idx], vecs[idx]) for p, idx in grouped.items()}
 
 
 def plan_info(cfg, counts):

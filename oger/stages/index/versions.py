@@ -6,6 +6,10 @@ the pin (`<workdir>/index/pinned.json`) replaces the index key in the train stag
 train stage reads the table at the pinned tag, so caching stays exact. Restoring also makes that
 version the table's latest (LanceDB `restore`), so rows appended by later rounds build on it;
 tagged versions themselves never change. `oger index unpin` goes back to following the plan.
+
+Nothing here imports the index stage's code (or LanceDB at the top), so `oger status`, `oger gc` and
+the train stage's plan read the versions cheaply. Other modules read them through
+`oger.stages.index.files`; only `oger index restore|unpin` calls the writers here.
 """
 
 from __future__ import annotations
@@ -16,9 +20,27 @@ from pathlib import Path
 
 from oger.contract import artifact_manifest, atomic_write, load_complete
 from oger.contract.errors import ConfigError, StageError
-from oger.stages.index.stage import db_path, open_committed
 
 PIN_FILE = "pinned.json"
+
+
+def db_path(workdir: Path) -> Path:
+    """The workdir's LanceDB folder: the teacher-trace table with its tags, and the embedding caches."""
+    return Path(workdir) / "index" / "lancedb"
+
+
+def open_committed(db, name: str):
+    """The table, or None when it does not exist yet or a killed `create_table` left only data
+    files and no committed version (LanceDB lists such a folder but cannot open it; nothing in
+    it was ever visible, so the next write creates the table over it)."""
+    if name not in db.list_tables().tables:
+        return None
+    try:
+        return db.open_table(name)
+    except ValueError:
+        if any((Path(db.uri) / f"{name}.lance" / "_versions").glob("*.manifest")):
+            raise  # a committed table that fails to open is not ours to replace
+        return None
 
 
 def pin_path(workdir: Path) -> Path:
@@ -50,7 +72,8 @@ def _write_pins(workdir: Path, pins: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _open_table(workdir: Path, table: str):
+def open_table(workdir: Path, table: str):
+    """The workdir's table of teacher traces (at its latest version); a StageError when there is none."""
     import lancedb
 
     path = db_path(workdir)
@@ -65,7 +88,7 @@ def _open_table(workdir: Path, table: str):
 def list_versions(workdir: Path, table: str) -> list[dict]:
     """One row per tag, oldest version first: tag, version, rows at that version, the rounds its
     index stage added, when it was written, and whether training reads it."""
-    tbl = _open_table(workdir, table)
+    tbl = open_table(workdir, table)
     pin = read_pin(workdir, table)
     rows = []
     for tag, info in tbl.tags.list().items():
@@ -82,7 +105,7 @@ def list_versions(workdir: Path, table: str) -> list[dict]:
 
 def resolve_tag(workdir: Path, table: str, tag: str) -> str:
     """A full tag from a tag or a unique prefix of at least 8 characters (status shows 16)."""
-    tags = list(_open_table(workdir, table).tags.list())
+    tags = list(open_table(workdir, table).tags.list())
     if tag in tags:
         return tag
     hits = [t for t in tags if len(tag) >= 8 and t.startswith(tag)]
@@ -99,7 +122,7 @@ def restore(workdir: Path, table: str, tag: str) -> dict:
     if load_complete(workdir, "index", tag) is None:
         raise StageError(f"tag {tag[:16]} has no complete index artifact in {workdir}/artifacts/index "
                          f"(it was deleted); restore another tag")
-    tbl = _open_table(workdir, table)
+    tbl = open_table(workdir, table)
     version = tbl.tags.get_version(tag)
     tbl.checkout(version)
     tbl.restore()

@@ -7,8 +7,9 @@ import random
 
 import torch
 
-from oger.runtime.cpu_threads import BatchThreads, split_by_length, thread_workers
-from oger.runtime.precision import Precision, autocast, float32_attention
+from oger.runtime.cpu_threads import split_by_length
+from oger.runtime.device import of_model
+from oger.runtime.precision import Precision
 
 
 def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
@@ -33,6 +34,7 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
     `precision="bf16-mixed"`: bf16 matmuls, float32 weights (`oger.runtime.precision`)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
+    runtime = of_model(model, precision)  # device, autocast, attention and threads (oger.runtime.device)
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -54,13 +56,13 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
         # 4D mask build and keeps SDPA off its causal fast path (~10% of a tiny model's step).
         # Summed over the part and divided by the whole batch's response tokens, the parts'
         # losses add up to the batch's token mean.
-        with autocast(model, precision):
+        with runtime.autocast():
             loss = model(input_ids=ids, labels=labels, num_items_in_batch=batch_tokens, use_cache=False).loss
         return loss, float(loss.detach())
 
     model.train()
     losses, order = [], []
-    with BatchThreads(thread_workers(model)) as threads, float32_attention(model, precision):
+    with runtime.batch_threads(model) as threads, runtime.attention(model):
         for _ in range(total):
             if not order:
                 order = list(range(len(examples)))

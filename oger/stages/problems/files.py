@@ -1,7 +1,8 @@
-"""The problems artifact's file and its reader: the only place its name is spelled.
+"""The problems artifact's file and its readers: the only place its name is spelled.
 
 Every other module reads the table through `read_problems` (tests/test_contract.py checks that no
-module outside this package spells the file's name)."""
+module outside this package spells the file's name), and the RL prompt pool through `rl_pool`: the
+index and train stages select the same problems by the same rule."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ FILES = {PROBLEMS_FILE: "one row per problem: problem_id (content hash of the qu
 def read_problems(ref: ArtifactRef | str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """The problems table (the columns of SCHEMA, or only `columns`), columns and types checked."""
     return read_table(ref, PROBLEMS_FILE, SCHEMA, columns)
+
+
+def rl_pool(problems: pl.DataFrame, split: str, max_prompts: int | None) -> pl.DataFrame:
+    """The RL prompt pool: the problems of `split`, the first `max_prompts` of them (train.split,
+    train.max_prompts). The train stage draws its prompts from it; an index with
+    `index.problems: train_pool` holds the teacher traces of these problems only."""
+    pool = problems.filter(pl.col("split") == split)
+    return pool.head(max_prompts) if max_prompts else pool

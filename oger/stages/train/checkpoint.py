@@ -1,7 +1,9 @@
-"""Atomic training checkpoints (model folder + optimizer/scheduler state) and resume."""
+"""Atomic training checkpoints (model folder + optimizer/scheduler state) and resume, with the
+metrics history a checkpoint covers."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -50,3 +52,24 @@ def latest_checkpoint(root: Path) -> Path | None:
 def read_trainer_state(ckpt: Path) -> dict:
     """{step, optimizer, scheduler} as saved (full, unsharded state dicts)."""
     return torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location="cpu")
+
+
+def read_history(path: Path, done_steps: int) -> list[dict]:
+    """Metrics of the steps a checkpoint covers; lines written after it (lost work) are dropped.
+
+    The kept lines replace the file through `atomic_write` (a temp sibling, renamed), so a kill
+    during the trim leaves the old file whole and the next resume trims it again."""
+    if not path.exists():
+        return []
+    original = path.read_text()
+    rows = []
+    for line in original.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: it belongs to lost work anyway
+            continue
+    rows = [r for r in rows if r.get("step", done_steps + 1) <= done_steps]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if text != original:  # also drops a cut last line, which the next append would run into
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+    return rows

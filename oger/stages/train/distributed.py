@@ -25,6 +25,7 @@ import torch
 
 from oger.contract.artifacts import artifact_path, atomic_write
 from oger.contract.errors import ConfigError, StageError
+from oger.runtime.device import Runtime, cuda_available, for_rank
 from oger.stages.train.files import read_metrics
 
 
@@ -45,6 +46,11 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    @property
+    def runtime(self) -> Runtime:
+        """This rank's device answers (`oger.runtime.device`)."""
+        return Runtime(str(self.device))
 
     def gather(self, obj) -> list:
         """Every rank's `obj`, in rank order (on every rank)."""
@@ -155,8 +161,8 @@ def _decoder_layers(model) -> list:
 
 def resolve_backend(backend: str) -> str:
     if backend == "auto":
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and not torch.cuda.is_available():
+        return "nccl" if cuda_available() else "gloo"
+    if backend == "nccl" and not cuda_available():
         raise StageError("train.distributed.backend: nccl needs CUDA GPUs; use gloo (or auto) on CPU")
     return backend
 
@@ -168,11 +174,7 @@ def init_from_env(backend: str, fsdp: bool = False) -> Dist:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = resolve_backend(backend)
-    if backend == "nccl":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = for_rank(backend, local).torch_device()  # the rank's GPU under NCCL (oger.runtime.device)
     torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
     return Dist(rank, world, local, device, fsdp)
 

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 from oger.contract.artifacts import ArtifactRef, artifact_path
+from oger.labels import LABELLERS
+from oger.stages.train.metrics import Metric, swept, with_labels
 
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.jsonl"
@@ -41,3 +43,15 @@ def read_metrics(ref: ArtifactRef | str | Path) -> list[dict]:
 def read_rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
     """The logged rollouts of a train artifact (or of a trainer run folder); [] if none."""
     return _json_lines(artifact_path(ref) / ROLLOUTS_FILE)
+
+
+def step_metric_table(cfg) -> tuple[Metric, ...]:
+    """metrics.jsonl's columns under a config: the step-metric table and the metrics of the labellers
+    its problem sources name (`metrics.with_labels`; none for most tasks)."""
+    names = sorted({s.labeller for s in cfg.problems.sources if s.labeller})
+    return with_labels(LABELLERS[n] for n in names)
+
+
+def swept_metrics(cfg) -> tuple[str, ...]:
+    """The step metrics a sweep of `cfg` draws training curves of (the table's `sweep` marks)."""
+    return swept(step_metric_table(cfg))

@@ -13,7 +13,10 @@ the train artifact's curves.png (`plot`), and the curves and last-20% means of t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Iterable, Literal
+
+if TYPE_CHECKING:
+    from oger.labels import Labeller
 
 RunAgg = Literal["mean", "first_last"]
 FIRST, LAST = 0.2, 0.8  # "first_last": steps [0, 20%) and [80%, 100%) of the run
@@ -86,14 +89,6 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("mixed_group_fraction", "share of groups with both correct and incorrect rows", run=("mean",),
            plot=True),
     Metric("truncated_fraction", "share of on-policy rows stopped by max_new_tokens"),
-    # the explore task (oger.explore; NaN on other tasks): which strategy the on-policy rows used
-    Metric("strategy_b_share", "share of on-policy rows using strategy B (the one the references lack)",
-           run=("first_last",), plot=True, sweep=True),
-    Metric("strategy_b_share_correct", "share of B among the correct on-policy rows", run=("first_last",),
-           plot=True, sweep=True),
-    Metric("strategy_other_share", "share of on-policy rows using neither strategy", run=("mean",)),
-    Metric("bonus_mean_a", "mean bonus over correct on-policy rows using strategy A", run=("mean",), sweep=True),
-    Metric("bonus_mean_b", "mean bonus over correct on-policy rows using strategy B", run=("mean",), sweep=True),
     # the update (oger.algorithm.core.policy_loss, token-weighted over the micro- and mini-batches that
     # define each: a teacher-only micro-batch has no on-policy token, trainer.defined_weighted_means)
     Metric("pg_loss", "policy-gradient loss"),
@@ -127,13 +122,59 @@ SWEPT: tuple[str, ...] = tuple(m.name for m in STEP_METRICS if m.sweep)
 assert len(NAMES) == len(STEP_METRICS), "a step metric is registered twice"
 
 
-def step_row(step: int, values: dict) -> dict:
-    """One metrics.jsonl row: `step` and every registered metric (NaN where `values` lacks it).
-    A value under a name not in the table is an error: register it (with its meaning) first."""
-    unknown = sorted(set(values) - set(NAMES))
+def label_metrics(labeller: Labeller) -> tuple[Metric, ...]:
+    """The step metrics of a task's labeller (`oger.labels`), over on-policy rows whose question it
+    labels: each label's share (`<name>_<label>_share`), the share among correct rows of each focus
+    label (`..._share_correct`) and the mean bonus of correct rows by named label
+    (`bonus_mean_<label>`). The explore task's strategy labeller gives the names its sweeps and
+    docs/RESULTS.md read: strategy_b_share, strategy_b_share_correct, strategy_other_share,
+    bonus_mean_a, bonus_mean_b (and strategy_a_share)."""
+    out = []
+    for label in labeller.all_labels:
+        focus = label in labeller.focus
+        out.append(Metric(f"{labeller.name}_{label.lower()}_share",
+                          f"share of on-policy rows the {labeller.name} labeller calls {label}",
+                          run=("first_last",) if focus else ("mean",), plot=focus, sweep=focus))
+    for label in labeller.focus:
+        out.append(Metric(f"{labeller.name}_{label.lower()}_share_correct",
+                          f"share of {label} among the correct on-policy rows ({labeller.name} labeller)",
+                          run=("first_last",), plot=True, sweep=True))
+    for label in labeller.labels:
+        out.append(Metric(f"bonus_mean_{label.lower()}",
+                          f"mean bonus over correct on-policy rows the {labeller.name} labeller calls {label}",
+                          run=("mean",), sweep=True))
+    return tuple(out)
+
+
+def with_labels(labellers: Iterable[Labeller] = ()) -> tuple[Metric, ...]:
+    """A run's table: the step metrics and those of its task's labellers (none for most tasks). Two
+    labellers naming the same metric is an error (their rows would mix)."""
+    table = list(STEP_METRICS)
+    for labeller in labellers:
+        table += label_metrics(labeller)
+    names = [m.name for m in table]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"labellers {[lb.name for lb in labellers]} define the step metrics {twice} twice")
+    return tuple(table)
+
+
+def plotted(table: tuple[Metric, ...] = STEP_METRICS) -> tuple[str, ...]:
+    return tuple(m.name for m in table if m.plot)
+
+
+def swept(table: tuple[Metric, ...] = STEP_METRICS) -> tuple[str, ...]:
+    return tuple(m.name for m in table if m.sweep)
+
+
+def step_row(step: int, values: dict, table: tuple[Metric, ...] = STEP_METRICS) -> dict:
+    """One metrics.jsonl row: `step` and every metric of the run's table (NaN where `values` lacks
+    it). A value under a name not in the table is an error: register it (with its meaning) first."""
+    names = [m.name for m in table]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise KeyError(f"step metrics not in oger.stages.train.metrics.STEP_METRICS: {unknown}")
-    return {"step": step, **{n: values.get(n, float("nan")) for n in NAMES}}
+    return {"step": step, **{n: values.get(n, float("nan")) for n in names}}
 
 
 def mean_over(history: list[dict], key: str, lo: float, hi: float) -> float | None:
@@ -155,11 +196,11 @@ def _summaries(m: Metric) -> list[tuple[str, float, float]]:
     return out
 
 
-def run_summary_names() -> list[str]:
+def run_summary_names(table: tuple[Metric, ...] = STEP_METRICS) -> list[str]:
     """The names the train artifact's metrics hold for the step metrics, in table order."""
-    return [key for m in STEP_METRICS for key, _, _ in _summaries(m)]
+    return [key for m in table for key, _, _ in _summaries(m)]
 
 
-def run_summaries(history: list[dict]) -> dict[str, float | None]:
+def run_summaries(history: list[dict], table: tuple[Metric, ...] = STEP_METRICS) -> dict[str, float | None]:
     """The train artifact's summaries of a run's step rows (None where no step measured it)."""
-    return {key: mean_over(history, m.name, lo, hi) for m in STEP_METRICS for key, lo, hi in _summaries(m)}
+    return {key: mean_over(history, m.name, lo, hi) for m in table for key, lo, hi in _summaries(m)}

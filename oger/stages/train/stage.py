@@ -16,24 +16,25 @@ from pathlib import Path
 
 import polars as pl
 
-from oger import rounds
-from oger.stages.index import versions as index_versions
+from oger.stages.index import files as index_files
 from oger.contract.artifacts import ArtifactRef, atomic_write
 from oger.contract.keys import key_dump
 from oger.contract.config import OgerConfig, TrainConfig
-from oger.contract import Budget, Stage, StageContext, StageInfo
+from oger.contract import PREVIOUS_ROUND, Budget, Stage, StageContext, StageInfo
 from oger.encoder import encoder_identity
 from oger.contract.errors import StageError
-from oger.stages.index.stage import TeacherIndex
+from oger.stages.index.files import TeacherIndex
 from oger.stages.policy.files import model_dir as policy_model_dir
-from oger.stages.problems.files import read_problems
-from oger.stages.problems.stage import rl_pool
-from oger.stages.train.metrics import PLOTTED, run_summaries
+from oger.stages.problems.files import read_problems, rl_pool
+from oger.labels import LABELLERS
+from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
 from oger.stages.train.files import (CURVES_FILE, FILES, METRICS_FILE, MODEL_DIR, ROLLOUTS_FILE,
-                                    TENSORBOARD_DIR, model_dir)
+                                    TENSORBOARD_DIR, model_dir, step_metric_table)
 from oger.stages.train import STAGE
 
-STAGE_VERSION = 8  # 8: explore-task strategy metrics; 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
+STAGE_VERSION = 9  # 9: task labels through a labeller hook (the explore task's strategy metrics follow the
+# table's step metrics, strategy_a_share joins them; rollouts.jsonl rows say "labeller"/"label", not "strategy");
+# 8: explore-task strategy metrics; 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
 # 5: micro-batches on threads on a CPU (same math, other rounding);
 # 6: step metrics from one table (oger.stages.train.metrics): metrics.jsonl and the artifact's
 # metrics lost the duplicate names accuracy / onpolicy_accuracy (= env_reward), divergence
@@ -52,8 +53,8 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     return slice_, {"encoder": encoder_identity(cfg.index.encoder)}
 
 
-def plot_curves(history: list[dict], out: Path, title: str) -> list[str]:
-    """curves.png: one panel per step metric the registry plots (`metrics.PLOTTED`), raw and
+def plot_curves(history: list[dict], out: Path, title: str, metrics: tuple[str, ...] = PLOTTED) -> list[str]:
+    """curves.png: one panel per step metric the run's table plots (`metrics.plotted`), raw and
     smoothed. Returns the panels' titles, in order."""
     import matplotlib
 
@@ -61,16 +62,16 @@ def plot_curves(history: list[dict], out: Path, title: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     cols = 4
-    rows = -(-len(PLOTTED) // cols)
+    rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax in axes.flat[len(PLOTTED):]:
+    for ax in axes.flat[len(metrics):]:
         ax.axis("off")
     steps = [h["step"] for h in history]
     w = max(1, len(history) // 8)
-    for ax, key in zip(axes.flat, PLOTTED):
+    for ax, key in zip(axes.flat, metrics):
         vals = [float("nan") if h.get(key) is None else h[key] for h in history]
         ax.set_title(key)
-        if all(v != v for v in vals):  # e.g. the strategy shares outside the explore task
+        if all(v != v for v in vals):  # e.g. a metric only vLLM rollouts measure
             ax.text(0.5, 0.5, "no value in this run", ha="center", va="center", transform=ax.transAxes,
                     fontsize=9, color="0.4")
             ax.set_xticks([]), ax.set_yticks([])
@@ -85,7 +86,7 @@ def plot_curves(history: list[dict], out: Path, title: str) -> list[str]:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    panels = [ax.get_title() for ax in axes.flat[:len(PLOTTED)]]
+    panels = [ax.get_title() for ax in axes.flat[:len(metrics)]]
     plt.close(fig)
     return panels
 
@@ -94,7 +95,7 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
                  instruction: str | None = None):
     """What the trainer reads: the RL prompt pool (train.split, first train.max_prompts), gold
     answers, the teacher index at the index stage's tag, and the prompt format."""
-    from oger.stages.train.trainer import TrainInputs  # imports torch
+    from oger.stages.train.setup import TrainInputs  # imports torch
 
     pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)
     if pool.height == 0:
@@ -108,7 +109,21 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
         index=TeacherIndex.from_artifact(index_ref),
         encoder=cfg.index.encoder, long_text=cfg.index.long_text,
         instruction=instruction or cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+        labeller_of=labeller_of(cfg, problems),
     )
+
+
+def labeller_of(cfg: OgerConfig, problems: pl.DataFrame) -> dict:
+    """{problem_id: the labeller its source names (`oger.labels`)} for the problems whose source
+    names one; empty for most tasks (and then the trainer logs no label metrics)."""
+    by_source = {s.name: LABELLERS[s.labeller] for s in cfg.problems.sources if s.labeller}
+    if not by_source:
+        return {}
+    return {pid: by_source[src] for pid, src in problems.select("problem_id", "source").iter_rows()
+            if src in by_source}
+
+
+
 
 
 def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, policy_ref: ArtifactRef,
@@ -163,7 +178,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     metrics = {
         "algorithm": t.algorithm,
         "steps": len(history),
-        **run_summaries(history),  # what the registry aggregates (oger.stages.train.metrics)
+        **run_summaries(history, step_metric_table(cfg)),  # what the table aggregates (oger.stages.train.metrics)
         "resumed": done_before > 0,
         "round": cfg.teachers.round,
         "init_from": init_ref.key if init_ref else "policy",
@@ -186,7 +201,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
             shutil.copy(run_dir / ROLLOUTS_FILE, out.file(ROLLOUTS_FILE))
         if (run_dir / TENSORBOARD_DIR).is_dir():
             shutil.copytree(run_dir / TENSORBOARD_DIR, out.tmp / TENSORBOARD_DIR)
-        plot_curves(history, out.file(CURVES_FILE), f"{cfg.name}: {t.algorithm}")
+        plot_curves(history, out.file(CURVES_FILE), f"{cfg.name}: {t.algorithm}", plotted(step_metric_table(cfg)))
         out.metrics = metrics
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return ctx.ref(out)
@@ -221,25 +236,20 @@ def plan_info(cfg: OgerConfig, counts):
 
 
 def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict[str, str]:
-    """The train stage reads the pinned index tag when there is one (`oger index restore`), and
-    with `train.init_from: previous_round` starts from an earlier round's checkpoint: both are
-    inputs, so both go into its key."""
+    """The train stage reads the pinned index tag when there is one (`oger index restore`): an
+    input, so it goes into its key. (With `train.init_from: previous_round` the plan adds the earlier
+    round's checkpoint, `continues_previous_round`.)"""
     wd = cfg.workdir_path
-    out = {**upstream, "index": index_versions.training_tag(wd, cfg.index.table, upstream["index"])}
-    if cfg.train.init_from == "previous_round":
-        prev = rounds.previous_checkpoint(wd, cfg.teachers.round, plans["policy"].config_slice)
-        if prev is not None:
-            out["init"] = prev["key"]
-    return out
+    return {**upstream, "index": index_files.training_tag(wd, cfg.index.table, upstream["index"])}
 
 
 def missing_input(workdir: Path, name: str, key: str) -> str:
-    if name == "init":
+    if name == PREVIOUS_ROUND:
         return (f"train.init_from=previous_round: checkpoint {key[:16]} disappeared from "
                 f"{workdir}/artifacts/train")
     if name != "index":
         return f"train: input {name!r} has no complete artifact for key {key[:16]} in {workdir}"
-    return (f"training is pinned to index tag {key[:16]} ({index_versions.pin_path(workdir)}), but "
+    return (f"training is pinned to index tag {key[:16]} ({index_files.pin_path(workdir)}), but "
             f"its artifact is missing; `oger index restore` another tag or `oger index unpin`")
 
 
@@ -249,7 +259,7 @@ def input_notes(plans: dict) -> list[str]:
     if up["index"] != index_key:
         notes.append(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
                      f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
-    if "init" in up:
+    if PREVIOUS_ROUND in up:
         notes.append(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
     return notes
 
@@ -274,10 +284,11 @@ def report_section(entry: dict, run_dir: Path) -> list[str]:
 
 def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     return run_train(ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"],
-                     init_ref=inputs.get("init"))
+                     init_ref=inputs.get(PREVIOUS_ROUND))
 
 
 STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"), files=FILES,
                   key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
-                  input_stages={"init": STAGE}, missing_input=missing_input, input_notes=input_notes,
+                  continues_previous_round=lambda cfg: cfg.train.init_from == "previous_round",
+                  input_stages={PREVIOUS_ROUND: STAGE}, missing_input=missing_input, input_notes=input_notes,
                   report_section=report_section, per_pair=True)

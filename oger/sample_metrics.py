@@ -1,4 +1,7 @@
-"""Sampling metrics for evaluation: avg@k, the unbiased pass@k estimator, maj@k."""
+"""Sampling metrics: avg@k, the unbiased pass@k estimator, maj@k over a problem's k samples.
+
+Pure math with no stage in it, so it sits outside the stages: the evaluate stage scores its samples
+with it and the sweep's statistics (`oger.sweep.stats`) draw pass@k curves with the same estimator."""
 
 from __future__ import annotations
 

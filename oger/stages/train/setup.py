@@ -1,0 +1,171 @@
+"""A training run's setup: resume from the last checkpoint, the reference model, DDP/FSDP2 wrapping,
+optimizer and schedule, the metrics history, the bonus's encoder and the rollout engine, built once
+into the `TrainRun` every step part reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from oger.algorithm.reward import cached_embedder
+from oger.contract.config import TrainConfig
+from oger.generation.hf import TransformersEngine
+from oger.labels import Labeller
+from oger.runtime.cpu_threads import BatchThreads
+from oger.stages.train.checkpoint import latest_checkpoint, read_history, read_trainer_state
+from oger.stages.train.distributed import Dist, unwrap
+from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
+from oger.stages.train.metrics import Metric, with_labels
+
+
+@dataclass
+class TrainInputs:
+    """What the trainer reads: problems to sample from and, for luffy/oger, the teacher index."""
+
+    questions: dict[str, str]
+    answers: dict[str, str]
+    problem_ids: list[str]
+    index: object | None = None  # oger.stages.index.stage.TeacherIndex at the index stage's tag
+    encoder: str = "minilm"
+    long_text: str = "chunk_mean"
+    instruction: str = "{question}"
+    system_prompt: str | None = None
+    labeller_of: dict[str, Labeller] = field(default_factory=dict)  # problem_id -> its source's labeller
+
+    @property
+    def labellers(self) -> tuple[Labeller, ...]:
+        """The labellers of the pool's tasks, each once, in a fixed order (their metrics' order)."""
+        return tuple({lb.name: lb for lb in sorted(self.labeller_of.values(), key=lambda lb: lb.name)}.values())
+
+
+@dataclass
+class TrainRun:
+    """Everything the step functions share, built once by `setup`."""
+
+    cfg: TrainConfig
+    model: object  # wrapped for DDP / FSDP2 on several ranks
+    policy: object  # the HF model: generation and saving
+    ref_model: object | None
+    tokenizer: object
+    inputs: TrainInputs
+    dist: Dist
+    opt: torch.optim.Optimizer
+    sched: object
+    start: int
+    history: list[dict]
+    writer: object | None
+    threads: BatchThreads  # micro-batches side by side on a CPU (one process, small model)
+    embed: object | None  # texts -> unit vectors (oger.algorithm.reward.Embed), None without the bonus
+    needs_index: bool
+    run_dir: Path
+    engine: object  # where rollouts come from (oger.generation: policy itself, or vLLM beside it, `sync()`ed)
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """The run's step-metric table: the registry's and its task's labels' (`metrics.with_labels`)."""
+        return with_labels(self.inputs.labellers)
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+
+def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path, dist: Dist) -> TrainRun:
+    """Resume from the last checkpoint, reference model, DDP/FSDP wrap, optimizer and schedule,
+    history and TensorBoard (rank 0), the encoder for the bonus (or its monitor)."""
+    torch.manual_seed(cfg.seed)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    state = None
+    if ckpt is not None:
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
+        model.load_state_dict(weights)
+        state = read_trainer_state(ckpt)
+    ref_model = None
+    if cfg.loss.beta:
+        import copy
+
+        ref_model = copy.deepcopy(model).eval().to(dist.device)
+    if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    start = 0
+    if state is not None:
+        dist.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    history, writer = [], None
+    if dist.main:
+        history = read_history(run_dir / METRICS_FILE, start)
+        read_history(run_dir / ROLLOUTS_FILE, start)  # drop rollouts of steps after the checkpoint
+        writer = open_tensorboard(run_dir / TENSORBOARD_DIR)
+    dist.barrier()
+    measures = cfg.bonus_lambda > 0 or cfg.oger.monitor
+    needs_index = inputs.index is not None and (cfg.replaces or measures)
+    embed = None
+    if measures and inputs.index is not None:
+        from oger.encoder import load_encoder
+
+        embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
+    threads = dist.runtime.batch_threads(model, distributed=dist.active)
+    engine = rollout_engine(cfg, unwrap(model), tokenizer, dist, run_dir)
+    return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
+                    history, writer, threads, embed, needs_index, run_dir, engine)
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.optim.warmup_steps:
+            return (step + 1) / cfg.optim.warmup_steps
+        if cfg.optim.lr_schedule == "cosine":
+            frac = (step - cfg.optim.warmup_steps) / max(1, cfg.steps - cfg.optim.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return 1.0
+    return f
+
+
+def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Path):
+    """The engine rollouts come from: the trained module itself (hf, paged), or an in-process vLLM
+    engine beside it (vllm) that every rank holds for its own slice, built from the weights the
+    policy has now (a resumed run's checkpoint included: rank 0 writes them once for all ranks).
+    Under FSDP2 each rank's engine gets the full weights gathered from the shards on every push."""
+    if cfg.rollout.engine != "vllm":
+        return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
+    import shutil
+
+    from oger.generation.vllm import ColocatedEngine
+
+    folder = run_dir / "rollout-engine"  # scratch: the weights the engines start from
+    full = dist.model_state(policy) if dist.fsdp else None  # FSDP2: gathered on every rank, kept on 0
+    if dist.main:
+        shutil.rmtree(folder, ignore_errors=True)
+        policy.save_pretrained(folder, state_dict=full)
+        tokenizer.save_pretrained(folder)
+    dist.barrier()
+    dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+    engine = ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                             model_dir=folder, sleep=cfg.rollout.sleep, synced_forward=dist.fsdp,
+                             weights=(lambda: dist.full_weights(policy)) if dist.fsdp else None)
+    dist.barrier()
+    if dist.main:
+        shutil.rmtree(folder, ignore_errors=True)
+    return engine
+
+
+def open_tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; this only guards broken installs
+        return None
+    return SummaryWriter(str(logdir))
