@@ -148,10 +148,10 @@ class _VerifierPool:
             except FutureTimeout:
                 self._kill(executor)  # stuck in C code past its own alarm: give up on this pair
                 return False
-            except BrokenProcessPool:
+            except BrokenProcessPool as err:
                 self._kill(executor)
                 if attempt == 1:
-                    raise RuntimeError("the math-verify worker process died twice in a row")
+                    raise RuntimeError("the math-verify worker process died twice in a row") from err
         return False
 
     def close(self) -> None:

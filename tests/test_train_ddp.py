@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_launch_at_a_time")]
 
 # LUFFY (teacher replacement, policy shaping), an entropy term, micro-batches that do not divide
 # the rank's batch, two optimizer steps per batch (ppo_mini_batches, as the paper configs: each rank
-# splits its own groups, old log-probs taken once, the loss normalised over the global mini-batch); SGD so that float reduction order (1e-7) cannot be amplified the way Adam's
+# splits its own groups, old log-probs taken once, the loss normalised over the global mini-batch); SGD
+# so that float reduction order (1e-7) cannot be amplified the way Adam's
 # g/sqrt(v) amplifies it on near-zero gradients.
 TRAIN = {
     "algorithm": "luffy",

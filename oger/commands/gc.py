@@ -217,7 +217,7 @@ def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
                 tbl.tags.delete(t)
         tbl.optimize(cleanup_older_than=_older_than_every_tag(tbl), delete_unverified=True)
         versions_after += len(tbl.list_versions())
-        for tag, info in tbl.tags.list().items():  # every kept tag still reads
+        for info in tbl.tags.list().values():  # every kept tag still reads
             tbl.checkout(info["version"])
             tbl.count_rows()
         tbl.checkout_latest()

@@ -306,9 +306,11 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
     arms = ",".join(a.name for a in sp.arms)
     seeds = ",".join(str(x) for x in sp.seeds)
     sets = "".join(f" --set {o}" for o in sp.overrides)
+    config = data["config"]
+    config = Path(config).relative_to(REPO) if str(config).startswith(str(REPO)) else config
     lines = [f"Measured {datetime.now(timezone.utc).date().isoformat()} on {os.cpu_count()} CPU cores "
              f"({platform.machine()}, no GPU used; a machine shared with other jobs, so times are "
-             f"inflated): `oger sweep {Path(data['config']).relative_to(REPO) if str(data['config']).startswith(str(REPO)) else data['config']}"
+             f"inflated): `oger sweep {config}"
              f" --arms {arms} --seeds {seeds}{sets}`, wall time {data['wall_seconds'] / 60:.1f} min "
              f"(sweep `{sp.sweep_id}`{cache_note(data['pairs'])}).", "",
              interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples)]

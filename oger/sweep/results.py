@@ -127,7 +127,7 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
             common = sorted(set(entry[arm]["seeds"]) & set(entry[baseline]["seeds"]))
             if not common:
                 continue
-            pick = (lambda r, b: blocks[b][r][1][[blocks[b][r][0].index(s) for s in common]])
+            pick = (lambda r, b, seeds=common: blocks[b][r][1][[blocks[b][r][0].index(s) for s in seeds]])
             diff = stats.paired_blocks([pick(arm, b) for b in members], [pick(baseline, b) for b in members])
             d = describe(diff)
             chosen = stats.Interval(d["ci"]["mean"], d["ci"]["lo"], d["ci"]["hi"], method)

@@ -3,7 +3,8 @@
 Every (arm, seed) gets its own config and `pipeline.plan`; the stages that are not `per_pair` are
 collected by key, so each distinct upstream artifact is computed once (normally one per stage: arms
 change only train options) in DAG order; then the per-pair stages (train, evaluate) run as one
-fan-out job per (arm, seed). Both go through `pipeline.execute`, the loop every run uses. Each pair is an ordinary cached artifact, so adding a seed computes only the new pairs
+fan-out job per (arm, seed). Both go through `pipeline.execute`, the loop every run uses. Each pair
+is an ordinary cached artifact, so adding a seed computes only the new pairs
 and a killed sweep resumes (train from its last checkpoint). `flows/sweep.py` passes Prefect hooks:
 a task per upstream stage and `flows.fanout.prefect_fan_out` (thread runner or Ray).
 """

@@ -71,9 +71,9 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
             batch = [examples[i] for i in idx]
             tokens = sum(len(r) for _, r in batch)
             parts = [[batch[i] for i in part] for part in
-                     split_by_length(range(len(batch)), lambda i: sum(map(len, batch[i])), threads.workers)]
+                     split_by_length(range(len(batch)), lambda i, b=batch: sum(map(len, b[i])), threads.workers)]
             opt.zero_grad(set_to_none=True)
-            loss = sum(threads.backward(params, lambda part: part_loss(part, tokens), parts))
+            loss = sum(threads.backward(params, lambda part, n=tokens: part_loss(part, n), parts))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
