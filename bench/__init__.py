@@ -5,5 +5,18 @@ configs and inputs `main()` runs with, built and validated without running anyth
 tests/test_bench.py can check every registered bench in seconds (a config field that moved fails
 there, not when someone next runs the bench)."""
 
-BENCHES = ["embed", "lookup", "rerun", "reward_overhead", "trl_step", "trl_learning", "update", "gpu_step", "gpu_check",
-           "rollout_engines", "decode", "retention", "demo"]
+BENCHES = [
+    "embed",
+    "lookup",
+    "rerun",
+    "reward_overhead",
+    "trl_step",
+    "trl_learning",
+    "update",
+    "gpu_step",
+    "gpu_check",
+    "rollout_engines",
+    "decode",
+    "retention",
+    "demo",
+]

@@ -16,8 +16,10 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}, {datetime.now(timezone.utc):%Y-%m-%d}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {gpu}, {datetime.now(timezone.utc):%Y-%m-%d}"
+    )
 
 
 def table(title: str, headers: list[str], rows: list[list]) -> None:

@@ -30,8 +30,10 @@ def build() -> dict:
     from oger.generation.hf import generate
 
     sig = inspect.signature(generate)
-    return {f"pack_linears={pack}": sig.bind(None, None, [[0]], **GENERATE, pack_linears=pack).arguments
-            for pack in (True, False)}
+    return {
+        f"pack_linears={pack}": sig.bind(None, None, [[0]], **GENERATE, pack_linears=pack).arguments
+        for pack in (True, False)
+    }
 
 
 def _generate(model, tok, prompts, pack: bool) -> tuple[float, list[list[int]]]:
@@ -94,8 +96,11 @@ def main() -> None:
         return
     dtypes = [d for d in (torch.float32, torch.bfloat16) if _packs(d)]
     if torch.bfloat16 not in dtypes:
-        print("decode: oneDNN does not pack bf16 weights on this CPU (no AVX512-BW/VL/DQ or "
-              "AVX-NE-CONVERT); float32 only", flush=True)
+        print(
+            "decode: oneDNN does not pack bf16 weights on this CPU (no AVX512-BW/VL/DQ or "
+            "AVX-NE-CONVERT); float32 only",
+            flush=True,
+        )
     rows, figures = [], {}
     for dtype in [str(d).removeprefix("torch.") for d in dtypes]:
         model, tok = load_causal_lm("smollm2", dtype)
@@ -109,8 +114,17 @@ def main() -> None:
             plain.append(s)
         same = sum(x == y for x, y in zip(a, b))
         tokens = sum(map(len, a))
-        rows.append([f"SmolLM2-135M {dtype}", "generate, 8 rows x 48", min(plain), min(packed),
-                     min(packed) / min(plain), tokens / min(packed), f"{same} of {len(a)} rows"])
+        rows.append(
+            [
+                f"SmolLM2-135M {dtype}",
+                "generate, 8 rows x 48",
+                min(plain),
+                min(packed),
+                min(packed) / min(plain),
+                tokens / min(packed),
+                f"{same} of {len(a)} rows",
+            ]
+        )
         figures[f"generate_{dtype}_ratio"] = min(packed) / min(plain)
         figures[f"generate_{dtype}_same_rows"] = same
         del model
@@ -118,9 +132,11 @@ def main() -> None:
         name = str(dtype).removeprefix("torch.")
         for n in (1, 8, 32, 64):
             plain_s, packed_s = _matmuls(dtype, n)
-            rows.append([f"decode step's linears, {name}", f"{n} rows", plain_s, packed_s, packed_s / plain_s,
-                         "", ""])
+            rows.append([f"decode step's linears, {name}", f"{n} rows", plain_s, packed_s, packed_s / plain_s, "", ""])
             figures[f"linears_{name}_{n}_ratio"] = packed_s / plain_s
-    table(f"decode: plain HF vs packed weights, seconds ({machine()})",
-          ["what", "shape", "plain s", "packed s", "packed / plain", "packed tokens/s", "same tokens"], rows)
+    table(
+        f"decode: plain HF vs packed weights, seconds ({machine()})",
+        ["what", "shape", "plain s", "packed s", "packed / plain", "packed tokens/s", "same tokens"],
+        rows,
+    )
     result("decode", **figures)

@@ -54,24 +54,38 @@ def build() -> dict:
     given (loaded and validated as the CLI does, workdir as `--set`) and the AVX2 stand-in's environment."""
     from oger.contract.config import load_config
 
-    return {"config": load_config(REPO / CONFIG, [f"workdir={Path(tempfile.gettempdir()) / 'work'}"]),
-            "as_avx2_env": as_avx2_env()}
+    return {
+        "config": load_config(REPO / CONFIG, [f"workdir={Path(tempfile.gettempdir()) / 'work'}"]),
+        "as_avx2_env": as_avx2_env(),
+    }
 
 
 def cold_demo(tmp: Path, extra_env: dict[str, str]) -> tuple[float, float, dict]:
     """Wall seconds of `make setup`'s `oger prepare` and of one cold `oger run configs/tiny.yaml`
     after it, and the run's summary.json."""
-    env = dict(os.environ, **extra_env, PREFECT_HOME=str(tmp / "prefect"), OGER_CACHE_DIR=str(tmp / "cache"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(
+        os.environ,
+        **extra_env,
+        PREFECT_HOME=str(tmp / "prefect"),
+        OGER_CACHE_DIR=str(tmp / "cache"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "prepare", CONFIG], cwd=REPO,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oger.cli", "prepare", CONFIG], cwd=REPO, env=env, capture_output=True, text=True
+    )
     prepare_s = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"oger prepare failed:\n{proc.stderr[-3000:]}")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", CONFIG, "--set",
-                           f"workdir={tmp / 'work'}"], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oger.cli", "run", CONFIG, "--set", f"workdir={tmp / 'work'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"oger run failed:\n{proc.stderr[-3000:]}")
@@ -91,15 +105,28 @@ def main() -> None:
     rows.append(["(sum of stages)", sum(s["seconds"] for s in stages.values())])
     rows.append(["wall, incl. start-up and Prefect", wall])
     rows.append(["(before it: `oger prepare`, once in make setup)", prepare_s])
-    table(f"demo: cold `oger run configs/tiny.yaml` ({machine()}; {isa_line(extra_env)}; load average "
-          f"{os.getloadavg()[0]:.1f})", ["stage", "seconds"], rows)
+    table(
+        f"demo: cold `oger run configs/tiny.yaml` ({machine()}; {isa_line(extra_env)}; load average "
+        f"{os.getloadavg()[0]:.1f})",
+        ["stage", "seconds"],
+        rows,
+    )
     syn = summary.get("evaluate", {}).get("synthetic", {})
     sft = stages.get("policy", {}).get("metrics", {})
-    print(f"SFT: {sft.get('sft_steps')} steps in {sft.get('sft_seconds')} s; synthetic held-out "
-          f"base {syn.get('base')} -> trained {syn.get('trained')}")
-    result("demo", wall_s=wall, target_s=TARGET_S, met=int(wall <= TARGET_S), prepare_s=prepare_s,
-           **{f"{name}_s": float(s["seconds"]) for name, s in stages.items()},
-           synthetic_base=syn.get("base"), synthetic_trained=syn.get("trained"))
+    print(
+        f"SFT: {sft.get('sft_steps')} steps in {sft.get('sft_seconds')} s; synthetic held-out "
+        f"base {syn.get('base')} -> trained {syn.get('trained')}"
+    )
+    result(
+        "demo",
+        wall_s=wall,
+        target_s=TARGET_S,
+        met=int(wall <= TARGET_S),
+        prepare_s=prepare_s,
+        **{f"{name}_s": float(s["seconds"]) for name, s in stages.items()},
+        synthetic_base=syn.get("base"),
+        synthetic_trained=syn.get("trained"),
+    )
 
 
 if __name__ == "__main__":

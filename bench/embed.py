@@ -13,8 +13,9 @@ def texts(n: int = 1200) -> list[str]:
     from oger.synthetic import generate_problems, scripted_solution
 
     probs = generate_problems(7, n // 2, 2, 4, 20, "+-*", "bench")
-    return [scripted_solution(style, p.question, (style, p.question), 0.0)
-            for p in probs for style in ("stepwise", "terms")][:n]
+    return [
+        scripted_solution(style, p.question, (style, p.question), 0.0) for p in probs for style in ("stepwise", "terms")
+    ][:n]
 
 
 def build() -> dict:
@@ -53,10 +54,20 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     n = len(data)
     r_ours, r_raw = n / min(ours), n / min(raw)
-    table(f"embed: {n} texts, batch {cfg.batch_size} ({machine()})",
-          ["path", "seconds", "texts/s", "embedded"],
-          [["raw SentenceTransformer.encode", min(raw), r_raw, n],
-           ["index stage (cache + chunking + LanceDB write)", min(ours), r_ours, new_first],
-           ["index stage, rerun (all cached)", again, n / again, new_again]])
-    result("embed", ratio=r_ours / r_raw, texts=n, texts_per_s=r_ours, raw_texts_per_s=r_raw,
-           rerun_new_embeddings=new_again)
+    table(
+        f"embed: {n} texts, batch {cfg.batch_size} ({machine()})",
+        ["path", "seconds", "texts/s", "embedded"],
+        [
+            ["raw SentenceTransformer.encode", min(raw), r_raw, n],
+            ["index stage (cache + chunking + LanceDB write)", min(ours), r_ours, new_first],
+            ["index stage, rerun (all cached)", again, n / again, new_again],
+        ],
+    )
+    result(
+        "embed",
+        ratio=r_ours / r_raw,
+        texts=n,
+        texts_per_s=r_ours,
+        raw_texts_per_s=r_raw,
+        rerun_new_embeddings=new_again,
+    )

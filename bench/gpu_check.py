@@ -34,18 +34,19 @@ from pathlib import Path
 from bench.common import REPO, machine, result, table
 from bench.gpu_step import PEAK_TFLOPS
 from oger.contract.config import TrainConfig
-from oger.encoder import encode, load_encoder
 from oger.contract.errors import ConfigError
+from oger.encoder import encode, load_encoder
 from oger.generation.base import Request, generate_sorted
 from oger.generation.engines import make_engine
+from oger.generation.hf import chat_prompt_ids
 from oger.models import resolve_model
+from oger.stages.policy.tiny_model import train_tokenizer
 from oger.stages.train.distributed import Dist
 from oger.stages.train.files import read_rollouts
-from oger.generation.hf import chat_prompt_ids
 from oger.stages.train.setup import TrainInputs
 from oger.stages.train.trainer import train
-from oger.synthetic import EXPRESSION_STYLES as STYLES, generate_problems, scripted_solution
-from oger.stages.policy.tiny_model import train_tokenizer
+from oger.synthetic import EXPRESSION_STYLES as STYLES
+from oger.synthetic import generate_problems, scripted_solution
 from oger.verify import score_response
 
 
@@ -65,14 +66,42 @@ class Scale:
     update_max_tokens: int  # packed: optim.max_tokens_per_micro_batch
 
 
-GPU = Scale("qwen0.5b", train_problems=64, prompts_per_step=16, group_size=8, max_new_tokens=256, steps=3,
-            micro_batch_size=16, eval_problems=64, eval_max_new_tokens=256, update_samples=64,
-            update_longest=2048, update_max_tokens=16384)
-TINY = Scale("tiny", train_problems=16, prompts_per_step=2, group_size=4, max_new_tokens=10, steps=2,
-             micro_batch_size=8, eval_problems=4, eval_max_new_tokens=10, update_samples=6,
-             update_longest=24, update_max_tokens=64)
-QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151_936)
+GPU = Scale(
+    "qwen0.5b",
+    train_problems=64,
+    prompts_per_step=16,
+    group_size=8,
+    max_new_tokens=256,
+    steps=3,
+    micro_batch_size=16,
+    eval_problems=64,
+    eval_max_new_tokens=256,
+    update_samples=64,
+    update_longest=2048,
+    update_max_tokens=16384,
+)
+TINY = Scale(
+    "tiny",
+    train_problems=16,
+    prompts_per_step=2,
+    group_size=4,
+    max_new_tokens=10,
+    steps=2,
+    micro_batch_size=8,
+    eval_problems=4,
+    eval_max_new_tokens=10,
+    update_samples=6,
+    update_longest=24,
+    update_max_tokens=64,
+)
+QWEN2_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151_936,
+)
 TABLE, TAG = "traces", "gpu_check"
 
 
@@ -95,11 +124,25 @@ def build_policy(tok, scale: Scale, device: str, dtype):
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    shape = QWEN2_05B if scale.model == "qwen0.5b" else dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=len(tok))
-    cfg = Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    shape = (
+        QWEN2_05B
+        if scale.model == "qwen0.5b"
+        else dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=len(tok),
+        )
+    )
+    cfg = Qwen2Config(
+        **shape,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -128,8 +171,16 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
         for text in [p.question] + [scripted_solution(s, p.question, (s, 0), 0.0) for s in STYLES]:
             words.update(text.replace("\\", " \\ ").split())
     chars = {c for w in words for c in w}
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars), *sorted(f"##{c}" for c in chars),
-             *sorted(words - chars)]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *sorted(chars),
+        *sorted(f"##{c}" for c in chars),
+        *sorted(words - chars),
+    ]
     bert_dir = workdir / "random-bert"
     bert_dir.mkdir(parents=True, exist_ok=True)
     (bert_dir / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
@@ -137,8 +188,15 @@ def build_encoder(workdir: Path, prefer_minilm: bool = True) -> tuple[str, str]:
     import torch
 
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=384, num_hidden_layers=2,
-                         num_attention_heads=6, intermediate_size=1536)).save_pretrained(bert_dir)
+    BertModel(
+        BertConfig(
+            vocab_size=len(dict.fromkeys(vocab)),
+            hidden_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            intermediate_size=1536,
+        )
+    ).save_pretrained(bert_dir)
     word = Transformer(str(bert_dir), max_seq_length=256)
     dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
     st = SentenceTransformer(modules=[word, Pooling(dim(), "mean")], device="cpu")
@@ -178,8 +236,7 @@ def build_index(workdir: Path, encoder_ref: str, problems, prefer_lancedb: bool 
     in-memory index where lancedb is missing); returns which."""
     import numpy as np
 
-    rows = [(pid, f"{pid}:{s}", scripted_solution(s, q, (s, pid), 0.0))
-            for pid, q in problems.items() for s in STYLES]
+    rows = [(pid, f"{pid}:{s}", scripted_solution(s, q, (s, pid), 0.0)) for pid, q in problems.items() for s in STYLES]
     vecs = encode(load_encoder(encoder_ref), [r[2] for r in rows])
     cols = {"problem_id": [r[0] for r in rows], "trace_id": [r[1] for r in rows], "text": [r[2] for r in rows]}
     if not (prefer_lancedb and lancedb_available()):
@@ -188,8 +245,7 @@ def build_index(workdir: Path, encoder_ref: str, problems, prefer_lancedb: bool 
     import lancedb
     import pyarrow as pa
 
-    data = pa.table({**cols, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)),
-                                                                         vecs.shape[1])})
+    data = pa.table({**cols, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])})
     db = lancedb.connect(str(workdir / "index"))
     tbl = db.create_table(TABLE, data, mode="overwrite")
     tbl.tags.create(TAG, tbl.version)
@@ -204,10 +260,14 @@ def train_inputs(workdir: Path, encoder_ref: str, scale: Scale):
 
         index = TeacherIndex(workdir / "index", TABLE, TAG)
     probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
-    return TrainInputs(questions={f"p{i}": p.question for i, p in enumerate(probs)},
-                       answers={f"p{i}": str(p.answer) for i, p in enumerate(probs)},
-                       problem_ids=[f"p{i}" for i in range(len(probs))], index=index, encoder=encoder_ref,
-                       instruction="Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}")
+    return TrainInputs(
+        questions={f"p{i}": p.question for i, p in enumerate(probs)},
+        answers={f"p{i}": str(p.answer) for i, p in enumerate(probs)},
+        problem_ids=[f"p{i}" for i in range(len(probs))],
+        index=index,
+        encoder=encoder_ref,
+        instruction="Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}",
+    )
 
 
 def train_config(scale: Scale, engine: str):
@@ -255,17 +315,23 @@ def step_figures(run_dir: Path, history: list[dict], tok, inputs, params: int, d
     keep = history[1:] or history
     steps = {h["step"] for h in keep}
     rows = [r for r in rows if r["step"] in steps]
-    prompt_len = {pid: len(chat_prompt_ids(tok, inputs.questions[pid], inputs.instruction)) for pid in
-                  {r["problem_id"] for r in rows}}
+    prompt_len = {
+        pid: len(chat_prompt_ids(tok, inputs.questions[pid], inputs.instruction))
+        for pid in {r["problem_id"] for r in rows}
+    }
     gen_tokens = sum(r["response_tokens"] for r in rows if not r["off_policy"])
     update_tokens = sum(r["response_tokens"] + prompt_len[r["problem_id"]] for r in rows)
     t_gen = sum(h["seconds_generate"] for h in keep)
     t_update = sum(h["seconds_update"] for h in keep)
     peak = peak_tflops(device)
-    return {"tokens_per_s": gen_tokens / t_gen, "s_per_step": sum(h["seconds_step"] for h in keep) / len(keep),
-            "generate_s": t_gen / len(keep), "update_s": t_update / len(keep),
-            "mfu": 6 * params * update_tokens / t_update / (peak * 1e12) if peak else float("nan"),
-            "peak_gib": _peak_gib(device)}
+    return {
+        "tokens_per_s": gen_tokens / t_gen,
+        "s_per_step": sum(h["seconds_step"] for h in keep) / len(keep),
+        "generate_s": t_gen / len(keep),
+        "update_s": t_update / len(keep),
+        "mfu": 6 * params * update_tokens / t_update / (peak * 1e12) if peak else float("nan"),
+        "peak_gib": _peak_gib(device),
+    }
 
 
 def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: str, dtype) -> dict:
@@ -288,9 +354,12 @@ def run_engine(workdir: Path, tok, inputs, scale: Scale, engine: str, device: st
 def update_configs(scale: Scale) -> dict:
     """The update's two layouts at this scale, as TrainConfigs (same loss settings)."""
     common = dict(loss={"loss_agg": "token_mean"}, rollout={"max_new_tokens": scale.update_longest})
-    return {"padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
-            "packed": TrainConfig(optim={"padding_free": True,
-                                         "max_tokens_per_micro_batch": scale.update_max_tokens}, **common)}
+    return {
+        "padded": TrainConfig(optim={"micro_batch_size": scale.micro_batch_size}, **common),
+        "packed": TrainConfig(
+            optim={"padding_free": True, "max_tokens_per_micro_batch": scale.update_max_tokens}, **common
+        ),
+    }
 
 
 def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
@@ -303,8 +372,13 @@ def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
     model = build_policy(tok, scale, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     prompt = 64 if scale.model != "tiny" else 4
-    samples = spread_batch(len(tok), scale.update_samples, prompt=prompt, shortest=min(16, scale.update_longest),
-                           longest=scale.update_longest)
+    samples = spread_batch(
+        len(tok),
+        scale.update_samples,
+        prompt=prompt,
+        shortest=min(16, scale.update_longest),
+        longest=scale.update_longest,
+    )
     arms = update_configs(scale)
     peak = peak_tflops(device)
     out = {}
@@ -324,27 +398,47 @@ def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
 # --------------------------------------------------------------------------- torchrun, one rank
 
 
-def run_ranked(workdir: Path, encoder_ref: str, scale: Scale, device: str,
-               modes: tuple[str, ...] = ("ddp", "fsdp2")) -> dict[str, dict]:
+def run_ranked(
+    workdir: Path, encoder_ref: str, scale: Scale, device: str, modes: tuple[str, ...] = ("ddp", "fsdp2")
+) -> dict[str, dict]:
     """The trainer at world size 1 under one torchrun launch (NCCL on CUDA, gloo on CPU), once per
     mode (DDP, FSDP2); figures per mode."""
-    spec = {"workdir": str(workdir), "encoder": encoder_ref, "scale": asdict(scale), "device": device,
-            "modes": list(modes)}
+    spec = {
+        "workdir": str(workdir),
+        "encoder": encoder_ref,
+        "scale": asdict(scale),
+        "device": device,
+        "modes": list(modes),
+    }
     spec_path = workdir / "rank.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           "-m", "bench.gpu_check", "--rank", str(spec_path)]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "bench.gpu_check",
+        "--rank",
+        str(spec_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     figures = {}
     for line in proc.stdout.splitlines():
         if line.startswith("GPU_CHECK_RANK "):
-            fig = json.loads(line[len("GPU_CHECK_RANK "):])
+            fig = json.loads(line[len("GPU_CHECK_RANK ") :])
             figures[fig["mode"]] = fig
     if proc.returncode != 0 or set(figures) != set(modes):
-        raise RuntimeError(f"gpu_check: torchrun {'/'.join(modes)} failed (status {proc.returncode}):\n"
-                           + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
+        raise RuntimeError(
+            f"gpu_check: torchrun {'/'.join(modes)} failed (status {proc.returncode}):\n"
+            + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        )
     return figures
 
 
@@ -381,8 +475,10 @@ def rank_main(spec_path: str) -> int:
             engine = "hf" if dist.fsdp else "paged"
             history = train(train_config(scale, engine), model, tok, inputs, run_dir, dist=dist)
             figures = step_figures(run_dir, history, tok, inputs, params, device)
-            print("GPU_CHECK_RANK " + json.dumps({**figures, "mode": mode, "backend": backend, "engine": engine}),
-                  flush=True)
+            print(
+                "GPU_CHECK_RANK " + json.dumps({**figures, "mode": mode, "backend": backend, "engine": engine}),
+                flush=True,
+            )
             del model
     finally:
         torch.distributed.destroy_process_group()
@@ -397,8 +493,15 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
     import torch
 
     probs = generate_problems(11, scale.eval_problems, 2, 3, 9, "+-", salt="test")
-    engine = make_engine(kind, workdir / "eval-model", dtype="bfloat16" if device == "cuda" else "float32",
-                         batch_size=64, tensor_parallel_size=1, gpu_memory_utilization=0.85, seed=0)
+    engine = make_engine(
+        kind,
+        workdir / "eval-model",
+        dtype="bfloat16" if device == "cuda" else "float32",
+        batch_size=64,
+        tensor_parallel_size=1,
+        gpu_memory_utilization=0.85,
+        seed=0,
+    )
     try:
         prompts = [chat_prompt_ids(engine.tokenizer, p.question) for p in probs]
         engine.generate(prompts[:2], Request(temperature=0.6, max_new_tokens=4))  # warm-up
@@ -412,15 +515,24 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
     finally:
         engine.close()
     correct = sum(score_response(c.text, str(probs[c.prompt_index].answer))[1] for c in comps)
-    return {"tokens_per_s": sum(c.n_tokens for c in comps) / seconds, "seconds": seconds,
-            "samples": len(comps), "accuracy": correct / len(comps)}
+    return {
+        "tokens_per_s": sum(c.n_tokens for c in comps) / seconds,
+        "seconds": seconds,
+        "samples": len(comps),
+        "accuracy": correct / len(comps),
+    }
 
 
 # --------------------------------------------------------------------------- the check
 
 
-def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = None,
-              prefer_minilm: bool = True, prefer_lancedb: bool = True) -> dict:
+def run_check(
+    device: str = "cuda",
+    scale: Scale = GPU,
+    workdir: Path | None = None,
+    prefer_minilm: bool = True,
+    prefer_lancedb: bool = True,
+) -> dict:
     """Every step of the check; returns the figures of the RESULT line. `prefer_*=False` takes the
     device machine's fallbacks (random-init BERT encoder, in-memory index) where the real ones exist."""
     import torch
@@ -432,19 +544,31 @@ def run_check(device: str = "cuda", scale: Scale = GPU, workdir: Path | None = N
         workdir.mkdir(parents=True, exist_ok=True)
         tok = build_tokenizer(workdir)
         encoder_ref, encoder_kind = build_encoder(workdir, prefer_minilm)
-        print(f"gpu_check: encoder {encoder_kind}"
-              + (" (MiniLM package missing: random-init BERT, bonus values meaningless, timings kept)"
-                 if encoder_kind != "minilm" else ""), flush=True)
+        print(
+            f"gpu_check: encoder {encoder_kind}"
+            + (
+                " (MiniLM package missing: random-init BERT, bonus values meaningless, timings kept)"
+                if encoder_kind != "minilm"
+                else ""
+            ),
+            flush=True,
+        )
         probs = generate_problems(7, scale.train_problems, 2, 3, 9, "+-")
-        index_kind = build_index(workdir, encoder_ref, {f"p{i}": p.question for i, p in enumerate(probs)},
-                                 prefer_lancedb)
-        print(f"gpu_check: teacher index {index_kind}"
-              + (" (lancedb/polars missing: the same traces and lookup, in memory)" if index_kind != "lancedb"
-                 else ""), flush=True)
+        index_kind = build_index(
+            workdir, encoder_ref, {f"p{i}": p.question for i, p in enumerate(probs)}, prefer_lancedb
+        )
+        print(
+            f"gpu_check: teacher index {index_kind}"
+            + (" (lancedb/polars missing: the same traces and lookup, in memory)" if index_kind != "lancedb" else ""),
+            flush=True,
+        )
         inputs = train_inputs(workdir, encoder_ref, scale)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        out: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                     "encoder": encoder_kind, "index": index_kind}
+        out: dict = {
+            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            "encoder": encoder_kind,
+            "index": index_kind,
+        }
         for engine in ("hf", "paged"):
             fig = run_engine(workdir, tok, inputs, scale, engine, device, dtype)
             out["params_m"] = fig["params"] / 1e6
@@ -496,8 +620,7 @@ def main() -> None:
         result("gpu_check", skipped=1)
         return
     out = run_check("cuda", GPU)
-    table(f"gpu_check ({machine()})", ["measure", "value"],
-          [[k, v] for k, v in out.items() if k not in ("device",)])
+    table(f"gpu_check ({machine()})", ["measure", "value"], [[k, v] for k, v in out.items() if k not in ("device",)])
     result("gpu_check", **{k: (v.replace(" ", "_") if isinstance(v, str) else v) for k, v in out.items()})
 
 

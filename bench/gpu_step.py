@@ -16,9 +16,16 @@ def model_config():
     """The Qwen2-0.5B shape, random-init (nothing downloaded)."""
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                       tie_word_embeddings=True)
+    return Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
 
 
 def build() -> dict:
@@ -35,8 +42,8 @@ def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, g
         return
     from transformers import Qwen2ForCausalLM
 
-    from oger.encoder import encode, load_encoder
     from oger.algorithm import core
+    from oger.encoder import encode, load_encoder
 
     dev = torch.device("cuda")
     cfg = model_config()
@@ -71,8 +78,9 @@ def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, g
         model.generate(prompt[:2], max_new_tokens=8, do_sample=True, pad_token_id=0)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens,
-                             do_sample=True, pad_token_id=0)
+        out = model.generate(
+            prompt, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=True, pad_token_id=0
+        )
         torch.cuda.synchronize()
         gen_s = time.perf_counter() - t
     gen_tokens_s = (out.shape[1] - 64) * gen_batch / gen_s
@@ -88,9 +96,24 @@ def main(batch: int = 8, seq: int = 1024, steps: int = 6, gen_batch: int = 32, g
     torch.cuda.synchronize()
     reward_s = time.perf_counter() - t
     overhead = reward_s / (gen_s + step_s)
-    table(f"gpu_step ({machine()})", ["measure", "value"], [
-        ["parameters (M)", params / 1e6], ["train step s (bf16, %dx%d)" % (batch, seq), step_s],
-        ["train tokens/s", tokens_s], ["MFU", mfu], ["rollout tokens/s (HF generate)", gen_tokens_s],
-        ["OGER reward s per %d rollouts" % gen_batch, reward_s], ["overhead vs generate+step", overhead]])
-    result("gpu_step", tokens_per_s=tokens_s, mfu=mfu, rollout_tokens_per_s=gen_tokens_s,
-           overhead=overhead, device=name.replace(" ", "_"))
+    table(
+        f"gpu_step ({machine()})",
+        ["measure", "value"],
+        [
+            ["parameters (M)", params / 1e6],
+            ["train step s (bf16, %dx%d)" % (batch, seq), step_s],
+            ["train tokens/s", tokens_s],
+            ["MFU", mfu],
+            ["rollout tokens/s (HF generate)", gen_tokens_s],
+            ["OGER reward s per %d rollouts" % gen_batch, reward_s],
+            ["overhead vs generate+step", overhead],
+        ],
+    )
+    result(
+        "gpu_step",
+        tokens_per_s=tokens_s,
+        mfu=mfu,
+        rollout_tokens_per_s=gen_tokens_s,
+        overhead=overhead,
+        device=name.replace(" ", "_"),
+    )

@@ -27,8 +27,7 @@ def build(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int 
     return {"pids": pids, "vecs": vecs, "texts": texts, "batches": batches}
 
 
-def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int = 8,
-         calls: int = 50) -> None:
+def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int = 8, calls: int = 50) -> None:
     import lancedb
     from lancedb.index import BTree
 
@@ -39,15 +38,23 @@ def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int =
     tmp = tempfile.mkdtemp(prefix="oger-lookup-")
     try:
         db = lancedb.connect(tmp)
-        tbl = db.create_table("teacher_traces", pa.table({
-            "trace_id": [f"t{i}" for i in range(rows)], "problem_id": pids, "text": texts,
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)}))
+        tbl = db.create_table(
+            "teacher_traces",
+            pa.table(
+                {
+                    "trace_id": [f"t{i}" for i in range(rows)],
+                    "problem_id": pids,
+                    "text": texts,
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim),
+                }
+            ),
+        )
         tbl.create_index("problem_id", config=BTree())
         tbl.tags.create("bench", tbl.version)
         index = TeacherIndex(tmp, "teacher_traces", "bench")
         memory: dict[str, tuple[list[str], np.ndarray]] = {}
         for i in range(0, rows, per_problem):
-            memory[pids[i]] = (texts[i:i + per_problem], vecs[i:i + per_problem])
+            memory[pids[i]] = (texts[i : i + per_problem], vecs[i : i + per_problem])
         index.lookup([f"p{j:06d}" for j in batches[0]])  # open files, warm caches
         t = time.perf_counter()
         for b in batches:
@@ -58,12 +65,19 @@ def main(rows: int = 50_000, per_problem: int = 10, dim: int = 384, batch: int =
         for b in batches:
             _ = {f"p{j:06d}": memory[f"p{j:06d}"] for j in b}
         numpy_ms = (time.perf_counter() - t) / calls * 1000
-        size_mb = sum(p.stat().st_size for p in __import__("pathlib").Path(tmp).rglob("*")
-                      if p.is_file()) / 2**20
+        size_mb = sum(p.stat().st_size for p in __import__("pathlib").Path(tmp).rglob("*") if p.is_file()) / 2**20
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table(f"lookup: {batch} problems x {per_problem} traces per call, {rows} rows ({machine()})",
-          ["path", "ms per call"], [["LanceDB at tag (BTree on problem_id)", lance_ms],
-                                    ["in-memory dict of numpy arrays", numpy_ms]])
-    result("lookup", lance_ms=lance_ms, numpy_ms=numpy_ms, rows=rows, index_mb=size_mb,
-           ratio=lance_ms / max(numpy_ms, 1e-9))
+    table(
+        f"lookup: {batch} problems x {per_problem} traces per call, {rows} rows ({machine()})",
+        ["path", "ms per call"],
+        [["LanceDB at tag (BTree on problem_id)", lance_ms], ["in-memory dict of numpy arrays", numpy_ms]],
+    )
+    result(
+        "lookup",
+        lance_ms=lance_ms,
+        numpy_ms=numpy_ms,
+        rows=rows,
+        index_mb=size_mb,
+        ratio=lance_ms / max(numpy_ms, 1e-9),
+    )

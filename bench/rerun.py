@@ -30,8 +30,9 @@ def _run(workdir: str, prefect_home: str) -> float:
     env = dict(os.environ, PREFECT_HOME=prefect_home)
     sets = [a for item in overrides(workdir) for a in ("--set", item)]
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", CONFIG, *sets], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oger.cli", "run", CONFIG, *sets], cwd=REPO, env=env, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"oger run failed:\n{proc.stderr[-2000:]}")
@@ -46,7 +47,9 @@ def main() -> None:
         cached = [_run(os.path.join(tmp, "work"), home) for _ in range(2)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table(f"rerun: configs/tiny.yaml end to end through `oger run` ({machine()})",
-          ["run", "seconds"], [["cold (empty workdir)", cold],
-                               ["cached rerun #1", cached[0]], ["cached rerun #2", cached[1]]])
+    table(
+        f"rerun: configs/tiny.yaml end to end through `oger run` ({machine()})",
+        ["run", "seconds"],
+        [["cold (empty workdir)", cold], ["cached rerun #1", cached[0]], ["cached rerun #2", cached[1]]],
+    )
     result("rerun", ratio=min(cached) / cold, cold_s=cold, cached_s=min(cached))

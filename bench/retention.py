@@ -12,8 +12,13 @@ from pathlib import Path
 from bench.common import REPO, machine, result, table
 
 ROUNDS = 12
-SHRUNK = ["train.steps=2", "train.logging.checkpoint_every=1", "train.init_from=previous_round",
-          "retention.keep_rounds=3", "retention.keep_runs=3"]
+SHRUNK = [
+    "train.steps=2",
+    "train.logging.checkpoint_every=1",
+    "train.init_from=previous_round",
+    "retention.keep_rounds=3",
+    "retention.keep_runs=3",
+]
 
 
 def overrides(workdir: Path, i: int) -> list[str]:
@@ -59,9 +64,14 @@ def main() -> None:
         full = _rounds(config, tmp / "full", False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [[i + 1, f"{full[i][0] / 1e6:.2f}", full[i][1], f"{kept[i][0] / 1e6:.2f}", kept[i][1]] for i in range(ROUNDS)]
-    table(f"retention: 12 nightly rounds of the shrunk tiny config ({machine()})",
-          ["round", "MB without", "LanceDB versions without", "MB with (keep 3)", "LanceDB versions with"], rows)
+    rows = [
+        [i + 1, f"{full[i][0] / 1e6:.2f}", full[i][1], f"{kept[i][0] / 1e6:.2f}", kept[i][1]] for i in range(ROUNDS)
+    ]
+    table(
+        f"retention: 12 nightly rounds of the shrunk tiny config ({machine()})",
+        ["round", "MB without", "LanceDB versions without", "MB with (keep 3)", "LanceDB versions with"],
+        rows,
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,5 +89,11 @@ def main() -> None:
     out = REPO / "docs" / "results" / "retention.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    result("retention", mb_without=full[-1][0] / 1e6, mb_with=kept[-1][0] / 1e6, versions_without=full[-1][1],
-           versions_with=kept[-1][1], png=str(out.relative_to(REPO)))
+    result(
+        "retention",
+        mb_without=full[-1][0] / 1e6,
+        mb_with=kept[-1][0] / 1e6,
+        versions_without=full[-1][1],
+        versions_with=kept[-1][1],
+        png=str(out.relative_to(REPO)),
+    )

@@ -15,8 +15,13 @@ LM_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{qu
 # The train settings of each policy's pair of runs (TrainConfig's sections, as a config file has them).
 RUNS = {
     "tiny": dict(steps=6, prompts_per_step=8, group_size=8, rollout={"max_new_tokens": 80}),
-    "smollm2": dict(steps=3, prompts_per_step=4, group_size=4, rollout={"max_new_tokens": 64},
-                    optim={"micro_batch_size": 4, "lr": 1e-6}),
+    "smollm2": dict(
+        steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        rollout={"max_new_tokens": 64},
+        optim={"micro_batch_size": 4, "lr": 1e-6},
+    ),
 }
 ALGORITHMS = ("grpo", "oger")
 
@@ -26,15 +31,16 @@ def train_config(algorithm: str, **run):
     worst-case embed figure re-embeds them), no checkpoints inside the timed steps."""
     from oger.contract.config import TrainConfig
 
-    return TrainConfig(algorithm=algorithm, seed=0, **run,
-                       logging={"log_rollouts": True, "checkpoint_every": 10_000})
+    return TrainConfig(algorithm=algorithm, seed=0, **run, logging={"log_rollouts": True, "checkpoint_every": 10_000})
 
 
 def build() -> dict:
     """The configs main() runs with, validated without training (tests/test_bench.py): the tiny
     pipeline config its inputs come from and the TrainConfig of every (policy, algorithm) run."""
-    return {"tiny.yaml": tiny_config(),
-            **{f"{label} {alg}": train_config(alg, **run) for label, run in RUNS.items() for alg in ALGORITHMS}}
+    return {
+        "tiny.yaml": tiny_config(),
+        **{f"{label} {alg}": train_config(alg, **run) for label, run in RUNS.items() for alg in ALGORITHMS},
+    }
 
 
 def _steps(policy_dir: Path, algorithm: str, inputs, run: dict) -> tuple[dict, list]:
@@ -64,8 +70,8 @@ def worst_case_embed_seconds(rows: list[dict], inputs) -> float:
     the OGER cost if every answer were correct (the bonus is only computed for correct ones)."""
     import torch
 
-    from oger.encoder import encode, load_encoder
     from oger.algorithm import core
+    from oger.encoder import encode, load_encoder
 
     model = load_encoder(inputs.encoder)
     steps = sorted({r["step"] for r in rows})
@@ -100,10 +106,20 @@ def main() -> None:
     tiny_over, tiny_worst, tiny_rows = _compare("tiny", tiny_dir, train_inputs(refs))
     lm_dir = materialize_gguf("smollm2")
     lm_over, lm_worst, lm_rows = _compare("smollm2", lm_dir, train_inputs(refs, LM_INSTRUCTION))
-    table(f"reward_overhead: mean seconds per step after the first ({machine()})",
-          ["run", "generate", "score", "embed", "update", "step"], lm_rows + tiny_rows)
-    table("reward_overhead: OGER's extra cost as a fraction of the grpo step",
-          ["policy", "measured (oger - grpo) / grpo", "embed every on-policy rollout / grpo step"],
-          [["smollm2", lm_over, lm_worst], ["tiny", tiny_over, tiny_worst]])
-    result("reward_overhead", overhead=lm_over, overhead_worst=lm_worst, overhead_tiny=tiny_over,
-           overhead_tiny_worst=tiny_worst)
+    table(
+        f"reward_overhead: mean seconds per step after the first ({machine()})",
+        ["run", "generate", "score", "embed", "update", "step"],
+        lm_rows + tiny_rows,
+    )
+    table(
+        "reward_overhead: OGER's extra cost as a fraction of the grpo step",
+        ["policy", "measured (oger - grpo) / grpo", "embed every on-policy rollout / grpo step"],
+        [["smollm2", lm_over, lm_worst], ["tiny", tiny_over, tiny_worst]],
+    )
+    result(
+        "reward_overhead",
+        overhead=lm_over,
+        overhead_worst=lm_worst,
+        overhead_tiny=tiny_over,
+        overhead_tiny_worst=tiny_worst,
+    )

@@ -30,8 +30,12 @@ def build(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: 
 
     questions = [p.question for p in generate_problems(5, prompts_n, 2, 3, 9, "+-")]
     tok = train_tokenizer([p.question for p in generate_problems(0, 300, 2, 3, 9, "+-")], 384)
-    return {"questions": questions, "tiny_tokenizer": tok, "tiny_prompts": [chat_prompt_ids(tok, q) for q in questions],
-            "requests": {"tiny": timed_request(n, tiny_tokens), "smollm2": timed_request(n, smollm_tokens)}}
+    return {
+        "questions": questions,
+        "tiny_tokenizer": tok,
+        "tiny_prompts": [chat_prompt_ids(tok, q) for q in questions],
+        "requests": {"tiny": timed_request(n, tiny_tokens), "smollm2": timed_request(n, smollm_tokens)},
+    }
 
 
 def _time(model, tok, prompts, engine: str, request) -> tuple[float, float]:
@@ -56,8 +60,8 @@ def _time(model, tok, prompts, engine: str, request) -> tuple[float, float]:
 def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: int = 48) -> None:
     import torch
 
-    from oger.models import load_causal_lm
     from oger.generation.hf import chat_prompt_ids
+    from oger.models import load_causal_lm
     from oger.stages.policy.tiny_model import build_model
 
     built = build(prompts_n, n, tiny_tokens, smollm_tokens)
@@ -78,10 +82,12 @@ def main(prompts_n: int = 4, n: int = 8, tiny_tokens: int = 56, smollm_tokens: i
         for name, model, tk in models:
             prompts = [chat_prompt_ids(tk, q) for q in questions]
             tps, mean_len = _time(model, tk, prompts, engine, requests[name])
-            print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout",
-                  flush=True)
+            print(f"rollout_engines: {name} {engine} {tps:.1f} tokens/s, {mean_len:.1f} tokens per rollout", flush=True)
             rows.append([name, engine, tps, mean_len])
             figures[f"{name}_{engine}_tokens_per_s"] = tps
-    table(f"rollout engines, {prompts_n} prompts x {n}, T=1 ({machine()}, {torch.get_num_threads()} threads)",
-          ["model", "engine", "tokens/s", "mean response tokens"], rows)
+    table(
+        f"rollout engines, {prompts_n} prompts x {n}, T=1 ({machine()}, {torch.get_num_threads()} threads)",
+        ["model", "engine", "tokens/s", "mean response tokens"],
+        rows,
+    )
     result("rollout_engines", **figures)

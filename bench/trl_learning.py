@@ -25,15 +25,32 @@ from bench.common import BENCH_WORK, REPO, machine, result, table
 CONFIG = REPO / "configs" / "smollm2-arith.yaml"
 OUT = BENCH_WORK / "trl_learning"
 # Settings both trainers expose, set equal (what the table lists); values come from the config.
-SHARED = ("model and start weights", "training problems (64)", "reward function", "prompt (chat template)",
-          "group size", "prompts per step", "steps", "learning rate, constant, no warmup",
-          "AdamW, weight decay 0", "max grad norm", "max new tokens", "temperature, top_p 1, top_k off",
-          "loss aggregation (token mean over the batch)", "reward scaling (per group std)",
-          "KL beta 0", "one update per batch, clip eps 0.2", "micro-batch size (2 x 8 samples)",
-          "float32", "seed")
-ONLY_ONE = ("ours: checkpoints every 8 steps, rollout and metrics logs (its token-level rollout correction "
-            "acts on vLLM rollouts only: not applied with these transformers rollouts); TRL: its own "
-            "prompt order over the same 64 problems")
+SHARED = (
+    "model and start weights",
+    "training problems (64)",
+    "reward function",
+    "prompt (chat template)",
+    "group size",
+    "prompts per step",
+    "steps",
+    "learning rate, constant, no warmup",
+    "AdamW, weight decay 0",
+    "max grad norm",
+    "max new tokens",
+    "temperature, top_p 1, top_k off",
+    "loss aggregation (token mean over the batch)",
+    "reward scaling (per group std)",
+    "KL beta 0",
+    "one update per batch, clip eps 0.2",
+    "micro-batch size (2 x 8 samples)",
+    "float32",
+    "seed",
+)
+ONLY_ONE = (
+    "ours: checkpoints every 8 steps, rollout and metrics logs (its token-level rollout correction "
+    "acts on vLLM rollouts only: not applied with these transformers rollouts); TRL: its own "
+    "prompt order over the same 64 problems"
+)
 
 
 def bench_seeds() -> list[int]:
@@ -43,8 +60,16 @@ def bench_seeds() -> list[int]:
 def bench_config(seed: int, *overrides: str):
     from oger.contract.config import load_config
 
-    return load_config(CONFIG, [f"workdir={BENCH_WORK / 'smollm2-arith'}", "train.algorithm=grpo",
-                                f"train.seed={seed}", *os.environ.get("OGER_BENCH_OVERRIDES", "").split(), *overrides])
+    return load_config(
+        CONFIG,
+        [
+            f"workdir={BENCH_WORK / 'smollm2-arith'}",
+            "train.algorithm=grpo",
+            f"train.seed={seed}",
+            *os.environ.get("OGER_BENCH_OVERRIDES", "").split(),
+            *overrides,
+        ],
+    )
 
 
 def run_ours(cfg) -> dict:
@@ -56,10 +81,13 @@ def run_ours(cfg) -> dict:
     refs = execute(cfg, plan(cfg), select_stages(until="train"), {}, refresh={"train"}, on_stage=runs.append)
     history = read_metrics(refs["train"])
     n = cfg.train.prompts_per_step * cfg.train.group_size
-    return {"model_dir": model_dir(refs["train"]), "wall_s": next(r.seconds for r in runs if r.name == "train"),
-            "loop_s": sum(h["seconds_step"] for h in history),
-            "tokens": sum(h["response_length"] * n for h in history),
-            "reward": [h["env_reward"] for h in history]}
+    return {
+        "model_dir": model_dir(refs["train"]),
+        "wall_s": next(r.seconds for r in runs if r.name == "train"),
+        "loop_s": sum(h["seconds_step"] for h in history),
+        "tokens": sum(h["response_length"] * n for h in history),
+        "reward": [h["env_reward"] for h in history],
+    }
 
 
 def reward_function(reward_format: str):
@@ -84,8 +112,9 @@ def trl_dataset(inputs, tokenizer):
     for pid in inputs.problem_ids:
         q = inputs.questions[pid]
         messages = chat_messages(q, inputs.instruction, inputs.system_prompt)
-        theirs = tokenizer.apply_chat_template([messages], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"][0]  # as TRL 1.16 renders
+        theirs = tokenizer.apply_chat_template([messages], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ][0]  # as TRL 1.16 renders
         if list(theirs) != list(chat_prompt_ids(tokenizer, q, inputs.instruction, inputs.system_prompt)):
             raise AssertionError(f"problem {pid}: TRL's prompt tokens differ from ours")
         rows.append({"prompt": messages, "answer": inputs.answers[pid]})
@@ -100,16 +129,35 @@ def trl_args(cfg, out_dir: Path) -> dict:
     if n % o.micro_batch_size:
         raise ValueError(f"prompts_per_step x group_size ({n}) is not a multiple of micro_batch_size")
     return dict(
-        output_dir=str(out_dir / "trl-run"), seed=t.seed, max_steps=t.steps, num_generations=t.group_size,
-        per_device_train_batch_size=o.micro_batch_size, gradient_accumulation_steps=n // o.micro_batch_size,
-        learning_rate=o.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm, max_completion_length=t.rollout.max_new_tokens,
-        temperature=t.rollout.temperature, top_p=t.rollout.top_p, top_k=0,
+        output_dir=str(out_dir / "trl-run"),
+        seed=t.seed,
+        max_steps=t.steps,
+        num_generations=t.group_size,
+        per_device_train_batch_size=o.micro_batch_size,
+        gradient_accumulation_steps=n // o.micro_batch_size,
+        learning_rate=o.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        max_completion_length=t.rollout.max_new_tokens,
+        temperature=t.rollout.temperature,
+        top_p=t.rollout.top_p,
+        top_k=0,
         loss_type="dapo",  # token mean over the whole (accumulated) batch = our loss_agg token_mean
-        scale_rewards=t.loss.scale_rewards, beta=t.loss.beta, num_iterations=1,
-        epsilon=t.loss.clip_eps_low, epsilon_high=t.loss.clip_eps_high, use_cpu=True, bf16=False,
-        report_to=[], save_strategy="no", logging_strategy="steps", logging_steps=1,
-        disable_tqdm=False)
+        scale_rewards=t.loss.scale_rewards,
+        beta=t.loss.beta,
+        num_iterations=1,
+        epsilon=t.loss.clip_eps_low,
+        epsilon_high=t.loss.clip_eps_high,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        disable_tqdm=False,
+    )
 
 
 def build() -> dict:
@@ -145,16 +193,27 @@ def run_trl(cfg, policy_dir: Path, inputs, out_dir: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     args = GRPOConfig(**trl_args(cfg, out_dir))
     log = Log()
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_function(t.reward_format), args=args,
-                          train_dataset=trl_dataset(inputs, tok), processing_class=tok, callbacks=[log])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_function(t.reward_format),
+        args=args,
+        train_dataset=trl_dataset(inputs, tok),
+        processing_class=tok,
+        callbacks=[log],
+    )
     t0 = time.perf_counter()
     trainer.train()
     loop_s = time.perf_counter() - t0
     final = out_dir / "trl-model"
     trainer.save_model(str(final))
     tok.save_pretrained(final)
-    return {"model_dir": final, "wall_s": time.perf_counter() - started, "loop_s": loop_s,
-            "tokens": log.tokens, "reward": log.reward}
+    return {
+        "model_dir": final,
+        "wall_s": time.perf_counter() - started,
+        "loop_s": loop_s,
+        "tokens": log.tokens,
+        "reward": log.reward,
+    }
 
 
 def per_problem_accuracy(cfg, model_dir: Path, problems, label: str) -> dict[str, float]:
@@ -229,8 +288,11 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         runs["TRL GRPOTrainer"].append(theirs)
-        print(f"seed {seed}: ours {np.mean(list(ours['acc'].values())):.3f} in {ours['wall_s']:.0f} s, "
-              f"TRL {np.mean(list(theirs['acc'].values())):.3f} in {theirs['wall_s']:.0f} s", flush=True)
+        print(
+            f"seed {seed}: ours {np.mean(list(ours['acc'].values())):.3f} in {ours['wall_s']:.0f} s, "
+            f"TRL {np.mean(list(theirs['acc'].values())):.3f} in {theirs['wall_s']:.0f} s",
+            flush=True,
+        )
 
     def grid(label):
         return np.array([[r["acc"][p] for p in pids] for r in runs[label]])
@@ -238,36 +300,77 @@ def main() -> None:
     (ours_l, trl_l) = runs
     t, spec = cfg0.train, cfg0.evaluate.benchmarks[0]
     k = cfg0.evaluate.samples_for(spec)
-    rows = [["base (policy stage)", _pct(seed_problem_bootstrap([np.array([[base[p] for p in pids]])])),
-             "–", "–", "–", "–"]]
+    rows = [
+        ["base (policy stage)", _pct(seed_problem_bootstrap([np.array([[base[p] for p in pids]])])), "–", "–", "–", "–"]
+    ]
     for label in runs:
         rs = runs[label]
-        rows.append([label, _pct(seed_problem_bootstrap([grid(label)])),
-                     f"{np.mean([r['reward'][-1] for r in rs]):.2f}",
-                     f"{np.mean([r['loop_s'] for r in rs]):.0f}", f"{np.mean([r['wall_s'] for r in rs]):.0f}",
-                     f"{np.mean([r['tokens'] for r in rs]):.0f}"])
+        rows.append(
+            [
+                label,
+                _pct(seed_problem_bootstrap([grid(label)])),
+                f"{np.mean([r['reward'][-1] for r in rs]):.2f}",
+                f"{np.mean([r['loop_s'] for r in rs]):.0f}",
+                f"{np.mean([r['wall_s'] for r in rs]):.0f}",
+                f"{np.mean([r['tokens'] for r in rs]):.0f}",
+            ]
+        )
     diff = seed_problem_bootstrap(paired_blocks([grid(ours_l)], [grid(trl_l)]))
     time_ratio = np.mean([r["loop_s"] for r in runs[ours_l]]) / np.mean([r["loop_s"] for r in runs[trl_l]])
-    headers = ["trainer", f"held-out avg@{k} % (95% CI, {len(seeds)} seeds x {len(pids)} problems)",
-               "train reward, last step", "train loop s", "train wall s", "tokens generated"]
-    title = (f"trl_learning: SmolLM2-135M-Instruct, {t.steps} steps x {t.prompts_per_step} prompts x "
-             f"{t.group_size}, lr {t.optim.lr:g}, T={t.rollout.temperature} ({machine()})")
+    headers = [
+        "trainer",
+        f"held-out avg@{k} % (95% CI, {len(seeds)} seeds x {len(pids)} problems)",
+        "train reward, last step",
+        "train loop s",
+        "train wall s",
+        "tokens generated",
+    ]
+    title = (
+        f"trl_learning: SmolLM2-135M-Instruct, {t.steps} steps x {t.prompts_per_step} prompts x "
+        f"{t.group_size}, lr {t.optim.lr:g}, T={t.rollout.temperature} ({machine()})"
+    )
     table(title, headers, rows)
-    plot({label: [r["reward"] for r in runs[label]] for label in runs}, OUT / "trl_learning.png",
-         f"SmolLM2-135M-Instruct on sums up to 15: train reward per step\n(range over seeds {seeds})")
-    md = [f"Measured {machine()}; seeds {seeds}; `python -m bench trl_learning`.", "",
-          "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-          *["| " + " | ".join(str(c) for c in r) + " |" for r in rows], "",
-          f"Ours − TRL, held-out avg@{k} (paired per seed and problem, seed × problem bootstrap): "
-          f"{100 * diff.mean:+.1f} points [{100 * diff.lo:+.1f}, {100 * diff.hi:+.1f}]"
-          f"{'' if diff.excludes_zero else ': not distinguishable from 0'}. "
-          f"Train-loop time ours / TRL: {time_ratio:.2f}.", "",
-          "Set equal on both sides: " + "; ".join(SHARED) + ".", "", "Only one side: " + ONLY_ONE + "."]
+    plot(
+        {label: [r["reward"] for r in runs[label]] for label in runs},
+        OUT / "trl_learning.png",
+        f"SmolLM2-135M-Instruct on sums up to 15: train reward per step\n(range over seeds {seeds})",
+    )
+    md = [
+        f"Measured {machine()}; seeds {seeds}; `python -m bench trl_learning`.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *["| " + " | ".join(str(c) for c in r) + " |" for r in rows],
+        "",
+        f"Ours − TRL, held-out avg@{k} (paired per seed and problem, seed × problem bootstrap): "
+        f"{100 * diff.mean:+.1f} points [{100 * diff.lo:+.1f}, {100 * diff.hi:+.1f}]"
+        f"{'' if diff.excludes_zero else ': not distinguishable from 0'}. "
+        f"Train-loop time ours / TRL: {time_ratio:.2f}.",
+        "",
+        "Set equal on both sides: " + "; ".join(SHARED) + ".",
+        "",
+        "Only one side: " + ONLY_ONE + ".",
+    ]
     (OUT / "trl_learning.md").write_text("\n".join(md) + "\n")
-    (OUT / "trl_learning.json").write_text(json.dumps(
-        {label: [{k2: (str(v) if isinstance(v, Path) else v) for k2, v in r.items()} for r in rs]
-         for label, rs in runs.items()} | {"base": base, "seeds": seeds}, indent=1))
+    (OUT / "trl_learning.json").write_text(
+        json.dumps(
+            {
+                label: [{k2: (str(v) if isinstance(v, Path) else v) for k2, v in r.items()} for r in rs]
+                for label, rs in runs.items()
+            }
+            | {"base": base, "seeds": seeds},
+            indent=1,
+        )
+    )
     print(f"wrote {OUT / 'trl_learning.md'} and {OUT / 'trl_learning.png'}")
-    result("trl_learning", ours_acc=float(grid(ours_l).mean()), trl_acc=float(grid(trl_l).mean()),
-           base_acc=float(np.mean([base[p] for p in pids])), diff=diff.mean, diff_lo=diff.lo, diff_hi=diff.hi,
-           time_ratio=float(time_ratio), seeds=len(seeds))
+    result(
+        "trl_learning",
+        ours_acc=float(grid(ours_l).mean()),
+        trl_acc=float(grid(trl_l).mean()),
+        base_acc=float(np.mean([base[p] for p in pids])),
+        diff=diff.mean,
+        diff_lo=diff.lo,
+        diff_hi=diff.hi,
+        time_ratio=float(time_ratio),
+        seeds=len(seeds),
+    )

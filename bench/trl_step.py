@@ -27,8 +27,16 @@ TINY = dict(steps=5, prompts=8, group=8, max_new=80, lr=1e-4)
 LM = dict(steps=3, prompts=2, group=4, max_new=48, lr=1e-6, share_prompts=True)
 
 
-def ours_config(steps: int, prompts: int, group: int, max_new: int, lr: float, vllm: bool = False,
-                monitor: bool = False, share_prompts: bool = False):
+def ours_config(
+    steps: int,
+    prompts: int,
+    group: int,
+    max_new: int,
+    lr: float,
+    vllm: bool = False,
+    monitor: bool = False,
+    share_prompts: bool = False,
+):
     """Our TrainConfig for one run: TRL's settings (module docstring), the whole batch in one micro-batch."""
     from oger.contract.config import TrainConfig
 
@@ -39,21 +47,38 @@ def ours_config(steps: int, prompts: int, group: int, max_new: int, lr: float, v
         group_size=group,
         rollout={"max_new_tokens": max_new, "engine": "vllm" if vllm else "hf"},
         optim={"lr": lr, "micro_batch_size": prompts * group, "share_prompts": share_prompts},
-        loss={"loss_agg": "token_mean"}, oger={"monitor": monitor},
-        logging={"log_rollouts": False, "checkpoint_every": 10_000}, **EXTRA,
+        loss={"loss_agg": "token_mean"},
+        oger={"monitor": monitor},
+        logging={"log_rollouts": False, "checkpoint_every": 10_000},
+        **EXTRA,
     )
 
 
 def build() -> dict:
     """Our configs of every row main() times, validated without importing TRL or vLLM or training
     (tests/test_bench.py), and the tiny pipeline config the prompts come from."""
-    return {"tiny.yaml": tiny_config(), "tiny": ours_config(**TINY),
-            "tiny monitor": ours_config(**TINY, monitor=True), "smollm2": ours_config(**LM),
-            "tiny vllm": ours_config(**TINY, vllm=True), "smollm2 vllm": ours_config(**LM, vllm=True)}
+    return {
+        "tiny.yaml": tiny_config(),
+        "tiny": ours_config(**TINY),
+        "tiny monitor": ours_config(**TINY, monitor=True),
+        "smollm2": ours_config(**LM),
+        "tiny vllm": ours_config(**TINY, vllm=True),
+        "smollm2 vllm": ours_config(**LM, vllm=True),
+    }
 
 
-def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
-         vllm: bool = False, monitor: bool = False, share_prompts: bool = False) -> float:
+def ours(
+    policy_dir: Path,
+    inputs,
+    steps: int,
+    prompts: int,
+    group: int,
+    max_new: int,
+    lr: float,
+    vllm: bool = False,
+    monitor: bool = False,
+    share_prompts: bool = False,
+) -> float:
     """Our step with what TRL's does: no divergence monitor (`oger.monitor`, on by default: it
     embeds every rollout; `monitor=True` times that too); the update's layout as the model's config
     has it (`optim.share_prompts`: smollm2-arith.yaml yes, tiny.yaml no: the tiny policy's short
@@ -77,8 +102,9 @@ def ours(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new
     return mean_after_warmup([h["seconds_step"] for h in history])
 
 
-def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float,
-        vllm: bool = False) -> float:
+def trl(
+    policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new: int, lr: float, vllm: bool = False
+) -> float:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -87,8 +113,15 @@ def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new:
     from oger.verify import score_response
 
     pids = inputs.problem_ids[:64]
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": inputs.instruction.format(
-        question=inputs.questions[p])}], "answer": inputs.answers[p]} for p in pids])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": inputs.instruction.format(question=inputs.questions[p])}],
+                "answer": inputs.answers[p],
+            }
+            for p in pids
+        ]
+    )
 
     def reward(completions, answer, **_):
         return [float(score_response(c[-1]["content"], a)[1]) for c, a in zip(completions, answer)]
@@ -107,17 +140,36 @@ def trl(policy_dir: Path, inputs, steps: int, prompts: int, group: int, max_new:
     tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    args = GRPOConfig(output_dir=out, per_device_train_batch_size=prompts * group, num_generations=group,
-                      max_completion_length=max_new, temperature=1.0, top_p=1.0, learning_rate=lr,
-                      lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="bnpo",
-                      scale_rewards="group", num_iterations=1, max_steps=steps, use_cpu=True, bf16=False,
-                      report_to=[], save_strategy="no", logging_strategy="no", seed=0,
-                      gradient_accumulation_steps=1, max_grad_norm=1.0, weight_decay=0.0,
-                      **({"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 512}
-                         if vllm else {}))
+    args = GRPOConfig(
+        output_dir=out,
+        per_device_train_batch_size=prompts * group,
+        num_generations=group,
+        max_completion_length=max_new,
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0,
+        loss_type="bnpo",
+        scale_rewards="group",
+        num_iterations=1,
+        max_steps=steps,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        gradient_accumulation_steps=1,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 512} if vllm else {}),
+    )
     clock = Clock()
-    trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=reward, args=args, train_dataset=ds,
-                          processing_class=tok, callbacks=[clock])
+    trainer = GRPOTrainer(
+        model=str(policy_dir), reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok, callbacks=[clock]
+    )
     if vllm:
         _push_by_reload(trainer)
     try:
@@ -158,14 +210,37 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, as ours on a CPU (TRL sets no size)
     vo_tiny, vt_tiny = _pair("tiny", tiny, inputs, rounds=1, **TINY, vllm=True)
     vo_lm, vt_lm = _pair("smollm2", lm, train_inputs(refs, LM_INSTRUCTION), rounds=1, **LM, vllm=True)
-    table(f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
-          ["policy", "rollouts", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
-          [["tiny (0.8M)", "transformers", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
-           ["tiny, ours with the monitor (grpo default)", "transformers", "8 prompts x 8, 80 tokens", m_tiny,
-            t_tiny, m_tiny / t_tiny],
-           ["SmolLM2-135M", "transformers", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm],
-           ["tiny (0.8M)", "vLLM colocated", "8 prompts x 8, 80 tokens", vo_tiny, vt_tiny, vo_tiny / vt_tiny],
-           ["SmolLM2-135M", "vLLM colocated", "2 prompts x 4, 48 tokens", vo_lm, vt_lm, vo_lm / vt_lm]])
-    result("trl_step", ratio=o_tiny / t_tiny, monitor_ratio=m_tiny / t_tiny, ratio_lm=o_lm / t_lm, ours_s=o_tiny, trl_s=t_tiny,
-           ours_lm_s=o_lm, trl_lm_s=t_lm, vllm_ratio=vo_tiny / vt_tiny, vllm_ratio_lm=vo_lm / vt_lm,
-           vllm_ours_s=vo_tiny, vllm_trl_s=vt_tiny, vllm_ours_lm_s=vo_lm, vllm_trl_lm_s=vt_lm)
+    table(
+        f"trl_step: seconds per step after the first, best of alternating runs ({machine()})",
+        ["policy", "rollouts", "batch", "ours s/step", "TRL s/step", "ours / TRL"],
+        [
+            ["tiny (0.8M)", "transformers", "8 prompts x 8, 80 tokens", o_tiny, t_tiny, o_tiny / t_tiny],
+            [
+                "tiny, ours with the monitor (grpo default)",
+                "transformers",
+                "8 prompts x 8, 80 tokens",
+                m_tiny,
+                t_tiny,
+                m_tiny / t_tiny,
+            ],
+            ["SmolLM2-135M", "transformers", "2 prompts x 4, 48 tokens", o_lm, t_lm, o_lm / t_lm],
+            ["tiny (0.8M)", "vLLM colocated", "8 prompts x 8, 80 tokens", vo_tiny, vt_tiny, vo_tiny / vt_tiny],
+            ["SmolLM2-135M", "vLLM colocated", "2 prompts x 4, 48 tokens", vo_lm, vt_lm, vo_lm / vt_lm],
+        ],
+    )
+    result(
+        "trl_step",
+        ratio=o_tiny / t_tiny,
+        monitor_ratio=m_tiny / t_tiny,
+        ratio_lm=o_lm / t_lm,
+        ours_s=o_tiny,
+        trl_s=t_tiny,
+        ours_lm_s=o_lm,
+        trl_lm_s=t_lm,
+        vllm_ratio=vo_tiny / vt_tiny,
+        vllm_ratio_lm=vo_lm / vt_lm,
+        vllm_ours_s=vo_tiny,
+        vllm_trl_s=vt_tiny,
+        vllm_ours_lm_s=vo_lm,
+        vllm_trl_lm_s=vt_lm,
+    )

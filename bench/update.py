@@ -18,8 +18,9 @@ PROMPT, SHORTEST, LONGEST = 64, 16, 1024
 SMOLLM2_VOCAB = 49_152  # build() makes the batch without loading the model
 
 
-def spread_batch(vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shortest: int = SHORTEST,
-                 longest: int = LONGEST):
+def spread_batch(
+    vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shortest: int = SHORTEST, longest: int = LONGEST
+):
     """n samples of random token ids: `prompt` prompt tokens, responses uniform in [shortest, longest]."""
     from oger.algorithm.samples import Sample
 
@@ -27,10 +28,17 @@ def spread_batch(vocab: int, n: int, seed: int = 0, prompt: int = PROMPT, shorte
     out = []
     for i in range(n):
         r = rng.randint(shortest, longest)
-        out.append(Sample(group=i // 4, problem_id=f"p{i}",
-                          prompt_ids=[rng.randrange(3, vocab) for _ in range(prompt)],
-                          response_ids=[rng.randrange(3, vocab) for _ in range(r)], text="",
-                          off_policy=False, correct=bool(i % 2)))
+        out.append(
+            Sample(
+                group=i // 4,
+                problem_id=f"p{i}",
+                prompt_ids=[rng.randrange(3, vocab) for _ in range(prompt)],
+                response_ids=[rng.randrange(3, vocab) for _ in range(r)],
+                text="",
+                off_policy=False,
+                correct=bool(i % 2),
+            )
+        )
     return out
 
 
@@ -73,10 +81,8 @@ def arm_configs() -> dict:
     return {
         "padded 16/mb": TrainConfig(**common),  # the default micro_batch_size: the whole batch at once
         "padded 2/mb": TrainConfig(optim={"micro_batch_size": 2}, **common),
-        "packed 2048 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 2048},
-                                       **common),
-        "packed 4096 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 4096},
-                                       **common),
+        "packed 2048 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 2048}, **common),
+        "packed 4096 tok": TrainConfig(optim={"padding_free": True, "max_tokens_per_micro_batch": 4096}, **common),
     }
 
 
@@ -87,9 +93,12 @@ def build() -> dict:
 
     configs = arm_configs()
     samples = spread_batch(SMOLLM2_VOCAB, SAMPLES)
-    return {"arms": configs, "samples": samples,
-            "micro_batches": {name: micro_batch_indices(samples, cfg) for name, cfg in configs.items()},
-            "positions": {name: positions(samples, cfg) for name, cfg in configs.items()}}
+    return {
+        "arms": configs,
+        "samples": samples,
+        "micro_batches": {name: micro_batch_indices(samples, cfg) for name, cfg in configs.items()},
+        "positions": {name: positions(samples, cfg) for name, cfg in configs.items()},
+    }
 
 
 def main() -> None:
@@ -115,9 +124,19 @@ def main() -> None:
         run, real = positions(samples, cfg)
         best = min(times[name])
         rows.append([name, len(micro_batch_indices(samples, cfg)), run, real, best, real / best, best / base])
-    table(f"update: {SAMPLES} samples, prompts {PROMPT} + responses U[{SHORTEST}, {LONGEST}] tokens, "
-          f"SmolLM2-135M float32 ({machine()})",
-          ["layout", "micro-batches", "positions", "tokens", "best s", "tokens/s", "/ padded 16"], rows)
+    table(
+        f"update: {SAMPLES} samples, prompts {PROMPT} + responses U[{SHORTEST}, {LONGEST}] tokens, "
+        f"SmolLM2-135M float32 ({machine()})",
+        ["layout", "micro-batches", "positions", "tokens", "best s", "tokens/s", "/ padded 16"],
+        rows,
+    )
     packed = min(min(times["packed 2048 tok"]), min(times["packed 4096 tok"]))
-    result("update", ratio=packed / base, ratio_vs_padded2=packed / min(times["padded 2/mb"]),
-           padded_s=base, packed_s=packed, real_tokens=rows[0][3], padded_positions=rows[0][2])
+    result(
+        "update",
+        ratio=packed / base,
+        ratio_vs_padded2=packed / min(times["padded 2/mb"]),
+        padded_s=base,
+        packed_s=packed,
+        real_tokens=rows[0][3],
+        padded_positions=rows[0][2],
+    )

@@ -79,16 +79,30 @@ class EarlyServer:
     def command(self) -> list[str]:
         """uvicorn serving Prefect's app factory on `self.port`."""
         site = Path(importlib.util.find_spec("prefect").origin).parent.parent
-        return [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
-                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-level", "error", "--lifespan", "on"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(site),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
 
     def _launch(self) -> None:
         self.port = _free_port()
         self.process = subprocess.Popen(
             self.command(),
-            env={**self.env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                 "PREFECT__SERVER_FINAL": "1"})
+            env={**self.env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+        )
 
     def wait(self, timeout_s: float | None = None) -> float:
         """Until the API answers its health check (default bound: `start_timeout_s()`); relaunches
@@ -99,8 +113,11 @@ class EarlyServer:
         noticed, relaunches = False, 0
         while time.monotonic() < deadline:
             if not noticed and time.monotonic() - start > SLOW_START_NOTICE_S:
-                print(f"Waiting for Prefect's temporary server to start (up to {timeout_s:.0f} s; "
-                      f"the machine is busy?)", file=sys.stderr, flush=True)
+                print(
+                    f"Waiting for Prefect's temporary server to start (up to {timeout_s:.0f} s; the machine is busy?)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 noticed = True
             code = self.process.poll()
             if code == STARTUP_FAILURE and relaunches < MAX_RELAUNCHES and _port_taken(self.port):
@@ -108,8 +125,9 @@ class EarlyServer:
                 self._launch()
                 continue
             if code is not None:
-                raise RuntimeError(f"Prefect's temporary server exited with code {code} before answering "
-                                   f"(see its output above)")
+                raise RuntimeError(
+                    f"Prefect's temporary server exited with code {code} before answering (see its output above)"
+                )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:
                     if response.status == 200:
@@ -118,9 +136,11 @@ class EarlyServer:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s; "
-                           f"set OGER_SERVER_START_TIMEOUT_S to wait longer, or PREFECT_API_URL to "
-                           f"use a running server")
+        raise RuntimeError(
+            f"Prefect's temporary server did not answer within {timeout_s:.0f} s; "
+            f"set OGER_SERVER_START_TIMEOUT_S to wait longer, or PREFECT_API_URL to "
+            f"use a running server"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -148,8 +168,7 @@ def start_early() -> EarlyServer | None:
     PREFECT_API_URL, ephemeral servers allowed, none running yet); None otherwise. Like Prefect's,
     one per process: later calls (in-process tests) get the running one; it stops at exit."""
     global _running
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED,
-                                  get_current_settings)
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return None

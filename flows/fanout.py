@@ -33,8 +33,7 @@ def task_runner(runner: RunnerConfig):
         raise ConfigError("runner.kind: ray needs prefect-ray and ray: pip install 'oger[ray]'") from None
     init: dict[str, Any] = {"include_dashboard": False}
     if runner.address is None:  # a local Ray instance
-        init.update({k: v for k, v in (("num_cpus", runner.num_cpus), ("num_gpus", runner.num_gpus))
-                     if v is not None})
+        init.update({k: v for k, v in (("num_cpus", runner.num_cpus), ("num_gpus", runner.num_gpus)) if v is not None})
         # Ray workers report task runs to this process's Prefect API (in ephemeral mode each would
         # otherwise start its own temporary server on the same database). On a remote cluster,
         # set PREFECT_API_URL to a server the workers can reach.
@@ -64,8 +63,10 @@ def prefect_fan_out(runner: RunnerConfig) -> FanOut:
             futures = {}
             for job in jobs:
                 with _resources(runner, job):
-                    fut = tr.submit(job_task.with_options(name=job.name, task_run_name=job.name),
-                                    parameters={"fn": fn, "args": job.args})
+                    fut = tr.submit(
+                        job_task.with_options(name=job.name, task_run_name=job.name),
+                        parameters={"fn": fn, "args": job.args},
+                    )
                 futures[fut] = job
             for fut in as_completed(list(futures)):
                 yield futures[fut], fut.result()

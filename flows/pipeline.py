@@ -21,8 +21,8 @@ from prefect.runtime import flow_run  # noqa: E402
 from flows import ui  # noqa: E402
 from flows.tasks import as_task  # noqa: E402
 from oger import pipeline  # noqa: E402
-from oger.contract.config import OgerConfig, load_config  # noqa: E402
 from oger.commands.report import write_report  # noqa: E402
+from oger.contract.config import OgerConfig, load_config  # noqa: E402
 from oger.contract.lock import workdir_lock  # noqa: E402
 
 
@@ -39,18 +39,26 @@ def _run_name() -> str:
     """`<config name>-<teachers.round>`, e.g. tiny-r1 or tiny-2026-11-28 for a nightly run."""
     params = flow_run.parameters or {}
     try:
-        cfg = load_config(params["config"], _with_round(params.get("overrides"),
-                                                         bool(params.get("round_from_schedule"))))
+        cfg = load_config(
+            params["config"], _with_round(params.get("overrides"), bool(params.get("round_from_schedule")))
+        )
         return f"{cfg.name}-{cfg.teachers.round}"
     except Exception:  # a bad config fails inside the flow, with its message; name it by file
         return os.path.splitext(os.path.basename(str(params.get("config", "oger"))))[0]
 
 
 @flow(name="oger-pipeline", flow_run_name=_run_name, log_prints=True)
-def oger_pipeline(config: str, overrides: list[str] | None = None, only: list[str] | None = None,
-                  from_stage: str | None = None, until: str | None = None,
-                  refresh: list[str] | None = None, round_from_schedule: bool = False,
-                  lock_timeout_s: float | None = None, retention: bool = False) -> str:
+def oger_pipeline(
+    config: str,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
+    from_stage: str | None = None,
+    until: str | None = None,
+    refresh: list[str] | None = None,
+    round_from_schedule: bool = False,
+    lock_timeout_s: float | None = None,
+    retention: bool = False,
+) -> str:
     """Run the selected stages of CONFIG; returns the path of the run's summary.json.
 
     `round_from_schedule` sets teachers.round to the run's scheduled date (the nightly deployment).
@@ -88,8 +96,7 @@ def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until
 
     try:
         upstream = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
-        pipeline.execute(cfg, plans, selected, upstream, runner=as_task, refresh=refresh_set,
-                         on_stage=on_stage)
+        pipeline.execute(cfg, plans, selected, upstream, runner=as_task, refresh=refresh_set, on_stage=on_stage)
         report = write_report(record)
         record.finish("completed")
         ui.publish(record, report)

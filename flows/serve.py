@@ -45,8 +45,9 @@ def _pid(name: str) -> int | None:
 
 def _spawn(name: str, args: list[str], env: dict) -> int:
     log = open(STATE / f"{name}.log", "w")
-    proc = subprocess.Popen([PREFECT, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [PREFECT, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     atomic_write(STATE / f"{name}.pid", lambda tmp: tmp.write_text(str(proc.pid)))  # a reader never sees ""
     return proc.pid
 
@@ -76,21 +77,27 @@ def start(port: int) -> int:
     server = _spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
     _wait_healthy(api, server)
     for pool in POOLS:  # an existing pool is fine
-        subprocess.run([PREFECT, "--no-prompt", "work-pool", "create", pool, "--type", "process"],
-                       cwd=REPO, env=env, capture_output=True, text=True)
-    dep = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+        subprocess.run(
+            [PREFECT, "--no-prompt", "work-pool", "create", pool, "--type", "process"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    dep = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True)
     if dep.returncode != 0:
         print(dep.stdout[-2000:] + dep.stderr[-2000:], file=sys.stderr)
         stop()
         return 1
     worker = _spawn("worker", ["worker", "start", "--pool", POOLS[0], "--type", "process"], env)
-    print(f"Prefect UI:  http://127.0.0.1:{port}   (server pid {server}, worker pid {worker} for pool "
-          f"{POOLS[0]}; logs in {STATE})\n"
-          f"Run:         export PREFECT_API_URL={api}\n"
-          f"             prefect deployment run 'oger-pipeline/tiny'\n"
-          f"             (or `oger run configs/tiny.yaml` with PREFECT_API_URL set: it shows up there too)\n"
-          f"Stop both:   make serve-stop   (= kill -INT {worker}; kill {server})")
+    print(
+        f"Prefect UI:  http://127.0.0.1:{port}   (server pid {server}, worker pid {worker} for pool "
+        f"{POOLS[0]}; logs in {STATE})\n"
+        f"Run:         export PREFECT_API_URL={api}\n"
+        f"             prefect deployment run 'oger-pipeline/tiny'\n"
+        f"             (or `oger run configs/tiny.yaml` with PREFECT_API_URL set: it shows up there too)\n"
+        f"Stop both:   make serve-stop   (= kill -INT {worker}; kill {server})"
+    )
     return 0
 
 

@@ -28,14 +28,16 @@ def stage_cache_key(context, parameters) -> str:
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, task_run_name="{plan.name}", log_prints=True)
-def stage_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef],
-               refresh: bool = False) -> ArtifactRef:
+def stage_task(
+    cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef], refresh: bool = False
+) -> ArtifactRef:
     # Fan-out stages (teachers, evaluate) run their jobs as tasks on cfg.runner's task runner.
     return pipeline.run_stage(cfg, plan, upstream, refresh=refresh, fan_out=prefect_fan_out(cfg.runner))
 
 
-def as_task(cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef], refresh: bool,
-            cached: bool) -> ArtifactRef:
+def as_task(
+    cfg: OgerConfig, plan: pipeline.StagePlan, upstream: dict[str, ArtifactRef], refresh: bool, cached: bool
+) -> ArtifactRef:
     """`pipeline.execute`'s runner inside a flow: the stage as one task run named `<stage>-<key8>`."""
     opts = {"name": plan.name, "task_run_name": f"{plan.name}-{plan.key[:8]}"}
     if not cached:  # missing, interrupted or --refresh: recompute, re-record

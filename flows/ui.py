@@ -39,8 +39,7 @@ def start(cfg: OgerConfig, record) -> None:
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, name=name, tags=tags)
     record.data["prefect_flow_run"]["name"] = name
-    get_run_logger().info("run %s: %s (workdir %s)", record.run_id, record.summary_path,
-                          record.data["workdir"])
+    get_run_logger().info("run %s: %s (workdir %s)", record.run_id, record.summary_path, record.data["workdir"])
 
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
@@ -66,8 +65,15 @@ def stage_rows(record) -> list[dict]:
     rows = []
     for name, s in record.data["stages"].items():
         metrics = flat_metrics(s["metrics"])
-        rows.append({"stage": name, "key": s["key"][:16], "cached": s["cached"],
-                     "seconds": s["seconds"], "metrics": json.dumps(metrics, default=str)})
+        rows.append(
+            {
+                "stage": name,
+                "key": s["key"][:16],
+                "cached": s["cached"],
+                "seconds": s["seconds"],
+                "metrics": json.dumps(metrics, default=str),
+            }
+        )
     return rows
 
 
@@ -75,16 +81,28 @@ def stage(record, name: str) -> None:
     """The stage's summary line in the flow run's log (the UI's Logs tab)."""
     s = record.data["stages"][name]
     flat = ", ".join(f"{k}={v}" for k, v in s["metrics"].items() if not isinstance(v, (dict, list)))
-    get_run_logger().info("%s %s in %.1f s (key %s): %s", name, "cached" if s["cached"] else "computed",
-                          s["seconds"], s["key"][:16], flat or "-")
+    get_run_logger().info(
+        "%s %s in %.1f s (key %s): %s",
+        name,
+        "cached" if s["cached"] else "computed",
+        s["seconds"],
+        s["key"][:16],
+        flat or "-",
+    )
 
 
 def files_markdown(record, report: Path) -> str:
     """Where the run's files are: summary.json, report.md, each stage's artifact folder."""
-    lines = [f"# Files of run `{record.run_id}`", "",
-             f"- summary: [`{record.summary_path}`]({record.summary_path.as_uri()})",
-             f"- report: [`{report}`]({report.as_uri()})",
-             f"- workdir: `{record.data['workdir']}`", "", "| stage | artifact |", "|---|---|"]
+    lines = [
+        f"# Files of run `{record.run_id}`",
+        "",
+        f"- summary: [`{record.summary_path}`]({record.summary_path.as_uri()})",
+        f"- report: [`{report}`]({report.as_uri()})",
+        f"- workdir: `{record.data['workdir']}`",
+        "",
+        "| stage | artifact |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | `{s['path']}` |" for name, s in record.data["stages"].items()]
     return "\n".join(lines) + "\n"
 
@@ -92,12 +110,21 @@ def files_markdown(record, report: Path) -> str:
 def publish(record, report: Path) -> None:
     """The report, the stage table and the file pointers as artifacts of this flow run."""
     cfg_name = record.data["config_name"]
-    create_markdown_artifact(inline_images(report.read_text(), report.parent), key=artifact_key("report", cfg_name),
-                             description=f"report.md of run {record.run_id}")
-    create_table_artifact(stage_rows(record), key=artifact_key("stages", cfg_name),
-                          description=f"stages of run {record.run_id} (summary.json)")
-    create_markdown_artifact(files_markdown(record, report), key=artifact_key("files", cfg_name),
-                             description=f"summary.json, report.md and stage artifacts of run {record.run_id}")
+    create_markdown_artifact(
+        inline_images(report.read_text(), report.parent),
+        key=artifact_key("report", cfg_name),
+        description=f"report.md of run {record.run_id}",
+    )
+    create_table_artifact(
+        stage_rows(record),
+        key=artifact_key("stages", cfg_name),
+        description=f"stages of run {record.run_id} (summary.json)",
+    )
+    create_markdown_artifact(
+        files_markdown(record, report),
+        key=artifact_key("files", cfg_name),
+        description=f"summary.json, report.md and stage artifacts of run {record.run_id}",
+    )
     publish_rounds(Path(record.data["workdir"]), cfg_name)
     get_run_logger().info("report %s", report)
 
@@ -111,8 +138,11 @@ def publish_rounds(workdir: Path, cfg_name: str) -> None:
     if not rows:
         return
     png = plot(rows, workdir / "rounds.png")
-    create_markdown_artifact(inline_images(markdown(rows, str(png) if png else None), workdir),
-                             key=artifact_key("rounds", cfg_name), description="scores per round (oger rounds)")
+    create_markdown_artifact(
+        inline_images(markdown(rows, str(png) if png else None), workdir),
+        key=artifact_key("rounds", cfg_name),
+        description="scores per round (oger rounds)",
+    )
     for line in regressions(rows):
         get_run_logger().warning("regression: %s", line)
 
@@ -123,8 +153,11 @@ def publish_sweep(summary: Path) -> None:
     if not report.is_file():
         return
     name = json.loads(Path(summary).read_text()).get("config_name", "sweep")
-    create_markdown_artifact(inline_images(report.read_text(), report.parent), key=artifact_key("sweep", name),
-                             description=f"report.md of sweep {report.parent.name}")
+    create_markdown_artifact(
+        inline_images(report.read_text(), report.parent),
+        key=artifact_key("sweep", name),
+        description=f"report.md of sweep {report.parent.name}",
+    )
 
 
 def apply_retention(cfg: OgerConfig) -> dict:
@@ -134,11 +167,22 @@ def apply_retention(cfg: OgerConfig) -> dict:
 
     r = cfg.retention
     out = run_gc(cfg.workdir_path, cfg.index.table, r.keep_rounds, r.keep_runs, r.keep_checkpoints)
-    create_table_artifact([{"kept_rounds": ", ".join(out["kept_rounds"]), "removed": len(out["rows"]),
-                            "freed_mb": round(out["freed"] / 1e6, 2),
-                            "lancedb_versions": f"{out['lancedb']['versions_before']} -> "
-                                                f"{out['lancedb']['versions_after']}"}],
-                          key=artifact_key("retention", cfg.name), description="oger gc after this round")
-    get_run_logger().info("retention: kept rounds %s, removed %d paths, freed %.1f MB", out["kept_rounds"],
-                          len(out["rows"]), out["freed"] / 1e6)
+    create_table_artifact(
+        [
+            {
+                "kept_rounds": ", ".join(out["kept_rounds"]),
+                "removed": len(out["rows"]),
+                "freed_mb": round(out["freed"] / 1e6, 2),
+                "lancedb_versions": f"{out['lancedb']['versions_before']} -> {out['lancedb']['versions_after']}",
+            }
+        ],
+        key=artifact_key("retention", cfg.name),
+        description="oger gc after this round",
+    )
+    get_run_logger().info(
+        "retention: kept rounds %s, removed %d paths, freed %.1f MB",
+        out["kept_rounds"],
+        len(out["rows"]),
+        out["freed"] / 1e6,
+    )
     return out

@@ -39,24 +39,31 @@ def _chunks(model, text: str) -> list[str]:
     ids = tok(text, add_special_tokens=False, truncation=False)["input_ids"]
     if len(ids) <= window:
         return [text]
-    return [tok.decode(ids[i:i + window]) for i in range(0, len(ids), window)]
+    return [tok.decode(ids[i : i + window]) for i in range(0, len(ids), window)]
 
 
-def encode(model, texts: list[str], batch_size: int = 64, long_text: str = "chunk_mean",
-           show_progress: bool = False) -> np.ndarray:
+def encode(
+    model, texts: list[str], batch_size: int = 64, long_text: str = "chunk_mean", show_progress: bool = False
+) -> np.ndarray:
     """(len(texts), dim) float32, rows of unit norm."""
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
     if long_text == "head":
-        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=show_progress).astype(np.float32)
+        return model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        ).astype(np.float32)
     pieces, owner = [], []
     for i, t in enumerate(texts):
         for c in _chunks(model, t):
             pieces.append(c)
             owner.append(i)
-    vecs = model.encode(pieces, batch_size=batch_size, normalize_embeddings=True,
-                        convert_to_numpy=True, show_progress_bar=show_progress).astype(np.float32)
+    vecs = model.encode(
+        pieces, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=show_progress
+    ).astype(np.float32)
     if len(pieces) == len(texts):
         return vecs
     owner_arr = np.asarray(owner)

@@ -66,17 +66,21 @@ def bonus_by_strategy(cfg, questions: list[str], entropy: float = 1.0) -> dict[s
     cases = []
     for k, q in enumerate(questions):
         refs = [scripted_solution("add_first", q, ("ref", k, i), 0.0) for i in range(2)]
-        rollouts = [{"text": scripted_solution(s, q, ("rollout", k), 0.0), "correct": True, "entropy": entropy}
-                    for s in ("add_first", "swap")]
+        rollouts = [
+            {"text": scripted_solution(s, q, ("rollout", k), 0.0), "correct": True, "entropy": entropy}
+            for s in ("add_first", "swap")
+        ]
         cases.append({"problem": q, "answer": "", "teacher_traces": refs, "rollouts": rollouts})
     embed = cached_embedder(load_encoder(cfg.index.encoder), cfg.index.long_text)
     scored = score_cases(cfg, cases, embed)
     out = {}
     for i, name in enumerate(("A", "B")):
         rows = [case["rollouts"][i] for case in scored]
-        out[name] = {"divergence": sum(r["divergence"] for r in rows) / len(rows),
-                     "guards_pass": sum(all((r["guards"] or {}).values()) for r in rows) / len(rows),
-                     "bonus": sum(r["bonus"] for r in rows) / len(rows)}
+        out[name] = {
+            "divergence": sum(r["divergence"] for r in rows) / len(rows),
+            "guards_pass": sum(all((r["guards"] or {}).values()) for r in rows) / len(rows),
+            "bonus": sum(r["bonus"] for r in rows) / len(rows),
+        }
     return out
 
 
@@ -87,13 +91,10 @@ def strategy_outcomes(sweep_summary: str | Path, early_steps: int = 6) -> list[d
     it and the share correct — why a strategy's share moved."""
     import json
 
-    import polars as pl
-
-    from oger.stages.problems.files import read_problems
-    from oger.stages.train.files import ROLLOUTS_FILE
-
     from oger.stages.problems import STAGE as PROBLEMS
+    from oger.stages.problems.files import read_problems
     from oger.stages.train import STAGE as TRAIN
+    from oger.stages.train.files import ROLLOUTS_FILE
 
     data = json.loads(Path(sweep_summary).read_text())
     problems = read_problems(data["upstream"][PROBLEMS][0]["path"], ["problem_id", "question"])
@@ -113,15 +114,16 @@ def strategy_outcomes(sweep_summary: str | Path, early_steps: int = 6) -> list[d
             c = counts.setdefault(key, [0, 0])
             c[0] += 1
             c[1] += bool(r["correct"])
-    return [{"arms": k[0], "phase": k[1], "class": k[2], "strategy": k[3], "rollouts": n,
-             "correct": round(ok / n, 3)} for k, (n, ok) in sorted(counts.items())]
+    return [
+        {"arms": k[0], "phase": k[1], "class": k[2], "strategy": k[3], "rollouts": n, "correct": round(ok / n, 3)}
+        for k, (n, ok) in sorted(counts.items())
+    ]
 
 
 if __name__ == "__main__":  # python -m oger.explore CONFIG: the check on the config's A-infeasible pool
     import sys
 
     from oger.contract.config import load_config
-    from oger.synthetic import generate_problems
 
     if len(sys.argv) > 2:  # python -m oger.explore CONFIG SWEEP_SUMMARY: outcomes by strategy
         print("| arms | phase | class | strategy | rollouts | correct |\n|---|---|---|---|---|---|")

@@ -49,7 +49,7 @@ def factors(question: str) -> tuple[int, int] | None:
 
 
 def strategy_of(question: str, text: str) -> str | None:
-    """"A", "B" or "other" for a response to a product question (configs/explore.yaml): A adds a up b
+    """ "A", "B" or "other" for a response to a product question (configs/explore.yaml): A adds a up b
     times, B swaps the factors and adds b up a times, read from the repeated addition the response
     announces ("Add {x} {n} times."; with a = b, B when it says "Swap" first). None if the question is
     not a product of two factors."""
@@ -62,7 +62,7 @@ def strategy_of(question: str, text: str) -> str | None:
     addend, times = int(m[1]), int(m[2])
     a, b = ab
     if a == b and (addend, times) == (a, b):
-        return "B" if "Swap" in text[:m.start()] else "A"
+        return "B" if "Swap" in text[: m.start()] else "A"
     if (addend, times) == (a, b):
         return "A"
     if (addend, times) == (b, a):

@@ -60,8 +60,10 @@ def resolve_model(ref: str) -> ModelSource:
         package, rel, kind = ALIASES[key.lower()]
         pkg_dir = _package_dir(package)
         if pkg_dir is None:
-            raise ConfigError(f"model {ref!r} comes from the PyPI package {package!r}, which is "
-                              f"not installed: {_INSTALL_HINT[package]}")
+            raise ConfigError(
+                f"model {ref!r} comes from the PyPI package {package!r}, which is "
+                f"not installed: {_INSTALL_HINT[package]}"
+            )
         return ModelSource(ref, kind, str(pkg_dir / rel))
     p = Path(os.path.expandvars(os.path.expanduser(key)))
     if p.is_file() and p.suffix == ".gguf":
@@ -85,9 +87,11 @@ def check_model_available(ref: str, field: str) -> None:
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(src.path, "config.json"), str):
-        raise ConfigError(f"{field}: model {ref!r} is not a local folder or .gguf file and not in "
-                          f"the Hugging Face cache (offline, HF_HUB_OFFLINE=1); fix the path, or "
-                          f"download it on a machine with network")
+        raise ConfigError(
+            f"{field}: model {ref!r} is not a local folder or .gguf file and not in "
+            f"the Hugging Face cache (offline, HF_HUB_OFFLINE=1); fix the path, or "
+            f"download it on a machine with network"
+        )
 
 
 @lru_cache(maxsize=64)
@@ -111,8 +115,7 @@ def model_identity(ref: str) -> dict:
     if src.kind == "hub":
         return {"hub": src.path}
     mtime = os.stat(src.path).st_mtime
-    return {"kind": src.kind, "fingerprint": _identity_cached(src.kind, src.path, mtime),
-            "name": Path(src.path).name}
+    return {"kind": src.kind, "fingerprint": _identity_cached(src.kind, src.path, mtime), "name": Path(src.path).name}
 
 
 def cache_root() -> Path:
@@ -137,8 +140,10 @@ def gguf_tokenizer_dir(src: ModelSource) -> Path:
     from transformers import AutoTokenizer
 
     fp = model_identity(src.ref)["fingerprint"]
-    return _atomic_save(cache_root() / "tokenizers" / fp, lambda d: AutoTokenizer.from_pretrained(
-        src.load_dir, gguf_file=src.gguf_file).save_pretrained(d))
+    return _atomic_save(
+        cache_root() / "tokenizers" / fp,
+        lambda d: AutoTokenizer.from_pretrained(src.load_dir, gguf_file=src.gguf_file).save_pretrained(d),
+    )
 
 
 def materialize_gguf(ref: str) -> Path:
@@ -152,8 +157,7 @@ def materialize_gguf(ref: str) -> Path:
     fp = model_identity(ref)["fingerprint"]
 
     def save(d: Path) -> None:
-        model = AutoModelForCausalLM.from_pretrained(src.load_dir, gguf_file=src.gguf_file,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(src.load_dir, gguf_file=src.gguf_file, dtype=torch.float32)
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(model)

@@ -18,20 +18,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from oger import contract, rounds
-from oger.stages.filter import stage as filter_stage
-from oger.stages.index import stage as index_stage
-from oger.stages.policy import stage as policy_stage
-from oger.stages.problems import stage as problems_stage
-from oger.stages.train import stage as train_stage
 from oger.contract.artifacts import ArtifactRef, SummaryRecord, artifact_dir, load_complete, stage_key
 from oger.contract.config import OgerConfig
 from oger.contract.errors import ConfigError, StageError
 from oger.stages.evaluate import stage as evaluate_stage
+from oger.stages.filter import stage as filter_stage
+from oger.stages.index import stage as index_stage
+from oger.stages.policy import stage as policy_stage
+from oger.stages.problems import stage as problems_stage
 from oger.stages.teachers import stage as teachers_stage
+from oger.stages.train import stage as train_stage
 
-BUILTIN_STAGES = (problems_stage.STAGE_DEF, teachers_stage.STAGE_DEF, filter_stage.STAGE_DEF,
-                  index_stage.STAGE_DEF, policy_stage.STAGE_DEF, train_stage.STAGE_DEF,
-                  evaluate_stage.STAGE_DEF)
+BUILTIN_STAGES = (
+    problems_stage.STAGE_DEF,
+    teachers_stage.STAGE_DEF,
+    filter_stage.STAGE_DEF,
+    index_stage.STAGE_DEF,
+    policy_stage.STAGE_DEF,
+    train_stage.STAGE_DEF,
+    evaluate_stage.STAGE_DEF,
+)
 for _stage in BUILTIN_STAGES:
     contract.register(_stage)
 
@@ -82,8 +88,7 @@ def cached_ref(cfg: OgerConfig, p: StagePlan) -> ArtifactRef | None:
     return ref
 
 
-def resolve_inputs(cfg: OgerConfig, p: StagePlan,
-                   upstream_refs: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
+def resolve_inputs(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
     """An artifact for every key in the plan's `upstream`: the upstream stage's ref when its key
     matches, else the complete artifact with that key (a pinned index tag, an earlier round's
     checkpoint)."""
@@ -94,16 +99,22 @@ def resolve_inputs(cfg: OgerConfig, p: StagePlan,
         if ref is None or ref.key != key:
             ref = load_complete(wd, stage.input_stage(name), key)
         if ref is None:
-            msg = stage.missing_input(wd, name, key) if stage.missing_input else (
-                f"stage {p.name!r}: input {name!r} has no complete {stage.input_stage(name)} "
-                f"artifact for key {key[:16]} in {wd}")
+            msg = (
+                stage.missing_input(wd, name, key)
+                if stage.missing_input
+                else (
+                    f"stage {p.name!r}: input {name!r} has no complete {stage.input_stage(name)} "
+                    f"artifact for key {key[:16]} in {wd}"
+                )
+            )
             raise StageError(msg)
         inputs[name] = ref
     return inputs
 
 
-def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef],
-              refresh: bool = False, fan_out=None) -> ArtifactRef:
+def run_stage(
+    cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRef], refresh: bool = False, fan_out=None
+) -> ArtifactRef:
     """Return the cached artifact, or compute it (atomically) from the upstream artifacts.
 
     `fan_out` (`oger.contract.fanout`) runs the fan-out jobs of stages that have them (teachers,
@@ -113,9 +124,17 @@ def run_stage(cfg: OgerConfig, p: StagePlan, upstream_refs: dict[str, ArtifactRe
         if ref is not None:
             return ref
     inputs = resolve_inputs(cfg, p, upstream_refs)
-    ctx = contract.StageContext(workdir=cfg.workdir_path, name=p.name, key=p.key,
-                                config_slice=p.config_slice, identity=p.identity,
-                                upstream=dict(p.upstream), cfg=cfg, refresh=refresh, fan_out=fan_out)
+    ctx = contract.StageContext(
+        workdir=cfg.workdir_path,
+        name=p.name,
+        key=p.key,
+        config_slice=p.config_slice,
+        identity=p.identity,
+        upstream=dict(p.upstream),
+        cfg=cfg,
+        refresh=refresh,
+        fan_out=fan_out,
+    )
     return contract.get(p.name).run(ctx, inputs)
 
 
@@ -130,8 +149,13 @@ class StageRun:
 
     def entry(self) -> dict:
         """The stage's record in a run's or sweep's summary.json."""
-        return {"key": self.ref.key, "cached": self.cached, "seconds": round(self.seconds, 3),
-                "path": self.ref.path, "metrics": self.ref.metrics}
+        return {
+            "key": self.ref.key,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 3),
+            "path": self.ref.path,
+            "metrics": self.ref.metrics,
+        }
 
 
 # (cfg, plan, upstream refs, refresh, cached) -> ref. `cached`: a complete artifact exists and is
@@ -142,17 +166,24 @@ StageRunner = Callable[[OgerConfig, StagePlan, dict[str, ArtifactRef], bool, boo
 def in_process(fan_out=None) -> StageRunner:
     """A runner calling `run_stage` here; `fan_out` runs the fan-out stages' jobs (default: here)."""
 
-    def run(cfg: OgerConfig, p: StagePlan, upstream: dict[str, ArtifactRef], refresh: bool,
-            cached: bool) -> ArtifactRef:
+    def run(
+        cfg: OgerConfig, p: StagePlan, upstream: dict[str, ArtifactRef], refresh: bool, cached: bool
+    ) -> ArtifactRef:
         return run_stage(cfg, p, upstream, refresh=refresh, fan_out=fan_out)
 
     return run
 
 
-def execute(cfg: OgerConfig, plans: dict[str, StagePlan], names: Iterable[str],
-            refs: dict[str, ArtifactRef], *, runner: StageRunner | None = None,
-            refresh: Iterable[str] = (), on_stage: Callable[[StageRun], None] | None = None
-            ) -> dict[str, ArtifactRef]:
+def execute(
+    cfg: OgerConfig,
+    plans: dict[str, StagePlan],
+    names: Iterable[str],
+    refs: dict[str, ArtifactRef],
+    *,
+    runner: StageRunner | None = None,
+    refresh: Iterable[str] = (),
+    on_stage: Callable[[StageRun], None] | None = None,
+) -> dict[str, ArtifactRef]:
     """The one loop over stages (local runs, the Prefect flow, sweeps): each of `names` in DAG
     order, from cache when its artifact is complete (unless in `refresh`), else computed by
     `runner` from its upstream artifacts (`refs` holds those of stages not in `names`);
@@ -201,7 +232,7 @@ def select_stages(only=None, from_stage: str | None = None, until: str | None = 
     hi = STAGES.index(end[0]) if end else len(STAGES) - 1
     if lo > hi:
         raise ConfigError(f"--from {STAGES[lo]} comes after --until {STAGES[hi]}")
-    chosen = STAGES[lo:hi + 1]
+    chosen = STAGES[lo : hi + 1]
     if only_l:
         chosen = [s for s in chosen if s in only_l]
     if not chosen:
@@ -225,9 +256,11 @@ def load_upstream(cfg: OgerConfig, plans: dict[str, StagePlan], names: list[str]
     for u in names:
         ref = cached_ref(cfg, plans[u])
         if ref is None:
-            raise StageError(f"stage {u!r} is needed by the selected stages but has no cached "
-                             f"artifact for key {plans[u].key[:16]}; run it first "
-                             f"(e.g. `oger run CONFIG --until {u}`)")
+            raise StageError(
+                f"stage {u!r} is needed by the selected stages but has no cached "
+                f"artifact for key {plans[u].key[:16]}; run it first "
+                f"(e.g. `oger run CONFIG --until {u}`)"
+            )
         refs[u] = ref
     return refs
 
@@ -272,13 +305,21 @@ def status_rows(cfg: OgerConfig) -> list[dict]:
     rows = []
     for name, p in plan(cfg).items():
         ref = cached_ref(cfg, p)
-        rows.append({"stage": name, "key": p.key, "state": "cached" if ref else "stale",
-                     "path": str(p.path(cfg.workdir_path)), "metrics": ref.metrics if ref else {}})
+        rows.append(
+            {
+                "stage": name,
+                "key": p.key,
+                "state": "cached" if ref else "stale",
+                "path": str(p.path(cfg.workdir_path)),
+                "metrics": ref.metrics if ref else {},
+            }
+        )
     return rows
 
 
-def run_local(cfg: OgerConfig, until: str | None = None, *, only=None,
-              from_stage: str | None = None) -> dict[str, ArtifactRef]:
+def run_local(
+    cfg: OgerConfig, until: str | None = None, *, only=None, from_stage: str | None = None
+) -> dict[str, ArtifactRef]:
     """Run the selected stages (default: every stage up to `until`) in this process, without
     Prefect (scripts, tests, benches). Stages not selected that the selected ones read must be
     cached already."""

@@ -21,8 +21,10 @@ def check_instruction(instruction: str) -> str:
     try:
         rendered = instruction.format(question="\x00")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"{instruction!r} is a str.format template with `{{question}}` as its only field; "
-                         f"write literal braces doubled, e.g. \\boxed{{{{}}}} ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{instruction!r} is a str.format template with `{{question}}` as its only field; "
+            f"write literal braces doubled, e.g. \\boxed{{{{}}}} ({type(exc).__name__}: {exc})"
+        ) from None
     if "\x00" not in rendered:
         raise ValueError(f"{instruction!r} has no {{question}}: it is where each problem goes")
     return instruction
@@ -35,18 +37,23 @@ def check_chat_format(tokenizer, instruction: str, system_prompt: str | None, mo
     from oger.generation.base import chat_messages
 
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError(f"{field}.model {model!r}: its tokenizer has no chat template; prompts are "
-                          f"rendered as chat turns (set one in the model folder's tokenizer_config.json)")
+        raise ConfigError(
+            f"{field}.model {model!r}: its tokenizer has no chat template; prompts are "
+            f"rendered as chat turns (set one in the model folder's tokenizer_config.json)"
+        )
     if tokenizer.eos_token_id is None:
-        raise ConfigError(f"{field}.model {model!r}: its tokenizer has no end-of-sequence token, so no rollout "
-                          f"can stop before the token budget")
+        raise ConfigError(
+            f"{field}.model {model!r}: its tokenizer has no end-of-sequence token, so no rollout "
+            f"can stop before the token budget"
+        )
     messages = chat_messages(PROBE, instruction, system_prompt)
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # templates raise their own errors (e.g. "System role not supported")
         what = f"{field}.system_prompt" if system_prompt else f"{field}.instruction"
-        raise ConfigError(f"{what}: the chat template of {model!r} cannot render the prompt "
-                          f"({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"{what}: the chat template of {model!r} cannot render the prompt ({type(exc).__name__}: {exc})"
+        ) from None
     if PROBE not in text:
         raise ConfigError(f"{field}.instruction: the chat template of {model!r} drops the user turn's text")
     if system_prompt and system_prompt.strip() not in text:

@@ -18,8 +18,19 @@ from oger.data.roots import find_data_file
 
 REFERENCE = "reference/published_results.json"
 # The benchmark columns of the reference file, in report order (our registry uses the same names).
-COLUMNS = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench", "math_avg",
-           "arc_c", "gpqa_diamond", "mmlu_pro", "ood_avg"]
+COLUMNS = [
+    "aime24",
+    "aime25",
+    "amc",
+    "math500",
+    "minerva",
+    "olympiadbench",
+    "math_avg",
+    "arc_c",
+    "gpqa_diamond",
+    "mmlu_pro",
+    "ood_avg",
+]
 
 
 @dataclass
@@ -39,8 +50,10 @@ class Published:
 
     def missing_line(self) -> str:
         who = f"backbone {self.backbone}" if self.backbone else "this policy (no backbone named)"
-        return (f"No published row for {who} in data/{REFERENCE}; published results exist for "
-                f"{', '.join(backbones()) or 'no backbone'}.")
+        return (
+            f"No published row for {who} in data/{REFERENCE}; published results exist for "
+            f"{', '.join(backbones()) or 'no backbone'}."
+        )
 
     def source_line(self) -> str:
         return "Published (%): " + "; ".join(f"{k}: {v}" for k, v in self.sources.items())
@@ -121,14 +134,16 @@ def comparison_markdown(ours: dict, pub: Published) -> list[str]:
     if not pub.found:
         return lines + [pub.missing_line()]
     methods = list(pub.methods)
-    lines += [f"Backbone {pub.backbone}. Ours: this run's policy-stage model (base) and trained model, "
-              "accuracy (%); published columns as reported (– where not published).", "",
-              "| benchmark | ours base | ours trained | " + " | ".join(methods) + " |",
-              "|---|---|---|" + "---|" * len(methods)]
+    lines += [
+        f"Backbone {pub.backbone}. Ours: this run's policy-stage model (base) and trained model, "
+        "accuracy (%); published columns as reported (– where not published).",
+        "",
+        "| benchmark | ours base | ours trained | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
     for r in comparison_rows(ours, pub):
         cells = [cell(r[m]) for m in methods]
-        lines.append(f"| {r['benchmark']} | {cell(r['base'])} | {cell(r['trained'])} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {r['benchmark']} | {cell(r['base'])} | {cell(r['trained'])} | " + " | ".join(cells) + " |")
     return lines + ["", pub.source_line()]
 
 

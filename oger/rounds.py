@@ -12,8 +12,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from oger.contract.artifacts import canonical_json
 from oger.contract import artifact_manifest, read_manifest, stage_root
+from oger.contract.artifacts import canonical_json
 from oger.contract.errors import StageError
 from oger.contract.lock import is_locked
 from oger.stages.evaluate import STAGE as EVALUATE
@@ -25,8 +25,14 @@ from oger.stages.train import STAGE as TRAIN
 from oger.stages.train.files import model_dir as trained_model_dir
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
-TRAIN_COMPARED = ("reward_first_20pct", "reward_last_20pct", "env_reward_last_20pct", "bonus_mean",
-                  "mixed_group_fraction", "heldout_accuracy")
+TRAIN_COMPARED = (
+    "reward_first_20pct",
+    "reward_last_20pct",
+    "env_reward_last_20pct",
+    "bonus_mean",
+    "mixed_group_fraction",
+    "heldout_accuracy",
+)
 
 
 def _when(ts: str | None) -> datetime:
@@ -131,8 +137,13 @@ def round_order(runs: list[dict]) -> list[str]:
 
 def latest_completed(runs: list[dict], rnd: str, needs: str | None = None) -> dict | None:
     """The round's latest completed run (one that ran stage `needs`, if given), None if none."""
-    done = [d for d in runs if str(d.get("round")) == rnd and d.get("status") == "completed"
-            and (needs is None or needs in d.get("stages", {}))]
+    done = [
+        d
+        for d in runs
+        if str(d.get("round")) == rnd
+        and d.get("status") == "completed"
+        and (needs is None or needs in d.get("stages", {}))
+    ]
     return max(done, key=lambda d: str(d.get("finished_at"))) if done else None
 
 
@@ -148,8 +159,13 @@ def run_state(summary: dict, holder: dict) -> str:
 
 def previous_run(workdir: Path, rnd: str, exclude_run_id: str | None = None) -> dict | None:
     """The latest completed run (with train or evaluate) of the most recent earlier round."""
-    runs = [d for d in run_summaries(workdir) if d.get("status") == "completed"
-            and d.get("run_id") != exclude_run_id and {TRAIN, EVALUATE} & set(d.get("stages", {}))]
+    runs = [
+        d
+        for d in run_summaries(workdir)
+        if d.get("status") == "completed"
+        and d.get("run_id") != exclude_run_id
+        and {TRAIN, EVALUATE} & set(d.get("stages", {}))
+    ]
     for earlier in earlier_rounds(workdir, rnd):
         mine = [d for d in runs if d.get("round") == earlier]
         if mine:
@@ -163,8 +179,11 @@ def _pairs(prev: dict, cur: dict) -> list[tuple[str, object, object]]:
     pt = prev["stages"].get(TRAIN, {}).get("metrics", {})
     ct = cur["stages"].get(TRAIN, {}).get("metrics", {})
     if pt and ct:
-        rows += [(f"train.{k}", pt.get(k), ct.get(k)) for k in TRAIN_COMPARED
-                 if pt.get(k) is not None or ct.get(k) is not None]
+        rows += [
+            (f"train.{k}", pt.get(k), ct.get(k))
+            for k in TRAIN_COMPARED
+            if pt.get(k) is not None or ct.get(k) is not None
+        ]
     pe = prev["stages"].get(EVALUATE, {}).get("metrics", {})
     ce = cur["stages"].get(EVALUATE, {}).get("metrics", {})
     if pe and ce:
@@ -188,19 +207,35 @@ def round_comparison_section(data: dict) -> list[str]:
     prev = previous_run(Path(data["workdir"]), str(data["round"]), data["run_id"])
     if prev is None:
         data["compared_with"] = None
-        return ["", "## Rounds", "", f"Round `{data['round']}` is the first round with a completed "
-                "training run in this workdir: nothing to compare with."]
+        return [
+            "",
+            "## Rounds",
+            "",
+            f"Round `{data['round']}` is the first round with a completed "
+            "training run in this workdir: nothing to compare with.",
+        ]
     rows = _pairs(prev, data)
-    data["compared_with"] = {"round": prev["round"], "run_id": prev["run_id"],
-                             "summary": prev["summary"],
-                             "metrics": {m: {"previous": a, "this": b} for m, a, b in rows}}
-    lines = ["", f"## Rounds: `{data['round']}` vs `{prev['round']}`", "",
-             f"Previous round `{prev['round']}`: run `{prev['run_id']}` (finished "
-             f"{prev.get('finished_at', '?')}).", "",
-             f"| metric | {prev['round']} | {data['round']} | change |", "|---|---|---|---|"]
+    data["compared_with"] = {
+        "round": prev["round"],
+        "run_id": prev["run_id"],
+        "summary": prev["summary"],
+        "metrics": {m: {"previous": a, "this": b} for m, a, b in rows},
+    }
+    lines = [
+        "",
+        f"## Rounds: `{data['round']}` vs `{prev['round']}`",
+        "",
+        f"Previous round `{prev['round']}`: run `{prev['run_id']}` (finished {prev.get('finished_at', '?')}).",
+        "",
+        f"| metric | {prev['round']} | {data['round']} | change |",
+        "|---|---|---|---|",
+    ]
     for metric, a, b in rows:
-        delta = _cell(round(b - a, 4)) if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
-            and not isinstance(a, bool) else ""
+        delta = (
+            _cell(round(b - a, 4))
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
+            else ""
+        )
         lines.append(f"| {metric} | {_cell(a)} | {_cell(b)} | {delta} |")
     return lines
 
@@ -212,8 +247,17 @@ def round_status(workdir: Path, table: str) -> list[dict]:
     rounds: dict[str, dict] = {}
 
     def row(r: str) -> dict:
-        return rounds.setdefault(r, {"round": r, "first_seen": seen.get(r), "index_tags": [],
-                                     "checkpoints": [], "evaluations": [], "last_run": None})
+        return rounds.setdefault(
+            r,
+            {
+                "round": r,
+                "first_seen": seen.get(r),
+                "index_tags": [],
+                "checkpoints": [],
+                "evaluations": [],
+                "last_run": None,
+            },
+        )
 
     try:
         versions = list_versions(workdir, table)
@@ -228,16 +272,28 @@ def round_status(workdir: Path, table: str) -> list[dict]:
         r = train_round(workdir, m) or "?"
         train_rounds[m["key"]] = r
         met = m.get("metrics", {})
-        row(r)["checkpoints"].append({
-            "key": m["key"], "path": str(trained_model_dir(m["path"])), "created_at": m.get("created_at"),
-            "algorithm": met.get("algorithm"), "init_from": met.get("init_from", "policy"),  # the option's value
-            "index_tag": m.get("inputs", {}).get(INDEX),
-            "reward_last_20pct": met.get("reward_last_20pct"),
-            "heldout_accuracy": met.get("heldout_accuracy")})
+        row(r)["checkpoints"].append(
+            {
+                "key": m["key"],
+                "path": str(trained_model_dir(m["path"])),
+                "created_at": m.get("created_at"),
+                "algorithm": met.get("algorithm"),
+                "init_from": met.get("init_from", "policy"),  # the option's value
+                "index_tag": m.get("inputs", {}).get(INDEX),
+                "reward_last_20pct": met.get("reward_last_20pct"),
+                "heldout_accuracy": met.get("heldout_accuracy"),
+            }
+        )
     for m in sorted(manifests(workdir, EVALUATE), key=by_time):
         r = train_rounds.get(m.get("inputs", {}).get(TRAIN, ""), "?")
-        row(r)["evaluations"].append({"key": m["key"], TRAIN: m.get("inputs", {}).get(TRAIN),
-                                      "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
+        row(r)["evaluations"].append(
+            {
+                "key": m["key"],
+                TRAIN: m.get("inputs", {}).get(TRAIN),
+                "created_at": m.get("created_at"),
+                "metrics": m.get("metrics", {}),
+            }
+        )
     for d in run_summaries(workdir):
         r = row(str(d.get("round")))
         if r["last_run"] is None or _when(d.get("started_at")) > _when(r["last_run"]["started_at"]):

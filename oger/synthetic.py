@@ -51,21 +51,31 @@ def _product(factors) -> int:
     return out
 
 
-def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, max_value: int,
-                      ops: str, salt: str = "", exclude: set[str] | None = None,
-                      smallest_at_most: int | None = None) -> list[ArithProblem]:
+def generate_problems(
+    seed: int,
+    n: int,
+    min_operands: int,
+    max_operands: int,
+    max_value: int,
+    ops: str,
+    salt: str = "",
+    exclude: set[str] | None = None,
+    smallest_at_most: int | None = None,
+) -> list[ArithProblem]:
     """n distinct problems, deterministic for (seed, salt); salt separates train from test and
     `exclude` (questions of another split) keeps the splits disjoint. `smallest_at_most`: only
     problems with an operand at most this (the explore task: one short strategy always exists)."""
     rng = random.Random(f"{seed}:{salt}")
-    seen: set[str] = {q[len("Compute "):-1] for q in exclude or ()}
+    seen: set[str] = {q[len("Compute ") : -1] for q in exclude or ()}
     out: list[ArithProblem] = []
     attempts = 0
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems with max_value={max_value}, "
-                             f"operands {min_operands}-{max_operands}: increase max_value")
+            raise ValueError(
+                f"cannot draw {n} distinct problems with max_value={max_value}, "
+                f"operands {min_operands}-{max_operands}: increase max_value"
+            )
         k = rng.randint(min_operands, max_operands)
         tokens: list = [rng.randint(1, max_value)]
         for _ in range(k - 1):
@@ -76,8 +86,7 @@ def generate_problems(seed: int, n: int, min_operands: int, max_operands: int, m
         if expr in seen:
             continue
         seen.add(expr)
-        out.append(ArithProblem(tuple(tokens), QUESTION_TEMPLATE.format(expr=expr),
-                                evaluate(tokens)))
+        out.append(ArithProblem(tuple(tokens), QUESTION_TEMPLATE.format(expr=expr), evaluate(tokens)))
     return out
 
 
@@ -86,7 +95,7 @@ def parse_question(question: str) -> tuple | None:
     q = question.strip()
     if not (q.startswith("Compute ") and q.endswith(".")):
         return None
-    parts = q[len("Compute "):-1].split()
+    parts = q[len("Compute ") : -1].split()
     if len(parts) % 2 == 0:
         return None
     tokens: list = []
@@ -126,11 +135,11 @@ def solve_stepwise(tokens, rng: random.Random, slip_rate: float) -> str:
     terms = _terms(tokens)
     n_mults = sum(len(f) - 1 for _, f in terms)
     slip = _Slipper(rng, slip_rate, n_mults + len(terms) - 1 or 1)
-    lines = [rng.choice([f"We need to compute {render(tokens)}.",
-                         f"Let's evaluate {render(tokens)}."])]
+    lines = [rng.choice([f"We need to compute {render(tokens)}.", f"Let's evaluate {render(tokens)}."])]
     if n_mults:
-        lines.append(rng.choice(["Multiplication comes before addition and subtraction.",
-                                 "Do the multiplications first."]))
+        lines.append(
+            rng.choice(["Multiplication comes before addition and subtraction.", "Do the multiplications first."])
+        )
     values = []
     for sign, factors in terms:
         acc = factors[0]
@@ -142,11 +151,9 @@ def solve_stepwise(tokens, rng: random.Random, slip_rate: float) -> str:
     total = values[0][1] * values[0][0]
     for sign, v in values[1:]:
         new = slip(total + sign * v)
-        lines.append(f"{rng.choice(['Then', 'Next,', 'After that,'])} {total} "
-                     f"{'+' if sign > 0 else '-'} {v} = {new}.")
+        lines.append(f"{rng.choice(['Then', 'Next,', 'After that,'])} {total} {'+' if sign > 0 else '-'} {v} = {new}.")
         total = new
-    lines.append(rng.choice([f"So the answer is \\boxed{{{total}}}.",
-                             f"The result is \\boxed{{{total}}}."]))
+    lines.append(rng.choice([f"So the answer is \\boxed{{{total}}}.", f"The result is \\boxed{{{total}}}."]))
     return "\n".join(lines)
 
 
@@ -160,18 +167,19 @@ def solve_terms(tokens, rng: random.Random, slip_rate: float) -> str:
         v = _product(factors)
         term_vals.append(sign * v)
         desc = " * ".join(str(f) for f in factors)
-        parts.append(f"{'+' if sign > 0 else '-'}({desc})" if len(factors) > 1
-                     else f"{'+' if sign > 0 else '-'}{factors[0]}")
-    lines = [f"{rng.choice(['Split', 'Break'])} {render(tokens)} into signed terms: "
-             f"{' '.join(parts)}.",
-             rng.choice(["Terms: ", "Term values: "]) + ", ".join(str(v) for v in term_vals) + "."]
+        parts.append(
+            f"{'+' if sign > 0 else '-'}({desc})" if len(factors) > 1 else f"{'+' if sign > 0 else '-'}{factors[0]}"
+        )
+    lines = [
+        f"{rng.choice(['Split', 'Break'])} {render(tokens)} into signed terms: {' '.join(parts)}.",
+        rng.choice(["Terms: ", "Term values: "]) + ", ".join(str(v) for v in term_vals) + ".",
+    ]
     running = 0
     totals = []
     for v in term_vals:
         running = slip(running + v)
         totals.append(running)
-    lines.append(rng.choice(["Running total: ", "Cumulative sum: "])
-                 + " -> ".join(str(t) for t in totals) + ".")
+    lines.append(rng.choice(["Running total: ", "Cumulative sum: "]) + " -> ".join(str(t) for t in totals) + ".")
     lines.append(f"Answer: \\boxed{{{running}}}")
     return "\n".join(lines)
 
@@ -180,11 +188,15 @@ def solve_verbose(tokens, rng: random.Random, slip_rate: float) -> str:
     """The stepwise solution wrapped in restatement and a re-check: long on purpose."""
     core = solve_stepwise(tokens, rng, slip_rate)
     expr = render(tokens)
-    intro = (f"Let me restate the problem carefully. The expression is {expr}. "
-             "I will follow the standard order of operations, being careful to do every "
-             "multiplication before any addition or subtraction, and I will write each step.")
-    check = ("Let me double-check each step above once more by redoing the arithmetic; "
-             "every intermediate value matches, so I am confident in the result.")
+    intro = (
+        f"Let me restate the problem carefully. The expression is {expr}. "
+        "I will follow the standard order of operations, being careful to do every "
+        "multiplication before any addition or subtraction, and I will write each step."
+    )
+    check = (
+        "Let me double-check each step above once more by redoing the arithmetic; "
+        "every intermediate value matches, so I am confident in the result."
+    )
     body, last = core.rsplit("\n", 1)
     return "\n".join([intro, body, check, last])
 
@@ -225,8 +237,13 @@ def solve_swap(tokens, rng: random.Random, slip_rate: float) -> str | None:
     return "\n".join([f"Swap: {b} * {a}.", *_repeated_addition(b, a, rng, slip_rate)])
 
 
-STYLES = {"stepwise": solve_stepwise, "terms": solve_terms, "verbose": solve_verbose,
-          "add_first": solve_add_first, "swap": solve_swap}
+STYLES = {
+    "stepwise": solve_stepwise,
+    "terms": solve_terms,
+    "verbose": solve_verbose,
+    "add_first": solve_add_first,
+    "swap": solve_swap,
+}
 EXPLORE_STYLES = ("add_first", "swap")  # products of two factors only (oger.explore): None otherwise
 EXPRESSION_STYLES = tuple(s for s in STYLES if s not in EXPLORE_STYLES)  # every + - * expression
 

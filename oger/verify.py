@@ -40,7 +40,7 @@ def last_boxed(text: str) -> str | None:
                 elif text[j] == "}":
                     depth -= 1
                     if depth == 0:
-                        return text[i + 1:j].strip()
+                        return text[i + 1 : j].strip()
                 j += 1
             continue  # unbalanced: try an earlier one
         rest = text[i:].split("$")[0].split()
@@ -126,8 +126,7 @@ class _VerifierPool:
     def _get(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(max_workers=1,
-                                                     mp_context=mp.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
             return self._executor
 
     def _kill(self, executor: ProcessPoolExecutor) -> None:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import random
 
-ESSAY = ("The history of the printing press is a story of slow diffusion. Gutenberg's workshop in Mainz "
-         "combined movable metal type, oil-based ink and a screw press adapted from wine making. Within "
-         "fifty years presses operated in more than two hundred European cities, and the price of books "
-         "fell sharply, which changed how universities, churches and merchants stored and shared "
-         "knowledge. Historians still debate how quickly literacy followed.")
+ESSAY = (
+    "The history of the printing press is a story of slow diffusion. Gutenberg's workshop in Mainz "
+    "combined movable metal type, oil-based ink and a screw press adapted from wine making. Within "
+    "fifty years presses operated in more than two hundred European cities, and the price of books "
+    "fell sharply, which changed how universities, churches and merchants stored and shared "
+    "knowledge. Historians still debate how quickly literacy followed."
+)
 
-_WORDS = ("river window copper lantern orbit velvet canyon mosaic thunder pepper harbor saddle puzzle "
-          "glacier violin meadow anchor tunnel quartz ribbon falcon cactus pillow marble comet jungle "
-          "ladder feather beacon walnut").split()
+_WORDS = (
+    "river window copper lantern orbit velvet canyon mosaic thunder pepper harbor saddle puzzle "
+    "glacier violin meadow anchor tunnel quartz ribbon falcon cactus pillow marble comet jungle "
+    "ladder feather beacon walnut"
+).split()
 
 
 def random_words(n: int, seed: int) -> str:
@@ -33,15 +37,15 @@ CASES = [
             "sigma(9) = 13, and multiplying gives 91. So the sum is \\boxed{91}.",
         ],
         "paraphrase": "We factor 36 = 2^2 * 3^2. Since the sum of divisors is multiplicative, it equals "
-                      "(1 + 2 + 4) times (1 + 3 + 9), which is 7 * 13 = 91. The answer is \\boxed{91}.",
+        "(1 + 2 + 4) times (1 + 3 + 9), which is 7 * 13 = 91. The answer is \\boxed{91}.",
         "different": "List the divisors in pairs whose product is 36: 1 and 36, 2 and 18, 3 and 12, 4 and "
-                     "9, and 6 alone since 6 * 6 = 36. Adding each pair: 37 + 20 + 15 + 13 + 6 = 91. "
-                     "The answer is \\boxed{91}.",
+        "9, and 6 alone since 6 * 6 = 36. Adding each pair: 37 + 20 + 15 + 13 + 6 = 91. "
+        "The answer is \\boxed{91}.",
         "other_language": "Factorizamos 36 = 2^2 * 3^2. Como la suma de divisores es multiplicativa, es "
-                          "igual a (1 + 2 + 4) por (1 + 3 + 9), es decir 7 * 13 = 91. La respuesta es "
-                          "\\boxed{91}.",
+        "igual a (1 + 2 + 4) por (1 + 3 + 9), es decir 7 * 13 = 91. La respuesta es "
+        "\\boxed{91}.",
         "other_script": "将 36 分解为 2^2 * 3^2。因为约数和函数是积性函数，所以约数之和等于 "
-                        "(1 + 2 + 4) 乘以 (1 + 3 + 9)，即 7 * 13 = 91。答案是 \\boxed{91}。",
+        "(1 + 2 + 4) 乘以 (1 + 3 + 9)，即 7 * 13 = 91。答案是 \\boxed{91}。",
     },
     {
         "problem": "Solve for x: 3x + 7 = 22.",
@@ -52,14 +56,13 @@ CASES = [
             "The answer is \\boxed{5}.",
         ],
         "paraphrase": "Take 7 away from each side to get 3x = 15, then divide each side by 3 to find "
-                      "x = 5. So the answer is \\boxed{5}.",
+        "x = 5. So the answer is \\boxed{5}.",
         "different": "Try values of x and check: 3*4 + 7 = 19 is too small and 3*6 + 7 = 25 is too large, "
-                     "while 3*5 + 7 = 22 matches exactly, and the left side grows with x, so no other "
-                     "value works. The answer is \\boxed{5}.",
+        "while 3*5 + 7 = 22 matches exactly, and the left side grows with x, so no other "
+        "value works. The answer is \\boxed{5}.",
         "other_language": "Restamos 7 de ambos lados: 3x = 15. Dividimos ambos lados entre 3: x = 5. "
-                          "La respuesta es \\boxed{5}.",
-        "other_script": "Вычтем 7 из обеих частей: 3x = 15. Разделим обе части на 3: x = 5. "
-                        "Ответ: \\boxed{5}.",
+        "La respuesta es \\boxed{5}.",
+        "other_script": "Вычтем 7 из обеих частей: 3x = 15. Разделим обе части на 3: x = 5. Ответ: \\boxed{5}.",
     },
     {
         "problem": "In how many ways can a committee of 2 people be chosen from 6 people?",
@@ -71,14 +74,13 @@ CASES = [
             "committee is counted twice, so there are 30 / 2 = 15 committees. \\boxed{15}",
         ],
         "paraphrase": "Since order is irrelevant we need the number of combinations, C(6, 2) = "
-                      "6! / (2! * 4!) = 6 * 5 / 2 = 15. So the answer is \\boxed{15}.",
+        "6! / (2! * 4!) = 6 * 5 / 2 = 15. So the answer is \\boxed{15}.",
         "different": "Think of handshakes: the first person pairs with the 5 others, the second with 4 "
-                     "people not yet counted, then 3, 2 and 1. Summing 5 + 4 + 3 + 2 + 1 gives 15 "
-                     "committees. The answer is \\boxed{15}.",
+        "people not yet counted, then 3, 2 and 1. Summing 5 + 4 + 3 + 2 + 1 gives 15 "
+        "committees. The answer is \\boxed{15}.",
         "other_language": "El orden no importa, así que contamos combinaciones: C(6, 2) = 6! / (2! 4!) = "
-                          "(6 * 5) / 2 = 15. La respuesta es \\boxed{15}.",
-        "other_script": "顺序无关，所以我们计算组合数：C(6, 2) = 6! / (2! 4!) = (6 * 5) / 2 = 15。"
-                        "答案是 \\boxed{15}。",
+        "(6 * 5) / 2 = 15. La respuesta es \\boxed{15}.",
+        "other_script": "顺序无关，所以我们计算组合数：C(6, 2) = 6! / (2! 4!) = (6 * 5) / 2 = 15。答案是 \\boxed{15}。",
     },
 ]
 
@@ -101,15 +103,27 @@ def variants(case: dict, seed: int = 0) -> dict[str, str]:
 
 def as_input_lines(seed: int = 0) -> list[dict]:
     """The cases in `oger bonus` input format, every rollout correct, variants in `variants` order."""
-    return [{"problem": c["problem"], "answer": c["answer"], "teacher_traces": c["teacher_traces"],
-             "rollouts": [{"text": t, "correct": True, "entropy": 0.0} for t in variants(c, seed).values()]}
-            for c in CASES]
+    return [
+        {
+            "problem": c["problem"],
+            "answer": c["answer"],
+            "teacher_traces": c["teacher_traces"],
+            "rollouts": [{"text": t, "correct": True, "entropy": 0.0} for t in variants(c, seed).values()],
+        }
+        for c in CASES
+    ]
 
 
 # The pre-robustness bonus (issue 12's "before"): whole text embedded, no guards, teacher rows at r = c,
 # c + bonus normalised jointly.
-LEGACY = ["train.oger.embed_text=full", "train.oger.guards.min_reasoning_words=0",
-          "train.oger.guards.length_ratio_min=null", "train.oger.guards.length_ratio_max=null",
-          "train.oger.guards.language=false", "train.oger.guards.max_repetition=null",
-          "train.oger.guards.max_divergence=null", "train.oger.teacher_rows=zero",
-          "train.oger.advantage=joint"]
+LEGACY = [
+    "train.oger.embed_text=full",
+    "train.oger.guards.min_reasoning_words=0",
+    "train.oger.guards.length_ratio_min=null",
+    "train.oger.guards.length_ratio_max=null",
+    "train.oger.guards.language=false",
+    "train.oger.guards.max_repetition=null",
+    "train.oger.guards.max_divergence=null",
+    "train.oger.teacher_rows=zero",
+    "train.oger.advantage=joint",
+]

@@ -12,12 +12,30 @@ from oger.contract.artifacts import ArtifactRef
 from oger.stages.train.files import read_metrics, read_rollouts
 
 
-def sample(text: str = "x", *, group: int = 0, problem_id: str = "p", prompt_ids: Sequence[int] = (),
-           response_ids: Sequence[int] = (1,), off_policy: bool = False, correct: bool = False,
-           entropies: Sequence[float] = (), finish_reason: str = "stop") -> Sample:
+def sample(
+    text: str = "x",
+    *,
+    group: int = 0,
+    problem_id: str = "p",
+    prompt_ids: Sequence[int] = (),
+    response_ids: Sequence[int] = (1,),
+    off_policy: bool = False,
+    correct: bool = False,
+    entropies: Sequence[float] = (),
+    finish_reason: str = "stop",
+) -> Sample:
     """One group member (an on-policy rollout, or a teacher trace with off_policy=True)."""
-    return Sample(group, problem_id, list(prompt_ids), list(response_ids), text, off_policy,
-                  correct=correct, entropies=list(entropies), finish_reason=finish_reason)
+    return Sample(
+        group,
+        problem_id,
+        list(prompt_ids),
+        list(response_ids),
+        text,
+        off_policy,
+        correct=correct,
+        entropies=list(entropies),
+        finish_reason=finish_reason,
+    )
 
 
 def rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
@@ -28,8 +46,9 @@ def rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
 def rollout_keys(ref: ArtifactRef | str | Path) -> list[tuple]:
     """What two runs that sampled the same must agree on: (step, group, text, off_policy, correct,
     reward to 6 places) per rollout."""
-    return [(r["step"], r["group"], r["text"], r["off_policy"], r["correct"], round(r["reward"], 6))
-            for r in rollouts(ref)]
+    return [
+        (r["step"], r["group"], r["text"], r["off_policy"], r["correct"], round(r["reward"], 6)) for r in rollouts(ref)
+    ]
 
 
 def metrics(ref: ArtifactRef | str | Path) -> list[dict]:
@@ -41,6 +60,8 @@ def train_inputs(problems):
     """The trainer's inputs for synthetic problems (oger.synthetic), keyed by their index, no index."""
     from oger.stages.train.setup import TrainInputs
 
-    return TrainInputs(questions={str(i): p.question for i, p in enumerate(problems)},
-                       answers={str(i): str(p.answer) for i, p in enumerate(problems)},
-                       problem_ids=[str(i) for i in range(len(problems))])
+    return TrainInputs(
+        questions={str(i): p.question for i, p in enumerate(problems)},
+        answers={str(i): str(p.answer) for i, p in enumerate(problems)},
+        problem_ids=[str(i) for i in range(len(problems))],
+    )

@@ -62,8 +62,14 @@ def run_oger(prefect_home):
 
     def _run(*args, timeout=900):
         env = dict(os.environ, PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1")
-        return subprocess.run([sys.executable, "-m", "oger.cli", *map(str, args)], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "oger.cli", *map(str, args)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return _run
 
@@ -80,14 +86,19 @@ def scripted(style: str, slip_rate: float | None = None, **extra) -> dict:
 
 
 # The tiny policy the training tests build (d=64, 2 layers), warm-started by a short SFT.
-TINY_POLICY = {"tiny": {"vocab_size": 320, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
-                        "intermediate_size": 128},
-               "sft": {"epochs": 3, "batch_size": 16, "lr": 0.003}}
+TINY_POLICY = {
+    "tiny": {"vocab_size": 320, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+    "sft": {"epochs": 3, "batch_size": 16, "lr": 0.003},
+}
 # What the training tests train from (problems -> policy): the same sections in every RL test, so
 # in the session's `rl_workdir` those stages run once and each test adds only its train stage.
-RL_UPSTREAM = {"n_train": 40, "n_test": 8,
-               "teachers": [scripted("stepwise", 0.2), scripted("terms")],
-               "policy": TINY_POLICY, "evaluate": {"heldout": {"limit": 8, "max_new_tokens": 40}}}
+RL_UPSTREAM = {
+    "n_train": 40,
+    "n_test": 8,
+    "teachers": [scripted("stepwise", 0.2), scripted("terms")],
+    "policy": TINY_POLICY,
+    "evaluate": {"heldout": {"limit": 8, "max_new_tokens": 40}},
+}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -107,17 +118,34 @@ class SmallConfig:
     TINY_POLICY = TINY_POLICY
     RL_UPSTREAM = RL_UPSTREAM
 
-    def data(self, name: str = "small", *, n_train: int = 30, n_test: int = 5,
-             teachers: list[dict] | None = None, source: dict | None = None, **sections) -> dict:
+    def data(
+        self,
+        name: str = "small",
+        *,
+        n_train: int = 30,
+        n_test: int = 5,
+        teachers: list[dict] | None = None,
+        source: dict | None = None,
+        **sections,
+    ) -> dict:
         """The config as a dict. `source` merges into the synthetic source; each of `sections`
         (filter=, policy=, train=, runner=, evaluate=, ...) merges into that section."""
-        src = {"kind": "synthetic", "name": "arith", "n_train": n_train, "n_test": n_test,
-               "max_operands": 3, "max_value": 9, "ops": "+-", **(source or {})}
-        data = {"name": name,
-                "problems": {"sources": [src]},
-                "teachers": {"teachers": teachers if teachers is not None
-                             else [scripted("stepwise", 0.2)]},
-                "filter": {"tokenizer": "smollm2", "max_tokens": 200}}
+        src = {
+            "kind": "synthetic",
+            "name": "arith",
+            "n_train": n_train,
+            "n_test": n_test,
+            "max_operands": 3,
+            "max_value": 9,
+            "ops": "+-",
+            **(source or {}),
+        }
+        data = {
+            "name": name,
+            "problems": {"sources": [src]},
+            "teachers": {"teachers": teachers if teachers is not None else [scripted("stepwise", 0.2)]},
+            "filter": {"tokenizer": "smollm2", "max_tokens": 200},
+        }
         return _merge(data, sections)
 
     def write(self, folder: Path, name: str = "small", **kw) -> Path:
@@ -131,8 +159,7 @@ class SmallConfig:
         """Written to `folder` and loaded with workdir `folder/w` (then `overrides`)."""
         from oger.contract.config import load_config
 
-        return load_config(self.write(folder, name, **kw), [f"workdir={Path(folder) / 'w'}",
-                                                            *overrides])
+        return load_config(self.write(folder, name, **kw), [f"workdir={Path(folder) / 'w'}", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -93,8 +93,9 @@ def instances(cfg: BaseModel, path: str = "") -> Iterator[tuple[str, BaseModel]]
     yield path, cfg
     for name in type(cfg).model_fields:
         value = cfg.__dict__[name]
-        items = [(f"{name}", value)] if not isinstance(value, list) else [
-            (f"{name}.{i}", v) for i, v in enumerate(value)]
+        items = (
+            [(f"{name}", value)] if not isinstance(value, list) else [(f"{name}.{i}", v) for i, v in enumerate(value)]
+        )
         for sub, v in items:
             if isinstance(v, BaseModel):
                 yield from instances(v, f"{path}{sub}.")

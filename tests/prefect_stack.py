@@ -4,7 +4,6 @@ own PREFECT_HOME; stopped by PID (worker: SIGINT, as a process worker needs)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 import json
 import os
 import re
@@ -14,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,26 +33,33 @@ class PrefectStack:
         self.home = home
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=self.api,
-                        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-                        PREFECT_WORKER_QUERY_SECONDS="2", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            PREFECT_HOME=str(home),
+            PREFECT_API_URL=self.api,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+            PREFECT_WORKER_QUERY_SECONDS="2",
+            PYTHONUNBUFFERED="1",
+        )
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         out = open(self.home / log, "w")
-        return subprocess.Popen([PREFECT, *args], cwd=REPO, env=self.env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [PREFECT, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run([PREFECT, "--no-prompt", *args], cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [PREFECT, "--no-prompt", *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
     def start(self) -> None:
-        self.server = self._spawn(["server", "start", "--host", "127.0.0.1", "--port",
-                                   str(self.port)], "server.log")
+        self.server = self._spawn(["server", "start", "--host", "127.0.0.1", "--port", str(self.port)], "server.log")
         deadline = time.time() + 180
         while True:
             try:
@@ -67,18 +74,32 @@ class PrefectStack:
         for pool in (POOL, "oger-gpu"):  # prefect.yaml deploys the paper configs to oger-gpu
             self.cli("work-pool", "create", pool, "--type", "process")
         self.cli("deploy", "--all")
-        self.worker = self._spawn(["worker", "start", "--pool", POOL, "--type", "process"],
-                                  "worker.log")
+        self.worker = self._spawn(["worker", "start", "--pool", POOL, "--type", "process"], "worker.log")
 
     def run_deployment(self, name: str, params: dict, timeout: int = 900) -> dict:
         """`prefect deployment run NAME --param k=v ... --watch` (strings bare, as the README
         writes them; others JSON); returns the flow run (JSON) once it is terminal."""
-        args = [a for k, v in params.items()
-                for a in ("--param", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
-        proc = subprocess.run([PREFECT, "--no-prompt", "deployment", "run", name, *args, "--watch",
-                               "--watch-interval", "2", "--watch-timeout", str(timeout)],
-                              cwd=REPO, env=self.env, capture_output=True, text=True,
-                              timeout=timeout + 60)
+        args = [a for k, v in params.items() for a in ("--param", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+        proc = subprocess.run(
+            [
+                PREFECT,
+                "--no-prompt",
+                "deployment",
+                "run",
+                name,
+                *args,
+                "--watch",
+                "--watch-interval",
+                "2",
+                "--watch-timeout",
+                str(timeout),
+            ],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+        )
         ids = _UUID.findall(proc.stdout)
         assert ids, proc.stdout + proc.stderr
         return self.flow_run(ids[0])
@@ -89,8 +110,9 @@ class PrefectStack:
     def task_states(self, flow_run_id: str) -> dict[str, str]:
         """{stage: Prefect state name} of a flow run's task runs (named `<stage>-<key8>`)."""
         body = json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode()
-        req = urllib.request.Request(f"{self.api}/task_runs/filter", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.api}/task_runs/filter", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             runs = json.loads(r.read())
         return {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in runs}
@@ -98,8 +120,9 @@ class PrefectStack:
     def artifacts(self, flow_run_id: str) -> list[dict]:
         """The artifacts of a flow run (`POST /api/artifacts/filter`, as the UI asks)."""
         body = json.dumps({"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).encode()
-        req = urllib.request.Request(f"{self.api}/artifacts/filter", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.api}/artifacts/filter", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -114,8 +137,7 @@ class PrefectStack:
         """Worker first (SIGINT), then the server (SIGTERM), each by PID; returns which of them
         ignored the signal for 60 s and had to be killed (with what they started)."""
         killed = []
-        for what, proc, sig in (("worker", self.worker, signal.SIGINT),
-                                ("server", self.server, signal.SIGTERM)):
+        for what, proc, sig in (("worker", self.worker, signal.SIGINT), ("server", self.server, signal.SIGTERM)):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(sig)
@@ -137,4 +159,3 @@ def running_stack(home: Path) -> Iterator[PrefectStack]:
         yield s
     finally:
         s.stop()
-

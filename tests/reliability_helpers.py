@@ -141,12 +141,12 @@ def drive(config: str, until: str = "evaluate") -> None:
     from lancedb.merge import LanceMergeInsertBuilder
 
     from oger import pipeline
-    from oger.stages.index import stage as index
     from oger.contract.config import load_config
     from oger.stages.evaluate import stage as evaluate_stage
+    from oger.stages.index import stage as index
     from oger.stages.policy import sft
-    from oger.stages.train import trainer
     from oger.stages.teachers import stage as teachers_stage
+    from oger.stages.train import trainer
 
     _wrap_after(teachers_stage, "_write_atomic", "teacher_part")
     _wrap_before(LanceMergeInsertBuilder, "execute", "merge_insert")
@@ -156,7 +156,7 @@ def drive(config: str, until: str = "evaluate") -> None:
     _wrap_after(evaluate_stage, "atomic_write", "eval_shard")  # a finished (model, benchmark) result file
     cfg = load_config(config)
     plans, refs = pipeline.plan(cfg), {}
-    for name in pipeline.STAGES[:pipeline.STAGES.index(until) + 1]:
+    for name in pipeline.STAGES[: pipeline.STAGES.index(until) + 1]:
         _announce(f"stage {name}")
         refs[name] = pipeline.run_stage(cfg, plans[name], refs)
     _announce("done " + json.dumps({n: r.key for n, r in refs.items()}))

@@ -61,8 +61,9 @@ def test_incomplete_or_damaged_manifest_is_not_a_hit(tmp_path):
     assert load_complete(tmp_path, "s", key) is None
     (d / "manifest.json").write_text("{not json")
     assert load_complete(tmp_path, "s", key) is None
-    (d / "manifest.json").write_text(json.dumps({"key": key, "stage": "s", "complete": True,
-                                                 "files": ["missing.parquet"]}))
+    (d / "manifest.json").write_text(
+        json.dumps({"key": key, "stage": "s", "complete": True, "files": ["missing.parquet"]})
+    )
     assert load_complete(tmp_path, "s", key) is None
 
 

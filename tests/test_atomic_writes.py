@@ -131,8 +131,7 @@ def trained_run(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("killed_in", [METRICS_FILE, ROLLOUTS_FILE])
-def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(trained_run, tmp_path,
-                                                                                killed_in):
+def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(trained_run, tmp_path, killed_in):
     """Killed after the step-2 checkpoint while step 3 was logged: the resume drops step 3 (lost work)
     from metrics.jsonl and rollouts.jsonl. A SIGKILL halfway through that trim leaves both files as
     they were (or, for a kill in the rollouts trim, metrics.jsonl already trimmed whole); the resume
@@ -150,8 +149,13 @@ def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(
     before = {name: (run_dir / name).read_bytes() for name in (METRICS_FILE, ROLLOUTS_FILE)}
     ckpt = run_dir / "checkpoints" / "step-000002"
 
-    proc = subprocess.run([sys.executable, "-c", RESUME_AND_DIE, str(run_dir), str(ckpt), killed_in, str(REPO)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", RESUME_AND_DIE, str(run_dir), str(ckpt), killed_in, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
     assert "@@killed" in proc.stdout and "@@finished" not in proc.stdout
     assert (run_dir / killed_in).read_bytes() == before[killed_in]  # whole: not half of the kept lines
@@ -177,8 +181,13 @@ def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(
 def test_run_report_left_whole_when_its_writer_fails_halfway(tmp_path, monkeypatch):
     from oger.commands.report import write_report
 
-    data = {"run_id": "r", "config": "c.yaml", "workdir": str(tmp_path), "round": "r1",
-            "stages": {"problems": {"key": "k" * 64, "cached": False, "seconds": 1.0, "metrics": {"rows": 3}}}}
+    data = {
+        "run_id": "r",
+        "config": "c.yaml",
+        "workdir": str(tmp_path),
+        "round": "r1",
+        "stages": {"problems": {"key": "k" * 64, "cached": False, "seconds": 1.0, "metrics": {"rows": 3}}},
+    }
     record = SimpleNamespace(data=data, dir=tmp_path)
     (tmp_path / "report.md").write_text("the previous report\n")
     fail_halfway(monkeypatch, "report.md")
@@ -215,8 +224,9 @@ def test_results_doc_left_whole_when_its_writer_fails_halfway(tmp_path, monkeypa
     assert leftovers(doc.parent) == []
     monkeypatch.undo()
     report.fill_results_doc(doc, sweep_dir)
-    assert doc.read_text() == (f"# Results\n{report.BEGIN}\nnew table\n![acc](results/accuracy.png)\n"
-                               f"{report.END}\nafter\n")
+    assert doc.read_text() == (
+        f"# Results\n{report.BEGIN}\nnew table\n![acc](results/accuracy.png)\n{report.END}\nafter\n"
+    )
 
 
 def test_results_png_left_whole_when_its_copy_fails_halfway(tmp_path, monkeypatch):

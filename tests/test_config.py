@@ -15,8 +15,16 @@ def base(tmp_path, small_config):
 
 
 def test_overrides_are_yaml_scalars(base):
-    cfg = load_config(base(), ["filter.max_tokens=64", "filter.require_stop=false",
-                               "teachers.round=2026-11-27", "workdir=/tmp/x", "teachers.teachers.0.n=3"])
+    cfg = load_config(
+        base(),
+        [
+            "filter.max_tokens=64",
+            "filter.require_stop=false",
+            "teachers.round=2026-11-27",
+            "workdir=/tmp/x",
+            "teachers.teachers.0.n=3",
+        ],
+    )
     assert cfg.filter.max_tokens == 64 and cfg.filter.require_stop is False
     assert cfg.teachers.round == "2026-11-27"
     assert cfg.teachers.teachers[0].n == 3
@@ -78,10 +86,7 @@ def test_clip_settings_enter_the_train_key_only_with_several_mini_batches():
     assert key_inputs(load_config(tiny, ["train.loss.clip_eps_high=0.28"]))[0] == one
     two, _ = key_inputs(load_config(tiny, ["train.loss.ppo_mini_batches=2"]))
     assert (two["ppo_mini_batches"], two["clip"], two["clip_eps_high"]) == (2, True, 0.2)
-    assert (
-        key_inputs(load_config(tiny, ["train.loss.ppo_mini_batches=2", "train.loss.clip_eps_high=0.28"]))[0]
-        != two
-    )
+    assert key_inputs(load_config(tiny, ["train.loss.ppo_mini_batches=2", "train.loss.clip_eps_high=0.28"]))[0] != two
     with pytest.raises(ConfigError, match="ppo_mini_batches"):
         load_config(tiny, ["train.loss.ppo_mini_batches=0"])
 
@@ -111,13 +116,15 @@ def test_the_sharding_rule_lives_in_one_place(base):
 
 def test_a_field_from_before_the_sections_names_its_new_place(base):
     # One spelling per field: the old flat name is an error that says where the field went.
-    with pytest.raises(ConfigError, match=r"train\.lr is now train\.optim\.lr; "
-                                          r"train\.rollout_engine is now train\.rollout\.engine"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.lr is now train\.optim\.lr; "
+        r"train\.rollout_engine is now train\.rollout\.engine",
+    ):
         load_config(base(), ["train.lr=0.001", "train.rollout_engine=paged"])
     with pytest.raises(ConfigError, match=r"policy\.eval_limit is now evaluate\.heldout\.limit"):
         load_config(base(), ["policy.eval_limit=4"])
-    cfg = load_config(base(), ["train.optim.lr=0.001", "train.rollout.engine=paged",
-                               "evaluate.heldout.limit=4"])
+    cfg = load_config(base(), ["train.optim.lr=0.001", "train.rollout.engine=paged", "evaluate.heldout.limit=4"])
     assert (cfg.train.optim.lr, cfg.train.rollout.engine, cfg.evaluate.heldout.limit) == (0.001, "paged", 4)
 
 
@@ -127,8 +134,15 @@ def test_sections_keep_the_flat_key_names(base):
     from oger.stages.policy.stage import key_inputs as policy_key
     from oger.stages.train.stage import key_inputs as train_key
 
-    cfg = load_config(base(), ["train.optim.lr=0.001", "train.rollout.engine=paged",
-                               "train.rollout.batch_prompts=4", "evaluate.heldout.limit=4"])
+    cfg = load_config(
+        base(),
+        [
+            "train.optim.lr=0.001",
+            "train.rollout.engine=paged",
+            "train.rollout.batch_prompts=4",
+            "evaluate.heldout.limit=4",
+        ],
+    )
     slice_, _ = train_key(cfg)
     assert (slice_["lr"], slice_["rollout_engine"], slice_["rollout_batch_prompts"]) == (0.001, "paged", 4)
     assert not {"optim", "loss", "rollout", "distributed", "logging"} & set(slice_)

@@ -14,14 +14,14 @@ import pytest
 
 from oger import contract, pipeline
 from oger.commands import plan as plan_cmd
+from oger.commands.report import write_report
+from oger.contract import Stage, StageInfo, atomic_write
 from oger.contract.artifacts import read_manifest
 from oger.contract.config import BENCHMARK_NAMES, load_config
 from oger.contract.errors import ConfigError
-from oger.contract import Stage, StageInfo, atomic_write
 from oger.stages.evaluate.benchmarks import REGISTRY, SYNTHETIC
 from oger.stages.evaluate.files import BENCHMARK_GROUPS
 from oger.stages.problems.files import read_problems
-from oger.commands.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,14 @@ def import_edges() -> list[tuple[str, str, str | None]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative import
-                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(parts + ([base] if base else []))
-                pairs = [(f"{base}.{a.name}", None, a.asname or a.name) if f"{base}.{a.name}" in mods
-                         else (base, a.name, None) for a in node.names]
+                pairs = [
+                    (f"{base}.{a.name}", None, a.asname or a.name)
+                    if f"{base}.{a.name}" in mods
+                    else (base, a.name, None)
+                    for a in node.names
+                ]
             else:
                 continue
             for name, taken, alias in pairs:
@@ -76,8 +80,12 @@ def import_edges() -> list[tuple[str, str, str | None]]:
                     if alias and target == name:
                         aliases[alias] = target
         for node in ast.walk(tree):  # `iv._open_table(...)` after `from ... import versions as iv`
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in aliases and node.attr.startswith("_")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+            ):
                 edges.append((mod, aliases[node.value.id], node.attr))
     return edges
 
@@ -100,7 +108,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return path[path.index(n):] + [n]
+                return path[path.index(n) :] + [n]
             if n not in state and (cycle := visit(n)):
                 return cycle
         path.pop()
@@ -138,19 +146,20 @@ def test_stage_modules_do_not_import_the_pipeline_or_the_plan_command():
 # each with its reason.
 STAGE_IMPORT_EXCEPTIONS = {
     ("oger.pipeline", "oger.stages.*.stage"): "the registry: the pipeline registers each stage's STAGE_DEF",
-    ("oger.commands.index", "oger.stages.index.versions"):
-        "`oger index restore|unpin` is the pin's writer: it moves the tag training reads (readers of the "
-        "versions and the pin go through oger.stages.index.files)",
+    (
+        "oger.commands.index",
+        "oger.stages.index.versions",
+    ): "`oger index restore|unpin` is the pin's writer: it moves the tag training reads (readers of the "
+    "versions and the pin go through oger.stages.index.files)",
 }
 # What no stage imports: the layers that drive or read the stages from above.
-ABOVE_THE_STAGES = ("oger.rounds", "oger.sweep", "oger.explore", "oger.pipeline", "oger.commands", "oger.cli",
-                    "flows")
+ABOVE_THE_STAGES = ("oger.rounds", "oger.sweep", "oger.explore", "oger.pipeline", "oger.commands", "oger.cli", "flows")
 # What sits below the stages (the stages import it, it imports no stage, not even a `files` module).
 BELOW_THE_STAGES = ("oger.contract", "oger.algorithm", "oger.generation", "oger.runtime", "oger.data")
 
 
 def _stage_of(module: str) -> str | None:
-    """"oger.stages.index.files" -> "index"; None outside a stage's package."""
+    """ "oger.stages.index.files" -> "index"; None outside a stage's package."""
     parts = module.split(".")
     return parts[2] if len(parts) > 2 and parts[:2] == ["oger", "stages"] else None
 
@@ -177,7 +186,8 @@ def stage_import_violations(edges) -> list[str]:
         elif taken is not None and taken.startswith("_"):  # (a), (b): a private name, never
             bad.add(f"{mod} imports {target}.{taken}")
         elif target not in (f"oger.stages.{there}", f"oger.stages.{there}.files") and not any(
-                fnmatch(mod, m) and fnmatch(target, t) for m, t in STAGE_IMPORT_EXCEPTIONS):  # (a), (b)
+            fnmatch(mod, m) and fnmatch(target, t) for m, t in STAGE_IMPORT_EXCEPTIONS
+        ):  # (a), (b)
             bad.add(f"{mod} imports {target}")
     return sorted(bad)
 
@@ -207,10 +217,12 @@ def test_the_stage_import_rule_sees_a_planted_violation(tmp_path, monkeypatch):
         "oger/stages/a/files.py": "def read_a(ref): ...\ndef _raw(ref): ...\n",
         "oger/stages/a/stage.py": "from oger.stages.a.files import read_a, _raw\nSTAGE_DEF = None\n",
         "oger/stages/b/__init__.py": 'STAGE = "b"\n',
-        "oger/stages/b/stage.py": ("from oger.stages.a import STAGE\nfrom oger.stages.a.files import read_a\n"
-                                   "from oger.stages.a.stage import STAGE_DEF\n"  # (a)
-                                   "def f():\n    from oger.stages.a.files import _raw\n"  # (a) private
-                                   "    from oger import rounds\n"),  # (c)
+        "oger/stages/b/stage.py": (
+            "from oger.stages.a import STAGE\nfrom oger.stages.a.files import read_a\n"
+            "from oger.stages.a.stage import STAGE_DEF\n"  # (a)
+            "def f():\n    from oger.stages.a.files import _raw\n"  # (a) private
+            "    from oger import rounds\n"
+        ),  # (c)
         "oger/rounds.py": "from oger.stages.a import files as af\nrows = af._raw(None)\n",  # (b) private
         "oger/pipeline.py": "from oger.stages.a import stage as a_stage\n",  # the registry: excepted
         "oger/commands/plan.py": "from oger.stages.a import stage\n",  # (b)
@@ -266,9 +278,14 @@ def stage_name_literals(names: set[str]) -> dict[tuple[str, str], int]:
         if rel.parts[:2] == ("oger", "stages"):
             continue
         tree = ast.parse(path.read_text())
-        docs = {id(n.body[0].value) for n in ast.walk(tree)
-                if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for n in ast.walk(tree):
             if isinstance(n, ast.Constant) and n.value in names and id(n) not in docs:
                 found[(str(rel), n.value)] = found.get((str(rel), n.value), 0) + 1
@@ -361,12 +378,16 @@ def _word_counts(ctx, inputs):
 
 
 calls: list[str] = []
-WORDS = Stage(name="words", version=1, upstream=("problems",),
-              key_inputs=lambda cfg: ({"min_words": 1, "round": cfg.teachers.round}, {}),
-              run=_word_counts,
-              plan_info=lambda cfg, counts: StageInfo(engine="polars", resources="1 CPU"),
-              run_summary=lambda ref: {"words": ref.metrics["words"]},
-              report_section=lambda entry, run_dir: ["", "## Words", "", str(entry["metrics"]["words"])])
+WORDS = Stage(
+    name="words",
+    version=1,
+    upstream=("problems",),
+    key_inputs=lambda cfg: ({"min_words": 1, "round": cfg.teachers.round}, {}),
+    run=_word_counts,
+    plan_info=lambda cfg, counts: StageInfo(engine="polars", resources="1 CPU"),
+    run_summary=lambda ref: {"words": ref.metrics["words"]},
+    report_section=lambda entry, run_dir: ["", "## Words", "", str(entry["metrics"]["words"])],
+)
 
 
 @pytest.fixture
@@ -472,9 +493,11 @@ def file_name_literals(tree: ast.AST, names) -> list[tuple[int, str]]:
             continue
         parts = node.value.split("/")
         parent = parents.get(node)
-        as_path = ((isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div))
-                   or (isinstance(parent, ast.Call) and node in parent.args
-                       and getattr(parent.func, "attr", getattr(parent.func, "id", None)) in PATH_CALLS))
+        as_path = (isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div)) or (
+            isinstance(parent, ast.Call)
+            and node in parent.args
+            and getattr(parent.func, "attr", getattr(parent.func, "id", None)) in PATH_CALLS
+        )
         for name in names:
             if name in parts and ("." in name or len(parts) > 1 or as_path):
                 hits.append((node.lineno, name))
@@ -491,9 +514,11 @@ def file_name_spellings(tops=("oger", "flows", "bench")) -> list[str]:
             mod = ".".join(path.relative_to(REPO).with_suffix("").parts)
             for line, name in file_name_literals(ast.parse(path.read_text(), str(path)), owners):
                 if not any(mod == package + ".files" for package in owners[name]):
-                    bad.append(f"{path.relative_to(REPO)}:{line}: {name!r} belongs to "
-                               f"{' and '.join(sorted(owners[name]))}: use the constants and readers of its "
-                               "files module")
+                    bad.append(
+                        f"{path.relative_to(REPO)}:{line}: {name!r} belongs to "
+                        f"{' and '.join(sorted(owners[name]))}: use the constants and readers of its "
+                        "files module"
+                    )
     return bad
 
 
@@ -538,8 +563,13 @@ row = {"model": "m", "column": pl.col("model")}  # a key and a column: not a pat
     filter_stage.write_text('t = pl.read_parquet(Path(teachers_ref.path) / "traces.parquet")\n')
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     assert [b.split(":")[0:2] for b in file_name_spellings(("oger",))] == [
-        ["oger/spy.py", "2"], ["oger/spy.py", "3"], ["oger/spy.py", "4"], ["oger/spy.py", "5"],
-        ["oger/stages/filter/stage.py", "1"], ["oger/stages/problems/stage.py", "1"]]
+        ["oger/spy.py", "2"],
+        ["oger/spy.py", "3"],
+        ["oger/spy.py", "4"],
+        ["oger/spy.py", "5"],
+        ["oger/stages/filter/stage.py", "1"],
+        ["oger/stages/problems/stage.py", "1"],
+    ]
 
 
 def test_stages_read_only_upstream_stages_files():

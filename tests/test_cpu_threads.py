@@ -6,8 +6,7 @@ import threading
 import pytest
 import torch
 
-from oger.runtime.cpu_threads import (BatchThreads, decode_threads, one_intra_op_thread, split_by_length,
-                                 thread_workers)
+from oger.runtime.cpu_threads import BatchThreads, decode_threads, one_intra_op_thread, split_by_length, thread_workers
 from oger.stages.policy.sft import pad_batch
 from tests.test_sft import EXAMPLES, _tiny_model
 
@@ -39,7 +38,9 @@ def test_threaded_parts_add_up_to_the_one_pass_gradient_and_loss():
     loss.backward()
     params = list(split.parameters())
     with BatchThreads(2) as threads:
-        parts = [[batch[i] for i in p] for p in split_by_length(range(len(batch)), lambda i: sum(map(len, batch[i])), 2)]
+        parts = [
+            [batch[i] for i in p] for p in split_by_length(range(len(batch)), lambda i: sum(map(len, batch[i])), 2)
+        ]
         part_losses = threads.backward(params, lambda p: _loss(split, p, tokens), parts)
     assert sum(part_losses) == pytest.approx(float(loss), rel=1e-6)
     for a, b in zip(_grads(split), _grads(whole)):

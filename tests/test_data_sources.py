@@ -61,9 +61,24 @@ def test_oger_data_dir_takes_precedence_and_data_stays_the_fallback(tmp_path, mo
 
 
 def test_nothing_refers_to_a_shared_folder_beside_the_repo():
-    tracked = subprocess.run(["git", "ls-files", "Makefile", ".ci", "tests", "oger", "flows", "bench",
-                              "configs", "prefect.yaml", "pyproject.toml"],
-                             cwd=REPO, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "Makefile",
+            ".ci",
+            "tests",
+            "oger",
+            "flows",
+            "bench",
+            "configs",
+            "prefect.yaml",
+            "pyproject.toml",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     # The folder's name is assembled here so that this file, too, names no sibling folder.
     sibling = "sha" + "red"
     pattern = re.compile(rf"\.\./{sibling}|{sibling}/data|/ ?[\"']{sibling}[\"']")

@@ -16,24 +16,39 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from oger.stages.index.files import TeacherIndex
 from oger.pipeline import STAGES
+from oger.stages.index.files import TeacherIndex
 from tests.prefect_stack import PrefectStack, running_stack
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/tiny.yaml"
 # The two concise scripted teachers only: SmolLM2 (covered by test_pipeline_e2e) dominates a
 # small run's time on a shared 2-core machine.
-TEACHERS = ("teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
-            " {name: terms, backend: scripted, model: terms, slip_rate: 0.15}]")
-SMALL = ["problems.sources.0.n_train=80", "problems.sources.0.n_test=20", TEACHERS,
-         "policy.sft.epochs=1", "evaluate.heldout.limit=8", "evaluate.heldout.max_new_tokens=40",
-         "train.steps=4", "train.max_prompts=8", "train.prompts_per_step=4", "train.group_size=4",
-         "train.rollout.max_new_tokens=40", "train.logging.checkpoint_every=2",
-         "train.init_from=previous_round"]
+TEACHERS = (
+    "teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.15},"
+    " {name: terms, backend: scripted, model: terms, slip_rate: 0.15}]"
+)
+SMALL = [
+    "problems.sources.0.n_train=80",
+    "problems.sources.0.n_test=20",
+    TEACHERS,
+    "policy.sft.epochs=1",
+    "evaluate.heldout.limit=8",
+    "evaluate.heldout.max_new_tokens=40",
+    "train.steps=4",
+    "train.max_prompts=8",
+    "train.prompts_per_step=4",
+    "train.group_size=4",
+    "train.rollout.max_new_tokens=40",
+    "train.logging.checkpoint_every=2",
+    "train.init_from=previous_round",
+]
 if "evaluate" in STAGES:
-    SMALL += ["evaluate.benchmarks=[{name: synthetic, limit: 8}]", "evaluate.protocol=greedy",
-              "evaluate.max_new_tokens=40"]
+    SMALL += [
+        "evaluate.benchmarks=[{name: synthetic, limit: 8}]",
+        "evaluate.protocol=greedy",
+        "evaluate.max_new_tokens=40",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +71,9 @@ def overrides(workdir: Path, *extra: str) -> list[str]:
     return [f"workdir={workdir}", *SMALL, *extra]
 
 
-def run(stack: PrefectStack, workdir: Path, *extra: str, deployment: str = "oger-pipeline/tiny",
-        **params) -> tuple[dict, dict]:
+def run(
+    stack: PrefectStack, workdir: Path, *extra: str, deployment: str = "oger-pipeline/tiny", **params
+) -> tuple[dict, dict]:
     """Run a deployment to a terminal state; (flow run, its summary.json)."""
     fr = stack.run_deployment(deployment, {"overrides": overrides(workdir, *extra), **params})
     assert fr["state_type"] == "COMPLETED", f"{fr['state_type']}:\n{stack.worker_log()[-4000:]}"
@@ -117,8 +133,9 @@ def test_round_r1_runs_every_stage(stack, workdir, state):
     assert arts["oger-report-tiny"]["data"] == inline_images(report, workdir / "runs" / s["run_id"])
     assert "](data:image/png;base64," in arts["oger-report-tiny"]["data"]
     assert "oger-rounds-tiny" in arts  # the trend across rounds, after every run
-    assert [(r["stage"], r["cached"], r["seconds"]) for r in json.loads(arts["oger-stages-tiny"]["data"])] \
-        == [(k, v["cached"], v["seconds"]) for k, v in s["stages"].items()]
+    assert [(r["stage"], r["cached"], r["seconds"]) for r in json.loads(arts["oger-stages-tiny"]["data"])] == [
+        (k, v["cached"], v["seconds"]) for k, v in s["stages"].items()
+    ]
     assert str(workdir / "runs" / s["run_id"] / "summary.json") in arts["oger-files-tiny"]["data"]
     state["r1"] = s
 
@@ -128,8 +145,7 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
     r1 = state["r1"]
     assert fr["name"] == f"tiny-r2-{s['run_id']}"
     assert cached(s)["problems"] and not any(v for k, v in cached(s).items() if k != "problems")
-    assert stage_states(stack, fr) == {k: "Cached" if k == "problems" else "Completed"
-                                           for k in STAGES}
+    assert stage_states(stack, fr) == {k: "Cached" if k == "problems" else "Completed" for k in STAGES}
     db = workdir / "index" / "lancedb"
     r1_tag, r2_tag = r1["stages"]["index"]["key"], s["stages"]["index"]["key"]
     # rows each round's index stage wrote (tiny.yaml indexes the RL pool's traces)
@@ -144,8 +160,10 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
     assert manifest["inputs"]["index"] == r2_tag
     # ... and the weights say so: 4 small steps away from r1's model, far from r2's own policy
     # (measured 0.41 vs 1.52 with the `digits` tokenizer; a run from its own policy is the reverse)
-    weights = {name: load_file(Path(x["stages"][stage]["path"]) / "model" / "model.safetensors")
-               for name, x, stage in (("r1", r1, "train"), ("r2", s, "train"), ("policy", s, "policy"))}
+    weights = {
+        name: load_file(Path(x["stages"][stage]["path"]) / "model" / "model.safetensors")
+        for name, x, stage in (("r1", r1, "train"), ("r2", s, "train"), ("policy", s, "policy"))
+    }
     assert distance(weights["r2"], weights["r1"]) < 0.5 * distance(weights["r2"], weights["policy"])
     # the report compares the two rounds, metric by metric
     assert s["compared_with"]["run_id"] == r1["run_id"] and s["compared_with"]["round"] == "r1"
@@ -163,10 +181,9 @@ def test_round_r2_appends_to_index_and_continues_from_r1(stack, workdir, state):
 
 def test_filter_change_recomputes_only_filter_and_downstream(stack, workdir, state):
     fr, s = run(stack, workdir, "teachers.round=r2", "filter.max_tokens=50")
-    downstream = STAGES[STAGES.index("filter"):]
+    downstream = STAGES[STAGES.index("filter") :]
     assert cached(s) == {k: k not in downstream for k in STAGES}
-    assert stage_states(stack, fr) == {k: "Completed" if k in downstream else "Cached"
-                                           for k in STAGES}
+    assert stage_states(stack, fr) == {k: "Completed" if k in downstream else "Cached" for k in STAGES}
     assert s["stages"]["index"]["metrics"]["new_embeddings"] == 0
     assert s["stages"]["filter"]["metrics"]["kept"] < state["r2"]["stages"]["filter"]["metrics"]["kept"]
     # still r2, so training still starts from r1's checkpoint
@@ -175,18 +192,21 @@ def test_filter_change_recomputes_only_filter_and_downstream(stack, workdir, sta
 
 
 def test_status_per_round_and_index_restore(stack, workdir, state, oger_cli):
-    args = [CONFIG, *[a for o in overrides(workdir, "teachers.round=r2", "filter.max_tokens=50")
-                      for a in ("--set", o)]]
+    args = [CONFIG, *[a for o in overrides(workdir, "teachers.round=r2", "filter.max_tokens=50") for a in ("--set", o)]]
     st = json.loads(oger_cli("status", *args, "--json").stdout)
     rounds = {r["round"]: r for r in st["rounds"]}
     assert list(rounds) == ["r1", "r2"]
     r1, r2, strict = state["r1"], state["r2"], state["r2_strict"]
     assert [t["tag"] for t in rounds["r1"]["index_tags"]] == [r1["stages"]["index"]["key"]]
-    assert [t["tag"] for t in rounds["r2"]["index_tags"]] == \
-        [r2["stages"]["index"]["key"], strict["stages"]["index"]["key"]]
+    assert [t["tag"] for t in rounds["r2"]["index_tags"]] == [
+        r2["stages"]["index"]["key"],
+        strict["stages"]["index"]["key"],
+    ]
     assert [c["key"] for c in rounds["r1"]["checkpoints"]] == [r1["stages"]["train"]["key"]]
-    assert {c["key"] for c in rounds["r2"]["checkpoints"]} == \
-        {r2["stages"]["train"]["key"], strict["stages"]["train"]["key"]}
+    assert {c["key"] for c in rounds["r2"]["checkpoints"]} == {
+        r2["stages"]["train"]["key"],
+        strict["stages"]["train"]["key"],
+    }
     assert all(Path(c["path"], "config.json").exists() for c in rounds["r2"]["checkpoints"])
     if "evaluate" in STAGES:
         assert len(rounds["r2"]["evaluations"]) == 2 and len(rounds["r1"]["evaluations"]) == 1
@@ -197,8 +217,7 @@ def test_status_per_round_and_index_restore(stack, workdir, state, oger_cli):
     # restore r1's version: training now reads it, and the train key changes with it
     r1_tag = r1["stages"]["index"]["key"]
     oger_cli("index", "restore", CONFIG, "--set", f"workdir={workdir}", r1_tag[:16])
-    listed = json.loads(oger_cli("index", "list", CONFIG, "--set", f"workdir={workdir}",
-                                 "--json").stdout)
+    listed = json.loads(oger_cli("index", "list", CONFIG, "--set", f"workdir={workdir}", "--json").stdout)
     assert [v["tag"] for v in listed["versions"] if v["pinned"]] == [r1_tag]
     st2 = json.loads(oger_cli("status", *args, "--json").stdout)
     assert st2["index_pin"]["tag"] == r1_tag
@@ -216,8 +235,7 @@ def test_status_per_round_and_index_restore(stack, workdir, state, oger_cli):
 
 
 def test_nightly_deployment_names_the_round_after_the_run_date(stack, workdir, state):
-    dep = json.loads(stack.cli("deployment", "inspect", "oger-pipeline/nightly-retrain",
-                               "--output", "json").stdout)
+    dep = json.loads(stack.cli("deployment", "inspect", "oger-pipeline/nightly-retrain", "--output", "json").stdout)
     crons = [sch["schedule"].get("cron") for sch in dep["schedules"]]
     assert crons == ["0 3 * * *"] and dep["schedules"][0]["active"] is False  # ships paused
     # the README's commands enable it (and here pause it again before it can fire)
@@ -239,8 +257,9 @@ def test_nightly_deployment_names_the_round_after_the_run_date(stack, workdir, s
     assert s["stages"]["index"]["metrics"]["rounds"] == [day]
     # `index restore` made r1's version the latest, so this round was appended to r1's rows
     r1_rows = state["r1"]["stages"]["index"]["metrics"]["rows_this_stage"]
-    assert TeacherIndex(db, "teacher_traces", tag).count() == \
-        r1_rows + s["stages"]["index"]["metrics"]["rows_this_stage"]
+    assert (
+        TeacherIndex(db, "teacher_traces", tag).count() == r1_rows + s["stages"]["index"]["metrics"]["rows_this_stage"]
+    )
 
 
 def test_worker_and_server_stop_by_pid(stack):

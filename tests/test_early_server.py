@@ -25,8 +25,9 @@ def probe() -> int:
 
 
 def _flow_run_names(api_url: str) -> list[str]:
-    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return [r["name"] for r in json.load(response)]
 
@@ -78,8 +79,10 @@ class DelayedServer(early.EarlyServer):
 
     def command(self) -> list[str]:
         python, _, _, *args = super().command()  # python -m uvicorn ARGS
-        delayed = (f"import runpy, sys, time; time.sleep({self.delay_s}); sys.argv = ['uvicorn', *sys.argv[1:]]; "
-                   f"runpy.run_module('uvicorn', run_name='__main__')")
+        delayed = (
+            f"import runpy, sys, time; time.sleep({self.delay_s}); sys.argv = ['uvicorn', *sys.argv[1:]]; "
+            f"runpy.run_module('uvicorn', run_name='__main__')"
+        )
         return [python, "-c", delayed, *args]
 
 
@@ -115,8 +118,9 @@ def test_a_start_slower_than_prefects_default_under_cpu_load_is_waited_for(tmp_p
     # is migrated at start, the slow part) and the server starts 21 s late on top: the production
     # wait (ours, 180 s) still sees it answer, and says what it waits for.
     assert early.start_timeout_s() >= 180
-    spinners = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
-                for _ in range(os.cpu_count() or 2)]
+    spinners = [
+        multiprocessing.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 2)
+    ]
     for p in spinners:
         p.start()
     server = None
@@ -147,10 +151,24 @@ def test_cli_run_uses_the_early_server_and_prints_no_link_to_a_missing_ui(tmp_pa
     # The real CLI in a fresh interpreter: the early path is taken (the log says nothing of
     # Prefect starting its own temporary server) and the run completes.
     cfg = REPO / "configs" / "tiny.yaml"
-    proc = subprocess.run([sys.executable, "-m", "oger.cli", "run", str(cfg), "--until", "problems",
-                           "--set", f"workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "PREFECT_HOME": str(tmp_path / "home")})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oger.cli",
+            "run",
+            str(cfg),
+            "--until",
+            "problems",
+            "--set",
+            f"workdir={tmp_path / 'w'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "home")},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Starting temporary server" not in proc.stderr
     assert "View at" not in proc.stderr

@@ -34,8 +34,14 @@ def test_fit_prompt_keeps_the_end_and_flags_the_cut():
 
 
 def test_score_all_uses_quick_checks_and_math_verify():
-    responses = ["so \\boxed{12}", "so \\boxed{13}", "\\boxed{\\frac{1}{2}}", "\\boxed{\\sqrt{4}}",
-                 "no answer here", "The answer is (C)"]
+    responses = [
+        "so \\boxed{12}",
+        "so \\boxed{13}",
+        "\\boxed{\\frac{1}{2}}",
+        "\\boxed{\\sqrt{4}}",
+        "no answer here",
+        "The answer is (C)",
+    ]
     golds = ["12", "12", "0.5", "2", "3", "C"]
     scores = score_all(responses, golds, timeout_s=5, workers=2)
     assert [s.correct for s in scores] == [True, False, True, True, False, True]
@@ -44,10 +50,20 @@ def test_score_all_uses_quick_checks_and_math_verify():
 
 
 def _samples(rows):
-    return pl.DataFrame([dict(zip(("benchmark", "model", "problem_id", "sample_index", "extracted_answer",
-                                   "correct"), r), response="", tokens=1, finish_reason="stop",
-                              prompt_truncated=False, score_status="quick") for r in rows],
-                        schema=SAMPLE_SCHEMA)
+    return pl.DataFrame(
+        [
+            dict(
+                zip(("benchmark", "model", "problem_id", "sample_index", "extracted_answer", "correct"), r),
+                response="",
+                tokens=1,
+                finish_reason="stop",
+                prompt_truncated=False,
+                score_status="quick",
+            )
+            for r in rows
+        ],
+        schema=SAMPLE_SCHEMA,
+    )
 
 
 def test_summarize_avg_pass_maj_per_model():
@@ -70,8 +86,12 @@ def test_summarize_avg_pass_maj_per_model():
 
 
 def test_group_averages_over_present_benchmarks():
-    per = {"math500": {"base": 0.2, "trained": 0.4, "n": 50}, "aime24": {"base": 0.0, "trained": 0.1, "n": 30},
-           "gsm8k": {"base": 0.9, "trained": 0.9, "n": 50}, "gpqa_diamond": {"base": 0.3, "trained": 0.2, "n": 198}}
+    per = {
+        "math500": {"base": 0.2, "trained": 0.4, "n": 50},
+        "aime24": {"base": 0.0, "trained": 0.1, "n": 30},
+        "gsm8k": {"base": 0.9, "trained": 0.9, "n": 50},
+        "gpqa_diamond": {"base": 0.3, "trained": 0.2, "n": 198},
+    }
     out = group_averages(per)
     assert out["math_avg"]["base"] == pytest.approx(0.1) and out["math_avg"]["trained"] == pytest.approx(0.25)
     assert out["math_avg"]["of"] == ["aime24", "math500"] and out["math_avg"]["n"] == 80
@@ -79,18 +99,20 @@ def test_group_averages_over_present_benchmarks():
 
 
 def test_single_sample_benchmarks_report_plain_accuracy():
-    rows = [("synthetic", m, p, 0, "1", ok) for m, oks in (("base", [1, 0, 0]), ("trained", [1, 1, 0]))
-            for p, ok in zip("xyz", map(bool, oks))]
+    rows = [
+        ("synthetic", m, p, 0, "1", ok)
+        for m, oks in (("base", [1, 0, 0]), ("trained", [1, 1, 0]))
+        for p, ok in zip("xyz", map(bool, oks))
+    ]
     e = EvaluateConfig(protocol="greedy", benchmarks=[BenchmarkSpec(name="synthetic")])
     out = summarize(_samples(rows), e.benchmarks, e)["synthetic"]
     assert (out["metric"], out["n"], out["base"], out["trained"]) == ("accuracy", 3, 0.3333, 0.6667)
 
 
 def test_missing_benchmark_file_names_the_file_and_the_hub_id(monkeypatch, tmp_path):
-    from oger.stages.evaluate.benchmarks import load_benchmark
-    from oger.contract.errors import DataError
-
     import oger.data.roots
+    from oger.contract.errors import DataError
+    from oger.stages.evaluate.benchmarks import load_benchmark
 
     monkeypatch.setenv("OGER_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(oger.data.roots, "REPO_DATA", tmp_path / "no-data")  # a clone without data/
@@ -126,9 +148,9 @@ def test_math_verify_workers_leave_when_their_parent_is_killed(tmp_path):
         "    while len(s._pool()._processes) < 2:\n"
         "        time.sleep(0.05)\n"
         "    print(*s._pool()._processes, flush=True)\n"
-        "    time.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                              cwd=os.getcwd())
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     workers = [int(p) for p in parent.stdout.readline().split()]
     assert len(workers) == 2 and all(_alive(p) for p in workers)
     parent.send_signal(signal.SIGKILL)

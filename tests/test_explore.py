@@ -4,6 +4,7 @@ the configured share of B, A runs out of the budget exactly where B still fits),
 metrics by hand on a small batch."""
 
 import math
+
 import polars as pl
 import pytest
 
@@ -51,8 +52,12 @@ def test_label_metrics_by_hand_for_the_strategy_labeller():
         return {"labeller": labeller, "label": label, "correct": correct, "bonus": bonus}
 
     rows = [  # on-policy rows of one step
-        row("A", True, 0.0), row("A", False, 0.0), row("A", True, 0.02),
-        row("B", True, 0.3), row("B", False, 0.0), row("other", False, 0.0),
+        row("A", True, 0.0),
+        row("A", False, 0.0),
+        row("A", True, 0.02),
+        row("B", True, 0.3),
+        row("B", False, 0.0),
+        row("other", False, 0.0),
     ]
     m = label_values(rows, [STRATEGY])
     assert set(m) == {mt.name for mt in label_metrics(STRATEGY)}  # the table's names, no other
@@ -80,8 +85,13 @@ def test_labeller_names_in_config_equal_the_labellers():
 
 def test_the_strategy_metrics_keep_the_names_the_explore_sweeps_read():
     names = {m.name: m for m in label_metrics(STRATEGY)}
-    assert {"strategy_b_share", "strategy_b_share_correct", "strategy_other_share", "bonus_mean_a",
-            "bonus_mean_b"} <= set(names)
+    assert {
+        "strategy_b_share",
+        "strategy_b_share_correct",
+        "strategy_other_share",
+        "bonus_mean_a",
+        "bonus_mean_b",
+    } <= set(names)
     assert names["strategy_b_share"].plot and names["strategy_b_share"].sweep
     assert names["strategy_b_share"].run == ("first_last",) and names["strategy_other_share"].run == ("mean",)
     assert not set(names) & set(NAMES)  # not in the table of every run
@@ -164,9 +174,13 @@ def test_a_runs_out_of_the_budget_exactly_where_b_still_fits(explore_upstream, t
 def test_the_sweep_splits_a_benchmark_by_problem_class():
     from oger.sweep.results import split_by_class
 
-    counts = {"synthetic": {"base": {0: {"p1": (8, 6), "p2": (8, 0), "p3": (8, 1)}},
-                            "oger": {0: {"p1": (8, 7), "p2": (8, 3), "p3": (8, 2)}}},
-              "gsm8k": {"base": {0: {"g1": (1, 0)}}}}
+    counts = {
+        "synthetic": {
+            "base": {0: {"p1": (8, 6), "p2": (8, 0), "p3": (8, 1)}},
+            "oger": {0: {"p1": (8, 7), "p2": (8, 3), "p3": (8, 2)}},
+        },
+        "gsm8k": {"base": {0: {"g1": (1, 0)}}},
+    }
     out = split_by_class(counts, {"p1": "A-feasible", "p2": "A-infeasible", "p3": "A-infeasible"})
     assert out["synthetic (A-feasible)"] == {"base": {0: {"p1": (8, 6)}}, "oger": {0: {"p1": (8, 7)}}}
     assert out["synthetic (A-infeasible)"]["oger"] == {0: {"p2": (8, 3), "p3": (8, 2)}}
@@ -187,6 +201,7 @@ def test_minilm_sees_b_far_from_a_and_the_length_guard_zeroes_b_where_it_is_far_
         assert check["A"]["bonus"] < 1e-3
     assert close["B"]["guards_pass"] == 1 and close["B"]["bonus"] > 0.02
     assert far["B"]["guards_pass"] == 0 and far["B"]["bonus"] == 0  # the length-ratio guard
-    loose = load_config(REPO / "configs" / "explore.yaml", [
-        f"{k}={v}" for k, v in cfg.sweep.arms["oger-loose-guards"].items()])
+    loose = load_config(
+        REPO / "configs" / "explore.yaml", [f"{k}={v}" for k, v in cfg.sweep.arms["oger-loose-guards"].items()]
+    )
     assert bonus_by_strategy(loose, ["Compute 2 * 12."])["B"]["bonus"] > 0.02

@@ -24,8 +24,9 @@ def test_chat_messages_and_their_ids_sample_the_same(engine):
     request = Request(n=2, max_new_tokens=6, temperature=1.0, seed=3)
     by_messages = engine.generate(messages, request)
     by_ids = engine.generate(ids, request)
-    assert [(r.prompt_index, r.sample_index, r.response_ids) for r in by_messages] == \
-        [(r.prompt_index, r.sample_index, r.response_ids) for r in by_ids]
+    assert [(r.prompt_index, r.sample_index, r.response_ids) for r in by_messages] == [
+        (r.prompt_index, r.sample_index, r.response_ids) for r in by_ids
+    ]
     # prompt-major, n per prompt, numbered; n_tokens counts the response's ids
     assert [(r.prompt_index, r.sample_index) for r in by_ids] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r.n_tokens == len(r.response_ids) > 0 for r in by_ids)
@@ -41,8 +42,9 @@ def test_sorted_calls_sample_what_one_call_samples(engine):
         cut = generate_sorted(engine, prompts, request)
     finally:
         engine.batch_size = None
-    assert [(r.prompt_index, r.sample_index, r.text) for r in whole] == \
-        [(r.prompt_index, r.sample_index, r.text) for r in cut]
+    assert [(r.prompt_index, r.sample_index, r.text) for r in whole] == [
+        (r.prompt_index, r.sample_index, r.text) for r in cut
+    ]
     assert [r.prompt_index for r in whole] == [0, 0, 1, 1, 2, 2, 3, 3]  # back in prompt order
 
 

@@ -31,9 +31,16 @@ def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
     assert out["encoder"] == "random_bert" and out["index"] == "memory"
     printed = capsys.readouterr().out
     assert "random-init BERT" in printed and "in memory" in printed
-    for key in ("train_hf_tokens_per_s", "train_paged_tokens_per_s", "train_hf_s_per_step",
-                "train_paged_s_per_step", "torchrun_ddp_gloo_paged_s_per_step",
-                "torchrun_fsdp2_gloo_hf_s_per_step", "eval_hf_tokens_per_s", "eval_paged_tokens_per_s"):
+    for key in (
+        "train_hf_tokens_per_s",
+        "train_paged_tokens_per_s",
+        "train_hf_s_per_step",
+        "train_paged_s_per_step",
+        "torchrun_ddp_gloo_paged_s_per_step",
+        "torchrun_fsdp2_gloo_hf_s_per_step",
+        "eval_hf_tokens_per_s",
+        "eval_paged_tokens_per_s",
+    ):
         assert out[key] > 0 and math.isfinite(out[key]), key
     assert math.isnan(out["update_mfu_hf"])  # no peak FLOP/s for a CPU
     # the padded arm computes on pads too, the packed one on real tokens only

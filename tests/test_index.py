@@ -4,10 +4,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from oger.contract import StageContext
 from oger.contract.artifacts import ArtifactRef, stage_key, write_artifact
 from oger.contract.config import IndexConfig
 from oger.contract.errors import StageError
-from oger.contract import StageContext
 from oger.encoder import encode, load_encoder
 from oger.stages.filter.files import KEPT_FILE
 from oger.stages.index.files import TeacherIndex
@@ -25,8 +25,14 @@ def fake_filter_artifact(workdir, rows, key):
 
 
 def index_ctx(workdir, key, slice_, identity, filter_ref):
-    return StageContext(workdir=workdir, name="index", key=key, config_slice=slice_, identity=identity,
-                        upstream={"filter": filter_ref.key})
+    return StageContext(
+        workdir=workdir,
+        name="index",
+        key=key,
+        config_slice=slice_,
+        identity=identity,
+        upstream={"filter": filter_ref.key},
+    )
 
 
 def kept(filter_ref):
@@ -40,16 +46,23 @@ def row(tid, pid, text, rnd="r1"):
 def test_upsert_tags_cache_and_lookup(tmp_path, small_config):
     cfg = IndexConfig()
     slice_, identity = key_inputs(small_config.load(tmp_path))
-    f1 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
-                                         row("b", "p1", "2 + 2 = 4, so \\boxed{4}"),
-                                         row("c", "p2", "seven times six is 42")], "f" * 64)
+    f1 = fake_filter_artifact(
+        tmp_path,
+        [
+            row("a", "p1", "two plus two is four"),
+            row("b", "p1", "2 + 2 = 4, so \\boxed{4}"),
+            row("c", "p2", "seven times six is 42"),
+        ],
+        "f" * 64,
+    )
     k1 = stage_key("index", 1, slice_, {"filter": f1.key}, identity)
     r1 = run_index(cfg, index_ctx(tmp_path, k1, slice_, identity, f1), kept(f1))
     assert r1.metrics["new_embeddings"] == 3 and r1.metrics["rows"] == 3 and r1.metrics["tag"] == k1
 
     # A stricter filter for the same round: one trace gone, nothing new to embed.
-    f2 = fake_filter_artifact(tmp_path, [row("a", "p1", "two plus two is four"),
-                                         row("c", "p2", "seven times six is 42")], "e" * 64)
+    f2 = fake_filter_artifact(
+        tmp_path, [row("a", "p1", "two plus two is four"), row("c", "p2", "seven times six is 42")], "e" * 64
+    )
     k2 = stage_key("index", 1, slice_, {"filter": f2.key}, identity)
     r2 = run_index(cfg, index_ctx(tmp_path, k2, slice_, identity, f2), kept(f2))
     assert r2.metrics["new_embeddings"] == 0 and r2.metrics["rows"] == 2

@@ -18,8 +18,11 @@ from tests.reliability_helpers import write_config
 def _summary(workdir, run_id, status, round_="r1"):
     folder = workdir / "runs" / run_id
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"run_id": run_id, "status": status, "round": round_,
-                                                     "started_at": f"2026-12-03T10:00:0{run_id[-1]}+00:00"}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {"run_id": run_id, "status": status, "round": round_, "started_at": f"2026-12-03T10:00:0{run_id[-1]}+00:00"}
+        )
+    )
 
 
 def test_run_state_from_the_record_and_the_lock(tmp_path):
@@ -41,8 +44,14 @@ def test_a_killed_oger_run_is_interrupted_in_status_and_in_the_next_report(tmp_p
     workdir = tmp_path / "w"
     env = dict(os.environ, PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "oger.cli", "run", str(config), "--set", f"workdir={workdir}"]
-    proc = subprocess.Popen([*args, "--until", "policy"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*args, "--until", "policy"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list(workdir.glob("runs/*/summary.json")):  # the record exists: the run is under way
@@ -56,8 +65,9 @@ def test_a_killed_oger_run_is_interrupted_in_status_and_in_the_next_report(tmp_p
     last = round_status(workdir, "teacher_traces")[0]["last_run"]
     assert last["run_id"] == killed["run_id"] and last["status"] == "interrupted"
 
-    rerun = subprocess.run([*args, "--until", "teachers"], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        [*args, "--until", "teachers"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     report = sorted(workdir.glob("runs/*/report.md"))[-1].read_text()
     assert "Earlier runs that did not finish" in report and killed["run_id"] in report

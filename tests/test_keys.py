@@ -15,19 +15,21 @@ from oger import pipeline
 from oger.contract.config import LossConfig, OgerConfig, PolicyConfig, TrainConfig, load_config
 from oger.contract.keys import RULES, field_rule, key_dump
 from tests.conftest import REPO
-from tests.key_tracing import (ancestors, every_field, inert_here, instances, key_reads, not_in_key, reads)
+from tests.key_tracing import ancestors, every_field, inert_here, instances, key_reads, not_in_key, reads
 
 TINY = "configs/tiny.yaml"  # tests run from the repository root (REPO)
 # Configs whose keys between them read every option some config uses: the demo, a pretrained
 # policy, several optimizer steps per batch (the clip settings act), the whole index, and the
 # paper's setting (hub sources, the dataset teacher, LUFFY's prompt and think format).
-VARIANTS = {"tiny": (TINY, []),
-            "model-policy": (TINY, ["policy.source=model", "policy.model=smollm2"]),
-            "ppo2": (TINY, ["train.loss.ppo_mini_batches=2"]),
-            "index-all": (TINY, ["index.problems=all", "train.init_from=previous_round"]),
-            "paged": (TINY, ["train.rollout.engine=paged", "teachers.teachers.3.engine=paged"]),
-            "vllm": (TINY, ["train.rollout.engine=vllm", "evaluate.engine=vllm"]),
-            "paper": ("configs/qwen2.5-math-1.5b-oger.yaml", [])}
+VARIANTS = {
+    "tiny": (TINY, []),
+    "model-policy": (TINY, ["policy.source=model", "policy.model=smollm2"]),
+    "ppo2": (TINY, ["train.loss.ppo_mini_batches=2"]),
+    "index-all": (TINY, ["index.problems=all", "train.init_from=previous_round"]),
+    "paged": (TINY, ["train.rollout.engine=paged", "teachers.teachers.3.engine=paged"]),
+    "vllm": (TINY, ["train.rollout.engine=vllm", "evaluate.engine=vllm"]),
+    "paper": ("configs/qwen2.5-math-1.5b-oger.yaml", []),
+}
 
 
 def load(path: str, overrides: list[str], workdir: Path) -> OgerConfig:
@@ -39,8 +41,9 @@ def with_local_source(folder: Path) -> str:
     data = yaml.safe_load((REPO / TINY).read_text())
     rows = folder / "local.jsonl"
     rows.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n')
-    data["problems"]["sources"].append({"kind": "local", "name": "local", "path": str(rows),
-                                        "format": "plain", "split": "test", "limit": 5})
+    data["problems"]["sources"].append(
+        {"kind": "local", "name": "local", "path": str(rows), "format": "plain", "split": "test", "limit": 5}
+    )
     out = folder / "tiny-local.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(out)
@@ -78,8 +81,12 @@ def test_the_walk_sees_an_unmarked_field():
 
 
 def test_inert_fields_are_marked_inert():
-    for model in (LossConfig(), LossConfig(ppo_mini_batches=2), PolicyConfig(),
-                  PolicyConfig(source="model", model="smollm2")):
+    for model in (
+        LossConfig(),
+        LossConfig(ppo_mini_batches=2),
+        PolicyConfig(),
+        PolicyConfig(source="model", model="smollm2"),
+    ):
         for name in type(model).inert_fields(model):
             assert field_rule(type(model), name)[0] == "inert", (type(model).__name__, name)
     assert set(LossConfig().inert_fields()) == {"clip", "clip_eps_low", "clip_eps_high", "ppo_mini_batches"}
@@ -87,9 +94,7 @@ def test_inert_fields_are_marked_inert():
 
 
 def test_key_dump_leaves_out_exactly_what_the_schema_marks():
-    t = TrainConfig(
-        optim={"micro_batch_size": 3}, rollout={"engine": "paged"}, distributed={"num_processes": 1}
-    )
+    t = TrainConfig(optim={"micro_batch_size": 3}, rollout={"engine": "paged"}, distributed={"num_processes": 1})
     d = key_dump(t)
     assert "micro_batch_size" not in d and "checkpoint_every" not in d  # not in key
     assert d["rollout_engine"] == "paged" and "init_from" not in d  # omitted only at the default
@@ -101,8 +106,22 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
     for section in ("optim", "loss", "rollout"):
         flat |= set(getattr(TrainConfig(), section).model_dump(by_alias=True))
     assert set(key_dump(TrainConfig())) == flat - {
-        "micro_batch_size", "max_tokens_per_micro_batch", "padding_free", "share_prompts", "init_from", "rollout_engine", "clip", "clip_eps_low", "clip_eps_high",
-        "ppo_mini_batches", "sync_every", "correction", "correction_cap", "kv_cache_gib", "sleep"}
+        "micro_batch_size",
+        "max_tokens_per_micro_batch",
+        "padding_free",
+        "share_prompts",
+        "init_from",
+        "rollout_engine",
+        "clip",
+        "clip_eps_low",
+        "clip_eps_high",
+        "ppo_mini_batches",
+        "sync_every",
+        "correction",
+        "correction_cap",
+        "kv_cache_gib",
+        "sleep",
+    }
     vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
     assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)
     assert "correction_cap" not in key_dump(TrainConfig(rollout={"engine": "vllm", "correction": "none"}))
@@ -141,8 +160,10 @@ def candidates(value, annotation) -> list:
 
 
 # Fields whose other valid values the generic candidates do not find.
-OTHER_VALUES = {"BenchmarkSpec.name": ["aime24"],
-                "EvaluateConfig.instruction": ["Q: {question}"]}  # an instruction must hold {question}
+OTHER_VALUES = {
+    "BenchmarkSpec.name": ["aime24"],
+    "EvaluateConfig.instruction": ["Q: {question}"],
+}  # an instruction must hold {question}
 
 
 # Keyed fields that cannot be given another valid value on these configs, and why that is fine.
@@ -166,8 +187,7 @@ def owners(cfg: OgerConfig) -> dict:
 
 def is_section(value) -> bool:
     """A value holding config models (cfg.train, teachers.teachers): its own fields are what counts."""
-    return isinstance(value, BaseModel) or (isinstance(value, list) and any(isinstance(v, BaseModel)
-                                                                            for v in value))
+    return isinstance(value, BaseModel) or (isinstance(value, list) and any(isinstance(v, BaseModel) for v in value))
 
 
 def as_yaml(value) -> str:
@@ -187,9 +207,12 @@ def test_each_in_key_field_moves_its_stages_key(variant, keyed, tmp_path):
             value = where[(cls, name)][0][0].__dict__[name]
             if rule in ("no", "resolved") or (cls, name) in idle or label in NOT_PERTURBED or is_section(value):
                 continue  # resolved model references, inert or marked fields, whole sections
-            options = [(dotted, new) for model, dotted in where[(cls, name)]  # any teacher, any source
-                       for new in OTHER_VALUES.get(label) or candidates(model.__dict__[name],
-                                                                        cls.model_fields[name].annotation)]
+            options = [
+                (dotted, new)
+                for model, dotted in where[(cls, name)]  # any teacher, any source
+                for new in OTHER_VALUES.get(label)
+                or candidates(model.__dict__[name], cls.model_fields[name].annotation)
+            ]
             for dotted, new in options:
                 override = f"{dotted}={as_yaml(new)}"
                 try:
@@ -230,8 +253,11 @@ def _artifact_files(ref, workdir: Path) -> dict[str, bytes]:
     """Every file of the artifact but its manifest (which holds times), the workdir's own path
     (the index points at its LanceDB folder) written as WORKDIR."""
     root, here = Path(ref.path), str(workdir.resolve()).encode()
-    return {str(p.relative_to(root)): p.read_bytes().replace(here, b"WORKDIR") for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes().replace(here, b"WORKDIR")
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
 
 
 def _index_rows(refs) -> dict:
@@ -265,12 +291,26 @@ def test_not_in_key_fields_of_the_cheap_stages_change_no_byte(tmp_path, small_co
     data = tmp_path / "extra.jsonl"
     data.write_text("".join(f'{{"question": "What is {i} + {i}?", "answer": "{2 * i}"}}\n' for i in range(6)))
     path = small_config.write(
-        tmp_path, "nokey", n_train=12, n_test=2,
+        tmp_path,
+        "nokey",
+        n_train=12,
+        n_test=2,
         teachers=[small_config.scripted("stepwise", 0.2), small_config.scripted("terms")],
-        problems={"sources": [
-            {"kind": "synthetic", "name": "arith", "n_train": 12, "n_test": 2, "max_operands": 3,
-             "max_value": 9, "ops": "+-"},
-            {"kind": "local", "name": "extra", "path": str(data), "format": "plain", "split": "train"}]})
+        problems={
+            "sources": [
+                {
+                    "kind": "synthetic",
+                    "name": "arith",
+                    "n_train": 12,
+                    "n_test": 2,
+                    "max_operands": 3,
+                    "max_value": 9,
+                    "ops": "+-",
+                },
+                {"kind": "local", "name": "extra", "path": str(data), "format": "plain", "split": "train"},
+            ]
+        },
+    )
 
     def run(workdir: Path, *overrides):
         cfg = load_config(path, [f"workdir={workdir}", *overrides])
@@ -281,8 +321,12 @@ def test_not_in_key_fields_of_the_cheap_stages_change_no_byte(tmp_path, small_co
     expected_rows = _index_rows(base)
     assert len(expected_rows) >= 12
     marked = {f"{c.__name__}.{n}" for c, n in every_field() if field_rule(c, n)[0] == "no"}
-    in_cheap = {label for label in marked if label.split(".")[0] in (
-        "LocalSource", "TeacherConfig", "Sampling", "FilterConfig", "IndexConfig", "SyntheticSource")}
+    in_cheap = {
+        label
+        for label in marked
+        if label.split(".")[0]
+        in ("LocalSource", "TeacherConfig", "Sampling", "FilterConfig", "IndexConfig", "SyntheticSource")
+    }
     assert in_cheap <= set(NOT_IN_KEY_CHANGES), in_cheap - set(NOT_IN_KEY_CHANGES)
     for i, (label, new) in enumerate(NOT_IN_KEY_CHANGES.items()):
         if label == "LocalSource.path":
@@ -291,8 +335,12 @@ def test_not_in_key_fields_of_the_cheap_stages_change_no_byte(tmp_path, small_co
             shutil.copy(data, moved)
             override = f"problems.sources.1.path={moved}"
         else:
-            where = {"TeacherConfig": "teachers.teachers.0.", "FilterConfig": "filter.",
-                     "IndexConfig": "index.", "OgerConfig": ""}[label.split(".")[0]]
+            where = {
+                "TeacherConfig": "teachers.teachers.0.",
+                "FilterConfig": "filter.",
+                "IndexConfig": "index.",
+                "OgerConfig": "",
+            }[label.split(".")[0]]
             override = f"{where}{label.split('.')[1]}={as_yaml(new)}"
         _, got = run(tmp_path / f"w{i}", override)
         for stage in CHEAP:
@@ -311,11 +359,21 @@ def test_each_stage_reads_only_what_its_key_or_an_upstream_key_covers(tmp_path, 
     path = small_config.write(
         tmp_path,
         "reads",
-        **{**small_config.RL_UPSTREAM,
-           "evaluate": {**small_config.RL_UPSTREAM["evaluate"], "max_new_tokens": 16,
-                        "benchmarks": [{"name": "synthetic", "limit": 4, "samples": 2}]}},
-        train={"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout": {"max_new_tokens": 16},
-               "logging": {"checkpoint_every": 1}},
+        **{
+            **small_config.RL_UPSTREAM,
+            "evaluate": {
+                **small_config.RL_UPSTREAM["evaluate"],
+                "max_new_tokens": 16,
+                "benchmarks": [{"name": "synthetic", "limit": 4, "samples": 2}],
+            },
+        },
+        train={
+            "steps": 2,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "rollout": {"max_new_tokens": 16},
+            "logging": {"checkpoint_every": 1},
+        },
     )
     cfg = load_config(path, [f"workdir={tmp_path / 'w'}"])
     keys = key_reads(cfg)
@@ -336,8 +394,11 @@ def test_each_stage_reads_only_what_its_key_or_an_upstream_key_covers(tmp_path, 
     where, stale = owners(cfg), {}
     for stage, seen in run_reads.items():
         covered = set().union(keys[stage], *(keys[u] for u in ancestors(stage)))
-        loose = sorted(f"{c.__name__}.{n}" for c, n in seen - covered - marked - idle
-                       if not is_section(where[(c, n)][0][0].__dict__[n]))
+        loose = sorted(
+            f"{c.__name__}.{n}"
+            for c, n in seen - covered - marked - idle
+            if not is_section(where[(c, n)][0][0].__dict__[n])
+        )
         if loose:
             stale[stage] = loose
     assert not stale, f"read by a stage's run but in neither its key nor an upstream key: {stale}"

@@ -19,8 +19,15 @@ def _qwen2(dtype=torch.float32):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return Qwen2ForCausalLM(cfg).to(dtype).eval()
 
 
@@ -124,13 +131,12 @@ def test_smollm2_decodes_the_plain_models_distributions_with_packed_weights():
     with torch.no_grad():
         for r in sampled:
             p = prompts[r.prompt_index]
-            logits = model(input_ids=torch.tensor([p + r.response_ids])).logits[0, len(p) - 1:-1]
+            logits = model(input_ids=torch.tensor([p + r.response_ids])).logits[0, len(p) - 1 : -1]
             logp = torch.log_softmax(logits, dim=-1)
             plain = -(logp.exp() * logp).sum(-1)
             assert r.entropies == pytest.approx(plain.tolist(), abs=1e-4)
     greedy = [r.response_ids for r in generate(model, tok, prompts, temperature=0.0, **kw)]
-    assert greedy == [r.response_ids for r in generate(model, tok, prompts, temperature=0.0,
-                                                        pack_linears=False, **kw)]
+    assert greedy == [r.response_ids for r in generate(model, tok, prompts, temperature=0.0, pack_linears=False, **kw)]
     with packed_linears(model) as used:
         assert used
 
@@ -149,7 +155,8 @@ def test_bf16_on_a_cpu_without_bf16_instructions_stays_plain():
         "with torch.no_grad(), packed_linears(m) as packed:\n"
         "    y = m(x)\n"
         "    print(packed, [n for n, c in m.named_modules() if 'forward' in c.__dict__])\n"
-        "print(torch.equal(y, m(x).detach()))\n")
+        "print(torch.equal(y, m(x).detach()))\n"
+    )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

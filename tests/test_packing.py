@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from oger.contract.config import TrainConfig
+from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from oger.stages.train import packing, varlen
 from oger.stages.train.update import token_scores, update
-from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from tests.builders import sample
 
 AGGS = ["token_mean", "seq_mean", "constant_len"]
@@ -22,10 +22,19 @@ def _qwen2():
 def _llama():
     # SmolLM2's architecture (Llama, tied embeddings), random weights at a tiny size.
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg).float(), 0
 
 
@@ -42,8 +51,9 @@ def spread_samples(vocab: int, n=6, seed=0):
     out = []
     for i, (p, r) in enumerate(zip(plens, rlens)):
         ids = torch.randint(5, vocab, (p + r,), generator=g).tolist()
-        out.append(sample("x", group=i // 2, problem_id=str(i), prompt_ids=ids[:p], response_ids=ids[p:],
-                          off_policy=(i == 3)))
+        out.append(
+            sample("x", group=i // 2, problem_id=str(i), prompt_ids=ids[:p], response_ids=ids[p:], off_policy=(i == 3))
+        )
     return out
 
 
@@ -112,8 +122,9 @@ def test_packed_update_gives_the_padded_loss_and_gradient(model_pad, agg):
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
     base = dict(loss={"loss_agg": agg, "entropy_coef": 0.01}, rollout={"max_new_tokens": 96})
     g_pad, m_pad = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 2}, **base), pad, adv)
-    g_pack, m_pack = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 2, "padding_free": True}, **base),
-                           pad, adv)
+    g_pack, m_pack = _grad(
+        model, ss, TrainConfig(optim={"micro_batch_size": 2, "padding_free": True}, **base), pad, adv
+    )
     assert g_pad.abs().max() > 0
     assert (g_pad - g_pack).abs().max() < 1e-5
     assert abs(m_pad["pg_loss"] - m_pack["pg_loss"]) < 1e-5
@@ -129,8 +140,11 @@ def test_token_budgets_that_split_the_batch_differently_give_one_gradient(model_
     grads = []
     splits = set()
     for budget, free in ((10_000, True), (120, True), (60, True), (1, True), (120, False)):
-        cfg = TrainConfig(optim={"max_tokens_per_micro_batch": budget, "padding_free": free},
-                          loss={"loss_agg": agg}, rollout={"max_new_tokens": 96})
+        cfg = TrainConfig(
+            optim={"max_tokens_per_micro_batch": budget, "padding_free": free},
+            loss={"loss_agg": agg},
+            rollout={"max_new_tokens": 96},
+        )
         order = sorted(range(len(ss)), key=lengths.__getitem__)
         splits.add(len(packing.group_by_tokens(order, lengths, budget)))
         grads.append(_grad(model, ss, cfg, pad, adv)[0])
@@ -155,8 +169,9 @@ def test_packed_forward_attends_per_sample_and_restores_the_model(model_pad, mon
     row = packing.pack([s.prompt_ids for s in ss], [s.response_ids for s in ss])
     before = model.config._attn_implementation
     with torch.no_grad():  # transformers' path: no 2D mask, the block mask from the position restarts
-        reference = model(input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep,
-                          use_cache=False).logits[0]
+        reference = model(
+            input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep, use_cache=False
+        ).logits[0]
     widths = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -185,8 +200,9 @@ def test_one_micro_batch_split_over_threads_gives_the_one_pass_gradient(model_pa
     model, pad = model_pad
     ss = spread_samples(model.config.vocab_size)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
-    cfg = TrainConfig(optim={"micro_batch_size": 6}, loss={"loss_agg": agg, "entropy_coef": 0.01},
-                      rollout={"max_new_tokens": 96})
+    cfg = TrainConfig(
+        optim={"micro_batch_size": 6}, loss={"loss_agg": agg, "entropy_coef": 0.01}, rollout={"max_new_tokens": 96}
+    )
     assert len(micro_batch_indices(ss, cfg)) == 1
     assert len(micro_batch_indices(ss, cfg, workers=2)) == 4  # 2 x workers parts for the threads
     whole, _ = _grad(model, ss, cfg, pad, adv)
@@ -219,9 +235,16 @@ def group_samples(vocab: int, seed=0):
     for grp, (plen, rlens) in enumerate([(3, [1, 40, 12]), (17, [40, 7, 25]), (9, [12, 25, 3])]):
         prompt = torch.randint(5, vocab, (plen,), generator=g).tolist()
         for k, r in enumerate(rlens):
-            out.append(sample("x", group=grp, problem_id=str(grp), prompt_ids=prompt,
-                              response_ids=torch.randint(5, vocab, (r,), generator=g).tolist(),
-                              off_policy=(grp, k) == (1, 2)))
+            out.append(
+                sample(
+                    "x",
+                    group=grp,
+                    problem_id=str(grp),
+                    prompt_ids=prompt,
+                    response_ids=torch.randint(5, vocab, (r,), generator=g).tolist(),
+                    off_policy=(grp, k) == (1, 2),
+                )
+            )
     return out
 
 
@@ -239,8 +262,7 @@ def test_shared_prompt_update_gives_the_padded_loss_and_gradient(model_pad, agg)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8, -1.2, 0.4, 0.9])
     base = dict(loss={"loss_agg": agg, "entropy_coef": 0.01}, rollout={"max_new_tokens": 96})
     g_pad, m_pad = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 4}, **base), pad, adv)
-    g_sh, m_sh = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 4, "share_prompts": True}, **base),
-                       pad, adv)
+    g_sh, m_sh = _grad(model, ss, TrainConfig(optim={"micro_batch_size": 4, "share_prompts": True}, **base), pad, adv)
     assert g_pad.abs().max() > 0
     assert (g_pad - g_sh).abs().max() < 1e-5
     assert abs(m_pad["pg_loss"] - m_sh["pg_loss"]) < 1e-5

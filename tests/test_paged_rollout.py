@@ -8,13 +8,12 @@ import torch
 
 from oger.contract.config import TrainConfig
 from oger.generation.hf import chat_prompt_ids, generate
+from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from oger.stages.train.trainer import train
 from oger.synthetic import generate_problems
-from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from tests.builders import rollouts, train_inputs
 
-QUESTIONS = ["Compute 1 + 2.", "Compute 4 - 5 + 6 + 7 - 8 + 9 - 1 + 3.", "Compute 7.",
-             "Compute 12 + 3 - 4 + 5."]
+QUESTIONS = ["Compute 1 + 2.", "Compute 4 - 5 + 6 + 7 - 8 + 9 - 1 + 3.", "Compute 7.", "Compute 12 + 3 - 4 + 5."]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +65,9 @@ def test_sampling_reproducible_by_seed(policy, engine):
     model, tok = policy
     prompts = _prompts(tok)
     model.train()
-    runs = [generate(model, tok, prompts, n=3, max_new_tokens=16, temperature=1.0, seed=s, engine=engine)
-            for s in (5, 5, 6)]
+    runs = [
+        generate(model, tok, prompts, n=3, max_new_tokens=16, temperature=1.0, seed=s, engine=engine) for s in (5, 5, 6)
+    ]
     assert model.training and model.config._attn_implementation == "sdpa"  # left as found
     ids = [[r.response_ids for r in run] for run in runs]
     assert ids[0] == ids[1]
@@ -78,8 +78,9 @@ def test_sampling_reproducible_by_seed(policy, engine):
 
 def test_paged_respects_max_new_tokens_and_skips_entropy_when_asked(policy):
     model, tok = policy
-    rolls = generate(model, tok, _prompts(tok)[:2], max_new_tokens=3, temperature=1.0, engine="paged",
-                     record_entropy=False)
+    rolls = generate(
+        model, tok, _prompts(tok)[:2], max_new_tokens=3, temperature=1.0, engine="paged", record_entropy=False
+    )
     assert all(len(r.response_ids) <= 3 and r.entropies == [] for r in rolls)
 
 
@@ -120,9 +121,7 @@ def test_engine_options_validated_and_keyed():
     from oger.stages.teachers.stage import _generation_slice
 
     with pytest.raises(ValueError, match="rollout.engine 'paged'.*fsdp"):
-        TrainConfig(
-            prompts_per_step=16, rollout={"engine": "paged"}, distributed={"fsdp": True, "num_processes": 2}
-        )
+        TrainConfig(prompts_per_step=16, rollout={"engine": "paged"}, distributed={"fsdp": True, "num_processes": 2})
     with pytest.raises(ValueError, match="rollout.engine"):
         TrainConfig(rollout={"engine": "sglang"})
     with pytest.raises(ValueError, match="engine 'paged' applies to backend 'transformers' only"):

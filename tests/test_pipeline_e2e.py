@@ -116,8 +116,7 @@ def test_cold_run_until_index(cold_run, workdir):
     # What the cached rerun must not show does show here (progress bars of the model-loading
     # stages): the in-process capture sees it, so its absence there means something.
     out = proc.stderr + proc.stdout
-    assert all(m in out for m in ("Loading weights", "teacher smollm2", "Batches", "filter: verify")), \
-        out[-3000:]
+    assert all(m in out for m in ("Loading weights", "teacher smollm2", "Batches", "filter: verify")), out[-3000:]
 
 
 def test_cached_rerun_is_fast_and_loads_no_model(tiny, first):
@@ -126,8 +125,7 @@ def test_cached_rerun_is_fast_and_loads_no_model(tiny, first):
     elapsed = time.time() - t
     s = summary_of(proc)
     assert all(st["cached"] for st in s["stages"].values())
-    assert {k: v["key"] for k, v in s["stages"].items()} == \
-        {k: v["key"] for k, v in first["stages"].items()}
+    assert {k: v["key"] for k, v in s["stages"].items()} == {k: v["key"] for k, v in first["stages"].items()}
     for marker in ("Loading weights", "teacher smollm2", "Batches", "filter: verify"):
         assert marker not in proc.stderr + proc.stdout, marker
     assert elapsed < 15, f"cached rerun took {elapsed:.1f}s"
@@ -143,7 +141,10 @@ def test_filter_change_recomputes_only_filter_and_index(strict, first, workdir):
     new_tag, old_tag = s["stages"]["index"]["key"], first["index"]["key"]
     assert new_tag != old_tag
     db = workdir / "index" / "lancedb"
-    old_rows, new_rows = first["index"]["metrics"]["rows_this_stage"], s["stages"]["index"]["metrics"]["rows_this_stage"]
+    old_rows, new_rows = (
+        first["index"]["metrics"]["rows_this_stage"],
+        s["stages"]["index"]["metrics"]["rows_this_stage"],
+    )
     assert new_rows <= old_rows  # the stricter filter keeps no more of the pool's traces
     assert TeacherIndex(db, "teacher_traces", old_tag).count() == old_rows
     assert TeacherIndex(db, "teacher_traces", new_tag).count() == new_rows
@@ -189,8 +190,7 @@ def test_jsonl_row_without_answer_fails_naming_file_row_field(run_oger, workdir,
     bad.write_text('{"question": "Compute 1 + 2.", "answer": "3"}\n{"question": "Compute 2 + 2."}\n')
     cfg = Path(tmp_path / "bad.yaml")
     data = yaml.safe_load(Path(CONFIG).read_text())
-    data["problems"]["sources"].append({"kind": "local", "name": "extra", "path": str(bad),
-                                        "format": "plain"})
+    data["problems"]["sources"].append({"kind": "local", "name": "extra", "path": str(bad), "format": "plain"})
     cfg.write_text(yaml.safe_dump(data))
     before = snapshot(workdir)
     proc = run_oger("run", cfg, "--until", "index", "--set", f"workdir={workdir}")
@@ -206,8 +206,7 @@ def test_status_lists_cached_and_stale(oger_in_process, workdir, first):
     rows = {r["stage"]: r for r in json.loads(proc.stdout)["stages"]}
     assert all(rows[s]["state"] == "cached" for s in ("problems", "teachers", "filter", "index"))
     assert rows["index"]["key"] == first["stages"]["index"]["key"]
-    proc = oger_in_process("status", CONFIG, "--set", f"workdir={workdir}", "--set", "filter.max_tokens=99",
-                           "--json")
+    proc = oger_in_process("status", CONFIG, "--set", f"workdir={workdir}", "--set", "filter.max_tokens=99", "--json")
     rows = {r["stage"]: r for r in json.loads(proc.stdout)["stages"]}
     assert rows["teachers"]["state"] == "cached" and rows["filter"]["state"] == "stale"
     assert load_complete(workdir, "problems", rows["problems"]["key"]) is not None
@@ -255,8 +254,16 @@ def test_demo_evaluates_base_and_trained_on_synthetic_and_real_slices(evaluated)
         assert 0.0 <= e["base"] <= 1.0 and 0.0 <= e["trained"] <= 1.0
     stage = Path(s["stages"]["evaluate"]["path"])
     samples = pl.read_parquet(stage / "samples.parquet")
-    assert {"benchmark", "model", "problem_id", "sample_index", "response", "extracted_answer", "correct",
-            "tokens"} <= set(samples.columns)
+    assert {
+        "benchmark",
+        "model",
+        "problem_id",
+        "sample_index",
+        "response",
+        "extracted_answer",
+        "correct",
+        "tokens",
+    } <= set(samples.columns)
     assert samples.filter(pl.col("benchmark") == "synthetic").height == 2 * 200 * 4  # 2 models, avg@4
     for model in ("base", "trained"):
         synth = samples.filter((pl.col("benchmark") == "synthetic") & (pl.col("model") == model))

@@ -14,8 +14,7 @@ from oger.contract.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-PAPER = [REPO / "configs" / f"qwen2.5-math-{s}-{a}.yaml" for s in ("1.5b", "7b")
-         for a in ("grpo", "luffy", "oger")]
+PAPER = [REPO / "configs" / f"qwen2.5-math-{s}-{a}.yaml" for s in ("1.5b", "7b") for a in ("grpo", "luffy", "oger")]
 
 
 def plan_json(capsys, config, *overrides) -> dict:
@@ -68,10 +67,12 @@ def test_plan_shows_cached_stages_and_exact_counts(tmp_path, capsys):
 
 
 def test_plan_runs_nothing_and_loads_no_model(tmp_path):
-    code = ("import sys; from oger.cli import main; "
-            f"rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--json', '--set', 'workdir={tmp_path}']); "
-            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'lancedb', "
-            "'prefect', 'ray') if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    code = (
+        "import sys; from oger.cli import main; "
+        f"rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--json', '--set', 'workdir={tmp_path}']); "
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'lancedb', "
+        "'prefect', 'ray') if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     plan, heavy = out.stdout.rsplit("HEAVY", 1)
@@ -92,7 +93,12 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     loss = t.loss
     assert (t.optim.lr, t.rollout.temperature, t.rollout.max_new_tokens, loss.gamma) == (1e-6, 1.0, 8192, 0.1)
     assert (loss.beta, loss.entropy_coef, loss.clip, loss.scale_rewards, loss.loss_agg) == (
-        0.0, 0.001, False, "none", "constant_len")
+        0.0,
+        0.001,
+        False,
+        "none",
+        "constant_len",
+    )
     assert t.replaces == (algo != "grpo") and (t.bonus_lambda > 0) == (algo == "oger")
     assert loss.ppo_mini_batches == 2  # train_batch_size 128 / ppo_mini_batch_size 64
     assert t.distributed.num_processes == 8 and t.distributed.fsdp == ("7b" in config.stem)
@@ -106,7 +112,5 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     assert cfg.runner.kind == "ray"
     assert cfg.evaluate.protocol == "luffy" and cfg.evaluate.max_new_tokens == 8192
     # The DDP shard rule names the fields to change.
-    with pytest.raises(
-        ConfigError, match="prompts_per_step .*distributed.num_processes x rollout.batch_prompts"
-    ):
+    with pytest.raises(ConfigError, match="prompts_per_step .*distributed.num_processes x rollout.batch_prompts"):
         load_config(config, ["train.distributed.num_processes=3"])

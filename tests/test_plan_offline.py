@@ -31,11 +31,20 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_plan_status_index_list_never_touch_the_network(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "OGER_DATA_DIR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "OGER_DATA_DIR")
+    }
     env.update(HF_ENDPOINT="http://10.255.255.1", PREFECT_HOME=str(tmp_path / "prefect"))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), *CONFIGS], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60 + 3 * len(CONFIGS) * SECONDS_PER_COMMAND)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), *CONFIGS],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60 + 3 * len(CONFIGS) * SECONDS_PER_COMMAND,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == 3 * len(CONFIGS) and len(CONFIGS) >= 7
@@ -52,16 +61,22 @@ def test_plan_status_index_list_never_touch_the_network(tmp_path):
 def test_plan_names_a_missing_benchmark_instead_of_fetching_it(tmp_path):
     """A clone without data/ and no OGER_DATA_DIR: the plan says which hub dataset a run would
     fetch, and still returns within seconds (the hub endpoint is unroutable)."""
-    script = ("import json, sys, time, contextlib, io\nfrom pathlib import Path\nimport oger.data.roots\n"
-              "oger.data.roots.REPO_DATA = Path(sys.argv[1]) / 'no-data'\nfrom oger.cli import main\n"
-              "t = time.perf_counter()\nwith contextlib.redirect_stdout(io.StringIO()) as buf:\n"
-              "    rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--set', f'workdir={sys.argv[1]}', '--json'])\n"
-              "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'out': buf.getvalue()}))\n")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "OGER_DATA_DIR")}
+    script = (
+        "import json, sys, time, contextlib, io\nfrom pathlib import Path\nimport oger.data.roots\n"
+        "oger.data.roots.REPO_DATA = Path(sys.argv[1]) / 'no-data'\nfrom oger.cli import main\n"
+        "t = time.perf_counter()\nwith contextlib.redirect_stdout(io.StringIO()) as buf:\n"
+        "    rc = main(['plan', 'configs/qwen2.5-math-7b-oger.yaml', '--set', f'workdir={sys.argv[1]}', '--json'])\n"
+        "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'out': buf.getvalue()}))\n"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "OGER_DATA_DIR")
+    }
     env.update(HF_ENDPOINT="http://10.255.255.1", PREFECT_HOME=str(tmp_path / "prefect"))
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["rc"] == 0 and r["s"] < SECONDS_PER_COMMAND

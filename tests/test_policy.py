@@ -14,12 +14,19 @@ pytestmark = pytest.mark.slow
 def run_policy(tmp_path_factory, small_config):
     """run_policy(*overrides): the policy stage's ref; one workdir for the module (shared upstream)."""
     folder = tmp_path_factory.mktemp("pol")
-    small_config.write(folder, "pol", n_train=24, n_test=4, source={"max_operands": 2},
-                       teachers=[small_config.scripted("terms")],
-                       evaluate={"heldout": {"limit": 2, "max_new_tokens": 8}},
-                       policy={"tiny": {"vocab_size": 320, "hidden_size": 32, "num_layers": 1,
-                                        "num_heads": 2, "intermediate_size": 64},
-                               "sft": {"epochs": 1, "batch_size": 8}})
+    small_config.write(
+        folder,
+        "pol",
+        n_train=24,
+        n_test=4,
+        source={"max_operands": 2},
+        teachers=[small_config.scripted("terms")],
+        evaluate={"heldout": {"limit": 2, "max_new_tokens": 8}},
+        policy={
+            "tiny": {"vocab_size": 320, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+            "sft": {"epochs": 1, "batch_size": 8},
+        },
+    )
 
     def _run(*overrides):
         cfg = load_config(folder / "pol.yaml", [f"workdir={folder / 'w'}", *overrides])
@@ -31,8 +38,7 @@ def run_policy(tmp_path_factory, small_config):
 def test_gguf_source_is_dequantised_and_loadable(run_policy):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ref = run_policy("policy.source=model", "policy.model=smollm2",
-                     "policy.sft.epochs=0.25", "policy.sft.batch_size=2")
+    ref = run_policy("policy.source=model", "policy.model=smollm2", "policy.sft.epochs=0.25", "policy.sft.batch_size=2")
     folder = Path(ref.path) / "model"
     model = AutoModelForCausalLM.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
@@ -49,8 +55,7 @@ def test_local_folder_source_and_tiny_source(run_policy):
     assert tiny.metrics["source"] == "tiny" and tiny.metrics["vocab_size"] <= 320
     folder = Path(tiny.path) / "model"
     assert AutoModelForCausalLM.from_pretrained(folder).config.architectures == ["Qwen2ForCausalLM"]
-    again = run_policy("policy.source=model", f"policy.model={folder}",
-                       "policy.sft.enabled=false")
+    again = run_policy("policy.source=model", f"policy.model={folder}", "policy.sft.enabled=false")
     assert again.key != tiny.key and "sft_steps" not in again.metrics
     assert AutoModelForCausalLM.from_pretrained(Path(again.path) / "model") is not None
 
@@ -69,8 +74,11 @@ def test_tiny_tokenizer_roundtrips_and_splits_digits():
 def test_digits_pretokenize_keeps_a_space_and_its_digit_one_piece_and_merges_phrases():
     from oger.stages.policy.tiny_model import train_tokenizer
 
-    texts = ["Let's evaluate 6 + 2 - 6.\nNext, 6 + 2 = 8.\nNext, 8 - 6 = 2.\nThe result is \\boxed{2}.",
-             "Compute 12 + 345.", "Split 4 - 7 into signed terms: +4 -7.\nAnswer: \\boxed{-3}"]
+    texts = [
+        "Let's evaluate 6 + 2 - 6.\nNext, 6 + 2 = 8.\nNext, 8 - 6 = 2.\nThe result is \\boxed{2}.",
+        "Compute 12 + 345.",
+        "Split 4 - 7 into signed terms: +4 -7.\nAnswer: \\boxed{-3}",
+    ]
     words, digits = train_tokenizer(texts * 20, 320), train_tokenizer(texts * 20, 320, "digits")
     for t in texts + ["unseen words ünïcode 9876"]:
         assert digits.decode(digits(t)["input_ids"]) == t

@@ -6,10 +6,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from oger.contract.config import HeldoutConfig, PolicyConfig
-from oger.stages.policy.stage import key_inputs as policy_key_inputs
 from oger.runtime import precision
 from oger.runtime.device import Runtime
 from oger.stages.policy.sft import pad_batch, sft
+from oger.stages.policy.stage import key_inputs as policy_key_inputs
 from tests.test_sft import EXAMPLES, _tiny_model
 
 
@@ -66,8 +66,9 @@ def test_bf16_mixed_sft_learns_like_float32_and_keeps_float32_weights():
     runs = {}
     for prec in ("float32", "bf16-mixed"):
         model = _tiny_model()
-        runs[prec] = sft(model, EXAMPLES * 8, pad_id=0, epochs=6, lr=0.01, batch_size=8, warmup_steps=2,
-                         seed=0, precision=prec)
+        runs[prec] = sft(
+            model, EXAMPLES * 8, pad_id=0, epochs=6, lr=0.01, batch_size=8, warmup_steps=2, seed=0, precision=prec
+        )
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert model.config._attn_implementation == "sdpa"
     f32, mixed = runs["float32"], runs["bf16-mixed"]
@@ -120,8 +121,7 @@ def test_native_teacher_dtype_is_keyed_as_what_it_resolves_to(monkeypatch):
     from oger.stages.teachers.stage import key_inputs as teachers_key
 
     def cfg(dtype):
-        return TeachersConfig(teachers=[{"name": "lm", "backend": "transformers", "model": "smollm2",
-                                         "dtype": dtype}])
+        return TeachersConfig(teachers=[{"name": "lm", "backend": "transformers", "model": "smollm2", "dtype": dtype}])
 
     monkeypatch.setattr(precision, "has_nvidia_gpu", lambda: False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
@@ -140,10 +140,16 @@ def test_teacher_shards_run_the_dtype_they_are_keyed_with(monkeypatch, tmp_path)
 
     monkeypatch.setattr(precision, "has_nvidia_gpu", lambda: False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
-    cfg = load_config("configs/tiny.yaml", [
-        f"workdir={tmp_path}", "problems.sources.0.n_train=8", "problems.sources.0.n_test=4",
-        "teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, dtype: native, shards: 2},"
-        " {name: terms, backend: scripted, model: terms}]"])
+    cfg = load_config(
+        "configs/tiny.yaml",
+        [
+            f"workdir={tmp_path}",
+            "problems.sources.0.n_train=8",
+            "problems.sources.0.n_test=4",
+            "teachers.teachers=[{name: stepwise, backend: scripted, model: stepwise, dtype: native, shards: 2},"
+            " {name: terms, backend: scripted, model: terms}]",
+        ],
+    )
     sent = []
 
     def recording(fn, jobs):

@@ -3,8 +3,8 @@ database migrated, so a first run pays for neither; a second prepare finds both 
 
 import pytest
 
-from oger.models import cache_root
 from oger.commands.prepare import gguf_models, prepare
+from oger.models import cache_root
 
 
 def test_a_gguf_used_as_model_and_as_tokenizer_is_converted_once_as_a_model(tmp_path, small_config):
@@ -23,7 +23,9 @@ def test_prepare_converts_the_tokenizer_and_migrates_prefect(tmp_path, small_con
     done = prepare(cfg, say=lambda line: None)
     assert [what for what, _, _ in done] == ["filter.tokenizer: smollm2 (tokenizer)", "Prefect database (migrations)"]
     tokenizer_dir = cache_root() / "tokenizers"
-    assert [p.name for p in tokenizer_dir.iterdir()] and all((p / ".complete").exists() for p in tokenizer_dir.iterdir())
+    assert [p.name for p in tokenizer_dir.iterdir()] and all(
+        (p / ".complete").exists() for p in tokenizer_dir.iterdir()
+    )
     assert (tmp_path / "prefect" / "prefect.db").exists() and "upgraded" in done[1][1]
     again = prepare(cfg, say=lambda line: None)
     assert again[0][2] < 1.0  # the converted tokenizer is found, not converted again

@@ -1,7 +1,6 @@
 import json
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from oger.contract.config import FieldMap, HFSource, LocalSource, SyntheticSource
@@ -9,7 +8,6 @@ from oger.contract.errors import DataError
 from oger.data.hub import resolve_hf_local
 from oger.data.normalize import normalize_row, problem_id
 from oger.data.sources import load_source
-
 
 # The first rows of the training files (data/SOURCES.md lists their origin; they are not in data/).
 FIXTURES = Path(__file__).parent / "data"
@@ -61,8 +59,7 @@ def test_hf_source_missing_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_row_without_answer_names_file_row_and_field(tmp_path):
     p = tmp_path / "bad.jsonl"
-    p.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n"
-                 + json.dumps({"question": "2+2?"}) + "\n")
+    p.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n")
     with pytest.raises(DataError) as e:
         load_source(local(p, format="plain"))
     msg = str(e.value)
@@ -91,8 +88,9 @@ def test_synthetic_source_splits():
 
 def test_synthetic_test_split_never_repeats_a_train_problem():
     # A small space (single digits, 2-3 operands) where independent draws would collide often.
-    rows = load_source(SyntheticSource(kind="synthetic", n_train=1000, n_test=200, max_operands=3,
-                                       max_value=9, ops="+-"))
+    rows = load_source(
+        SyntheticSource(kind="synthetic", n_train=1000, n_test=200, max_operands=3, max_value=9, ops="+-")
+    )
     train = {r["question"] for r in rows if r["split"] == "train"}
     test = [r["question"] for r in rows if r["split"] == "test"]
     assert len(train) == 1000 and len(test) == 200 and not train & set(test)

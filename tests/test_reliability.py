@@ -17,10 +17,9 @@ import pytest
 
 from oger.contract.config import load_config
 from oger.contract.errors import DataError
-from oger.data.sources import load_source
 from oger.contract.lock import WorkdirBusy, is_locked, read_holder, workdir_lock
-from tests.reliability_helpers import (REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest,
-                                      write_config)
+from oger.data.sources import load_source
+from tests.reliability_helpers import REPO, SMALL, check_nothing_looks_complete_that_is_not, tree_digest, write_config
 
 BAD = REPO / "tests" / "data" / "bad"
 PY = sys.executable
@@ -54,9 +53,13 @@ filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
 def _env(tmp_path: Path) -> dict:
     (tmp_path / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
     # a loaded machine starts Prefect's ephemeral server slowly: don't fail the run for that
-    return dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONUNBUFFERED="1",
-                PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")
+    return dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PYTHONUNBUFFERED="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
@@ -108,11 +111,17 @@ def test_bad_inputs_one_error_line_exit_2_artifacts_untouched(tmp_path):
     for name, words in BAD_FILES.items():
         cases.append(["run", str(config), "--set", f"problems.sources.1.path={BAD / name}"])
         expect.append((str(BAD / name), words))
-    models = [("teachers.teachers=[{name: big, backend: transformers, model: /no/such/teacher}]",
-               "teachers.teachers[0].model (big): model path '/no/such/teacher' does not exist"),
-              ("teachers.teachers=[{name: big, backend: transformers, model: no-org/no-model}]",
-               "not in the Hugging Face cache"),
-              ("policy.source=model", None)]
+    models = [
+        (
+            "teachers.teachers=[{name: big, backend: transformers, model: /no/such/teacher}]",
+            "teachers.teachers[0].model (big): model path '/no/such/teacher' does not exist",
+        ),
+        (
+            "teachers.teachers=[{name: big, backend: transformers, model: no-org/no-model}]",
+            "not in the Hugging Face cache",
+        ),
+        ("policy.source=model", None),
+    ]
     cases.append(["run", str(config), "--set", models[0][0]])
     expect.append(("/no/such/teacher", models[0][1]))
     cases.append(["run", str(config), "--set", models[1][0]])
@@ -120,8 +129,14 @@ def test_bad_inputs_one_error_line_exit_2_artifacts_untouched(tmp_path):
     cases.append(["run", str(config), "--set", "policy.source=model", "--set", "policy.model=./no/policy"])
     expect.append(("./no/policy", "policy.model: model path './no/policy' does not exist"))
 
-    proc = subprocess.run([PY, "-c", _CLI_BATCH.format(cases=cases)], cwd=REPO, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [PY, "-c", _CLI_BATCH.format(cases=cases)],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     outs = proc.stdout.split("@@case\n")[1:]
     errs = proc.stderr.split("@@case\n")[1:]
@@ -148,8 +163,7 @@ with workdir_lock(sys.argv[1], "run-holder"):
 
 
 def _hold(workdir: Path, seconds: float) -> subprocess.Popen:
-    p = subprocess.Popen([PY, "-c", _HOLDER, str(workdir), str(seconds)], cwd=REPO,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([PY, "-c", _HOLDER, str(workdir), str(seconds)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -218,20 +232,32 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
     other must find it held: it waits (visible message), then fails with one error line naming
     the holder, exit 2, no traceback. The holder then finishes: the end state is one run's."""
     config = tmp_path / "lite.yaml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         name: two
         problems: {sources: [{kind: synthetic, name: arith, n_train: 20, n_test: 5}]}
         teachers: {teachers: [{name: stepwise, backend: scripted, model: stepwise}]}
         filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
         lock_timeout_s: 3
-        """) + f"workdir: {tmp_path / 'w'}\n")
+        """)
+        + f"workdir: {tmp_path / 'w'}\n"
+    )
     wd = tmp_path / "w"
     cmd = [PY, "-m", "oger.cli", "run", str(config), "--until", "filter"]
     # Each its own Prefect home: two ephemeral servers on one SQLite file log "database is locked"
     # tracebacks of their own (a Prefect matter; a shared server is the production setup).
     logs = [tmp_path / f"run{i}.log" for i in range(2)]  # files: a pipe nobody reads would block
-    runs = [subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path / f"p{i}"), stdout=logs[i].open("w"),
-                             stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    runs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=_env(tmp_path / f"p{i}"),
+            stdout=logs[i].open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for i in range(2)
+    ]
     output = {r.pid: log for r, log in zip(runs, logs)}
     try:
         deadline = time.monotonic() + 600  # Prefect start-up on a loaded machine
@@ -273,22 +299,34 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
 
 
 def _start(config: Path, env: dict, log: Path, until: str = "evaluate") -> subprocess.Popen:
-    return subprocess.Popen([PY, str(REPO / "tests" / "reliability_helpers.py"), str(config), until],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log.open("w"),
-                            text=True)
+    return subprocess.Popen(
+        [PY, str(REPO / "tests" / "reliability_helpers.py"), str(config), until],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
 
 
 STAGE_ORDER = ["problems", "teachers", "filter", "index", "policy", "train", "evaluate"]
 
 
-def _run_until_event(config: Path, env: dict, event: str, delay: float, log: Path,
-                     until: str = "evaluate") -> str | None:
+def _run_until_event(
+    config: Path, env: dict, event: str, delay: float, log: Path, until: str = "evaluate"
+) -> str | None:
     """Start the driver and SIGKILL it `delay` s after it announces `event` (or at once when it
     starts a stage after the event's stage: that stage already finished); returns the stage that
     was running when it was killed, None if the driver finished first."""
     p = _start(config, env, log, until)
-    event_stage = {"teacher_part": "teachers", "merge_insert": "index", "tag": "index",
-                   "sft_step": "policy", "checkpoint": "train", "eval_shard": "evaluate"}.get(event) or event.split()[-1]
+    event_stage = {
+        "teacher_part": "teachers",
+        "merge_insert": "index",
+        "tag": "index",
+        "sft_step": "policy",
+        "checkpoint": "train",
+        "eval_shard": "evaluate",
+    }.get(event) or event.split()[-1]
     running = None
     try:
         for line in p.stdout:
@@ -324,13 +362,15 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
     env = _env(tmp_path)
     rng = random.Random(14)
     # One kill per moment, in DAG order, each a random delay after the event (fixed seed).
-    moments = [("teacher_part", rng.uniform(0, 0.05)),   # teachers: one shard saved, mid-stage
-               ("stage index", rng.uniform(0.1, 1.0)),   # index: encoder load / embed / create
-               ("sft_step", rng.uniform(0, 0.01)),       # policy: mid-SFT
-               ("checkpoint", rng.uniform(0, 0.01)),     # train: after the first checkpoint of 6
-               # (policy and train wait for events inside them, not wall time: a fast machine finishes
-               # a tiny stage within a fixed delay, and the kill would land a stage later)
-               ("eval_shard", rng.uniform(0, 0.3))]      # evaluate: base shard written
+    moments = [
+        ("teacher_part", rng.uniform(0, 0.05)),  # teachers: one shard saved, mid-stage
+        ("stage index", rng.uniform(0.1, 1.0)),  # index: encoder load / embed / create
+        ("sft_step", rng.uniform(0, 0.01)),  # policy: mid-SFT
+        ("checkpoint", rng.uniform(0, 0.01)),  # train: after the first checkpoint of 6
+        # (policy and train wait for events inside them, not wall time: a fast machine finishes
+        # a tiny stage within a fixed delay, and the kill would land a stage later)
+        ("eval_shard", rng.uniform(0, 0.3)),
+    ]  # evaluate: base shard written
     states = []
     for i, (event, delay) in enumerate(moments):
         stage = _run_until_event(config, env, event, delay, tmp_path / f"run{i}.log")
@@ -351,7 +391,7 @@ def test_kill_anywhere_then_rerun_completes_with_the_same_keys(tmp_path):
             p.wait()
     assert p.returncode == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     done = [ln for ln in out.splitlines() if ln.startswith("@@done ")]
-    keys = json.loads(done[0][len("@@done "):])
+    keys = json.loads(done[0][len("@@done ") :])
     assert keys == {n: pl.key for n, pl in plans.items()}  # the keys of an undisturbed run
     assert all(check_nothing_looks_complete_that_is_not(cfg).values())
     refs = {n: pipeline.cached_ref(cfg, pl) for n, pl in plans.items()}
@@ -375,13 +415,16 @@ def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tm
     from oger import pipeline
     from oger.stages.index.files import TeacherIndex
 
-    lite = textwrap.dedent("""
+    lite = (
+        textwrap.dedent("""
         name: lance
         problems: {sources: [{kind: synthetic, name: arith, n_train: 30, n_test: 5, max_operands: 3}]}
         teachers: {teachers: [{name: stepwise, backend: scripted, model: stepwise, slip_rate: 0.2},
                               {name: terms, backend: scripted, model: terms, slip_rate: 0.2}]}
         filter: {tokenizer: smollm2, min_tokens: 1, max_tokens: 200}
-        """) + f"workdir: {tmp_path / 'w'}\n"
+        """)
+        + f"workdir: {tmp_path / 'w'}\n"
+    )
     first = load_config(write_config(tmp_path, lite, "a.yaml"), [])
     refs_a = pipeline.run_local(first, until="index")
     strict = write_config(tmp_path, lite.replace("max_tokens: 200", "max_tokens: 60"), "b.yaml")
@@ -391,8 +434,7 @@ def test_lancedb_kill_during_merge_insert_or_tagging_keeps_the_table_readable(tm
     assert 0 < filter_b.metrics["kept"] < refs_a["filter"].metrics["kept"]
     env, rng = _env(tmp_path), random.Random(4)
     for i, event in enumerate(["merge_insert", "tag"]):
-        stage = _run_until_event(strict, env, event, rng.uniform(0, 0.02), tmp_path / f"l{i}.log",
-                                 until="index")
+        stage = _run_until_event(strict, env, event, rng.uniform(0, 0.02), tmp_path / f"l{i}.log", until="index")
         assert stage == "index"
         check_nothing_looks_complete_that_is_not(second)
         old = TeacherIndex.from_artifact(refs_a["index"])  # the earlier tag reads its own rows
@@ -415,8 +457,9 @@ def test_console_filter_drops_user_error_tracebacks_only(tmp_path):
         try:
             raise exc
         except Exception:
-            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
-                                     "Task run failed with exception", None, sys.exc_info())
+            return logging.LogRecord(
+                "prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed with exception", None, sys.exc_info()
+            )
 
     keep = _DropUserErrors().filter
     assert keep(record(StageError("filter kept nothing"))) is False

@@ -23,8 +23,13 @@ from tests.reliability_helpers import write_config
 pytestmark = pytest.mark.slow
 
 ROUNDS, KEEP = 12, 3
-SHRUNK = ["train.steps=2", "train.logging.checkpoint_every=1", "train.init_from=previous_round",
-          "retention.keep_rounds=3", "retention.keep_runs=3"]
+SHRUNK = [
+    "train.steps=2",
+    "train.logging.checkpoint_every=1",
+    "train.init_from=previous_round",
+    "retention.keep_rounds=3",
+    "retention.keep_runs=3",
+]
 
 
 def _lancedb_versions(workdir) -> int:
@@ -107,10 +112,21 @@ def test_a_gc_killed_midway_is_finished_by_the_next_gc_and_the_next_run(soak, tm
     overrides = [f"workdir={wd}", "teachers.round=2026-12-12", *SHRUNK]
     # something for gc to remove: keep only the last round
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "oger.cli", "gc", str(config), *sum((["--set", o] for o in overrides), []),
-            "--keep-rounds", "1", "--keep-runs", "1"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "oger.cli",
+        "gc",
+        str(config),
+        *sum((["--set", o] for o in overrides), []),
+        "--keep-rounds",
+        "1",
+        "--keep-runs",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         try:

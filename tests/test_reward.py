@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from oger.contract.config import TrainConfig
 from oger.algorithm import core, guards
 from oger.algorithm.reward import compute_rewards, reward_metrics
+from oger.contract.config import TrainConfig
 from tests.builders import sample
 
 TEACHER = "alpha We add the numbers step by step and carry the tens. So the answer is \\boxed{7}."
@@ -33,18 +33,27 @@ def cfg(**oger) -> TrainConfig:
 
 def group(g, pid, rows):
     """rows: (first word or teacher text, correct, off_policy); entropy 0 at the last token (g(H) = 1)."""
-    return [sample(text if off else rollout(text), group=g, problem_id=pid, response_ids=[1, 2, 3],
-                   off_policy=off, correct=c, entropies=[0.0]) for text, c, off in rows]
+    return [
+        sample(
+            text if off else rollout(text),
+            group=g,
+            problem_id=pid,
+            response_ids=[1, 2, 3],
+            off_policy=off,
+            correct=c,
+            entropies=[0.0],
+        )
+        for text, c, off in rows
+    ]
 
 
 def test_oger_gating_and_advantages_by_hand():
     # Group 0 (problem p, one teacher trace at (1, 0)): a copy of the teacher direction (d = 0), a rollout
     # at cos 0.6 (d = 0.4), a WRONG rollout at cos 0 (d would be 1), and the teacher row.
     # Group 1 (problem q, no teacher trace): correct rollouts get nothing.
-    samples = (group(0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False),
-                              (TEACHER, True, True)])
-               + group(1, "q", [("gamma", True, False), ("beta", True, False), ("gamma", False, False),
-                                ("delta", False, False)]))
+    samples = group(
+        0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False), (TEACHER, True, True)]
+    ) + group(1, "q", [("gamma", True, False), ("beta", True, False), ("gamma", False, False), ("delta", False, False)])
     teachers = {"p": ([TEACHER], None)}
     out = compute_rewards(samples, teachers, fake_embed, cfg())
     # bonus = lam * d * g(H) = 0.5 * 0.4 * 1 = 0.2 for "beta" only; the teacher row gets the group's mean
@@ -54,8 +63,9 @@ def test_oger_gating_and_advantages_by_hand():
     assert [r["divergence"] for r in out.rows[:4]] == pytest.approx([0.0, 0.4, None, None], nan_ok=True)
     # separate advantages, scale none: c - mean(c) + (b - mean(b)); group 0: mean c = 0.75, mean b = 0.0667
     #   [0.25 - 0.0667, 0.25 + 0.1333, -0.75 - 0.0667, 0.25 + 0] ; group 1: c - 0.5
-    assert out.advantages.tolist() == pytest.approx([0.25 - 0.2 / 3, 0.25 + 0.4 / 3, -0.75 - 0.2 / 3, 0.25,
-                                                     0.5, 0.5, -0.5, -0.5])
+    assert out.advantages.tolist() == pytest.approx(
+        [0.25 - 0.2 / 3, 0.25 + 0.4 / 3, -0.75 - 0.2 / 3, 0.25, 0.5, 0.5, -0.5, -0.5]
+    )
     m = out.metrics
     assert m["bonus_correct_mean"] == pytest.approx(0.1)  # eligible rows: alpha, beta
     assert m["divergence_mean"] == pytest.approx(0.2) and m["divergence_q50"] == pytest.approx(0.2)
@@ -67,8 +77,9 @@ def test_oger_gating_and_advantages_by_hand():
 
 
 def test_all_correct_group_gives_teacher_rows_zero_and_bonus_stays_on_its_scale():
-    samples = group(0, "p", [("alpha", True, False), ("beta", True, False), ("delta", True, False),
-                             (TEACHER, True, True)])
+    samples = group(
+        0, "p", [("alpha", True, False), ("beta", True, False), ("delta", True, False), (TEACHER, True, True)]
+    )
     teachers = {"p": ([TEACHER], None)}
     out = compute_rewards(samples, teachers, fake_embed, cfg(scale_rewards="group"))
     # bonuses 0, 0.2, 0.1 (cos 0.8 -> d 0.2); teacher 0.1; c-advantage 0 (all correct, std 0)
@@ -76,22 +87,25 @@ def test_all_correct_group_gives_teacher_rows_zero_and_bonus_stays_on_its_scale(
     assert out.metrics["teacher_adv_allcorrect"] == 0.0
     # The old rule (teacher r = c, c + b normalised together) blows bonus noise up to unit size and
     # pushes the teacher trace down: r = [1, 1.2, 1.1, 1], mean 1.075, std 0.0957
-    old = compute_rewards(samples, teachers, fake_embed, cfg(scale_rewards="group", teacher_rows="zero",
-                                                             advantage="joint"))
+    old = compute_rewards(
+        samples, teachers, fake_embed, cfg(scale_rewards="group", teacher_rows="zero", advantage="joint")
+    )
     std = float(torch.tensor([1, 1.2, 1.1, 1.0], dtype=torch.float64).std())
     assert old.advantages.tolist() == pytest.approx([(x - 1.075) / (std + 1e-6) for x in (1, 1.2, 1.1, 1)])
     assert old.metrics["teacher_adv_allcorrect"] < -0.7
 
 
 def test_lambda_zero_monitor_measures_without_paying_and_no_embedder_without_monitor():
-    samples = group(0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False),
-                             (TEACHER, True, True)])
+    samples = group(
+        0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False), (TEACHER, True, True)]
+    )
     teachers = {"p": ([TEACHER], None)}
     c = TrainConfig(group_size=4, algorithm="oger", oger={"lam": 0.0, "monitor": True})
     out = compute_rewards(samples, teachers, fake_embed, c)
     assert out.bonus.abs().sum() == 0 and out.metrics["divergence_mean"] == pytest.approx(0.2)
     assert out.advantages.tolist() == pytest.approx(
-        core.group_advantages(torch.tensor([[1.0, 1, 0, 1]], dtype=torch.float64)).view(-1).tolist())
+        core.group_advantages(torch.tensor([[1.0, 1, 0, 1]], dtype=torch.float64)).view(-1).tolist()
+    )
     off = TrainConfig(group_size=4, algorithm="luffy", oger={"monitor": False})
     unmeasured = compute_rewards(samples, teachers, None, off)  # no embedder needed: nothing is embedded
     assert math.isnan(unmeasured.metrics["divergence_mean"])  # NaN: not measured (not 0, not a value)
@@ -104,11 +118,22 @@ def test_no_recorded_entropy_reports_no_gate_unless_the_bonus_applied_one():
     # gate is None (not g(0) = 1, which nothing computed). With lambda > 0 and no entropy (a
     # hand-written rollout in `oger bonus`) g = 1 is what the bonus applied: reported as 1.
     rows = [("alpha", True, False), ("beta", True, False), ("gamma", False, False), (TEACHER, True, True)]
-    samples = [sample(s.text, group=0, problem_id="p", response_ids=[1, 2, 3], off_policy=s.off_policy,
-                      correct=s.correct, entropies=[]) for s in group(0, "p", rows)]
+    samples = [
+        sample(
+            s.text,
+            group=0,
+            problem_id="p",
+            response_ids=[1, 2, 3],
+            off_policy=s.off_policy,
+            correct=s.correct,
+            entropies=[],
+        )
+        for s in group(0, "p", rows)
+    ]
     teachers = {"p": ([TEACHER], None)}
-    off = compute_rewards(samples, teachers, None, TrainConfig(group_size=4, algorithm="luffy",
-                                                               oger={"monitor": False}))
+    off = compute_rewards(
+        samples, teachers, None, TrainConfig(group_size=4, algorithm="luffy", oger={"monitor": False})
+    )
     assert all(r["gate"] is None for r in off.rows)
     applied = compute_rewards(samples, teachers, fake_embed, cfg())
     assert [r["gate"] for r in applied.rows] == [1.0, 1.0, None, None]  # eligible: the two correct rollouts
@@ -116,10 +141,11 @@ def test_no_recorded_entropy_reports_no_gate_unless_the_bonus_applied_one():
 
 def test_guards_zero_the_bonus_of_degenerate_rollouts():
     teachers = {"p": ([TEACHER], None)}
-    degenerate = ["beta So the answer is \\boxed{7}.",  # no reasoning left
-                  "beta " + "we add the numbers again " * 12 + ". The answer is \\boxed{7}.",  # repetition
-                  "beta Sumamos los números en otro orden y comprobamos la suma que es correcta. "
-                  "La respuesta es \\boxed{7}."]  # another language
+    degenerate = [
+        "beta So the answer is \\boxed{7}.",  # no reasoning left
+        "beta " + "we add the numbers again " * 12 + ". The answer is \\boxed{7}.",  # repetition
+        "beta Sumamos los números en otro orden y comprobamos la suma que es correcta. La respuesta es \\boxed{7}.",
+    ]  # another language
     samples = [sample(t, correct=True, entropies=[0.0]) for t in degenerate]
     samples.append(sample(rollout("beta"), correct=True, entropies=[0.0]))
     out = compute_rewards(samples, teachers, fake_embed, TrainConfig(group_size=4))
@@ -169,8 +195,9 @@ def test_shuffle_keeps_the_batch_bonus_multiset():
     assert out.tolist() != bonus.tolist()  # seed 3 moves values (a fixed seed: deterministic)
     assert core.shuffle_bonus(bonus, eligible, torch.Generator().manual_seed(3)).tolist() == out.tolist()
     # through the reward step: the per-batch multiset of eligible bonuses is unchanged
-    samples = group(0, "p", [("alpha", True, False), ("beta", True, False), ("delta", True, False),
-                             (TEACHER, True, True)])
+    samples = group(
+        0, "p", [("alpha", True, False), ("beta", True, False), ("delta", True, False), (TEACHER, True, True)]
+    )
     teachers = {"p": ([TEACHER], None)}
     plain = compute_rewards(samples, teachers, fake_embed, cfg(teacher_rows="zero"))
     for seed in range(5):
@@ -206,17 +233,25 @@ def test_hybrid_advantages_by_hand():
 def test_ranking_changed_by_hand():
     rows = torch.ones(3, 3, dtype=torch.bool)
     a0 = torch.tensor([[1.0, 1.0, -2.0], [1.0, 0.0, -1.0], [0.5, 0.5, -1.0]])
-    a = torch.tensor([[1.1, 0.9, -2.0],  # tie broken: changed
-                      [0.9, 0.95, -1.0],  # strict pair flipped: changed
-                      [0.5, 0.5004, -1.0]])  # below tol: unchanged
+    a = torch.tensor(
+        [
+            [1.1, 0.9, -2.0],  # tie broken: changed
+            [0.9, 0.95, -1.0],  # strict pair flipped: changed
+            [0.5, 0.5004, -1.0],
+        ]
+    )  # below tol: unchanged
     assert core.ranking_changed(a, a0, rows).tolist() == [True, True, False]
     only = torch.tensor([[True, False, True]] * 3)  # ignore the middle row
     assert core.ranking_changed(a, a0, only).tolist() == [False, False, False]
 
 
 def test_reward_metrics_hack_monitors():
-    rows = compute_rewards(group(0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False),
-                                          (TEACHER, True, True)]), {"p": ([TEACHER], None)}, fake_embed, cfg()).rows
+    rows = compute_rewards(
+        group(0, "p", [("alpha", True, False), ("beta", True, False), ("gamma", False, False), (TEACHER, True, True)]),
+        {"p": ([TEACHER], None)},
+        fake_embed,
+        cfg(),
+    ).rows
     m = reward_metrics(rows)
     assert m["response_length"] == 3 and m["short_share"] == 1.0
     assert m["nonascii_share"] == 0.0 and m["think_format_share"] == 0.0

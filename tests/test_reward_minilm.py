@@ -5,11 +5,11 @@ import json
 import time
 
 import pytest
-
 from bonus_cases import CASES, LEGACY, as_input_lines, variants
+
+from oger.algorithm.reward import cached_embedder, compute_rewards
 from oger.commands.bonus import score_cases
 from oger.contract.config import load_config
-from oger.algorithm.reward import cached_embedder, compute_rewards
 from tests.builders import sample
 
 DEGENERATE = ("bare_answer", "offtopic_padding", "random_words", "other_language", "other_script", "repetition")
@@ -54,8 +54,17 @@ def test_bonus_command_matches_the_trainer_reward_step(tmp_path, run_oger, embed
     cfg = load_config("configs/tiny.yaml").train
     for k, (line, out) in enumerate(zip(lines, got)):
         # The trainer's layout: one group per problem, entropies per token, teacher texts + vectors.
-        samples = [sample(r["text"], problem_id="pid", prompt_ids=[1], response_ids=[2, 3], correct=r["correct"],
-                          entropies=[r["entropy"]]) for r in line["rollouts"]]
+        samples = [
+            sample(
+                r["text"],
+                problem_id="pid",
+                prompt_ids=[1],
+                response_ids=[2, 3],
+                correct=r["correct"],
+                entropies=[r["entropy"]],
+            )
+            for r in line["rollouts"]
+        ]
         step = compute_rewards(samples, {"pid": (line["teacher_traces"], None)}, embed, cfg, seed=k)
         assert [r["bonus"] for r in out["rollouts"]] == pytest.approx(step.bonus.tolist(), abs=1e-6)
         assert [r["reward"] for r in out["rollouts"]] == pytest.approx(step.reward.tolist(), abs=1e-6)

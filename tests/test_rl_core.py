@@ -1,13 +1,26 @@
 """Unit tests for oger.algorithm.core against values worked out by hand (the arithmetic is in the comments)."""
+
 import math
 
 import pytest
 import torch
 
 from oger.algorithm import core
-from oger.algorithm.core import (aggregate, clipped_surrogate, divergence, entropy_from_logits, group_advantages,
-                          kl_k3, last_token_entropy, modulation, oger_reward, policy_loss, policy_shaping,
-                          teacher_similarity, token_logprobs)
+from oger.algorithm.core import (
+    aggregate,
+    clipped_surrogate,
+    divergence,
+    entropy_from_logits,
+    group_advantages,
+    kl_k3,
+    last_token_entropy,
+    modulation,
+    oger_reward,
+    policy_loss,
+    policy_shaping,
+    teacher_similarity,
+    token_logprobs,
+)
 
 D = torch.float64
 
@@ -17,20 +30,24 @@ def t(x, dtype=D):
 
 
 def close(a, b, tol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D), rtol=tol, atol=tol,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D), rtol=tol, atol=tol, equal_nan=True
+    )
 
 
 # ------------------------------------------------------------------------------------------------- advantages
+
 
 def test_group_advantages_scaled_and_unscaled():
     r = t([[1, 0, 0, 1], [3, 1, 2, 0]])
     # group 0: mean .5, deviations +-.5; unbiased var = 4 * .25 / 3 = 1/3
     # group 1: mean 1.5, deviations [1.5, -.5, .5, -1.5]; unbiased var = (2.25+.25+.25+2.25)/3 = 5/3
-    close(group_advantages(r, "none"), [[.5, -.5, -.5, .5], [1.5, -.5, .5, -1.5]])
+    close(group_advantages(r, "none"), [[0.5, -0.5, -0.5, 0.5], [1.5, -0.5, 0.5, -1.5]])
     s0, s1 = math.sqrt(1 / 3) + 1e-6, math.sqrt(5 / 3) + 1e-6
-    close(group_advantages(r, "group"), [[.5 / s0, -.5 / s0, -.5 / s0, .5 / s0],
-                                         [1.5 / s1, -.5 / s1, .5 / s1, -1.5 / s1]])
+    close(
+        group_advantages(r, "group"),
+        [[0.5 / s0, -0.5 / s0, -0.5 / s0, 0.5 / s0], [1.5 / s1, -0.5 / s1, 0.5 / s1, -1.5 / s1]],
+    )
     # with TRL's eps the first group is .5 / (0.57735 + 1e-4) = 0.865875
     close(group_advantages(r, "group", eps=1e-4)[0, 0], 0.865875, tol=1e-5)
 
@@ -45,6 +62,7 @@ def test_group_advantages_degenerate_groups():
 
 
 # ------------------------------------------------------------------------------------------ surrogate, shaping
+
 
 def test_clipped_surrogate_clips_only_the_pessimistic_side():
     # tokens with ratio 1.5 and 0.5 (old_logp = 0)
@@ -81,6 +99,7 @@ def test_policy_shaping_value_and_gradient():
 
 # ----------------------------------------------------------------------------------------------- aggregation
 
+
 def test_aggregate_modes_on_padded_mask():
     x = t([[1, 2, 3], [4, 100, 100]])  # padded positions hold garbage that must not count
     m = t([[1, 1, 1], [1, 0, 0]])
@@ -109,6 +128,7 @@ def test_kl_k3():
 
 
 # ------------------------------------------------------------------------------------------------ policy_loss
+
 
 def _mixed_batch():
     # row 0 on-policy, A=+1, ratios 1.5 and .5; row 1 off-policy (teacher), A=-1, p = .5 and .1 (2nd padded)
@@ -190,11 +210,20 @@ def test_policy_loss_entropy_bonus_and_kl():
 
 # -------------------------------------------------------------------------------------- entropy and log-probs
 
+
 def test_entropy_from_logits():
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0],  # uniform over 4 -> log 4
-                            [0.0, 0.0, -float("inf"), -float("inf")],  # uniform over 2 -> log 2
-                            [5.0, -float("inf"), -float("inf"), -float("inf")],  # one-hot -> 0
-                            [1000.0, 0.0, 0.0, 0.0]]], dtype=D, requires_grad=True)  # huge logit, no overflow
+    logits = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 0.0, 0.0],  # uniform over 4 -> log 4
+                [0.0, 0.0, -float("inf"), -float("inf")],  # uniform over 2 -> log 2
+                [5.0, -float("inf"), -float("inf"), -float("inf")],  # one-hot -> 0
+                [1000.0, 0.0, 0.0, 0.0],
+            ]
+        ],
+        dtype=D,
+        requires_grad=True,
+    )  # huge logit, no overflow
     h = entropy_from_logits(logits)
     close(h, [[math.log(4), math.log(2), 0.0, 0.0]])
     h.sum().backward()
@@ -222,6 +251,7 @@ def test_last_token_entropy_uses_last_valid_tokens():
 
 
 # -------------------------------------------------------------------------------------------------- OGER reward
+
 
 def test_modulation_options():
     h = t([0.0, 1.0, math.log(10), 10.0])
@@ -326,7 +356,8 @@ def test_rollout_mismatch_by_hand():
     assert m["rollout_kl"] == pytest.approx(0.25)
     # quantiles of the ratios {0.5, 2} (linear): 0.5 + q * 1.5
     assert (m["rollout_ratio_p05"], m["rollout_ratio_p50"], m["rollout_ratio_p95"]) == pytest.approx(
-        (0.575, 1.25, 1.925))
+        (0.575, 1.25, 1.925)
+    )
 
 
 def test_is_weights_scale_the_on_policy_loss_only():

@@ -8,12 +8,12 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from oger.stages.index import versions as iv
 from oger import rounds
 from oger.contract.artifacts import write_artifact
 from oger.contract.config import load_config
 from oger.contract.errors import ConfigError, StageError
 from oger.pipeline import plan
+from oger.stages.index import versions as iv
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -65,14 +65,21 @@ def test_previous_round_checkpoint_is_part_of_the_train_key(tmp_path):
     assert "init_from" not in plan(default)["train"].config_slice
 
 
-def _summary(workdir: Path, run_id: str, rnd: str, status: str, finished: str, train: dict,
-             evaluate: dict | None = None) -> dict:
+def _summary(
+    workdir: Path, run_id: str, rnd: str, status: str, finished: str, train: dict, evaluate: dict | None = None
+) -> dict:
     stages = {"train": {"key": k(run_id), "cached": False, "seconds": 1.0, "path": "", "metrics": train}}
     if evaluate is not None:
-        stages["evaluate"] = {"key": k(run_id + "e"), "cached": False, "seconds": 1.0, "path": "",
-                              "metrics": evaluate}
-    data = {"run_id": run_id, "round": rnd, "status": status, "workdir": str(workdir),
-            "started_at": finished, "finished_at": finished, "stages": stages}
+        stages["evaluate"] = {"key": k(run_id + "e"), "cached": False, "seconds": 1.0, "path": "", "metrics": evaluate}
+    data = {
+        "run_id": run_id,
+        "round": rnd,
+        "status": status,
+        "workdir": str(workdir),
+        "started_at": finished,
+        "finished_at": finished,
+        "stages": stages,
+    }
     (workdir / "runs" / run_id).mkdir(parents=True)
     (workdir / "runs" / run_id / "summary.json").write_text(json.dumps(data))
     return data
@@ -83,12 +90,25 @@ def test_report_compares_with_the_previous_rounds_latest_completed_run(tmp_path)
     put(tmp_path, "teachers", k("t2"), {"round": "r2"})
     ev = {"synthetic": {"base": 0.25, "trained": 0.5, "n": 8}}
     _summary(tmp_path, "a-old", "r1", "completed", "2026-11-28T01:00:00+00:00", {"reward_last_20pct": 0.1})
-    _summary(tmp_path, "b-r1", "r1", "completed", "2026-11-28T02:00:00+00:00",
-             {"reward_last_20pct": 0.3, "heldout_accuracy": 0.4}, ev)
+    _summary(
+        tmp_path,
+        "b-r1",
+        "r1",
+        "completed",
+        "2026-11-28T02:00:00+00:00",
+        {"reward_last_20pct": 0.3, "heldout_accuracy": 0.4},
+        ev,
+    )
     _summary(tmp_path, "c-fail", "r1", "failed", "2026-11-28T03:00:00+00:00", {"reward_last_20pct": 0.9})
-    cur = _summary(tmp_path, "d-r2", "r2", "running", "2026-11-28T04:00:00+00:00",
-                   {"reward_last_20pct": 0.5, "heldout_accuracy": 0.45},
-                   {"synthetic": {"base": 0.25, "trained": 0.625, "n": 8}})
+    cur = _summary(
+        tmp_path,
+        "d-r2",
+        "r2",
+        "running",
+        "2026-11-28T04:00:00+00:00",
+        {"reward_last_20pct": 0.5, "heldout_accuracy": 0.45},
+        {"synthetic": {"base": 0.25, "trained": 0.625, "n": 8}},
+    )
     lines = rounds.round_comparison_section(cur)
     assert cur["compared_with"]["run_id"] == "b-r1" and cur["compared_with"]["round"] == "r1"
     assert "## Rounds: `r2` vs `r1`" in lines

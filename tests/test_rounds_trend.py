@@ -14,10 +14,23 @@ from oger.stages.evaluate.files import SAMPLE_SCHEMA
 def _eval_artifact(folder, per_problem_correct: list[list[bool]]):
     """A samples.parquet of the trained model: one list of sample outcomes per problem."""
     folder.mkdir(parents=True)
-    rows = [{"benchmark": "synthetic", "model": "trained", "problem_id": f"p{i}", "sample_index": j,
-             "response": "", "extracted_answer": "", "correct": c, "tokens": 1, "finish_reason": "stop",
-             "prompt_truncated": False, "score_status": "quick"}
-            for i, outs in enumerate(per_problem_correct) for j, c in enumerate(outs)]
+    rows = [
+        {
+            "benchmark": "synthetic",
+            "model": "trained",
+            "problem_id": f"p{i}",
+            "sample_index": j,
+            "response": "",
+            "extracted_answer": "",
+            "correct": c,
+            "tokens": 1,
+            "finish_reason": "stop",
+            "prompt_truncated": False,
+            "score_status": "quick",
+        }
+        for i, outs in enumerate(per_problem_correct)
+        for j, c in enumerate(outs)
+    ]
     pl.DataFrame(rows, schema=SAMPLE_SCHEMA).write_parquet(folder / "samples.parquet")
     return str(folder)
 
@@ -25,13 +38,24 @@ def _eval_artifact(folder, per_problem_correct: list[list[bool]]):
 def _run(workdir, run_id, rnd, started, trained, eval_path=None):
     folder = workdir / "runs" / run_id
     folder.mkdir(parents=True)
-    stages = {"teachers": {"metrics": {"traces": 10}}, "index": {"metrics": {"rows": 8}},
-              "train": {"metrics": {"env_reward_last_20pct": 0.5}},
-              "evaluate": {"path": eval_path, "metrics": {"synthetic": {"metric": "avg@2", "base": 0.5,
-                                                                        "trained": trained}}}}
-    (folder / "summary.json").write_text(json.dumps({
-        "run_id": run_id, "round": rnd, "status": "completed", "started_at": started,
-        "finished_at": started, "stages": stages}))
+    stages = {
+        "teachers": {"metrics": {"traces": 10}},
+        "index": {"metrics": {"rows": 8}},
+        "train": {"metrics": {"env_reward_last_20pct": 0.5}},
+        "evaluate": {"path": eval_path, "metrics": {"synthetic": {"metric": "avg@2", "base": 0.5, "trained": trained}}},
+    }
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "round": rnd,
+                "status": "completed",
+                "started_at": started,
+                "finished_at": started,
+                "stages": stages,
+            }
+        )
+    )
 
 
 def test_rounds_in_order_with_intervals_and_a_regression_flagged(tmp_path):
@@ -46,7 +70,7 @@ def test_rounds_in_order_with_intervals_and_a_regression_flagged(tmp_path):
     assert [r["round"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03"]  # by first run
     a, b, c = (r["benchmarks"]["synthetic"] for r in rows)
     # per-problem scores of a: sixteen 1s and four 0s: sd = sqrt(0.8 * 0.2 * 20 / 19), half-width 1.96 sd / sqrt(20)
-    assert abs(a["trained_ci"] - 1.96 * (0.8 * 0.2 * 20 / 19) ** 0.5 / 20 ** 0.5) < 1e-9
+    assert abs(a["trained_ci"] - 1.96 * (0.8 * 0.2 * 20 / 19) ** 0.5 / 20**0.5) < 1e-9
     assert b["regression"] is True  # 0.8 -> 0.2: far beyond hypot(0.18, 0.18) = 0.25
     assert c["regression"] is False  # 0.2 -> 0.25 is a rise
     assert len(regressions(rows)) == 1 and "2026-12-02" in regressions(rows)[0]
@@ -65,8 +89,10 @@ def test_without_samples_no_interval_and_no_flag(tmp_path):
 
 
 def test_flag_needs_both_intervals():
-    rows = [{"round": "x", "run_id": "1", "benchmarks": {"s": {"trained": 0.9, "trained_ci": 0.01}}},
-            {"round": "y", "run_id": "2", "benchmarks": {"s": {"trained": 0.5, "trained_ci": None}}}]
+    rows = [
+        {"round": "x", "run_id": "1", "benchmarks": {"s": {"trained": 0.9, "trained_ci": 0.01}}},
+        {"round": "y", "run_id": "2", "benchmarks": {"s": {"trained": 0.5, "trained_ci": None}}},
+    ]
     flag_regressions(rows)
     assert rows[1]["benchmarks"]["s"]["regression"] is False
 

@@ -63,11 +63,14 @@ def test_rollouts_do_not_depend_on_the_batch_size():
     model = _tiny_model()
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
     kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
-    by_batch = {bs: [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=bs, **kw)]
-                for bs in (12, 5, 1)}  # one batch; 5 + 5 + 2 (other paddings); one rollout each
+    by_batch = {
+        bs: [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=bs, **kw)] for bs in (12, 5, 1)
+    }  # one batch; 5 + 5 + 2 (other paddings); one rollout each
     assert by_batch[12] == by_batch[5] == by_batch[1]
     assert len({tuple(r) for r in by_batch[12]}) > 3  # the samples do differ
-    assert [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=12, **{**kw, "seed": 8})] != by_batch[12]
+    assert [r.response_ids for r in generate(model, IdsTok(), prompts, batch_size=12, **{**kw, "seed": 8})] != by_batch[
+        12
+    ]
 
 
 def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
@@ -86,8 +89,7 @@ def test_evaluation_samples_do_not_depend_on_evaluate_batch_size(tmp_path):
     texts_by_bs = {}
     for bs in (64, 6, 3):  # one chunk; chunks of 2 prompts; of 1 prompt
         engine = TransformersEngine.load(tmp_path / "m", batch_size=bs)
-        texts_by_bs[bs] = [(c.prompt_index, c.sample_index, c.text)
-                           for c in generate_sorted(engine, prompts, request)]
+        texts_by_bs[bs] = [(c.prompt_index, c.sample_index, c.text) for c in generate_sorted(engine, prompts, request)]
         engine.close()
     assert texts_by_bs[64] == texts_by_bs[6] == texts_by_bs[3]
     assert len({t for _, _, t in texts_by_bs[64]}) > 5  # random model, T=1: the samples differ
@@ -110,8 +112,9 @@ def test_a_shared_prefill_samples_what_one_prefill_per_row_samples():
     for a, b in zip(shared, per_row):
         assert a.entropies == pytest.approx(b.entropies, abs=1e-5)
     greedy = dict(kw, temperature=0.0)
-    assert ([r.response_ids for r in generate(model, IdsTok(), prompts, **greedy)]
-            == [r.response_ids for r in generate(model, IdsTok(), prompts, share_prefill=False, **greedy)])
+    assert [r.response_ids for r in generate(model, IdsTok(), prompts, **greedy)] == [
+        r.response_ids for r in generate(model, IdsTok(), prompts, share_prefill=False, **greedy)
+    ]
 
 
 def tiny_hybrid_model():
@@ -120,12 +123,29 @@ def tiny_hybrid_model():
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
     torch.manual_seed(0)
-    return Qwen3NextForCausalLM(Qwen3NextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1,
-        linear_key_head_dim=16, linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1,
-        moe_intermediate_size=32, shared_expert_intermediate_size=32,
-        layer_types=["linear_attention", "full_attention"], pad_token_id=0, eos_token_id=1, bos_token_id=1)).eval()
+    return Qwen3NextForCausalLM(
+        Qwen3NextConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            linear_num_value_heads=2,
+            linear_num_key_heads=1,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            layer_types=["linear_attention", "full_attention"],
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+        )
+    ).eval()
 
 
 def test_a_cache_whose_rows_cannot_be_copied_is_prefilled_per_row():

@@ -80,10 +80,15 @@ def test_only_the_runtime_decides_device_precision_threads_and_decoding():
 def test_the_check_sees_a_decision_elsewhere(tmp_path, monkeypatch):
     spy = tmp_path / "oger" / "stages" / "spy.py"
     spy.parent.mkdir(parents=True)
-    spy.write_text("import torch\nif torch.cuda.is_available():\n    pass\nwith torch.autocast('cpu'):\n    pass\n"
-                   "with runtime.autocast(), decode_linears(m):\n    pass\n")
+    spy.write_text(
+        "import torch\nif torch.cuda.is_available():\n    pass\nwith torch.autocast('cpu'):\n    pass\n"
+        "with runtime.autocast(), decode_linears(m):\n    pass\n"
+    )
     (tmp_path / "oger" / "runtime").mkdir()
     (tmp_path / "oger" / "runtime" / "ok.py").write_text("torch.cuda.is_available()\n")
     monkeypatch.setitem(globals(), "REPO", tmp_path)
-    assert device_decisions(("oger",)) == ["oger/stages/spy.py:2: torch.cuda.is_available",
-                                           "oger/stages/spy.py:4: torch.autocast", "oger/stages/spy.py:6: decode_linears"]
+    assert device_decisions(("oger",)) == [
+        "oger/stages/spy.py:2: torch.cuda.is_available",
+        "oger/stages/spy.py:4: torch.autocast",
+        "oger/stages/spy.py:6: decode_linears",
+    ]

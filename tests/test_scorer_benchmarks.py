@@ -31,16 +31,30 @@ def wrong_answer(name: str, golds: list[str], i: int) -> str:
 def test_gold_scores_correct_and_wrong_scores_incorrect(name, data_dir):
     golds = load_benchmark(name)["answer"].to_list()
     assert len(golds) >= 30
-    right_fail = [i for i, g in enumerate(golds)
-                  if not score_response(f"Let me work it out step by step ... so the answer is \\boxed{{{g}}}.", g)[1]]
-    wrong_pass = [i for i, g in enumerate(golds)
-                  if (name, i) not in WRONG_IS_EQUIVALENT
-                  and score_response(f"... so the answer is \\boxed{{{wrong_answer(name, golds, i)}}}.", g)[1]]
+    right_fail = [
+        i
+        for i, g in enumerate(golds)
+        if not score_response(f"Let me work it out step by step ... so the answer is \\boxed{{{g}}}.", g)[1]
+    ]
+    wrong_pass = [
+        i
+        for i, g in enumerate(golds)
+        if (name, i) not in WRONG_IS_EQUIVALENT
+        and score_response(f"... so the answer is \\boxed{{{wrong_answer(name, golds, i)}}}.", g)[1]
+    ]
     assert right_fail == [], [golds[i] for i in right_fail]
     assert wrong_pass == [], [(golds[i], wrong_answer(name, golds, i)) for i in wrong_pass]
 
 
 def test_registered_sizes(data_dir):
     sizes = {n: load_benchmark(n).height for n in BENCHMARKS}
-    assert sizes == {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "minerva": 272,
-                     "olympiadbench": 675, "gsm8k": 1319, "gpqa_diamond": 198}
+    assert sizes == {
+        "math500": 500,
+        "aime24": 30,
+        "aime25": 30,
+        "amc": 83,
+        "minerva": 272,
+        "olympiadbench": 675,
+        "gsm8k": 1319,
+        "gpqa_diamond": 198,
+    }

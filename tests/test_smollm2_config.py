@@ -45,14 +45,17 @@ def test_prompt_renders_through_smollm2_chat_template(cfg, smollm2_tokenizer):
     assert text.endswith("<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("completion, correct", [
-    ("13 + 12 = 25. The final answer is \\boxed{25}.", True),  # the example's format
-    ("Compute 13 + 12 = 25. The final answer is \\boxed{25}.", True),  # what SmolLM2 often writes
-    ("13 + 12 = 24. The final answer is \\boxed{24}.", False),  # wrong
-    ("13 + 12 = 25. The final answer is \\boxed{2", False),  # cut by the token budget inside the box
-    ("To add 13 and 12 we first add the tens, 10 + 10 = 20, then the ones, 3 + 2 =", False),  # truncated
-    ("13 + 12 = 25. The final answer is 25.", False),  # no \boxed: the verifier reads none
-])
+@pytest.mark.parametrize(
+    "completion, correct",
+    [
+        ("13 + 12 = 25. The final answer is \\boxed{25}.", True),  # the example's format
+        ("Compute 13 + 12 = 25. The final answer is \\boxed{25}.", True),  # what SmolLM2 often writes
+        ("13 + 12 = 24. The final answer is \\boxed{24}.", False),  # wrong
+        ("13 + 12 = 25. The final answer is \\boxed{2", False),  # cut by the token budget inside the box
+        ("To add 13 and 12 we first add the tens, 10 + 10 = 20, then the ones, 3 + 2 =", False),  # truncated
+        ("13 + 12 = 25. The final answer is 25.", False),  # no \boxed: the verifier reads none
+    ],
+)
 def test_reward_on_hand_written_completions(cfg, completion, correct):
     assert is_correct(completion, "25", cfg.train.reward_format) is correct
 
@@ -108,17 +111,24 @@ def test_trl_learning_bench_gives_trl_our_reward_and_our_prompt_tokens(cfg, smol
     from bench.trl_learning import reward_function, trl_dataset
 
     reward = reward_function(cfg.train.reward_format)
-    completions = [[{"role": "assistant", "content": c}] for c in (
-        "13 + 12 = 25. The final answer is \\boxed{25}.", "The final answer is \\boxed{24}.", "13 + 12 =")]
+    completions = [
+        [{"role": "assistant", "content": c}]
+        for c in ("13 + 12 = 25. The final answer is \\boxed{25}.", "The final answer is \\boxed{24}.", "13 + 12 =")
+    ]
     assert reward(completions, answer=["25", "25", "25"], prompts=None) == [1.0, 0.0, 0.0]
-    inputs = SimpleNamespace(problem_ids=["a", "b"], questions={"a": "Compute 1 + 2.", "b": "Compute 13 + 12."},
-                             answers={"a": "3", "b": "25"}, instruction=cfg.policy.instruction,
-                             system_prompt=cfg.policy.system_prompt)
+    inputs = SimpleNamespace(
+        problem_ids=["a", "b"],
+        questions={"a": "Compute 1 + 2.", "b": "Compute 13 + 12."},
+        answers={"a": "3", "b": "25"},
+        instruction=cfg.policy.instruction,
+        system_prompt=cfg.policy.system_prompt,
+    )
     ds = trl_dataset(inputs, smollm2_tokenizer)
     assert ds["answer"] == ["3", "25"] and ds[1]["prompt"][-1]["content"].endswith("Compute 13 + 12.")
     with pytest.raises(AssertionError, match="problem a"):  # a system prompt only TRL's rows carried
-        trl_dataset(SimpleNamespace(**{**vars(inputs), "system_prompt": None}),
-                    _TemplateWithSystem(smollm2_tokenizer, "x"))
+        trl_dataset(
+            SimpleNamespace(**{**vars(inputs), "system_prompt": None}), _TemplateWithSystem(smollm2_tokenizer, "x")
+        )
 
 
 class _TemplateWithSystem:
@@ -130,8 +140,9 @@ class _TemplateWithSystem:
     def apply_chat_template(self, conversations, **kw):
         if isinstance(conversations[0], dict):  # one conversation: how ours renders
             return self.tok.apply_chat_template(conversations, **kw)
-        return self.tok.apply_chat_template([[{"role": "system", "content": self.system}, *c]
-                                             for c in conversations], **kw)
+        return self.tok.apply_chat_template(
+            [[{"role": "system", "content": self.system}, *c] for c in conversations], **kw
+        )
 
     def __call__(self, *a, **kw):
         return self.tok(*a, **kw)

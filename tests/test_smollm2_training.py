@@ -12,13 +12,19 @@ from oger.contract.config import load_config
 from oger.generation.hf import chat_prompt_ids
 from oger.models import load_causal_lm
 from oger.stages.train.setup import TrainInputs
-from oger.stages.train.update import token_scores, update
 from oger.stages.train.trainer import train
+from oger.stages.train.update import token_scores, update
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/smollm2-arith.yaml"
-SMALL = ["train.algorithm=grpo", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
-         "train.rollout.max_new_tokens=32", "train.logging.checkpoint_every=2"]
+SMALL = [
+    "train.algorithm=grpo",
+    "train.steps=2",
+    "train.prompts_per_step=2",
+    "train.group_size=2",
+    "train.rollout.max_new_tokens=32",
+    "train.logging.checkpoint_every=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +41,32 @@ def smollm2():
 def _sample(tok, cfg, question: str, completion: str, correct: bool, group: int) -> Sample:
     prompt = chat_prompt_ids(tok, question, cfg.policy.instruction, cfg.policy.system_prompt)
     response = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return Sample(group=group, problem_id=question, prompt_ids=prompt, response_ids=response, text=completion,
-                  off_policy=False, correct=correct)
+    return Sample(
+        group=group,
+        problem_id=question,
+        prompt_ids=prompt,
+        response_ids=response,
+        text=completion,
+        off_policy=False,
+        correct=correct,
+    )
 
 
 def test_one_update_moves_smollm2_toward_the_rewarded_completion(cfg, smollm2):
     model, tok = smollm2
-    samples = [_sample(tok, cfg, "Compute 13 + 12.", "13 + 12 = 25. The final answer is \\boxed{25}.", True, 0),
-               _sample(tok, cfg, "Compute 13 + 12.", "13 + 12 = 24. The final answer is \\boxed{24}.", False, 0),
-               _sample(tok, cfg, "Compute 7 + 9.", "7 + 9 = 16. The final answer is \\boxed{16}.", True, 1),
-               _sample(tok, cfg, "Compute 7 + 9.", "7 + 9 = 15. The final answer is \\boxed{15}.", False, 1)]
+    samples = [
+        _sample(tok, cfg, "Compute 13 + 12.", "13 + 12 = 25. The final answer is \\boxed{25}.", True, 0),
+        _sample(tok, cfg, "Compute 13 + 12.", "13 + 12 = 24. The final answer is \\boxed{24}.", False, 0),
+        _sample(tok, cfg, "Compute 7 + 9.", "7 + 9 = 16. The final answer is \\boxed{16}.", True, 1),
+        _sample(tok, cfg, "Compute 7 + 9.", "7 + 9 = 15. The final answer is \\boxed{15}.", False, 1),
+    ]
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])  # group-normalised rewards of 1, 0 in each group
 
     def margin() -> float:  # mean log-prob of the rewarded completions minus the penalised ones'
         with torch.no_grad():
-            logp, _, mask = token_scores(model, samples, tok.pad_token_id, cfg.train.rollout.temperature,
-                                         "padded", entropy_grad=False)
+            logp, _, mask = token_scores(
+                model, samples, tok.pad_token_id, cfg.train.rollout.temperature, "padded", entropy_grad=False
+            )
         per_sample = (logp * mask).sum(-1) / mask.sum(-1)
         return float((per_sample * adv).sum() / 2)
 
@@ -58,7 +74,7 @@ def test_one_update_moves_smollm2_toward_the_rewarded_completion(cfg, smollm2):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.optim.lr)
     opt.zero_grad()
     metrics = update(model, None, samples, adv, cfg.train, tok.pad_token_id)
-    grad = math.sqrt(sum(float((p.grad ** 2).sum()) for p in model.parameters() if p.grad is not None))
+    grad = math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters() if p.grad is not None))
     opt.step()
     after = margin()
     assert grad > 0 and math.isfinite(grad) and math.isfinite(metrics["token_entropy"])
@@ -71,10 +87,13 @@ def test_a_few_grpo_steps_on_smollm2_run_end_to_end(cfg, smollm2, tmp_path):
     model, tok = smollm2
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     probs = generate_problems(0, 4, 2, 2, 15, "+")
-    inputs = TrainInputs(questions={f"p{i}": p.question for i, p in enumerate(probs)},
-                         answers={f"p{i}": str(p.answer) for i, p in enumerate(probs)},
-                         problem_ids=[f"p{i}" for i in range(len(probs))],
-                         instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt)
+    inputs = TrainInputs(
+        questions={f"p{i}": p.question for i, p in enumerate(probs)},
+        answers={f"p{i}": str(p.answer) for i, p in enumerate(probs)},
+        problem_ids=[f"p{i}" for i in range(len(probs))],
+        instruction=cfg.policy.instruction,
+        system_prompt=cfg.policy.system_prompt,
+    )
     history = train(cfg.train, model, tok, inputs, tmp_path)
     assert [h["step"] for h in history] == [1, 2]
     for h in history:

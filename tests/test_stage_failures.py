@@ -10,13 +10,14 @@ from oger import pipeline
 @pytest.fixture
 def cfg(tmp_path, small_config):
     t = small_config.scripted
-    return small_config.load(tmp_path, name="lite", source={"max_value": 20, "ops": "+-*"},
-                             teachers=[t("stepwise", 0.2), t("terms", 0.2)])
+    return small_config.load(
+        tmp_path, name="lite", source={"max_value": 20, "ops": "+-*"}, teachers=[t("stepwise", 0.2), t("terms", 0.2)]
+    )
 
 
 def run_until(cfg, last):
     plans, refs = pipeline.plan(cfg), {}
-    for name in pipeline.STAGES[:pipeline.STAGES.index(last) + 1]:
+    for name in pipeline.STAGES[: pipeline.STAGES.index(last) + 1]:
         refs[name] = pipeline.run_stage(cfg, plans[name], refs)
     return plans, refs
 
@@ -60,6 +61,7 @@ def test_interrupted_teachers_stage_resumes_finished_teachers(cfg, monkeypatch):
                 raise KeyboardInterrupt("killed while the second teacher ran")
             done.append(tcfg.name)
             return gen(tcfg, prompts, round_)
+
         return wrapped
 
     monkeypatch.setattr(tstage, "_backend", die_on_second_teacher)

@@ -72,16 +72,19 @@ def test_upstream_computed_once_and_a_new_seed_computes_only_its_pairs(lite):
     for stage in run.upstream_stages():
         assert [(u["cached"]) for u in s1["upstream"][stage]] == [False], stage
         assert len(artifact_dirs(workdir, stage)) == 1, stage
-    assert cached_pairs(s1) == {("grpo", 0): {"train": False, "evaluate": False},
-                                ("oger-lam-1", 0): {"train": False, "evaluate": False}}
+    assert cached_pairs(s1) == {
+        ("grpo", 0): {"train": False, "evaluate": False},
+        ("oger-lam-1", 0): {"train": False, "evaluate": False},
+    }
     assert len(artifact_dirs(workdir, "train")) == 2
 
     sp2 = run.prepare(config, "grpo,oger-lam-1", "0,1", [f"workdir={workdir}"])
     assert sp2.sweep_id != sp.sweep_id
     s2 = json.loads(run.run_sweep(sp2).read_text())
     assert all(u["cached"] for items in s2["upstream"].values() for u in items)
-    assert cached_pairs(s2) == {(a, seed): {"train": seed == 0, "evaluate": seed == 0}
-                                for a in ("grpo", "oger-lam-1") for seed in (0, 1)}
+    assert cached_pairs(s2) == {
+        (a, seed): {"train": seed == 0, "evaluate": seed == 0} for a in ("grpo", "oger-lam-1") for seed in (0, 1)
+    }
     assert len(artifact_dirs(workdir, "train")) == 4 and len(artifact_dirs(workdir, "evaluate")) == 4
     # the results line says its wall time is that of a partly cached invocation
     assert "2 of 4 pairs read from cache" in (sp2.dir / "results_section.md").read_text()
@@ -125,8 +128,14 @@ def test_killed_sweep_resumes_with_the_same_keys(lite, prefect_home, run_oger):
     first_train = workdir / "artifacts" / "train" / planned["luffy-s0"]["train"][:16] / "manifest.json"
     env = dict(os.environ, PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1")
     log = open(workdir / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "oger.cli", *args], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oger.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while not first_train.exists():

@@ -13,13 +13,14 @@ from oger.sweep import report, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-LAM = "sweep.arms={oger-lam-1.0: {train.algorithm: oger, train.oger.lam: 1.0}, " \
-      "oger-no-gate: {train.algorithm: oger, train.oger.modulation: none}}"
+LAM = (
+    "sweep.arms={oger-lam-1.0: {train.algorithm: oger, train.oger.lam: 1.0}, "
+    "oger-no-gate: {train.algorithm: oger, train.oger.modulation: none}}"
+)
 
 
 def test_pairs_share_upstream_keys_and_differ_in_train(tmp_path):
-    sp = run.prepare(TINY, "grpo,luffy,oger,oger-lam-1.0,oger-no-gate", "0,1,2",
-                     [f"workdir={tmp_path}", LAM])
+    sp = run.prepare(TINY, "grpo,luffy,oger,oger-lam-1.0,oger-no-gate", "0,1,2", [f"workdir={tmp_path}", LAM])
     assert [p.name for p in sp.pairs][:4] == ["grpo-s0", "grpo-s1", "grpo-s2", "luffy-s0"]
     assert len(sp.pairs) == 15
     # every upstream stage has exactly one key across the 15 pairs: computed once
@@ -34,8 +35,9 @@ def test_pairs_share_upstream_keys_and_differ_in_train(tmp_path):
     # a seed sets the RL seed and the evaluation sampling seed (sweep.seed_fields)
     assert (by["luffy-s2"].train.seed, by["luffy-s2"].evaluate.seed) == (2, 2)
     # a pair is an ordinary run: `oger run` with the same --set items has the same keys
-    plain = pipeline.plan(load_config(TINY, [f"workdir={tmp_path}", LAM, "train.algorithm=luffy",
-                                             "train.seed=2", "evaluate.seed=2"]))
+    plain = pipeline.plan(
+        load_config(TINY, [f"workdir={tmp_path}", LAM, "train.algorithm=luffy", "train.seed=2", "evaluate.seed=2"])
+    )
     pair = next(p for p in sp.pairs if p.name == "luffy-s2")
     assert {s: plain[s].key for s in pipeline.STAGES} == {s: pair.plans[s].key for s in pipeline.STAGES}
     # the same sweep is the same folder; another seed list another one
@@ -47,8 +49,7 @@ def test_pairs_share_upstream_keys_and_differ_in_train(tmp_path):
 
 
 def test_defaults_come_from_the_sweep_section(tmp_path):
-    sp = run.prepare(TINY, None, None, [f"workdir={tmp_path}", "sweep.default_arms=[grpo, oger]",
-                                         "sweep.seeds=[3, 4]"])
+    sp = run.prepare(TINY, None, None, [f"workdir={tmp_path}", "sweep.default_arms=[grpo, oger]", "sweep.seeds=[3, 4]"])
     assert [(p.arm, p.seed) for p in sp.pairs] == [("grpo", 3), ("grpo", 4), ("oger", 3), ("oger", 4)]
 
 
@@ -74,15 +75,16 @@ def test_unknown_arm_and_unknown_field_fail_naming_them(tmp_path):
 
 def test_seed_fields_must_reach_training(tmp_path):
     with pytest.raises(ConfigError, match="do not reach the train stage"):
-        run.prepare(
-            TINY, "grpo", "1,2", [f"workdir={tmp_path}", "sweep.seed_fields=[train.logging.checkpoint_every]"]
-        )
+        run.prepare(TINY, "grpo", "1,2", [f"workdir={tmp_path}", "sweep.seed_fields=[train.logging.checkpoint_every]"])
 
 
 def test_control_arms_are_defined_and_validated_by_the_config():
     assert arms_mod.PRESETS["shuffled-bonus"] == {"train.algorithm": "oger", "train.oger.shuffle_bonus": True}
-    assert arms_mod.PRESETS["lam-0-monitor"] == {"train.algorithm": "oger", "train.oger.lam": 0.0,
-                                                 "train.oger.monitor": True}
+    assert arms_mod.PRESETS["lam-0-monitor"] == {
+        "train.algorithm": "oger",
+        "train.oger.lam": 0.0,
+        "train.oger.monitor": True,
+    }
     arm = arms_mod.available_arms(load_config(TINY).sweep)["shuffled-bonus"]
     if "shuffle_bonus" in OgerRewardConfig.model_fields:  # the trainer's controls are merged
         cfg = arms_mod.pair_config(TINY, [], arm, 0, ["train.seed"])
@@ -114,7 +116,10 @@ def test_fill_results_doc(tmp_path):
     doc.parent.mkdir()
     doc.write_text(f"# Results\nmethod\n{report.BEGIN}\nplaceholder\n{report.END}\nafter\n")
     report.fill_results_doc(doc, sweep_dir)
-    assert doc.read_text() == f"# Results\nmethod\n{report.BEGIN}\ntable\n![acc](results/accuracy.png)\n{report.END}\nafter\n"
+    assert (
+        doc.read_text()
+        == f"# Results\nmethod\n{report.BEGIN}\ntable\n![acc](results/accuracy.png)\n{report.END}\nafter\n"
+    )
     assert (doc.parent / "results" / "accuracy.png").read_bytes() == b"png"
     report.fill_results_doc(doc, sweep_dir)  # idempotent
     assert doc.read_text().count("table") == 1
@@ -126,8 +131,7 @@ def test_pair_jobs_ship_to_ray_workers(tmp_path):
 
     from oger.contract.artifacts import ArtifactRef
 
-    sp = run.prepare(TINY, "grpo,oger", "0,1", [f"workdir={tmp_path}", "runner.kind=ray",
-                                                "sweep.num_gpus=2"])
+    sp = run.prepare(TINY, "grpo,oger", "0,1", [f"workdir={tmp_path}", "runner.kind=ray", "sweep.num_gpus=2"])
     by_key = {k: ArtifactRef(stage=k[0], key=k[1], path=str(tmp_path / k[0])) for k in sp.upstream}
     jobs = run.pair_jobs(sp, by_key)
     assert [j.name for j in jobs] == ["grpo-s0", "grpo-s1", "oger-s0", "oger-s1"]

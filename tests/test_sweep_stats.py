@@ -54,7 +54,7 @@ def test_bootstrap_shares_the_seed_draw_across_benchmarks():
 
 def test_seed_means_and_block_mean():
     a = [[1.0, 0.0], [1.0, 1.0]]  # per seed 0.5, 1.0; mean 0.75
-    b = [[0.0], [1.0]]            # per seed 0.0, 1.0; mean 0.5
+    b = [[0.0], [1.0]]  # per seed 0.0, 1.0; mean 0.5
     assert stats.seed_means([a, b]).tolist() == [0.25, 1.0]
     assert stats.block_mean([a, b]) == pytest.approx(0.625)
     # the t-interval over per-seed means 0.25, 1.0: mean 0.625, sd 0.530330, se 0.375,
@@ -87,8 +87,10 @@ def test_pass_at_k_curve_hand_values():
 
 def test_verdict_lines():
     pos = stats.Interval(0.012, 0.003, 0.021, "bootstrap")
-    assert stats.verdict("oger", "luffy", "synthetic", pos) == \
-        "oger − luffy on synthetic: +1.2 points [+0.3, +2.1] (95% bootstrap CI): oger is higher than luffy"
+    assert (
+        stats.verdict("oger", "luffy", "synthetic", pos)
+        == "oger − luffy on synthetic: +1.2 points [+0.3, +2.1] (95% bootstrap CI): oger is higher than luffy"
+    )
     zero = stats.Interval(0.012, -0.003, 0.027, "t")
     assert stats.verdict("oger", "luffy", "math500", zero).endswith("(95% t CI): not distinguishable from 0")
     neg = stats.Interval(-0.05, -0.09, -0.01, "t")

@@ -1,5 +1,4 @@
-from oger.synthetic import (STYLES, evaluate, generate_problems, parse_question,
-                            scripted_solution)
+from oger.synthetic import STYLES, evaluate, generate_problems, parse_question, scripted_solution
 from oger.verify import extract_answer
 
 
@@ -33,8 +32,10 @@ def test_solvers_are_correct_without_slips_and_wrong_with_them():
         for p in probs:
             text = scripted_solution(style, p.question, (style, p.question), 0.0)
             assert extract_answer(text) == str(p.answer), (style, p.question, text)
-        wrong = sum(extract_answer(scripted_solution(style, p.question, (style, p.question), 1.0))
-                    != str(p.answer) for p in probs)
+        wrong = sum(
+            extract_answer(scripted_solution(style, p.question, (style, p.question), 1.0)) != str(p.answer)
+            for p in probs
+        )
         assert wrong >= 50, style  # a slip almost always changes the answer
 
 

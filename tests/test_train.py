@@ -89,8 +89,7 @@ def test_presets_replacement_and_bonus(lite):
         # (oger.baseline none, no shuffle: an on-policy row's bonus is its raw bonus)
         lam = cfg.train.bonus_lambda
         for r in rows:
-            want = (lam * r["divergence"] * r["gate"]
-                    if r["bonus_eligible"] and all(r["guards"].values()) else 0.0)
+            want = lam * r["divergence"] * r["gate"] if r["bonus_eligible"] and all(r["guards"].values()) else 0.0
             assert r["bonus_raw"] == pytest.approx(want, abs=1e-12), r
             if not r["off_policy"]:
                 assert r["bonus"] == r["bonus_raw"], r
@@ -106,8 +105,7 @@ def test_presets_replacement_and_bonus(lite):
             assert h["env_reward"] == pytest.approx(sum(r["correct"] for r in on) / len(on))
             assert h["reward"] == pytest.approx(sum(r["reward"] for r in step_rows) / len(step_rows))
             assert h["replaced_fraction"] == pytest.approx(1 - len(on) / len(step_rows))
-            for k in ("env_reward", "bonus_share", "rank_change_fraction", "replaced_fraction",
-                      "mixed_group_fraction"):
+            for k in ("env_reward", "bonus_share", "rank_change_fraction", "replaced_fraction", "mixed_group_fraction"):
                 assert 0 <= h[k] <= 1, (k, h)
             for k in ("reward", "bonus_mean", "grad_norm", "lr", "pg_loss", "token_entropy", "seconds_step"):
                 assert math.isfinite(h[k]), (k, h)
@@ -147,20 +145,28 @@ def test_refresh_retrains_from_scratch_and_empty_pool_is_a_clear_error(lite):
 
 
 def test_correct_rollout_far_from_teachers_earns_more_than_a_copy():
-    from oger.encoder import encode, load_encoder
     from oger.algorithm import core
+    from oger.encoder import encode, load_encoder
 
     model = load_encoder("minilm")
-    teacher = ("We need to compute 9 - 5 + 7.\nDo the multiplications first.\nFirst, 9 - 5 = 4.\n"
-               "Then 4 + 7 = 11.\nSo the answer is \\boxed{11}.")
+    teacher = (
+        "We need to compute 9 - 5 + 7.\nDo the multiplications first.\nFirst, 9 - 5 = 4.\n"
+        "Then 4 + 7 = 11.\nSo the answer is \\boxed{11}."
+    )
     copy = teacher
     far = "Nine take away five leaves four; adding seven to four gives eleven. \\boxed{11}"
     t = torch.from_numpy(encode(model, [teacher])).double()
     e = torch.from_numpy(encode(model, [copy, far])).double()
     s, has = core.teacher_similarity(e, [t, t])
     d = core.divergence(s)
-    reward, bonus = core.oger_reward(torch.ones(2, dtype=torch.float64), d, torch.zeros(2, dtype=torch.float64),
-                                     has, torch.zeros(2, dtype=torch.bool), lam=0.5)
+    reward, bonus = core.oger_reward(
+        torch.ones(2, dtype=torch.float64),
+        d,
+        torch.zeros(2, dtype=torch.float64),
+        has,
+        torch.zeros(2, dtype=torch.bool),
+        lam=0.5,
+    )
     assert bonus[0] == pytest.approx(0.0, abs=1e-6)
     assert bonus[1] > bonus[0] + 0.05
     assert np.all(reward.numpy() >= 1.0)

@@ -63,8 +63,7 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     first = load_config(p, [f"workdir={rl_workdir}", "train.distributed.num_processes=2", "train.steps=1"])
-    hist = train_distributed(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"],
-                             run_dir)
+    hist = train_distributed(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"], run_dir)
     assert [h["step"] for h in hist] == [1]
     assert [c.name for c in (run_dir / "checkpoints").iterdir()] == ["step-000001"]  # rank 0 only
     shutil.rmtree(single.path)  # the artifact of the 1-process run, so the stage recomputes

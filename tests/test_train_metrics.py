@@ -34,8 +34,9 @@ def test_guard_metrics_are_the_guards_the_reward_step_applies():
 
     g = BonusGuards()  # every guard on by default
     assert g.max_divergence is not None
-    names = set(guard_verdicts("We add 1 and 2. </think> \\boxed{3}", ["We add 1 and 2 to get 3."], g,
-                               think_required=True)) | {"off_topic"}  # off_topic: oger.algorithm.reward
+    names = set(
+        guard_verdicts("We add 1 and 2. </think> \\boxed{3}", ["We add 1 and 2 to get 3."], g, think_required=True)
+    ) | {"off_topic"}  # off_topic: oger.algorithm.reward
     assert {f"guard_fail_{n}" for n in names} == {n for n in table.NAMES if n.startswith("guard_fail_")}
 
 
@@ -89,8 +90,15 @@ def test_step_rows_of_a_real_run_hold_exactly_the_table(short_run):
     # rows without teachers: reward_metrics names only the guards it saw) and the vLLM engine's
     # (rollouts from the trained module: no second sampler, no weight push); a task without a labeller
     # has no label metrics in its table at all (test_a_task_with_a_labeller_logs_its_labels_and_only_then)
-    vllm_only = {"rollout_logp_diff", "rollout_kl", "rollout_ratio_p05", "rollout_ratio_p50",
-                 "rollout_ratio_p95", "is_weight_mean", "seconds_sync"}
+    vllm_only = {
+        "rollout_logp_diff",
+        "rollout_kl",
+        "rollout_ratio_p05",
+        "rollout_ratio_p50",
+        "rollout_ratio_p95",
+        "is_weight_mean",
+        "seconds_sync",
+    }
     for keys in produced:
         assert set(table.NAMES) - keys == ({n for n in table.NAMES if n.startswith("guard_fail_")} | vllm_only)
     assert not math.isnan(history[0]["kl"]) and history[0]["env_reward"] == history[0]["env_reward"]
@@ -112,17 +120,35 @@ def test_a_task_with_a_labeller_logs_its_labels_and_only_then(tmp_path):
     problems = generate_problems(3, 8, 2, 3, 9, "+-")
     tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
     model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
-    parity = Labeller("parity", ("even", "odd"), "empty", ("odd",),
-                      lambda q, text: "empty" if not text else ("even", "odd")[len(text) % 2])
+    parity = Labeller(
+        "parity",
+        ("even", "odd"),
+        "empty",
+        ("odd",),
+        lambda q, text: "empty" if not text else ("even", "odd")[len(text) % 2],
+    )
     inputs = train_inputs(problems)
     inputs.labeller_of = {pid: parity for pid in inputs.problem_ids}
-    cfg = TrainConfig(algorithm="grpo", steps=1, prompts_per_step=2, group_size=2, rollout={"max_new_tokens": 8},
-                      optim={"micro_batch_size": 4, "lr": 1e-3}, logging={"log_rollouts": True})
+    cfg = TrainConfig(
+        algorithm="grpo",
+        steps=1,
+        prompts_per_step=2,
+        group_size=2,
+        rollout={"max_new_tokens": 8},
+        optim={"micro_batch_size": 4, "lr": 1e-3},
+        logging={"log_rollouts": True},
+    )
     torch.manual_seed(0)
     (row,) = trainer.train(cfg, model, tok, inputs, tmp_path)
     names = [m.name for m in table.label_metrics(parity)]
-    assert names == ["parity_even_share", "parity_odd_share", "parity_empty_share", "parity_odd_share_correct",
-                     "bonus_mean_even", "bonus_mean_odd"]
+    assert names == [
+        "parity_even_share",
+        "parity_odd_share",
+        "parity_empty_share",
+        "parity_odd_share_correct",
+        "bonus_mean_even",
+        "bonus_mean_odd",
+    ]
     assert list(row) == ["step", *table.NAMES, *names]
     rows = read_rollouts(tmp_path)
     assert len(rows) == 4 and {r["labeller"] for r in rows} == {"parity"}
@@ -138,8 +164,7 @@ def test_tensorboard_scalars_are_the_tables_measured_metrics(short_run):
     history, _, run_dir = short_run
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
-    measured = {n for n in table.NAMES
-                if any(isinstance(h[n], float) and not math.isnan(h[n]) for h in history)}
+    measured = {n for n in table.NAMES if any(isinstance(h[n], float) and not math.isnan(h[n]) for h in history)}
     assert set(acc.Tags()["scalars"]) == {f"train/{n}" for n in measured}
 
 
@@ -151,8 +176,14 @@ def test_train_artifact_summaries_are_derived_from_the_table(short_run):
         expected += [m.name] if "mean" in m.run else []
         expected += [f"{m.name}_first_20pct", f"{m.name}_last_20pct"] if "first_last" in m.run else []
     assert list(got) == expected == table.run_summary_names()
-    assert {"reward_first_20pct", "reward_last_20pct", "env_reward", "env_reward_last_20pct",
-            "divergence_mean", "seconds_step"} <= set(got)
+    assert {
+        "reward_first_20pct",
+        "reward_last_20pct",
+        "env_reward",
+        "env_reward_last_20pct",
+        "divergence_mean",
+        "seconds_step",
+    } <= set(got)
     assert not {"accuracy_first_20pct", "accuracy_last_20pct", "seconds_per_step", *REMOVED} & set(got)
     # hand values on 10 steps: first 20% = steps 1-2, last 20% = steps 9-10
     ten = [table.step_row(s, {"reward": float(s), "env_reward": s / 10}) for s in range(1, 11)]
@@ -173,8 +204,7 @@ def test_sweep_reads_on_policy_correctness_from_env_reward_not_the_bonus_reward(
     from oger.sweep import results as res
 
     # reward = env_reward + bonus (and teacher rows): the two differ on every step
-    steps = [table.step_row(s, {"reward": 0.9, "env_reward": 0.25 * (s % 2), "bonus_mean": 0.4})
-             for s in range(1, 6)]
+    steps = [table.step_row(s, {"reward": 0.9, "env_reward": 0.25 * (s % 2), "bonus_mean": 0.4}) for s in range(1, 6)]
     curves = res.training_curves({"oger": {0: steps, 1: steps}}, table.SWEPT)
     assert set(curves) <= set(table.SWEPT) and "reward" not in curves
     assert curves["env_reward"]["oger"]["mean"] == [0.25, 0.0, 0.25, 0.0, 0.25]

@@ -4,11 +4,11 @@ and micro-batched gradients equal the full-batch gradient for every loss aggrega
 import pytest
 import torch
 
-from oger.contract.config import TrainConfig
 from oger.algorithm import core
+from oger.contract.config import TrainConfig
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
-from oger.stages.train.update import _batch_tensors, response_logits, update
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
+from oger.stages.train.update import _batch_tensors, response_logits, update
 from tests.builders import sample
 
 
@@ -20,8 +20,12 @@ def model_tok():
 
 
 def samples(tok):
-    texts = [("Compute 1 + 2.", "1 + 2 = 3. \\boxed{3}"), ("Compute 4 - 5 + 6.", "Terms: 4, -5, 6."),
-             ("Compute 7.", "\\boxed{7}"), ("Compute 12 + 3 - 4 + 5.", "Answer: 16")]
+    texts = [
+        ("Compute 1 + 2.", "1 + 2 = 3. \\boxed{3}"),
+        ("Compute 4 - 5 + 6.", "Terms: 4, -5, 6."),
+        ("Compute 7.", "\\boxed{7}"),
+        ("Compute 12 + 3 - 4 + 5.", "Answer: 16"),
+    ]
     out = []
     for g, (q, a) in enumerate(texts):
         p = tok(q, add_special_tokens=False)["input_ids"]
@@ -40,7 +44,7 @@ def test_batched_response_logprobs_equal_unpadded(model_tok):
         for i, s in enumerate(ss):
             seq = torch.tensor([s.prompt_ids + s.response_ids])
             lp = core.token_logprobs(model(input_ids=seq).logits[:, :-1], seq[:, 1:])[0]
-            assert torch.allclose(batched[i], lp[len(s.prompt_ids) - 1:].sum(), rtol=1e-9, atol=1e-9)
+            assert torch.allclose(batched[i], lp[len(s.prompt_ids) - 1 :].sum(), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "constant_len"])
@@ -108,7 +112,7 @@ def test_entropy_agg_token_mean_is_a_per_micro_batch_token_mean(model_tok):
     order = sorted(range(4), key=lambda i: len(ss[i].prompt_ids) + len(ss[i].response_ids))
     total = 0
     for b in (0, 2):
-        mb = [ss[i] for i in order[b:b + 2]]
+        mb = [ss[i] for i in order[b : b + 2]]
         ids, attn, pos, resp = _batch_tensors(mb, tok.pad_token_id)
         ent = core.entropy_from_logits(response_logits(model, ids, attn, pos, resp.shape[1]))
         total = total + 0.5 * (-0.5 * (ent * resp).sum() / resp.sum())
@@ -158,13 +162,20 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
 
     def run_for(m):
         opt = torch.optim.SGD(m.parameters(), lr=cfg.optim.lr)
-        return SimpleNamespace(cfg=cfg, dist=Dist(), model=m, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
-                               threads=BatchThreads(thread_workers(m)),
-                               sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+        return SimpleNamespace(
+            cfg=cfg,
+            dist=Dist(),
+            model=m,
+            ref_model=None,
+            pad_id=tok.pad_token_id,
+            opt=opt,
+            threads=BatchThreads(thread_workers(m)),
+            sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        )
 
     def logps(m, s):  # response-token log-probs of one unpadded sample
         seq = torch.tensor([s.prompt_ids + s.response_ids])
-        return core.token_logprobs(m(input_ids=seq).logits[:, :-1], seq[:, 1:])[0, len(s.prompt_ids) - 1:]
+        return core.token_logprobs(m(input_ids=seq).logits[:, :-1], seq[:, 1:])[0, len(s.prompt_ids) - 1 :]
 
     run = run_for(model)
     metrics, _, _ = optimizer_step(run, ss, adv)
@@ -215,8 +226,16 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     cfg = TrainConfig(optim={"micro_batch_size": 2, "max_grad_norm": 1e9}, rollout={"max_new_tokens": 12})
     a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
     opt = torch.optim.SGD(a.parameters(), lr=0.1)
-    run = SimpleNamespace(cfg=cfg, dist=Dist(), model=a, ref_model=None, pad_id=tok.pad_token_id, opt=opt,
-                          sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), threads=BatchThreads(1))
+    run = SimpleNamespace(
+        cfg=cfg,
+        dist=Dist(),
+        model=a,
+        ref_model=None,
+        pad_id=tok.pad_token_id,
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        threads=BatchThreads(1),
+    )
     metrics, _, _ = optimizer_step(run, ss, adv)
     update(b, None, ss, adv, cfg, tok.pad_token_id)
     assert torch.equal(_flat_grad(a), _flat_grad(b))
@@ -231,9 +250,7 @@ def test_micro_batches_on_threads_give_the_sequential_gradient_and_metrics(model
     _, tok = model_tok
     ss = samples(tok)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    cfg = TrainConfig(
-        optim={"micro_batch_size": 1}, rollout={"max_new_tokens": 12}, loss={"entropy_coef": 0.01}
-    )
+    cfg = TrainConfig(optim={"micro_batch_size": 1}, rollout={"max_new_tokens": 12}, loss={"entropy_coef": 0.01})
     seq, par, again = (copy.deepcopy(model_tok[0]) for _ in range(3))
     m_seq = update(seq, None, ss, adv, cfg, tok.pad_token_id)
     with BatchThreads(2) as threads:

@@ -12,6 +12,7 @@ TRL's entropy bonus is a token mean for every loss type, hence entropy_agg="toke
 by the importance ratio by default (use_bias_correction_kl=True); our k3 KL is the plain one, so the KL case
 turns that off.
 """
+
 import os
 
 import pytest
@@ -37,11 +38,21 @@ def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_qwen2")
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                            unk_token="<unk>").save_pretrained(d)
-    cfg = Qwen2Config(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    ).save_pretrained(d)
+    cfg = Qwen2Config(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(cfg).save_pretrained(d)
     return d
@@ -52,12 +63,27 @@ def make_trainer(model_dir, reward_fn, batch, **cfg):
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(output_dir=str(model_dir / "out"), per_device_train_batch_size=batch, num_generations=4,
-                      max_completion_length=MAX_LEN, use_cpu=True, bf16=False, report_to=[], save_strategy="no",
-                      logging_strategy="no", seed=0, **cfg)
+    args = GRPOConfig(
+        output_dir=str(model_dir / "out"),
+        per_device_train_batch_size=batch,
+        num_generations=4,
+        max_completion_length=MAX_LEN,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        **cfg,
+    )
     ds = Dataset.from_dict({"prompt": ["1 + 2 =", "3 + 4 =", "5 + 6 =", "7 + 8 ="] * 3})
-    return GRPOTrainer(model=str(model_dir), reward_funcs=reward_fn, args=args, train_dataset=ds,
-                       processing_class=AutoTokenizer.from_pretrained(model_dir))
+    return GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=reward_fn,
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
 
 
 def zero_reward(completions, **kwargs):
@@ -69,14 +95,21 @@ def fixed_batch(B=8, T=MAX_LEN, seed=0):
     D = torch.float64
     lengths = torch.tensor([8, 5, 3, 1, 8, 7, 2, 6])[:B]
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
-    logp = (-torch.rand(B, T, generator=g, dtype=D) * 3.0)
+    logp = -torch.rand(B, T, generator=g, dtype=D) * 3.0
     old = logp + 0.3 * torch.randn(B, T, generator=g, dtype=D)  # ratios well outside [0.8, 1.28] for some tokens
     ref = logp + 0.2 * torch.randn(B, T, generator=g, dtype=D)
     ent = torch.rand(B, T, generator=g, dtype=D) * 2.0
     adv = group_advantages(torch.randint(0, 2, (B // 4, 4), generator=g).to(D), "group", eps=1e-4).flatten()
-    return dict(mask=mask, logp=logp, old=old, ref=ref, ent=ent, adv=adv,
-                prompt_ids=torch.randint(3, len(WORDS), (B, 4), generator=g),
-                completion_ids=torch.randint(3, len(WORDS), (B, T), generator=g))
+    return dict(
+        mask=mask,
+        logp=logp,
+        old=old,
+        ref=ref,
+        ent=ent,
+        adv=adv,
+        prompt_ids=torch.randint(3, len(WORDS), (B, 4), generator=g),
+        completion_ids=torch.randint(3, len(WORDS), (B, T), generator=g),
+    )
 
 
 VARIANTS = {
@@ -85,7 +118,8 @@ VARIANTS = {
     # Clip-higher, entropy bonus and KL (without TRL's ratio-weighted "bias corrected" KL).
     "kl_entropy_cliphigh": dict(
         cfg=dict(beta=0.04, use_bias_correction_kl=False, entropy_coef=0.01, epsilon=0.2, epsilon_high=0.28),
-        ours=dict(eps_low=0.2, eps_high=0.28, beta=0.04, entropy_coef=0.01, entropy_agg="token_mean")),
+        ours=dict(eps_low=0.2, eps_high=0.28, beta=0.04, entropy_coef=0.01, entropy_agg="token_mean"),
+    ),
 }
 
 
@@ -109,10 +143,16 @@ def test_loss_and_gradient_match_trl(model_dir, loss_type, variant):
     trainer._get_per_token_logps_and_entropies = fixed_forward
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets for gradient_accumulation_steps=1
-    inputs = dict(prompt_ids=b["prompt_ids"], prompt_mask=torch.ones_like(b["prompt_ids"]),
-                  completion_ids=b["completion_ids"], completion_mask=b["mask"], advantages=b["adv"],
-                  old_per_token_logps=b["old"], ref_per_token_logps=b["ref"],
-                  num_items_in_batch=b["mask"].sum())
+    inputs = dict(
+        prompt_ids=b["prompt_ids"],
+        prompt_mask=torch.ones_like(b["prompt_ids"]),
+        completion_ids=b["completion_ids"],
+        completion_mask=b["mask"],
+        advantages=b["adv"],
+        old_per_token_logps=b["old"],
+        ref_per_token_logps=b["ref"],
+        num_items_in_batch=b["mask"].sum(),
+    )
     trl_loss = trainer.compute_loss(trainer.model, inputs)
     trl_grad_logp, trl_grad_ent = torch.autograd.grad(trl_loss, [trl_logp, trl_ent], allow_unused=True)
 
@@ -120,9 +160,18 @@ def test_loss_and_gradient_match_trl(model_dir, loss_type, variant):
     logp = b["logp"].clone().requires_grad_()
     ent = b["ent"].clone().requires_grad_()
     ours = v["ours"]
-    loss, met = policy_loss(logp, b["old"], b["adv"], b["mask"], torch.zeros(8, dtype=torch.bool),
-                            agg=LOSS_TO_AGG[loss_type], max_len=MAX_LEN, entropy=ent,
-                            ref_logp=b["ref"] if ours.get("beta") else None, **ours)
+    loss, met = policy_loss(
+        logp,
+        b["old"],
+        b["adv"],
+        b["mask"],
+        torch.zeros(8, dtype=torch.bool),
+        agg=LOSS_TO_AGG[loss_type],
+        max_len=MAX_LEN,
+        entropy=ent,
+        ref_logp=b["ref"] if ours.get("beta") else None,
+        **ours,
+    )
     grad_logp, grad_ent = torch.autograd.grad(loss, [logp, ent], allow_unused=True)
 
     assert trl_loss.dtype == torch.float64
@@ -137,8 +186,12 @@ def test_loss_and_gradient_match_trl(model_dir, loss_type, variant):
     # The clip fractions and KL that TRL logs agree with our metrics (same token set: on-policy valid tokens).
     logged = {k: vals[-1] for k, vals in trainer._metrics["train"].items() if vals}
     assert 0 < met["clip_frac"] < 1
-    for trl_key, our_key in [("clip_ratio/low_mean", "clip_frac_low"), ("clip_ratio/high_mean", "clip_frac_high"),
-                             ("clip_ratio/region_mean", "clip_frac"), ("entropy", "entropy")]:
+    for trl_key, our_key in [
+        ("clip_ratio/low_mean", "clip_frac_low"),
+        ("clip_ratio/high_mean", "clip_frac_high"),
+        ("clip_ratio/region_mean", "clip_frac"),
+        ("entropy", "entropy"),
+    ]:
         assert logged[trl_key] == pytest.approx(met[our_key], rel=1e-6), trl_key
     if ours.get("beta"):
         assert logged["kl"] == pytest.approx(met["kl"], rel=1e-6)

@@ -24,8 +24,10 @@ def test_every_image_reference_resolves_without_the_workdir(tmp_path):
     _png(tmp_path / "curves.png")
     (tmp_path / "sub").mkdir()
     _png(tmp_path / "sub" / "scores.png")
-    md = ("# run\n\n![training curves](curves.png)\n\ntext ![base vs trained](sub/scores.png) more\n"
-          f"![absolute]({tmp_path / 'curves.png'})\n![gone](missing.png)\n")
+    md = (
+        "# run\n\n![training curves](curves.png)\n\ntext ![base vs trained](sub/scores.png) more\n"
+        f"![absolute]({tmp_path / 'curves.png'})\n![gone](missing.png)\n"
+    )
     out = inline_images(md, tmp_path)
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", out)
     assert len(refs) == 3 and all(r.startswith("data:image/png;base64,") for r in refs)
@@ -36,7 +38,11 @@ def test_every_image_reference_resolves_without_the_workdir(tmp_path):
 
 
 def test_the_stage_table_shows_evaluate_metrics():
-    metrics = {"synthetic": {"n": 32, "base": 0.0977, "trained": 0.0781}, "per_teacher": {"a": {"x": 1}},
-               "steps": 30, "curve": [1, 2]}
+    metrics = {
+        "synthetic": {"n": 32, "base": 0.0977, "trained": 0.0781},
+        "per_teacher": {"a": {"x": 1}},
+        "steps": 30,
+        "curve": [1, 2],
+    }
     flat = flat_metrics(metrics)
     assert flat == {"synthetic.n": 32, "synthetic.base": 0.0977, "synthetic.trained": 0.0781, "steps": 30}

@@ -23,8 +23,13 @@ def probe(tmp_path_factory):
     tok = train_tokenizer([f"{a} + {b} = {a + b}" for a in range(10) for b in range(10)], 300)
     save_policy(build_model(tok, 64, 2, 2, 128, 256, seed=0), tok, folder / "model")
     out = folder / "probe.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.vllm_probe", str(folder / "model"), str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.vllm_probe", str(folder / "model"), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 

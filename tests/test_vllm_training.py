@@ -24,10 +24,19 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def vllm_yaml(tmp_path_factory, small_config) -> Path:
     return small_config.write(
-        tmp_path_factory.mktemp("vllm-train"), "vt", **small_config.RL_UPSTREAM,
-        train={"algorithm": "oger", "steps": 4, "prompts_per_step": 4, "group_size": 4,
-               "rollout": {"engine": "vllm", "max_new_tokens": 24, "temperature": 1.0, "batch_prompts": 2},
-               "logging": {"checkpoint_every": 2}, "optim": {"lr": 0.001}})
+        tmp_path_factory.mktemp("vllm-train"),
+        "vt",
+        **small_config.RL_UPSTREAM,
+        train={
+            "algorithm": "oger",
+            "steps": 4,
+            "prompts_per_step": 4,
+            "group_size": 4,
+            "rollout": {"engine": "vllm", "max_new_tokens": 24, "temperature": 1.0, "batch_prompts": 2},
+            "logging": {"checkpoint_every": 2},
+            "optim": {"lr": 0.001},
+        },
+    )
 
 
 def _metrics(art: Path) -> list[dict]:
@@ -70,9 +79,21 @@ def test_vllm_rollouts_train_resume_and_match_an_uninterrupted_run(vllm_yaml, rl
     # steps (the second after the push) are the one-process run's. (DDP pushes what one process
     # does: the unwrapped module's weights.)
     ddp_wd = seeded_workdir(rl_workdir, tmp_path / "fsdp")
-    proc = subprocess.run([sys.executable, "-c", RUN, str(vllm_yaml), f"workdir={ddp_wd}", "train.steps=2",
-                           "train.distributed.num_processes=2", "train.distributed.fsdp=true"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUN,
+            str(vllm_yaml),
+            f"workdir={ddp_wd}",
+            "train.steps=2",
+            "train.distributed.num_processes=2",
+            "train.distributed.fsdp=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     fsdp_art = _artifact(proc.stdout)
     # after the push of step 1's update the engine's log-probs are the sharded trainer's again

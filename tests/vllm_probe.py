@@ -48,12 +48,17 @@ def main(model_dir: str, out_path: str) -> None:
     sample = Request(n=2, max_new_tokens=12, temperature=1.0, seed=5)
     a = [r.response_ids for r in engine.generate(prompts, sample)]
     b = [r.response_ids for r in engine.generate(prompts, sample)]
-    other = [r.response_ids for r in engine.generate(prompts, Request(n=2, max_new_tokens=12, temperature=1.0,
-                                                                     seed=6))]
-    tail = [r.response_ids for r in engine.generate(prompts[3:], Request(n=2, max_new_tokens=12, temperature=1.0,
-                                                                        seed=5, first_job=6))]
-    out["sampling"] = {"same_seed_equal": a == b, "other_seed_equal": a == other, "cut_equal": a[6:] == tail,
-                       "distinct": len({tuple(x) for x in a})}
+    other = [r.response_ids for r in engine.generate(prompts, Request(n=2, max_new_tokens=12, temperature=1.0, seed=6))]
+    tail = [
+        r.response_ids
+        for r in engine.generate(prompts[3:], Request(n=2, max_new_tokens=12, temperature=1.0, seed=5, first_job=6))
+    ]
+    out["sampling"] = {
+        "same_seed_equal": a == b,
+        "other_seed_equal": a == other,
+        "cut_equal": a[6:] == tail,
+        "distinct": len({tuple(x) for x in a}),
+    }
 
     # 3. weight push: vLLM's log-probs of a fixed continuation against the HF model's
     continuation = tok(" = 12 and 3", add_special_tokens=False)["input_ids"]
@@ -72,10 +77,13 @@ def main(model_dir: str, out_path: str) -> None:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
-        res = engine.llm.generate([TokensPrompt(prompt_token_ids=p + continuation) for p in prompts[:4]],
-                                  params, use_tqdm=False)
-        return [[float(r.prompt_logprobs[len(p) + j][t].logprob) for j, t in enumerate(continuation)]
-                for p, r in zip(prompts[:4], res)]
+        res = engine.llm.generate(
+            [TokensPrompt(prompt_token_ids=p + continuation) for p in prompts[:4]], params, use_tqdm=False
+        )
+        return [
+            [float(r.prompt_logprobs[len(p) + j][t].logprob) for j, t in enumerate(continuation)]
+            for p, r in zip(prompts[:4], res)
+        ]
 
     def max_diff(x, y) -> float:
         return max(abs(u - v) for rx, ry in zip(x, y) for u, v in zip(rx, ry))
@@ -102,8 +110,9 @@ def main(model_dir: str, out_path: str) -> None:
             p = prompts[r.prompt_index]
             ids = torch.tensor([p + r.response_ids])
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float() / T, -1)
-            diffs += [abs(float(logp[len(p) - 1 + j, t]) - lp) for j, (t, lp) in
-                      enumerate(zip(r.response_ids, r.logprobs))]
+            diffs += [
+                abs(float(logp[len(p) - 1 + j, t]) - lp) for j, (t, lp) in enumerate(zip(r.response_ids, r.logprobs))
+            ]
     out["sampled_logprob_max_diff"] = max(diffs)
     engine.close()
 
@@ -115,10 +124,14 @@ def main(model_dir: str, out_path: str) -> None:
 
     teacher_prompts = [Prompt(f"p{i}", q, position=i) for i, q in enumerate(questions[:4])]
     kw = dict(model=model_dir, n=1, sampling={"temperature": 0.0, "max_new_tokens": 16})
-    by_backend = {b: sampled.generate(TeacherConfig(name=b, backend=b, **kw), teacher_prompts, "r1")
-                  for b in ("transformers", "vllm")}
-    out["teachers"] = {b: [(g.problem_id, g.sample_index, g.text, g.n_tokens, g.finish_reason) for g in gens]
-                       for b, gens in by_backend.items()}
+    by_backend = {
+        b: sampled.generate(TeacherConfig(name=b, backend=b, **kw), teacher_prompts, "r1")
+        for b in ("transformers", "vllm")
+    }
+    out["teachers"] = {
+        b: [(g.problem_id, g.sample_index, g.text, g.n_tokens, g.finish_reason) for g in gens]
+        for b, gens in by_backend.items()
+    }
 
     # 5. sleep mode is a GPU feature: asked for on this CPU build, a config error before any build
     from oger.contract.errors import ConfigError

@@ -28,8 +28,9 @@ KEYS = ("oger-report-tiny", "oger-rounds-tiny", "oger-sweep-tiny")
 def latest_artifacts(api: str) -> dict[str, str]:
     """{key: id of its latest version} (`POST /api/artifacts/latest/filter`, as the UI asks)."""
     body = json.dumps({"artifacts": {"key": {"exists_": True}}}).encode()
-    req = urllib.request.Request(f"{api}/artifacts/latest/filter", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{api}/artifacts/latest/filter", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return {a["key"]: a["latest_id"] for a in json.loads(r.read())}
 
@@ -38,9 +39,21 @@ def screenshot(url: str, out: Path, height: int) -> None:
     from PIL import Image
 
     raw = out.with_suffix(".raw.png")
-    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--hide-scrollbars", f"--screenshot={raw}",
-                    f"--window-size=1400,{height}", "--virtual-time-budget=20000", url],
-                   capture_output=True, timeout=180, check=True)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            f"--screenshot={raw}",
+            f"--window-size=1400,{height}",
+            "--virtual-time-budget=20000",
+            url,
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
     im = Image.open(raw).convert("RGB")
     im.resize((im.width * 2 // 3, im.height * 2 // 3)).quantize(colors=128).save(out, optimize=True)
     raw.unlink()
@@ -55,11 +68,14 @@ def main() -> None:
     stack.start()
     try:
         for rnd in ("r1", "r2"):
-            fr = stack.run_deployment("oger-pipeline/tiny",
-                                      {"overrides": [f"workdir={work}", *SMALL, f"teachers.round={rnd}"]})
+            fr = stack.run_deployment(
+                "oger-pipeline/tiny", {"overrides": [f"workdir={work}", *SMALL, f"teachers.round={rnd}"]}
+            )
             print(rnd, fr["state_type"], flush=True)
-        fr = stack.run_deployment("oger-sweep/tiny-ablation", {
-            "overrides": [f"workdir={work}/sweep", *SWEEP_SMALL], "arms": ["grpo", "oger"], "seeds": [0, 1]})
+        fr = stack.run_deployment(
+            "oger-sweep/tiny-ablation",
+            {"overrides": [f"workdir={work}/sweep", *SWEEP_SMALL], "arms": ["grpo", "oger"], "seeds": [0, 1]},
+        )
         print("sweep", fr["state_type"], flush=True)
         ids = latest_artifacts(stack.api)
         ui = stack.api.removesuffix("/api")

@@ -11,6 +11,7 @@ Three layers, each usable on its own so every choice is an argument and can be t
 Shapes: B rows (sequences), T completion tokens (right padded), V vocabulary, D embedding dim, G groups of
 n rollouts. Masks are 1 for a real completion token and 0 for padding. Formulas: docs/ALGORITHM.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ MODULATIONS = ("exp", "linear", "none")
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits) over the last axis: (B, T, V) -> (B, T).
@@ -56,6 +58,7 @@ def _masked_mean(x: Tensor, mask: Tensor) -> float:
 
 # --------------------------------------------------------------------------------------------------------- GRPO
 
+
 def group_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float = 1e-6) -> Tensor:
     """A_i = r_i - mean(r_group), divided by (std_group + eps) when scale_rewards == "group".
 
@@ -77,8 +80,9 @@ def group_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float =
     return adv
 
 
-def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2,
-                      eps_high: float = 0.2, clip: bool = True) -> Tensor:
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2, eps_high: float = 0.2, clip: bool = True
+) -> Tensor:
     """PPO/GRPO per-token loss -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), (B, T).
 
     ratio = exp(logp - old_logp). clip=False gives the unclipped policy gradient surrogate -ratio * A.
@@ -131,8 +135,9 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def rollout_is_weights(train_logp: Tensor, rollout_logp: Tensor, mask: Tensor, level: str = "token",
-                       cap: float = 3.0) -> Tensor:
+def rollout_is_weights(
+    train_logp: Tensor, rollout_logp: Tensor, mask: Tensor, level: str = "token", cap: float = 3.0
+) -> Tensor:
     """Truncated importance weights min(pi_train / pi_rollout, C) of tokens another engine sampled.
 
     Failure mode prevented: vLLM samples from its own kernels (other numerics, often another precision),
@@ -163,19 +168,44 @@ def rollout_mismatch(train_logp: Tensor, rollout_logp: Tensor, mask: Tensor) -> 
     d = (train_logp.detach() - rollout_logp)[m].double()
     if d.numel() == 0:
         nan = float("nan")
-        return {"rollout_logp_diff": nan, "rollout_kl": nan, "rollout_ratio_p05": nan,
-                "rollout_ratio_p50": nan, "rollout_ratio_p95": nan}
+        return {
+            "rollout_logp_diff": nan,
+            "rollout_kl": nan,
+            "rollout_ratio_p05": nan,
+            "rollout_ratio_p50": nan,
+            "rollout_ratio_p95": nan,
+        }
     r = torch.exp(d)
     q = torch.quantile(r, torch.tensor([0.05, 0.5, 0.95], dtype=r.dtype))
-    return {"rollout_logp_diff": float(d.abs().mean()), "rollout_kl": float((r - 1 - d).mean()),
-            "rollout_ratio_p05": float(q[0]), "rollout_ratio_p50": float(q[1]), "rollout_ratio_p95": float(q[2])}
+    return {
+        "rollout_logp_diff": float(d.abs().mean()),
+        "rollout_kl": float((r - 1 - d).mean()),
+        "rollout_ratio_p05": float(q[0]),
+        "rollout_ratio_p50": float(q[1]),
+        "rollout_ratio_p95": float(q[2]),
+    }
 
 
-def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_policy: Tensor | None = None, *,
-                eps_low: float = 0.2, eps_high: float = 0.2, clip: bool = True, gamma: float = 0.1,
-                agg: str = "token_mean", max_len: int | None = None, entropy: Tensor | None = None,
-                entropy_coef: float = 0.0, entropy_agg: str | None = None, ref_logp: Tensor | None = None,
-                beta: float = 0.0, is_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    off_policy: Tensor | None = None,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    clip: bool = True,
+    gamma: float = 0.1,
+    agg: str = "token_mean",
+    max_len: int | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    entropy_agg: str | None = None,
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    is_weight: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Hybrid GRPO/LUFFY loss: clipped surrogate on on-policy rows, policy shaping on off-policy rows.
 
     per_token = where(off_policy, policy_shaping, clipped_surrogate) + beta * kl_k3(logp, ref_logp)
@@ -242,6 +272,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, off_p
 
 # ---------------------------------------------------------------------------------------------- OGER reward
 
+
 def teacher_similarity(emb: Tensor, teachers: list[Tensor], mode: str = "max") -> tuple[Tensor, Tensor]:
     """Cosine similarity of each rollout embedding to its problem's teacher-trace embeddings.
 
@@ -306,9 +337,18 @@ def modulation(H: Tensor, mode: str = "exp", tau: float = 1.0, vocab_size: int |
     raise ValueError(f"modulation must be one of {MODULATIONS}, got {mode!r}")
 
 
-def oger_reward(correct: Tensor, div: Tensor, entropy: Tensor, has_teacher: Tensor, is_teacher: Tensor,
-                lam: float, modulation_mode: str = "exp", tau: float = 1.0,
-                vocab_size: int | None = None, passed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def oger_reward(
+    correct: Tensor,
+    div: Tensor,
+    entropy: Tensor,
+    has_teacher: Tensor,
+    is_teacher: Tensor,
+    lam: float,
+    modulation_mode: str = "exp",
+    tau: float = 1.0,
+    vocab_size: int | None = None,
+    passed: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """r = c + bonus, bonus = lam * c * d * g(H), gated to correct, on-policy rows of problems with a teacher.
 
     correct: (B,) in {0, 1}; div: (B,) divergence; entropy: (B,) end-of-answer entropy; has_teacher, is_teacher:
@@ -330,6 +370,7 @@ def oger_reward(correct: Tensor, div: Tensor, entropy: Tensor, has_teacher: Tens
 
 
 # ------------------------------------------------------------------------------- OGER bonus into advantages
+
 
 def shuffle_bonus(bonus: Tensor, eligible: Tensor, generator: torch.Generator) -> Tensor:
     """Control arm: the bonus values permuted among the bonus-eligible rows (B,), others unchanged.
@@ -365,8 +406,9 @@ def neutral_teacher_bonus(bonus: Tensor, is_teacher: Tensor) -> Tensor:
     return torch.where(is_teacher.bool(), mean.expand_as(bonus), bonus)
 
 
-def hybrid_advantages(correct: Tensor, bonus: Tensor, scale_rewards: str = "group", mode: str = "separate",
-                      eps: float = 1e-6) -> Tensor:
+def hybrid_advantages(
+    correct: Tensor, bonus: Tensor, scale_rewards: str = "group", mode: str = "separate", eps: float = 1e-6
+) -> Tensor:
     """Group advantages of r = c + bonus: (G, n), (G, n) -> (G, n).
 
     joint:    group_advantages(c + bonus, scale_rewards)  (std scaling divides small bonus differences
@@ -384,8 +426,10 @@ def ranking_changed(adv: Tensor, adv_no_bonus: Tensor, rows: Tensor, tol: float 
     """Per group, whether the bonus changes the (weak) order of its rows' advantages: (G, n) x2, (G, n)
     bool -> (G,) bool. A pair tied without the bonus and apart by more than tol with it, or a pair whose
     strict order flips, counts as a change; rows outside `rows` (e.g. teacher rows) are ignored."""
+
     def order(a):
         d = a.unsqueeze(-1) - a.unsqueeze(-2)  # (G, n, n)
         return torch.where(d > tol, 1, torch.where(d < -tol, -1, 0))
+
     pair = rows.bool().unsqueeze(-1) & rows.bool().unsqueeze(-2)
     return ((order(adv) != order(adv_no_bonus)) & pair).flatten(1).any(-1)

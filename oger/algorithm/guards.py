@@ -45,9 +45,8 @@ def reasoning_text(text: str) -> str:
     i = text.rfind(_BOXED)
     if i < 0:
         return text.strip()
-    cut = max(text.rfind(". ", 0, i), text.rfind(".\n", 0, i), text.rfind("\n", 0, i),
-              text.rfind("。", 0, i))
-    return text[:cut + 1].strip() if cut >= 0 else ""
+    cut = max(text.rfind(". ", 0, i), text.rfind(".\n", 0, i), text.rfind("\n", 0, i), text.rfind("。", 0, i))
+    return text[: cut + 1].strip() if cut >= 0 else ""
 
 
 def length_ratio(text: str, teacher_texts: list[str]) -> float:
@@ -60,7 +59,7 @@ def repetition_rate(text: str, n: int = 4) -> float:
     """1 - distinct / total word n-grams (lower-cased): 0 for text that never repeats a phrase,
     -> 1 for a phrase looped many times. 0 when the text has fewer than n words."""
     w = [x.lower() for x in words(text)]
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -130,8 +129,9 @@ def guard_verdicts(text: str, teacher_texts: list[str], g, think_required: bool 
     out["reasoning"] = len(words(reasoning)) >= g.min_reasoning_words
     if g.length_ratio_min is not None or g.length_ratio_max is not None:
         r = length_ratio(text, teacher_texts)
-        out["length_ratio"] = ((g.length_ratio_min is None or r >= g.length_ratio_min)
-                               and (g.length_ratio_max is None or r <= g.length_ratio_max))
+        out["length_ratio"] = (g.length_ratio_min is None or r >= g.length_ratio_min) and (
+            g.length_ratio_max is None or r <= g.length_ratio_max
+        )
     if g.language:
         out["language"] = same_language(reasoning or text, teacher_texts)
     if g.max_repetition is not None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from oger.contract.config import TrainConfig
 from oger.algorithm import core, guards
 from oger.algorithm.samples import Sample
+from oger.contract.config import TrainConfig
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (len, D) unit rows
 SHORT_TOKENS = 50  # the "short response" monitor: share of on-policy responses under this many tokens
@@ -63,9 +63,14 @@ def _embed_teachers(pids: list[str], teachers: dict, embed: Embed, mode: str) ->
     return out
 
 
-def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], np.ndarray | None]],
-                    embed: Embed | None, cfg: TrainConfig, vocab_size: int | None = None,
-                    seed: int = 0) -> RewardStep:
+def compute_rewards(
+    samples: list[Sample],
+    teachers: dict[str, tuple[list[str], np.ndarray | None]],
+    embed: Embed | None,
+    cfg: TrainConfig,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> RewardStep:
     """Rewards, bonus and advantages of one batch of groups (see the module docstring).
 
     teachers: {problem_id: (trace texts, index vectors or None)}; problems absent get no bonus.
@@ -86,8 +91,8 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
     emask = torch.zeros(B, width, dtype=torch.float64)
     for i, s in enumerate(samples):
         if s.entropies:
-            ent[i, :len(s.entropies)] = torch.tensor(s.entropies, dtype=torch.float64)
-            emask[i, :len(s.entropies)] = 1
+            ent[i, : len(s.entropies)] = torch.tensor(s.entropies, dtype=torch.float64)
+            emask[i, : len(s.entropies)] = 1
     last_h = core.last_token_entropy(ent, emask, o.entropy_tokens)
     # No entropy (a hand-written rollout in `oger bonus`): no damping, g = 1.
     h = torch.nan_to_num(last_h, nan=0.0)
@@ -118,16 +123,18 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
     passed = torch.zeros(B, dtype=torch.bool)
     for i in want:
         s = samples[i]
-        v = guards.guard_verdicts(s.text, teachers[s.problem_id][0], o.guards,
-                                  think_required=cfg.reward_format == "think")
+        v = guards.guard_verdicts(
+            s.text, teachers[s.problem_id][0], o.guards, think_required=cfg.reward_format == "think"
+        )
         if o.guards.max_divergence is not None and measured:
             v["off_topic"] = bool(div[i] <= o.guards.max_divergence)
         verdicts[i] = v
         passed[i] = all(v.values())
 
     # bonus = lam * c * d * g(H) on eligible rows whose guards passed; d is NaN where not measured (-> 0)
-    _, raw = core.oger_reward(correct, torch.nan_to_num(div), h, has_teacher, is_teacher, lam,
-                              o.modulation, o.tau, vocab_size, passed=passed)
+    _, raw = core.oger_reward(
+        correct, torch.nan_to_num(div), h, has_teacher, is_teacher, lam, o.modulation, o.tau, vocab_size, passed=passed
+    )
     bonus = raw
     if o.shuffle_bonus:
         bonus = core.shuffle_bonus(bonus, eligible, torch.Generator().manual_seed(seed))
@@ -150,22 +157,33 @@ def compute_rewards(samples: list[Sample], teachers: dict[str, tuple[list[str], 
     rows = []
     for i, s in enumerate(samples):
         on = not s.off_policy
-        rows.append({
-            "group": s.group, "problem_id": s.problem_id, "off_policy": s.off_policy,
-            "correct": s.correct, "has_teacher": bool(has_teacher[i]), "bonus_eligible": bool(eligible[i]),
-            "reward": float(reward[i]), "bonus": float(bonus[i]), "bonus_raw": float(raw[i]),
-            "advantage": float(adv[i]), "advantage_no_bonus": float(adv0[i]),
-            # no entropy recorded (monitor off, lambda 0: `needs_rollout_entropy`): no gate to report
-            "divergence": f(div[i]),
-            "gate": f(gate[i]) if on and bool(eligible[i]) and (s.entropies or lam > 0) else None,
-            "last_token_entropy": f(last_h[i]) if s.entropies else None,
-            "guards": verdicts[i], "response_tokens": len(s.response_ids),
-            "nonascii": guards.nonascii_share(s.text) if on else None,
-            "repetition": guards.repetition_rate(s.text, o.guards.repetition_ngram) if on else None,
-            "think_format": guards.think_format(s.text) if on else None,
-            "finish_reason": s.finish_reason,
-            "group_rank_changed": bool(changed[i // n]), "group_diversity": diversity[i // n],
-        })
+        rows.append(
+            {
+                "group": s.group,
+                "problem_id": s.problem_id,
+                "off_policy": s.off_policy,
+                "correct": s.correct,
+                "has_teacher": bool(has_teacher[i]),
+                "bonus_eligible": bool(eligible[i]),
+                "reward": float(reward[i]),
+                "bonus": float(bonus[i]),
+                "bonus_raw": float(raw[i]),
+                "advantage": float(adv[i]),
+                "advantage_no_bonus": float(adv0[i]),
+                # no entropy recorded (monitor off, lambda 0: `needs_rollout_entropy`): no gate to report
+                "divergence": f(div[i]),
+                "gate": f(gate[i]) if on and bool(eligible[i]) and (s.entropies or lam > 0) else None,
+                "last_token_entropy": f(last_h[i]) if s.entropies else None,
+                "guards": verdicts[i],
+                "response_tokens": len(s.response_ids),
+                "nonascii": guards.nonascii_share(s.text) if on else None,
+                "repetition": guards.repetition_rate(s.text, o.guards.repetition_ngram) if on else None,
+                "think_format": guards.think_format(s.text) if on else None,
+                "finish_reason": s.finish_reason,
+                "group_rank_changed": bool(changed[i // n]),
+                "group_diversity": diversity[i // n],
+            }
+        )
     return RewardStep(reward, bonus, adv, rows, reward_metrics(rows))
 
 
@@ -208,8 +226,9 @@ def reward_metrics(rows: list[dict]) -> dict:
         "env_reward": _mean(float(r["correct"]) for r in on),  # on-policy correctness: no teacher rows, no bonus
         "bonus_mean": _mean((r["bonus"] for r in on), 0.0),
         "bonus_correct_mean": _mean((r["bonus"] for r in want), 0.0),
-        "bonus_share": (sum(abs(r["advantage"] - r["advantage_no_bonus"]) for r in rows) / total_adv
-                        if total_adv > 0 else 0.0),
+        "bonus_share": (
+            sum(abs(r["advantage"] - r["advantage_no_bonus"]) for r in rows) / total_adv if total_adv > 0 else 0.0
+        ),
         "rank_change_fraction": _mean(float(g[0]["group_rank_changed"]) for g in groups.values()),
         "teacher_adv_allcorrect": _mean(r["advantage"] for g in all_correct for r in g if r["off_policy"]),
         "divergence_mean": _mean(divs),
@@ -246,4 +265,5 @@ def cached_embedder(encoder, long_text: str, limit: int = 200_000) -> Embed:
                 cache.clear()
             cache.update(zip(todo, encode(encoder, todo, long_text=long_text)))
         return np.stack([cache[t] for t in texts])
+
     return embed

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from oger.contract.config import OgerConfig, load_config
-from oger.contract.errors import ConfigError
 from oger.algorithm.reward import cached_embedder, compute_rewards
 from oger.algorithm.samples import Sample
+from oger.contract.config import OgerConfig, load_config
+from oger.contract.errors import ConfigError
 
 
 def read_cases(path: Path) -> list[dict]:
@@ -54,15 +54,34 @@ def score_cases(cfg: OgerConfig, cases: list[dict], embed) -> list[dict]:
     out = []
     for k, case in enumerate(cases):
         pid = f"case-{k}"
-        samples = [Sample(0, pid, [], [], r["text"], False, correct=r["correct"],
-                          entropies=[] if r.get("entropy") is None else [float(r["entropy"])])
-                   for r in case["rollouts"]]
+        samples = [
+            Sample(
+                0,
+                pid,
+                [],
+                [],
+                r["text"],
+                False,
+                correct=r["correct"],
+                entropies=[] if r.get("entropy") is None else [float(r["entropy"])],
+            )
+            for r in case["rollouts"]
+        ]
         teachers = {pid: (case["teacher_traces"], None)} if case["teacher_traces"] else {}
         step = compute_rewards(samples, teachers, embed, cfg.train, seed=k)
-        rows = [{"text": r["text"], "correct": r["correct"], "divergence": row["divergence"],
-                 "gate": row["gate"], "guards": row["guards"], "bonus": row["bonus"],
-                 "reward": row["reward"], "advantage": row["advantage"]}
-                for r, row in zip(case["rollouts"], step.rows)]
+        rows = [
+            {
+                "text": r["text"],
+                "correct": r["correct"],
+                "divergence": row["divergence"],
+                "gate": row["gate"],
+                "guards": row["guards"],
+                "bonus": row["bonus"],
+                "reward": row["reward"],
+                "advantage": row["advantage"],
+            }
+            for r, row in zip(case["rollouts"], step.rows)
+        ]
         out.append({"problem": case["problem"], "rollouts": rows})
     return out
 
@@ -88,8 +107,17 @@ def cmd_bonus(args) -> int:
             table.add_column(col, overflow="fold")
         for i, x in enumerate(r["rollouts"]):
             failed = ", ".join(k for k, ok in (x["guards"] or {}).items() if not ok) or "-"
-            num = (lambda v: "-" if v is None else f"{v:.3f}")
-            table.add_row(str(i), x["text"][:40].replace("\n", " "), str(x["correct"]), num(x["divergence"]),
-                          num(x["gate"]), failed, num(x["bonus"]), num(x["reward"]), num(x["advantage"]))
+            num = lambda v: "-" if v is None else f"{v:.3f}"
+            table.add_row(
+                str(i),
+                x["text"][:40].replace("\n", " "),
+                str(x["correct"]),
+                num(x["divergence"]),
+                num(x["gate"]),
+                failed,
+                num(x["bonus"]),
+                num(x["reward"]),
+                num(x["advantage"]),
+            )
         console.print(table)
     return 0

@@ -129,8 +129,15 @@ def plan_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_ch
     plan.keep_artifacts = keep
     removed_teacher_files, kept_teacher_files = set(), set()
     for (stage, key), (folder, m) in arts.items():
-        files = {t.get("cache_file") for t in ((m or {}).get("metrics", {}).get("per_teacher") or {}).values()
-                 if isinstance(t, dict) and t.get("cache_file")} if stage == TEACHERS else set()
+        files = (
+            {
+                t.get("cache_file")
+                for t in ((m or {}).get("metrics", {}).get("per_teacher") or {}).values()
+                if isinstance(t, dict) and t.get("cache_file")
+            }
+            if stage == TEACHERS
+            else set()
+        )
         if (stage, key) in keep:
             kept_teacher_files |= files
         else:
@@ -197,7 +204,6 @@ def empty_trash(workdir: Path) -> int:
 def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
     """Drop the tags of removed index artifacts, compact every table and clean the versions no tag
     holds; then check every kept tag still reads. Returns versions before/after and freed bytes."""
-    from datetime import timedelta
 
     import lancedb
 
@@ -221,8 +227,11 @@ def lancedb_compact(workdir: Path, table: str, drop_tags: list[str]) -> dict:
             tbl.checkout(info["version"])
             tbl.count_rows()
         tbl.checkout_latest()
-    return {"versions_before": versions_before, "versions_after": versions_after,
-            "freed": max(0, before - size_of(path))}
+    return {
+        "versions_before": versions_before,
+        "versions_after": versions_after,
+        "freed": max(0, before - size_of(path)),
+    }
 
 
 def _older_than_every_tag(tbl):
@@ -240,16 +249,22 @@ def _older_than_every_tag(tbl):
     return max(timedelta(0), now - oldest + timedelta(seconds=1))
 
 
-def run_gc(workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_checkpoints: bool = False,
-           dry_run: bool = False) -> dict:
+def run_gc(
+    workdir: Path, table: str, keep_rounds: int, keep_runs: int, keep_checkpoints: bool = False, dry_run: bool = False
+) -> dict:
     """Plan, then (unless dry_run) remove; returns {"rows": [(what, path, bytes)], "freed", ...}."""
     workdir = Path(workdir)
     trash = 0 if dry_run else empty_trash(workdir)
     plan = plan_gc(workdir, table, keep_rounds, keep_runs, keep_checkpoints)
     rows = [(what, str(p), size_of(p)) for what, p in plan.remove]
     rows += [("run folder (summary archived)", str(p), size_of(p)) for p in plan.archive]
-    out = {"rows": rows, "kept_rounds": plan.kept_rounds, "dropped_tags": plan.drop_tags,
-           "kept_artifacts": len(plan.keep_artifacts), "dry_run": dry_run}
+    out = {
+        "rows": rows,
+        "kept_rounds": plan.kept_rounds,
+        "dropped_tags": plan.drop_tags,
+        "kept_artifacts": len(plan.keep_artifacts),
+        "dry_run": dry_run,
+    }
     if dry_run:
         out["freed"] = sum(r[2] for r in rows)
         return out
@@ -283,8 +298,10 @@ def cmd_gc(args) -> int:
     keep_runs = r.keep_runs if args.keep_runs is None else args.keep_runs
     with workdir_lock(cfg.workdir_path, "gc", cfg.lock_timeout_s, say=print):
         out = run_gc(cfg.workdir_path, cfg.index.table, keep_rounds, keep_runs, r.keep_checkpoints, args.dry_run)
-    t = Table(title=f"oger gc{' --dry-run (nothing removed)' if args.dry_run else ''}: keeping rounds "
-                    f"{out['kept_rounds']} and the last {keep_runs} runs")
+    t = Table(
+        title=f"oger gc{' --dry-run (nothing removed)' if args.dry_run else ''}: keeping rounds "
+        f"{out['kept_rounds']} and the last {keep_runs} runs"
+    )
     for col in ("removes", "path", "MB"):
         t.add_column(col, overflow="fold")
     for what, path, size in out["rows"]:

@@ -13,11 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from oger import contract, pipeline
-from oger.contract.config import SyntheticSource, load_config
 from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.contract.config import SyntheticSource, load_config
+from oger.data.sources import source_file
 from oger.stages.problems import STAGE as PROBLEMS
 from oger.stages.problems.files import read_problems
-from oger.data.sources import source_file
 
 
 class ProblemCounts:
@@ -87,15 +87,30 @@ def build(cfg) -> dict:
         for b in info.budget:
             unknown |= b.tokens is None
             total += b.tokens or 0
-        stages.append({"stage": name, "upstream": pipeline.UPSTREAM[name], "key": p.key,
-                       "state": "cached" if refs[name] else "stale", "engine": info.engine,
-                       "resources": info.resources, "budget": budget, "notes": info.notes,
-                       "stage_tokens": None if any(b.tokens is None for b in info.budget)
-                       else sum(b.tokens for b in info.budget)})
-    return {"config": cfg.source_file, "workdir": str(cfg.workdir_path), "runner": cfg.runner.kind,
-            "problem_counts": "exact (problems stage cached)" if counts.exact else "from the config",
-            "stages": stages, "total_tokens": None if unknown else total,
-            "total_tokens_known": total}
+        stages.append(
+            {
+                "stage": name,
+                "upstream": pipeline.UPSTREAM[name],
+                "key": p.key,
+                "state": "cached" if refs[name] else "stale",
+                "engine": info.engine,
+                "resources": info.resources,
+                "budget": budget,
+                "notes": info.notes,
+                "stage_tokens": None
+                if any(b.tokens is None for b in info.budget)
+                else sum(b.tokens for b in info.budget),
+            }
+        )
+    return {
+        "config": cfg.source_file,
+        "workdir": str(cfg.workdir_path),
+        "runner": cfg.runner.kind,
+        "problem_counts": "exact (problems stage cached)" if counts.exact else "from the config",
+        "stages": stages,
+        "total_tokens": None if unknown else total,
+        "total_tokens_known": total,
+    }
 
 
 def dag_lines(stages: list[dict]) -> list[str]:
@@ -114,8 +129,10 @@ def cmd_plan(args) -> int:
     from rich.table import Table
 
     console = Console(width=160)
-    console.print(f"[bold]{cfg.name}[/bold]: {data['workdir']} (runner: {data['runner']}; "
-                  f"problem counts {data['problem_counts']})")
+    console.print(
+        f"[bold]{cfg.name}[/bold]: {data['workdir']} (runner: {data['runner']}; "
+        f"problem counts {data['problem_counts']})"
+    )
     for line in dag_lines(data["stages"]):
         console.print(line, highlight=False)
     table = Table(title="stages (nothing runs: keys, cache state, engines, token budget)")
@@ -123,13 +140,26 @@ def cmd_plan(args) -> int:
         table.add_column(col, overflow="fold")
     for s in data["stages"]:
         style = "green" if s["state"] == "cached" else "yellow"
-        lines = [f"{b['what']}: {b['prompts'] if b['prompts'] is not None else '?'} x {b['samples']} x "
-                 f"{b['max_tokens']} = {fmt_tokens(b['tokens'])}" for b in s["budget"]]
-        table.add_row(s["stage"], s["key"][:16], f"[{style}]{s['state']}[/{style}]", s["engine"],
-                      s["resources"], "\n".join(lines + s["notes"]) or "-")
+        lines = [
+            f"{b['what']}: {b['prompts'] if b['prompts'] is not None else '?'} x {b['samples']} x "
+            f"{b['max_tokens']} = {fmt_tokens(b['tokens'])}"
+            for b in s["budget"]
+        ]
+        table.add_row(
+            s["stage"],
+            s["key"][:16],
+            f"[{style}]{s['state']}[/{style}]",
+            s["engine"],
+            s["resources"],
+            "\n".join(lines + s["notes"]) or "-",
+        )
     console.print(table)
     total = data["total_tokens"]
-    console.print(f"total new tokens at most: {fmt_tokens(total)}" if total is not None else
-                  f"total new tokens at most: {fmt_tokens(data['total_tokens_known'])} + unknown "
-                  f"(a problem file is not laid out: run the problems stage to count)", highlight=False)
+    console.print(
+        f"total new tokens at most: {fmt_tokens(total)}"
+        if total is not None
+        else f"total new tokens at most: {fmt_tokens(data['total_tokens_known'])} + unknown "
+        f"(a problem file is not laid out: run the problems stage to count)",
+        highlight=False,
+    )
     return 0

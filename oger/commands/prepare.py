@@ -17,10 +17,10 @@ import subprocess
 import sys
 import time
 
+from oger.commands.preflight import model_uses
 from oger.contract.config import OgerConfig
 from oger.contract.errors import StageError
 from oger.models import gguf_tokenizer_dir, materialize_gguf, resolve_model
-from oger.commands.preflight import model_uses
 from oger.pipeline import STAGES
 
 
@@ -45,15 +45,18 @@ def prepare(cfg: OgerConfig, say=print) -> list[tuple[str, str, float]]:
     for field, ref, tokenizer_only in gguf_models(cfg):
         t = time.perf_counter()
         path = gguf_tokenizer_dir(resolve_model(ref)) if tokenizer_only else materialize_gguf(ref)
-        done.append((f"{field}: {ref} ({'tokenizer' if tokenizer_only else 'model'})", str(path),
-                     time.perf_counter() - t))
+        done.append(
+            (f"{field}: {ref} ({'tokenizer' if tokenizer_only else 'model'})", str(path), time.perf_counter() - t)
+        )
         say(f"prepared {done[-1][0]} -> {path} in {done[-1][2]:.1f} s")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        raise StageError(f"prepare: `prefect server database upgrade` failed:\n{proc.stdout[-1500:]}"
-                         f"{proc.stderr[-1500:]}")
+        raise StageError(
+            f"prepare: `prefect server database upgrade` failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        )
     said = [line for line in proc.stdout.splitlines() if line.strip()]  # "Prefect database at URL upgraded!"
     done.append(("Prefect database (migrations)", said[-1] if said else "", time.perf_counter() - t))
     say(f"prepared {done[-1][0]} -> {done[-1][1]} in {done[-1][2]:.1f} s")

@@ -32,9 +32,14 @@ def flat_metrics(metrics: dict) -> dict:
 
 def write_report(record) -> Path:
     data = record.data
-    lines = [f"# OGER run {data['run_id']}", "",
-             f"config `{data['config']}` (round `{data['round']}`), workdir `{data['workdir']}`", "",
-             "| stage | key | cached | seconds | metrics |", "|---|---|---|---|---|"]
+    lines = [
+        f"# OGER run {data['run_id']}",
+        "",
+        f"config `{data['config']}` (round `{data['round']}`), workdir `{data['workdir']}`",
+        "",
+        "| stage | key | cached | seconds | metrics |",
+        "|---|---|---|---|---|",
+    ]
     for name, s in data["stages"].items():
         flat = ", ".join(f"{k}={_fmt(v)}" for k, v in flat_metrics(s["metrics"]).items())
         lines.append(f"| {name} | `{s['key'][:16]}` | {s['cached']} | {s['seconds']:.2f} | {flat} |")
@@ -52,12 +57,16 @@ def interrupted_section(data: dict) -> list[str]:
     """The workdir's earlier runs that were killed or crashed (`oger.rounds.run_state`): their
     stages may have left resumable checkpoints, never a corrupt cache."""
 
-    gone = [d for d in run_summaries(Path(data["workdir"]))
-            if d.get("status") in ("interrupted", "failed") and d.get("run_id") != data["run_id"]]
+    gone = [
+        d
+        for d in run_summaries(Path(data["workdir"]))
+        if d.get("status") in ("interrupted", "failed") and d.get("run_id") != data["run_id"]
+    ]
     if not gone:
         return []
     lines = ["", "## Earlier runs that did not finish", "", "| run | started | state | error |", "|---|---|---|---|"]
     for d in gone:
-        lines.append(f"| {d.get('run_id')} | {d.get('started_at', '?')} | {d['status']} | "
-                     f"{(d.get('error') or '-')[:200]} |")
+        lines.append(
+            f"| {d.get('run_id')} | {d.get('started_at', '?')} | {d['status']} | {(d.get('error') or '-')[:200]} |"
+        )
     return lines

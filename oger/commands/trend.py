@@ -32,8 +32,11 @@ def _problem_scores(eval_path: str | None) -> dict[tuple[str, str], list[float]]
 
     from oger.stages.evaluate.files import read_samples
 
-    per = read_samples(eval_path).group_by("benchmark", "model", "problem_id").agg(
-        pl.col("correct").cast(pl.Float64).mean())
+    per = (
+        read_samples(eval_path)
+        .group_by("benchmark", "model", "problem_id")
+        .agg(pl.col("correct").cast(pl.Float64).mean())
+    )
     out: dict[tuple[str, str], list[float]] = {}
     for bench, model, _, score in per.iter_rows():
         out.setdefault((bench, model), []).append(score)
@@ -58,20 +61,29 @@ def round_rows(workdir: Path) -> list[dict]:
             continue
         st = d["stages"]
         ev = st[EVALUATE]
-        row = {"round": r, "run_id": d.get("run_id"), "finished_at": d.get("finished_at"),
-               "teacher_traces": st.get(TEACHERS, {}).get("metrics", {}).get("traces"),
-               "index_rows": st.get(INDEX, {}).get("metrics", {}).get("rows"),
-               "training": {k: st.get(TRAIN, {}).get("metrics", {}).get(k)
-                         for k in ("algorithm", "env_reward_last_20pct", "heldout_accuracy")},
-               "benchmarks": {}}
+        row = {
+            "round": r,
+            "run_id": d.get("run_id"),
+            "finished_at": d.get("finished_at"),
+            "teacher_traces": st.get(TEACHERS, {}).get("metrics", {}).get("traces"),
+            "index_rows": st.get(INDEX, {}).get("metrics", {}).get("rows"),
+            "training": {
+                k: st.get(TRAIN, {}).get("metrics", {}).get(k)
+                for k in ("algorithm", "env_reward_last_20pct", "heldout_accuracy")
+            },
+            "benchmarks": {},
+        }
         scores = _problem_scores(ev.get("path"))
         for bench, m in ev.get("metrics", {}).items():
             if not isinstance(m, dict) or "trained" not in m:
                 continue
             row["benchmarks"][bench] = {
-                "metric": m.get("metric"), "base": m.get("base"), "trained": m.get("trained"),
+                "metric": m.get("metric"),
+                "base": m.get("base"),
+                "trained": m.get("trained"),
                 "trained_ci": _half_width(scores.get((bench, "trained"))),
-                "base_ci": _half_width(scores.get((bench, "base")))}
+                "base_ci": _half_width(scores.get((bench, "base"))),
+            }
         rows.append(row)
     flag_regressions(rows)
     return rows
@@ -98,8 +110,10 @@ def regressions(rows: list[dict]) -> list[str]:
         for bench, c in cur["benchmarks"].items():
             if c.get("regression"):
                 p = prev["benchmarks"][bench]
-                out.append(f"round {cur['round']}: {bench} {c['trained']:.4f} is below round {prev['round']}'s "
-                           f"{p['trained']:.4f} beyond the interval (run {cur['run_id']})")
+                out.append(
+                    f"round {cur['round']}: {bench} {c['trained']:.4f} is below round {prev['round']}'s "
+                    f"{p['trained']:.4f} beyond the interval (run {cur['run_id']})"
+                )
     return out
 
 
@@ -126,19 +140,38 @@ def _score(b: dict, side: str) -> str:
 
 def markdown(rows: list[dict], png: str | None = None) -> str:
     benches = sorted({b for r in rows for b in r["benchmarks"]})
-    head = ["round", "run", "traces", "index rows", "train reward (last 20%)", *[f"{b} base → trained" for b in benches]]
+    head = [
+        "round",
+        "run",
+        "traces",
+        "index rows",
+        "train reward (last 20%)",
+        *[f"{b} base → trained" for b in benches],
+    ]
     lines = ["# Rounds", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["round"], str(r["run_id"]), str(r["teacher_traces"]), str(r["index_rows"]),
-                 str(r["training"].get("env_reward_last_20pct"))]
+        cells = [
+            r["round"],
+            str(r["run_id"]),
+            str(r["teacher_traces"]),
+            str(r["index_rows"]),
+            str(r["training"].get("env_reward_last_20pct")),
+        ]
         for b in benches:
             x = r["benchmarks"].get(b)
-            cells.append("—" if x is None else f"{_score(x, 'base')} → {_score(x, 'trained')}"
-                         + (" **regression**" if x.get("regression") else ""))
+            cells.append(
+                "—"
+                if x is None
+                else f"{_score(x, 'base')} → {_score(x, 'trained')}"
+                + (" **regression**" if x.get("regression") else "")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     flagged = regressions(rows)
-    lines += ["", *(f"- {f}" for f in flagged)] if flagged else ["", "No round fell below the previous one "
-                                                                     "beyond the interval."]
+    lines += (
+        ["", *(f"- {f}" for f in flagged)]
+        if flagged
+        else ["", "No round fell below the previous one beyond the interval."]
+    )
     if png:
         lines += ["", f"![scores per round]({png})"]
     return "\n".join(lines) + "\n"

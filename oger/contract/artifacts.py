@@ -23,8 +23,16 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
-_TRACKED_PACKAGES = ("oger", "torch", "transformers", "sentence-transformers", "lancedb",
-                     "polars", "math-verify", "prefect")
+_TRACKED_PACKAGES = (
+    "oger",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "lancedb",
+    "polars",
+    "math-verify",
+    "prefect",
+)
 
 
 def canonical_json(obj: Any) -> str:
@@ -34,16 +42,19 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, str],
-              identity: dict[str, Any] | None = None) -> str:
+def stage_key(
+    stage: str, version: int, config_slice: Any, upstream: dict[str, str], identity: dict[str, Any] | None = None
+) -> str:
     """sha256 over stage name, STAGE_VERSION, config slice, upstream keys and model identity."""
-    payload = canonical_json({
-        "stage": stage,
-        "version": version,
-        "config": config_slice,
-        "upstream": dict(sorted(upstream.items())),
-        "identity": identity or {},
-    })
+    payload = canonical_json(
+        {
+            "stage": stage,
+            "version": version,
+            "config": config_slice,
+            "upstream": dict(sorted(upstream.items())),
+            "identity": identity or {},
+        }
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -81,11 +92,9 @@ def read_table(ref: ArtifactRef | str | Path, name: str, schema: dict, columns: 
     try:
         df = pl.read_parquet(path, columns=columns)
     except FileNotFoundError:
-        raise StageError(f"{path}: no such file; the artifact is incomplete (rerun its stage "
-                         "with --refresh)") from None
+        raise StageError(f"{path}: no such file; the artifact is incomplete (rerun its stage with --refresh)") from None
     missing = [c for c in want if c not in df.columns]
-    wrong = [f"{c} is {df.schema[c]}, expected {t}" for c, t in want.items()
-             if c in df.columns and df.schema[c] != t]
+    wrong = [f"{c} is {df.schema[c]}, expected {t}" for c, t in want.items() if c in df.columns and df.schema[c] != t]
     if missing or wrong:
         raise StageError(f"{path}: " + "; ".join(([f"missing columns {missing}"] if missing else []) + wrong))
     return df
@@ -206,8 +215,9 @@ def clean_stale_tmp(stage_root: Path) -> None:
 
 
 @contextmanager
-def write_artifact(workdir: Path, stage: str, key: str, *, config_slice: Any,
-                   upstream: dict[str, str], identity: dict | None = None) -> Iterator[StageOutput]:
+def write_artifact(
+    workdir: Path, stage: str, key: str, *, config_slice: Any, upstream: dict[str, str], identity: dict | None = None
+) -> Iterator[StageOutput]:
     """Yield a temp dir to fill; on success write the manifest and rename it into place.
 
     On any exception the temp dir is removed and the previous artifact (if any) is untouched.

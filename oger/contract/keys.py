@@ -111,8 +111,9 @@ def key_dump(model: BaseModel) -> dict:
             for sub, v in inner.items():
                 flat = aliases.get(sub, sub)
                 if flat in out or flat in cls.model_fields:
-                    raise ValueError(f"{cls.__name__}.{name}.{sub}: its flat key name {flat!r} is "
-                                     f"taken in {cls.__name__}")
+                    raise ValueError(
+                        f"{cls.__name__}.{name}.{sub}: its flat key name {flat!r} is taken in {cls.__name__}"
+                    )
                 out[flat] = v
             continue
         out[name] = _plain(value)

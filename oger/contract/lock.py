@@ -48,8 +48,10 @@ def read_holder(workdir: Path) -> dict | None:
 def describe(holder: dict | None) -> str:
     if not holder:
         return "another process (no holder details written yet)"
-    return (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on "
-            f"{holder.get('host', '?')}, started {holder.get('started_at', '?')})")
+    return (
+        f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on "
+        f"{holder.get('host', '?')}, started {holder.get('started_at', '?')})"
+    )
 
 
 def _try_lock(fd: int) -> bool:
@@ -63,8 +65,9 @@ def _try_lock(fd: int) -> bool:
 
 
 @contextmanager
-def workdir_lock(workdir: Path, run_id: str, timeout_s: float = 0.0, poll_s: float = 0.5,
-                 say: Callable[[str], None] | None = None) -> Iterator[dict]:
+def workdir_lock(
+    workdir: Path, run_id: str, timeout_s: float = 0.0, poll_s: float = 0.5, say: Callable[[str], None] | None = None
+) -> Iterator[dict]:
     """Hold the workdir's run lock for the block; yields the holder record written into it.
 
     A held lock is waited for up to `timeout_s` seconds (one visible message, via `say`, default
@@ -85,14 +88,21 @@ def workdir_lock(workdir: Path, run_id: str, timeout_s: float = 0.0, poll_s: flo
                 raise WorkdirBusy(
                     f"{workdir}: the workdir is in use by {describe(holder)}{waited}; wait for it to "
                     f"finish, or raise lock_timeout_s (config) / --lock-timeout to wait longer "
-                    f"(lock file {lock_path(workdir)})")
+                    f"(lock file {lock_path(workdir)})"
+                )
             if not announced:
-                say(f"waiting for the workdir {workdir}: in use by {describe(holder)} "
-                    f"(up to {timeout_s:g} s, lock_timeout_s)")
+                say(
+                    f"waiting for the workdir {workdir}: in use by {describe(holder)} "
+                    f"(up to {timeout_s:g} s, lock_timeout_s)"
+                )
                 announced = True
             time.sleep(poll_s)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
-                  "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_id": run_id,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:

@@ -19,14 +19,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from oger.contract.artifacts import (ArtifactRef, StageOutput, artifact_dir, atomic_write, cache_dir,
-                            cache_root, load_complete, read_manifest, stage_root, write_artifact)
+from oger.contract.artifacts import (
+    ArtifactRef,
+    StageOutput,
+    artifact_dir,
+    atomic_write,
+    cache_dir,
+    cache_root,
+    load_complete,
+    read_manifest,
+    stage_root,
+    write_artifact,
+)
 from oger.contract.errors import ConfigError
 from oger.contract.fanout import FanOut
 
-__all__ = ["Stage", "StageContext", "StageInfo", "Budget", "ModelUse", "register", "unregister", "get", "ORDER",
-           "UPSTREAM", "REGISTRY", "artifact_dir", "stage_root", "cache_root", "cache_dir",
-           "atomic_write", "load_complete", "read_manifest", "artifact_manifest"]
+__all__ = [
+    "Stage",
+    "StageContext",
+    "StageInfo",
+    "Budget",
+    "ModelUse",
+    "register",
+    "unregister",
+    "get",
+    "ORDER",
+    "UPSTREAM",
+    "REGISTRY",
+    "artifact_dir",
+    "stage_root",
+    "cache_root",
+    "cache_dir",
+    "atomic_write",
+    "load_complete",
+    "read_manifest",
+    "artifact_manifest",
+]
 
 
 # --------------------------------------------------------------------------- what `oger plan` shows
@@ -117,9 +145,14 @@ class StageContext:
         """The artifact's temp folder; on leaving it the manifest is written and it is renamed
         into place (on an error it is removed). `identity` overrides the plan's (train adds the
         index tag it read)."""
-        with write_artifact(self.workdir, self.name, self.key, config_slice=self.config_slice,
-                            upstream=self.upstream,
-                            identity=self.identity if identity is None else identity) as out:
+        with write_artifact(
+            self.workdir,
+            self.name,
+            self.key,
+            config_slice=self.config_slice,
+            upstream=self.upstream,
+            identity=self.identity if identity is None else identity,
+        ) as out:
             yield out
 
     def ref(self, out: StageOutput) -> ArtifactRef:
@@ -214,8 +247,7 @@ def register(stage: Stage) -> Stage:
         raise ConfigError(f"stage {stage.name!r} is registered already")
     missing = [u for u in stage.upstream if u not in REGISTRY]
     if missing:
-        raise ConfigError(f"stage {stage.name!r}: upstream {missing} not registered "
-                          f"(registered: {ORDER})")
+        raise ConfigError(f"stage {stage.name!r}: upstream {missing} not registered (registered: {ORDER})")
     REGISTRY[stage.name] = stage
     ORDER.append(stage.name)
     UPSTREAM[stage.name] = list(stage.upstream)

@@ -31,8 +31,10 @@ def _check_type(row: dict, name: str, where: str, allowed: tuple) -> None:
     """A field of the wrong type (a number for a question, a dict for an answer ...) is named."""
     value = row[name]
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise DataError(f"{where}: field {name!r} is {type(value).__name__} ({str(value)[:40]!r}), "
-                        f"expected text; fix the row or map another field with `fields:`")
+        raise DataError(
+            f"{where}: field {name!r} is {type(value).__name__} ({str(value)[:40]!r}), "
+            f"expected text; fix the row or map another field with `fields:`"
+        )
 
 
 def _detect_format(row: dict) -> str:
@@ -110,8 +112,9 @@ def normalize_row(row: dict, fmt: str, fields: FieldMap, where: str) -> dict:
                 answer = _text_of(row[af])
             else:
                 if rf not in row or row[rf] is None:
-                    raise DataError(f"{where}: missing answer field (no 'answer' and no {rf!r} "
-                                    "to take the last \\boxed{} from)")
+                    raise DataError(
+                        f"{where}: missing answer field (no 'answer' and no {rf!r} to take the last \\boxed{{}} from)"
+                    )
                 answer = last_boxed(str(row[rf]))
                 if answer is None:
                     raise DataError(f"{where}: field {rf!r} has no \\boxed{{}} answer")
@@ -128,5 +131,4 @@ def normalize_row(row: dict, fmt: str, fields: FieldMap, where: str) -> dict:
         raise DataError(f"{where}: empty question")
     if answer is None or not str(answer).strip():
         raise DataError(f"{where}: empty answer")
-    return {"question": str(question).strip(), "answer": str(answer).strip(),
-            "reference": reference}
+    return {"question": str(question).strip(), "answer": str(answer).strip(), "reference": reference}

@@ -27,9 +27,11 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
         try:
             df = pl.read_parquet(path)
         except Exception as exc:  # polars/pyarrow: ComputeError, OSError, ArrowInvalid ...
-            raise DataError(f"{path}: not a readable parquet file (corrupt or truncated: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                            f"re-export or re-download it") from None
+            raise DataError(
+                f"{path}: not a readable parquet file (corrupt or truncated: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                f"re-export or re-download it"
+            ) from None
         for i, row in enumerate(df.iter_rows(named=True), start=1):
             yield i, row
         return
@@ -38,16 +40,18 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}: row {i}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                                f"column {exc.start + 1}); re-encode the file as UTF-8") from None
+                raise DataError(
+                    f"{path}: row {i}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                    f"column {exc.start + 1}); re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: row {i}: not valid JSON ({exc.msg}; a truncated or "
-                                f"corrupt line); fix or remove the row") from None
+                raise DataError(
+                    f"{path}: row {i}: not valid JSON ({exc.msg}; a truncated or corrupt line); fix or remove the row"
+                ) from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}: row {i}: expected a JSON object, got "
-                                f"{type(row).__name__}")
+                raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
             yield i, row

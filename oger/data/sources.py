@@ -38,17 +38,23 @@ def load_file_source(src, path: Path) -> list[dict]:
         if src.limit and len(out) >= src.limit:
             break
     if not out:
-        raise DataError(f"{path}: problems source {src.name!r} has no rows (only blank lines or an "
-                        f"empty table); point it at a file with problems")
+        raise DataError(
+            f"{path}: problems source {src.name!r} has no rows (only blank lines or an "
+            f"empty table); point it at a file with problems"
+        )
     return out
 
 
 def load_hub_source(src: HFSource) -> list[dict]:
     """The normalised records of a hub dataset laid out under no data root (its first `limit`)."""
     split = src.hf_split or src.split
-    rows = hub_rows(src.dataset, src.subset, split,
-                    f"dataset {src.dataset!r} (split {split!r}) is not laid out under OGER_DATA_DIR or "
-                    f"data/ and could not be loaded from the hub: ")
+    rows = hub_rows(
+        src.dataset,
+        src.subset,
+        split,
+        f"dataset {src.dataset!r} (split {split!r}) is not laid out under OGER_DATA_DIR or "
+        f"data/ and could not be loaded from the hub: ",
+    )
     out = []
     for i, row in rows:
         out.append(normalize_row(row, src.format, src.fields, f"{src.dataset}: row {i}"))
@@ -63,12 +69,26 @@ def load_source(src) -> list[dict]:
         rows: list[dict] = []
         for split, n in (("train", src.n_train), ("test", src.n_test)):
             taken = {r["question"] for r in rows}  # the test split never repeats a train problem
-            for p in generate_problems(src.seed, n, src.min_operands, src.max_operands,
-                                       src.max_value, src.ops, salt=split, exclude=taken,
-                                       smallest_at_most=src.smallest_at_most):
+            for p in generate_problems(
+                src.seed,
+                n,
+                src.min_operands,
+                src.max_operands,
+                src.max_value,
+                src.ops,
+                salt=split,
+                exclude=taken,
+                smallest_at_most=src.smallest_at_most,
+            ):
                 above = src.sft_split_first_above is not None and p.tokens[0] > src.sft_split_first_above
-                rows.append({"question": p.question, "answer": str(p.answer),
-                             "reference": None, "split": SFT_SPLIT if above else split})
+                rows.append(
+                    {
+                        "question": p.question,
+                        "answer": str(p.answer),
+                        "reference": None,
+                        "split": SFT_SPLIT if above else split,
+                    }
+                )
         return rows
     path = source_file(src)
     rows = load_file_source(src, path) if path is not None else load_hub_source(src)

@@ -41,15 +41,12 @@ class Engine(Protocol):
     batch_size: int | None  # jobs per forward batch; None: the engine batches by itself
     context: int | None  # prompt + generation tokens the model takes (None: unknown, a server)
 
-    def generate(self, prompts: Sequence[Prompt], request: Request, progress=None) -> list[Rollout]:
-        ...
+    def generate(self, prompts: Sequence[Prompt], request: Request, progress=None) -> list[Rollout]: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
-def chat_messages(question: str, instruction: str = "{question}",
-                  system_prompt: str | None = None) -> list[dict]:
+def chat_messages(question: str, instruction: str = "{question}", system_prompt: str | None = None) -> list[dict]:
     """The chat turns every stage asks with: an optional system prompt, the instruction as user turn."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": instruction.format(question=question)})
@@ -77,8 +74,7 @@ def number_samples(rolls: list[Rollout]) -> list[Rollout]:
     return rolls
 
 
-def generate_sorted(engine: Engine, prompts: Sequence[list[int]], request: Request,
-                    progress=None) -> list[Rollout]:
+def generate_sorted(engine: Engine, prompts: Sequence[list[int]], request: Request, progress=None) -> list[Rollout]:
     """`request.n` samples of each of many prompts, shortest prompts first in calls of the engine's
     batch size (less padding), returned in prompt-major order with the original prompt indices.
 
@@ -90,9 +86,10 @@ def generate_sorted(engine: Engine, prompts: Sequence[list[int]], request: Reque
     per_call = max(1, engine.batch_size // request.n) if engine.batch_size else max(1, len(order))
     out: list[Rollout] = []
     for c in range(0, len(order), per_call):
-        chunk = order[c:c + per_call]
-        rolls = engine.generate([prompts[i] for i in chunk],
-                                replace(request, first_job=request.first_job + c * request.n))
+        chunk = order[c : c + per_call]
+        rolls = engine.generate(
+            [prompts[i] for i in chunk], replace(request, first_job=request.first_job + c * request.n)
+        )
         for r in rolls:
             r.prompt_index = chunk[r.prompt_index]
         out += rolls

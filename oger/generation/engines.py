@@ -21,21 +21,36 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int) -> tuple[list[
     """
     room = context - max_new_tokens
     if room < 1:
-        raise ConfigError(f"evaluate.max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                          f"the model's context of {context} tokens")
+        raise ConfigError(
+            f"evaluate.max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+            f"the model's context of {context} tokens"
+        )
     return (ids, False) if len(ids) <= room else (ids[-room:], True)
 
 
-def make_engine(kind: str, model: str | Path, *, dtype: str = "float32", batch_size: int | None = None,
-                tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, seed: int = 0,
-                what: str = "engine"):
+def make_engine(
+    kind: str,
+    model: str | Path,
+    *,
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.85,
+    seed: int = 0,
+    what: str = "engine",
+):
     """An engine of `kind` over `model` (HF folder, GGUF file or hub id)."""
     if kind == "vllm":
         from oger.generation.vllm import VLLMEngine
 
-        return VLLMEngine.load(str(model), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                               gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                               what=f"{what} 'vllm'")
+        return VLLMEngine.load(
+            str(model),
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            what=f"{what} 'vllm'",
+        )
     if kind not in KINDS:
         raise ConfigError(f"{what}: unknown engine {kind!r}; choose from {KINDS}")
     from oger.generation.hf import TransformersEngine

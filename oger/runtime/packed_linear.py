@@ -41,26 +41,39 @@ _active: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def available() -> bool:
     """Whether this torch build has oneDNN and its packed linear ops."""
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
 
 
 def packable(module: torch.nn.Module) -> bool:
     """A plain nn.Linear on the CPU in float32/bf16 whose `forward` nobody else has replaced (an
     accelerate offload hook does that) and whose weight is an ordinary tensor (not a DTensor)."""
     w = getattr(module, "weight", None)
-    return (isinstance(module, torch.nn.Linear) and "forward" not in module.__dict__
-            and isinstance(w, torch.Tensor) and type(w.data) is torch.Tensor
-            and w.device.type == "cpu" and w.dtype in PACKED_DTYPES and w.dim() == 2)
+    return (
+        isinstance(module, torch.nn.Linear)
+        and "forward" not in module.__dict__
+        and isinstance(w, torch.Tensor)
+        and type(w.data) is torch.Tensor
+        and w.device.type == "cpu"
+        and w.dtype in PACKED_DTYPES
+        and w.dim() == 2
+    )
 
 
 def _packed_forward(module: torch.nn.Linear, packed: torch.Tensor):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == packed.dtype and x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu")):
+        if (
+            x.dtype == packed.dtype
+            and x.numel() <= MAX_ROWS * x.shape[-1]
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+        ):
             return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
         return F.linear(x, module.weight, module.bias)
+
     return forward
 
 

@@ -61,8 +61,7 @@ def has_nvidia_gpu(proc: Path = Path("/proc/driver/nvidia/gpus")) -> bool:
         return False
 
 
-def native_dtype(dtype: str, flags: set[str] | frozenset[str] | None = None,
-                 gpu: bool | None = None) -> str:
+def native_dtype(dtype: str, flags: set[str] | frozenset[str] | None = None, gpu: bool | None = None) -> str:
     """A generation dtype as it runs here: `native` is bfloat16 where bf16 is computed natively (an
     NVIDIA GPU, where the transformers engine puts the model, or a CPU with AVX512-BF16/AMX) and
     float32 elsewhere. Why: without native bf16 a CPU's bf16 matmuls are done in software, and on
@@ -85,8 +84,7 @@ def _sdpa_float32(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     with torch.autocast(query.device.type, enabled=False):
-        return sdpa_attention_forward(module, query.float(), key.float(), value.float(),
-                                      attention_mask, **kwargs)
+        return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
 
 
 def _register() -> None:
@@ -114,4 +112,3 @@ def float32_attention(model, precision: Precision) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(before)
-

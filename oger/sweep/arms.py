@@ -77,14 +77,18 @@ def resolve_arms(names: list[str], settings: SweepConfig) -> list[Arm]:
     known = available_arms(settings)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"unknown arm(s) {unknown}; presets: {sorted(PRESETS)}; defined in the "
-                          f"config's sweep.arms: {sorted(settings.arms) or 'none'}")
+        raise ConfigError(
+            f"unknown arm(s) {unknown}; presets: {sorted(PRESETS)}; defined in the "
+            f"config's sweep.arms: {sorted(settings.arms) or 'none'}"
+        )
     arms = [known[n] for n in names]
     for arm in arms:
         fixed = sorted({k for k in arm.overrides if k.split(".")[0] in _FIXED})
         if fixed:
-            raise ConfigError(f"arm {arm.name!r}: cannot change {fixed} (all arms share the "
-                              f"sweep's workdir, runner and sweep section)")
+            raise ConfigError(
+                f"arm {arm.name!r}: cannot change {fixed} (all arms share the "
+                f"sweep's workdir, runner and sweep section)"
+            )
     return arms
 
 
@@ -94,12 +98,13 @@ def seed_items(seed: int, fields: list[str]) -> list[str]:
     return [f"{f}={seed}" for f in fields]
 
 
-def pair_config(config: str, overrides: list[str], arm: Arm, seed: int,
-                seed_fields: list[str]) -> OgerConfig:
+def pair_config(config: str, overrides: list[str], arm: Arm, seed: int, seed_fields: list[str]) -> OgerConfig:
     """The config of one (arm, seed): CONFIG + the sweep's --set items + the arm + the seed."""
     try:
         return load_config(config, [*overrides, *arm.set_items(), *seed_items(seed, seed_fields)])
     except ConfigError as exc:
-        raise ConfigError(f"arm {arm.name!r} ({arm.source}: {arm.overrides}), seed {seed}: the "
-                          f"config does not accept it (a field this version lacks, or a bad "
-                          f"value):\n{exc}") from None
+        raise ConfigError(
+            f"arm {arm.name!r} ({arm.source}: {arm.overrides}), seed {seed}: the "
+            f"config does not accept it (a field this version lacks, or a bad "
+            f"value):\n{exc}"
+        ) from None

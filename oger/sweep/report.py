@@ -40,14 +40,18 @@ def _dci(ci: dict) -> str:
 
 def interval_note(method: str, confidence: float, resamples: int) -> str:
     c = round(100 * confidence)
-    boot = (f"percentile bootstrap over seeds and problems ({resamples} resamples; each draws seeds "
-            f"and, per benchmark, problems with replacement)")
+    boot = (
+        f"percentile bootstrap over seeds and problems ({resamples} resamples; each draws seeds "
+        f"and, per benchmark, problems with replacement)"
+    )
     t = "Student-t over the per-seed means (df = seeds − 1; needs 2 seeds)"
     chosen = boot if method == "bootstrap" else t
     other = t if method == "bootstrap" else boot
-    return (f"Intervals are {c}% confidence intervals. Verdicts use the {method} interval: {chosen}. "
-            f"The other column: {other}. Per-problem scores are avg@k; paired differences subtract per "
-            f"(seed, problem) on the seeds both arms ran. Few seeds make any interval coarse.")
+    return (
+        f"Intervals are {c}% confidence intervals. Verdicts use the {method} interval: {chosen}. "
+        f"The other column: {other}. Per-problem scores are avg@k; paired differences subtract per "
+        f"(seed, problem) on the seeds both arms ran. Few seeds make any interval coarse."
+    )
 
 
 # --------------------------------------------------------------------------- plots
@@ -80,9 +84,17 @@ def plot_accuracy(results: dict, out: Path, method: str) -> None:
         rows = results[target]["rows"]
         names = list(rows)
         means = [100 * rows[n]["mean"] for n in names]
-        err = [[0 if rows[n]["ci"]["lo"] is None else 100 * (rows[n]["mean"] - rows[n]["ci"]["lo"]) for n in names],
-               [0 if rows[n]["ci"]["hi"] is None else 100 * (rows[n]["ci"]["hi"] - rows[n]["mean"]) for n in names]]
-        ax.bar(range(len(names)), means, yerr=err, capsize=4, color=["0.7", *[f"C{i}" for i in range(len(names))]][:len(names)])
+        err = [
+            [0 if rows[n]["ci"]["lo"] is None else 100 * (rows[n]["mean"] - rows[n]["ci"]["lo"]) for n in names],
+            [0 if rows[n]["ci"]["hi"] is None else 100 * (rows[n]["ci"]["hi"] - rows[n]["mean"]) for n in names],
+        ]
+        ax.bar(
+            range(len(names)),
+            means,
+            yerr=err,
+            capsize=4,
+            color=["0.7", *[f"C{i}" for i in range(len(names))]][: len(names)],
+        )
         for i, n in enumerate(names):  # the seeds themselves
             ax.plot([i] * len(rows[n]["per_seed"]), [100 * v for v in rows[n]["per_seed"]], "k.", ms=4)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
@@ -102,7 +114,9 @@ def plot_differences(comparisons: list[dict], baseline: str, out: Path, method: 
         ci = c["ci"]
         if ci["lo"] is not None:
             ax.plot([100 * ci["lo"], 100 * ci["hi"]], [i, i], color="C0", lw=2)
-        ax.plot(100 * c["diff"], i, "o", color="C3" if ci["lo"] is not None and (ci["lo"] > 0 or ci["hi"] < 0) else "C0")
+        ax.plot(
+            100 * c["diff"], i, "o", color="C3" if ci["lo"] is not None and (ci["lo"] > 0 or ci["hi"] < 0) else "C0"
+        )
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
@@ -117,8 +131,13 @@ def plot_pass_at_k(pass_k: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, len(benches), figsize=(max(4.0, 3.6 * len(benches)), 3.4), squeeze=False)
     for ax, bench in zip(axes[0], benches):
         for name, ys in pass_k[bench].items():
-            ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], marker=".", label=name,
-                    ls="--" if name == res.BASE else "-")
+            ax.plot(
+                range(1, len(ys) + 1),
+                [100 * y for y in ys],
+                marker=".",
+                label=name,
+                ls="--" if name == res.BASE else "-",
+            )
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k (%)")
         ax.set_title(bench, fontsize=9)
@@ -133,7 +152,7 @@ def plot_training(curves: dict, out: Path) -> None:
     cols = min(3, len(metrics))
     nrows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.axis("off")
     for ax, metric in zip(axes.flat, metrics):
         for i, (arm, c) in enumerate(curves[metric].items()):
@@ -195,11 +214,17 @@ def write_report(sp, record) -> Path:
         pngs["training_curves"] = "training_curves.png"
     data["pngs"] = pngs
     record.write()
-    lines = [f"# Sweep `{sp.sweep_id}`", "",
-             f"config `{data['config']}`" + (f" with `--set {' '.join(sp.overrides)}`" if sp.overrides else "")
-             + f"; workdir `{data['workdir']}`; seeds {sp.seeds} (each sets {', '.join(s.seed_fields)}); "
-             f"baseline arm `{sp.baseline}`; wall time {data['wall_seconds']:.0f} s.", "",
-             "| arm | overrides |", "|---|---|"]
+    lines = [
+        f"# Sweep `{sp.sweep_id}`",
+        "",
+        f"config `{data['config']}`"
+        + (f" with `--set {' '.join(sp.overrides)}`" if sp.overrides else "")
+        + f"; workdir `{data['workdir']}`; seeds {sp.seeds} (each sets {', '.join(s.seed_fields)}); "
+        f"baseline arm `{sp.baseline}`; wall time {data['wall_seconds']:.0f} s.",
+        "",
+        "| arm | overrides |",
+        "|---|---|",
+    ]
     lines += [f"| {a.name} | `{json.dumps(a.overrides)}` ({a.source}) |" for a in sp.arms]
     lines += ["", interval_note(s.interval, s.confidence, s.bootstrap_resamples)]
     lines += results_body(data, sp.baseline, pngs, prefix="")
@@ -217,30 +242,47 @@ def results_body(data: dict, baseline: str, pngs: dict, prefix: str) -> list[str
     results_section.md; `prefix` is where the PNGs are relative to the document)."""
     lines = ["", "## Verdicts", ""]
     lines += [f"- {c['verdict']}" for c in data["comparisons"]] or ["- (no comparison: one arm only)"]
-    lines += ["", "## Accuracy per benchmark (%, mean over seeds)", "",
-              "| benchmark | arm | seeds | problems | mean | 95% CI (bootstrap) | 95% CI (t) | per seed |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Accuracy per benchmark (%, mean over seeds)",
+        "",
+        "| benchmark | arm | seeds | problems | mean | 95% CI (bootstrap) | 95% CI (t) | per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for target, r in data["results"].items():
         label = target if target in r["benchmarks"] else f"{target} ({', '.join(r['benchmarks'])})"
         for name, row in r["rows"].items():
-            lines.append(f"| {label} | {name} | {len(row['seeds'])} | {row['n_problems']} | {_pct(row['mean'])} "
-                         f"| {_ci(row['ci_bootstrap'])} | {_ci(row['ci_t'])} "
-                         f"| {', '.join(_pct(v) for v in row['per_seed'])} |")
+            lines.append(
+                f"| {label} | {name} | {len(row['seeds'])} | {row['n_problems']} | {_pct(row['mean'])} "
+                f"| {_ci(row['ci_bootstrap'])} | {_ci(row['ci_t'])} "
+                f"| {', '.join(_pct(v) for v in row['per_seed'])} |"
+            )
     if "accuracy" in pngs:
         lines += ["", f"![accuracy per arm]({prefix}{pngs['accuracy']})"]
     if data["comparisons"]:
-        lines += ["", f"## Paired differences vs `{baseline}` (points)", "",
-                  "| benchmark | comparison | seeds | difference | 95% CI (bootstrap) | 95% CI (t) | per seed |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Paired differences vs `{baseline}` (points)",
+            "",
+            "| benchmark | comparison | seeds | difference | 95% CI (bootstrap) | 95% CI (t) | per seed |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for c in data["comparisons"]:
-            lines.append(f"| {c['benchmark']} | {c['arm']} − {baseline} | {len(c['seeds'])} | {100 * c['diff']:+.1f} "
-                         f"| {_dci(c['ci_bootstrap'])} | {_dci(c['ci_t'])} "
-                         f"| {', '.join(f'{100 * v:+.1f}' for v in c['per_seed'])} |")
+            lines.append(
+                f"| {c['benchmark']} | {c['arm']} − {baseline} | {len(c['seeds'])} | {100 * c['diff']:+.1f} "
+                f"| {_dci(c['ci_bootstrap'])} | {_dci(c['ci_t'])} "
+                f"| {', '.join(f'{100 * v:+.1f}' for v in c['per_seed'])} |"
+            )
         if "differences" in pngs:
             lines += ["", f"![paired differences]({prefix}{pngs['differences']})"]
     if data["pass_at_k"]:
-        lines += ["", "## pass@k (unbiased estimator, k = 1..samples; mean over seeds and problems)", "",
-                  "| benchmark | arm | pass@1 | pass@k max |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## pass@k (unbiased estimator, k = 1..samples; mean over seeds and problems)",
+            "",
+            "| benchmark | arm | pass@1 | pass@k max |",
+            "|---|---|---|---|",
+        ]
         for bench, per in data["pass_at_k"].items():
             for name, ys in per.items():
                 lines.append(f"| {bench} | {name} | {_pct(ys[0])} | pass@{len(ys)} = {_pct(ys[-1])} |")
@@ -252,8 +294,13 @@ def training_section(training: dict, pngs: dict, prefix: str = "") -> list[str]:
     if not training:
         return []
     metrics = sorted({m for per in training.values() for m in per})
-    lines = ["", "## Training (mean over seeds of the last 20% of steps)", "",
-             "| arm | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [
+        "",
+        "## Training (mean over seeds of the last 20% of steps)",
+        "",
+        "| arm | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     for arm, per in training.items():
         lines.append(f"| {arm} | " + " | ".join("–" if m not in per else f"{per[m]:.3g}" for m in metrics) + " |")
     if "training_curves" in pngs:
@@ -268,13 +315,20 @@ def published_section(pub: Published, results: dict) -> list[str]:
     if not pub.found:
         return lines + [pub.missing_line()]
     cols = [t for t in results if any(t in v for v in pub.methods.values())]
-    lines += [f"Backbone {pub.backbone} (accuracy %, as published; – where not published); ours: mean "
-              "over seeds.", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [
+        f"Backbone {pub.backbone} (accuracy %, as published; – where not published); ours: mean over seeds.",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for method in pub.methods:
         lines.append(f"| {method} | " + " | ".join(cell(pub.value(method, c)) for c in cols) + " |")
     for name in next(iter(results.values()))["rows"] if results else []:
-        lines.append(f"| **{name} (this sweep)** | " + " | ".join(
-            _pct(results[c]["rows"].get(name, {}).get("mean")) for c in cols) + " |")
+        lines.append(
+            f"| **{name} (this sweep)** | "
+            + " | ".join(_pct(results[c]["rows"].get(name, {}).get("mean")) for c in cols)
+            + " |"
+        )
     return lines + ["", pub.source_line()]
 
 
@@ -285,8 +339,9 @@ def artifacts_section(data: dict) -> list[str]:
     lines += ["", "| arm | seed | stage | key | cached | seconds |", "|---|---|---|---|---|---|"]
     for p in data["pairs"]:
         for stage, st in p["stages"].items():
-            lines.append(f"| {p['arm']} | {p['seed']} | {stage} | `{st['key'][:16]}` | {st['cached']} "
-                         f"| {st['seconds']:.1f} |")
+            lines.append(
+                f"| {p['arm']} | {p['seed']} | {stage} | `{st['key'][:16]}` | {st['cached']} | {st['seconds']:.1f} |"
+            )
     return lines
 
 
@@ -296,8 +351,10 @@ def cache_note(pairs: list[dict]) -> str:
     cached = sum(1 for p in pairs if all(st["cached"] for st in p["stages"].values()))
     if not cached:
         return ""
-    return (f"; {cached} of {len(pairs)} pairs read from cache, computed by an earlier invocation: "
-            f"the wall time is this invocation's")
+    return (
+        f"; {cached} of {len(pairs)} pairs read from cache, computed by an earlier invocation: "
+        f"the wall time is this invocation's"
+    )
 
 
 def write_results_section(sp, data: dict, pngs: dict) -> Path:
@@ -308,12 +365,15 @@ def write_results_section(sp, data: dict, pngs: dict) -> Path:
     sets = "".join(f" --set {o}" for o in sp.overrides)
     config = data["config"]
     config = Path(config).relative_to(REPO) if str(config).startswith(str(REPO)) else config
-    lines = [f"Measured {datetime.now(timezone.utc).date().isoformat()} on {os.cpu_count()} CPU cores "
-             f"({platform.machine()}, no GPU used; a machine shared with other jobs, so times are "
-             f"inflated): `oger sweep {config}"
-             f" --arms {arms} --seeds {seeds}{sets}`, wall time {data['wall_seconds'] / 60:.1f} min "
-             f"(sweep `{sp.sweep_id}`{cache_note(data['pairs'])}).", "",
-             interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples)]
+    lines = [
+        f"Measured {datetime.now(timezone.utc).date().isoformat()} on {os.cpu_count()} CPU cores "
+        f"({platform.machine()}, no GPU used; a machine shared with other jobs, so times are "
+        f"inflated): `oger sweep {config}"
+        f" --arms {arms} --seeds {seeds}{sets}`, wall time {data['wall_seconds'] / 60:.1f} min "
+        f"(sweep `{sp.sweep_id}`{cache_note(data['pairs'])}).",
+        "",
+        interval_note(sp.settings.interval, sp.settings.confidence, sp.settings.bootstrap_resamples),
+    ]
     lines += results_body(data, sp.baseline, pngs, prefix="results/")
     lines += training_section(data["training"], pngs, prefix="results/")
     text = "\n".join(lines) + "\n"

@@ -68,8 +68,10 @@ def split_by_class(counts: dict, classes: dict[str, str]) -> dict:
     out = dict(counts)
     for bench, by_row in counts.items():
         for cls in sorted(set(classes.values())):
-            split = {row: {seed: {p: v for p, v in c.items() if classes.get(p) == cls}
-                           for seed, c in by_seed.items()} for row, by_seed in by_row.items()}
+            split = {
+                row: {seed: {p: v for p, v in c.items() if classes.get(p) == cls} for seed, c in by_seed.items()}
+                for row, by_seed in by_row.items()
+            }
             if any(c for by_seed in split.values() for c in by_seed.values()):
                 out[f"{bench} ({cls})"] = split
     return out
@@ -79,8 +81,7 @@ def _matrix(per_seed: dict[int, dict], seeds: list[int], problems: list[str]) ->
     return np.array([[per_seed[s][p][1] / per_seed[s][p][0] for p in problems] for s in seeds])
 
 
-def analyse(collected: dict, arms: list[str], baseline: str, method: str, confidence: float,
-            resamples: int) -> dict:
+def analyse(collected: dict, arms: list[str], baseline: str, method: str, confidence: float, resamples: int) -> dict:
     """Means and intervals per benchmark (and math/OOD average) and row, paired differences vs the
     baseline with verdicts, pass@k curves; everything summary.json and report.md show."""
     counts = collected["counts"]
@@ -105,8 +106,13 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
 
     def describe(blist: list[np.ndarray]) -> dict:
         both = {m: stats.interval(blist, m, confidence, resamples).as_dict() for m in ("bootstrap", "t")}
-        return {"mean": round(stats.block_mean(blist), 6), "ci": both[method], "ci_bootstrap": both["bootstrap"],
-                "ci_t": both["t"], "per_seed": [round(float(x), 6) for x in stats.seed_means(blist)]}
+        return {
+            "mean": round(stats.block_mean(blist), 6),
+            "ci": both[method],
+            "ci_bootstrap": both["bootstrap"],
+            "ci_t": both["t"],
+            "per_seed": [round(float(x), 6) for x in stats.seed_means(blist)],
+        }
 
     results: dict = {}
     comparisons: list[dict] = []
@@ -116,8 +122,11 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
             if not all(r in blocks[b] for b in members):
                 continue
             seeds = blocks[members[0]][r][0]
-            entry[r] = {"seeds": seeds, "n_problems": sum(blocks[b][r][1].shape[1] for b in members),
-                        **describe([blocks[b][r][1] for b in members])}
+            entry[r] = {
+                "seeds": seeds,
+                "n_problems": sum(blocks[b][r][1].shape[1] for b in members),
+                **describe([blocks[b][r][1] for b in members]),
+            }
         results[target] = {"benchmarks": members, "k": {b: ks[b] for b in members}, "rows": entry}
         if baseline not in entry:
             continue
@@ -127,25 +136,42 @@ def analyse(collected: dict, arms: list[str], baseline: str, method: str, confid
             common = sorted(set(entry[arm]["seeds"]) & set(entry[baseline]["seeds"]))
             if not common:
                 continue
-            pick = (lambda r, b, seeds=common: blocks[b][r][1][[blocks[b][r][0].index(s) for s in seeds]])
+            pick = lambda r, b, seeds=common: blocks[b][r][1][[blocks[b][r][0].index(s) for s in seeds]]
             diff = stats.paired_blocks([pick(arm, b) for b in members], [pick(baseline, b) for b in members])
             d = describe(diff)
             chosen = stats.Interval(d["ci"]["mean"], d["ci"]["lo"], d["ci"]["hi"], method)
-            comparisons.append({"benchmark": target, "arm": arm, "baseline": baseline, "seeds": common,
-                                "diff": d["mean"], "ci": d["ci"], "ci_bootstrap": d["ci_bootstrap"],
-                                "ci_t": d["ci_t"], "per_seed": d["per_seed"],
-                                "verdict": stats.verdict(arm, baseline, target, chosen, confidence)})
+            comparisons.append(
+                {
+                    "benchmark": target,
+                    "arm": arm,
+                    "baseline": baseline,
+                    "seeds": common,
+                    "diff": d["mean"],
+                    "ci": d["ci"],
+                    "ci_bootstrap": d["ci_bootstrap"],
+                    "ci_t": d["ci_t"],
+                    "per_seed": d["per_seed"],
+                    "verdict": stats.verdict(arm, baseline, target, chosen, confidence),
+                }
+            )
     pass_k = {}
     for bench, by in counts.items():
         if ks.get(bench, 1) < 2:
             continue
-        pass_k[bench] = {r: [round(v, 6) for v in np.mean(
-            [stats.pass_at_k_curve(list(c.values()), ks[bench]) for c in by[r].values()], axis=0)]
-            for r in rows if by.get(r)}
+        pass_k[bench] = {
+            r: [
+                round(v, 6)
+                for v in np.mean([stats.pass_at_k_curve(list(c.values()), ks[bench]) for c in by[r].values()], axis=0)
+            ]
+            for r in rows
+            if by.get(r)
+        }
     return {"results": results, "comparisons": comparisons, "pass_at_k": pass_k}
 
 
-def training_curves(histories: dict[str, dict[int, list[dict]]], metrics: tuple[str, ...]) -> dict[str, dict[str, dict]]:
+def training_curves(
+    histories: dict[str, dict[int, list[dict]]], metrics: tuple[str, ...]
+) -> dict[str, dict[str, dict]]:
     """{metric: {arm: {"step": [...], "mean": [...], "lo": [...], "hi": [...]}}}: mean, min and max
     over seeds at each step, for `metrics` (those the train stage's table marks for the sweep under
     the sweep's config: `oger.stages.train.files.swept_metrics`); metrics no arm logged are left out."""
@@ -158,8 +184,12 @@ def training_curves(histories: dict[str, dict[int, list[dict]]], metrics: tuple[
             if not steps:
                 continue
             vals = [[c[s] for c in curves if s in c] for s in steps]
-            per_arm[arm] = {"step": steps, "mean": [float(np.mean(v)) for v in vals],
-                            "lo": [float(np.min(v)) for v in vals], "hi": [float(np.max(v)) for v in vals]}
+            per_arm[arm] = {
+                "step": steps,
+                "mean": [float(np.mean(v)) for v in vals],
+                "lo": [float(np.min(v)) for v in vals],
+                "hi": [float(np.max(v)) for v in vals],
+            }
         if per_arm:
             out[metric] = per_arm
     return out
@@ -170,6 +200,6 @@ def last_fraction_means(curves: dict, fraction: float = 0.2) -> dict[str, dict[s
     out: dict[str, dict[str, float]] = {}
     for metric, per_arm in curves.items():
         for arm, c in per_arm.items():
-            tail = c["mean"][-max(1, round(len(c["mean"]) * fraction)):]
+            tail = c["mean"][-max(1, round(len(c["mean"]) * fraction)) :]
             out.setdefault(arm, {})[metric] = round(float(np.mean(tail)), 6)
     return out

@@ -25,11 +25,12 @@ from oger.contract.errors import ConfigError
 from oger.contract.fanout import FanOut, Job, run_in_process
 from oger.sweep.arms import Arm, pair_config, parse_list, parse_seeds, resolve_arms
 
+
 def pair_stages() -> list[str]:
     """The stages run once per (arm, seed): those marked `per_pair`, which must end the DAG (a
     shared stage cannot read one pair's artifact)."""
     names = [s for s in pipeline.STAGES if contract.get(s).per_pair]
-    if names != pipeline.STAGES[len(pipeline.STAGES) - len(names):]:
+    if names != pipeline.STAGES[len(pipeline.STAGES) - len(names) :]:
         raise ConfigError(f"per-pair stages {names} must come last in the DAG {pipeline.STAGES}")
     return names
 
@@ -73,13 +74,20 @@ class SweepPlan:
 def default_sweep_id(base: OgerConfig, overrides: list[str], arms: list[Arm], seeds: list[int]) -> str:
     """`<config name>-<hash8>` of what the sweep runs: rerunning the same sweep (after a kill)
     writes the same folder; a different arm or seed list, a new one."""
-    h = hashlib.sha256(canonical_json({"overrides": overrides, "seeds": seeds,
-                                       "arms": {a.name: a.overrides for a in arms}}).encode())
+    h = hashlib.sha256(
+        canonical_json({"overrides": overrides, "seeds": seeds, "arms": {a.name: a.overrides for a in arms}}).encode()
+    )
     return f"{base.name}-{h.hexdigest()[:8]}"
 
 
-def prepare(config: str, arms=None, seeds=None, overrides: list[str] | None = None,
-            baseline: str | None = None, sweep_id: str | None = None) -> SweepPlan:
+def prepare(
+    config: str,
+    arms=None,
+    seeds=None,
+    overrides: list[str] | None = None,
+    baseline: str | None = None,
+    sweep_id: str | None = None,
+) -> SweepPlan:
     """Resolve arms and seeds, load and validate every pair's config and plan every stage. Nothing
     runs; a bad arm or seed fails here, naming it."""
     overrides = list(overrides or [])
@@ -101,8 +109,17 @@ def prepare(config: str, arms=None, seeds=None, overrides: list[str] | None = No
             cfg = pair_config(config, overrides, arm, seed, s.seed_fields)
             pairs.append(Pair(arm.name, seed, cfg, pipeline.plan(cfg)))
     _check_distinct(pairs, s.seed_fields)
-    sp = SweepPlan(sweep_id or default_sweep_id(base, overrides, resolved, seed_list), str(config),
-                   overrides, resolved, seed_list, chosen, s, base, pairs)
+    sp = SweepPlan(
+        sweep_id or default_sweep_id(base, overrides, resolved, seed_list),
+        str(config),
+        overrides,
+        resolved,
+        seed_list,
+        chosen,
+        s,
+        base,
+        pairs,
+    )
     for name in upstream_stages():
         for pair in pairs:
             sp.upstream.setdefault((name, pair.plans[name].key), (pair.cfg, pair.plans))
@@ -116,24 +133,37 @@ def _check_distinct(pairs: list[Pair], seed_fields: list[str]) -> None:
     for pair in pairs:
         key = pair.plans[first].key
         if (pair.arm, key) in seen:
-            raise ConfigError(f"arm {pair.arm!r}: seeds {seen[(pair.arm, key)]} and {pair.seed} give "
-                              f"the same {first} key: sweep.seed_fields {seed_fields} do not "
-                              f"reach the {first} stage")
+            raise ConfigError(
+                f"arm {pair.arm!r}: seeds {seen[(pair.arm, key)]} and {pair.seed} give "
+                f"the same {first} key: sweep.seed_fields {seed_fields} do not "
+                f"reach the {first} stage"
+            )
         seen[(pair.arm, key)] = pair.seed
 
 
-def refs_for(plans: dict[str, pipeline.StagePlan], names: list[str],
-             by_key: dict[tuple[str, str], ArtifactRef]) -> dict[str, ArtifactRef]:
+def refs_for(
+    plans: dict[str, pipeline.StagePlan], names: list[str], by_key: dict[tuple[str, str], ArtifactRef]
+) -> dict[str, ArtifactRef]:
     return {n: by_key[(n, plans[n].key)] for n in names}
 
 
-def run_pair(cfg: OgerConfig, plans: dict[str, pipeline.StagePlan], upstream_refs: dict[str, ArtifactRef],
-             fan_out: FanOut | None = None) -> dict[str, dict]:
+def run_pair(
+    cfg: OgerConfig,
+    plans: dict[str, pipeline.StagePlan],
+    upstream_refs: dict[str, ArtifactRef],
+    fan_out: FanOut | None = None,
+) -> dict[str, dict]:
     """One fan-out job: the per-pair stages of one (arm, seed) in order, each from cache when its
     artifact is complete. Returns plain data (it may come back from a Ray worker)."""
     out: dict[str, dict] = {}
-    pipeline.execute(cfg, plans, pair_stages(), upstream_refs, runner=pipeline.in_process(fan_out),
-                     on_stage=lambda run: out.__setitem__(run.name, run.entry()))
+    pipeline.execute(
+        cfg,
+        plans,
+        pair_stages(),
+        upstream_refs,
+        runner=pipeline.in_process(fan_out),
+        on_stage=lambda run: out.__setitem__(run.name, run.entry()),
+    )
     return out
 
 
@@ -143,17 +173,29 @@ def pair_gpus(sp: SweepPlan, cfg: OgerConfig) -> float:
     return float(cfg.train.distributed.num_processes) if cfg.train.distributed.backend == "nccl" else 0.0
 
 
-def pair_jobs(sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef],
-              pair_fan_out: FanOut | None = None) -> list[Job]:
+def pair_jobs(
+    sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef], pair_fan_out: FanOut | None = None
+) -> list[Job]:
     """One job per (arm, seed) for `run_pair`; its arguments travel to a Ray worker (pickled)."""
-    return [Job(pair.name, (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key), pair_fan_out),
-                num_cpus=sp.settings.num_cpus, num_gpus=pair_gpus(sp, pair.cfg),
-                meta={"arm": pair.arm, "seed": pair.seed})
-            for pair in sp.pairs]
+    return [
+        Job(
+            pair.name,
+            (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key), pair_fan_out),
+            num_cpus=sp.settings.num_cpus,
+            num_gpus=pair_gpus(sp, pair.cfg),
+            meta={"arm": pair.arm, "seed": pair.seed},
+        )
+        for pair in sp.pairs
+    ]
 
 
-def run_sweep(sp: SweepPlan, runner: pipeline.StageRunner | None = None, fan_out: FanOut | None = None,
-              pair_fan_out: FanOut | None = None, prefect_flow_run: dict | None = None) -> Path:
+def run_sweep(
+    sp: SweepPlan,
+    runner: pipeline.StageRunner | None = None,
+    fan_out: FanOut | None = None,
+    pair_fan_out: FanOut | None = None,
+    prefect_flow_run: dict | None = None,
+) -> Path:
     """Upstream stages once per key (through `runner`, default in process: the flow passes its
     task), then every pair as a job on `fan_out` (default: in process, one after the other), then
     the report. `pair_fan_out` is what a pair's own fan-out stages (evaluate) use inside the job.
@@ -164,9 +206,10 @@ def run_sweep(sp: SweepPlan, runner: pipeline.StageRunner | None = None, fan_out
     try:
         by_key: dict[tuple[str, str], ArtifactRef] = {}
         for (name, key), (cfg, plans) in sp.upstream.items():
-            before = upstream_stages()[:upstream_stages().index(name)]
-            refs = pipeline.execute(cfg, plans, [name], refs_for(plans, before, by_key), runner=runner,
-                                    on_stage=record.add_upstream)
+            before = upstream_stages()[: upstream_stages().index(name)]
+            refs = pipeline.execute(
+                cfg, plans, [name], refs_for(plans, before, by_key), runner=runner, on_stage=record.add_upstream
+            )
             by_key[(name, key)] = refs[name]
         for job, result in (fan_out or run_in_process)(run_pair, pair_jobs(sp, by_key, pair_fan_out)):
             record.add_pair(job.meta["arm"], job.meta["seed"], result)
@@ -197,8 +240,7 @@ class SweepRecord(SummaryRecord):
             "baseline": sp.baseline,
             "status": "running",
             "started_at": datetime.now(timezone.utc).isoformat(),
-            "planned": [{"arm": p.arm, "seed": p.seed, **{s: p.plans[s].key for s in pair_stages()}}
-                        for p in sp.pairs],
+            "planned": [{"arm": p.arm, "seed": p.seed, **{s: p.plans[s].key for s in pair_stages()}} for p in sp.pairs],
             "upstream": {},
             "pairs": [],
         }

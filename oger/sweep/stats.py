@@ -35,7 +35,7 @@ class Interval:
         return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
     def as_dict(self) -> dict:
-        r = (lambda x: None if x is None else round(float(x), 6))
+        r = lambda x: None if x is None else round(float(x), 6)
         return {"mean": r(self.mean), "lo": r(self.lo), "hi": r(self.hi), "method": self.method}
 
 
@@ -73,8 +73,7 @@ def block_mean(blocks) -> float:
     return float(np.mean([m.mean() for m in _check_blocks(blocks)]))
 
 
-def seed_problem_bootstrap(blocks, confidence: float = 0.95, resamples: int = 2000,
-                           rng_seed: int = 0) -> Interval:
+def seed_problem_bootstrap(blocks, confidence: float = 0.95, resamples: int = 2000, rng_seed: int = 0) -> Interval:
     """Percentile bootstrap of `block_mean`: each resample draws seeds with replacement (the same
     seed draw for every block) and, per block, problems with replacement.
 
@@ -101,8 +100,7 @@ def seed_means(blocks) -> np.ndarray:
     return np.mean([m.mean(axis=1) for m in mats], axis=0)
 
 
-def interval(blocks, method: str, confidence: float = 0.95, resamples: int = 2000,
-             rng_seed: int = 0) -> Interval:
+def interval(blocks, method: str, confidence: float = 0.95, resamples: int = 2000, rng_seed: int = 0) -> Interval:
     if method == "bootstrap":
         return seed_problem_bootstrap(blocks, confidence, resamples, rng_seed)
     if method == "t":
@@ -114,8 +112,9 @@ def paired_blocks(a_blocks, b_blocks) -> list[np.ndarray]:
     """A - B per (seed, problem): rows are the seeds both arms ran, columns the same problems."""
     a, b = _check_blocks(a_blocks), _check_blocks(b_blocks)
     if [m.shape for m in a] != [m.shape for m in b]:
-        raise ValueError(f"paired arms need the same seeds x problems: {[m.shape for m in a]} vs "
-                         f"{[m.shape for m in b]}")
+        raise ValueError(
+            f"paired arms need the same seeds x problems: {[m.shape for m in a]} vs {[m.shape for m in b]}"
+        )
     return [x - y for x, y in zip(a, b)]
 
 
@@ -128,8 +127,15 @@ def pass_at_k_curve(counts: list[tuple[int, int]], k_max: int | None = None) -> 
     return [sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in range(1, k_max + 1)]
 
 
-def verdict(label: str, baseline: str, benchmark: str, iv: Interval, confidence: float = 0.95,
-            scale: float = 100.0, unit: str = "points") -> str:
+def verdict(
+    label: str,
+    baseline: str,
+    benchmark: str,
+    iv: Interval,
+    confidence: float = 0.95,
+    scale: float = 100.0,
+    unit: str = "points",
+) -> str:
     """One plain-language line per comparison, e.g.
     "oger − luffy on synthetic: +1.2 points [-0.3, +2.7] (95% bootstrap CI): not distinguishable from 0"."""
     head = f"{label} − {baseline} on {benchmark}: {scale * iv.mean:+.1f} {unit}"

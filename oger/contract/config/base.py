@@ -12,7 +12,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from oger.contract.errors import ConfigError
 from oger.prompt_check import check_instruction
 
-
 # A user turn: a str.format template that must hold {question} (oger.prompt_check), checked at load.
 Instruction = Annotated[str, AfterValidator(check_instruction)]
 

@@ -10,18 +10,18 @@ from pydantic import Field, field_validator, model_validator
 from oger.contract.config.base import Instruction, Strict
 from oger.contract.keys import not_in_key
 
-
 # LUFFY's system prompt, as in its valid.all.parquet (and its `apply_qwen_math_template`).
 LUFFY_SYSTEM_PROMPT = (
     "Your task is to follow a systematic, thorough reasoning process before providing the final "
     "solution. This involves analyzing, summarizing, exploring, reassessing, and refining your thought "
     "process through multiple iterations. Structure your response into two sections: Thought and "
-    "Solution. In the Thought section, present your reasoning using the format: \"<think>\n {thoughts} "
-    "</think>\n\". Each thought should include detailed analysis, brainstorming, verification, and "
-    "refinement of ideas. After \"</think>\n,\" in the Solution section, provide the final, logical, and "
+    'Solution. In the Thought section, present your reasoning using the format: "<think>\n {thoughts} '
+    '</think>\n". Each thought should include detailed analysis, brainstorming, verification, and '
+    'refinement of ideas. After "</think>\n," in the Solution section, provide the final, logical, and '
     "accurate answer, clearly derived from the exploration in the Thought section. If applicable, "
     "include the answer in \\boxed{} for closed-form results like multiple choices or mathematical "
-    "solutions.")
+    "solutions."
+)
 # The LUFFY/OGER protocol samples 32 times on the small competition sets, once elsewhere.
 LUFFY_MULTI_SAMPLE = {"aime24": 32, "aime25": 32, "amc": 32}
 
@@ -39,8 +39,19 @@ class BenchmarkSpec(Strict):
 # Every benchmark `evaluate.benchmarks` may name: "synthetic" (the synthetic task's held-out split)
 # and the files of `oger.stages.evaluate.benchmarks.REGISTRY` (tests/test_contract.py keeps them equal;
 # listed here so the config does not import the evaluation code).
-BENCHMARK_NAMES = ("synthetic", "aime24", "aime25", "amc", "math500", "minerva", "olympiadbench",
-                   "gsm8k", "arc_c", "gpqa_diamond", "mmlu_pro")
+BENCHMARK_NAMES = (
+    "synthetic",
+    "aime24",
+    "aime25",
+    "amc",
+    "math500",
+    "minerva",
+    "olympiadbench",
+    "gsm8k",
+    "arc_c",
+    "gpqa_diamond",
+    "mmlu_pro",
+)
 
 
 class HeldoutConfig(Strict):
@@ -50,46 +61,61 @@ class HeldoutConfig(Strict):
     split: str = "test"
     limit: int = Field(200, ge=1)
     max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
-        "each sample is seeded by its place in the job list, not by its batch"))
+    batch_size: int = Field(
+        64, ge=1, json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch")
+    )
 
 
 class EvaluateConfig(Strict):
     """Benchmarks scored for the policy-stage model ("base") and the trained one."""
 
-    benchmarks: list[BenchmarkSpec] = Field(
-        default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
     protocol: Literal["luffy", "greedy"] = Field(
-        "luffy", description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample "
-                             "elsewhere; greedy: T=0, 1 sample")
+        "luffy",
+        description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample elsewhere; greedy: T=0, 1 sample",
+    )
     engine: Literal["hf", "paged", "vllm"] = Field(
-        "hf", description="hf: padded transformers generate; paged: transformers continuous "
-                          "batching (paged attention); vllm: the gpu extra")
+        "hf",
+        description="hf: padded transformers generate; paged: transformers continuous "
+        "batching (paged attention); vllm: the gpu extra",
+    )
     max_new_tokens: int = Field(1024, ge=1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     prompt: Literal["policy", "luffy"] = Field(
-        "policy", description="policy: the policy's instruction and system prompt (as trained); "
-                              "luffy: LUFFY's system prompt with the question as the user turn")
+        "policy",
+        description="policy: the policy's instruction and system prompt (as trained); "
+        "luffy: LUFFY's system prompt with the question as the user turn",
+    )
     instruction: Instruction | None = Field(None, description="user turn; overrides the prompt preset's")
     backbone: str | None = Field(
-        None, description="the backbone whose published results (data/reference/published_results.json) "
-                          "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
-                          "policy.model. Not part of any stage key",
-        json_schema_extra=not_in_key("which published numbers the report shows beside ours"))
+        None,
+        description="the backbone whose published results (data/reference/published_results.json) "
+        "the report shows beside ours, e.g. Qwen2.5-Math-7B; default: inferred from "
+        "policy.model. Not part of any stage key",
+        json_schema_extra=not_in_key("which published numbers the report shows beside ours"),
+    )
     heldout: HeldoutConfig = HeldoutConfig()
     seed: int = 0
-    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
-        "each sample is seeded by its place in the job list, not by its batch"))
+    batch_size: int = Field(
+        64, ge=1, json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch")
+    )
     score_timeout_s: float = Field(5.0, gt=0)
-    score_workers: int = Field(2, ge=1, description="math-verify processes",
-                               json_schema_extra=not_in_key("processes scoring the same answers"))
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine", json_schema_extra=not_in_key(
-        "how the model is spread over GPUs"))
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm engine",
-                                          json_schema_extra=not_in_key("a memory bound"))
-    num_gpus: float | None = Field(None, ge=0, description="GPUs each model's job asks Ray for "
-                                   "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf",
-                                   json_schema_extra=not_in_key("a resource request"))
+    score_workers: int = Field(
+        2, ge=1, description="math-verify processes", json_schema_extra=not_in_key("processes scoring the same answers")
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm engine", json_schema_extra=not_in_key("how the model is spread over GPUs")
+    )
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vllm engine", json_schema_extra=not_in_key("a memory bound")
+    )
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each model's job asks Ray for "
+        "(runner.kind: ray); default: tensor_parallel_size for vllm, 0 for hf",
+        json_schema_extra=not_in_key("a resource request"),
+    )
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -103,8 +129,7 @@ class EvaluateConfig(Strict):
         names = [b.name for b in self.benchmarks]
         for i, n in enumerate(names):
             if n not in BENCHMARK_NAMES:
-                raise ValueError(f"benchmarks.{i}.name: unknown benchmark {n!r}; known: "
-                                 f"{sorted(BENCHMARK_NAMES)}")
+                raise ValueError(f"benchmarks.{i}.name: unknown benchmark {n!r}; known: {sorted(BENCHMARK_NAMES)}")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"benchmarks listed twice: {dup}")

@@ -9,8 +9,11 @@ from oger.contract.keys import not_in_key, resolved
 
 
 class FilterConfig(Strict):
-    tokenizer: str = Field("smollm2", description="model whose tokenizer measures trace length",
-                           json_schema_extra=resolved("keyed by its content fingerprint"))
+    tokenizer: str = Field(
+        "smollm2",
+        description="model whose tokenizer measures trace length",
+        json_schema_extra=resolved("keyed by its content fingerprint"),
+    )
     min_tokens: int = Field(1, ge=0)
     max_tokens: int = Field(1024, ge=1)
     require_stop: bool = True

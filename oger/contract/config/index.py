@@ -12,16 +12,25 @@ from oger.contract.keys import not_in_key, omitted_at_default, resolved
 
 class IndexConfig(Strict):
     encoder: str = Field("minilm", json_schema_extra=resolved("keyed by its content fingerprint"))
-    batch_size: int = Field(64, ge=1, json_schema_extra=not_in_key(
-        "batching changes the vectors in the last float32 bits only (|diff| <= 1.2e-7 measured)"))
+    batch_size: int = Field(
+        64,
+        ge=1,
+        json_schema_extra=not_in_key(
+            "batching changes the vectors in the last float32 bits only (|diff| <= 1.2e-7 measured)"
+        ),
+    )
     long_text: Literal["chunk_mean", "head"] = "chunk_mean"
     table: str = "teacher_traces"
     problems: Literal["all", "train_pool"] = Field(
-        "all", description="whose traces to index: all kept traces, or only those of the RL pool "
+        "all",
+        description="whose traces to index: all kept traces, or only those of the RL pool "
         "(train.split, first train.max_prompts), the only problems the train stage looks up",
-        json_schema_extra=omitted_at_default("keys from before the option; train_pool adds the pool"))
+        json_schema_extra=omitted_at_default("keys from before the option; train_pool adds the pool"),
+    )
     teachers: list[str] | None = Field(
-        None, description="whose traces to index (what divergence is measured against and LUFFY "
+        None,
+        description="whose traces to index (what divergence is measured against and LUFFY "
         "replaces rollouts with): these teachers' only; default all. A teacher may then train the "
         "policy (policy.sft.teachers) without being a reference (configs/explore.yaml)",
-        json_schema_extra=omitted_at_default("keys from before the option"))
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )

@@ -37,8 +37,7 @@ def apply_override(data: dict, path: list[str], value: Any, item: str) -> None:
         last = i == len(path) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i + 1])} is not an index of a "
-                                  f"list of {len(node)}")
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[: i + 1])} is not an index of a list of {len(node)}")
             idx = int(part)
             if last:
                 node[idx] = value

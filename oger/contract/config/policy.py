@@ -16,11 +16,13 @@ class TinyPolicy(Strict):
 
     vocab_size: int = Field(384, ge=300)
     pretokenize: Literal["words", "digits"] = Field(
-        "words", description="where BPE may not merge: `words` splits at spaces and punctuation "
+        "words",
+        description="where BPE may not merge: `words` splits at spaces and punctuation "
         "(GPT-2's regex) and around every digit; `digits` only before every digit (a space and the "
         "digit after it stay one piece), so template phrases become single tokens: the demo's SFT data "
         "in 30% fewer tokens",
-        json_schema_extra=omitted_at_default("keys from before the option"))
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -40,25 +42,29 @@ class SFTConfig(Strict):
     max_tokens: int = Field(256, ge=8, description="prompt + trace tokens; longer are dropped")
     warmup_steps: int = Field(10, ge=0)
     precision: Literal["float32", "bf16-mixed", "auto"] = Field(
-        "float32", description="bf16-mixed: bf16 matmuls, float32 weights and optimizer (autocast); "
+        "float32",
+        description="bf16-mixed: bf16 matmuls, float32 weights and optimizer (autocast); "
         "faster on CPUs with native bf16 (AVX512-BF16/AMX), slower on other CPUs. auto: bf16-mixed "
         "where the CPU has it, else float32 (the key records which)",
-        json_schema_extra=resolved("the precision that runs on this machine; float32 (the old "
-                                   "behaviour) leaves it out"))
+        json_schema_extra=resolved(
+            "the precision that runs on this machine; float32 (the old behaviour) leaves it out"
+        ),
+    )
     seed: int = 0
 
 
 class PolicyConfig(Strict):
     source: Literal["tiny", "model"] = "tiny"
-    model: str | None = Field(None, description="HF folder, .gguf file or hub id (source: model)",
-                              json_schema_extra=resolved("with source: model, keyed by its content "
-                                                         "fingerprint; unused with source: tiny"))
+    model: str | None = Field(
+        None,
+        description="HF folder, .gguf file or hub id (source: model)",
+        json_schema_extra=resolved("with source: model, keyed by its content fingerprint; unused with source: tiny"),
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"
     tiny: TinyPolicy = Field(TinyPolicy(), json_schema_extra=inert("unused with source: model"))
     sft: SFTConfig = SFTConfig()
     instruction: Instruction = Field("{question}", description="user turn; the trainer uses the same")
     system_prompt: str | None = None
-
 
     @model_validator(mode="before")
     @classmethod

@@ -9,17 +9,19 @@ from pydantic import Field, model_validator
 from oger.contract.config.base import Strict
 from oger.contract.keys import not_in_key, omitted_at_default
 
-
 # The labellers `oger.labels` defines, by name (the contract imports no task code; a test keeps the two
 # equal, as BENCHMARK_NAMES with the benchmark registry).
 LABELLER_NAMES = ("strategy",)
 
 
 def labeller_field():
-    return Field(None, description="a labeller of this task's responses (`oger.labels`: `strategy`, the "
-                 "explore task's A/B/other): the train stage logs each label's share and the bonus by label; "
-                 "default: none, and no label metrics",
-                 json_schema_extra=omitted_at_default("keys from before the option"))
+    return Field(
+        None,
+        description="a labeller of this task's responses (`oger.labels`: `strategy`, the "
+        "explore task's A/B/other): the train stage logs each label's share and the bonus by label; "
+        "default: none, and no label metrics",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
 
 
 class FieldMap(Strict):
@@ -42,15 +44,21 @@ class SyntheticSource(Strict):
     max_operands: int = Field(3, ge=2)
     max_value: int = Field(20, ge=1)
     ops: str = "+-*"
-    smallest_at_most: int | None = Field(None, ge=1, description="only problems with an operand at most "
-                                         "this (the explore task, configs/explore.yaml); default: all",
-                                  json_schema_extra=omitted_at_default("keys from before the option"))
+    smallest_at_most: int | None = Field(
+        None,
+        ge=1,
+        description="only problems with an operand at most this (the explore task, configs/explore.yaml); default: all",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
 
     sft_split_first_above: int | None = Field(
-        None, ge=1, description="problems whose first operand exceeds this get the split 'sft' instead "
+        None,
+        ge=1,
+        description="problems whose first operand exceeds this get the split 'sft' instead "
         "of train/test: out of the RL pool and the held-out split, seen only by teachers with split: sft "
         "(the explore task: where strategy B cannot fit, yet its additions are learned)",
-        json_schema_extra=omitted_at_default("keys from before the option"))
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
     labeller: Literal[LABELLER_NAMES] | None = labeller_field()
 
     @model_validator(mode="after")
@@ -76,8 +84,9 @@ class LocalSource(_FileLikeSource):
     """A local jsonl or parquet file; `${OGER_DATA_DIR}` and `~` are expanded."""
 
     kind: Literal["local"]
-    path: str = Field(json_schema_extra=not_in_key("the file's content fingerprint is in the identity: "
-                                                   "a moved copy is the same data"))
+    path: str = Field(
+        json_schema_extra=not_in_key("the file's content fingerprint is in the identity: a moved copy is the same data")
+    )
 
 
 class HFSource(_FileLikeSource):

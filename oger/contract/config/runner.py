@@ -15,7 +15,8 @@ class RunnerConfig(Strict):
     (`ray`). Not in any key."""
 
     kind: Literal["local", "ray"] = "local"
-    address: str | None = Field(None, description="Ray cluster (e.g. ray://head:10001 or auto); "
-                                "none starts a local Ray instance")
+    address: str | None = Field(
+        None, description="Ray cluster (e.g. ray://head:10001 or auto); none starts a local Ray instance"
+    )
     num_cpus: int | None = Field(None, ge=1, description="local Ray instance only")
     num_gpus: int | None = Field(None, ge=0, description="local Ray instance only")

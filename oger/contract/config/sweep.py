@@ -17,25 +17,39 @@ class SweepConfig(Strict):
     any stage key: every (arm, seed) is an ordinary train/evaluate artifact."""
 
     arms: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="name -> {dotted.config.key: value}, e.g. "
-        "oger-lam-1.0: {train.algorithm: oger, train.oger.lam: 1.0}")
-    default_arms: list[str] = Field(["grpo", "luffy", "oger"], min_length=1,
-                                    description="arms when --arms is not given")
+        default_factory=dict,
+        description="name -> {dotted.config.key: value}, e.g. "
+        "oger-lam-1.0: {train.algorithm: oger, train.oger.lam: 1.0}",
+    )
+    default_arms: list[str] = Field(
+        ["grpo", "luffy", "oger"], min_length=1, description="arms when --arms is not given"
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds when --seeds is not given")
-    baseline: str = Field("luffy", description="arm every other arm is compared with (paired "
-                          "differences); when it is not in the sweep, the first arm")
+    baseline: str = Field(
+        "luffy",
+        description="arm every other arm is compared with (paired "
+        "differences); when it is not in the sweep, the first arm",
+    )
     seed_fields: list[str] = Field(
-        ["train.seed", "evaluate.seed"], min_length=1,
+        ["train.seed", "evaluate.seed"],
+        min_length=1,
         description="config fields a sweep seed sets: RL sampling/order and evaluation sampling. "
-                    "Upstream seeds (policy.sft.seed, policy.tiny.seed) stay shared unless added here")
+        "Upstream seeds (policy.sft.seed, policy.tiny.seed) stay shared unless added here",
+    )
     interval: Literal["bootstrap", "t"] = Field(
-        "bootstrap", description="interval the verdicts use: percentile bootstrap over seeds and "
-                                 "problems, or Student-t over per-seed means (needs >= 2 seeds)")
+        "bootstrap",
+        description="interval the verdicts use: percentile bootstrap over seeds and "
+        "problems, or Student-t over per-seed means (needs >= 2 seeds)",
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(2000, ge=100)
-    num_gpus: float | None = Field(None, ge=0, description="GPUs each (arm, seed) job asks Ray for "
-                                   "(runner.kind: ray); default: train.distributed.num_processes when "
-                                   "train.distributed.backend is nccl, else 0")
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each (arm, seed) job asks Ray for "
+        "(runner.kind: ray); default: train.distributed.num_processes when "
+        "train.distributed.backend is nccl, else 0",
+    )
     num_cpus: float = Field(1.0, ge=0, description="CPUs each (arm, seed) job asks Ray for")
 
     @field_validator("arms")

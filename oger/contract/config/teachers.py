@@ -26,8 +26,12 @@ class TeacherConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backend: Backend
-    model: str | None = Field(None, json_schema_extra=resolved(
-        "a model the backend loads is keyed by its content fingerprint, not its path or alias"))
+    model: str | None = Field(
+        None,
+        json_schema_extra=resolved(
+            "a model the backend loads is keyed by its content fingerprint, not its path or alias"
+        ),
+    )
     n: int = Field(1, ge=1)
     sampling: Sampling = Sampling()
     split: str = "train"
@@ -40,12 +44,16 @@ class TeacherConfig(Strict):
     slip_rate: float = Field(0.0, ge=0.0, le=1.0)
     # transformers / vllm
     dtype: Literal["float32", "bfloat16", "float16", "auto", "native"] = Field(
-        "float32", description="auto: the checkpoint's; native: bfloat16 where computed natively (NVIDIA GPU, "
-        "CPU with AVX512-BF16/AMX), else float32", json_schema_extra=resolved("native is keyed as what it "
-                                                                               "resolves to on this machine"))
-    engine: Literal["hf", "paged"] = Field("hf", description="transformers backend: padded generate "
-                                           "(hf) or continuous batching with paged attention (paged)",
-                                           json_schema_extra=omitted_at_default("keys from before the option"))
+        "float32",
+        description="auto: the checkpoint's; native: bfloat16 where computed natively (NVIDIA GPU, "
+        "CPU with AVX512-BF16/AMX), else float32",
+        json_schema_extra=resolved("native is keyed as what it resolves to on this machine"),
+    )
+    engine: Literal["hf", "paged"] = Field(
+        "hf",
+        description="transformers backend: padded generate (hf) or continuous batching with paged attention (paged)",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     # openai: where the served model is and how to talk to it, not what it writes
     base_url: str | None = Field(None, json_schema_extra=not_in_key("the server's address"))
@@ -53,14 +61,21 @@ class TeacherConfig(Strict):
     max_concurrency: int = Field(4, ge=1, json_schema_extra=not_in_key("requests in flight; each is seeded"))
     request_timeout_s: float = Field(300.0, gt=0, json_schema_extra=not_in_key("a resource bound"))
     # fan-out (runner.kind: ray); not in the key: shards give the same traces as one run
-    shards: int = Field(1, ge=1, description="split this teacher's problems into N shards, run "
-                        "as separate tasks (in parallel on Ray)",
-                        json_schema_extra=not_in_key("shards sample as one run (seeded by position)"))
-    num_gpus: float | None = Field(None, ge=0, description="GPUs each shard asks Ray for; default: "
-                                   "tensor_parallel_size for vllm, 0 otherwise",
-                                   json_schema_extra=not_in_key("a resource request"))
-    num_cpus: float = Field(1.0, ge=0, description="CPUs each shard asks Ray for",
-                            json_schema_extra=not_in_key("a resource request"))
+    shards: int = Field(
+        1,
+        ge=1,
+        description="split this teacher's problems into N shards, run as separate tasks (in parallel on Ray)",
+        json_schema_extra=not_in_key("shards sample as one run (seeded by position)"),
+    )
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each shard asks Ray for; default: tensor_parallel_size for vllm, 0 otherwise",
+        json_schema_extra=not_in_key("a resource request"),
+    )
+    num_cpus: float = Field(
+        1.0, ge=0, description="CPUs each shard asks Ray for", json_schema_extra=not_in_key("a resource request")
+    )
 
     @model_validator(mode="after")
     def _check_backend(self) -> "TeacherConfig":
@@ -69,8 +84,7 @@ class TeacherConfig(Strict):
         if self.backend in ("scripted", "transformers", "openai", "vllm") and not self.model:
             raise ValueError(f"backend {self.backend!r} needs model")
         if self.engine != "hf" and self.backend != "transformers":
-            raise ValueError(f"engine {self.engine!r} applies to backend 'transformers' only, "
-                             f"not {self.backend!r}")
+            raise ValueError(f"engine {self.engine!r} applies to backend 'transformers' only, not {self.backend!r}")
         return self
 
 

@@ -22,8 +22,10 @@ from oger.contract.keys import not_in_key
 
 
 class OgerConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", json_schema_extra=not_in_key(
-        "a label: the default workdir, run names, plot titles"))
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        json_schema_extra=not_in_key("a label: the default workdir, run names, plot titles"),
+    )
     workdir: str = Field("work/{name}", json_schema_extra=not_in_key("where artifacts are kept"))
     problems: ProblemsConfig
     teachers: TeachersConfig
@@ -31,17 +33,26 @@ class OgerConfig(Strict):
     index: IndexConfig = IndexConfig()
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
-    runner: RunnerConfig = Field(RunnerConfig(), json_schema_extra=not_in_key(
-        "where fan-out jobs run; every job is seeded by its place, not by its worker"))
+    runner: RunnerConfig = Field(
+        RunnerConfig(),
+        json_schema_extra=not_in_key("where fan-out jobs run; every job is seeded by its place, not by its worker"),
+    )
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # lazy: validates against the registry
-    lock_timeout_s: float = Field(600.0, ge=0, description="a run that finds its workdir held by "
-                                  "another run waits this long for it, then fails naming the holder "
-                                  "(0: fail at once); `oger run --lock-timeout` overrides it",
-                                  json_schema_extra=not_in_key("how long a run waits for another"))
-    retention: RetentionConfig = Field(RetentionConfig(), json_schema_extra=not_in_key(
-        "what gc keeps: no stage's output"))
-    sweep: SweepConfig = Field(SweepConfig(), json_schema_extra=not_in_key(
-        "a sweep's arms and seeds become ordinary stage configs, keyed as such"))
+    lock_timeout_s: float = Field(
+        600.0,
+        ge=0,
+        description="a run that finds its workdir held by "
+        "another run waits this long for it, then fails naming the holder "
+        "(0: fail at once); `oger run --lock-timeout` overrides it",
+        json_schema_extra=not_in_key("how long a run waits for another"),
+    )
+    retention: RetentionConfig = Field(
+        RetentionConfig(), json_schema_extra=not_in_key("what gc keeps: no stage's output")
+    )
+    sweep: SweepConfig = Field(
+        SweepConfig(),
+        json_schema_extra=not_in_key("a sweep's arms and seeds become ordinary stage configs, keyed as such"),
+    )
 
     # Set by the loader, not by YAML.
     source_file: str | None = Field(None, exclude=True, json_schema_extra=not_in_key("where the YAML was read"))
@@ -51,8 +62,10 @@ class OgerConfig(Strict):
         """A teacher named in index.teachers or policy.sft.teachers is one of teachers.teachers (a typo
         would silently index or train on nothing of it)."""
         names = {t.name for t in self.teachers.teachers}
-        for where, listed in (("index.teachers", self.index.teachers), ("policy.sft.teachers",
-                                                                         self.policy.sft.teachers)):
+        for where, listed in (
+            ("index.teachers", self.index.teachers),
+            ("policy.sft.teachers", self.policy.sft.teachers),
+        ):
             unknown = sorted(set(listed or ()) - names)
             if unknown:
                 raise ValueError(f"{where}: no teacher named {unknown}; teachers: {sorted(names)}")

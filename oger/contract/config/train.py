@@ -15,21 +15,28 @@ class BonusGuards(Strict):
     """Verdicts that zero the bonus of a degenerate correct rollout (docs/ALGORITHM.md, "Hack-resistant
     bonus"); null disables a bound. Defaults are reconstructions tuned on tests/bonus_cases.py."""
 
-    min_reasoning_words: int = Field(3, ge=0, description="words left once the answer tag is "
-                                     "removed; a bare answer has none")
-    length_ratio_min: float | None = Field(0.3, ge=0, description="rollout words / median "
-                                           "teacher-trace words of the problem, lower bound")
+    min_reasoning_words: int = Field(
+        3, ge=0, description="words left once the answer tag is removed; a bare answer has none"
+    )
+    length_ratio_min: float | None = Field(
+        0.3, ge=0, description="rollout words / median teacher-trace words of the problem, lower bound"
+    )
     length_ratio_max: float | None = Field(3.0, gt=0, description="upper bound (padding)")
-    language: bool = Field(True, description="same script and (Latin) stop-word language as "
-                           "the teacher traces")
-    max_repetition: float | None = Field(0.3, ge=0, le=1, description="share of repeated word "
-                                         "n-grams above which the bonus is 0")
+    language: bool = Field(True, description="same script and (Latin) stop-word language as the teacher traces")
+    max_repetition: float | None = Field(
+        0.3, ge=0, le=1, description="share of repeated word n-grams above which the bonus is 0"
+    )
     repetition_ngram: int = Field(4, ge=1)
-    think_format: bool = Field(True, description="no bonus without </think> when the reward "
-                               "requires the think format (train.reward_format: think)")
-    max_divergence: float | None = Field(0.45, gt=0, le=1, description="off-topic guard: d above "
-                                         "this means the reasoning left the problem (padding, "
-                                         "essay), bonus 0")
+    think_format: bool = Field(
+        True,
+        description="no bonus without </think> when the reward requires the think format (train.reward_format: think)",
+    )
+    max_divergence: float | None = Field(
+        0.45,
+        gt=0,
+        le=1,
+        description="off-topic guard: d above this means the reasoning left the problem (padding, essay), bonus 0",
+    )
 
 
 class OgerRewardConfig(Strict):
@@ -41,22 +48,33 @@ class OgerRewardConfig(Strict):
     modulation: Literal["exp", "linear", "none"] = "exp"
     tau: float = Field(1.0, gt=0)
     embed_text: Literal["reasoning", "full"] = Field(
-        "reasoning", description="reasoning: embed rollouts and teacher traces without the answer "
-                                 "tag (before </think>, else before the \\boxed sentence); full: "
-                                 "the whole text (teacher vectors straight from the index)")
+        "reasoning",
+        description="reasoning: embed rollouts and teacher traces without the answer "
+        "tag (before </think>, else before the \\boxed sentence); full: "
+        "the whole text (teacher vectors straight from the index)",
+    )
     guards: BonusGuards = BonusGuards()
     baseline: Literal["none", "group"] = Field(
-        "none", description="group: centre the bonus over the group's correct on-policy rollouts")
+        "none", description="group: centre the bonus over the group's correct on-policy rollouts"
+    )
     teacher_rows: Literal["group_mean", "zero"] = Field(
-        "group_mean", description="bonus of teacher rows: the group's mean on-policy bonus "
-                                  "(neutral: advantage 0 in an all-correct group, as in LUFFY) or 0")
+        "group_mean",
+        description="bonus of teacher rows: the group's mean on-policy bonus "
+        "(neutral: advantage 0 in an all-correct group, as in LUFFY) or 0",
+    )
     advantage: Literal["separate", "joint"] = Field(
-        "separate", description="separate: A = adv(c) (scaled per scale_rewards) + (b - mean b), "
-                                "the bonus on its own scale; joint: adv(c + b), std-scaled together")
-    shuffle_bonus: bool = Field(False, description="control arm: permute the step's bonus values "
-                                "among the bonus-eligible rollouts (seeded)")
-    monitor: bool = Field(True, description="embed and log divergence and every bonus signal even "
-                          "when lambda is 0 (grpo/luffy), so divergence has a baseline")
+        "separate",
+        description="separate: A = adv(c) (scaled per scale_rewards) + (b - mean b), "
+        "the bonus on its own scale; joint: adv(c + b), std-scaled together",
+    )
+    shuffle_bonus: bool = Field(
+        False, description="control arm: permute the step's bonus values among the bonus-eligible rollouts (seeded)"
+    )
+    monitor: bool = Field(
+        True,
+        description="embed and log divergence and every bonus signal even "
+        "when lambda is 0 (grpo/luffy), so divergence has a baseline",
+    )
 
 
 _NO_CLIP = "with one optimizer step per batch the ratio is 1: the clip cannot act"
@@ -68,33 +86,43 @@ class OptimConfig(Strict):
 
     lr: float = Field(1e-4, gt=0)
     optimizer: Literal["adamw", "sgd"] = Field(
-        "adamw", description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
-                             "directions of a tiny model drift less than under Adam")
+        "adamw",
+        description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
+        "directions of a tiny model drift less than under Adam",
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(16, ge=1, json_schema_extra=not_in_key(
-        "the loss is normalised over the whole batch: the same gradient, other rounding"))
+    micro_batch_size: int = Field(
+        16,
+        ge=1,
+        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, other rounding"),
+    )
     max_tokens_per_micro_batch: int | None = Field(
-        None, ge=1, description="micro-batches of at most this many prompt + response tokens instead of "
+        None,
+        ge=1,
+        description="micro-batches of at most this many prompt + response tokens instead of "
         "micro_batch_size samples (verl's dynamic batch size; a longer sample gets one of its own)",
-        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, "
-                                     "other rounding"))
+        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, other rounding"),
+    )
     padding_free: bool = Field(
-        False, description="each micro-batch as one packed row (per-sample position ids, attention "
+        False,
+        description="each micro-batch as one packed row (per-sample position ids, attention "
         "kept within each sample) instead of padded rows: no FLOPs on pad tokens",
-        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"))
+        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"),
+    )
     share_prompts: bool = Field(
-        False, description="run each distinct prompt of a micro-batch once, its KV cache shared by the "
+        False,
+        description="run each distinct prompt of a micro-batch once, its KV cache shared by the "
         "group's responses, instead of once per response (padded layout; not with padding_free)",
-        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"))
+        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"),
+    )
 
     @model_validator(mode="after")
     def _one_layout(self):
         if self.share_prompts and self.padding_free:
-            raise ValueError("optim.share_prompts and optim.padding_free are two layouts of the update; "
-                             "choose one")
+            raise ValueError("optim.share_prompts and optim.padding_free are two layouts of the update; choose one")
         return self
 
 
@@ -102,10 +130,13 @@ class LossConfig(Strict):
     """The policy-gradient loss: clipping, aggregation, advantage scaling, entropy, KL, shaping."""
 
     ppo_mini_batches: int = Field(
-        1, ge=1, description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
-                             "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
-                             "old log-probs computed once before the first; >1 makes clip* act",
-        json_schema_extra=inert("1 (the default): keys from before the option"))
+        1,
+        ge=1,
+        description="optimizer steps per batch (LUFFY/verl: train_batch_size / "
+        "ppo_mini_batch_size): the batch's groups split into this many mini-batches, "
+        "old log-probs computed once before the first; >1 makes clip* act",
+        json_schema_extra=inert("1 (the default): keys from before the option"),
+    )
     clip: bool = Field(True, json_schema_extra=inert(_NO_CLIP))
     clip_eps_low: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
     clip_eps_high: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
@@ -113,9 +144,11 @@ class LossConfig(Strict):
     scale_rewards: Literal["group", "none"] = "group"
     entropy_coef: float = 0.0
     entropy_agg: Literal["loss_agg", "token_mean"] = Field(
-        "loss_agg", description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
-                                "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
-                                "then weigh by their row share under seq_mean / constant_len)")
+        "loss_agg",
+        description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
+        "LUFFY/verl, a token mean per micro-batch (token_mean; micro-batches "
+        "then weigh by their row share under seq_mean / constant_len)",
+    )
     beta: float = Field(0.0, ge=0, description="KL to the initial policy (k3)")
     gamma: float = Field(0.1, gt=0, description="policy shaping of teacher rows f(p) = p / (p + gamma)")
 
@@ -134,37 +167,54 @@ class RolloutConfig(Strict):
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    batch_prompts: int = Field(8, ge=1, serialization_alias="rollout_batch_prompts",
-                               description="prompts per generation call; each call is seeded by its "
-                                           "global index, so results do not depend on num_processes")
+    batch_prompts: int = Field(
+        8,
+        ge=1,
+        serialization_alias="rollout_batch_prompts",
+        description="prompts per generation call; each call is seeded by its "
+        "global index, so results do not depend on num_processes",
+    )
     # In the key only when not hf.
     engine: Literal["hf", "paged", "vllm"] = Field(
-        "hf", serialization_alias="rollout_engine",
+        "hf",
+        serialization_alias="rollout_engine",
         description="hf: padded transformers generate; paged: transformers continuous "
-                    "batching with paged attention (no padding, finished rollouts leave the "
-                    "batch; entropies from one extra no-grad forward pass); both sample from the "
-                    "module being trained. vllm: an in-process vLLM engine beside it, given the "
-                    "weights every sync_every optimizer steps, entropies from one no-grad pass",
-        json_schema_extra=omitted_at_default("keys from before the option; paged and vllm sample "
-                                             "other random streams"))
-    sync_every: int = Field(1, ge=1, description="vllm: optimizer steps between weight pushes (1: "
-                            "every rollout comes from the current policy)",
-                            json_schema_extra=inert(_VLLM_ONLY))
+        "batching with paged attention (no padding, finished rollouts leave the "
+        "batch; entropies from one extra no-grad forward pass); both sample from the "
+        "module being trained. vllm: an in-process vLLM engine beside it, given the "
+        "weights every sync_every optimizer steps, entropies from one no-grad pass",
+        json_schema_extra=omitted_at_default("keys from before the option; paged and vllm sample other random streams"),
+    )
+    sync_every: int = Field(
+        1,
+        ge=1,
+        description="vllm: optimizer steps between weight pushes (1: every rollout comes from the current policy)",
+        json_schema_extra=inert(_VLLM_ONLY),
+    )
     correction: Literal["token", "sequence", "none"] = Field(
-        "token", description="vllm: truncated importance sampling of the on-policy loss by "
-                             "min(pi_train / pi_vllm, correction_cap), per token or per sequence "
-                             "(TRL's vllm_importance_sampling_correction, verl's rollout_is)",
-        json_schema_extra=inert(_VLLM_ONLY))
-    correction_cap: float = Field(3.0, gt=0, description="the cap C (TRL's default)",
-                                  json_schema_extra=inert(_VLLM_ONLY))
-    kv_cache_gib: float | None = Field(None, gt=0, description="vllm: KV cache size (default on a CPU: "
-                                       "1 GiB; on a GPU: vLLM's share of its memory)",
-                                       json_schema_extra=not_in_key("a memory bound"))
-    sleep: bool = Field(False, description="vllm on a GPU: put the engine to sleep (vLLM's sleep mode, "
-                        "level 1: weights offloaded to host memory, KV cache freed) during the "
-                        "update and wake it before the next rollouts, so the update has the memory; "
-                        "an error where vLLM has no sleep mode (its CPU build)",
-                        json_schema_extra=not_in_key("memory only: the weights come back as they were"))
+        "token",
+        description="vllm: truncated importance sampling of the on-policy loss by "
+        "min(pi_train / pi_vllm, correction_cap), per token or per sequence "
+        "(TRL's vllm_importance_sampling_correction, verl's rollout_is)",
+        json_schema_extra=inert(_VLLM_ONLY),
+    )
+    correction_cap: float = Field(
+        3.0, gt=0, description="the cap C (TRL's default)", json_schema_extra=inert(_VLLM_ONLY)
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="vllm: KV cache size (default on a CPU: 1 GiB; on a GPU: vLLM's share of its memory)",
+        json_schema_extra=not_in_key("a memory bound"),
+    )
+    sleep: bool = Field(
+        False,
+        description="vllm on a GPU: put the engine to sleep (vLLM's sleep mode, "
+        "level 1: weights offloaded to host memory, KV cache freed) during the "
+        "update and wake it before the next rollouts, so the update has the memory; "
+        "an error where vLLM has no sleep mode (its CPU build)",
+        json_schema_extra=not_in_key("memory only: the weights come back as they were"),
+    )
 
     def inert_fields(self) -> set[str]:
         if self.engine != "vllm":
@@ -178,8 +228,9 @@ class DistributedConfig(Strict):
     num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
     launcher: Literal["torchrun", "accelerate"] = "torchrun"
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, else gloo")
-    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state "
-                       "(FSDP2) instead of replicating them (DDP)")
+    fsdp: bool = Field(
+        False, description="shard parameters, gradients and optimizer state (FSDP2) instead of replicating them (DDP)"
+    )
     gradient_checkpointing: bool = False
 
 
@@ -192,15 +243,39 @@ class TrainLogging(Strict):
 
 # Where the fields of the flat TrainConfig went (its sections came later); see `_moved_fields`.
 MOVED_TRAIN_FIELDS = {
-    **{f: f"optim.{f}" for f in ("lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule",
-                                 "max_grad_norm", "micro_batch_size", "max_tokens_per_micro_batch",
-                                 "padding_free")},
-    **{f: f"loss.{f}" for f in ("ppo_mini_batches", "clip", "clip_eps_low", "clip_eps_high", "loss_agg",
-                                "scale_rewards", "entropy_coef", "entropy_agg", "beta", "gamma")},
+    **{
+        f: f"optim.{f}"
+        for f in (
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "warmup_steps",
+            "lr_schedule",
+            "max_grad_norm",
+            "micro_batch_size",
+            "max_tokens_per_micro_batch",
+            "padding_free",
+        )
+    },
+    **{
+        f: f"loss.{f}"
+        for f in (
+            "ppo_mini_batches",
+            "clip",
+            "clip_eps_low",
+            "clip_eps_high",
+            "loss_agg",
+            "scale_rewards",
+            "entropy_coef",
+            "entropy_agg",
+            "beta",
+            "gamma",
+        )
+    },
     **{f: f"rollout.{f}" for f in ("max_new_tokens", "temperature", "top_p")},
-    "rollout_batch_prompts": "rollout.batch_prompts", "rollout_engine": "rollout.engine",
-    **{f: f"distributed.{f}" for f in ("num_processes", "launcher", "backend", "fsdp",
-                                       "gradient_checkpointing")},
+    "rollout_batch_prompts": "rollout.batch_prompts",
+    "rollout_engine": "rollout.engine",
+    **{f: f"distributed.{f}" for f in ("num_processes", "launcher", "backend", "fsdp", "gradient_checkpointing")},
     **{f: f"logging.{f}" for f in ("checkpoint_every", "log_rollouts")},
 }
 
@@ -217,36 +292,39 @@ class TrainConfig(Strict):
     replace_policy: Literal["always", "when_all_fail"] = "always"
     oger: OgerRewardConfig = OgerRewardConfig()
     reward_format: Literal["plain", "think"] = Field(
-        "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is "
-                             "verified")
+        "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is verified"
+    )
     teacher_think_prefix: Literal["strip", "keep"] = Field(
-        "strip", description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
-                             "the prompt already ends with '<think>\\n'")
+        "strip",
+        description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
+        "the prompt already ends with '<think>\\n'",
+    )
     split: str = "train"
-    max_prompts: int | None = Field(None, ge=1, description="RL prompt pool: the first N problems "
-                                    "of the split (a small pool learns visibly faster)")
+    max_prompts: int | None = Field(
+        None, ge=1, description="RL prompt pool: the first N problems of the split (a small pool learns visibly faster)"
+    )
     seed: int = 0
     init_from: Literal["policy", "previous_round"] = Field(
-        "policy", description="policy: start from the policy-stage model; previous_round: continue "
-                              "from the latest trained model of an earlier teachers.round in this "
-                              "workdir (same policy recipe), the policy model when there is none",
-        json_schema_extra=omitted_at_default("keys from before the option; the start checkpoint's "
-                                             "key is an input"))
+        "policy",
+        description="policy: start from the policy-stage model; previous_round: continue "
+        "from the latest trained model of an earlier teachers.round in this "
+        "workdir (same policy recipe), the policy model when there is none",
+        json_schema_extra=omitted_at_default("keys from before the option; the start checkpoint's key is an input"),
+    )
     optim: OptimConfig = Field(OptimConfig(), json_schema_extra=_FLAT)
     loss: LossConfig = Field(LossConfig(), json_schema_extra=_FLAT)
     rollout: RolloutConfig = Field(RolloutConfig(), json_schema_extra=_FLAT)
     distributed: DistributedConfig = Field(DistributedConfig(), json_schema_extra=not_in_key(_SAME_MODEL))
-    logging: TrainLogging = Field(TrainLogging(), json_schema_extra=not_in_key(
-        "logging; a resumed run continues the same random streams"))
+    logging: TrainLogging = Field(
+        TrainLogging(), json_schema_extra=not_in_key("logging; a resumed run continues the same random streams")
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _moved_fields(cls, data):
         """A field from before the sections is an error naming its new place (not a second spelling)."""
         if isinstance(data, dict):
-            moved = [
-                f"train.{k} is now train.{MOVED_TRAIN_FIELDS[k]}" for k in data if k in MOVED_TRAIN_FIELDS
-            ]
+            moved = [f"train.{k} is now train.{MOVED_TRAIN_FIELDS[k]}" for k in data if k in MOVED_TRAIN_FIELDS]
             if moved:
                 raise ValueError("; ".join(moved))
         return data
@@ -261,12 +339,16 @@ class TrainConfig(Strict):
         if self.rollout.sleep and self.rollout.engine != "vllm":
             raise ValueError("rollout.sleep acts on a vLLM engine: set rollout.engine 'vllm' or drop it")
         if self.distributed.fsdp and self.rollout.engine == "paged":
-            raise ValueError("rollout.engine 'paged' runs a data-dependent number of forward passes "
-                             "per rank, which FSDP's parameter all-gathers cannot follow: use "
-                             "rollout.engine 'hf' (synced_gpus) with fsdp, or DDP")
+            raise ValueError(
+                "rollout.engine 'paged' runs a data-dependent number of forward passes "
+                "per rank, which FSDP's parameter all-gathers cannot follow: use "
+                "rollout.engine 'hf' (synced_gpus) with fsdp, or DDP"
+            )
         if self.optim.share_prompts and self.distributed.gradient_checkpointing:
-            raise ValueError("optim.share_prompts keeps each prompt's KV cache for its group's rows, "
-                             "which gradient checkpointing turns off (use_cache): drop one of them")
+            raise ValueError(
+                "optim.share_prompts keeps each prompt's KV cache for its group's rows, "
+                "which gradient checkpointing turns off (use_cache): drop one of them"
+            )
         return self
 
     def sharding_problem(self, prompts: int) -> str | None:

@@ -35,25 +35,36 @@ class Benchmark:
     hub_split: str = "test"
 
 
-REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("aime24", "benchmarks/aime24/test.jsonl", fields=FieldMap(question="problem"),
-              hub_id="math-ai/aime24"),
-    Benchmark("aime25", "benchmarks/aime25/test.jsonl", hub_id="math-ai/aime25"),
-    Benchmark("amc", "benchmarks/luffy_eval/valid.all.parquet", format="luffy", data_source="amc",
-              hub_id="math-ai/amc23"),
-    Benchmark("math500", "benchmarks/math500/test.jsonl", hub_id="HuggingFaceH4/MATH-500"),
-    Benchmark("minerva", "benchmarks/minerva_math/test.jsonl", format="math",
-              hub_id="math-ai/minervamath"),
-    Benchmark("olympiadbench", "benchmarks/olympiadbench/test.jsonl",
-              fields=FieldMap(answer="final_answer"), hub_id="Hothan/OlympiadBench"),
-    Benchmark("gsm8k", "train/gsm8k/test.jsonl", format="gsm8k", hub_id="openai/gsm8k",
-              hub_subset="main"),
-    Benchmark("arc_c", "benchmarks/luffy_eval/valid.arc_c.parquet", format="luffy", kind="choice",
-              hub_id="allenai/ai2_arc"),
-    Benchmark("gpqa_diamond", "benchmarks/gpqa_diamond_mcq/test.jsonl", kind="choice",
-              hub_id="Idavidrein/gpqa"),
-    Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
-]}
+REGISTRY: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "aime24", "benchmarks/aime24/test.jsonl", fields=FieldMap(question="problem"), hub_id="math-ai/aime24"
+        ),
+        Benchmark("aime25", "benchmarks/aime25/test.jsonl", hub_id="math-ai/aime25"),
+        Benchmark(
+            "amc", "benchmarks/luffy_eval/valid.all.parquet", format="luffy", data_source="amc", hub_id="math-ai/amc23"
+        ),
+        Benchmark("math500", "benchmarks/math500/test.jsonl", hub_id="HuggingFaceH4/MATH-500"),
+        Benchmark("minerva", "benchmarks/minerva_math/test.jsonl", format="math", hub_id="math-ai/minervamath"),
+        Benchmark(
+            "olympiadbench",
+            "benchmarks/olympiadbench/test.jsonl",
+            fields=FieldMap(answer="final_answer"),
+            hub_id="Hothan/OlympiadBench",
+        ),
+        Benchmark("gsm8k", "train/gsm8k/test.jsonl", format="gsm8k", hub_id="openai/gsm8k", hub_subset="main"),
+        Benchmark(
+            "arc_c",
+            "benchmarks/luffy_eval/valid.arc_c.parquet",
+            format="luffy",
+            kind="choice",
+            hub_id="allenai/ai2_arc",
+        ),
+        Benchmark("gpqa_diamond", "benchmarks/gpqa_diamond_mcq/test.jsonl", kind="choice", hub_id="Idavidrein/gpqa"),
+        Benchmark("mmlu_pro", "benchmarks/mmlu_pro/test.jsonl", kind="choice", hub_id="TIGER-Lab/MMLU-Pro"),
+    ]
+}
 # The synthetic task's held-out split, read from the problems stage (not from data/).
 SYNTHETIC = "synthetic"
 
@@ -95,7 +106,11 @@ def load_benchmark(name: str, limit: int | None = None) -> pl.DataFrame:
 
 def _hub_rows(b: Benchmark):
     """Rows of the benchmark's hub dataset when its file is in no data root."""
-    return hub_rows(b.hub_id, b.hub_subset, b.hub_split,
-                    f"benchmark {b.name!r}: {b.path} not found under "
-                    f"{' or '.join(map(str, data_roots())) or 'no data root'} and "
-                    f"hub dataset {b.hub_id!r} could not be loaded: ")
+    return hub_rows(
+        b.hub_id,
+        b.hub_subset,
+        b.hub_split,
+        f"benchmark {b.name!r}: {b.path} not found under "
+        f"{' or '.join(map(str, data_roots())) or 'no data root'} and "
+        f"hub dataset {b.hub_id!r} could not be loaded: ",
+    )

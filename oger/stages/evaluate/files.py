@@ -13,14 +13,25 @@ from oger.contract.artifacts import ArtifactRef, read_table
 SAMPLES_FILE = "samples.parquet"
 SCORES_FILE = "scores.json"
 SCORES_PNG = "scores.png"
-SAMPLE_SCHEMA = {"benchmark": pl.Utf8, "model": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64,
-                 "response": pl.Utf8, "extracted_answer": pl.Utf8, "correct": pl.Boolean,
-                 "tokens": pl.Int64, "finish_reason": pl.Utf8, "prompt_truncated": pl.Boolean,
-                 "score_status": pl.Utf8}
-FILES = {SAMPLES_FILE: "one row per (benchmark, model, problem, sample): response, extracted answer, "
-                       "correct, tokens; model is base (policy stage) or trained",
-         SCORES_FILE: "the scores per benchmark (avg@k, pass@k, maj@k) and group averages",
-         SCORES_PNG: "base vs trained per benchmark, a bar chart"}
+SAMPLE_SCHEMA = {
+    "benchmark": pl.Utf8,
+    "model": pl.Utf8,
+    "problem_id": pl.Utf8,
+    "sample_index": pl.Int64,
+    "response": pl.Utf8,
+    "extracted_answer": pl.Utf8,
+    "correct": pl.Boolean,
+    "tokens": pl.Int64,
+    "finish_reason": pl.Utf8,
+    "prompt_truncated": pl.Boolean,
+    "score_status": pl.Utf8,
+}
+FILES = {
+    SAMPLES_FILE: "one row per (benchmark, model, problem, sample): response, extracted answer, "
+    "correct, tokens; model is base (policy stage) or trained",
+    SCORES_FILE: "the scores per benchmark (avg@k, pass@k, maj@k) and group averages",
+    SCORES_PNG: "base vs trained per benchmark, a bar chart",
+}
 
 # The groups scores.json averages ("math_avg", "ood_avg": the mean over the group's benchmarks that
 # were evaluated): in-distribution math and out-of-distribution multiple choice, as LUFFY reports them.

@@ -56,8 +56,12 @@ class Scorer:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._ex is None:
-            self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                           initializer=_exit_with_parent, initargs=(os.getpid(),))
+            self._ex = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._ex
 
     def warm(self) -> None:
@@ -114,8 +118,9 @@ class Scorer:
             ex.shutdown(wait=True, cancel_futures=True)
 
 
-def score_all(responses: list[str], golds: list[str], *, timeout_s: float = 5.0, workers: int = 2,
-              desc: str = "score") -> list[Score]:
+def score_all(
+    responses: list[str], golds: list[str], *, timeout_s: float = 5.0, workers: int = 2, desc: str = "score"
+) -> list[Score]:
     """One-off scoring with its own pool (the evaluate stage keeps one Scorer for all benchmarks)."""
     scorer = Scorer(timeout_s, workers)
     try:

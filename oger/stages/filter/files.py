@@ -19,10 +19,12 @@ KEPT_FILE = "traces.parquet"
 DECISIONS_FILE = "decisions.parquet"
 VERDICT = {"extracted_answer": pl.Utf8, "correct": pl.Boolean, "n_tokens_policy": pl.Int64}
 KEPT_SCHEMA = {**TRACE_SCHEMA, **VERDICT}
-FILES = {KEPT_FILE: "the kept traces: the teachers' columns plus extracted_answer, correct and "
-                    "n_tokens_policy (length in the policy tokenizer)",
-         DECISIONS_FILE: "one decision per teacher trace: trace_id, teacher, problem_id, reason, "
-                         "extracted_answer, correct, n_tokens_policy"}
+FILES = {
+    KEPT_FILE: "the kept traces: the teachers' columns plus extracted_answer, correct and "
+    "n_tokens_policy (length in the policy tokenizer)",
+    DECISIONS_FILE: "one decision per teacher trace: trace_id, teacher, problem_id, reason, "
+    "extracted_answer, correct, n_tokens_policy",
+}
 
 
 def read_kept(ref: ArtifactRef | str | Path) -> pl.DataFrame:

@@ -10,21 +10,20 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.contract.artifacts import ArtifactRef, atomic_write
-from oger.contract.keys import key_dump
-from oger.contract.config import FilterConfig
 from oger.contract import ModelUse, Stage, StageContext, StageInfo
+from oger.contract.artifacts import ArtifactRef, atomic_write
+from oger.contract.config import FilterConfig
 from oger.contract.errors import StageError
+from oger.contract.keys import key_dump
 from oger.models import key_model_ref, load_tokenizer, model_identity
+from oger.stages.filter import STAGE
 from oger.stages.filter.files import DECISIONS_FILE, FILES, KEPT_FILE
 from oger.stages.problems.files import read_problems
 from oger.stages.teachers.files import read_traces
 from oger.verify import extract_answer, is_equivalent
-from oger.stages.filter import STAGE
 
 STAGE_VERSION = 1
-REASONS = ["kept", "dropped_truncated", "dropped_incorrect", "dropped_length",
-           "dropped_duplicate", "dropped_cap"]
+REASONS = ["kept", "dropped_truncated", "dropped_incorrect", "dropped_length", "dropped_duplicate", "dropped_cap"]
 
 
 def key_inputs(cfg: FilterConfig) -> tuple[dict, dict]:
@@ -36,13 +35,14 @@ def key_inputs(cfg: FilterConfig) -> tuple[dict, dict]:
 def count_tokens(tokenizer, texts: list[str], batch: int = 256) -> list[int]:
     out: list[int] = []
     for i in range(0, len(texts), batch):
-        enc = tokenizer(texts[i:i + batch], add_special_tokens=False)["input_ids"]
+        enc = tokenizer(texts[i : i + batch], add_special_tokens=False)["input_ids"]
         out.extend(len(ids) for ids in enc)
     return out
 
 
-def decide(traces: pl.DataFrame, gold: dict[str, str], n_tokens: list[int], cfg: FilterConfig,
-           progress=None) -> pl.DataFrame:
+def decide(
+    traces: pl.DataFrame, gold: dict[str, str], n_tokens: list[int], cfg: FilterConfig, progress=None
+) -> pl.DataFrame:
     """One decision per trace (pure given token counts): reason, extracted answer, correct."""
     seen_text: set[tuple[str, str]] = set()
     per_group: dict[tuple[str, str], int] = {}
@@ -60,8 +60,10 @@ def decide(traces: pl.DataFrame, gold: dict[str, str], n_tokens: list[int], cfg:
             reason = "dropped_length"
         elif cfg.dedupe and (row["problem_id"], row["text"].strip()) in seen_text:
             reason = "dropped_duplicate"
-        elif (cfg.max_per_problem_teacher is not None and
-              per_group.get((row["problem_id"], row["teacher"]), 0) >= cfg.max_per_problem_teacher):
+        elif (
+            cfg.max_per_problem_teacher is not None
+            and per_group.get((row["problem_id"], row["teacher"]), 0) >= cfg.max_per_problem_teacher
+        ):
             reason = "dropped_cap"
         else:
             reason = "kept"
@@ -81,12 +83,15 @@ def decide(traces: pl.DataFrame, gold: dict[str, str], n_tokens: list[int], cfg:
 
 def summarize(decisions: pl.DataFrame) -> dict:
     """Totals and per-teacher counts of each decision."""
+
     def counts(df: pl.DataFrame) -> dict:
         vc = dict(zip(*df["reason"].value_counts().to_dict(as_series=False).values()))
         return {r: int(vc.get(r, 0)) for r in REASONS}
 
-    per_teacher = {t: counts(decisions.filter(pl.col("teacher") == t))
-                   for t in decisions["teacher"].unique(maintain_order=True).to_list()}
+    per_teacher = {
+        t: counts(decisions.filter(pl.col("teacher") == t))
+        for t in decisions["teacher"].unique(maintain_order=True).to_list()
+    }
     return {"traces": decisions.height, **counts(decisions), "per_teacher": per_teacher}
 
 
@@ -104,8 +109,9 @@ def print_table(metrics: dict) -> None:
     Console(stderr=True).print(table)
 
 
-def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
-               teachers_ref: ArtifactRef) -> ArtifactRef:
+def run_filter(
+    cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef, teachers_ref: ArtifactRef
+) -> ArtifactRef:
     from tqdm.auto import tqdm
 
     problems = read_problems(problems_ref)
@@ -120,14 +126,17 @@ def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
     print_table(metrics)
     if metrics["kept"] == 0:
         drops = ", ".join(f"{r}={metrics[r]}" for r in REASONS[1:] if metrics[r])
-        raise StageError(f"filter stage kept 0 of {decisions.height} traces ({drops}); loosen "
-                         f"filter.min_tokens/max_tokens ({cfg.min_tokens}/{cfg.max_tokens}) or "
-                         "check the teachers' answers")
+        raise StageError(
+            f"filter stage kept 0 of {decisions.height} traces ({drops}); loosen "
+            f"filter.min_tokens/max_tokens ({cfg.min_tokens}/{cfg.max_tokens}) or "
+            "check the teachers' answers"
+        )
     kept = decisions.filter(pl.col("reason") == "kept").drop("reason")
     with ctx.output() as out:
         kept.write_parquet(out.file(KEPT_FILE))
-        decisions.select("trace_id", "teacher", "problem_id", "reason", "extracted_answer",
-                         "correct", "n_tokens_policy").write_parquet(out.file(DECISIONS_FILE))
+        decisions.select(
+            "trace_id", "teacher", "problem_id", "reason", "extracted_answer", "correct", "n_tokens_policy"
+        ).write_parquet(out.file(DECISIONS_FILE))
         out.metrics = {**metrics, "problems_covered": kept["problem_id"].n_unique()}
     return ctx.ref(out)
 
@@ -135,9 +144,15 @@ def run_filter(cfg: FilterConfig, ctx: StageContext, problems_ref: ArtifactRef,
 def plan_info(cfg, counts):
     """`oger plan`: what the filter runs (no generation)."""
     f = cfg.filter
-    return StageInfo(engine=f"math-verify; lengths by the {f.tokenizer} tokenizer", resources="CPU",
-                     notes=[f"keeps correct traces of {f.min_tokens}-{f.max_tokens} tokens"
-                            + (", stopped" if f.require_stop else "") + (", de-duplicated" if f.dedupe else "")])
+    return StageInfo(
+        engine=f"math-verify; lengths by the {f.tokenizer} tokenizer",
+        resources="CPU",
+        notes=[
+            f"keeps correct traces of {f.min_tokens}-{f.max_tokens} tokens"
+            + (", stopped" if f.require_stop else "")
+            + (", de-duplicated" if f.dedupe else "")
+        ],
+    )
 
 
 def _filter_plot(metrics: dict, out: Path) -> str | None:
@@ -174,10 +189,15 @@ def report_section(entry: dict, run_dir: Path) -> list[str]:
     return ["", "## Filter", "", f"![filter decisions]({png})"] if png else []
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "teachers"), files=FILES,
-                  key_inputs=lambda cfg: key_inputs(cfg.filter),
-                  run=lambda ctx, inputs: run_filter(ctx.cfg.filter, ctx, inputs["problems"],
-                                                     inputs["teachers"]),
-                  plan_info=plan_info, report_section=report_section,
-                  # it counts tokens: the tokenizer only
-                  models=lambda cfg: [ModelUse("filter.tokenizer", cfg.filter.tokenizer, weights=False)])
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=("problems", "teachers"),
+    files=FILES,
+    key_inputs=lambda cfg: key_inputs(cfg.filter),
+    run=lambda ctx, inputs: run_filter(ctx.cfg.filter, ctx, inputs["problems"], inputs["teachers"]),
+    plan_info=plan_info,
+    report_section=report_section,
+    # it counts tokens: the tokenizer only
+    models=lambda cfg: [ModelUse("filter.tokenizer", cfg.filter.tokenizer, weights=False)],
+)

@@ -23,8 +23,19 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["INDEX_FILE", "FILES", "read_index_info", "TeacherIndex", "vectors_of",
-           "db_path", "list_versions", "open_table", "pin_path", "read_pin", "training_tag"]
+__all__ = [
+    "INDEX_FILE",
+    "FILES",
+    "read_index_info",
+    "TeacherIndex",
+    "vectors_of",
+    "db_path",
+    "list_versions",
+    "open_table",
+    "pin_path",
+    "read_pin",
+    "training_tag",
+]
 
 INDEX_FILE = "index.json"
 FILES = {INDEX_FILE: "the LanceDB table version the stage wrote: db (folder), table, tag, version"}
@@ -76,8 +87,13 @@ class TeacherIndex:
         if not ids:
             return {}
         quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in ids)
-        rows = (self._tbl.search().where(f"problem_id IN ({quoted})")
-                .select(["problem_id", "trace_id", "text", "vector"]).limit(None).to_arrow())
+        rows = (
+            self._tbl.search()
+            .where(f"problem_id IN ({quoted})")
+            .select(["problem_id", "trace_id", "text", "vector"])
+            .limit(None)
+            .to_arrow()
+        )
         pids = rows.column("problem_id").to_pylist()
         tids = rows.column("trace_id").to_pylist()
         texts = rows.column("text").to_pylist()

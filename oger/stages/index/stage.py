@@ -17,18 +17,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from oger.contract.artifacts import ArtifactRef, canonical_json
-from oger.contract.keys import key_dump
-from oger.contract.config import IndexConfig, OgerConfig
 from oger.contract import ModelUse, Stage, StageContext, StageInfo
-from oger.encoder import encode, encoder_identity, load_encoder, text_hash
+from oger.contract.artifacts import ArtifactRef, canonical_json
+from oger.contract.config import IndexConfig, OgerConfig
 from oger.contract.errors import StageError
+from oger.contract.keys import key_dump
+from oger.encoder import encode, encoder_identity, load_encoder, text_hash
 from oger.models import key_model_ref
 from oger.stages.filter.files import read_kept
+from oger.stages.index import STAGE
 from oger.stages.index.files import FILES, INDEX_FILE, vectors_of
 from oger.stages.index.versions import db_path, open_committed
 from oger.stages.problems.files import read_problems, rl_pool
-from oger.stages.index import STAGE
 
 STAGE_VERSION = 1
 
@@ -85,8 +85,7 @@ def embed_with_cache(db, cfg: IndexConfig, identity: dict, texts: list[str]) -> 
         new = pa.table({"text_hash": list(missing.keys()), "vector": _vectors_to_arrow(vecs)})
         cache = open_committed(db, name)
         if cache is not None:
-            (cache.merge_insert("text_hash").when_matched_update_all()
-             .when_not_matched_insert_all().execute(new))
+            (cache.merge_insert("text_hash").when_matched_update_all().when_not_matched_insert_all().execute(new))
         else:
             db.create_table(name, new, mode="overwrite")
         known.update(zip(missing.keys(), vecs))
@@ -108,16 +107,20 @@ def traces_to_index(cfg: OgerConfig, problems_ref: ArtifactRef, filter_ref: Arti
     if cfg.index.teachers is not None:
         kept = kept.filter(pl.col("teacher").is_in(cfg.index.teachers))
         if kept.height == 0:
-            raise StageError(f"index stage: index.teachers {cfg.index.teachers}: no kept trace of theirs "
-                             f"(teachers with kept traces: {sorted(set(read_kept(filter_ref)['teacher']))})")
+            raise StageError(
+                f"index stage: index.teachers {cfg.index.teachers}: no kept trace of theirs "
+                f"(teachers with kept traces: {sorted(set(read_kept(filter_ref)['teacher']))})"
+            )
     if cfg.index.problems == "train_pool":
         problems = read_problems(problems_ref)
         pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)["problem_id"]
         kept = kept.filter(pl.col("problem_id").is_in(pool.implode()))
         if kept.height == 0:
-            raise StageError(f"index stage: index.problems is train_pool, and no kept trace belongs to "
-                             f"the pool (train.split={cfg.train.split!r}, train.max_prompts="
-                             f"{cfg.train.max_prompts})")
+            raise StageError(
+                f"index stage: index.problems is train_pool, and no kept trace belongs to "
+                f"the pool (train.split={cfg.train.split!r}, train.max_prompts="
+                f"{cfg.train.max_prompts})"
+            )
     return kept
 
 
@@ -127,22 +130,29 @@ def run_index(cfg: IndexConfig, ctx: StageContext, kept: pl.DataFrame) -> Artifa
     workdir, key, identity = ctx.workdir, ctx.key, ctx.identity
     db = _connect(workdir)
     vecs, n_new = embed_with_cache(db, cfg, identity, kept["text"].to_list())
-    data = pa.table({
-        "trace_id": kept["trace_id"].to_list(),
-        "problem_id": kept["problem_id"].to_list(),
-        "teacher": kept["teacher"].to_list(),
-        "round": kept["round"].to_list(),
-        "text": kept["text"].to_list(),
-        "text_hash": [text_hash(t) for t in kept["text"].to_list()],
-        "n_tokens": pa.array(kept["n_tokens_policy"].to_list(), pa.int64()),
-        "vector": _vectors_to_arrow(vecs),
-    })
+    data = pa.table(
+        {
+            "trace_id": kept["trace_id"].to_list(),
+            "problem_id": kept["problem_id"].to_list(),
+            "teacher": kept["teacher"].to_list(),
+            "round": kept["round"].to_list(),
+            "text": kept["text"].to_list(),
+            "text_hash": [text_hash(t) for t in kept["text"].to_list()],
+            "n_tokens": pa.array(kept["n_tokens_policy"].to_list(), pa.int64()),
+            "vector": _vectors_to_arrow(vecs),
+        }
+    )
     rounds = sorted(set(kept["round"].to_list()))
     tbl = open_committed(db, cfg.table)
     if tbl is not None:
         in_rounds = ", ".join(f"'{r}'" for r in rounds)
-        (tbl.merge_insert("trace_id").when_matched_update_all().when_not_matched_insert_all()
-         .when_not_matched_by_source_delete(f"round IN ({in_rounds})").execute(data))
+        (
+            tbl.merge_insert("trace_id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(f"round IN ({in_rounds})")
+            .execute(data)
+        )
     else:
         tbl = db.create_table(cfg.table, data, mode="overwrite")
     tbl.create_index("problem_id", config=BTree(), replace=True)
@@ -150,9 +160,16 @@ def run_index(cfg: IndexConfig, ctx: StageContext, kept: pl.DataFrame) -> Artifa
     info = {"db": str(db_path(workdir)), "table": cfg.table, "tag": key, "version": tbl.version}
     with ctx.output() as out:
         out.file(INDEX_FILE).write_text(json.dumps(info, indent=2))
-        out.metrics = {"rows": tbl.count_rows(), "rows_this_stage": data.num_rows, "problems": cfg.problems,
-                       "new_embeddings": n_new, "tag": key, "version": tbl.version,
-                       "rounds": rounds, "dim": int(vecs.shape[1])}
+        out.metrics = {
+            "rows": tbl.count_rows(),
+            "rows_this_stage": data.num_rows,
+            "problems": cfg.problems,
+            "new_embeddings": n_new,
+            "tag": key,
+            "version": tbl.version,
+            "rounds": rounds,
+            "dim": int(vecs.shape[1]),
+        }
     return ctx.ref(out)
 
 
@@ -175,15 +192,22 @@ def plan_info(cfg, counts):
         notes.append(f"only the traces of the RL pool ({cfg.train.split}, first {cfg.train.max_prompts})")
     if i.teachers is not None:
         notes.append(f"only the traces of {', '.join(i.teachers)}")
-    return StageInfo(engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}",
-                     resources="CPU", notes=notes)
+    return StageInfo(
+        engine=f"sentence-transformers {i.encoder} ({i.long_text}) -> LanceDB {i.table}", resources="CPU", notes=notes
+    )
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "filter"), files=FILES,
-                  key_inputs=key_inputs,
-                  run=lambda ctx, inputs: run_index(ctx.cfg.index, ctx, traces_to_index(
-                      ctx.cfg, inputs["problems"], inputs["filter"])),
-                  plan_info=plan_info,
-                  # the artifact points at a table version: without its tag it is not complete
-                  is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key),
-                  models=lambda cfg: [ModelUse("index.encoder", cfg.index.encoder)])
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=("problems", "filter"),
+    files=FILES,
+    key_inputs=key_inputs,
+    run=lambda ctx, inputs: run_index(
+        ctx.cfg.index, ctx, traces_to_index(ctx.cfg, inputs["problems"], inputs["filter"])
+    ),
+    plan_info=plan_info,
+    # the artifact points at a table version: without its tag it is not complete
+    is_complete=lambda cfg, ref: tag_exists(cfg.workdir_path, cfg.index.table, ref.key),
+    models=lambda cfg: [ModelUse("index.encoder", cfg.index.encoder)],
+)

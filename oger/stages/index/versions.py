@@ -96,9 +96,16 @@ def list_versions(workdir: Path, table: str) -> list[dict]:
         manifest = artifact_manifest(workdir, "index", tag) or {}
         metrics = manifest.get("metrics", {})
         tbl.checkout(version)
-        rows.append({"tag": tag, "version": version, "rows": tbl.count_rows(),
-                     "rounds": metrics.get("rounds", []), "created_at": manifest.get("created_at"),
-                     "pinned": bool(pin and pin["tag"] == tag)})
+        rows.append(
+            {
+                "tag": tag,
+                "version": version,
+                "rows": tbl.count_rows(),
+                "rounds": metrics.get("rounds", []),
+                "created_at": manifest.get("created_at"),
+                "pinned": bool(pin and pin["tag"] == tag),
+            }
+        )
     tbl.checkout_latest()
     return sorted(rows, key=lambda r: r["version"])
 
@@ -112,22 +119,30 @@ def resolve_tag(workdir: Path, table: str, tag: str) -> str:
     if len(hits) == 1:
         return hits[0]
     what = "matches several tags" if hits else "is not a tag"
-    raise ConfigError(f"index tag {tag!r} {what} of table {table!r} in {db_path(workdir)}; "
-                      f"`oger index list CONFIG` shows the tags")
+    raise ConfigError(
+        f"index tag {tag!r} {what} of table {table!r} in {db_path(workdir)}; `oger index list CONFIG` shows the tags"
+    )
 
 
 def restore(workdir: Path, table: str, tag: str) -> dict:
     """Pin training to `tag` and make its version the table's latest; returns the pin."""
     tag = resolve_tag(workdir, table, tag)
     if load_complete(workdir, "index", tag) is None:
-        raise StageError(f"tag {tag[:16]} has no complete index artifact in {workdir}/artifacts/index "
-                         f"(it was deleted); restore another tag")
+        raise StageError(
+            f"tag {tag[:16]} has no complete index artifact in {workdir}/artifacts/index "
+            f"(it was deleted); restore another tag"
+        )
     tbl = open_table(workdir, table)
     version = tbl.tags.get_version(tag)
     tbl.checkout(version)
     tbl.restore()
-    pin = {"table": table, "tag": tag, "version": version, "restored_as_version": tbl.version,
-           "pinned_at": datetime.now(timezone.utc).isoformat()}
+    pin = {
+        "table": table,
+        "tag": tag,
+        "version": version,
+        "restored_as_version": tbl.version,
+        "pinned_at": datetime.now(timezone.utc).isoformat(),
+    }
     pins = _read_pins(workdir)
     pins[table] = pin
     _write_pins(workdir, pins)
@@ -146,4 +161,3 @@ def training_tag(workdir: Path, table: str, planned: str) -> str:
     """The index tag the train stage reads: the pinned one, else the index stage's key."""
     pin = read_pin(workdir, table)
     return pin["tag"] if pin else planned
-

@@ -7,8 +7,10 @@ from pathlib import Path
 from oger.contract.artifacts import ArtifactRef, artifact_path
 
 MODEL_DIR = "model"
-FILES = {MODEL_DIR: "the initial policy as an HF folder (model and tokenizer; loads with "
-                    "AutoModelForCausalLM.from_pretrained and vLLM)"}
+FILES = {
+    MODEL_DIR: "the initial policy as an HF folder (model and tokenizer; loads with "
+    "AutoModelForCausalLM.from_pretrained and vLLM)"
+}
 
 
 def model_dir(ref: ArtifactRef | str | Path) -> Path:

@@ -20,15 +20,25 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     for i, (p, r) in enumerate(examples):
         seq = p + r
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attn[i, :len(seq)] = 1
-        labels[i, len(p):len(seq)] = torch.tensor(r)
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(r)
     return ids, attn, labels
 
 
-def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epochs: float,
-        lr: float, batch_size: int, warmup_steps: int, seed: int, precision: Precision = "float32",
-        progress=None) -> list[float]:
+def sft(
+    model,
+    examples: list[tuple[list[int], list[int]]],
+    *,
+    pad_id: int,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    warmup_steps: int,
+    seed: int,
+    precision: Precision = "float32",
+    progress=None,
+) -> list[float]:
     """Train in place with AdamW and a cosine schedule; returns the loss of every step. On a CPU a
     small model's batch is split over threads (`oger.runtime.cpu_threads`): same gradient, 25% faster.
     `precision="bf16-mixed"`: bf16 matmuls, float32 weights (`oger.runtime.precision`)."""
@@ -70,8 +80,10 @@ def sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, epoc
             idx, order = order[:batch_size], order[batch_size:]
             batch = [examples[i] for i in idx]
             tokens = sum(len(r) for _, r in batch)
-            parts = [[batch[i] for i in part] for part in
-                     split_by_length(range(len(batch)), lambda i, b=batch: sum(map(len, b[i])), threads.workers)]
+            parts = [
+                [batch[i] for i in part]
+                for part in split_by_length(range(len(batch)), lambda i, b=batch: sum(map(len, b[i])), threads.workers)
+            ]
             opt.zero_grad(set_to_none=True)
             loss = sum(threads.backward(params, lambda part, n=tokens: part_loss(part, n), parts))
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -11,19 +11,19 @@ import time
 
 import polars as pl
 
-from oger.contract.artifacts import ArtifactRef
-from oger.contract.keys import key_dump
-from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
+from oger.contract.artifacts import ArtifactRef
+from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.contract.errors import StageError
+from oger.contract.keys import key_dump
 from oger.models import key_model_ref, load_causal_lm, model_identity
 from oger.prompt_check import check_chat_format
 from oger.runtime.precision import resolve as resolve_precision
 from oger.stages.filter.files import read_kept
+from oger.stages.policy import STAGE
 from oger.stages.policy.files import FILES, MODEL_DIR
 from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
 from oger.stages.problems.files import read_problems
-from oger.stages.policy import STAGE
 
 STAGE_VERSION = 4  # 2: SFT without the padding mask, foreach AdamW; 3: batch parts on threads;
 # 4: parts of similar length (same math, other rounding)
@@ -48,8 +48,9 @@ def _load_base(cfg: PolicyConfig, corpus: list[str]):
     if cfg.source == "tiny":
         t = cfg.tiny
         tokenizer = train_tokenizer(corpus, t.vocab_size, t.pretokenize)
-        model = build_model(tokenizer, t.hidden_size, t.num_layers, t.num_heads,
-                            t.intermediate_size, t.max_position, t.seed)
+        model = build_model(
+            tokenizer, t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size, t.max_position, t.seed
+        )
         return model, tokenizer
     return load_causal_lm(cfg.model, cfg.dtype)
 
@@ -71,8 +72,9 @@ def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: 
     return out, dropped
 
 
-def run_policy(cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext, problems_ref: ArtifactRef,
-               filter_ref: ArtifactRef) -> ArtifactRef:
+def run_policy(
+    cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext, problems_ref: ArtifactRef, filter_ref: ArtifactRef
+) -> ArtifactRef:
     from tqdm.auto import tqdm
 
     from oger.generation.hf import greedy_accuracy  # imports torch
@@ -85,32 +87,59 @@ def run_policy(cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext,
     check_chat_format(tokenizer, cfg.instruction, cfg.system_prompt, label, STAGE)  # before any step
     questions = dict(zip(problems["problem_id"].to_list(), problems["question"].to_list()))
     heldout = problems.filter(pl.col("split") == heldout_cfg.split).head(heldout_cfg.limit)
-    metrics: dict = {"source": cfg.source, "parameters": sum(p.numel() for p in model.parameters()),
-                     "vocab_size": len(tokenizer)}
+    metrics: dict = {
+        "source": cfg.source,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+    }
     if cfg.sft.enabled:
         examples, dropped = sft_examples(tokenizer, cfg, traces, questions)
         if not examples:
-            raise StageError(f"policy stage: no SFT example fits sft.max_tokens={cfg.sft.max_tokens} "
-                             f"for teachers {cfg.sft.teachers or 'all'}")
+            raise StageError(
+                f"policy stage: no SFT example fits sft.max_tokens={cfg.sft.max_tokens} "
+                f"for teachers {cfg.sft.teachers or 'all'}"
+            )
         from oger.stages.policy.sft import sft  # imports torch
 
         precision = resolve_precision(cfg.sft.precision)  # as keyed
         started = time.time()
         bar = tqdm(desc="policy: sft", unit="step")
-        losses = sft(model, examples, pad_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs,
-                     lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
-                     warmup_steps=cfg.sft.warmup_steps, seed=cfg.sft.seed, precision=precision,
-                     progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        losses = sft(
+            model,
+            examples,
+            pad_id=tokenizer.pad_token_id,
+            epochs=cfg.sft.epochs,
+            lr=cfg.sft.lr,
+            batch_size=cfg.sft.batch_size,
+            warmup_steps=cfg.sft.warmup_steps,
+            seed=cfg.sft.seed,
+            precision=precision,
+            progress=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+        )
         bar.close()
-        metrics.update(sft_examples=len(examples), sft_dropped_long=dropped, sft_steps=len(losses),
-                       sft_loss_first=round(losses[0], 4), sft_loss_last=round(losses[-1], 4),
-                       sft_seconds=round(time.time() - started, 1),
-                       sft_precision=precision)
+        metrics.update(
+            sft_examples=len(examples),
+            sft_dropped_long=dropped,
+            sft_steps=len(losses),
+            sft_loss_first=round(losses[0], 4),
+            sft_loss_last=round(losses[-1], 4),
+            sft_seconds=round(time.time() - started, 1),
+            sft_precision=precision,
+        )
     if heldout.height:
-        metrics["heldout_accuracy"] = round(greedy_accuracy(
-            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
-            instruction=cfg.instruction, system_prompt=cfg.system_prompt,
-            max_new_tokens=heldout_cfg.max_new_tokens, batch_size=heldout_cfg.batch_size), 4)
+        metrics["heldout_accuracy"] = round(
+            greedy_accuracy(
+                model,
+                tokenizer,
+                heldout["question"].to_list(),
+                heldout["answer"].to_list(),
+                instruction=cfg.instruction,
+                system_prompt=cfg.system_prompt,
+                max_new_tokens=heldout_cfg.max_new_tokens,
+                batch_size=heldout_cfg.batch_size,
+            ),
+            4,
+        )
         metrics["heldout_n"] = heldout.height
     with ctx.output() as out:
         save_policy(model, tokenizer, out.tmp / MODEL_DIR)
@@ -124,13 +153,18 @@ def plan_info(cfg, counts):
     base = "tiny Qwen2 + BPE tokenizer" if p.source == "tiny" else f"transformers {p.model} ({p.dtype})"
     notes = []
     if p.sft.enabled:
-        notes.append(f"SFT {p.sft.epochs:g} epochs on filtered traces of "
-                     f"{', '.join(p.sft.teachers) if p.sft.teachers else 'all teachers'}")
+        notes.append(
+            f"SFT {p.sft.epochs:g} epochs on filtered traces of "
+            f"{', '.join(p.sft.teachers) if p.sft.teachers else 'all teachers'}"
+        )
     h = cfg.evaluate.heldout
     heldout = counts.count(h.split, limit=h.limit)
-    return StageInfo(engine=base + ("; SFT (torch)" if p.sft.enabled else ""), resources="1 process",
-                     budget=[Budget("held-out eval (greedy)", heldout, 1, h.max_new_tokens)],
-                     notes=notes)
+    return StageInfo(
+        engine=base + ("; SFT (torch)" if p.sft.enabled else ""),
+        resources="1 process",
+        budget=[Budget("held-out eval (greedy)", heldout, 1, h.max_new_tokens)],
+        notes=notes,
+    )
 
 
 STAGE_DEF = Stage(
@@ -143,5 +177,5 @@ STAGE_DEF = Stage(
         ctx.cfg.policy, ctx.cfg.evaluate.heldout, ctx, inputs["problems"], inputs["filter"]
     ),
     plan_info=plan_info,
-    models=lambda cfg: ([ModelUse("policy.model", cfg.policy.model)] if cfg.policy.source == "model" else []),
+    models=lambda cfg: [ModelUse("policy.model", cfg.policy.model)] if cfg.policy.source == "model" else [],
 )

@@ -13,10 +13,18 @@ import polars as pl
 from oger.contract.artifacts import ArtifactRef, read_table
 
 PROBLEMS_FILE = "problems.parquet"
-SCHEMA = {"problem_id": pl.Utf8, "question": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8,
-          "split": pl.Utf8, "reference": pl.Utf8}
-FILES = {PROBLEMS_FILE: "one row per problem: problem_id (content hash of the question), question, "
-                        "answer, source, split, reference (worked solution or trace, or null)"}
+SCHEMA = {
+    "problem_id": pl.Utf8,
+    "question": pl.Utf8,
+    "answer": pl.Utf8,
+    "source": pl.Utf8,
+    "split": pl.Utf8,
+    "reference": pl.Utf8,
+}
+FILES = {
+    PROBLEMS_FILE: "one row per problem: problem_id (content hash of the question), question, "
+    "answer, source, split, reference (worked solution or trace, or null)"
+}
 
 
 def read_problems(ref: ArtifactRef | str | Path, columns: list[str] | None = None) -> pl.DataFrame:

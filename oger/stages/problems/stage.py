@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from oger.contract.artifacts import ArtifactRef, file_fingerprint
-from oger.contract.keys import key_dump
-from oger.contract.config import LocalSource, ProblemsConfig
 from oger.contract import Stage, StageContext, StageInfo
+from oger.contract.artifacts import ArtifactRef, file_fingerprint
+from oger.contract.config import LocalSource, ProblemsConfig
 from oger.contract.errors import ConfigError, DataError
+from oger.contract.keys import key_dump
 from oger.data.normalize import problem_id
 from oger.data.sources import load_file_source, load_source, source_file
-from oger.stages.problems.files import FILES, PROBLEMS_FILE, SCHEMA
 from oger.stages.problems import STAGE
+from oger.stages.problems.files import FILES, PROBLEMS_FILE, SCHEMA
 
 STAGE_VERSION = 2  # 2: test split disjoint from train
 
@@ -62,13 +62,20 @@ def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
                 dropped_dup += 1
                 continue
             seen.add(pid)
-            rows.append({"problem_id": pid, "question": r["question"], "answer": r["answer"],
-                         "source": src.name, "split": r["split"], "reference": r["reference"]})
+            rows.append(
+                {
+                    "problem_id": pid,
+                    "question": r["question"],
+                    "answer": r["answer"],
+                    "source": src.name,
+                    "split": r["split"],
+                    "reference": r["reference"],
+                }
+            )
             kept += 1
         per_source[src.name] = kept
     if not rows:
-        raise DataError(f"problems stage: the configured sources "
-                        f"{[s.name for s in cfg.sources]} yielded no problems")
+        raise DataError(f"problems stage: the configured sources {[s.name for s in cfg.sources]} yielded no problems")
     df = pl.DataFrame(rows, schema=SCHEMA)
     with ctx.output() as out:
         df.write_parquet(out.file(PROBLEMS_FILE))
@@ -86,13 +93,20 @@ def run_problems(cfg: ProblemsConfig, ctx: StageContext) -> ArtifactRef:
 def plan_info(cfg, counts):
     """`oger plan`: sources and problem counts (nothing is read but file sizes)."""
     splits = sorted({split for split, _ in counts.rows})
-    return StageInfo(engine="polars: " + ", ".join(f"{s.name} ({s.kind})" for s in cfg.problems.sources),
-                     resources="1 CPU",
-                     notes=[f"{sp}: {counts.count(sp) if counts.count(sp) is not None else '?'} problems"
-                            for sp in splits])
+    return StageInfo(
+        engine="polars: " + ", ".join(f"{s.name} ({s.kind})" for s in cfg.problems.sources),
+        resources="1 CPU",
+        notes=[f"{sp}: {counts.count(sp) if counts.count(sp) is not None else '?'} problems" for sp in splits],
+    )
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=(), files=FILES,
-                  key_inputs=lambda cfg: key_inputs(cfg.problems),
-                  run=lambda ctx, inputs: run_problems(ctx.cfg.problems, ctx), plan_info=plan_info,
-                  check_inputs=lambda cfg: check_sources(cfg.problems))
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=(),
+    files=FILES,
+    key_inputs=lambda cfg: key_inputs(cfg.problems),
+    run=lambda ctx, inputs: run_problems(ctx.cfg.problems, ctx),
+    plan_info=plan_info,
+    check_inputs=lambda cfg: check_sources(cfg.problems),
+)

@@ -22,4 +22,3 @@ class Generation:
     text: str
     n_tokens: int | None
     finish_reason: str  # "stop" | "length" | other backend-specific reasons
-

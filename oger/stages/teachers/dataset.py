@@ -8,5 +8,6 @@ from oger.stages.teachers.base import Generation, Prompt
 
 def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Generation]:
     # The reference text was written once; n > 1 would only duplicate it, so one sample per problem.
-    return [Generation(p.problem_id, 0, p.reference, None, "stop")
-            for p in prompts if p.reference and p.reference.strip()]
+    return [
+        Generation(p.problem_id, 0, p.reference, None, "stop") for p in prompts if p.reference and p.reference.strip()
+    ]

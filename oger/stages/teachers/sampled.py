@@ -18,16 +18,27 @@ def engine_for(tcfg: TeacherConfig):
     if tcfg.backend == "openai":
         from oger.generation.openai import OpenAIEngine
 
-        return OpenAIEngine(tcfg.base_url, tcfg.model, api_key_env=tcfg.api_key_env,
-                            max_concurrency=tcfg.max_concurrency, timeout_s=tcfg.request_timeout_s,
-                            label=f"teacher {tcfg.name!r}")
+        return OpenAIEngine(
+            tcfg.base_url,
+            tcfg.model,
+            api_key_env=tcfg.api_key_env,
+            max_concurrency=tcfg.max_concurrency,
+            timeout_s=tcfg.request_timeout_s,
+            label=f"teacher {tcfg.name!r}",
+        )
     from oger.generation.engines import make_engine
 
     kind = "vllm" if tcfg.backend == "vllm" else tcfg.engine
     # the stage resolves `native` before a shard leaves it; a direct caller gets this machine's
-    return make_engine(kind, tcfg.model, dtype=native_dtype(tcfg.dtype), batch_size=tcfg.batch_size,
-                       tensor_parallel_size=tcfg.tensor_parallel_size, seed=tcfg.sampling.seed,
-                       what=f"teacher {tcfg.name!r}")
+    return make_engine(
+        kind,
+        tcfg.model,
+        dtype=native_dtype(tcfg.dtype),
+        batch_size=tcfg.batch_size,
+        tensor_parallel_size=tcfg.tensor_parallel_size,
+        seed=tcfg.sampling.seed,
+        what=f"teacher {tcfg.name!r}",
+    )
 
 
 def seeding_block(tcfg: TeacherConfig) -> int:
@@ -43,8 +54,10 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
     request = Request(n=tcfg.n, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
     if tcfg.backend == "transformers":  # a seed per call of `block` prompts, by its first prompt's place
         block = seeding_block(tcfg)
-        calls = [(c, c + block, replace(request, seed=seeds.for_step(s.seed, prompts[c].position)))
-                 for c in range(0, len(prompts), block)]
+        calls = [
+            (c, c + block, replace(request, seed=seeds.for_step(s.seed, prompts[c].position)))
+            for c in range(0, len(prompts), block)
+        ]
     else:  # one call; each sample seeded by its place in the teacher's whole job list (shards agree)
         calls = [(0, len(prompts), replace(request, seed=s.seed, first_job=prompts[0].position * tcfg.n))]
     messages = [chat_messages(p.question, tcfg.instruction, tcfg.system_prompt) for p in prompts]
@@ -54,8 +67,12 @@ def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Ge
     try:
         for lo, hi, call in calls:
             rolls = engine.generate(messages[lo:hi], call, progress=bar.update)
-            out += [Generation(prompts[lo + r.prompt_index].problem_id, r.sample_index, r.text.strip(),
-                               r.n_tokens, r.finish_reason) for r in rolls]
+            out += [
+                Generation(
+                    prompts[lo + r.prompt_index].problem_id, r.sample_index, r.text.strip(), r.n_tokens, r.finish_reason
+                )
+                for r in rolls
+            ]
     finally:
         bar.close()
         engine.close()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from oger.contract.config import TeacherConfig
 from oger.contract.errors import ConfigError
-from oger.synthetic import STYLES, scripted_solution
 from oger.stages.teachers.base import Generation, Prompt
+from oger.synthetic import STYLES, scripted_solution
 
 
 def generate(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> list[Generation]:
     if tcfg.model not in STYLES:
-        raise ConfigError(f"teacher {tcfg.name!r}: scripted style {tcfg.model!r} is unknown; "
-                          f"choose one of {sorted(STYLES)}")
+        raise ConfigError(
+            f"teacher {tcfg.name!r}: scripted style {tcfg.model!r} is unknown; choose one of {sorted(STYLES)}"
+        )
     out = []
     for p in prompts:
         for i in range(tcfg.n):

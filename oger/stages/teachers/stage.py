@@ -16,25 +16,28 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.contract.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json
-from oger.contract.keys import key_dump
-from oger.contract.config import TeacherConfig, TeachersConfig
 from oger.contract import Budget, ModelUse, Stage, StageContext, StageInfo
+from oger.contract.artifacts import ArtifactRef, atomic_write, cache_root, canonical_json
+from oger.contract.config import TeacherConfig, TeachersConfig
 from oger.contract.errors import StageError
 from oger.contract.fanout import Job, run_in_process, split_even
+from oger.contract.keys import key_dump
 from oger.models import key_model_ref, model_identity
 from oger.runtime.precision import native_dtype
 from oger.stages.problems.files import read_problems
+from oger.stages.teachers import STAGE
 from oger.stages.teachers.base import Generation, Prompt
 from oger.stages.teachers.files import FILES, SCHEMA, TRACES_FILE
-from oger.stages.teachers import STAGE
 
 STAGE_VERSION = 2  # 2: transformers teachers sample through oger.generation.hf
 
 
 # backend name -> the module whose `generate(tcfg, prompts, round)` runs it
-BACKENDS = {"scripted": "oger.stages.teachers.scripted", "dataset": "oger.stages.teachers.dataset",
-            **dict.fromkeys(("transformers", "vllm", "openai"), "oger.stages.teachers.sampled")}
+BACKENDS = {
+    "scripted": "oger.stages.teachers.scripted",
+    "dataset": "oger.stages.teachers.dataset",
+    **dict.fromkeys(("transformers", "vllm", "openai"), "oger.stages.teachers.sampled"),
+}
 
 
 def _backend(name: str):
@@ -81,14 +84,16 @@ def select_prompts(problems: pl.DataFrame, tcfg: TeacherConfig) -> list[Prompt]:
         df = df.filter(pl.col("source").is_in(tcfg.sources))
     if tcfg.limit:
         df = df.head(tcfg.limit)
-    return [Prompt(r["problem_id"], r["question"], r["reference"], i)
-            for i, r in enumerate(df.iter_rows(named=True))]
+    return [Prompt(r["problem_id"], r["question"], r["reference"], i) for i, r in enumerate(df.iter_rows(named=True))]
 
 
 def teacher_resources(tcfg: TeacherConfig) -> tuple[float, float]:
     """(CPUs, GPUs) one shard asks Ray for: vLLM needs its tensor-parallel GPUs."""
-    gpus = tcfg.num_gpus if tcfg.num_gpus is not None else (
-        float(tcfg.tensor_parallel_size) if tcfg.backend == "vllm" else 0.0)
+    gpus = (
+        tcfg.num_gpus
+        if tcfg.num_gpus is not None
+        else (float(tcfg.tensor_parallel_size) if tcfg.backend == "vllm" else 0.0)
+    )
     return tcfg.num_cpus, gpus
 
 
@@ -108,21 +113,40 @@ def generate_shard(tcfg: TeacherConfig, prompts: list[Prompt], round_: str) -> t
 
 def _to_frame(tcfg: TeacherConfig, round_: str, gens: list[Generation]) -> pl.DataFrame:
     s = tcfg.sampling
-    rows = [{
-        "trace_id": trace_id(round_, tcfg.name, g.problem_id, g.sample_index),
-        "problem_id": g.problem_id, "teacher": tcfg.name, "backend": tcfg.backend,
-        "model": tcfg.model, "round": round_, "sample_index": g.sample_index, "text": g.text,
-        "n_tokens": g.n_tokens, "finish_reason": g.finish_reason, "temperature": s.temperature,
-        "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
-    } for g in gens]
+    rows = [
+        {
+            "trace_id": trace_id(round_, tcfg.name, g.problem_id, g.sample_index),
+            "problem_id": g.problem_id,
+            "teacher": tcfg.name,
+            "backend": tcfg.backend,
+            "model": tcfg.model,
+            "round": round_,
+            "sample_index": g.sample_index,
+            "text": g.text,
+            "n_tokens": g.n_tokens,
+            "finish_reason": g.finish_reason,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed,
+        }
+        for g in gens
+    ]
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def _shard_path(workdir: Path, tcfg: TeacherConfig, round_: str, problems_key: str) -> Path:
-    key = hashlib.sha256(canonical_json({
-        "v": STAGE_VERSION, "round": round_, "problems": problems_key,
-        "teacher": _generation_slice(tcfg), "identity": teacher_identity(tcfg),
-    }).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        canonical_json(
+            {
+                "v": STAGE_VERSION,
+                "round": round_,
+                "problems": problems_key,
+                "teacher": _generation_slice(tcfg),
+                "identity": teacher_identity(tcfg),
+            }
+        ).encode()
+    ).hexdigest()[:16]
     return cache_root(workdir, STAGE) / f"{tcfg.name}-{key}.parquet"
 
 
@@ -157,9 +181,15 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
             if len(ranges) > 1 and part_file.is_file() and not refresh:
                 parts[tcfg.name][j] = _from_frame(pl.read_parquet(part_file))
                 continue
-            jobs.append(Job(f"teacher-{tcfg.name}-{j + 1}of{len(ranges)}",
-                            (as_keyed, prompts[lo:hi], cfg.round), cpus, gpus,
-                            meta={"teacher": tcfg, "shard": j, "of": len(ranges), "file": teacher_file}))
+            jobs.append(
+                Job(
+                    f"teacher-{tcfg.name}-{j + 1}of{len(ranges)}",
+                    (as_keyed, prompts[lo:hi], cfg.round),
+                    cpus,
+                    gpus,
+                    meta={"teacher": tcfg, "shard": j, "of": len(ranges), "file": teacher_file},
+                )
+            )
         _finish_teacher(tcfg, cfg.round, parts[tcfg.name], len(ranges), frames, teacher_file)
 
     # Shards in completion order: each is saved at once; a teacher is written when its last lands.
@@ -184,8 +214,10 @@ def run_teachers(cfg: TeachersConfig, ctx: StageContext, problems_ref: ArtifactR
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in per_teacher[t.name].items()},
         }
     if traces.height == 0:
-        raise StageError("teachers stage: no teacher produced a trace (check each teacher's split, "
-                         "sources and limit against the problems table)")
+        raise StageError(
+            "teachers stage: no teacher produced a trace (check each teacher's split, "
+            "sources and limit against the problems table)"
+        )
     with ctx.output() as out:
         traces.write_parquet(out.file(TRACES_FILE))
         out.metrics = {"traces": traces.height, "round": cfg.round, "per_teacher": per_teacher}
@@ -197,12 +229,15 @@ def _part_path(teacher_file: Path, shard: int, of: int) -> Path:
 
 
 def _from_frame(df: pl.DataFrame) -> list[Generation]:
-    return [Generation(r["problem_id"], r["sample_index"], r["text"], r["n_tokens"], r["finish_reason"])
-            for r in df.iter_rows(named=True)]
+    return [
+        Generation(r["problem_id"], r["sample_index"], r["text"], r["n_tokens"], r["finish_reason"])
+        for r in df.iter_rows(named=True)
+    ]
 
 
-def _finish_teacher(tcfg: TeacherConfig, round_: str, got: dict[int, list[Generation]], expected: int,
-                    frames: dict, teacher_file: Path) -> None:
+def _finish_teacher(
+    tcfg: TeacherConfig, round_: str, got: dict[int, list[Generation]], expected: int, frames: dict, teacher_file: Path
+) -> None:
     """Once every shard of a teacher is in, write its cache file (shards in order) and drop the parts."""
     if tcfg.name in frames or len(got) < expected:
         return
@@ -212,9 +247,13 @@ def _finish_teacher(tcfg: TeacherConfig, round_: str, got: dict[int, list[Genera
     shutil.rmtree(teacher_file.parent / "shards" / teacher_file.stem, ignore_errors=True)
 
 
-_ENGINES = {"scripted": "scripted solver", "transformers": "transformers generate",
-            "dataset": "problems' reference column", "openai": "OpenAI-compatible server",
-            "vllm": "vLLM offline engine"}
+_ENGINES = {
+    "scripted": "scripted solver",
+    "transformers": "transformers generate",
+    "dataset": "problems' reference column",
+    "openai": "OpenAI-compatible server",
+    "vllm": "vLLM offline engine",
+}
 
 
 def plan_info(cfg, counts):
@@ -222,15 +261,23 @@ def plan_info(cfg, counts):
     engines, resources, budget, notes = [], [f"runner {cfg.runner.kind}"], [], []
     for t in cfg.teachers.teachers:
         cpus, gpus = teacher_resources(t)
-        extra = (f" tp={t.tensor_parallel_size}" if t.backend == "vllm"
-                 else " (paged continuous batching)" if t.engine == "paged" else "")
-        engines.append(f"{t.name}: {_ENGINES[t.backend]}{extra}"
-                       + (f" {t.model}" if t.model and t.backend != "dataset" else ""))
+        extra = (
+            f" tp={t.tensor_parallel_size}"
+            if t.backend == "vllm"
+            else " (paged continuous batching)"
+            if t.engine == "paged"
+            else ""
+        )
+        engines.append(
+            f"{t.name}: {_ENGINES[t.backend]}{extra}" + (f" {t.model}" if t.model and t.backend != "dataset" else "")
+        )
         resources.append(f"{t.name}: {t.shards} shard(s) x {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else ""))
         prompts = counts.count(t.split, t.sources, t.limit)
         if t.backend in ("dataset", "scripted"):  # no model generates these
-            notes.append(f"{t.name}: {prompts if prompts is not None else '?'} x {t.n if t.backend == 'scripted' else 1} "
-                         f"traces {'read' if t.backend == 'dataset' else 'written by a program'}, no model tokens")
+            notes.append(
+                f"{t.name}: {prompts if prompts is not None else '?'} x {t.n if t.backend == 'scripted' else 1} "
+                f"traces {'read' if t.backend == 'dataset' else 'written by a program'}, no model tokens"
+            )
         else:
             budget.append(Budget(t.name, prompts, t.n, t.sampling.max_new_tokens))
     return StageInfo(engine="\n".join(engines), resources="\n".join(resources), budget=budget, notes=notes)
@@ -239,11 +286,20 @@ def plan_info(cfg, counts):
 def models(cfg) -> list[ModelUse]:
     """The model of every teacher whose backend loads one here (not the scripted, dataset or
     OpenAI-compatible ones)."""
-    return [ModelUse(f"teachers.teachers[{i}].model ({t.name})", t.model)
-            for i, t in enumerate(cfg.teachers.teachers) if t.backend in ("transformers", "vllm")]
+    return [
+        ModelUse(f"teachers.teachers[{i}].model ({t.name})", t.model)
+        for i, t in enumerate(cfg.teachers.teachers)
+        if t.backend in ("transformers", "vllm")
+    ]
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems",), files=FILES,
-                  key_inputs=lambda cfg: key_inputs(cfg.teachers),
-                  run=lambda ctx, inputs: run_teachers(ctx.cfg.teachers, ctx, inputs["problems"]),
-                  plan_info=plan_info, models=models)
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=("problems",),
+    files=FILES,
+    key_inputs=lambda cfg: key_inputs(cfg.teachers),
+    run=lambda ctx, inputs: run_teachers(ctx.cfg.teachers, ctx, inputs["problems"]),
+    plan_info=plan_info,
+    models=models,
+)

@@ -15,8 +15,17 @@ from oger.contract.artifacts import atomic_write
 _STEP = re.compile(r"^step-(\d{6})$")
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, keep: int = 2,
-                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    keep: int = 2,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
     """Write step-NNNNNN/ atomically (`atomic_write`: a temp dir, renamed); prune all but the newest `keep`.
 
     `model_state` / `optimizer_state` are full state dicts gathered from sharded ranks (FSDP);
@@ -26,9 +35,14 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=model_state)
         tokenizer.save_pretrained(tmp)
-        torch.save({"step": step,
-                    "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            },
+            tmp / "trainer_state.pt",
+        )
         (tmp / "COMPLETE").write_text(str(step))
 
     atomic_write(final, write)

@@ -104,8 +104,7 @@ class Dist:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                      cpu_offload=True))
+            sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             return sd if self.main else None
         return unwrap(model).state_dict() if self.main else None
 
@@ -121,8 +120,7 @@ class Dist:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True,
-                                                                               cpu_offload=True))
+            sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             return sd if self.main else None
         return opt.state_dict() if self.main else None
 
@@ -185,20 +183,45 @@ def init_from_env(backend: str, fsdp: bool = False) -> Dist:
 def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]:
     """The command that starts `oger.stages.train.worker SPEC` on `num_processes` local ranks."""
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={num_processes}", "-m", "oger.stages.train.worker", str(spec)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={num_processes}",
+            "-m",
+            "oger.stages.train.worker",
+            str(spec),
+        ]
     if launcher == "accelerate":
         import importlib.util
 
         if importlib.util.find_spec("accelerate") is None:
-            raise ConfigError("train.distributed.launcher: accelerate needs the accelerate package "
-                              "(pip install accelerate), or use train.distributed.launcher: torchrun")
+            raise ConfigError(
+                "train.distributed.launcher: accelerate needs the accelerate package "
+                "(pip install accelerate), or use train.distributed.launcher: torchrun"
+            )
         # --multi_gpu is accelerate's multi-process launcher (torch.distributed.run); without it a
         # CPU machine would get one process. The trainer does its own DDP / FSDP2 wrapping.
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-                "--num_processes", str(num_processes), "--main_process_port", "0",
-                "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--module", "oger.stages.train.worker", str(spec)]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_machines",
+            "1",
+            "--num_processes",
+            str(num_processes),
+            "--main_process_port",
+            "0",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--module",
+            "oger.stages.train.worker",
+            str(spec),
+        ]
     raise ValueError(launcher)
 
 
@@ -215,8 +238,14 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
     tail: deque[str] = deque(maxlen=40)
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, cwd=Path(__file__).resolve().parents[3])  # the repository root
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[3],
+        )  # the repository root
         for line in proc.stdout:
             log.write(line)
             tail.append(line.rstrip())
@@ -224,16 +253,22 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
                 print(line.rstrip(), flush=True)
         rc = proc.wait()
     if rc != 0:
-        raise StageError(f"train: {launcher} with {num_processes} processes exited with status {rc}; "
-                         f"last lines:\n" + "\n".join(tail) + f"\n(full log: {log_path})")
+        raise StageError(
+            f"train: {launcher} with {num_processes} processes exited with status {rc}; "
+            f"last lines:\n" + "\n".join(tail) + f"\n(full log: {log_path})"
+        )
 
 
 def train_distributed(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path) -> list[dict]:
     """The train stage's multi-process path: launch the ranks on the resolved config and return
     the metrics history rank 0 wrote (its final checkpoint holds the trained model).
     `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads."""
-    spec = {"config": cfg.model_dump(mode="json"), "init_dir": str(init_dir),
-            "problems": str(artifact_path(problems_ref)), "index_ref": index_ref.model_dump(mode="json"),
-            "run_dir": str(run_dir)}
+    spec = {
+        "config": cfg.model_dump(mode="json"),
+        "init_dir": str(init_dir),
+        "problems": str(artifact_path(problems_ref)),
+        "index_ref": index_ref.model_dump(mode="json"),
+        "run_dir": str(run_dir),
+    }
     launch(cfg.train.distributed.launcher, cfg.train.distributed.num_processes, spec, run_dir)
     return read_metrics(run_dir)

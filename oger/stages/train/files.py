@@ -17,11 +17,13 @@ METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
-FILES = {MODEL_DIR: "the trained model as an HF folder (model and tokenizer)",
-         METRICS_FILE: "one JSON line of training metrics per step",
-         ROLLOUTS_FILE: "one JSON line per sampled rollout (with train.logging.log_rollouts; optional)",
-         CURVES_FILE: "the training curves",
-         TENSORBOARD_DIR: "TensorBoard events (optional)"}
+FILES = {
+    MODEL_DIR: "the trained model as an HF folder (model and tokenizer)",
+    METRICS_FILE: "one JSON line of training metrics per step",
+    ROLLOUTS_FILE: "one JSON line per sampled rollout (with train.logging.log_rollouts; optional)",
+    CURVES_FILE: "the training curves",
+    TENSORBOARD_DIR: "TensorBoard events (optional)",
+}
 
 
 def model_dir(ref: ArtifactRef | str | Path) -> Path:

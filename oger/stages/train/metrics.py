@@ -38,38 +38,62 @@ def _guard(name: str, what: str) -> Metric:
 STEP_METRICS: tuple[Metric, ...] = (
     # outcome
     Metric("reward", "mean reward r over all rows, teacher rows and bonus included", run=("first_last",)),
-    Metric("env_reward", "on-policy correctness: mean c over on-policy rows (no teacher rows, no bonus)",
-           run=("mean", "first_last"), plot=True, sweep=True),
+    Metric(
+        "env_reward",
+        "on-policy correctness: mean c over on-policy rows (no teacher rows, no bonus)",
+        run=("mean", "first_last"),
+        plot=True,
+        sweep=True,
+    ),
     # the bonus and its signals (oger.algorithm.reward.reward_metrics)
     Metric("bonus_mean", "mean bonus over on-policy rows", run=("mean",), plot=True, sweep=True),
     Metric("bonus_correct_mean", "mean bonus over bonus-eligible rows"),
-    Metric("bonus_share", "share of |advantage| due to the bonus: sum |A - A_no_bonus| / sum |A|, all rows",
-           run=("mean",), plot=True, sweep=True),
-    Metric("rank_change_fraction", "share of groups whose on-policy advantage order the bonus changes",
-           run=("mean",), plot=True, sweep=True),
-    Metric("teacher_adv_allcorrect",
-           "mean teacher-row advantage in groups whose on-policy rows are all correct",
-           run=("mean",), plot=True),
-    Metric("divergence_mean", "mean divergence d from the teacher traces over eligible rows",
-           run=("mean",), plot=True, sweep=True),
+    Metric(
+        "bonus_share",
+        "share of |advantage| due to the bonus: sum |A - A_no_bonus| / sum |A|, all rows",
+        run=("mean",),
+        plot=True,
+        sweep=True,
+    ),
+    Metric(
+        "rank_change_fraction",
+        "share of groups whose on-policy advantage order the bonus changes",
+        run=("mean",),
+        plot=True,
+        sweep=True,
+    ),
+    Metric(
+        "teacher_adv_allcorrect",
+        "mean teacher-row advantage in groups whose on-policy rows are all correct",
+        run=("mean",),
+        plot=True,
+    ),
+    Metric(
+        "divergence_mean",
+        "mean divergence d from the teacher traces over eligible rows",
+        run=("mean",),
+        plot=True,
+        sweep=True,
+    ),
     Metric("divergence_q10", "10% quantile of d over eligible rows"),
     Metric("divergence_q50", "median of d over eligible rows"),
     Metric("divergence_q90", "90% quantile of d over eligible rows"),
     Metric("gate_mean", "mean entropy gate g(H) over eligible on-policy rows", run=("mean",), plot=True),
     Metric("gate_q10", "10% quantile of g(H) over eligible on-policy rows"),
     Metric("gate_q90", "90% quantile of g(H) over eligible on-policy rows"),
-    Metric("diversity_correct", "mean over groups of the mean pairwise 1 - cos between eligible rollouts",
-           run=("mean",), plot=True, sweep=True),
+    Metric(
+        "diversity_correct",
+        "mean over groups of the mean pairwise 1 - cos between eligible rollouts",
+        run=("mean",),
+        plot=True,
+        sweep=True,
+    ),
     # hack monitors over on-policy rows
-    Metric("response_length", "mean response length (tokens) of on-policy rows", run=("mean",), plot=True,
-           sweep=True),
+    Metric("response_length", "mean response length (tokens) of on-policy rows", run=("mean",), plot=True, sweep=True),
     Metric("short_share", "share of on-policy rows under 50 tokens", run=("mean",), sweep=True),
-    Metric("nonascii_share", "mean share of non-ASCII characters in on-policy rows", run=("mean",),
-           sweep=True),
-    Metric("repetition_rate", "mean repeated-n-gram rate of on-policy rows", run=("mean",), plot=True,
-           sweep=True),
-    Metric("think_format_share", "share of on-policy rows closing the reasoning with </think>",
-           run=("mean",)),
+    Metric("nonascii_share", "mean share of non-ASCII characters in on-policy rows", run=("mean",), sweep=True),
+    Metric("repetition_rate", "mean repeated-n-gram rate of on-policy rows", run=("mean",), plot=True, sweep=True),
+    Metric("think_format_share", "share of on-policy rows closing the reasoning with </think>", run=("mean",)),
     Metric("guard_pass_fraction", "share of eligible rows passing every enabled bonus guard", run=("mean",)),
     _guard("reasoning", "reasoning (min_reasoning_words)"),
     _guard("length_ratio", "length-ratio"),
@@ -81,13 +105,16 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("bonus_corr_repetition", "Pearson of the pre-shuffle bonus and the repetition rate, eligible rows"),
     Metric("bonus_corr_nonascii", "Pearson of the pre-shuffle bonus and the non-ASCII share, eligible rows"),
     # the run's health
-    Metric("last_token_entropy",
-           "mean over on-policy rows of the entropy of the last oger.entropy_tokens tokens", plot=True),
+    Metric(
+        "last_token_entropy",
+        "mean over on-policy rows of the entropy of the last oger.entropy_tokens tokens",
+        plot=True,
+    ),
     Metric("replaced_fraction", "share of rows replaced by teacher traces", run=("mean",)),
-    Metric("no_teacher_fraction", "share of rows whose problem has no teacher trace (NaN without an index)",
-           run=("mean",)),
-    Metric("mixed_group_fraction", "share of groups with both correct and incorrect rows", run=("mean",),
-           plot=True),
+    Metric(
+        "no_teacher_fraction", "share of rows whose problem has no teacher trace (NaN without an index)", run=("mean",)
+    ),
+    Metric("mixed_group_fraction", "share of groups with both correct and incorrect rows", run=("mean",), plot=True),
     Metric("truncated_fraction", "share of on-policy rows stopped by max_new_tokens"),
     # the update (oger.algorithm.core.policy_loss, token-weighted over the micro- and mini-batches that
     # define each: a teacher-only micro-batch has no on-policy token, trainer.defined_weighted_means)
@@ -132,17 +159,34 @@ def label_metrics(labeller: Labeller) -> tuple[Metric, ...]:
     out = []
     for label in labeller.all_labels:
         focus = label in labeller.focus
-        out.append(Metric(f"{labeller.name}_{label.lower()}_share",
-                          f"share of on-policy rows the {labeller.name} labeller calls {label}",
-                          run=("first_last",) if focus else ("mean",), plot=focus, sweep=focus))
+        out.append(
+            Metric(
+                f"{labeller.name}_{label.lower()}_share",
+                f"share of on-policy rows the {labeller.name} labeller calls {label}",
+                run=("first_last",) if focus else ("mean",),
+                plot=focus,
+                sweep=focus,
+            )
+        )
     for label in labeller.focus:
-        out.append(Metric(f"{labeller.name}_{label.lower()}_share_correct",
-                          f"share of {label} among the correct on-policy rows ({labeller.name} labeller)",
-                          run=("first_last",), plot=True, sweep=True))
+        out.append(
+            Metric(
+                f"{labeller.name}_{label.lower()}_share_correct",
+                f"share of {label} among the correct on-policy rows ({labeller.name} labeller)",
+                run=("first_last",),
+                plot=True,
+                sweep=True,
+            )
+        )
     for label in labeller.labels:
-        out.append(Metric(f"bonus_mean_{label.lower()}",
-                          f"mean bonus over correct on-policy rows the {labeller.name} labeller calls {label}",
-                          run=("mean",), sweep=True))
+        out.append(
+            Metric(
+                f"bonus_mean_{label.lower()}",
+                f"mean bonus over correct on-policy rows the {labeller.name} labeller calls {label}",
+                run=("mean",),
+                sweep=True,
+            )
+        )
     return tuple(out)
 
 

@@ -25,7 +25,7 @@ def sample_tokens(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> int
 
 def group_by_count(order: list[int], size: int) -> list[list[int]]:
     """Consecutive runs of `size` indices."""
-    return [order[b:b + size] for b in range(0, len(order), size)]
+    return [order[b : b + size] for b in range(0, len(order), size)]
 
 
 def group_by_tokens(order: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -61,8 +61,13 @@ def split_to_count(groups: list[list[int]], lengths: Sequence[int], count: int) 
     return groups
 
 
-def micro_batches(order: list[int], lengths: Sequence[int], size: int, max_tokens: int | None,
-                  count_over_ranks: Callable[[int], int] | None = None) -> list[list[int]]:
+def micro_batches(
+    order: list[int],
+    lengths: Sequence[int],
+    size: int,
+    max_tokens: int | None,
+    count_over_ranks: Callable[[int], int] | None = None,
+) -> list[list[int]]:
     """Micro-batches of `order` (indices sorted by length): at most `max_tokens` prompt + response
     tokens each when set, else `size` samples each; `count_over_ranks(n)` (the largest n over the ranks)
     makes every rank run as many."""
@@ -88,8 +93,10 @@ class PackedRow:
     shape: tuple[int, int]  # (samples, longest response): the padded layout the loss works on
 
     def to(self, device) -> "PackedRow":
-        return PackedRow(*(t.to(device) for t in (self.ids, self.position_ids, self.keep, self.rows,
-                                                  self.cols, self.targets)), self.shape)
+        return PackedRow(
+            *(t.to(device) for t in (self.ids, self.position_ids, self.keep, self.rows, self.cols, self.targets)),
+            self.shape,
+        )
 
     def unpack(self, values: torch.Tensor) -> torch.Tensor:
         """Per-kept-token values (K,) into the padded (samples, longest response) layout, 0 elsewhere;
@@ -117,8 +124,9 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -
         targets += y
     longest = max((len(y) for y in responses), default=0)
     t = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return PackedRow(t(ids).unsqueeze(0), t(pos).unsqueeze(0), t(keep), t(rows), t(cols), t(targets),
-                     (len(responses), longest))
+    return PackedRow(
+        t(ids).unsqueeze(0), t(pos).unsqueeze(0), t(keep), t(rows), t(cols), t(targets), (len(responses), longest)
+    )
 
 
 def response_mask(responses: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -126,7 +134,7 @@ def response_mask(responses: Sequence[Sequence[int]]) -> torch.Tensor:
     longest = max((len(y) for y in responses), default=0)
     mask = torch.zeros((len(responses), longest))
     for r, y in enumerate(responses):
-        mask[r, :len(y)] = 1
+        mask[r, : len(y)] = 1
     return mask
 
 
@@ -138,7 +146,14 @@ def packed_logits(model, row: PackedRow) -> torch.Tensor:
     cu = varlen.cu_seq_lens(row.position_ids)
     longest = int((cu[1:] - cu[:-1]).max())
     with varlen.per_sample_attention(model):
-        out = model(input_ids=row.ids, position_ids=row.position_ids, logits_to_keep=row.keep,
-                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
-                    use_cache=False).logits[0]
+        out = model(
+            input_ids=row.ids,
+            position_ids=row.position_ids,
+            logits_to_keep=row.keep,
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=longest,
+            max_length_k=longest,
+            use_cache=False,
+        ).logits[0]
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out

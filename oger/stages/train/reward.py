@@ -29,9 +29,9 @@ def is_correct(text: str, answer: str, reward_format: str = "plain") -> bool:
     return score_response(text, answer)[1]
 
 
-
-def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, tokenizer,
-                          eos_id: int, seed: int) -> None:
+def replace_with_teachers(
+    samples: list[Sample], cfg: TrainConfig, refs: dict, tokenizer, eos_id: int, seed: int
+) -> None:
     """LUFFY: in each group with teacher traces, the last k rollouts become teacher traces
     (picked with a generator seeded by the group's global index: the same on any rank)."""
     groups: dict[int, list[int]] = {}
@@ -45,17 +45,17 @@ def replace_with_teachers(samples: list[Sample], cfg: TrainConfig, refs: dict, t
         if cfg.replace_policy == "when_all_fail" and any(samples[i].correct for i in members):
             continue
         texts = refs[pid][0]
-        strip = (cfg.teacher_think_prefix == "strip"
-                 and tokenizer.decode(samples[members[0]].prompt_ids).endswith(THINK_PREFIX))
-        for i in members[len(members) - min(cfg.replace_k, len(members)):]:
+        strip = cfg.teacher_think_prefix == "strip" and tokenizer.decode(samples[members[0]].prompt_ids).endswith(
+            THINK_PREFIX
+        )
+        for i in members[len(members) - min(cfg.replace_k, len(members)) :]:
             text = texts[rng.randrange(len(texts))]
             if strip and text.startswith(THINK_PREFIX):  # the prompt already opened the think block
-                text = text[len(THINK_PREFIX):]
+                text = text[len(THINK_PREFIX) :]
             s = samples[i]
             s.text, s.off_policy, s.entropies = text, True, []
             s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
             s.finish_reason = "stop"
-
 
 
 def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], step: int) -> dict:
@@ -66,8 +66,9 @@ def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], ste
         s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)
     refs = inputs.index.lookup(pids) if run.needs_index else {}
     if cfg.replaces:
-        replace_with_teachers(samples, cfg, refs, run.tokenizer, run.tokenizer.eos_token_id,
-                              seed=seeds.for_step(cfg.seed, step))
+        replace_with_teachers(
+            samples, cfg, refs, run.tokenizer, run.tokenizer.eos_token_id, seed=seeds.for_step(cfg.seed, step)
+        )
         for s in samples:
             if s.off_policy:
                 s.correct = is_correct(s.text, inputs.answers[s.problem_id], cfg.reward_format)

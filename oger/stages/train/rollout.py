@@ -25,7 +25,6 @@ def needs_rollout_entropy(cfg: TrainConfig) -> bool:
     return cfg.bonus_lambda > 0 or cfg.oger.monitor
 
 
-
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
     """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
     in generation calls of rollout.batch_prompts prompts seeded by their global index."""
@@ -33,22 +32,38 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
     rng = random.Random(seeds.for_step(cfg.seed, step))
     pids = rng.sample(inputs.problem_ids, min(cfg.prompts_per_step, len(inputs.problem_ids)))
     lo, hi = _rank_slice(len(pids), cfg, run.dist)
-    prompt_ids = {g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction,
-                                     inputs.system_prompt) for g in range(lo, hi)}
+    prompt_ids = {
+        g: chat_prompt_ids(tok, inputs.questions[pids[g]], inputs.instruction, inputs.system_prompt)
+        for g in range(lo, hi)
+    }
     samples: list[Sample] = []
     ro = cfg.rollout
     for c in range(lo, hi, ro.batch_prompts):
         call = list(range(c, min(c + ro.batch_prompts, hi)))
-        request = Request(n=cfg.group_size, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                          top_p=ro.top_p, seed=rollout_seed(cfg, step, c // ro.batch_prompts),
-                          record_entropy=needs_rollout_entropy(cfg))
+        request = Request(
+            n=cfg.group_size,
+            max_new_tokens=ro.max_new_tokens,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            seed=rollout_seed(cfg, step, c // ro.batch_prompts),
+            record_entropy=needs_rollout_entropy(cfg),
+        )
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)
-        samples += [Sample(call[r.prompt_index], pids[call[r.prompt_index]],
-                           prompt_ids[call[r.prompt_index]], r.response_ids, r.text, False,
-                           entropies=r.entropies, finish_reason=r.finish_reason,
-                           rollout_logprobs=r.logprobs) for r in rolls]
+        samples += [
+            Sample(
+                call[r.prompt_index],
+                pids[call[r.prompt_index]],
+                prompt_ids[call[r.prompt_index]],
+                r.response_ids,
+                r.text,
+                False,
+                entropies=r.entropies,
+                finish_reason=r.finish_reason,
+                rollout_logprobs=r.logprobs,
+            )
+            for r in rolls
+        ]
     return samples, pids, lo, hi
-
 
 
 def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]:
@@ -57,19 +72,19 @@ def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]
         return 0, n_prompts
     per_call = dist.world * cfg.rollout.batch_prompts
     if n_prompts % per_call:
-        raise ValueError(f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
-                         f"train.max_prompts) is not a multiple of distributed.num_processes x "
-                         f"rollout.batch_prompts = {per_call}")
+        raise ValueError(
+            f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
+            f"train.max_prompts) is not a multiple of distributed.num_processes x "
+            f"rollout.batch_prompts = {per_call}"
+        )
     per_rank = n_prompts // dist.world
     return dist.rank * per_rank, (dist.rank + 1) * per_rank
-
 
 
 def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
     """The sampling seed of one generation call, by its global index within the step (the first
     call keeps the seed a whole-step call had before calls were split)."""
     return seeds.for_rollout_call(cfg.seed, step, call)
-
 
 
 def sync_engine(run: TrainRun, step: int) -> float | None:

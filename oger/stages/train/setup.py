@@ -120,8 +120,25 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
     threads = dist.runtime.batch_threads(model, distributed=dist.active)
     engine = rollout_engine(cfg, unwrap(model), tokenizer, dist, run_dir)
-    return TrainRun(cfg, model, unwrap(model), ref_model, tokenizer, inputs, dist, opt, sched, start,
-                    history, writer, threads, embed, needs_index, run_dir, engine)
+    return TrainRun(
+        cfg,
+        model,
+        unwrap(model),
+        ref_model,
+        tokenizer,
+        inputs,
+        dist,
+        opt,
+        sched,
+        start,
+        history,
+        writer,
+        threads,
+        embed,
+        needs_index,
+        run_dir,
+        engine,
+    )
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -132,6 +149,7 @@ def _lr_lambda(cfg: TrainConfig):
             frac = (step - cfg.optim.warmup_steps) / max(1, cfg.steps - cfg.optim.warmup_steps)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         return 1.0
+
     return f
 
 
@@ -154,9 +172,17 @@ def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Pat
         tokenizer.save_pretrained(folder)
     dist.barrier()
     dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
-    engine = ColocatedEngine(policy, tokenizer, dtype=dtype, seed=cfg.seed, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                             model_dir=folder, sleep=cfg.rollout.sleep, synced_forward=dist.fsdp,
-                             weights=(lambda: dist.full_weights(policy)) if dist.fsdp else None)
+    engine = ColocatedEngine(
+        policy,
+        tokenizer,
+        dtype=dtype,
+        seed=cfg.seed,
+        kv_cache_gib=cfg.rollout.kv_cache_gib,
+        model_dir=folder,
+        sleep=cfg.rollout.sleep,
+        synced_forward=dist.fsdp,
+        weights=(lambda: dist.full_weights(policy)) if dist.fsdp else None,
+    )
     dist.barrier()
     if dist.main:
         shutil.rmtree(folder, ignore_errors=True)

@@ -16,21 +16,29 @@ from pathlib import Path
 
 import polars as pl
 
-from oger.stages.index import files as index_files
-from oger.contract.artifacts import ArtifactRef, atomic_write
-from oger.contract.keys import key_dump
-from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract import PREVIOUS_ROUND, Budget, Stage, StageContext, StageInfo
-from oger.encoder import encoder_identity
+from oger.contract.artifacts import ArtifactRef, atomic_write
+from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract.errors import StageError
+from oger.contract.keys import key_dump
+from oger.encoder import encoder_identity
+from oger.labels import LABELLERS
+from oger.stages.index import files as index_files
 from oger.stages.index.files import TeacherIndex
 from oger.stages.policy.files import model_dir as policy_model_dir
 from oger.stages.problems.files import read_problems, rl_pool
-from oger.labels import LABELLERS
-from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
-from oger.stages.train.files import (CURVES_FILE, FILES, METRICS_FILE, MODEL_DIR, ROLLOUTS_FILE,
-                                    TENSORBOARD_DIR, model_dir, step_metric_table)
 from oger.stages.train import STAGE
+from oger.stages.train.files import (
+    CURVES_FILE,
+    FILES,
+    METRICS_FILE,
+    MODEL_DIR,
+    ROLLOUTS_FILE,
+    TENSORBOARD_DIR,
+    model_dir,
+    step_metric_table,
+)
+from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
 
 STAGE_VERSION = 9  # 9: task labels through a labeller hook (the explore task's strategy metrics follow the
 # table's step metrics, strategy_a_share joins them; rollouts.jsonl rows say "labeller"/"label", not "strategy");
@@ -64,7 +72,7 @@ def plot_curves(history: list[dict], out: Path, title: str, metrics: tuple[str, 
     cols = 4
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.axis("off")
     steps = [h["step"] for h in history]
     w = max(1, len(history) // 8)
@@ -72,13 +80,20 @@ def plot_curves(history: list[dict], out: Path, title: str, metrics: tuple[str, 
         vals = [float("nan") if h.get(key) is None else h[key] for h in history]
         ax.set_title(key)
         if all(v != v for v in vals):  # e.g. a metric only vLLM rollouts measure
-            ax.text(0.5, 0.5, "no value in this run", ha="center", va="center", transform=ax.transAxes,
-                    fontsize=9, color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                "no value in this run",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+                color="0.4",
+            )
             ax.set_xticks([]), ax.set_yticks([])
             continue
         ax.plot(steps, vals, lw=0.8, alpha=0.4)
-        smooth = [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1])
-                  for i in range(len(vals))]
+        smooth = [sum(vals[max(0, i - w + 1) : i + 1]) / len(vals[max(0, i - w + 1) : i + 1]) for i in range(len(vals))]
         ax.plot(steps, smooth, lw=1.8, label=f"mean of last {w}")
         ax.legend(fontsize=7)
         ax.set_xlabel("step")
@@ -86,13 +101,12 @@ def plot_curves(history: list[dict], out: Path, title: str, metrics: tuple[str, 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    panels = [ax.get_title() for ax in axes.flat[:len(metrics)]]
+    panels = [ax.get_title() for ax in axes.flat[: len(metrics)]]
     plt.close(fig)
     return panels
 
 
-def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef,
-                 instruction: str | None = None):
+def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef, instruction: str | None = None):
     """What the trainer reads: the RL prompt pool (train.split, first train.max_prompts), gold
     answers, the teacher index at the index stage's tag, and the prompt format."""
     from oger.stages.train.setup import TrainInputs  # imports torch
@@ -100,15 +114,16 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
     pool = rl_pool(problems, cfg.train.split, cfg.train.max_prompts)
     if pool.height == 0:
         splits = sorted(set(problems["split"].to_list()))
-        raise StageError(f"train stage: no problems in train.split={cfg.train.split!r} "
-                         f"(splits present: {splits})")
+        raise StageError(f"train stage: no problems in train.split={cfg.train.split!r} (splits present: {splits})")
     return TrainInputs(
         questions=dict(zip(problems["problem_id"].to_list(), problems["question"].to_list())),
         answers=dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list())),
         problem_ids=pool["problem_id"].to_list(),
         index=TeacherIndex.from_artifact(index_ref),
-        encoder=cfg.index.encoder, long_text=cfg.index.long_text,
-        instruction=instruction or cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
+        encoder=cfg.index.encoder,
+        long_text=cfg.index.long_text,
+        instruction=instruction or cfg.policy.instruction,
+        system_prompt=cfg.policy.system_prompt,
         labeller_of=labeller_of(cfg, problems),
     )
 
@@ -119,15 +134,17 @@ def labeller_of(cfg: OgerConfig, problems: pl.DataFrame) -> dict:
     by_source = {s.name: LABELLERS[s.labeller] for s in cfg.problems.sources if s.labeller}
     if not by_source:
         return {}
-    return {pid: by_source[src] for pid, src in problems.select("problem_id", "source").iter_rows()
-            if src in by_source}
+    return {pid: by_source[src] for pid, src in problems.select("problem_id", "source").iter_rows() if src in by_source}
 
 
-
-
-
-def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, policy_ref: ArtifactRef,
-              index_ref: ArtifactRef, init_ref: ArtifactRef | None = None) -> ArtifactRef:
+def run_train(
+    cfg: OgerConfig,
+    ctx: StageContext,
+    problems_ref: ArtifactRef,
+    policy_ref: ArtifactRef,
+    index_ref: ArtifactRef,
+    init_ref: ArtifactRef | None = None,
+) -> ArtifactRef:
     """Train (resuming from this key's last checkpoint unless `refresh`); checkpoints are removed
     once the artifact is written, the final model lives in the artifact. `init_ref`: an earlier
     round's train artifact to continue from (its model and tokenizer) instead of the policy."""
@@ -143,11 +160,7 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
     policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
-    model = (
-        AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
-        if t.distributed.num_processes == 1
-        else None
-    )
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.distributed.num_processes == 1 else None
     tokenizer = tokenizer_from_folder(policy_dir)
     problems = read_problems(problems_ref)
     inputs = train_inputs(cfg, problems, index_ref)
@@ -165,14 +178,20 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         if problem:
             raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
-        history = train_distributed(cfg, policy_dir, problems_ref,
-                                    index_ref, run_dir)
+        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir)
         model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
     else:
-        history = train(t, model, tokenizer, inputs, run_dir,
-                        progress=lambda row: (bar.update(1) if bar.n < t.steps else None,
-                                              bar.set_postfix(reward=f"{row['reward']:.3f}",
-                                                              acc=f"{row['env_reward']:.2f}")))
+        history = train(
+            t,
+            model,
+            tokenizer,
+            inputs,
+            run_dir,
+            progress=lambda row: (
+                bar.update(1) if bar.n < t.steps else None,
+                bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['env_reward']:.2f}"),
+            ),
+        )
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.evaluate.heldout.split).head(cfg.evaluate.heldout.limit)
     metrics = {
@@ -187,11 +206,19 @@ def run_train(cfg: OgerConfig, ctx: StageContext, problems_ref: ArtifactRef, pol
         metrics["init_round"] = init_ref.metrics.get("round")
         metrics["heldout_accuracy_init"] = init_ref.metrics.get("heldout_accuracy")
     if heldout.height:
-        metrics["heldout_accuracy"] = round(greedy_accuracy(
-            model, tokenizer, heldout["question"].to_list(), heldout["answer"].to_list(),
-            instruction=cfg.policy.instruction, system_prompt=cfg.policy.system_prompt,
-            max_new_tokens=cfg.evaluate.heldout.max_new_tokens,
-            batch_size=cfg.evaluate.heldout.batch_size), 4)
+        metrics["heldout_accuracy"] = round(
+            greedy_accuracy(
+                model,
+                tokenizer,
+                heldout["question"].to_list(),
+                heldout["answer"].to_list(),
+                instruction=cfg.policy.instruction,
+                system_prompt=cfg.policy.system_prompt,
+                max_new_tokens=cfg.evaluate.heldout.max_new_tokens,
+                batch_size=cfg.evaluate.heldout.batch_size,
+            ),
+            4,
+        )
         metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
     with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
         model.save_pretrained(out.tmp / MODEL_DIR)
@@ -211,8 +238,10 @@ def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
     t = cfg.train
     if t.distributed.num_processes > 1:
-        update = (f"torch {'FSDP2' if t.distributed.fsdp else 'DDP'} x {t.distributed.num_processes} "
-                  f"({t.distributed.launcher}, backend {t.distributed.backend})")
+        update = (
+            f"torch {'FSDP2' if t.distributed.fsdp else 'DDP'} x {t.distributed.num_processes} "
+            f"({t.distributed.launcher}, backend {t.distributed.backend})"
+        )
     else:
         update = "torch, 1 process"
     pool = counts.count(t.split, limit=t.max_prompts)
@@ -221,8 +250,7 @@ def plan_info(cfg: OgerConfig, counts):
     notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
     if t.replaces:
         notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
-    rollouts = ("transformers continuous batching (paged)" if t.rollout.engine == "paged"
-                else "transformers generate")
+    rollouts = "transformers continuous batching (paged)" if t.rollout.engine == "paged" else "transformers generate"
     return StageInfo(
         engine=f"rollouts: {rollouts}; update: {update}",
         resources=f"{t.distributed.num_processes} process(es)"
@@ -245,20 +273,23 @@ def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict
 
 def missing_input(workdir: Path, name: str, key: str) -> str:
     if name == PREVIOUS_ROUND:
-        return (f"train.init_from=previous_round: checkpoint {key[:16]} disappeared from "
-                f"{workdir}/artifacts/train")
+        return f"train.init_from=previous_round: checkpoint {key[:16]} disappeared from {workdir}/artifacts/train"
     if name != "index":
         return f"train: input {name!r} has no complete artifact for key {key[:16]} in {workdir}"
-    return (f"training is pinned to index tag {key[:16]} ({index_files.pin_path(workdir)}), but "
-            f"its artifact is missing; `oger index restore` another tag or `oger index unpin`")
+    return (
+        f"training is pinned to index tag {key[:16]} ({index_files.pin_path(workdir)}), but "
+        f"its artifact is missing; `oger index restore` another tag or `oger index unpin`"
+    )
 
 
 def input_notes(plans: dict) -> list[str]:
     """What the flow says before training on inputs other than the plan's own index."""
     up, index_key, notes = plans[STAGE].upstream, plans["index"].key, []
     if up["index"] != index_key:
-        notes.append(f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
-                     f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again")
+        notes.append(
+            f"train reads the pinned index tag {up['index'][:16]} (oger index restore), not "
+            f"{index_key[:16]}; `oger index unpin CONFIG` follows the index stage again"
+        )
     if PREVIOUS_ROUND in up:
         notes.append(f"train continues from the checkpoint {up['init'][:16]} of an earlier round")
     return notes
@@ -271,24 +302,43 @@ def report_section(entry: dict, run_dir: Path) -> list[str]:
         return []
     atomic_write(run_dir / "train_curves.png", lambda tmp: shutil.copyfile(curves, tmp))
     m = entry["metrics"]
-    start = (f"{m.get('heldout_accuracy_policy')} (policy stage)"
-             if m.get("init_from", "policy") == "policy" else
-             f"{m.get('heldout_accuracy_init')} (round {m.get('init_round')}'s trained model "
-             f"`{m['init_from'][:16]}`, continued from)")
-    return ["", f"## Training ({m.get('algorithm')})", "",
-            f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
-            f"20% {m.get('reward_last_20pct')}; held-out accuracy {start}"
-            f" -> {m.get('heldout_accuracy')} (trained)", "",
-            "![training curves](train_curves.png)"]
+    start = (
+        f"{m.get('heldout_accuracy_policy')} (policy stage)"
+        if m.get("init_from", "policy") == "policy"
+        else f"{m.get('heldout_accuracy_init')} (round {m.get('init_round')}'s trained model "
+        f"`{m['init_from'][:16]}`, continued from)"
+    )
+    return [
+        "",
+        f"## Training ({m.get('algorithm')})",
+        "",
+        f"reward over the first 20% of steps {m.get('reward_first_20pct')}, over the last "
+        f"20% {m.get('reward_last_20pct')}; held-out accuracy {start}"
+        f" -> {m.get('heldout_accuracy')} (trained)",
+        "",
+        "![training curves](train_curves.png)",
+    ]
 
 
 def _run(ctx: StageContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
-    return run_train(ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"],
-                     init_ref=inputs.get(PREVIOUS_ROUND))
+    return run_train(
+        ctx.cfg, ctx, inputs["problems"], inputs["policy"], inputs["index"], init_ref=inputs.get(PREVIOUS_ROUND)
+    )
 
 
-STAGE_DEF = Stage(name=STAGE, version=STAGE_VERSION, upstream=("problems", "policy", "index"), files=FILES,
-                  key_inputs=key_inputs, run=_run, plan_info=plan_info, extra_inputs=extra_inputs,
-                  continues_previous_round=lambda cfg: cfg.train.init_from == "previous_round",
-                  input_stages={PREVIOUS_ROUND: STAGE}, missing_input=missing_input, input_notes=input_notes,
-                  report_section=report_section, per_pair=True)
+STAGE_DEF = Stage(
+    name=STAGE,
+    version=STAGE_VERSION,
+    upstream=("problems", "policy", "index"),
+    files=FILES,
+    key_inputs=key_inputs,
+    run=_run,
+    plan_info=plan_info,
+    extra_inputs=extra_inputs,
+    continues_previous_round=lambda cfg: cfg.train.init_from == "previous_round",
+    input_stages={PREVIOUS_ROUND: STAGE},
+    missing_input=missing_input,
+    input_notes=input_notes,
+    report_section=report_section,
+    per_pair=True,
+)

@@ -11,27 +11,37 @@ from typing import TYPE_CHECKING
 from oger.algorithm.reward import RewardStep, reward_metrics
 from oger.algorithm.samples import Sample
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE
-from oger.stages.train.metrics import BY_NAME as METRICS, step_row
+from oger.stages.train.metrics import BY_NAME as METRICS
+from oger.stages.train.metrics import step_row
 
 if TYPE_CHECKING:
     from oger.stages.train.setup import TrainRun
 
 
-def log_step(run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict,
-             extra: dict) -> dict | None:
+def log_step(
+    run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict, extra: dict
+) -> dict | None:
     """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
     TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
     cfg, inputs = run.cfg, run.inputs
-    records = [{"step": step + 1, **row, **labelled(inputs, s), **({"text": s.text} if cfg.logging.log_rollouts else {})}
-               for s, row in zip(samples, rew.rows)]
+    records = [
+        {"step": step + 1, **row, **labelled(inputs, s), **({"text": s.text} if cfg.logging.log_rollouts else {})}
+        for s, row in zip(samples, rew.rows)
+    ]
     records = [r for part in run.dist.gather(records) for r in part]
     if not run.dist.main:
         return None
     # The row's keys are the registry's (oger.stages.train.metrics); of the loss metrics the
     # registered ones are logged.
-    row = step_row(step + 1, {
-        **step_metrics(records, run.needs_index, inputs.labellers), **extra,
-        **{k: v for k, v in loss_metrics.items() if k in METRICS}}, run.metrics)
+    row = step_row(
+        step + 1,
+        {
+            **step_metrics(records, run.needs_index, inputs.labellers),
+            **extra,
+            **{k: v for k, v in loss_metrics.items() if k in METRICS},
+        },
+        run.metrics,
+    )
     run.history.append(row)
     with open(run.run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -58,6 +68,7 @@ def step_metrics(records: list[dict], needs_index: bool, labellers=()) -> dict:
     """A step's metrics from the per-sample records of all ranks: the bonus signals
     (`oger.algorithm.reward.reward_metrics`), the run's health (replacement, truncation) and the
     task's labels (`label_values`); names and meanings in `oger.stages.train.metrics`."""
+
     def mean(xs, empty=float("nan")):
         xs = list(xs)
         return sum(xs) / len(xs) if xs else empty
@@ -70,11 +81,11 @@ def step_metrics(records: list[dict], needs_index: bool, labellers=()) -> dict:
     return {
         "reward": mean(r["reward"] for r in records),
         **signals,
-        "last_token_entropy": mean(float("nan") if r["last_token_entropy"] is None
-                                   else r["last_token_entropy"] for r in on),
+        "last_token_entropy": mean(
+            float("nan") if r["last_token_entropy"] is None else r["last_token_entropy"] for r in on
+        ),
         "replaced_fraction": mean(float(r["off_policy"]) for r in records),
-        "no_teacher_fraction": (mean(float(not r["has_teacher"]) for r in records)
-                                if needs_index else float("nan")),
+        "no_teacher_fraction": (mean(float(not r["has_teacher"]) for r in records) if needs_index else float("nan")),
         "mixed_group_fraction": mean(float(any(g) and not all(g)) for g in groups.values()),
         "truncated_fraction": mean((float(r["finish_reason"] != "stop") for r in on), 0.0),
         **label_values(on, labellers),

@@ -27,19 +27,26 @@ from oger.stages.train.step_log import log_step
 from oger.stages.train.update import optimizer_step
 
 
-
 def checkpoint(run: TrainRun, step: int) -> None:
     if (step + 1) % run.cfg.logging.checkpoint_every == 0 or step + 1 == run.cfg.steps:
         model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
         if run.dist.main:
-            save_checkpoint(run.run_dir / "checkpoints", step + 1, run.policy, run.tokenizer, run.opt,
-                            run.sched, model_state=model_state, optimizer_state=optim_state)
+            save_checkpoint(
+                run.run_dir / "checkpoints",
+                step + 1,
+                run.policy,
+                run.tokenizer,
+                run.opt,
+                run.sched,
+                model_state=model_state,
+                optimizer_state=optim_state,
+            )
         run.dist.barrier()
 
 
-
-def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path,
-          progress=None, dist: Dist | None = None) -> list[dict]:
+def train(
+    cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path, progress=None, dist: Dist | None = None
+) -> list[dict]:
     """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
     the other ranks return an empty history)."""
     run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
@@ -58,11 +65,23 @@ def train(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
             loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
             t_update = time.perf_counter()
             synced = sync_engine(run, step)
-            row = log_step(run, step, samples, rew, loss_metrics, {
-                "grad_norm": grad_norm, "lr": lr_used, "seconds_generate": t_gen - t0,
-                "seconds_score": t_score - t_gen, "seconds_embed": t_embed - t_score,
-                "seconds_update": t_update - t_embed, "seconds_step": time.perf_counter() - t0,
-                **({"seconds_sync": synced} if synced is not None else {})})
+            row = log_step(
+                run,
+                step,
+                samples,
+                rew,
+                loss_metrics,
+                {
+                    "grad_norm": grad_norm,
+                    "lr": lr_used,
+                    "seconds_generate": t_gen - t0,
+                    "seconds_score": t_score - t_gen,
+                    "seconds_embed": t_embed - t_score,
+                    "seconds_update": t_update - t_embed,
+                    "seconds_step": time.perf_counter() - t0,
+                    **({"seconds_sync": synced} if synced is not None else {}),
+                },
+            )
             checkpoint(run, step)
             if progress is not None and row is not None:
                 progress(row)

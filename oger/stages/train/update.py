@@ -35,25 +35,25 @@ def _batch_tensors(samples: list[Sample], pad_id: int):
     attn = torch.zeros((len(samples), P + R), dtype=torch.long)
     resp = torch.zeros((len(samples), R))
     for r, s in enumerate(samples):
-        ids[r, P - len(s.prompt_ids):P] = torch.tensor(s.prompt_ids)
-        ids[r, P:P + len(s.response_ids)] = torch.tensor(s.response_ids)
-        attn[r, P - len(s.prompt_ids):P + len(s.response_ids)] = 1
-        resp[r, :len(s.response_ids)] = 1
+        ids[r, P - len(s.prompt_ids) : P] = torch.tensor(s.prompt_ids)
+        ids[r, P : P + len(s.response_ids)] = torch.tensor(s.response_ids)
+        attn[r, P - len(s.prompt_ids) : P + len(s.response_ids)] = 1
+        resp[r, : len(s.response_ids)] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     return ids, attn, pos, resp
 
 
-
 def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
     """Logits predicting the last R tokens, (B, R, V): the LM head skips the prompt positions."""
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1,
-                   use_cache=False).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1, use_cache=False).logits[
+        :, :-1
+    ]
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-
-def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, layout: str,
-                 entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_scores(
+    model, mb: list[Sample], pad_id: int, temperature: float, layout: str, entropy_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropies, response mask) of a micro-batch's response tokens under
     softmax(logits / temperature), each (samples, longest response) whatever the `layout`
     (`update_layout`): padded rows (`_batch_tensors`), one packed row (`packing`) or each distinct
@@ -68,15 +68,15 @@ def token_scores(model, mb: list[Sample], pad_id: int, temperature: float, layou
         return logp, row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
     if layout == "shared_prompts":
         logits, targets, resp = shared_prompts.shared_prompt_logits(
-            model, [s.prompt_ids for s in mb], [s.response_ids for s in mb], pad_id)
+            model, [s.prompt_ids for s in mb], [s.response_ids for s in mb], pad_id
+        )
     else:
         ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
-        targets = ids[:, -resp.shape[1]:]
+        targets = ids[:, -resp.shape[1] :]
         logits = response_logits(model, ids, attn, pos, resp.shape[1])
     logits = logits / temperature
     ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
     return core.token_logprobs(logits, targets), ent, resp
-
 
 
 def update_layout(cfg: TrainConfig) -> str:
@@ -85,21 +85,23 @@ def update_layout(cfg: TrainConfig) -> str:
     return "packed" if o.padding_free else "shared_prompts" if o.share_prompts else "padded"
 
 
-
-def micro_batch_indices(samples: list[Sample], cfg: TrainConfig,
-                        count_over_ranks: Callable[[int], int] | None = None,
-                        workers: int = 1) -> list[list[int]]:
+def micro_batch_indices(
+    samples: list[Sample], cfg: TrainConfig, count_over_ranks: Callable[[int], int] | None = None, workers: int = 1
+) -> list[list[int]]:
     """The micro-batches of a (mini-)batch: similar lengths together, `optim.micro_batch_size`
     samples or `optim.max_tokens_per_micro_batch` tokens each; with `workers` > 1 (`BatchThreads`)
     split further until there are 2 x workers (`splits_freely`)."""
     lengths = [packing.sample_tokens(s.prompt_ids, s.response_ids) for s in samples]
-    groups = packing.micro_batches(_micro_batch_order(samples, cfg.optim.share_prompts), lengths,
-                                   cfg.optim.micro_batch_size,
-                                   cfg.optim.max_tokens_per_micro_batch, count_over_ranks)
+    groups = packing.micro_batches(
+        _micro_batch_order(samples, cfg.optim.share_prompts),
+        lengths,
+        cfg.optim.micro_batch_size,
+        cfg.optim.max_tokens_per_micro_batch,
+        count_over_ranks,
+    )
     if workers > 1 and splits_freely(cfg):
         groups = packing.split_to_count(groups, lengths, max(len(groups), min(2 * workers, len(samples))))
     return groups
-
 
 
 def splits_freely(cfg: TrainConfig) -> bool:
@@ -110,7 +112,6 @@ def splits_freely(cfg: TrainConfig) -> bool:
     `entropy_agg: token_mean`, which averages the entropy per micro-batch (LUFFY/verl): more parts
     would be another loss."""
     return not (cfg.loss.entropy_coef and cfg.loss.entropy_agg == "token_mean")
-
 
 
 def _micro_batch_order(samples: list[Sample], by_group: bool = False) -> list[int]:
@@ -128,10 +129,14 @@ def _micro_batch_order(samples: list[Sample], by_group: bool = False) -> list[in
     return sorted(range(len(samples)), key=lambda i: (longest[samples[i].group], samples[i].group, tokens(i)))
 
 
-
-def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
-                 count_over_ranks: Callable[[int], int] | None = None,
-                 threads: BatchThreads | None = None) -> list[torch.Tensor]:
+def old_logprobs(
+    model,
+    samples: list[Sample],
+    cfg: TrainConfig,
+    pad_id: int,
+    count_over_ranks: Callable[[int], int] | None = None,
+    threads: BatchThreads | None = None,
+) -> list[torch.Tensor]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
     computed once per batch before the first optimizer step (no grad, micro-batched, side by side on
     `threads`). Without them every mini-batch after the first would take the already-updated policy
@@ -142,15 +147,20 @@ def old_logprobs(model, samples: list[Sample], cfg: TrainConfig, pad_id: int,
 
     def score(idx: list[int]) -> torch.Tensor:
         with torch.no_grad():
-            return token_scores(model, [samples[i] for i in idx], pad_id, cfg.rollout.temperature,
-                                update_layout(cfg), entropy_grad=False)[0]
+            return token_scores(
+                model,
+                [samples[i] for i in idx],
+                pad_id,
+                cfg.rollout.temperature,
+                update_layout(cfg),
+                entropy_grad=False,
+            )[0]
 
     batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
     for idx, logp in zip(batches, threads.map(score, batches)):
         for row, i in enumerate(idx):
-            out[i] = logp[row, :len(samples[i].response_ids)].detach()
+            out[i] = logp[row, : len(samples[i].response_ids)].detach()
     return out
-
 
 
 def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
@@ -163,18 +173,28 @@ def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
     for i, s in enumerate(samples):
         parts[s.group % n].append(i)
     if any(not p for p in parts):
-        raise ValueError(f"train.loss.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
-                         f"and step; this rank has {len({s.group for s in samples})}: lower "
-                         "ppo_mini_batches or raise prompts_per_step")
+        raise ValueError(
+            f"train.loss.ppo_mini_batches = {n} needs at least {n} prompts (groups) per rank "
+            f"and step; this rank has {len({s.group for s in samples})}: lower "
+            "ppo_mini_batches or raise prompts_per_step"
+        )
     return parts
 
 
-
-def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: TrainConfig,
-           pad_id: int, totals: tuple[float, float] | None = None, grad_scale: float = 1.0,
-           no_sync=None, old_logp: list[torch.Tensor] | None = None,
-           threads: BatchThreads | None = None,
-           count_over_ranks: Callable[[int], int] | None = None) -> dict:
+def update(
+    model,
+    ref_model,
+    samples: list[Sample],
+    adv: torch.Tensor,
+    cfg: TrainConfig,
+    pad_id: int,
+    totals: tuple[float, float] | None = None,
+    grad_scale: float = 1.0,
+    no_sync=None,
+    old_logp: list[torch.Tensor] | None = None,
+    threads: BatchThreads | None = None,
+    count_over_ranks: Callable[[int], int] | None = None,
+) -> dict:
     """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
 
     On several ranks `totals` is the (response tokens, samples) count of the global batch, which
@@ -196,37 +216,48 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
         """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
         mb = [samples[i] for i in idx]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logp, ent, resp = token_scores(model, mb, pad_id, T, update_layout(cfg),
-                                       entropy_grad=bool(lc.entropy_coef))
+        logp, ent, resp = token_scores(model, mb, pad_id, T, update_layout(cfg), entropy_grad=bool(lc.entropy_coef))
         entropy = ent if lc.entropy_coef else None
         ref_logp = None
         if lc.beta:
             with torch.no_grad():
-                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, update_layout(cfg),
-                                              entropy_grad=False)
+                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, update_layout(cfg), entropy_grad=False)
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
             behaviour = logp.detach()
         else:  # padded positions take the current value; the mask drops them anyway
             behaviour = logp.detach().clone()
             for row, i in enumerate(idx):
-                behaviour[row, :len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
+                behaviour[row, : len(old_logp[i])] = old_logp[i].to(device, logp.dtype)
         is_weight, mismatch = None, {}
         if any(s.rollout_logprobs for s in mb):  # sampled by another engine (vllm): correct for its sampler
             sampled = behaviour.clone()
             for row, s in enumerate(mb):
                 if s.rollout_logprobs:
-                    sampled[row, :len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs, dtype=logp.dtype)
+                    sampled[row, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs, dtype=logp.dtype)
             on = resp * (~off).unsqueeze(-1).to(resp.dtype)
             mismatch = core.rollout_mismatch(behaviour, sampled, on)
             if ro.correction != "none":
                 is_weight = core.rollout_is_weights(behaviour, sampled, on, ro.correction, ro.correction_cap)
         loss, m = core.policy_loss(
-            logp, behaviour, adv[idx].to(device), resp, off,
-            eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, clip=lc.clip, gamma=lc.gamma,
-            agg=lc.loss_agg, max_len=max_len, entropy=entropy, entropy_coef=lc.entropy_coef,
+            logp,
+            behaviour,
+            adv[idx].to(device),
+            resp,
+            off,
+            eps_low=lc.clip_eps_low,
+            eps_high=lc.clip_eps_high,
+            clip=lc.clip,
+            gamma=lc.gamma,
+            agg=lc.loss_agg,
+            max_len=max_len,
+            entropy=entropy,
+            entropy_coef=lc.entropy_coef,
             entropy_agg=None if lc.entropy_agg == "loss_agg" else lc.entropy_agg,
-            ref_logp=ref_logp, beta=lc.beta, is_weight=is_weight)
+            ref_logp=ref_logp,
+            beta=lc.beta,
+            is_weight=is_weight,
+        )
         m.update(mismatch)
         share = batch_share(mb, (total_tokens, total_samples), lc.loss_agg)
         entropy_sum = float((ent.detach() * resp).sum())
@@ -249,7 +280,6 @@ def update(model, ref_model, samples: list[Sample], adv: torch.Tensor, cfg: Trai
     return agg_metrics
 
 
-
 def batch_share(samples: list[Sample], totals: tuple[int, int], loss_agg: str) -> float:
     """The part of a global batch's loss that `samples` carry: their response tokens over the
     batch's (token_mean), else their count over the batch's; `totals` = (tokens, samples)."""
@@ -259,14 +289,12 @@ def batch_share(samples: list[Sample], totals: tuple[int, int], loss_agg: str) -
     return len(samples) / count
 
 
-
 def combine_ranks(ranks: list[tuple[dict, float]]) -> dict[str, float]:
     """The global metrics from each rank's (`update` metrics, `batch_share`): a rank's value is its
     mean times its share, so the sum over the ranks that define a metric, over their shares. A
     metric no part of a rank defined (no teacher row there: `shaping_mean`) is absent from its
     dict; summing as 0 would halve it on two ranks."""
     return {k: v / w if w > 0 else 0.0 for k, (v, w) in _defined_sums(ranks, scale=False).items()}
-
 
 
 def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -278,7 +306,6 @@ def defined_weighted_means(parts: list[tuple[dict, float]]) -> dict[str, float]:
     ranks (and mini-batches) as before."""
     total = sum(w for _, w in parts)
     return {k: s / w * total if w > 0 else 0.0 for k, (s, w) in _defined_sums(parts, scale=True).items()}
-
 
 
 def _defined_sums(parts: list[tuple[dict, float]], scale: bool) -> dict[str, tuple[float, float]]:
@@ -293,7 +320,6 @@ def _defined_sums(parts: list[tuple[dict, float]], scale: bool) -> dict[str, tup
     return sums
 
 
-
 def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
     """The batch's optimizer steps: one (ppo_mini_batches 1) or one per mini-batch, each normalised
     over its global mini-batch with gradients all-reduced once; the LR schedule steps once per batch
@@ -306,8 +332,9 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
     if cfg.loss.ppo_mini_batches == 1:
         parts, old = [list(range(len(samples)))], None
     else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
-        parts, old = mini_batches(samples, cfg.loss.ppo_mini_batches), old_logprobs(
-            model, samples, cfg, run.pad_id, count, run.threads
+        parts, old = (
+            mini_batches(samples, cfg.loss.ppo_mini_batches),
+            old_logprobs(model, samples, cfg, run.pad_id, count, run.threads),
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     per_part: list[tuple[dict, float]] = []
@@ -316,10 +343,20 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         mb = [samples[i] for i in part]
         totals = dist.sum([sum(len(s.response_ids) for s in mb), len(mb)])
         run.opt.zero_grad(set_to_none=True)
-        part_metrics = update(model, run.ref_model, mb, adv[part], cfg, run.pad_id, totals=tuple(totals),
-                              grad_scale=dist.world, no_sync=lambda last: dist.no_sync(model, last),
-                              old_logp=None if old is None else [old[i] for i in part], threads=run.threads,
-                              count_over_ranks=count)
+        part_metrics = update(
+            model,
+            run.ref_model,
+            mb,
+            adv[part],
+            cfg,
+            run.pad_id,
+            totals=tuple(totals),
+            grad_scale=dist.world,
+            no_sync=lambda last: dist.no_sync(model, last),
+            old_logp=None if old is None else [old[i] for i in part],
+            threads=run.threads,
+            count_over_ranks=count,
+        )
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
         run.opt.step()

@@ -28,15 +28,24 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or attention_mask is not None or query.shape[0] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: each KV head serves `groups`
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     bounds = cu.tolist()
-    parts = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling,
-        dropout_p=dropout if module.training else 0.0) for s, e in zip(bounds, bounds[1:])]
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e],
+            key[:, :, s:e],
+            value[:, :, s:e],
+            is_causal=True,
+            scale=scaling,
+            dropout_p=dropout if module.training else 0.0,
+        )
+        for s, e in zip(bounds, bounds[1:])
+    ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -21,8 +21,8 @@ def main(spec_path: str) -> int:
     from oger.models import tokenizer_from_folder
     from oger.stages.problems.files import read_problems
     from oger.stages.train.distributed import init_from_env
-    from oger.stages.train.trainer import train
     from oger.stages.train.stage import train_inputs
+    from oger.stages.train.trainer import train
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = OgerConfig.model_validate(spec["config"])
@@ -36,8 +36,11 @@ def main(spec_path: str) -> int:
         inputs = train_inputs(cfg, problems, ArtifactRef(**spec["index_ref"]))
 
         def progress(row: dict) -> None:
-            print(f"[oger-train] step {row['step']}/{t.steps} reward={row['reward']:.3f} "
-                  f"acc={row['env_reward']:.2f} {row['seconds_step']:.1f}s", flush=True)
+            print(
+                f"[oger-train] step {row['step']}/{t.steps} reward={row['reward']:.3f} "
+                f"acc={row['env_reward']:.2f} {row['seconds_step']:.1f}s",
+                flush=True,
+            )
 
         train(t, model, tokenizer, inputs, Path(spec["run_dir"]), progress=progress, dist=dist)
     finally:
