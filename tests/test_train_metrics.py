@@ -40,29 +40,36 @@ def test_guard_metrics_are_the_guards_the_reward_step_applies():
     assert {f"guard_fail_{n}" for n in names} == {n for n in table.NAMES if n.startswith("guard_fail_")}
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    """Two GRPO steps of a random tiny Qwen2 on arithmetic (no index; beta > 0 so the KL is logged)."""
-    import torch
-
+def tiny_run(steps: int, **sections):
+    """A random tiny Qwen2 on arithmetic, its tokenizer, the trainer's inputs (no index) and a GRPO
+    config of `steps` steps with 2 prompts x 2 rollouts (`sections`: more config sections)."""
     from oger.contract.config import TrainConfig
     from oger.stages.policy.tiny_model import build_model, train_tokenizer
-    from oger.stages.train import step_log, trainer
     from oger.synthetic import generate_problems
 
     problems = generate_problems(3, 8, 2, 3, 9, "+-")
     tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
     model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
-    inputs = train_inputs(problems)
     cfg = TrainConfig(
         algorithm="grpo",
-        steps=2,
+        steps=steps,
         prompts_per_step=2,
         group_size=2,
         rollout={"max_new_tokens": 8},
         optim={"micro_batch_size": 4, "lr": 1e-3},
-        loss={"beta": 0.01},
+        **sections,
     )
+    return model, tok, train_inputs(problems), cfg
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """Two GRPO steps of a random tiny Qwen2 on arithmetic (no index; beta > 0 so the KL is logged)."""
+    import torch
+
+    from oger.stages.train import step_log, trainer
+
+    model, tok, inputs, cfg = tiny_run(steps=2, loss={"beta": 0.01})
     produced: list[set] = []  # the keys the trainer computed, before the table fills the rest with NaN
     real_step_row = step_log.step_row
 
@@ -110,16 +117,11 @@ def test_a_task_with_a_labeller_logs_its_labels_and_only_then(tmp_path):
     without one logs the plain table (`short_run`)."""
     import torch
 
-    from oger.contract.config import TrainConfig
     from oger.labels import Labeller
-    from oger.stages.policy.tiny_model import build_model, train_tokenizer
     from oger.stages.train import trainer
     from oger.stages.train.files import read_rollouts
-    from oger.synthetic import generate_problems
 
-    problems = generate_problems(3, 8, 2, 3, 9, "+-")
-    tok = train_tokenizer([p.question + f" \\boxed{{{p.answer}}}" for p in problems] * 4, 300)
-    model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
+    model, tok, inputs, cfg = tiny_run(steps=1, logging={"log_rollouts": True})
     parity = Labeller(
         "parity",
         ("even", "odd"),
@@ -127,17 +129,7 @@ def test_a_task_with_a_labeller_logs_its_labels_and_only_then(tmp_path):
         ("odd",),
         lambda q, text: "empty" if not text else ("even", "odd")[len(text) % 2],
     )
-    inputs = train_inputs(problems)
     inputs.labeller_of = {pid: parity for pid in inputs.problem_ids}
-    cfg = TrainConfig(
-        algorithm="grpo",
-        steps=1,
-        prompts_per_step=2,
-        group_size=2,
-        rollout={"max_new_tokens": 8},
-        optim={"micro_batch_size": 4, "lr": 1e-3},
-        logging={"log_rollouts": True},
-    )
     torch.manual_seed(0)
     (row,) = trainer.train(cfg, model, tok, inputs, tmp_path)
     names = [m.name for m in table.label_metrics(parity)]

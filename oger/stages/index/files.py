@@ -5,7 +5,7 @@ index stage's key) of the table version it wrote. `TeacherIndex` reads the table
 stage's teacher traces). The table's versions and the pin that decides which tag training reads are
 `versions`'s; the readers of them are re-exported here on purpose (`db_path`, `open_table`,
 `list_versions`, `read_pin`, `pin_path`, `training_tag`), so the train stage, `oger status`,
-`oger gc` and `oger.rounds` reach the index only through this module. Light to import: LanceDB and
+`oger gc` and the rounds bookkeeping reach the index only through this module. Light to import: LanceDB and
 numpy are imported where a table is opened or read.
 """
 
