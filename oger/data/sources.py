@@ -2,7 +2,7 @@
 
 The problems stage builds its table from these records, `oger plan` sizes a source by its file and
 `oger.explore` reads its task's source, so the three agree on what a source holds: a synthetic task
-(generated, `oger.synthetic`), a local file (`kind: file`) or a hub dataset (`kind: hf`, its local
+(generated, `oger.synthetic`), a local file (`kind: local`) or a hub dataset (`kind: hf`, its local
 copy under a data root when there is one)."""
 
 from __future__ import annotations
