@@ -292,3 +292,34 @@ def test_ranks_are_combined_over_those_that_define_a_metric():
     # shaping_mean: only rank 0 had a teacher row, mean 0.3 -> 0.15 / 0.5 = 0.3 (summed as 0: 0.15)
     out = combine_ranks([({"pg_loss": 1.0, "shaping_mean": 0.15}, 0.5), ({"pg_loss": 2.0}, 0.5)])
     assert out == pytest.approx({"pg_loss": 3.0, "shaping_mean": 0.3})
+
+
+def test_a_teacher_row_keeps_nothing_of_the_rollout_it_replaced(model_tok):
+    """vLLM rollouts carry the engine's own log-probs. A rollout replaced by a (shorter) teacher trace
+    kept them, and `update` wrote them into a tensor as wide as the micro-batch's longest response:
+    `oger run configs/tiny.yaml --set train.rollout.engine=vllm` died in its first step with "The
+    expanded size of the tensor (22) must match the existing size (39)". The teacher row is a new
+    sample: no engine log-probs, entropies or finish reason of the rollout."""
+    from oger.stages.train.reward import replace_with_teachers
+
+    model, tok = model_tok
+    p = tok("Compute 1 + 2.", add_special_tokens=False)["input_ids"]
+    long = tok("Terms: 4, -5, 6. Terms: 4, -5, 6. Terms: 4, -5, 6.", add_special_tokens=False)["input_ids"]
+    short = tok("\\boxed{3}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    group = [
+        sample("x", group=0, problem_id="q", prompt_ids=p, response_ids=short, off_policy=False),
+        sample("y", group=0, problem_id="q", prompt_ids=p, response_ids=long, off_policy=False),
+    ]
+    for s in group:
+        s.rollout_logprobs = [-0.5] * len(s.response_ids)
+        s.entropies, s.finish_reason = [1.0] * len(s.response_ids), "length"
+    cfg = TrainConfig(algorithm="luffy", group_size=2, rollout={"max_new_tokens": 64})
+    replace_with_teachers(group, cfg, {"q": (["1 + 2 = 3. \\boxed{3}"], None)}, tok, tok.eos_token_id, seed=0)
+    teacher = group[1]
+    assert teacher.off_policy and teacher.text == "1 + 2 = 3. \\boxed{3}"
+    assert teacher.rollout_logprobs == [] and teacher.entropies == [] and teacher.finish_reason == "stop"
+    assert len(teacher.response_ids) < len(long)  # shorter than what it replaced: the crash's shape
+    assert group[0].rollout_logprobs == [-0.5] * len(short)  # the on-policy row keeps its own
+    model.zero_grad()
+    update(model, None, group, torch.tensor([0.5, -0.5], dtype=torch.float64), cfg, tok.pad_token_id)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -52,10 +52,11 @@ def replace_with_teachers(
             text = texts[rng.randrange(len(texts))]
             if strip and text.startswith(THINK_PREFIX):  # the prompt already opened the think block
                 text = text[len(THINK_PREFIX) :]
-            s = samples[i]
-            s.text, s.off_policy, s.entropies = text, True, []
-            s.response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
-            s.finish_reason = "stop"
+            # A new sample, not the rollout edited: nothing of the rollout (the engine's log-probs, its
+            # entropies, its finish reason) may ride along on the teacher's row.
+            rollout = samples[i]
+            response = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+            samples[i] = Sample(rollout.group, rollout.problem_id, rollout.prompt_ids, response, text, off_policy=True)
 
 
 def score_and_replace(run: TrainRun, samples: list[Sample], pids: list[str], step: int) -> dict:
