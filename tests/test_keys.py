@@ -419,3 +419,29 @@ def test_a_flat_section_cannot_shadow_a_key_name():
 
     with pytest.raises(ValueError, match=r"Outer\.inner\.steps: its flat key name 'steps' is taken"):
         key_dump(Outer())
+
+
+CUT_FIELDS = [
+    "train.optim.micro_batch_size=3",
+    "train.optim.max_tokens_per_micro_batch=500",
+    "train.distributed.num_processes=2",  # with rollout.batch_prompts 4 below: 8 prompts = 2 ranks x 4
+    "train.optim.share_prompts=true",
+]
+
+
+@pytest.mark.parametrize("change", CUT_FIELDS)
+def test_the_micro_batch_cut_is_keyed_where_the_loss_depends_on_it(tmp_path, change):
+    """`entropy_agg: token_mean` (the paper configs, LUFFY/verl) averages the entropy bonus per
+    micro-batch, and micro-batches are cut per rank: there the micro-batching fields and the world
+    size change the loss and move the train key. Without that term every cut gives the same gradient
+    and the key stays (LUFFY-exact stays the default)."""
+
+    def train_key(*overrides):
+        return pipeline.plan(load(TINY, ["train.rollout.batch_prompts=4", *overrides], tmp_path))["train"].key
+
+    cut = ["train.loss.entropy_coef=0.01", "train.loss.entropy_agg=token_mean"]
+    assert train_key(*cut, change) != train_key(*cut)
+    assert train_key("train.loss.entropy_coef=0.01", "train.loss.entropy_agg=loss_agg", change) == train_key(
+        "train.loss.entropy_coef=0.01", "train.loss.entropy_agg=loss_agg"
+    )
+    assert train_key(change) == train_key()  # no entropy term (tiny.yaml)

@@ -323,3 +323,110 @@ def test_a_teacher_row_keeps_nothing_of_the_rollout_it_replaced(model_tok):
     model.zero_grad()
     update(model, None, group, torch.tensor([0.5, -0.5], dtype=torch.float64), cfg, tok.pad_token_id)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_resumed_run_anchors_its_kl_to_the_policy_it_started_from(model_tok, tmp_path):
+    """`loss.beta > 0`: the KL reference is the policy the run started from. It was copied after the
+    resume loaded the checkpoint, so a resumed run anchored its KL to the resumed (trained) policy."""
+    import copy
+
+    from oger.stages.train.checkpoint import save_checkpoint
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.setup import TrainInputs, setup
+
+    start, tok = copy.deepcopy(model_tok[0]).float(), model_tok[1]
+    trained = copy.deepcopy(start)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    opt = torch.optim.AdamW(trained.parameters())
+    save_checkpoint(tmp_path / "checkpoints", 2, trained, tok, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1))
+    cfg = TrainConfig(steps=4, loss={"beta": 0.05}, rollout={"max_new_tokens": 8})
+    inputs = TrainInputs(questions={"q": "Compute 1 + 2."}, answers={"q": "3"}, problem_ids=["q"])
+    run = setup(cfg, copy.deepcopy(start), tok, inputs, tmp_path, Dist())
+    assert run.start == 2
+    for mine, want in zip(run.policy.parameters(), trained.parameters()):  # resumed: the checkpoint's
+        assert torch.equal(mine, want)
+    for ref, want in zip(run.ref_model.parameters(), start.parameters()):  # the KL's anchor: the start
+        assert torch.equal(ref, want)
+    run.engine.close()
+
+
+def test_ddp_all_reduces_once_per_optimizer_step_not_once_per_micro_batch(model_tok, tmp_path):
+    """DDP decides in the forward whether the backward all-reduces (`require_backward_grad_sync`), so
+    `no_sync` must hold over the forward too; held over the backward only, every micro-batch
+    all-reduced. A one-rank gloo group and a comm hook that counts the all-reduces show it."""
+    import contextlib
+    import copy
+
+    import torch.distributed as td
+    from torch.nn.parallel import DistributedDataParallel
+
+    _, tok = model_tok
+    ss = samples(tok)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = TrainConfig(optim={"micro_batch_size": 1}, rollout={"max_new_tokens": 12})
+    td.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(copy.deepcopy(model_tok[0]), bucket_cap_mb=1000)  # one bucket
+        reduces = []
+
+        def count(state, bucket):
+            reduces.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        ddp.register_comm_hook(None, count)
+        update(
+            ddp,
+            None,
+            ss,
+            adv,
+            cfg,
+            tok.pad_token_id,
+            no_sync=lambda last: contextlib.nullcontext() if last else ddp.no_sync(),
+        )
+        assert reduces == [0]  # four micro-batches, one all-reduce: the last one's
+        want = copy.deepcopy(model_tok[0])
+        update(want, None, ss, adv, cfg, tok.pad_token_id)  # the same gradient without DDP
+        for a, b in zip(ddp.module.parameters(), want.parameters()):
+            assert (a.grad is None) == (b.grad is None) and (a.grad is None or torch.allclose(a.grad, b.grad))
+    finally:
+        td.destroy_process_group()
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step_and_is_counted(model_tok):
+    """One NaN step used to poison the run (the optimizer applied NaN); as verl does, a step whose
+    gradient norm is not finite is skipped, its gradients dropped, and the step metrics count it."""
+    import copy
+    from types import SimpleNamespace
+
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.metrics import BY_NAME
+    from oger.stages.train.update import optimizer_step
+
+    _, tok = model_tok
+    model = copy.deepcopy(model_tok[0])
+    ss = samples(tok)
+    cfg = TrainConfig(optim={"micro_batch_size": 2, "optimizer": "sgd", "lr": 0.1}, rollout={"max_new_tokens": 12})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = SimpleNamespace(
+        cfg=cfg,
+        dist=Dist(),
+        model=model,
+        ref_model=None,
+        pad_id=tok.pad_token_id,
+        opt=opt,
+        threads=BatchThreads(1),
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics, grad_norm, _ = optimizer_step(run, ss, torch.tensor([1.0, float("nan"), 0.5, 2.0]))
+    assert grad_norm != grad_norm and metrics["nonfinite_grad_steps"] == 1  # NaN norm, one step skipped
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # nothing applied
+    assert all(p.grad is None for p in model.parameters())
+    metrics, grad_norm, _ = optimizer_step(run, ss, torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    assert metrics["nonfinite_grad_steps"] == 0 and grad_norm > 0
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # a finite step applies
+    assert "nonfinite_grad_steps" in BY_NAME  # logged in metrics.jsonl and TensorBoard

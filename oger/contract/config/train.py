@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from oger.contract.config.base import Strict
 from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default
+
+# How micro-batch cut fields are keyed (OptimConfig), beside their meaning.
+CUT = inert(
+    "the loss is normalised over the whole batch, so any cut gives the same gradient with other rounding; "
+    "but where entropy_agg token_mean averages the entropy bonus per micro-batch the cut changes the loss, "
+    "and then it is in the train key (TrainConfig.loss_depends_on_cut)"
+)
+CUT_FIELDS = ("micro_batch_size", "max_tokens_per_micro_batch", "share_prompts")
 
 
 class BonusGuards(Strict):
@@ -94,17 +102,13 @@ class OptimConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(
-        16,
-        ge=1,
-        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, other rounding"),
-    )
+    micro_batch_size: int = Field(16, ge=1, json_schema_extra=CUT)
     max_tokens_per_micro_batch: int | None = Field(
         None,
         ge=1,
         description="micro-batches of at most this many prompt + response tokens instead of "
         "micro_batch_size samples (verl's dynamic batch size; a longer sample gets one of its own)",
-        json_schema_extra=not_in_key("the loss is normalised over the whole batch: the same gradient, other rounding"),
+        json_schema_extra=CUT,
     )
     padding_free: bool = Field(
         False,
@@ -116,7 +120,7 @@ class OptimConfig(Strict):
         False,
         description="run each distinct prompt of a micro-batch once, its KV cache shared by the "
         "group's responses, instead of once per response (padded layout; not with padding_free)",
-        json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"),
+        json_schema_extra=CUT,  # it orders micro-batches by group: another cut
     )
 
     @model_validator(mode="after")
@@ -124,6 +128,12 @@ class OptimConfig(Strict):
         if self.share_prompts and self.padding_free:
             raise ValueError("optim.share_prompts and optim.padding_free are two layouts of the update; choose one")
         return self
+
+    # Set by TrainConfig from its loss section (`loss_depends_on_cut`): whether the cut acts.
+    _loss_cut: bool = PrivateAttr(False)
+
+    def inert_fields(self) -> set[str]:
+        return set() if self._loss_cut else set(CUT_FIELDS)
 
 
 class LossConfig(Strict):
@@ -330,6 +340,11 @@ class TrainConfig(Strict):
         return data
 
     @model_validator(mode="after")
+    def _cut_acts(self) -> "TrainConfig":
+        self.optim._loss_cut = self.loss_depends_on_cut  # the micro-batching fields join the key then
+        return self
+
+    @model_validator(mode="after")
     def _shardable(self) -> "TrainConfig":
         problem = self.sharding_problem(self.prompts_per_step)
         if problem:
@@ -362,6 +377,15 @@ class TrainConfig(Strict):
                 f"generation calls, so the result does not depend on the number of processes"
             )
         return None
+
+    @property
+    def loss_depends_on_cut(self) -> bool:
+        """Whether the loss depends on how a batch is cut into micro-batches: an entropy bonus with
+        `entropy_agg: token_mean` (LUFFY/verl) averages the entropy per micro-batch, and micro-batches are
+        cut per rank. Then the micro-batching fields (`OptimConfig.inert_fields`) and the world size
+        (the train stage's key) are in the train key, and no extra cut (threads) is made; else every cut
+        gives the same gradient."""
+        return bool(self.loss.entropy_coef) and self.loss.entropy_agg == "token_mean"
 
     @property
     def replaces(self) -> bool:

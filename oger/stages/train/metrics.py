@@ -124,6 +124,7 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("approx_kl", "k1 KL(old || new) over on-policy tokens (0 with one optimizer step per batch)"),
     Metric("token_entropy", "mean token entropy of the responses"),
     Metric("grad_norm", "gradient norm before clipping (mean over the batch's optimizer steps)"),
+    Metric("nonfinite_grad_steps", "optimizer steps of the batch skipped for a NaN/inf gradient norm", run=("mean",)),
     Metric("lr", "learning rate of the step"),
     # rollouts sampled by vLLM (rollout.engine vllm; NaN otherwise): its sampler vs the trainer's over
     # on-policy tokens (oger.algorithm.core.rollout_mismatch, rollout_is_weights; micro-batch means)

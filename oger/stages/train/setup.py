@@ -78,6 +78,11 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     """Resume from the last checkpoint, reference model, DDP/FSDP wrap, optimizer and schedule,
     history and TensorBoard (rank 0), the encoder for the bonus (or its monitor)."""
     torch.manual_seed(cfg.seed)
+    ref_model = None
+    if cfg.loss.beta:  # the KL's anchor is the policy the run starts from: copied before a resume loads
+        import copy
+
+        ref_model = copy.deepcopy(model).eval().to(dist.device)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     state = None
     if ckpt is not None:
@@ -86,11 +91,6 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         weights = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
         model.load_state_dict(weights)
         state = read_trainer_state(ckpt)
-    ref_model = None
-    if cfg.loss.beta:
-        import copy
-
-        ref_model = copy.deepcopy(model).eval().to(dist.device)
     if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one

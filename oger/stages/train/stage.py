@@ -40,8 +40,10 @@ from oger.stages.train.files import (
 )
 from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
 
-STAGE_VERSION = 9  # 9: task labels through a labeller hook (the explore task's strategy metrics follow the
-# table's step metrics, strategy_a_share joins them; rollouts.jsonl rows say "labeller"/"label", not "strategy");
+STAGE_VERSION = 9  # 9: a non-finite gradient skips its optimizer step (nonfinite_grad_steps
+# joins the table); the KL reference is the starting policy on resume; task labels through a labeller
+# hook (the explore task's strategy metrics follow the table's step metrics, strategy_a_share joins
+# them; rollouts.jsonl rows say "labeller"/"label", not "strategy");
 # 8: explore-task strategy metrics; 4: hack-resistant bonus, neutral teacher rows, separate bonus scaling, signals;
 # 5: micro-batches on threads on a CPU (same math, other rounding);
 # 6: step metrics from one table (oger.stages.train.metrics): metrics.jsonl and the artifact's
@@ -55,6 +57,8 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     t: TrainConfig = cfg.train
     slice_ = key_dump(t)  # the schema says which fields cannot change the model (oger.contract.keys)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
+    if t.loss_depends_on_cut:  # entropy_agg token_mean: micro-batches are cut per rank (optim's cut: inert)
+        slice_["resolved"]["num_processes"] = t.distributed.num_processes
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
     slice_["long_text"] = cfg.index.long_text

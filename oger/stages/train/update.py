@@ -111,7 +111,7 @@ def splits_freely(cfg: TrainConfig) -> bool:
     "trl_step"). Parts run two at a time, so memory stays under one micro-batch's. Not with
     `entropy_agg: token_mean`, which averages the entropy per micro-batch (LUFFY/verl): more parts
     would be another loss."""
-    return not (cfg.loss.entropy_coef and cfg.loss.entropy_agg == "token_mean")
+    return not cfg.loss_depends_on_cut
 
 
 def _micro_batch_order(samples: list[Sample], by_group: bool = False) -> list[int]:
@@ -271,8 +271,9 @@ def update(
     else:
         parts = []
         for k, idx in enumerate(batches):
-            loss, part = micro_batch(idx)
+            # Over the forward too: DDP decides there whether the backward all-reduces.
             with no_sync(k == len(batches) - 1) if no_sync else contextlib.nullcontext():
+                loss, part = micro_batch(idx)
                 loss.backward()
             parts.append(part)
     agg_metrics = defined_weighted_means([(m, share) for m, share, _ in parts])
@@ -323,7 +324,8 @@ def _defined_sums(parts: list[tuple[dict, float]], scale: bool) -> dict[str, tup
 def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
     """The batch's optimizer steps: one (ppo_mini_batches 1) or one per mini-batch, each normalised
     over its global mini-batch with gradients all-reduced once; the LR schedule steps once per batch
-    (as verl's actor worker). Returns (loss metrics summed over ranks and weighted over mini-batches by
+    (as verl's actor worker); a step whose gradient norm is not finite is skipped and counted
+    (`nonfinite_grad_steps`). Returns (loss metrics summed over ranks and weighted over mini-batches by
     their token share, mean grad norm, learning rate used)."""
     cfg, dist, model = run.cfg, run.dist, run.model
     adv = adv.float()
@@ -338,7 +340,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     per_part: list[tuple[dict, float]] = []
-    norms = []
+    norms, skipped = [], 0
     for part in parts:
         mb = [samples[i] for i in part]
         totals = dist.sum([sum(len(s.response_ids) for s in mb), len(mb)])
@@ -359,10 +361,14 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         )
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
-        run.opt.step()
+        if math.isfinite(norms[-1]):
+            run.opt.step()
+        else:  # a NaN/inf step would poison every weight: skip it, as verl does (the norm is global: all ranks skip)
+            run.opt.zero_grad(set_to_none=True)
+            skipped += 1
         ranks = dist.gather((part_metrics, batch_share(mb, tuple(totals), cfg.loss.loss_agg)))
         per_part.append((combine_ranks(ranks), totals[0] / batch_tokens))
-    metrics = defined_weighted_means(per_part)
+    metrics = {**defined_weighted_means(per_part), "nonfinite_grad_steps": skipped}
     lr_used = run.sched.get_last_lr()[0]
     run.sched.step()
     return metrics, sum(norms) / len(norms), lr_used
