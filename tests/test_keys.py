@@ -96,7 +96,9 @@ def test_inert_fields_are_marked_inert():
 def test_key_dump_leaves_out_exactly_what_the_schema_marks():
     t = TrainConfig(optim={"micro_batch_size": 3}, rollout={"engine": "paged"}, distributed={"num_processes": 1})
     d = key_dump(t)
-    assert "micro_batch_size" not in d and "checkpoint_every" not in d  # not in key
+    assert "micro_batch_size" not in d and "checkpoint_every" not in d  # inert here; not in key
+    cut = key_dump(TrainConfig(optim={"micro_batch_size": 3}, loss={"entropy_coef": 0.01, "entropy_agg": "token_mean"}))
+    assert cut["micro_batch_size"] == 3  # the loss depends on the cut: in the key
     assert d["rollout_engine"] == "paged" and "init_from" not in d  # omitted only at the default
     assert "clip" not in d  # inert with one optimizer step per batch
     assert "clip" in key_dump(TrainConfig(loss={"ppo_mini_batches": 2}))
@@ -121,6 +123,7 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
         "correction_cap",
         "kv_cache_gib",
         "sleep",
+        "precision",  # resolved: the train stage keys what it resolves to (float32 left out)
     }
     vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
     assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)

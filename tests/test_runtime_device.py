@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+import torch.utils._python_dispatch
 
 from oger.runtime.cpu_threads import thread_workers
 from oger.runtime.device import Runtime, for_decoding, for_rank, of_model
@@ -92,3 +93,122 @@ def test_the_check_sees_a_decision_elsewhere(tmp_path, monkeypatch):
         "oger/stages/spy.py:4: torch.autocast",
         "oger/stages/spy.py:6: decode_linears",
     ]
+
+
+def test_one_training_process_takes_the_gpu_when_there_is_one(monkeypatch):
+    """A single-process run trained on the CPU even beside a GPU (`Dist()` defaulted to cpu). Now the
+    train stage's single process, and a one-rank launch, ask `for_training`. Checked with CUDA
+    availability patched: this machine has no GPU."""
+    from oger.runtime.device import for_training
+    from oger.stages.train.distributed import init_from_env
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert for_training() == Runtime("cpu") and init_from_env("auto").device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert for_training("bf16-mixed") == Runtime("cuda:0", "bf16-mixed")
+    dist = init_from_env("auto", precision="bf16-mixed")
+    assert dist.device == torch.device("cuda", 0) and dist.runtime == Runtime("cuda:0", "bf16-mixed")
+    assert Runtime("cuda:0", "bf16-mixed").describe() == "cuda:0, bf16-mixed"
+
+
+def test_training_precision_resolves_once_and_is_keyed_as_resolved(tmp_path, monkeypatch):
+    """`train.precision: auto` is bf16-mixed on a GPU or a CPU with native bf16, else float32; the train
+    key holds the resolved value (float32 left out: the keys from before the option stay)."""
+    from oger import pipeline
+    from oger.contract.config import load_config
+    from oger.runtime import precision as prec
+
+    assert prec.resolve_training("auto", flags={"avx2"}, gpu=True) == "bf16-mixed"
+    assert prec.resolve_training("auto", flags={"avx2"}, gpu=False) == "float32"
+    assert prec.resolve_training("auto", flags={"avx512_bf16"}, gpu=False) == "bf16-mixed"
+    assert prec.resolve_training("float32", flags={"avx512_bf16"}, gpu=True) == "float32"
+
+    def plan(*overrides):
+        return pipeline.plan(load_config(REPO / "configs" / "tiny.yaml", [f"workdir={tmp_path}", *overrides]))["train"]
+
+    default, bf16 = plan(), plan("train.precision=bf16-mixed")
+    assert "precision" not in default.config_slice["resolved"] and default.key == plan("train.precision=float32").key
+    assert bf16.config_slice["resolved"]["precision"] == "bf16-mixed" and bf16.key != default.key
+    monkeypatch.setattr(prec, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setenv(prec.CPU_FLAGS_ENV, "avx2 fma")  # plan as a CPU without native bf16
+    prec.cpu_flags.cache_clear()
+    try:  # the train stage's own slice (the policy stage resolves its SFT precision from the flags too)
+        assert plan("train.precision=auto").config_slice == default.config_slice
+        monkeypatch.setenv(prec.CPU_FLAGS_ENV, "avx2 avx512_bf16")
+        prec.cpu_flags.cache_clear()
+        assert plan("train.precision=auto").config_slice == bf16.config_slice
+    finally:
+        prec.cpu_flags.cache_clear()
+
+
+def test_bf16_mixed_update_runs_the_forward_in_bf16_and_keeps_float32_weights():
+    """Under the runtime's autocast the update's matmuls run in bf16 and its gradient lands on the
+    float32 weights; it moves the loss by bf16 rounding only."""
+    from oger.contract.config import TrainConfig
+    from oger.stages.policy.tiny_model import build_model
+    from oger.stages.train.update import update
+    from tests.test_trainer_unit import samples
+
+    tok = _tokenizer()
+    model = build_model(tok, 32, 2, 2, 64, 128, seed=0)
+    ss = samples(tok)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    cfg = TrainConfig(optim={"micro_batch_size": 2}, rollout={"max_new_tokens": 12})
+    grads, seen = {}, {}
+    for p in ("float32", "bf16-mixed"):
+        model.zero_grad()
+        spy = _MatmulDtypes()
+        with spy:
+            update(model, None, ss, adv, cfg, tok.pad_token_id, autocast=Runtime("cpu", p).autocast)
+        grads[p] = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
+        seen[p] = spy.dtypes
+    assert seen["float32"] == {torch.float32} and torch.bfloat16 in seen["bf16-mixed"]
+    assert all(q.dtype == torch.float32 for q in model.parameters()) and grads["bf16-mixed"].dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(grads["float32"], grads["bf16-mixed"], dim=0)
+    assert 0.98 < cos < 1.0  # the same direction, bf16's rounding
+
+
+def test_fsdp2_bf16_mixed_shards_with_a_float32_master_copy(tmp_path):
+    """FSDP2 under bf16-mixed (`distributed.shard`): parameters (the optimizer's master copy) stay
+    float32, the forward computes in bf16 (FSDP2 casts the gathered parameters), gradients come back
+    float32. A one-rank gloo group: the sharding code the ranks run, in this process."""
+    import torch.distributed as td
+
+    from oger.stages.train.distributed import shard
+
+    td.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        model = shard(_tiny_model(), "bf16-mixed")
+        ids = torch.tensor([[3, 4, 5, 6, 7]])
+        spy = _MatmulDtypes()
+        with spy:
+            model(input_ids=ids, labels=ids).loss.backward()
+        assert torch.bfloat16 in spy.dtypes
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+        plain = shard(_tiny_model(), "float32")
+        spy = _MatmulDtypes()
+        with spy:
+            plain(input_ids=ids, labels=ids).loss.backward()
+        assert spy.dtypes == {torch.float32}
+    finally:
+        td.destroy_process_group()
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The dtypes of the matmuls (mm, addmm, bmm) the dispatcher sees: after autocast's casts."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in ("mm", "addmm", "bmm") and "backward" not in func.__name__:
+            self.dtypes.add(args[-1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def _tokenizer():
+    from tests.test_trainer_unit import train_tokenizer
+
+    return train_tokenizer(["Compute 1 + 2.", "Answer: \\boxed{3}", "Terms: 4, -5."] * 10, 300)

@@ -7,6 +7,7 @@ import torch
 from oger.algorithm import core
 from oger.contract.config import TrainConfig
 from oger.runtime.cpu_threads import BatchThreads, thread_workers
+from oger.runtime.device import Runtime
 from oger.stages.policy.tiny_model import build_model, train_tokenizer
 from oger.stages.train.update import _batch_tensors, response_logits, update
 from tests.builders import sample
@@ -164,6 +165,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
         opt = torch.optim.SGD(m.parameters(), lr=cfg.optim.lr)
         return SimpleNamespace(
             cfg=cfg,
+            runtime=Runtime(),
             dist=Dist(),
             model=m,
             ref_model=None,
@@ -228,6 +230,7 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     opt = torch.optim.SGD(a.parameters(), lr=0.1)
     run = SimpleNamespace(
         cfg=cfg,
+        runtime=Runtime(),
         dist=Dist(),
         model=a,
         ref_model=None,
@@ -413,6 +416,7 @@ def test_a_non_finite_gradient_skips_the_optimizer_step_and_is_counted(model_tok
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     run = SimpleNamespace(
         cfg=cfg,
+        runtime=Runtime(),
         dist=Dist(),
         model=model,
         ref_model=None,

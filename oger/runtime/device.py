@@ -11,8 +11,10 @@ The answers, device by device:
   (`precision.float32_attention`), a small model's batch over Python threads (`cpu_threads`), its
   decode on one intra-op thread, a larger model decoded with oneDNN-packed linear weights
   (`packed_linear`).
-- CUDA: a rank's own GPU (`for_rank`, NCCL), a loaded engine's model on the GPU (`for_decoding`),
-  autocast on the GPU's bf16, attention as the model has it (SDPA), no thread splitting, plain decode.
+- CUDA: a rank's own GPU (`for_rank`, NCCL), a single process's GPU (`for_training`), a loaded
+  engine's model on the GPU (`for_decoding`), autocast on the GPU's bf16 and TF32 for what stays
+  float32 (`configure`), attention as the model has it (SDPA: flash in bf16), no thread splitting,
+  plain decode.
 
 Not here on purpose: `RowSampler` (`oger.generation.hf`) keeps sampling independent of batch layout
 and process count on every device (evaluation's keys rely on it): it is not device tuning.
@@ -32,6 +34,8 @@ class Runtime:
 
     device: str = "cpu"
     precision: Precision = "float32"
+    # FSDP2 casts the parameters itself (MixedPrecisionPolicy): no autocast over its forward.
+    sharded_mixed: bool = False
 
     @property
     def on_cpu(self) -> bool:
@@ -46,10 +50,23 @@ class Runtime:
         """The model on this runtime's device (in place for an nn.Module)."""
         return model.to(self.device)
 
+    def configure(self) -> None:
+        """Process-wide settings for training here: TF32 matmuls and convolutions for what stays
+        float32 on a GPU (the optimizer's and the loss's float32 math; verl and TRL allow it too)."""
+        if not self.on_cpu:
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def describe(self) -> str:
+        """ "cuda:0, bf16-mixed": the device and precision, for the log and the artifact's metrics."""
+        return f"{self.device}, {self.precision}"
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass's autocast. Autocast state is per thread: enter it in the thread that runs
         the forward (the `batch_threads` workers), not around the pool."""
-        if self.precision == "float32":
+        if self.precision == "float32" or self.sharded_mixed:
             return contextlib.nullcontext()
         import torch
 
@@ -103,6 +120,12 @@ def for_decoding(precision: Precision = "float32") -> Runtime:
     """Where a loaded model decodes (teachers, evaluation, held-out checks): the GPU when there is
     one, else the CPU."""
     return Runtime("cuda" if cuda_available() else "cpu", precision)
+
+
+def for_training(precision: Precision = "float32") -> Runtime:
+    """A single training process's runtime: the GPU when there is one, else the CPU (the launcher's
+    ranks ask `for_rank`)."""
+    return Runtime("cuda:0" if cuda_available() else "cpu", precision)
 
 
 def for_rank(backend: str, local_rank: int, precision: Precision = "float32") -> Runtime:

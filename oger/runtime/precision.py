@@ -53,6 +53,15 @@ def resolve(precision: str, flags: set[str] | frozenset[str] | None = None) -> P
     return "bf16-mixed" if any(f in flags for f in NATIVE_BF16_FLAGS) else "float32"
 
 
+def resolve_training(precision: str, flags=None, gpu: bool | None = None) -> Precision:
+    """The train stage's `auto`: bf16-mixed on an NVIDIA GPU (where the trainer runs there) or a CPU
+    with native bf16, else float32. Resolved once, when the stage is planned: the key holds the result
+    and the ranks get it in the launch spec, so no process resolves it again."""
+    if precision == "auto" and (has_nvidia_gpu() if gpu is None else gpu):
+        return "bf16-mixed"
+    return resolve(precision, flags)
+
+
 def has_nvidia_gpu(proc: Path = Path("/proc/driver/nvidia/gpus")) -> bool:
     """Whether the NVIDIA driver lists a GPU (no torch import: planning stays light)."""
     try:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from oger.contract.config.base import Strict
-from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default
+from oger.contract.keys import flat_in_key, inert, not_in_key, omitted_at_default, resolved
 
 # How micro-batch cut fields are keyed (OptimConfig), beside their meaning.
 CUT = inert(
@@ -320,6 +320,16 @@ class TrainConfig(Strict):
         "from the latest trained model of an earlier teachers.round in this "
         "workdir (same policy recipe), the policy model when there is none",
         json_schema_extra=omitted_at_default("keys from before the option; the start checkpoint's key is an input"),
+    )
+    precision: Literal["float32", "bf16-mixed", "auto"] = Field(
+        "float32",
+        description="bf16-mixed: bf16 compute, float32 master weights and optimizer state (autocast on one "
+        "process and under DDP, FSDP2's MixedPrecisionPolicy with float32 gradient reduction); auto: "
+        "bf16-mixed on an NVIDIA GPU or a CPU with native bf16, else float32 (the paper configs)",
+        json_schema_extra=resolved(
+            "resolved once at plan time (oger.runtime.precision.resolve_training); the train key holds "
+            "what it resolves to, float32 (the behaviour before the option) left out"
+        ),
     )
     optim: OptimConfig = Field(OptimConfig(), json_schema_extra=_FLAT)
     loss: LossConfig = Field(LossConfig(), json_schema_extra=_FLAT)

@@ -25,7 +25,7 @@ import torch
 
 from oger.contract.artifacts import artifact_path, atomic_write
 from oger.contract.errors import ConfigError, StageError
-from oger.runtime.device import Runtime, cuda_available, for_rank
+from oger.runtime.device import Runtime, cuda_available, for_rank, for_training
 from oger.stages.train.files import read_metrics
 
 
@@ -38,6 +38,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     fsdp: bool = False
+    precision: str = "float32"  # resolved at plan time; bf16-mixed: autocast, or FSDP2's MixedPrecisionPolicy
 
     @property
     def main(self) -> bool:
@@ -49,8 +50,8 @@ class Dist:
 
     @property
     def runtime(self) -> Runtime:
-        """This rank's device answers (`oger.runtime.device`)."""
-        return Runtime(str(self.device))
+        """This rank's device and precision answers (`oger.runtime.device`)."""
+        return Runtime(str(self.device), self.precision, sharded_mixed=self.fsdp and self.precision != "float32")
 
     def gather(self, obj) -> list:
         """Every rank's `obj`, in rank order (on every rank)."""
@@ -88,12 +89,7 @@ class Dist:
             return model
         model.to(self.device)
         if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in _decoder_layers(model):
-                fully_shard(layer)
-            fully_shard(model)
-            return model
+            return shard(model, self.precision)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -157,6 +153,21 @@ def _decoder_layers(model) -> list:
     return list(layers)
 
 
+def shard(model, precision: str = "float32"):
+    """FSDP2 over the process group: each decoder layer, then the whole model. bf16-mixed: bf16
+    compute with float32 master weights, optimizer state and gradient reduction (`MixedPrecisionPolicy`:
+    FSDP2 casts the gathered parameters itself, so no autocast runs over its forward)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if precision == "bf16-mixed":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
 def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "nccl" if cuda_available() else "gloo"
@@ -165,16 +176,18 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def init_from_env(backend: str, fsdp: bool = False) -> Dist:
-    """Join the process group a launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+def init_from_env(backend: str, fsdp: bool = False, precision: str = "float32") -> Dist:
+    """Join the process group a launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT);
+    `precision` as the plan resolved it (the launch spec carries it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist()
+        runtime = for_training(precision)
+        return Dist(device=runtime.torch_device(), precision=precision)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = resolve_backend(backend)
     device = for_rank(backend, local).torch_device()  # the rank's GPU under NCCL (oger.runtime.device)
     torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank, world, local, device, fsdp)
+    return Dist(rank, world, local, device, fsdp, precision)
 
 
 # --------------------------------------------------------------------------- launching
@@ -259,11 +272,15 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
         )
 
 
-def train_distributed(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path) -> list[dict]:
+def train_distributed(
+    cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32"
+) -> list[dict]:
     """The train stage's multi-process path: launch the ranks on the resolved config and return
     the metrics history rank 0 wrote (its final checkpoint holds the trained model).
-    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads."""
+    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
+    `precision`: as the plan resolved it, sent to the ranks (they never resolve `auto` themselves)."""
     spec = {
+        "precision": precision,
         "config": cfg.model_dump(mode="json"),
         "init_dir": str(init_dir),
         "problems": str(artifact_path(problems_ref)),

@@ -15,6 +15,7 @@ from oger.contract.config import TrainConfig
 from oger.generation.hf import TransformersEngine
 from oger.labels import Labeller
 from oger.runtime.cpu_threads import BatchThreads
+from oger.runtime.device import Runtime
 from oger.stages.train.checkpoint import latest_checkpoint, read_history, read_trainer_state
 from oger.stages.train.distributed import Dist, unwrap
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
@@ -64,6 +65,11 @@ class TrainRun:
     engine: object  # where rollouts come from (oger.generation: policy itself, or vLLM beside it, `sync()`ed)
 
     @property
+    def runtime(self) -> Runtime:
+        """This process's device and precision (`oger.runtime.device`), from its place among the ranks."""
+        return self.dist.runtime
+
+    @property
     def metrics(self) -> tuple[Metric, ...]:
         """The run's step-metric table: the registry's and its task's labels' (`metrics.with_labels`)."""
         return with_labels(self.inputs.labellers)
@@ -78,6 +84,7 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     """Resume from the last checkpoint, reference model, DDP/FSDP wrap, optimizer and schedule,
     history and TensorBoard (rank 0), the encoder for the bonus (or its monitor)."""
     torch.manual_seed(cfg.seed)
+    dist.runtime.configure()  # TF32 for what stays float32 on a GPU
     ref_model = None
     if cfg.loss.beta:  # the KL's anchor is the policy the run starts from: copied before a resume loads
         import copy
@@ -117,7 +124,8 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     if measures and inputs.index is not None:
         from oger.encoder import load_encoder
 
-        embed = cached_embedder(load_encoder(inputs.encoder), inputs.long_text)
+        # on the rank's device: ~100 long rollouts per rank and step to embed at the paper's scale
+        embed = cached_embedder(load_encoder(inputs.encoder, device=str(dist.device)), inputs.long_text)
     threads = dist.runtime.batch_threads(model, distributed=dist.active)
     engine = rollout_engine(cfg, unwrap(model), tokenizer, dist, run_dir)
     return TrainRun(

@@ -23,6 +23,7 @@ from oger.contract.errors import StageError
 from oger.contract.keys import key_dump
 from oger.encoder import encoder_identity
 from oger.labels import LABELLERS
+from oger.runtime.precision import resolve_training
 from oger.stages.index import files as index_files
 from oger.stages.index.files import TeacherIndex
 from oger.stages.policy.files import model_dir as policy_model_dir
@@ -59,6 +60,9 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     if t.loss_depends_on_cut:  # entropy_agg token_mean: micro-batches are cut per rank (optim's cut: inert)
         slice_["resolved"]["num_processes"] = t.distributed.num_processes
+    precision = resolve_training(t.precision)  # once, here: run_train and the ranks read it from the slice
+    if precision != "float32":  # float32 left out: the keys from before the option stay
+        slice_["resolved"]["precision"] = precision
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
     slice_["long_text"] = cfg.index.long_text
@@ -158,9 +162,12 @@ def run_train(
 
     from oger.generation.hf import greedy_accuracy  # imports torch
     from oger.models import tokenizer_from_folder
+    from oger.runtime.device import for_training
+    from oger.stages.train.distributed import Dist
     from oger.stages.train.trainer import train  # imports torch
 
     t, refresh = cfg.train, ctx.refresh
+    precision = ctx.config_slice["resolved"].get("precision", "float32")  # as keyed (`key_inputs`)
     policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
@@ -182,12 +189,16 @@ def run_train(
         if problem:
             raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
-        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir)
+        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision)
         model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
-    else:
+        device = f"{t.distributed.num_processes} ranks ({t.distributed.backend}), {precision}"
+    else:  # one process: on the GPU when there is one (oger.runtime.device)
+        runtime = for_training(precision)
+        device = runtime.describe()
+        print(f"train: {t.algorithm} on {device}", flush=True)
         history = train(
             t,
-            model,
+            runtime.place(model),
             tokenizer,
             inputs,
             run_dir,
@@ -195,12 +206,14 @@ def run_train(
                 bar.update(1) if bar.n < t.steps else None,
                 bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['env_reward']:.2f}"),
             ),
+            dist=Dist(device=runtime.torch_device(), precision=precision),
         )
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.evaluate.heldout.split).head(cfg.evaluate.heldout.limit)
     metrics = {
         "algorithm": t.algorithm,
         "steps": len(history),
+        "device": device,
         **run_summaries(history, step_metric_table(cfg)),  # what the table aggregates (oger.stages.train.metrics)
         "resumed": done_before > 0,
         "round": cfg.teachers.round,

@@ -12,6 +12,7 @@ whole groups only, and the per-sample records are gathered to rank 0, which logs
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from oger.stages.train.reward import score_and_replace
 from oger.stages.train.rollout import rollouts, sync_engine
 from oger.stages.train.setup import TrainInputs, TrainRun, setup
 from oger.stages.train.step_log import log_step
-from oger.stages.train.update import optimizer_step
+from oger.stages.train.update import optimizer_step, update_layout
 
 
 def checkpoint(run: TrainRun, step: int) -> None:
@@ -51,6 +52,12 @@ def train(
     the other ranks return an empty history)."""
     run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
     vocab = run.policy.config.vocab_size
+
+    # bf16-mixed on a CPU: attention in float32 for the update (the runtime's answer), except in the
+    # packed layout, whose per-sample attention is its own implementation
+    def attention():
+        return run.runtime.attention(run.policy) if update_layout(cfg) != "packed" else contextlib.nullcontext()
+
     with run.threads:  # the micro-batch threads live as long as the loop
         for step in range(run.start, cfg.steps):
             t0 = time.perf_counter()
@@ -62,7 +69,8 @@ def train(
             # a group never spans ranks, so the reward step's group statistics are local
             rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=seeds.for_step(cfg.seed, step))
             t_embed = time.perf_counter()
-            loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
+            with attention():
+                loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
             t_update = time.perf_counter()
             synced = sync_engine(run, step)
             row = log_step(

@@ -52,31 +52,46 @@ def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
 
 
 def token_scores(
-    model, mb: list[Sample], pad_id: int, temperature: float, layout: str, entropy_grad: bool
+    model,
+    mb: list[Sample],
+    pad_id: int,
+    temperature: float,
+    layout: str,
+    entropy_grad: bool,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropies, response mask) of a micro-batch's response tokens under
     softmax(logits / temperature), each (samples, longest response) whatever the `layout`
     (`update_layout`): padded rows (`_batch_tensors`), one packed row (`packing`) or each distinct
     prompt once (`shared_prompts`), so the loss never sees the difference. The entropies carry a
-    gradient only with `entropy_grad` (the entropy bonus); else they are metrics."""
+    gradient only with `entropy_grad` (the entropy bonus); else they are metrics. The forward runs
+    under `autocast` (the runtime's: bf16-mixed), the log-softmax and entropy in float32."""
     device = next(model.parameters()).device
     if layout == "packed":
         row = packing.pack([s.prompt_ids for s in mb], [s.response_ids for s in mb]).to(device)
-        logits = packing.packed_logits(model, row) / temperature
+        with autocast():
+            logits = packing.packed_logits(model, row)
+        logits = _float(logits) / temperature
         logp = row.unpack(core.token_logprobs(logits, row.targets))
         ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
         return logp, row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
     if layout == "shared_prompts":
-        logits, targets, resp = shared_prompts.shared_prompt_logits(
-            model, [s.prompt_ids for s in mb], [s.response_ids for s in mb], pad_id
-        )
+        with autocast():
+            logits, targets, resp = shared_prompts.shared_prompt_logits(
+                model, [s.prompt_ids for s in mb], [s.response_ids for s in mb], pad_id
+            )
     else:
         ids, attn, pos, resp = (x.to(device) for x in _batch_tensors(mb, pad_id))
         targets = ids[:, -resp.shape[1] :]
-        logits = response_logits(model, ids, attn, pos, resp.shape[1])
-    logits = logits / temperature
+        with autocast():
+            logits = response_logits(model, ids, attn, pos, resp.shape[1])
+    logits = _float(logits) / temperature
     ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
     return core.token_logprobs(logits, targets), ent, resp
+
+
+def _float(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def update_layout(cfg: TrainConfig) -> str:
@@ -136,6 +151,7 @@ def old_logprobs(
     pad_id: int,
     count_over_ranks: Callable[[int], int] | None = None,
     threads: BatchThreads | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> list[torch.Tensor]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
     computed once per batch before the first optimizer step (no grad, micro-batched, side by side on
@@ -154,6 +170,7 @@ def old_logprobs(
                 cfg.rollout.temperature,
                 update_layout(cfg),
                 entropy_grad=False,
+                autocast=autocast,
             )[0]
 
     batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
@@ -194,6 +211,7 @@ def update(
     old_logp: list[torch.Tensor] | None = None,
     threads: BatchThreads | None = None,
     count_over_ranks: Callable[[int], int] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict:
     """One optimizer step's gradients, accumulated over micro-batches to equal the full batch.
 
@@ -203,8 +221,9 @@ def update(
     tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
     (ratio 1, the exact policy gradient of a single step per batch). `threads` (one process on a
     CPU, `oger.runtime.cpu_threads`) runs micro-batches side by side; `count_over_ranks` makes every
-    rank run as many micro-batches (`packing.split_to_count`). The returned metrics are this
-    rank's share of the global ones (summed over ranks by the caller)."""
+    rank run as many micro-batches (`packing.split_to_count`); `autocast` (the runtime's) is entered
+    around each forward, in the thread that runs it. The returned metrics are this rank's share of the
+    global ones (summed over ranks by the caller)."""
     total_tokens, total_samples = totals or (sum(len(s.response_ids) for s in samples), len(samples))
     # Dr.GRPO normalises by a constant: the generation budget, the same for every batch.
     lc, ro, T = cfg.loss, cfg.rollout, cfg.rollout.temperature
@@ -216,12 +235,16 @@ def update(
         """(this micro-batch's share of the batch loss, (loss metrics, share, token entropy sum))."""
         mb = [samples[i] for i in idx]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
-        logp, ent, resp = token_scores(model, mb, pad_id, T, update_layout(cfg), entropy_grad=bool(lc.entropy_coef))
+        logp, ent, resp = token_scores(
+            model, mb, pad_id, T, update_layout(cfg), entropy_grad=bool(lc.entropy_coef), autocast=autocast
+        )
         entropy = ent if lc.entropy_coef else None
         ref_logp = None
         if lc.beta:
             with torch.no_grad():
-                ref_logp, _, _ = token_scores(ref_model, mb, pad_id, T, update_layout(cfg), entropy_grad=False)
+                ref_logp, _, _ = token_scores(
+                    ref_model, mb, pad_id, T, update_layout(cfg), entropy_grad=False, autocast=autocast
+                )
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
             behaviour = logp.detach()
@@ -336,7 +359,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
     else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
         parts, old = (
             mini_batches(samples, cfg.loss.ppo_mini_batches),
-            old_logprobs(model, samples, cfg, run.pad_id, count, run.threads),
+            old_logprobs(model, samples, cfg, run.pad_id, count, run.threads, autocast=run.runtime.autocast),
         )
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     per_part: list[tuple[dict, float]] = []
@@ -358,6 +381,7 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
             old_logp=None if old is None else [old[i] for i in part],
             threads=run.threads,
             count_over_ranks=count,
+            autocast=run.runtime.autocast,
         )
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))

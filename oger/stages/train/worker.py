@@ -27,7 +27,7 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     cfg = OgerConfig.model_validate(spec["config"])
     t = cfg.train
-    dist = init_from_env(t.distributed.backend, t.distributed.fsdp)
+    dist = init_from_env(t.distributed.backend, t.distributed.fsdp, spec.get("precision", "float32"))
     try:
         dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(spec["init_dir"], dtype=dtype)
