@@ -13,6 +13,7 @@ BENCHES = [
     "trl_step",
     "trl_learning",
     "update",
+    "update_memory",
     "gpu_step",
     "gpu_check",
     "rollout_engines",

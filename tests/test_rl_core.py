@@ -374,3 +374,35 @@ def test_is_weights_scale_the_on_policy_loss_only():
     assert torch.allclose(logp.grad[0], torch.tensor([-0.5, -0.125]))
     assert torch.allclose(logp.grad[1], torch.full((2,), -0.1 / 1.21 / 4))
     assert m["is_weight_mean"] == pytest.approx(1.25)  # over on-policy tokens only
+
+
+def test_chunked_token_scores_equal_the_whole_and_keep_no_float32_vocabulary_copy():
+    """`token_scores_chunked`: the same per-position log-probs and entropies (and gradients) as all
+    positions at once, while autograd keeps no float32 (positions x vocabulary) tensor: only the bf16
+    logits themselves (the chunks' float32 work is recomputed in backward)."""
+    torch.manual_seed(0)
+    base = torch.randn(3, 7, 50) * 3
+    ids = torch.randint(0, 50, (3, 7))
+    for entropy_grad in (False, True):
+        got = {}
+        for chunk in (None, 4):
+            logits = base.clone().to(torch.bfloat16).requires_grad_()
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(
+                lambda t, saved=saved: saved.append((t.dtype, t.numel())) or t, lambda t: t
+            ):
+                logp, ent = core.token_scores_chunked(logits, ids, 0.7, entropy_grad, chunk)
+            (logp.sum() + ent.sum() * entropy_grad).backward()
+            got[chunk] = (logp.detach(), ent.detach(), logits.grad.clone())
+            vocab_fp32 = [n for dtype, n in saved if dtype == torch.float32 and n >= 50]
+            if chunk is None:
+                assert max(vocab_fp32) >= 21 * 50  # the whole float32 (21, 50) is kept for backward
+            else:
+                assert vocab_fp32 == []  # none: the chunks keep only their bf16 input
+        for a, b in zip(got[None], got[4]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert ent.requires_grad == entropy_grad
+    # the values are those of the functions the trainer used before: log-softmax at ids, entropy
+    z = base.to(torch.bfloat16).float() / 0.7
+    torch.testing.assert_close(got[4][0], core.token_logprobs(z, ids), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[4][1], core.entropy_from_logits(z), rtol=1e-6, atol=1e-6)

@@ -81,6 +81,46 @@ def test_one_update_moves_smollm2_toward_the_rewarded_completion(cfg, smollm2):
     assert after > before + 1e-3, (before, after)  # one step at lr 1e-5 moves it measurably
 
 
+def test_chunked_log_probs_and_entropy_equal_the_whole_on_smollm2_and_the_tiny_policy(cfg, smollm2):
+    """`optim.logprob_chunk`: the update's per-token log-probs, entropies, loss and gradients equal those
+    computed over all positions at once (float32, within 1e-5), on SmolLM2 and the tiny policy."""
+    from oger.stages.policy.tiny_model import build_model, train_tokenizer
+
+    model, tok = smollm2
+    texts = [
+        ("Compute 13 + 12.", "13 + 12 = 25. The final answer is \\boxed{25}.", 0),
+        ("Compute 7 + 9.", "7 + 9 = 16, so \\boxed{16}.", 1),
+    ]
+    tiny_tok = train_tokenizer([q + " " + a for q, a, _ in texts] * 20, 300)
+    tiny = build_model(tiny_tok, 32, 2, 2, 64, 128, seed=0)
+    for m, t in ((model, tok), (tiny, tiny_tok)):
+        ss = [_sample(t, cfg, q, a, True, g) for q, a, g in texts]
+        adv = torch.tensor([1.0, -1.0])
+        out = {}
+        for chunk in (None, 7):
+            t_cfg = cfg.train.model_dump()  # the entropy term on, so its gradient is compared too
+            train = type(cfg.train).model_validate(
+                {
+                    **t_cfg,
+                    "optim": {**t_cfg["optim"], "logprob_chunk": chunk},
+                    "loss": {**t_cfg["loss"], "entropy_coef": 0.01},
+                }
+            )
+            with torch.no_grad():
+                logp, ent, _ = token_scores(m, ss, t.pad_token_id, 1.0, "padded", entropy_grad=False, chunk=chunk)
+            m.zero_grad()
+            metrics = update(m, None, ss, adv, train, t.pad_token_id)
+            out[chunk] = (
+                logp,
+                ent,
+                torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]),
+                metrics["pg_loss"],
+            )
+        for a, b in zip(out[None][:3], out[7][:3]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert out[None][3] == pytest.approx(out[7][3], rel=1e-5, abs=1e-7)
+
+
 def test_a_few_grpo_steps_on_smollm2_run_end_to_end(cfg, smollm2, tmp_path):
     from oger.synthetic import generate_problems
 

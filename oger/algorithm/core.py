@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 Tensor = torch.Tensor
 
@@ -48,6 +49,47 @@ def token_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
     """
     chosen = logits.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def token_scores_chunked(
+    logits: Tensor, ids: Tensor, temperature: float = 1.0, entropy_grad: bool = False, chunk: int | None = 1024
+) -> tuple[Tensor, Tensor]:
+    """(log-probs of `ids`, entropies) under softmax(logits / temperature): (..., V), (...) -> (...), (...)
+    (B, T or a packed row's K positions), in float32 (bf16/fp16 logits upcast, float64 kept) over `chunk`
+    positions at a time (None: all at once).
+
+    Why chunks: at a 152k vocabulary and 8k tokens, each float32 copy of (B, T, V) (logits / T, log-softmax,
+    its exp, the entropy product) is ~20 GB for 4 sequences, and autograd kept them all. Here only `logits`
+    itself (in the model's dtype: bf16 under autocast) is kept; each chunk's float32 work runs under
+    activation checkpointing when a gradient flows, so backward recomputes it instead of storing it (as
+    verl's chunked entropy and TRL's selective log-softmax do). Each position's values are computed as
+    `token_logprobs` and `entropy_from_logits` compute them: the same numbers. The entropies carry a
+    gradient only with `entropy_grad` (the entropy bonus); else they are detached metrics."""
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    flat, flat_ids = logits.reshape(-1, V), ids.reshape(-1)
+    n = flat.shape[0]
+    step = n if not chunk else chunk
+
+    def scores(x: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+        z = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x) / temperature
+        logp = token_logprobs(z, i)
+        if entropy_grad:
+            return logp, entropy_from_logits(z)
+        with torch.no_grad():
+            return logp, entropy_from_logits(z)
+
+    out_logp, out_ent = [], []
+    for lo in range(0, n, max(1, step)):
+        x, i = flat[lo : lo + step], flat_ids[lo : lo + step]
+        if x.requires_grad and step < n:
+            lp, en = torch.utils.checkpoint.checkpoint(scores, x, i, use_reentrant=False)
+        else:
+            lp, en = scores(x, i)
+        out_logp.append(lp)
+        out_ent.append(en)
+    if not out_logp:  # no positions
+        return flat.new_zeros(lead, dtype=torch.float32), flat.new_zeros(lead, dtype=torch.float32)
+    return torch.cat(out_logp).reshape(lead), torch.cat(out_ent).reshape(lead)
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:

@@ -116,6 +116,14 @@ class OptimConfig(Strict):
         "kept within each sample) instead of padded rows: no FLOPs on pad tokens",
         json_schema_extra=not_in_key("the same log-probs and gradient, other rounding"),
     )
+    logprob_chunk: int | None = Field(
+        1024,
+        ge=1,
+        description="the update's log-probs and entropies in float32 over this many positions at a time, "
+        "recomputed in backward (no float32 (B, T, V) copy is kept: at a 152k vocabulary and 8k tokens each is "
+        "~20 GB for 4 sequences); null: all positions at once",
+        json_schema_extra=not_in_key("the same per-position log-probs and entropies, computed in parts"),
+    )
     share_prompts: bool = Field(
         False,
         description="run each distinct prompt of a micro-batch once, its KV cache shared by the "

@@ -44,11 +44,12 @@ def _batch_tensors(samples: list[Sample], pad_id: int):
 
 
 def response_logits(model, ids, attn, pos, R: int) -> torch.Tensor:
-    """Logits predicting the last R tokens, (B, R, V): the LM head skips the prompt positions."""
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1, use_cache=False).logits[
+    """Logits predicting the last R tokens, (B, R, V), in the model's compute dtype (bf16 under
+    autocast: the float32 work is done per chunk, `core.token_scores_chunked`): the LM head skips the
+    prompt positions."""
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1, use_cache=False).logits[
         :, :-1
     ]
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def token_scores(
@@ -59,22 +60,22 @@ def token_scores(
     layout: str,
     entropy_grad: bool,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropies, response mask) of a micro-batch's response tokens under
     softmax(logits / temperature), each (samples, longest response) whatever the `layout`
     (`update_layout`): padded rows (`_batch_tensors`), one packed row (`packing`) or each distinct
     prompt once (`shared_prompts`), so the loss never sees the difference. The entropies carry a
     gradient only with `entropy_grad` (the entropy bonus); else they are metrics. The forward runs
-    under `autocast` (the runtime's: bf16-mixed), the log-softmax and entropy in float32."""
+    under `autocast` (the runtime's: bf16-mixed), the log-softmax and entropy in float32, `chunk`
+    positions at a time (`optim.logprob_chunk`: no float32 (B, T, V) tensor is kept for backward)."""
     device = next(model.parameters()).device
     if layout == "packed":
         row = packing.pack([s.prompt_ids for s in mb], [s.response_ids for s in mb]).to(device)
         with autocast():
             logits = packing.packed_logits(model, row)
-        logits = _float(logits) / temperature
-        logp = row.unpack(core.token_logprobs(logits, row.targets))
-        ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
-        return logp, row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
+        logp, ent = core.token_scores_chunked(logits, row.targets, temperature, entropy_grad, chunk)
+        return row.unpack(logp), row.unpack(ent), packing.response_mask([s.response_ids for s in mb]).to(device)
     if layout == "shared_prompts":
         with autocast():
             logits, targets, resp = shared_prompts.shared_prompt_logits(
@@ -85,13 +86,8 @@ def token_scores(
         targets = ids[:, -resp.shape[1] :]
         with autocast():
             logits = response_logits(model, ids, attn, pos, resp.shape[1])
-    logits = _float(logits) / temperature
-    ent = core.entropy_from_logits(logits if entropy_grad else logits.detach())
-    return core.token_logprobs(logits, targets), ent, resp
-
-
-def _float(logits: torch.Tensor) -> torch.Tensor:
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logp, ent = core.token_scores_chunked(logits, targets, temperature, entropy_grad, chunk)
+    return logp, ent, resp
 
 
 def update_layout(cfg: TrainConfig) -> str:
@@ -171,6 +167,7 @@ def old_logprobs(
                 update_layout(cfg),
                 entropy_grad=False,
                 autocast=autocast,
+                chunk=cfg.optim.logprob_chunk,
             )[0]
 
     batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
@@ -236,14 +233,28 @@ def update(
         mb = [samples[i] for i in idx]
         # The behaviour policy sampled from softmax(logits / T): score tokens under the same one.
         logp, ent, resp = token_scores(
-            model, mb, pad_id, T, update_layout(cfg), entropy_grad=bool(lc.entropy_coef), autocast=autocast
+            model,
+            mb,
+            pad_id,
+            T,
+            update_layout(cfg),
+            entropy_grad=bool(lc.entropy_coef),
+            autocast=autocast,
+            chunk=cfg.optim.logprob_chunk,
         )
         entropy = ent if lc.entropy_coef else None
         ref_logp = None
         if lc.beta:
             with torch.no_grad():
                 ref_logp, _, _ = token_scores(
-                    ref_model, mb, pad_id, T, update_layout(cfg), entropy_grad=False, autocast=autocast
+                    ref_model,
+                    mb,
+                    pad_id,
+                    T,
+                    update_layout(cfg),
+                    entropy_grad=False,
+                    autocast=autocast,
+                    chunk=cfg.optim.logprob_chunk,
                 )
         off = torch.tensor([s.off_policy for s in mb], device=device)
         if old_logp is None:  # one update per batch: the behaviour policy is the current one (ratio 1)
