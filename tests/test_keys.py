@@ -112,6 +112,7 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
         "max_tokens_per_micro_batch",
         "padding_free",
         "share_prompts",
+        "logprob_chunk",
         "init_from",
         "rollout_engine",
         "clip",
