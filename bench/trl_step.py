@@ -67,22 +67,12 @@ def build() -> dict:
     }
 
 
-def ours(
-    policy_dir: Path,
-    inputs,
-    steps: int,
-    prompts: int,
-    group: int,
-    max_new: int,
-    lr: float,
-    vllm: bool = False,
-    monitor: bool = False,
-    share_prompts: bool = False,
-) -> float:
+def ours(policy_dir: Path, inputs, **run) -> float:
     """Our step with what TRL's does: no divergence monitor (`oger.monitor`, on by default: it
     embeds every rollout; `monitor=True` times that too); the update's layout as the model's config
     has it (`optim.share_prompts`: smollm2-arith.yaml yes, tiny.yaml no: the tiny policy's short
-    prompts save nothing and its threaded parts pay two forwards, 0.22-0.29 s against 0.21-0.25)."""
+    prompts save nothing and its threaded parts pay two forwards, 0.22-0.29 s against 0.21-0.25). `run`:
+    `ours_config`'s arguments."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -93,7 +83,7 @@ def ours(
     tok = tokenizer_from_folder(policy_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = ours_config(steps, prompts, group, max_new, lr, vllm, monitor, share_prompts)
+    cfg = ours_config(**run)
     run_dir = Path(tempfile.mkdtemp(prefix="oger-trl-ours-"))
     try:
         history = train(cfg, model, tok, inputs, run_dir)

@@ -34,6 +34,22 @@ class Labeller:
     def all_labels(self) -> tuple[str, ...]:
         return (*self.labels, self.rest)
 
+    # The names of its step metrics (`oger.stages.train.metrics.label_metrics` defines them, the trainer's
+    # step log fills them): spelled here once.
+    def share_metric(self, label: str) -> str:
+        return f"{self.name}_{label.lower()}_share"
+
+    def share_correct_metric(self, label: str) -> str:
+        return f"{self.share_metric(label)}_correct"
+
+    def bonus_metric(self, label: str) -> str:
+        return f"bonus_mean_{label.lower()}"
+
+
+def by_source(sources) -> dict[str, Labeller]:
+    """{problems source name: the labeller it names} for the configured sources that name one."""
+    return {s.name: LABELLERS[s.labeller] for s in sources if s.labeller}
+
 
 # --------------------------------------------------------------------------- the explore task's strategies
 

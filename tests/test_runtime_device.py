@@ -42,7 +42,7 @@ def test_device_selection_follows_cuda_availability(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert for_decoding() == Runtime("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert for_decoding("bf16-mixed") == Runtime("cuda", "bf16-mixed") and not for_decoding().on_cpu
+    assert for_decoding("bf16-mixed") == Runtime("cuda:0", "bf16-mixed") and not for_decoding().on_cpu
     set_to = []
     monkeypatch.setattr(torch.cuda, "set_device", set_to.append)
     assert for_rank("nccl", 3) == Runtime("cuda:3") and set_to == [torch.device("cuda", 3)]

@@ -35,6 +35,26 @@ def samples(tok):
     return out
 
 
+def step_run(model, cfg, pad_id: int, lr: float, threads=None):
+    """What `optimizer_step` reads of a `TrainRun`, for one process: SGD at `lr`, a constant schedule."""
+    from types import SimpleNamespace
+
+    from oger.stages.train.distributed import Dist
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return SimpleNamespace(
+        cfg=cfg,
+        runtime=Runtime(),
+        dist=Dist(),
+        model=model,
+        ref_model=None,
+        pad_id=pad_id,
+        opt=opt,
+        threads=threads or BatchThreads(1),
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    )
+
+
 def test_batched_response_logprobs_equal_unpadded(model_tok):
     model, tok = model_tok
     ss = samples(tok)
@@ -145,9 +165,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     """ppo_mini_batches 2: old log-probs are taken once, before the first step; the second mini-batch's
     gradient is that of the clipped surrogate with ratio = p_new / p_old != 1, built here by hand."""
     import copy
-    from types import SimpleNamespace
 
-    from oger.stages.train.distributed import Dist
     from oger.stages.train.update import optimizer_step
 
     _, tok = model_tok
@@ -162,18 +180,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     ref = copy.deepcopy(model)
 
     def run_for(m):
-        opt = torch.optim.SGD(m.parameters(), lr=cfg.optim.lr)
-        return SimpleNamespace(
-            cfg=cfg,
-            runtime=Runtime(),
-            dist=Dist(),
-            model=m,
-            ref_model=None,
-            pad_id=tok.pad_token_id,
-            opt=opt,
-            threads=BatchThreads(thread_workers(m)),
-            sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-        )
+        return step_run(m, cfg, tok.pad_token_id, cfg.optim.lr, BatchThreads(thread_workers(m)))
 
     def logps(m, s):  # response-token log-probs of one unpadded sample
         seq = torch.tensor([s.prompt_ids + s.response_ids])
@@ -217,9 +224,7 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
 def test_one_mini_batch_is_the_single_step_update(model_tok):
     """ppo_mini_batches 1 (default) through optimizer_step: exactly `update` on the whole batch, then a step."""
     import copy
-    from types import SimpleNamespace
 
-    from oger.stages.train.distributed import Dist
     from oger.stages.train.update import optimizer_step
 
     _, tok = model_tok
@@ -227,18 +232,7 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
     cfg = TrainConfig(optim={"micro_batch_size": 2, "max_grad_norm": 1e9}, rollout={"max_new_tokens": 12})
     a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
-    opt = torch.optim.SGD(a.parameters(), lr=0.1)
-    run = SimpleNamespace(
-        cfg=cfg,
-        runtime=Runtime(),
-        dist=Dist(),
-        model=a,
-        ref_model=None,
-        pad_id=tok.pad_token_id,
-        opt=opt,
-        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-        threads=BatchThreads(1),
-    )
+    run = step_run(a, cfg, tok.pad_token_id, 0.1)
     metrics, _, _ = optimizer_step(run, ss, adv)
     update(b, None, ss, adv, cfg, tok.pad_token_id)
     assert torch.equal(_flat_grad(a), _flat_grad(b))
@@ -403,9 +397,7 @@ def test_a_non_finite_gradient_skips_the_optimizer_step_and_is_counted(model_tok
     """One NaN step used to poison the run (the optimizer applied NaN); as verl does, a step whose
     gradient norm is not finite is skipped, its gradients dropped, and the step metrics count it."""
     import copy
-    from types import SimpleNamespace
 
-    from oger.stages.train.distributed import Dist
     from oger.stages.train.metrics import BY_NAME
     from oger.stages.train.update import optimizer_step
 
@@ -413,18 +405,7 @@ def test_a_non_finite_gradient_skips_the_optimizer_step_and_is_counted(model_tok
     model = copy.deepcopy(model_tok[0])
     ss = samples(tok)
     cfg = TrainConfig(optim={"micro_batch_size": 2, "optimizer": "sgd", "lr": 0.1}, rollout={"max_new_tokens": 12})
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    run = SimpleNamespace(
-        cfg=cfg,
-        runtime=Runtime(),
-        dist=Dist(),
-        model=model,
-        ref_model=None,
-        pad_id=tok.pad_token_id,
-        opt=opt,
-        threads=BatchThreads(1),
-        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-    )
+    run = step_run(model, cfg, tok.pad_token_id, 0.1)
     before = [p.detach().clone() for p in model.parameters()]
     metrics, grad_norm, _ = optimizer_step(run, ss, torch.tensor([1.0, float("nan"), 0.5, 2.0]))
     assert grad_norm != grad_norm and metrics["nonfinite_grad_steps"] == 1  # NaN norm, one step skipped

@@ -73,9 +73,7 @@ def token_scores_chunked(
     def scores(x: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
         z = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x) / temperature
         logp = token_logprobs(z, i)
-        if entropy_grad:
-            return logp, entropy_from_logits(z)
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # else a detached metric
             return logp, entropy_from_logits(z)
 
     out_logp, out_ent = [], []

@@ -116,16 +116,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def for_decoding(precision: Precision = "float32") -> Runtime:
-    """Where a loaded model decodes (teachers, evaluation, held-out checks): the GPU when there is
-    one, else the CPU."""
-    return Runtime("cuda" if cuda_available() else "cpu", precision)
-
-
 def for_training(precision: Precision = "float32") -> Runtime:
-    """A single training process's runtime: the GPU when there is one, else the CPU (the launcher's
-    ranks ask `for_rank`)."""
+    """A single process's runtime, for training and for decoding a loaded model (teachers, evaluation,
+    held-out checks): the first GPU when there is one, else the CPU (the launcher's ranks ask
+    `for_rank`)."""
     return Runtime("cuda:0" if cuda_available() else "cpu", precision)
+
+
+for_decoding = for_training  # a loaded model decodes where one process trains
 
 
 def for_rank(backend: str, local_rank: int, precision: Precision = "float32") -> Runtime:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from oger.contract.artifacts import ArtifactRef, artifact_path
-from oger.labels import LABELLERS
+from oger.labels import by_source
 from oger.stages.train.metrics import Metric, swept, with_labels
 
 MODEL_DIR = "model"
@@ -50,8 +50,8 @@ def read_rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
 def step_metric_table(cfg) -> tuple[Metric, ...]:
     """metrics.jsonl's columns under a config: the step-metric table and the metrics of the labellers
     its problem sources name (`metrics.with_labels`; none for most tasks)."""
-    names = sorted({s.labeller for s in cfg.problems.sources if s.labeller})
-    return with_labels(LABELLERS[n] for n in names)
+    named = {lb.name: lb for lb in by_source(cfg.problems.sources).values()}
+    return with_labels(named[n] for n in sorted(named))
 
 
 def swept_metrics(cfg) -> tuple[str, ...]:

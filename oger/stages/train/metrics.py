@@ -162,7 +162,7 @@ def label_metrics(labeller: Labeller) -> tuple[Metric, ...]:
         focus = label in labeller.focus
         out.append(
             Metric(
-                f"{labeller.name}_{label.lower()}_share",
+                labeller.share_metric(label),
                 f"share of on-policy rows the {labeller.name} labeller calls {label}",
                 run=("first_last",) if focus else ("mean",),
                 plot=focus,
@@ -172,7 +172,7 @@ def label_metrics(labeller: Labeller) -> tuple[Metric, ...]:
     for label in labeller.focus:
         out.append(
             Metric(
-                f"{labeller.name}_{label.lower()}_share_correct",
+                labeller.share_correct_metric(label),
                 f"share of {label} among the correct on-policy rows ({labeller.name} labeller)",
                 run=("first_last",),
                 plot=True,
@@ -182,7 +182,7 @@ def label_metrics(labeller: Labeller) -> tuple[Metric, ...]:
     for label in labeller.labels:
         out.append(
             Metric(
-                f"bonus_mean_{label.lower()}",
+                labeller.bonus_metric(label),
                 f"mean bonus over correct on-policy rows the {labeller.name} labeller calls {label}",
                 run=("mean",),
                 sweep=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -69,9 +70,10 @@ class TrainRun:
         """This process's device and precision (`oger.runtime.device`), from its place among the ranks."""
         return self.dist.runtime
 
-    @property
+    @cached_property
     def metrics(self) -> tuple[Metric, ...]:
-        """The run's step-metric table: the registry's and its task's labels' (`metrics.with_labels`)."""
+        """The run's step-metric table: the registry's and its task's labels' (`metrics.with_labels`),
+        built once per run."""
         return with_labels(self.inputs.labellers)
 
     @property

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import polars as pl
 
+from oger import labels
 from oger.contract import PREVIOUS_ROUND, Budget, Stage, StageContext, StageInfo
 from oger.contract.artifacts import ArtifactRef, atomic_write
 from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract.errors import StageError
 from oger.contract.keys import key_dump
 from oger.encoder import encoder_identity
-from oger.labels import LABELLERS
 from oger.runtime.precision import resolve_training
 from oger.stages.index import files as index_files
 from oger.stages.index.files import TeacherIndex
@@ -139,7 +139,7 @@ def train_inputs(cfg: OgerConfig, problems: pl.DataFrame, index_ref: ArtifactRef
 def labeller_of(cfg: OgerConfig, problems: pl.DataFrame) -> dict:
     """{problem_id: the labeller its source names (`oger.labels`)} for the problems whose source
     names one; empty for most tasks (and then the trainer logs no label metrics)."""
-    by_source = {s.name: LABELLERS[s.labeller] for s in cfg.problems.sources if s.labeller}
+    by_source = labels.by_source(cfg.problems.sources)
     if not by_source:
         return {}
     return {pid: by_source[src] for pid, src in problems.select("problem_id", "source").iter_rows() if src in by_source}

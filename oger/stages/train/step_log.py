@@ -105,10 +105,10 @@ def label_values(on: list[dict], labellers) -> dict:
         mine = [r for r in on if r.get("labeller") == lb.name and r.get("label") is not None]
         correct = [r for r in mine if r["correct"]]
         for label in lb.all_labels:
-            out[f"{lb.name}_{label.lower()}_share"] = share(mine, label)
+            out[lb.share_metric(label)] = share(mine, label)
         for label in lb.focus:
-            out[f"{lb.name}_{label.lower()}_share_correct"] = share(correct, label)
+            out[lb.share_correct_metric(label)] = share(correct, label)
         for label in lb.labels:
             xs = [r["bonus"] for r in correct if r["label"] == label]
-            out[f"bonus_mean_{label.lower()}"] = sum(xs) / len(xs) if xs else nan
+            out[lb.bonus_metric(label)] = sum(xs) / len(xs) if xs else nan
     return out
