@@ -1,5 +1,5 @@
-"""`python -m bench gpu_check`: OUR trainer on one CUDA GPU, in one call (estimated 3-5 minutes on an
-H100/H200, not yet run on one; nothing downloaded).
+"""`python -m bench gpu_check`: OUR trainer on one CUDA GPU, in one call (estimated 5-7 minutes on an
+H100/H200, not yet run on one, within the 8 a device call allows; nothing downloaded).
 
 On a random-init Qwen2-0.5B-shaped bf16 policy it runs a few real steps of
 `oger.stages.train.trainer.train()` (oger preset: teacher replacement and the exploration bonus, from a small
@@ -9,6 +9,19 @@ torchrun with the NCCL backend, once with DDP and once with FSDP2 (a one-rank Di
 all-reduces and gathers); the update alone on a batch of very different lengths, padded vs packed
 (`optim.padding_free`: time and MFU of each); then the evaluate stage's HF engine (padded and paged)
 on a small slice.
+Between the update layouts and torchrun, the paper's model size (`run_paper_model`): a random-init
+Qwen2.5-1.5B-shaped policy (1.54 B parameters, the real 151,936-token vocabulary) trained by the same
+trainer in `precision: bf16-mixed` (float32 master weights and AdamW state, bf16 compute under autocast
+on one process) with the 1.5B paper config's loss, optimizer and gradient checkpointing, for 3 steps of
+2 prompts x 4 rollouts of 512 new tokens from transformers `generate` (vLLM is not installed where it
+runs): step time, decode tokens/s, peak GPU memory and the update's MFU, beside the plan's estimate of
+the peak (`planned_peak_gib`; the estimate line is added by the owner of `oger.runtime.estimate`).
+Expected: weights, gradients and AdamW state 24.7 GB, a peak near 30 GiB; about 1.5 minutes (each step
+decodes 512 tokens at batch 8, ~20-30 ms a token, launch-bound: ~15 s; the update ~2 s; the last
+step's checkpoint and exported model write ~25 GB, ~0.5 min). Estimated time by part: start-up,
+tokenizer, encoder and index ~0.5 min; the 0.5B engines ~1.5; the update layouts ~0.3; the 1.5B part
+~1.5; torchrun DDP + FSDP2 ~1.5; evaluate ~0.5: 5-6 minutes, 7 if decoding is twice as slow. Each part
+prints a line when done (with the seconds since the start), so a run cut by the limit shows where it was.
 It prints a table and one RESULT line with every figure.
 
 Nothing beyond the repository is needed: the tokenizer is trained on the synthetic task, the models
@@ -22,8 +35,10 @@ bench/gpu_step.py stays: it times a bare forward/backward at a fixed shape (peak
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,7 +117,53 @@ QWEN2_05B = dict(
     num_key_value_heads=2,
     vocab_size=151_936,
 )
+# Qwen2.5-1.5B's (and Qwen2.5-Math-1.5B's) shape, from its config.json; the paper's 1.5B policy.
+QWEN2_15B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151_936,
+)
 TABLE, TAG = "traces", "gpu_check"
+PAPER_CONFIG = REPO / "configs" / "qwen2.5-math-1.5b-oger.yaml"  # its loss, optim and checkpointing
+
+
+@dataclass(frozen=True)
+class PaperPart:
+    """The paper-sized part of the check (`run_paper_model`): a model shape and a short run."""
+
+    name: str
+    shape: tuple[tuple[str, int], ...]  # Qwen2Config fields (a tuple: the dataclass stays hashable)
+    prompts_per_step: int
+    group_size: int
+    max_new_tokens: int
+    steps: int
+
+
+PAPER_PARTS = {  # by Scale.model: the GPU's check and the CPU test's (its figures under the same names)
+    "qwen0.5b": PaperPart(
+        "qwen1.5b", tuple(QWEN2_15B.items()), prompts_per_step=2, group_size=4, max_new_tokens=512, steps=3
+    ),
+    "tiny": PaperPart(
+        "qwen1.5b",
+        tuple(
+            dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                vocab_size=1024,  # past the tokenizer's, as the real vocabulary is
+            ).items()
+        ),
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=10,
+        steps=2,
+    ),
+}
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -121,9 +182,6 @@ def build_tokenizer(workdir: Path):
 def build_policy(tok, scale: Scale, device: str, dtype):
     """A random-init Qwen2 policy: 0.5B-shaped (151,936-token vocabulary; ids past the tokenizer's
     decode to nothing) or tiny; the same weights for every engine (seeded)."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
     shape = (
         QWEN2_05B
         if scale.model == "qwen0.5b"
@@ -136,6 +194,15 @@ def build_policy(tok, scale: Scale, device: str, dtype):
             vocab_size=len(tok),
         )
     )
+    return qwen2(tok, shape, device, dtype)
+
+
+def qwen2(tok, shape: dict, device: str, dtype):
+    """A random-init Qwen2ForCausalLM of this shape (tied embeddings), seeded, built on `device`
+    directly: initialising 1.5 B parameters on the host first costs the check tens of seconds."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
     cfg = Qwen2Config(
         **shape,
         max_position_embeddings=4096,
@@ -144,7 +211,9 @@ def build_policy(tok, scale: Scale, device: str, dtype):
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(cfg)
+    model = model.to(dtype=dtype)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return model
 
@@ -395,6 +464,76 @@ def run_update_layouts(tok, scale: Scale, device: str, dtype) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- the paper's model size
+
+
+def paper_config(part: PaperPart):
+    """The TrainConfig of the paper-sized part: the 1.5B paper config's `loss` and `optim` sections and
+    its gradient checkpointing (read from the YAML, so the check follows the config), bf16-mixed, and
+    this part's short run with `hf` rollouts."""
+    import yaml
+
+    paper = yaml.safe_load(PAPER_CONFIG.read_text())["train"]
+    return TrainConfig(
+        algorithm="oger",
+        steps=part.steps,
+        prompts_per_step=part.prompts_per_step,
+        group_size=part.group_size,
+        precision="bf16-mixed",
+        loss=paper["loss"],
+        optim=paper["optim"],
+        rollout={"max_new_tokens": part.max_new_tokens, "batch_prompts": part.prompts_per_step, "engine": "hf"},
+        distributed={"gradient_checkpointing": paper["distributed"]["gradient_checkpointing"]},
+        logging={"checkpoint_every": part.steps},
+    )
+
+
+def planned_peak_gib(cfg, model_config) -> float | None:
+    """The plan's estimate of the train update's per-GPU peak memory for this run, printed beside the
+    measured peak; None (printed as nan) until then: the estimate line is added by the owner of
+    `oger.runtime.estimate` (issue 40, item 7)."""
+    return None
+
+
+def _dir_gib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
+
+
+def run_paper_model(workdir: Path, tok, inputs, part: PaperPart, device: str) -> dict:
+    """The trainer on a random-init model of the paper's size in `precision: bf16-mixed` on one process:
+    float32 master weights and AdamW state on the device, bf16 compute under autocast (`Dist.precision`),
+    rollouts from transformers `generate`. Figures over the steps after the first (step_figures), the
+    whole run's wall time and the size of its run folder: the last step's checkpoint (float32 model and
+    AdamW state) and exported model, ~25 GB at 1.5B, deleted once measured."""
+    import torch
+
+    _reset_peak(device)
+    model = qwen2(tok, dict(part.shape), device, torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    cfg = paper_config(part)
+    run_dir = workdir / f"train-{part.name}"
+    started = time.perf_counter()
+    history = train(cfg, model, tok, inputs, run_dir, dist=Dist(device=torch.device(device), precision="bf16-mixed"))
+    wall = time.perf_counter() - started
+    figures = step_figures(run_dir, history, tok, inputs, params, device)
+    planned = planned_peak_gib(cfg, model.config)
+    out = {
+        **figures,
+        "params_m": params / 1e6,
+        "vocab_size": model.config.vocab_size,
+        "master_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "train_wall_s": wall,
+        "run_dir_gib": _dir_gib(run_dir),
+        "planned_peak_gib": float("nan") if planned is None else planned,
+    }
+    shutil.rmtree(run_dir)  # read: ~25 GB of disk at 1.5B the later parts may need
+    del model, history
+    gc.collect()  # the run's optimizer state: freed before torchrun's rank needs the GPU
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 # --------------------------------------------------------------------------- torchrun, one rank
 
 
@@ -526,6 +665,11 @@ def run_evaluate(workdir: Path, scale: Scale, kind: str, device: str) -> dict:
 # --------------------------------------------------------------------------- the check
 
 
+def done(part: str, t0: float) -> None:
+    """A part's line as soon as it ends: a run cut by the call's time limit still shows how far it got."""
+    print(f"gpu_check: {part} done, {time.perf_counter() - t0:.0f} s since the start", flush=True)
+
+
 def run_check(
     device: str = "cuda",
     scale: Scale = GPU,
@@ -575,13 +719,25 @@ def run_check(
             for k in ("tokens_per_s", "s_per_step", "generate_s", "update_s", "peak_gib"):
                 out[f"train_{engine}_{k}"] = fig[k]
             out[f"update_mfu_{engine}"] = fig["mfu"]
+            done(f"train {engine}", t0)
         out.update(run_update_layouts(tok, scale, device, dtype))
+        done("update layouts", t0)
+        part = PAPER_PARTS[scale.model]
+        fig = run_paper_model(workdir, tok, inputs, part, device)
+        out.update({f"{part.name}_{k}": v for k, v in fig.items()})
+        done(
+            f"{part.name} bf16-mixed: {fig['s_per_step']:.1f} s/step, peak {fig['peak_gib']:.1f} GiB "
+            f"(plan: {fig['planned_peak_gib']:.1f}), update MFU {fig['mfu']:.3f}",
+            t0,
+        )
         for mode, fig in run_ranked(workdir, encoder_ref, scale, device).items():
             out[f"torchrun_{mode}_{fig['backend']}_{fig['engine']}_s_per_step"] = fig["s_per_step"]
             out[f"torchrun_{mode}_peak_gib"] = fig["peak_gib"]
+        done("torchrun ddp, fsdp2", t0)
         for kind in ("hf", "paged"):
             fig = run_evaluate(workdir, scale, kind, device)
             out[f"eval_{kind}_tokens_per_s"] = fig["tokens_per_s"]
+        done("evaluate hf, paged", t0)
         if device == "cuda":  # vLLM on the GPU, when it imports there (on a CPU: tests/test_vllm*.py)
             try:
                 import vllm  # noqa: F401
@@ -609,6 +765,7 @@ def build(scales: tuple[Scale, ...] = (GPU, TINY)) -> dict:
             out[f"{scale.model} train {engine}"] = train_config(scale, engine)
         for arm, cfg in update_configs(scale).items():
             out[f"{scale.model} update {arm}"] = cfg
+        out[f"{scale.model} {PAPER_PARTS[scale.model].name} bf16-mixed"] = paper_config(PAPER_PARTS[scale.model])
     return out
 
 

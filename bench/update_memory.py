@@ -6,7 +6,10 @@ peak is its own: the process's peak resident memory (`ru_maxrss`) minus its resi
 the update, the CPU allocator's high-water mark for that update. Alternating, twice each.
 
 What it shows at the paper's scale: a float32 (B, T, V) copy here is 2 x 2048 x 49,152 x 4 B = 0.8 GB;
-at Qwen2.5's 152k vocabulary and 8k tokens the same copy is ~20 GB for 4 sequences."""
+at Qwen2.5's 152k vocabulary and 8k tokens the same copy is ~20 GB for 4 sequences.
+
+Beside each measured peak: the estimate `oger plan` makes of the same update (`estimate`), so the
+estimator is checked against the allocator on every run of this bench."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import sys
 
 from bench.common import machine, result, table
 
-RESPONSE, SAMPLES, CHUNK = 2048, 2, 1024
+RESPONSE, SAMPLES, CHUNK, PROMPT = 2048, 2, 1024, 32
 VARIANTS = {"all positions at once": None, f"chunks of {CHUNK}": CHUNK}
 
 
@@ -37,7 +40,22 @@ def train_config(chunk: int | None):
 def batch(vocab: int):
     from bench.update import spread_batch
 
-    return spread_batch(vocab, SAMPLES, prompt=32, shortest=RESPONSE, longest=RESPONSE)
+    return spread_batch(vocab, SAMPLES, prompt=PROMPT, shortest=RESPONSE, longest=RESPONSE)
+
+
+def estimate_mib(chunk: int | None) -> float:
+    """`oger.runtime.estimate.update_peak` of the update `one` measures, in MiB above its start: SmolLM2's
+    shape, float32 on the CPU, one micro-batch of equal-length rows (no padding mask), the entropy's
+    gradient on, no gradient checkpointing; the weights count (transformers maps the safetensors file and
+    the forward pages them in after the baseline is read), no gradients (made in the layers' backward,
+    after the peak) and no optimizer state (no optimizer step)."""
+    from oger.runtime.estimate import MicroBatch, Numerics, update_peak
+    from oger.runtime.model_shapes import TABLE, TABLE_ALIASES
+
+    shape = TABLE[TABLE_ALIASES["smollm2"]]
+    mb = MicroBatch(rows=SAMPLES, seq=PROMPT + RESPONSE, response=RESPONSE)
+    pieces = update_peak(shape, mb, Numerics(), {"weights": shape.params * 4}, chunk, entropy_grad=True)
+    return sum(pieces.values()) / 2**20
 
 
 def build() -> dict:
@@ -85,17 +103,32 @@ def main() -> None:
                 check=True,
             )
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    rows = [
-        [name, min(r["peak_mib"] for r in rs), max(r["peak_mib"] for r in rs), min(r["seconds"] for r in rs)]
-        for name, rs in runs.items()
-    ]
+    rows = []
+    for name, rs in runs.items():
+        low, high = min(r["peak_mib"] for r in rs), max(r["peak_mib"] for r in rs)
+        guess = estimate_mib(VARIANTS[name])
+        rows.append([name, low, high, guess, guess / low, min(r["seconds"] for r in rs)])
     table(
         f"update_memory: one SmolLM2 update, {SAMPLES} x {RESPONSE}-token responses ({machine()})",
-        ["log-probs and entropy", "peak MiB above start (min)", "(max)", "seconds (min)"],
+        [
+            "log-probs and entropy",
+            "peak MiB above start (min)",
+            "(max)",
+            "estimate MiB",
+            "estimate / min",
+            "seconds (min)",
+        ],
         rows,
     )
-    whole, chunked = (min(r["peak_mib"] for r in rs) for rs in runs.values())
-    result("update_memory", whole_mib=whole, chunked_mib=chunked, ratio=chunked / whole)
+    (whole, whole_vs), (chunked, chunked_vs) = ((r[1], r[4]) for r in rows)
+    result(
+        "update_memory",
+        whole_mib=whole,
+        chunked_mib=chunked,
+        ratio=chunked / whole,
+        estimate_ratio_whole=whole_vs,
+        estimate_ratio_chunked=chunked_vs,
+    )
 
 
 if __name__ == "__main__":

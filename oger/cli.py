@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=80.0,
+        metavar="GIB",
+        help="memory of one GPU in GiB: the plan says whether each GPU stage fits in it (default 80)",
+    )
 
     sweep = sub.add_parser(
         "sweep", help="train + evaluate arms x seeds (shared upstream), then a report with intervals and verdicts"

@@ -196,15 +196,48 @@ def load_tokenizer(ref: str):
     return tokenizer_from_folder(gguf_tokenizer_dir(src) if src.kind == "gguf" else src.load_dir)
 
 
-def load_causal_lm(ref: str, dtype: str = "float32"):
-    """(model, tokenizer) for generation; a GGUF model is loaded from its dequantised HF folder."""
+CONFIG_OVERRIDES = ("max_position_embeddings", "rope_theta")
+
+
+def apply_config_overrides(config, overrides: dict) -> None:
+    """Set a model's context (`max_position_embeddings`, `rope_theta`) on its transformers config, in
+    place, before the model is built from it: the rotary embedding computes its frequencies once, at
+    construction, so a config changed afterwards would save one base and run another. Transformers 5
+    keeps rope_theta in `rope_parameters` (a top-level attribute before, still set that way there)."""
+    unknown = set(overrides) - set(CONFIG_OVERRIDES)
+    if unknown:
+        raise ValueError(f"no model-config override named {sorted(unknown)}; known: {CONFIG_OVERRIDES}")
+    if "max_position_embeddings" in overrides:
+        config.max_position_embeddings = int(overrides["max_position_embeddings"])
+    if "rope_theta" in overrides:
+        theta = float(overrides["rope_theta"])
+        params = getattr(config, "rope_parameters", None)
+        if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+            raise ConfigError(
+                f"policy.rope_theta: {type(config).__name__} has one rope setting per attention type "
+                f"({sorted(params)}), not one base frequency: edit the model folder's config.json instead"
+            )
+        if isinstance(params, dict):
+            config.rope_parameters = {**params, "rope_theta": theta}
+        else:
+            config.rope_theta = theta
+
+
+def load_causal_lm(ref: str, dtype: str = "float32", overrides: dict | None = None):
+    """(model, tokenizer) for generation; a GGUF model is loaded from its dequantised HF folder.
+    `overrides` (`apply_config_overrides`) change the model's context before its weights load."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     src = resolve_model(ref)
     folder = materialize_gguf(ref) if src.kind == "gguf" else src.load_dir
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    extra = {}
+    if overrides:
+        config = AutoConfig.from_pretrained(folder)
+        apply_config_overrides(config, overrides)
+        extra["config"] = config
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **extra)
     tokenizer = tokenizer_from_folder(folder)
     if tokenizer.pad_token is None:  # batched generation and training pad with EOS
         tokenizer.pad_token = tokenizer.eos_token

@@ -77,7 +77,7 @@ sys.path.insert(0, sys.argv[4])
 from tests.test_atomic_writes import resume_inputs, resume_config
 from oger.stages.train.trainer import train
 
-run_dir, ckpt, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+run_dir, start, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 real = Path.write_text
 def write_text(self, data, *a, **k):
     if self.name.endswith(name):
@@ -86,7 +86,7 @@ def write_text(self, data, *a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, data, *a, **k)
 Path.write_text = write_text
-model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+model, tok = AutoModelForCausalLM.from_pretrained(start), AutoTokenizer.from_pretrained(start)
 train(resume_config(4), model, tok, resume_inputs(), run_dir)
 print("@@finished", flush=True)
 """
@@ -138,6 +138,7 @@ def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(
     after it ends with every step exactly once and step 3 recomputed as it was."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from oger.stages.train.checkpoint import final_model_dir
     from oger.stages.train.trainer import train
 
     run_dir = tmp_path / "run"
@@ -147,10 +148,10 @@ def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(
     with open(run_dir / METRICS_FILE, "a") as f:
         f.write('{"step": 4, "rew')  # and cut a line
     before = {name: (run_dir / name).read_bytes() for name in (METRICS_FILE, ROLLOUTS_FILE)}
-    ckpt = run_dir / "checkpoints" / "step-000002"
+    start = final_model_dir(run_dir)  # the architecture and tokenizer; the resume loads step 2's weights
 
     proc = subprocess.run(
-        [sys.executable, "-c", RESUME_AND_DIE, str(run_dir), str(ckpt), killed_in, str(REPO)],
+        [sys.executable, "-c", RESUME_AND_DIE, str(run_dir), str(start), killed_in, str(REPO)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -165,7 +166,7 @@ def test_sigkill_in_the_resume_trim_keeps_the_history_and_the_next_resume_works(
         assert (run_dir / ROLLOUTS_FILE).read_bytes() == before[ROLLOUTS_FILE]
     assert [c.name for c in sorted((run_dir / "checkpoints").iterdir())] == ["step-000002"]
 
-    model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+    model, tok = AutoModelForCausalLM.from_pretrained(start), AutoTokenizer.from_pretrained(start)
     history = train(resume_config(4), model, tok, resume_inputs(), run_dir)
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert [h["step"] for h in metrics(run_dir)] == [1, 2, 3, 4]  # every step exactly once

@@ -1,6 +1,6 @@
 """The prepared GPU check: without CUDA `python -m bench gpu_check` says so and exits 0; every
-step of it (engines, index, torchrun DDP and FSDP2 at world size 1, the evaluate engines) runs on
-CPU at tiny sizes, so a typo cannot wait for a lent GPU to surface."""
+step of it (engines, index, the paper-sized bf16-mixed part, torchrun DDP and FSDP2 at world size 1,
+the evaluate engines) runs on CPU at tiny sizes, so a typo cannot wait for a lent GPU to surface."""
 
 import math
 import subprocess
@@ -48,6 +48,31 @@ def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
     assert out["update_packed_s"] > 0 and out["update_padded_s"] > 0
     assert (tmp_path / "train-fsdp2" / "checkpoints").is_dir()
     assert (tmp_path / "train-paged" / "metrics.jsonl").read_text().count("\n") == gpu_check.TINY.steps
+    # the paper-sized part's code at tiny size: bf16-mixed keeps float32 master weights, the model's
+    # vocabulary is its own (past the tokenizer's), the run folder was measured and then removed
+    part = gpu_check.PAPER_PARTS["tiny"]
+    assert out["qwen1.5b_master_dtype"] == "float32"
+    assert out["qwen1.5b_vocab_size"] == dict(part.shape)["vocab_size"] > 500
+    for key in ("s_per_step", "tokens_per_s", "update_s", "run_dir_gib"):
+        assert out[f"qwen1.5b_{key}"] > 0 and math.isfinite(out[f"qwen1.5b_{key}"]), key
+    assert math.isnan(out["qwen1.5b_peak_gib"]) and math.isnan(out["qwen1.5b_mfu"])  # no GPU, no peak FLOP/s
+    assert not (tmp_path / f"train-{part.name}").exists()
+    assert "qwen1.5b bf16-mixed:" in printed and "update layouts done" in printed
+
+
+def test_the_paper_part_trains_with_the_1_5b_configs_loss_and_optimizer():
+    from oger.contract.config import load_config
+
+    paper = load_config(gpu_check.PAPER_CONFIG).train
+    for part in gpu_check.PAPER_PARTS.values():
+        cfg = gpu_check.paper_config(part)
+        assert cfg.precision == "bf16-mixed" and cfg.rollout.engine == "hf"
+        assert cfg.loss == paper.loss and cfg.optim == paper.optim
+        assert cfg.distributed.gradient_checkpointing == paper.distributed.gradient_checkpointing
+        assert cfg.distributed.num_processes == 1
+    gpu = gpu_check.PAPER_PARTS[gpu_check.GPU.model]
+    assert dict(gpu.shape) == gpu_check.QWEN2_15B and dict(gpu.shape)["vocab_size"] == 151_936
+    assert (gpu.steps, gpu.prompts_per_step, gpu.group_size, gpu.max_new_tokens) == (3, 2, 4, 512)
 
 
 @pytest.mark.slow

@@ -59,6 +59,32 @@ def test_greedy_token_ids_identical_with_early_stops(policy):
         assert len(a.entropies) == len(b.entropies) == len(a.response_ids)
         assert max(abs(x - y) for x, y in zip(a.entropies, b.entropies)) < 1e-4
 
+    # The bonus's window (the last m tokens, `core.bonus_entropy_window`): each engine keeps those
+    # positions' entropies only, the same numbers; paged runs the LM head on them alone (rows of
+    # different lengths: the union of their window positions, each row reading its own).
+    from oger.generation.paged import response_entropies
+
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    try:
+        for m in (1, 3):
+            hf_m = generate(model, tok, prompts, n=2, max_new_tokens=24, temperature=0.0, entropy_window=m)
+            paged_m = generate(
+                model, tok, prompts, n=2, max_new_tokens=24, temperature=0.0, engine="paged", entropy_window=m
+            )
+            for full, a, b in zip(hf, hf_m, paged_m):
+                assert a.response_ids == b.response_ids == full.response_ids
+                assert a.entropies == full.entropies[-m:]  # the values it recorded, cut to the window
+                assert b.entropies == pytest.approx(full.entropies[-m:], abs=1e-4)
+    finally:
+        model.generation_config.eos_token_id = old
+    jobs = [prompts[r.prompt_index] for r in hf]
+    responses = [r.response_ids for r in hf]
+    whole = response_entropies(model, jobs, responses, batch_size=8, pad=tok.pad_token_id)
+    last2 = response_entropies(model, jobs, responses, batch_size=8, pad=tok.pad_token_id, window=2)
+    assert [len(e) for e in last2] == [min(2, len(r)) for r in responses]
+    for w, e in zip(whole, last2):
+        assert e == pytest.approx(w[-2:], abs=1e-5)
+
 
 @pytest.mark.parametrize("engine", ["hf", "paged"])
 def test_sampling_reproducible_by_seed(policy, engine):

@@ -8,12 +8,21 @@ import yaml
 from flows.pipeline import oger_pipeline
 from flows.sweep import oger_sweep
 from oger.contract.config import load_config
+from oger.models import resolve_model
 from oger.sweep.arms import parse_list, resolve_arms
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"] if d["entrypoint"].startswith("flows/pipeline.py")}
 SWEEPS = {d["name"]: d for d in SPEC["deployments"] if d["entrypoint"].startswith("flows/sweep.py")}
+
+
+def needs_gpu(config: str) -> bool:
+    """Several training processes, or a policy from the hub (the paper's models; the CPU configs train a
+    tiny model or a shipped one)."""
+    cfg = load_config(REPO / config)
+    hub_policy = cfg.policy.source == "model" and resolve_model(cfg.policy.model).kind == "hub"
+    return cfg.train.distributed.num_processes > 1 or hub_policy
 
 
 def test_every_shipped_config_has_a_deployment_on_the_process_pool():
@@ -24,10 +33,10 @@ def test_every_shipped_config_has_a_deployment_on_the_process_pool():
         assert dep is not None, f"prefect.yaml has no deployment for configs/{name}"
         assert dep["parameters"]["config"] == f"configs/{name}"
     for name, dep in DEPLOYMENTS.items():
-        # the CPU configs on the CPU pool (SmolLM2 included); paper-scale ones (8 training processes)
-        # only where a GPU worker serves them
-        gpu = load_config(REPO / dep["parameters"]["config"]).train.distributed.num_processes > 1
-        assert dep["work_pool"]["name"] == ("oger-gpu" if gpu else "oger-process"), name
+        # the CPU configs on the CPU pool (SmolLM2 included); paper-scale ones (8 training processes, or
+        # the paper's model from the hub on one GPU: the smoke config) only where a GPU worker serves them
+        pool = "oger-gpu" if needs_gpu(dep["parameters"]["config"]) else "oger-process"
+        assert dep["work_pool"]["name"] == pool, name
         assert dep["entrypoint"] == "flows/pipeline.py:oger_pipeline"
 
 

@@ -406,3 +406,20 @@ def test_chunked_token_scores_equal_the_whole_and_keep_no_float32_vocabulary_cop
     z = base.to(torch.bfloat16).float() / 0.7
     torch.testing.assert_close(got[4][0], core.token_logprobs(z, ids), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[4][1], core.entropy_from_logits(z), rtol=1e-6, atol=1e-6)
+
+
+def test_bonus_entropy_window_is_the_last_m_generated_tokens():
+    """The one selector of the positions whose entropy the bonus reads (every engine asks it)."""
+    assert list(core.bonus_entropy_window(5, 1)) == [4]  # the decision to stop
+    assert list(core.bonus_entropy_window(5, 3)) == [2, 3, 4]
+    assert list(core.bonus_entropy_window(2, 3)) == [0, 1]  # a shorter response: what it has
+    assert list(core.bonus_entropy_window(0, 1)) == []
+    with pytest.raises(ValueError):
+        core.bonus_entropy_window(5, 0)
+    # last_token_entropy over the window's values equals it over every position
+    ent = torch.tensor([[0.5, 1.0, 2.0, 4.0, 8.0]])
+    window = ent[:, list(core.bonus_entropy_window(5, 2))]
+    close(
+        core.last_token_entropy(window, torch.ones_like(window), 2),
+        core.last_token_entropy(ent, torch.ones_like(ent), 2),
+    )

@@ -1,8 +1,10 @@
 """Multi-process training for real: the train stage launches 2 CPU ranks (gloo) with DDP under
 torchrun and with FSDP2 under accelerate launch; both must give the parameters one process gets on
-the whole batch; a launch interrupted after a rank-0 checkpoint resumes there."""
+the whole batch; a launch interrupted after its checkpoint resumes there (FSDP2: killed, resumed from
+each rank's DCP shards to the uninterrupted run's weights)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,8 +60,6 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     # Two ranks, interrupted after step 1: a launch of a 1-step run into the same run directory
     # leaves rank 0's checkpoint step-000001 there; the stage then resumes at step 2.
     run_dir = two.workdir_path / "cache" / "train" / plans["train"].key[:16]
-    import shutil
-
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     first = load_config(p, [f"workdir={rl_workdir}", "train.distributed.num_processes=2", "train.steps=1"])
@@ -80,22 +80,74 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     assert moved > 0  # the two steps did update the model
     assert ddp.metrics["heldout_accuracy"] == single.metrics["heldout_accuracy"]
 
-    # FSDP2 (sharded parameters, gradients, optimizer state; gloo on CPU here) is the same update,
-    # here launched by `accelerate launch`.
-    fsdp_cfg = load_config(
-        p,
-        [
-            f"workdir={rl_workdir}",
-            "train.distributed.num_processes=2",
-            "train.distributed.fsdp=true",
-            "train.distributed.launcher=accelerate",
-        ],
-    )
-    fsdp = pipeline.run_stage(fsdp_cfg, plans["train"], refs, refresh=True)
+
+def test_fsdp2_two_ranks_killed_after_the_step_2_checkpoint_resume_to_the_uninterrupted_weights(
+    tmp_path, small_config, rl_workdir
+):
+    """FSDP2 (sharded parameters, gradients and optimizer state; gloo on this CPU): 4 steps under
+    `accelerate launch` give the weights one process gets; a torchrun launch SIGKILLed once its step-2
+    checkpoint exists (every rank's DCP shards) resumes, each rank reading its own shards, to the
+    uninterrupted run's step-4 weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from oger.stages.train.checkpoint import DCP_DIR, final_model_dir, list_checkpoints
+    from oger.stages.train.distributed import launch_spec, launcher_command
+
+    train = {**TRAIN, "steps": 4, "logging": {"checkpoint_every": 2}}
+    p = small_config.write(tmp_path, "fsdp", **small_config.RL_UPSTREAM, train=train)
+    ranks = [f"workdir={rl_workdir}", "train.distributed.num_processes=2", "train.distributed.fsdp=true"]
+    one = load_config(p, [f"workdir={rl_workdir}"])
+    plans = pipeline.plan(one)
+    refs = pipeline.run_local(one, until="train")
+    a = params(Path(refs["train"].path) / "model")
+
+    whole_cfg = load_config(p, [*ranks, "train.distributed.launcher=accelerate"])
+    assert pipeline.plan(whole_cfg)["train"].key == plans["train"].key
+    whole = pipeline.run_stage(whole_cfg, plans["train"], refs, refresh=True)
+    run_dir = whole_cfg.workdir_path / "cache" / "train" / plans["train"].key[:16]
     assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
-    assert rollout_keys(fsdp) == single_rollouts
-    c = params(Path(fsdp.path) / "model")
-    for name in a:
-        torch.testing.assert_close(c[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
-    config = json.loads((Path(fsdp.path) / "model" / "config.json").read_text())
+    b = params(Path(whole.path) / "model")
+    for name in a:  # FSDP2 is the one-process update
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+    config = json.loads((Path(whole.path) / "model" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
+
+    cfg = load_config(p, ranks)
+    spec = run_dir / "launch.json"
+    spec.write_text(
+        json.dumps(launch_spec(cfg, Path(refs["policy"].path) / "model", refs["problems"], refs["index"], run_dir))
+    )
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(launcher_command("torchrun", 2, spec), stdout=log, stderr=subprocess.STDOUT, env=env)
+        step2 = run_dir / "checkpoints" / "step-000002" / "COMPLETE"
+        deadline = time.monotonic() + 300
+        while not step2.exists():
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no step-2 checkpoint in 300 s"
+            time.sleep(0.05)
+        # the launcher and both ranks, mid-step 3 (torchrun starts each rank in a session of its own)
+        tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        psutil.wait_procs([psutil.Process(pid) for pid in tree if psutil.pid_exists(pid)], timeout=30)
+    assert [c.name for c in list_checkpoints(run_dir / "checkpoints")] == ["step-000002"]
+    shards = sorted(f.name for f in (step2.parent / DCP_DIR).glob("*.distcp"))
+    assert len(shards) == 2, shards  # one file per rank
+    assert not final_model_dir(run_dir).exists()
+
+    shutil.rmtree(whole.path)  # so the stage recomputes, resuming in the same run folder
+    resumed = pipeline.run_stage(cfg, plans["train"], refs)
+    assert resumed.metrics["resumed"] is True and resumed.metrics["steps"] == 4
+    log = (run_dir / "launch.log").read_text().split(f"$ {sys.executable} ")[-1]  # the resumed launch's output
+    assert "[oger-train] step 3/4" in log and "[oger-train] step 1/4" not in log
+    c = params(Path(resumed.path) / "model")
+    for name in b:
+        torch.testing.assert_close(c[name], b[name], rtol=0, atol=1e-6, msg=name)

@@ -337,7 +337,9 @@ def test_a_resumed_run_anchors_its_kl_to_the_policy_it_started_from(model_tok, t
         for p in trained.parameters():
             p.add_(0.01)
     opt = torch.optim.AdamW(trained.parameters())
-    save_checkpoint(tmp_path / "checkpoints", 2, trained, tok, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1))
+    save_checkpoint(
+        tmp_path / "checkpoints", 2, trained, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), Dist()
+    )
     cfg = TrainConfig(steps=4, loss={"beta": 0.05}, rollout={"max_new_tokens": 8})
     inputs = TrainInputs(questions={"q": "Compute 1 + 2."}, answers={"q": "3"}, problem_ids=["q"])
     run = setup(cfg, copy.deepcopy(start), tok, inputs, tmp_path, Dist())

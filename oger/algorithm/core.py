@@ -343,6 +343,16 @@ def divergence(s: Tensor) -> Tensor:
     return (1.0 - s).clamp(0.0, 1.0)
 
 
+def bonus_entropy_window(length: int, m: int) -> range:
+    """The response positions whose entropy the bonus's g(H) reads: the last m generated tokens (m=1:
+    the decision to stop). The one selector every rollout engine asks (`Request.entropy_window`), so
+    an engine that must compute entropies itself (paged, vLLM) runs the LM head on these positions only
+    instead of on every position (a (B, T, V) float32 tensor at 8k tokens and a 152k vocabulary)."""
+    if m < 1:
+        raise ValueError("m must be >= 1")
+    return range(max(0, length - m), length)
+
+
 def last_token_entropy(token_entropy: Tensor, mask: Tensor, m: int = 1) -> Tensor:
     """Mean entropy over the last m VALID tokens of each row: (B, T), (B, T) -> (B,).
 

@@ -3,7 +3,9 @@
 For every stage of `pipeline.STAGES`: its upstream stages, key, whether its artifact is cached, the
 engines and resources it asks for, and its token budget (problems x samples x max new tokens).
 Each stage may give a `plan_info(cfg, counts) -> StageInfo` hook (`oger.contract.Stage`); a stage
-without it is listed with its key and state only.
+without it is listed with its key and state only. A stage that runs on GPUs adds its per-GPU estimate
+(memory by phase, time, disk: `StageInfo.gpu`), which is weighed here against `--gpu-memory`: "fits in
+N GiB", or "does not fit" with the changes that would make it fit (`gpu_verdict`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from oger import contract, pipeline
-from oger.contract import Budget, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.contract import Budget, GpuEstimate, StageInfo  # noqa: F401 - re-exported (older imports)
 from oger.contract.config import SyntheticSource, load_config
 from oger.data.sources import source_file
+from oger.runtime.estimate import fmt_bytes
 from oger.stages.problems import STAGE as PROBLEMS
 from oger.stages.problems.files import read_problems
 
@@ -73,7 +76,41 @@ def fmt_tokens(n: int | None) -> str:
     return str(n)
 
 
-def build(cfg) -> dict:
+GIB = 2**30
+DEFAULT_GPU_GIB = 80.0
+
+
+def gpu_verdict(g: GpuEstimate, gpu_gib: float) -> tuple[bool, str]:
+    """(fits, the sentence): "fits in N GiB", or "does not fit" naming the changes that would help most.
+    Changes of one field come least drastic first: per field the first that fits is named, else its
+    most drastic; fields are ranked by the peak they leave, and a "together" change only when no single
+    one fits."""
+    cap = gpu_gib * GIB
+    need = g.need(g.phases, cap)
+    phase = max(g.phases, key=lambda k: g.need({k: g.phases[k]}, cap))
+    head = f"in {gpu_gib:g} GiB (peak {fmt_bytes(need)}, in the {phase})"
+    if need <= cap:
+        return True, f"fits {head}"
+    best: dict[str, tuple[str, float]] = {}
+    for text, phases in g.fixes:
+        key = "together" if text.startswith("together") else text.split(":")[0]
+        if key in best and best[key][1] <= cap:
+            continue  # a milder value of this field fits already
+        best[key] = (text, g.need(phases, cap))
+    ranked = sorted(best.items(), key=lambda kv: kv[1][1])
+    fitting = [f"{text} (peak {fmt_bytes(n)})" for key, (text, n) in ranked if n <= cap and key != "together"]
+    if fitting:
+        return False, f"does not fit {head}: change " + "; or ".join(fitting[:3])
+    together = [f"{text} (peak {fmt_bytes(n)})" for key, (text, n) in ranked if key == "together" and n <= cap]
+    if together:
+        return False, f"does not fit {head}: no single change is enough; {together[0]}"
+    helps = [f"{text} (peak {fmt_bytes(n)})" for _, (text, n) in ranked[:3] if n < need]
+    return False, f"does not fit {head}, nor with any change tried" + (
+        "; the most help: " + "; ".join(helps) if helps else ""
+    )
+
+
+def build(cfg, gpu_memory_gib: float = DEFAULT_GPU_GIB) -> dict:
     """The plan as a JSON-able dict (what `oger plan --json` prints)."""
     plans = pipeline.plan(cfg)
     refs = {name: pipeline.cached_ref(cfg, p) for name, p in plans.items()}
@@ -87,6 +124,10 @@ def build(cfg) -> dict:
         for b in info.budget:
             unknown |= b.tokens is None
             total += b.tokens or 0
+        gpu = None
+        if info.gpu is not None:
+            fits, verdict = gpu_verdict(info.gpu, gpu_memory_gib)
+            gpu = {**asdict(info.gpu), "gpu_memory_gib": gpu_memory_gib, "fits": fits, "verdict": verdict}
         stages.append(
             {
                 "stage": name,
@@ -97,6 +138,7 @@ def build(cfg) -> dict:
                 "resources": info.resources,
                 "budget": budget,
                 "notes": info.notes,
+                "gpu": gpu,
                 "stage_tokens": None
                 if any(b.tokens is None for b in info.budget)
                 else sum(b.tokens for b in info.budget),
@@ -121,7 +163,7 @@ def dag_lines(stages: list[dict]) -> list[str]:
 
 def cmd_plan(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    data = build(cfg)
+    data = build(cfg, getattr(args, "gpu_memory", None) or DEFAULT_GPU_GIB)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
@@ -154,6 +196,13 @@ def cmd_plan(args) -> int:
             "\n".join(lines + s["notes"]) or "-",
         )
     console.print(table)
+    for s in data["stages"]:
+        if s["gpu"] is not None:
+            console.print(f"[bold]{s['stage']}[/bold], per GPU:", highlight=False)
+            for line in s["gpu"]["lines"]:
+                console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+            style = "green" if s["gpu"]["fits"] else "red"
+            console.print(f"  [{style}]{s['gpu']['verdict']}[/{style}]", highlight=False, soft_wrap=True)
     total = data["total_tokens"]
     console.print(
         f"total new tokens at most: {fmt_tokens(total)}"

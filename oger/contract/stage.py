@@ -39,6 +39,7 @@ __all__ = [
     "StageContext",
     "StageInfo",
     "Budget",
+    "GpuEstimate",
     "ModelUse",
     "register",
     "unregister",
@@ -74,14 +75,36 @@ class Budget:
         return None if self.prompts is None else self.prompts * self.samples * self.max_tokens
 
 
+Phases = dict[str, tuple[int, float]]  # phase -> (bytes, share of the GPU's memory an engine takes)
+
+
+@dataclass
+class GpuEstimate:
+    """A stage's per-GPU estimate for `oger plan` (nothing runs): each phase's memory as (bytes, share of
+    the GPU: an engine that takes a share of whatever GPU it gets, vLLM's gpu_memory_utilization), the
+    `lines` that explain it (memory, time, disk; labelled estimates) and `fixes`: (a config change, the
+    phases re-estimated with it). The plan command weighs them against the user's `--gpu-memory`."""
+
+    phases: Phases
+    lines: list[str] = field(default_factory=list)
+    fixes: list[tuple[str, Phases]] = field(default_factory=list)
+
+    @staticmethod
+    def need(phases: Phases, gpu_bytes: float) -> float:
+        """The most any phase needs of a GPU with `gpu_bytes` of memory."""
+        return max(b + share * gpu_bytes for b, share in phases.values())
+
+
 @dataclass
 class StageInfo:
-    """A stage's answer to `oger plan`: engine, resources, token budget, notes (nothing runs)."""
+    """A stage's answer to `oger plan`: engine, resources, token budget, notes (nothing runs), and for a
+    stage that runs on GPUs its per-GPU estimate (`gpu`)."""
 
     engine: str
     resources: str
     budget: list[Budget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    gpu: GpuEstimate | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class Request:
     seed: int = 0
     first_job: int = 0
     record_entropy: bool = False  # per-token entropies of the sampling distribution (hf, paged)
+    entropy_window: int | None = None  # with record_entropy: the last m positions only (core.bonus_entropy_window)
     record_logprobs: bool = False  # each sampled token's log-prob under the engine's own sampler (vllm)
 
 

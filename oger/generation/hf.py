@@ -15,6 +15,7 @@ import weakref
 import torch
 
 from oger import seeds
+from oger.algorithm.core import bonus_entropy_window
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
 from oger.generation.records import Rollout, eos_ids
@@ -115,6 +116,7 @@ class TransformersEngine:
             first_job=request.first_job,
             batch_size=self.batch_size or max(1, len(ids) * request.n),
             record_entropy=request.record_entropy,
+            entropy_window=request.entropy_window,
             synced_gpus=self.synced_gpus,
             engine=self.kind,
         )
@@ -143,6 +145,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     record_entropy: bool = True,
+    entropy_window: int | None = None,
     synced_gpus: bool = False,
     engine: str = "hf",
     first_job: int = 0,
@@ -157,7 +160,8 @@ def generate(
 
     Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
-    whatever the cut (the paged engine seeds one generator per call with `first_job` added)."""
+    whatever the cut (the paged engine seeds one generator per call with `first_job` added).
+    `entropy_window` (m): each rollout keeps the entropies of its last m tokens only, the bonus's window."""
     with of_model(model).decode(model, pack_linears=pack_linears):
         return _generate(
             model,
@@ -170,6 +174,7 @@ def generate(
             seed=seed,
             batch_size=batch_size,
             record_entropy=record_entropy,
+            entropy_window=entropy_window,
             synced_gpus=synced_gpus,
             engine=engine,
             first_job=first_job,
@@ -189,6 +194,7 @@ def _generate(
     seed,
     batch_size,
     record_entropy,
+    entropy_window,
     synced_gpus,
     engine,
     first_job,
@@ -210,6 +216,7 @@ def _generate(
             seed=seeds.for_item(seed, first_job) if first_job else seed,
             batch_size=batch_size,
             record_entropy=record_entropy,
+            entropy_window=entropy_window,
         )
     if engine != "hf":
         raise ValueError(f"unknown rollout engine {engine!r}; choose from {ENGINES}")
@@ -263,7 +270,8 @@ def _generate(
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
             resp = row[: stop_at + 1] if stop_at is not None else row
             text = tokenizer.decode(resp[:-1] if stop_at is not None else resp, skip_special_tokens=True)
-            ents = ent[r, : len(resp)].tolist() if ent is not None else []
+            window = bonus_entropy_window(len(resp), entropy_window) if entropy_window else range(len(resp))
+            ents = ent[r, window.start : window.stop].tolist() if ent is not None else []
             out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
     if was_training:
         model.train()

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from oger.algorithm.core import bonus_entropy_window
 from oger.generation.records import Rollout, eos_ids
 
 # Cache pages of this many tokens; smaller than transformers' 256 so short rollouts waste less.
@@ -116,11 +117,20 @@ def _run_engine(model, jobs: list[list[int]], gen_config, cbc, max_new_tokens: i
 
 @torch.no_grad()
 def response_entropies(
-    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad: int, longest: int | None = None
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    batch_size: int,
+    pad: int,
+    longest: int | None = None,
+    window: int | None = None,
 ) -> list[list[float]]:
-    """Entropy of softmax(raw logits) at every response position, by one forward pass per
-    micro-batch (left-padded prompts, right-padded responses; the LM head runs on the responses).
-    Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
+    """Entropy of softmax(raw logits) at every response position, or with `window` (m) at each
+    response's last m positions only (`core.bonus_entropy_window`), by one forward pass per
+    micro-batch (left-padded prompts, right-padded responses). The LM head runs on the responses, or
+    with a window on the union of the rows' window positions only (`logits_to_keep` as indices, through
+    the model's own forward so FSDP2's hooks run): (rows, <= rows x m, V) logits instead of
+    (rows, T, V). Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
 
     `longest` (the most tokens a response can have): every micro-batch then holds the number of rows
     that bound allows, whatever the responses' lengths, so ranks with as many rows run as many
@@ -128,16 +138,24 @@ def response_entropies(
     out: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
+
+    def logits_of(rows: int, response_len: int) -> int:  # the LM head's output for `rows` rows
+        return rows * (response_len + 1 if window is None else min(response_len + 1, rows * window)) * vocab
+
     order = sorted(range(len(prompts)), key=lambda i: len(responses[i]))
     if longest is None:
         order = [i for i in order if responses[i]]
-    fixed = max(1, min(batch_size, ENTROPY_LOGITS // ((longest + 1) * vocab))) if longest else None
+    fixed = None
+    if longest:
+        fixed = 1
+        while fixed < batch_size and logits_of(fixed + 1, longest) <= ENTROPY_LOGITS:
+            fixed += 1
     while order:  # rows sorted by response length: grow a micro-batch while the cap allows
         rows = 1 if fixed is None else min(fixed, len(order))
         while (
             fixed is None
             and rows < min(batch_size, len(order))
-            and (rows + 1) * (len(responses[order[rows]]) + 1) * vocab <= ENTROPY_LOGITS
+            and logits_of(rows + 1, len(responses[order[rows]])) <= ENTROPY_LOGITS
         ):
             rows += 1
         idx, order = order[:rows], order[rows:]
@@ -151,20 +169,22 @@ def response_entropies(
             ids[r, P : P + len(y)] = torch.tensor(y)
             attn[r, P - len(p) : P + len(y)] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = (
-            model(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                position_ids=pos.to(device),
-                logits_to_keep=R + 1,
-            )
-            .logits[:, :-1]
-            .float()
-        )
+        # response token j is predicted at sequence position P + j - 1
+        wanted = [
+            range(len(responses[i])) if window is None else bonus_entropy_window(len(responses[i]), window) for i in idx
+        ]
+        keep = sorted({P + j - 1 for w in wanted for j in w}) or [P - 1]
+        column = {position: c for c, position in enumerate(keep)}
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            position_ids=pos.to(device),
+            logits_to_keep=torch.tensor(keep, device=device),
+        ).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         ent = (-(logp.exp() * logp).sum(-1)).cpu()
-        for r, i in enumerate(idx):
-            out[i] = ent[r, : len(responses[i])].tolist()
+        for r, (i, w) in enumerate(zip(idx, wanted)):
+            out[i] = ent[r, [column[P + j - 1] for j in w]].tolist()
     return out
 
 
@@ -180,6 +200,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     record_entropy: bool = True,
+    entropy_window: int | None = None,
 ) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order, like the HF engine.
     `batch_size` bounds the entropy pass only: the engine packs requests by tokens itself."""
@@ -205,7 +226,11 @@ def generate(
             row = row[:max_new_tokens]
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
             responses.append(row[: stop_at + 1] if stop_at is not None else row)
-        ents = response_entropies(model, jobs, responses, batch_size, pad) if record_entropy else [[] for _ in jobs]
+        ents = (
+            response_entropies(model, jobs, responses, batch_size, pad, window=entropy_window)
+            if record_entropy
+            else [[] for _ in jobs]
+        )
     finally:
         if was_training:
             model.train()

@@ -265,6 +265,7 @@ class ColocatedEngine:
                     self.entropy_batch,
                     pad,
                     longest=request.max_new_tokens if self.synced_forward else None,
+                    window=request.entropy_window,
                 )
             finally:
                 self.model.train(was_training)

@@ -61,6 +61,23 @@ class PolicyConfig(Strict):
         json_schema_extra=resolved("with source: model, keyed by its content fingerprint; unused with source: tiny"),
     )
     dtype: Literal["float32", "bfloat16"] = "float32"
+    max_position_embeddings: int | None = Field(
+        None,
+        ge=1,
+        description="the policy's context in positions, set in its config before the model is built and "
+        "saved in the policy artifact's config.json, so train, evaluate and vLLM read it too: for a budget "
+        "past the model's own context (Qwen2.5-Math has 4096; LUFFY's 7B base was raised to 16384 with "
+        "rope_theta 40000). Default: the model's own (tiny: tiny.max_position)",
+        json_schema_extra=omitted_at_default("keys from before the option; unset keeps the model's own"),
+    )
+    rope_theta: float | None = Field(
+        None,
+        gt=0,
+        description="the rotary embedding's base frequency, set like max_position_embeddings (transformers 5 "
+        "keeps it in rope_parameters); a larger base stretches the positions the model was trained on over a "
+        "longer context. Default: the model's own",
+        json_schema_extra=omitted_at_default("keys from before the option; unset keeps the model's own"),
+    )
     tiny: TinyPolicy = Field(TinyPolicy(), json_schema_extra=inert("unused with source: model"))
     sft: SFTConfig = SFTConfig()
     instruction: Instruction = Field("{question}", description="user turn; the trainer uses the same")
@@ -85,6 +102,12 @@ class PolicyConfig(Strict):
         if self.source == "model" and not self.model:
             raise ValueError("policy.source 'model' needs policy.model")
         return self
+
+    def config_overrides(self) -> dict:
+        """The model-config values this section sets, by their transformers names ({} when none): what
+        the policy stage writes into the model it builds, and what a check of the context reads."""
+        out = {"max_position_embeddings": self.max_position_embeddings, "rope_theta": self.rope_theta}
+        return {k: v for k, v in out.items() if v is not None}
 
     def inert_fields(self) -> set[str]:
         return {"tiny"} if self.source == "model" else set()

@@ -45,14 +45,17 @@ def key_inputs(cfg: PolicyConfig, heldout: HeldoutConfig) -> tuple[dict, dict]:
 
 
 def _load_base(cfg: PolicyConfig, corpus: list[str]):
+    """The policy before SFT, its context as the section overrides it (the artifact's config.json then
+    carries the override to every later stage)."""
+    overrides = cfg.config_overrides()
     if cfg.source == "tiny":
         t = cfg.tiny
         tokenizer = train_tokenizer(corpus, t.vocab_size, t.pretokenize)
         model = build_model(
-            tokenizer, t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size, t.max_position, t.seed
+            tokenizer, t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size, t.max_position, t.seed, overrides
         )
         return model, tokenizer
-    return load_causal_lm(cfg.model, cfg.dtype)
+    return load_causal_lm(cfg.model, cfg.dtype, overrides)
 
 
 def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: dict[str, str]):
@@ -151,6 +154,8 @@ def plan_info(cfg, counts):
     """`oger plan`: base model, SFT warm start and the held-out greedy evaluation."""
     p = cfg.policy
     base = "tiny Qwen2 + BPE tokenizer" if p.source == "tiny" else f"transformers {p.model} ({p.dtype})"
+    if p.config_overrides():
+        base += "; config " + ", ".join(f"{k} {v:g}" for k, v in p.config_overrides().items())
     notes = []
     if p.sft.enabled:
         notes.append(

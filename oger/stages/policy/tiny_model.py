@@ -63,9 +63,17 @@ def train_tokenizer(texts: list[str], vocab_size: int, pretokenize: str = "words
 
 
 def build_model(
-    tokenizer, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, max_position: int, seed: int
+    tokenizer,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_position: int,
+    seed: int,
+    overrides: dict | None = None,
 ):
-    """A randomly initialised Qwen2ForCausalLM sized for the tokenizer (deterministic by seed)."""
+    """A randomly initialised Qwen2ForCausalLM sized for the tokenizer (deterministic by seed);
+    `overrides`: the policy section's context settings (`oger.models.apply_config_overrides`)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -83,6 +91,10 @@ def build_model(
         bos_token_id=tokenizer.eos_token_id,
         architectures=["Qwen2ForCausalLM"],
     )
+    if overrides:
+        from oger.models import apply_config_overrides
+
+        apply_config_overrides(config, overrides)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(

@@ -1,5 +1,5 @@
 """Training on several processes with torch.distributed: the rank context the trainer uses, the
-DDP / FSDP2 wrapping, full state dicts for rank-0 checkpoints, and the launcher command
+DDP / FSDP2 wrapping, full weights for the rollout engine, and the launcher command
 (`torchrun` or `accelerate launch`) the train stage runs.
 
 Design (docs/ALGORITHM.md, "Training on several processes"): every rank draws the same prompts
@@ -7,7 +7,8 @@ for a step and rolls out its own contiguous slice of them, in whole generation c
 by its global index; a group never spans ranks, so rewards and group advantages are computed
 locally over the whole group. The loss of each rank is normalised by the global token (or sample)
 count and scaled by the world size, so DDP's gradient average equals the one-process gradient.
-Per-sample records and loss metrics are gathered to rank 0, which alone writes logs and checkpoints.
+Per-sample records and loss metrics are gathered to rank 0, which alone writes logs; every rank writes
+its own shard of a checkpoint (`checkpoint`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class Dist:
         return DistributedDataParallel(model, device_ids=ids)
 
     def model_state(self, model) -> dict | None:
-        """The full state dict on rank 0 (called on every rank: FSDP gathers the shards)."""
+        """The full state dict on rank 0 (called on every rank: FSDP gathers the shards): the weights a
+        vLLM engine starts from. Checkpoints are sharded instead (`checkpoint.save_checkpoint`)."""
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -112,21 +114,13 @@ class Dist:
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         return [(k, v.detach()) for k, v in sd.items()]
 
-    def optimizer_state(self, model, opt) -> dict | None:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            return sd if self.main else None
-        return opt.state_dict() if self.main else None
-
-    def load_optimizer_state(self, model, opt, state: dict) -> None:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            opt.load_state_dict(state)
+    def from_main(self, obj):
+        """Rank 0's `obj` on every rank (a path rank 0 chose, say)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():
@@ -272,14 +266,10 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
         )
 
 
-def train_distributed(
-    cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32"
-) -> list[dict]:
-    """The train stage's multi-process path: launch the ranks on the resolved config and return
-    the metrics history rank 0 wrote (its final checkpoint holds the trained model).
-    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
-    `precision`: as the plan resolved it, sent to the ranks (they never resolve `auto` themselves)."""
-    spec = {
+def launch_spec(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32") -> dict:
+    """What every rank reads (`worker`): the resolved config, the model to start from, the problems and
+    index artifacts, the run folder, and the precision as the plan resolved it."""
+    return {
         "precision": precision,
         "config": cfg.model_dump(mode="json"),
         "init_dir": str(init_dir),
@@ -287,5 +277,15 @@ def train_distributed(
         "index_ref": index_ref.model_dump(mode="json"),
         "run_dir": str(run_dir),
     }
+
+
+def train_distributed(
+    cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32"
+) -> list[dict]:
+    """The train stage's multi-process path: launch the ranks on the resolved config and return
+    the metrics history rank 0 wrote (the model they end with is exported to `final_model_dir`).
+    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
+    `precision`: as the plan resolved it, sent to the ranks (they never resolve `auto` themselves)."""
+    spec = launch_spec(cfg, init_dir, problems_ref, index_ref, run_dir, precision)
     launch(cfg.train.distributed.launcher, cfg.train.distributed.num_processes, spec, run_dir)
     return read_metrics(run_dir)

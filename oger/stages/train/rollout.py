@@ -47,6 +47,7 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
             top_p=ro.top_p,
             seed=rollout_seed(cfg, step, c // ro.batch_prompts),
             record_entropy=needs_rollout_entropy(cfg),
+            entropy_window=cfg.oger.entropy_tokens,  # what the bonus reads (core.bonus_entropy_window)
         )
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)
         samples += [

@@ -17,7 +17,7 @@ from oger.generation.hf import TransformersEngine
 from oger.labels import Labeller
 from oger.runtime.cpu_threads import BatchThreads
 from oger.runtime.device import Runtime
-from oger.stages.train.checkpoint import latest_checkpoint, read_history, read_trainer_state
+from oger.stages.train.checkpoint import latest_checkpoint, load_checkpoint, read_history
 from oger.stages.train.distributed import Dist, unwrap
 from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
 from oger.stages.train.metrics import Metric, with_labels
@@ -92,14 +92,6 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         import copy
 
         ref_model = copy.deepcopy(model).eval().to(dist.device)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    state = None
-    if ckpt is not None:
-        from transformers import AutoModelForCausalLM
-
-        weights = AutoModelForCausalLM.from_pretrained(ckpt, dtype=next(model.parameters()).dtype).state_dict()
-        model.load_state_dict(weights)
-        state = read_trainer_state(ckpt)
     if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
@@ -109,11 +101,8 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    start = 0
-    if state is not None:
-        dist.load_optimizer_state(model, opt, state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    start = 0 if ckpt is None else load_checkpoint(ckpt, model, opt, sched, dist)  # each rank its shards
     history, writer = [], None
     if dist.main:
         history = read_history(run_dir / METRICS_FILE, start)

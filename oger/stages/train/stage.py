@@ -40,6 +40,8 @@ from oger.stages.train.files import (
     step_metric_table,
 )
 from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
+from oger.stages.train.preflight import check_inputs
+from oger.stages.train.resources import gpu_estimate
 
 STAGE_VERSION = 9  # 9: a non-finite gradient skips its optimizer step (nonfinite_grad_steps
 # joins the table); the KL reference is the starting policy on resume; task labels through a labeller
@@ -163,6 +165,7 @@ def run_train(
     from oger.generation.hf import greedy_accuracy  # imports torch
     from oger.models import tokenizer_from_folder
     from oger.runtime.device import for_training
+    from oger.stages.train.checkpoint import final_model_dir  # imports torch
     from oger.stages.train.distributed import Dist
     from oger.stages.train.trainer import train  # imports torch
 
@@ -182,7 +185,6 @@ def run_train(
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     if t.distributed.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
-        from oger.stages.train.checkpoint import latest_checkpoint  # imports torch
         from oger.stages.train.distributed import train_distributed  # imports torch
 
         problem = t.sharding_problem(min(t.prompts_per_step, len(inputs.problem_ids)))
@@ -190,7 +192,7 @@ def run_train(
             raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
         history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision)
-        model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints"), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(final_model_dir(run_dir), dtype=dtype)  # rank 0 exported it
         device = f"{t.distributed.num_processes} ranks ({t.distributed.backend}), {precision}"
     else:  # one process: on the GPU when there is one (oger.runtime.device)
         runtime = for_training(precision)
@@ -238,8 +240,7 @@ def run_train(
         )
         metrics["heldout_accuracy_policy"] = policy_ref.metrics.get("heldout_accuracy")
     with ctx.output(identity={**ctx.identity, "index_tag": index_ref.key}) as out:
-        model.save_pretrained(out.tmp / MODEL_DIR)
-        tokenizer.save_pretrained(out.tmp / MODEL_DIR)
+        shutil.copytree(final_model_dir(run_dir), out.tmp / MODEL_DIR)  # model and tokenizer, as exported
         shutil.copy(run_dir / METRICS_FILE, out.file(METRICS_FILE))  # the trainer's run folder: same names
         if (run_dir / ROLLOUTS_FILE).exists():
             shutil.copy(run_dir / ROLLOUTS_FILE, out.file(ROLLOUTS_FILE))
@@ -248,11 +249,13 @@ def run_train(
         plot_curves(history, out.file(CURVES_FILE), f"{cfg.name}: {t.algorithm}", plotted(step_metric_table(cfg)))
         out.metrics = metrics
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(final_model_dir(run_dir), ignore_errors=True)
     return ctx.ref(out)
 
 
 def plan_info(cfg: OgerConfig, counts):
-    """`oger plan`: rollout and update engines, processes, and the rollout token budget."""
+    """`oger plan`: rollout and update engines, processes, the rollout token budget, and the per-GPU
+    memory, time and disk estimate (`resources`)."""
     t = cfg.train
     if t.distributed.num_processes > 1:
         update = (
@@ -268,6 +271,11 @@ def plan_info(cfg: OgerConfig, counts):
     if t.replaces:
         notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
     rollouts = "transformers continuous batching (paged)" if t.rollout.engine == "paged" else "transformers generate"
+    gpu = gpu_estimate(cfg)
+    if gpu is None:
+        notes.append(
+            f"per-GPU estimate: unknown model shape ({cfg.policy.model}: no config.json offline, not in the table)"
+        )
     return StageInfo(
         engine=f"rollouts: {rollouts}; update: {update}",
         resources=f"{t.distributed.num_processes} process(es)"
@@ -277,6 +285,7 @@ def plan_info(cfg: OgerConfig, counts):
             Budget("held-out eval (greedy)", heldout, 1, cfg.evaluate.heldout.max_new_tokens),
         ],
         notes=notes,
+        gpu=gpu,
     )
 
 
@@ -357,5 +366,6 @@ STAGE_DEF = Stage(
     missing_input=missing_input,
     input_notes=input_notes,
     report_section=report_section,
+    check_inputs=check_inputs,
     per_pair=True,
 )

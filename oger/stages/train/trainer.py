@@ -19,7 +19,7 @@ from pathlib import Path
 from oger import seeds
 from oger.algorithm.reward import compute_rewards
 from oger.contract.config import TrainConfig
-from oger.stages.train.checkpoint import save_checkpoint
+from oger.stages.train.checkpoint import export_model, final_model_dir, save_checkpoint
 from oger.stages.train.distributed import Dist
 from oger.stages.train.reward import score_and_replace
 from oger.stages.train.rollout import rollouts, sync_engine
@@ -29,27 +29,16 @@ from oger.stages.train.update import optimizer_step, update_layout
 
 
 def checkpoint(run: TrainRun, step: int) -> None:
+    """Every `checkpoint_every` steps and at the last: every rank writes its shards (`save_checkpoint`)."""
     if (step + 1) % run.cfg.logging.checkpoint_every == 0 or step + 1 == run.cfg.steps:
-        model_state, optim_state = run.dist.model_state(run.model), run.dist.optimizer_state(run.model, run.opt)
-        if run.dist.main:
-            save_checkpoint(
-                run.run_dir / "checkpoints",
-                step + 1,
-                run.policy,
-                run.tokenizer,
-                run.opt,
-                run.sched,
-                model_state=model_state,
-                optimizer_state=optim_state,
-            )
-        run.dist.barrier()
+        save_checkpoint(run.run_dir / "checkpoints", step + 1, run.model, run.opt, run.sched, run.dist)
 
 
 def train(
     cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path, progress=None, dist: Dist | None = None
 ) -> list[dict]:
-    """Run (or resume) training; checkpoints and metrics.jsonl live in run_dir (written by rank 0;
-    the other ranks return an empty history)."""
+    """Run (or resume) training; checkpoints, metrics.jsonl and the final model (`final_model_dir`) live
+    in run_dir (metrics written by rank 0; the other ranks return an empty history)."""
     run = setup(cfg, model, tokenizer, inputs, run_dir, dist or Dist())
     vocab = run.policy.config.vocab_size
 
@@ -93,6 +82,8 @@ def train(
             checkpoint(run, step)
             if progress is not None and row is not None:
                 progress(row)
+    # the model the stage publishes (and the next round starts from), streamed to rank 0
+    export_model(final_model_dir(run_dir), run.model, tokenizer, run.dist)
     if run.writer is not None:
         run.writer.close()
     return run.history
