@@ -15,7 +15,7 @@ trainer in `precision: bf16-mixed` (float32 master weights and AdamW state, bf16
 on one process) with the 1.5B paper config's loss, optimizer and gradient checkpointing, for 3 steps of
 2 prompts x 4 rollouts of 512 new tokens from transformers `generate` (vLLM is not installed where it
 runs): step time, decode tokens/s, peak GPU memory and the update's MFU, beside the plan's estimate of
-the peak (`planned_peak_gib`; the estimate line is added by the owner of `oger.runtime.estimate`).
+the peak (`planned_peak_gib`: `oger plan`'s estimate for the same run).
 Expected: weights, gradients and AdamW state 24.7 GB, a peak near 30 GiB; about 1.5 minutes (each step
 decodes 512 tokens at batch 8, ~20-30 ms a token, launch-bound: ~15 s; the update ~2 s; the last
 step's checkpoint and exported model write ~25 GB, ~0.5 min). Estimated time by part: start-up,
@@ -489,10 +489,23 @@ def paper_config(part: PaperPart):
 
 
 def planned_peak_gib(cfg, model_config) -> float | None:
-    """The plan's estimate of the train update's per-GPU peak memory for this run, printed beside the
-    measured peak; None (printed as nan) until then: the estimate line is added by the owner of
-    `oger.runtime.estimate` (issue 40, item 7)."""
-    return None
+    """The plan's estimate of this run's per-GPU peak (`oger plan`'s train-stage estimate,
+    `oger.stages.train.resources`: the larger of the rollouts' and the update's), for a config whose
+    policy is this model (its config.json, written to a scratch folder the estimate reads), printed
+    beside the measured peak. None when the estimate cannot read the shape."""
+    from oger.contract.config import load_config
+    from oger.contract.config.policy import PolicyConfig
+    from oger.runtime.estimate import GiB
+    from oger.stages.train.resources import layout, phases
+
+    with tempfile.TemporaryDirectory() as folder:
+        model_config.save_pretrained(folder)
+        synthetic = load_config(REPO / "configs" / "tiny.yaml")  # prompts of the synthetic task, as here
+        full = synthetic.model_copy(update={"policy": PolicyConfig(source="model", model=folder), "train": cfg})
+        lay = layout(full)
+        if lay is None:
+            return None
+        return max(sum(pieces.values()) for pieces, _ in phases(lay).values()) / GiB
 
 
 def _dir_gib(path: Path) -> float:

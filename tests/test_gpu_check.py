@@ -56,6 +56,7 @@ def test_gpu_check_steps_run_on_cpu_at_tiny_sizes(tmp_path, capsys):
     for key in ("s_per_step", "tokens_per_s", "update_s", "run_dir_gib"):
         assert out[f"qwen1.5b_{key}"] > 0 and math.isfinite(out[f"qwen1.5b_{key}"]), key
     assert math.isnan(out["qwen1.5b_peak_gib"]) and math.isnan(out["qwen1.5b_mfu"])  # no GPU, no peak FLOP/s
+    assert 0 < out["qwen1.5b_planned_peak_gib"] < 1  # the plan's estimate of this tiny run, beside the peak
     assert not (tmp_path / f"train-{part.name}").exists()
     assert "qwen1.5b bf16-mixed:" in printed and "update layouts done" in printed
 
@@ -73,6 +74,11 @@ def test_the_paper_part_trains_with_the_1_5b_configs_loss_and_optimizer():
     gpu = gpu_check.PAPER_PARTS[gpu_check.GPU.model]
     assert dict(gpu.shape) == gpu_check.QWEN2_15B and dict(gpu.shape)["vocab_size"] == 151_936
     assert (gpu.steps, gpu.prompts_per_step, gpu.group_size, gpu.max_new_tokens) == (3, 2, 4, 512)
+    # the plan's estimate for it: float32 weights, gradients and AdamW state alone are 24.7 GB
+    from transformers import Qwen2Config
+
+    planned = gpu_check.planned_peak_gib(gpu_check.paper_config(gpu), Qwen2Config(**dict(gpu.shape)))
+    assert 24.7e9 / 2**30 < planned < 60
 
 
 @pytest.mark.slow

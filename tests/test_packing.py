@@ -131,6 +131,27 @@ def test_packed_update_gives_the_padded_loss_and_gradient(model_pad, agg):
     assert abs(m_pad["token_entropy"] - m_pack["token_entropy"]) < 1e-5
 
 
+def test_packed_update_under_gradient_checkpointing_gives_the_same_gradient(model_pad):
+    """Gradient checkpointing recomputes each layer's forward in backward: the per-sample attention of the
+    packed row must still hold there (it was switched back to the model's own attention as the forward
+    ended, and the recompute then saved other tensors than the forward did: a CheckpointError)."""
+    model, pad = model_pad
+    ss = spread_samples(model.config.vocab_size)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.3, 0.8])
+    cfg = TrainConfig(
+        optim={"max_tokens_per_micro_batch": 256, "padding_free": True},
+        loss={"entropy_coef": 0.01},
+        rollout={"max_new_tokens": 96},
+    )
+    plain, _ = _grad(model, ss, cfg, pad, adv)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        checkpointed, _ = _grad(model, ss, cfg, pad, adv)
+    finally:
+        model.gradient_checkpointing_disable()
+    assert plain.abs().max() > 0 and (plain - checkpointed).abs().max() < 1e-6
+
+
 @pytest.mark.parametrize("agg", AGGS)
 def test_token_budgets_that_split_the_batch_differently_give_one_gradient(model_pad, agg):
     model, pad = model_pad

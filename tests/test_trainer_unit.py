@@ -161,6 +161,19 @@ def _flat_grad(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def applied_grads(run, model) -> list[torch.Tensor]:
+    """The flattened gradients of each optimizer step `optimizer_step` takes, recorded as the step runs
+    (it frees them right after: the rollouts that follow hold none)."""
+    seen, step = [], run.opt.step
+
+    def recording(*args, **kwargs):
+        seen.append(_flat_grad(model))
+        return step(*args, **kwargs)
+
+    run.opt.step = recording
+    return seen
+
+
 def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
     """ppo_mini_batches 2: old log-probs are taken once, before the first step; the second mini-batch's
     gradient is that of the clipped surrogate with ratio = p_new / p_old != 1, built here by hand."""
@@ -187,8 +200,9 @@ def test_second_mini_batch_uses_the_old_logprob_and_clips(model_tok):
         return core.token_logprobs(m(input_ids=seq).logits[:, :-1], seq[:, 1:])[0, len(s.prompt_ids) - 1 :]
 
     run = run_for(model)
+    applied = applied_grads(run, model)
     metrics, _, _ = optimizer_step(run, ss, adv)
-    got = _flat_grad(model)  # gradients of the last optimizer step (the second mini-batch)
+    got = applied[-1]  # gradients of the last optimizer step (the second mini-batch)
 
     # By hand on a copy: old log-probs of the batch, step 1 on group 0 (ratio 1: the plain gradient) ...
     with torch.no_grad():
@@ -233,9 +247,11 @@ def test_one_mini_batch_is_the_single_step_update(model_tok):
     cfg = TrainConfig(optim={"micro_batch_size": 2, "max_grad_norm": 1e9}, rollout={"max_new_tokens": 12})
     a, b = copy.deepcopy(model_tok[0]), copy.deepcopy(model_tok[0])
     run = step_run(a, cfg, tok.pad_token_id, 0.1)
+    applied = applied_grads(run, a)
     metrics, _, _ = optimizer_step(run, ss, adv)
+    assert all(p.grad is None for p in a.parameters())  # freed after the step, not kept through rollouts
     update(b, None, ss, adv, cfg, tok.pad_token_id)
-    assert torch.equal(_flat_grad(a), _flat_grad(b))
+    assert torch.equal(applied[0], _flat_grad(b))
     assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
 
 

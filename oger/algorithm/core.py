@@ -77,8 +77,9 @@ def token_scores_chunked(
             return logp, entropy_from_logits(z)
 
     out_logp, out_ent = [], []
-    for lo in range(0, n, max(1, step)):
-        x, i = flat[lo : lo + step], flat_ids[lo : lo + step]
+    # split, not slices: a slice's backward writes its gradient into a zeroed (n, V) tensor of its own,
+    # one per chunk; split's backward concatenates the chunks' gradients once
+    for x, i in zip(flat.split(max(1, step)), flat_ids.split(max(1, step))):
         if x.requires_grad and step < n:
             lp, en = torch.utils.checkpoint.checkpoint(scores, x, i, use_reentrant=False)
         else:

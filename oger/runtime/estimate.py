@@ -149,33 +149,30 @@ def scores_peak(
     Padded layout (`update.response_logits`): the head runs on the last R+1 positions, (rows, R+1, V) in
     the compute dtype; the chunks read `logits[:, :-1].reshape(-1, V)`, a copy when rows > 1 (the slice is
     not contiguous across rows), the head's own storage when rows == 1. Packed (`packing.packed_logits`):
-    (K, V) for K = rows x R kept positions, upcast to float32 before the chunks (a float32 copy under bf16).
+    (K, V) for K = rows x R kept positions, in the compute dtype (the chunks upcast their own part).
 
     Chunked (`chunk` < N = rows x R positions): each chunk's float32 work runs under activation
-    checkpointing, so the forward holds the head's output, its copy and one chunk's buffers; the backward
-    recomputes a chunk while the kept input and the running (N, V) gradient are alive, and each chunk's
-    slice gradient is a full (N, V) zero tensor added into the running one. Unchunked: the float32 work
-    of all N positions is saved at once (`UNCHUNKED_BUFFERS`)."""
+    checkpointing, so the forward holds the head's output (and its copy) and one chunk's buffers; the
+    backward recomputes a chunk while the kept input and the chunks' gradients so far (N x V in the
+    compute dtype at the last chunk) are alive; `split`'s backward then joins them into one (N, V)
+    gradient (both alive), which the padded layout's slice writes into a (rows, R+1, V) one. Unchunked:
+    the float32 work of all N positions is saved at once (`UNCHUNKED_BUFFERS`)."""
     n_pos = rows * response
     full = n_pos * vocab
     head = (n_pos if packed else rows * (response + 1)) * vocab * compute
-    if packed:
-        kept = full * FLOAT32  # the float32 (K, V) the chunks read
-        at_forward = head + (kept if compute != FLOAT32 else 0)
-        grad_full, head_grad = full * FLOAT32, (head if compute != FLOAT32 else 0)
-    else:
-        copy = full * compute if rows > 1 else 0
-        kept = copy or head
-        at_forward = head + copy
-        grad_full, head_grad = full * compute, head
+    copy = full * compute if rows > 1 and not packed else 0
+    kept = copy or head  # what the chunks read
+    at_forward = head + copy
     if not chunk or chunk >= n_pos:
         forward = at_forward + UNCHUNKED_BUFFERS[entropy_grad] * full * FLOAT32
-        return ScoresPeak(forward=forward, backward=0, head=grad_full + head_grad)
+        cast_back = full * compute if compute != FLOAT32 else 0  # the float32 gradient cast to the logits' dtype
+        return ScoresPeak(forward=forward, backward=0, head=full * FLOAT32 + max(cast_back, 0 if packed else head))
     unit = chunk * vocab * FLOAT32
+    grads = full * compute  # the chunks' gradients, in the logits' dtype
     return ScoresPeak(
         forward=at_forward + SCORES_FORWARD_BUFFERS * unit,
-        backward=kept + grad_full + max(SCORES_BACKWARD_BUFFERS[entropy_grad] * unit, grad_full + unit),
-        head=grad_full + head_grad,
+        backward=kept + grads + SCORES_BACKWARD_BUFFERS[entropy_grad] * unit,
+        head=grads + max(grads, 0 if packed else head),
     )
 
 

@@ -94,7 +94,8 @@ class Dist:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # the gradients are views into the all-reduce buckets: one copy of them, not two
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
     def model_state(self, model) -> dict | None:
         """The full state dict on rank 0 (called on every rank: FSDP gathers the shards): the weights a

@@ -142,7 +142,9 @@ def packed_logits(model, row: PackedRow) -> torch.Tensor:
     """Logits (K, V) at `row.keep`: one forward over the packed row with the sample boundaries
     (`cu_seq_lens_*`) and no 2D mask, attention within each sample (`varlen`: one causal SDPA per
     sample for sdpa/eager models, the flash kernels' own varlen path on CUDA), the LM head on the kept
-    positions only."""
+    positions only. Under gradient checkpointing the backward recomputes this forward: the caller holds
+    `varlen.per_sample_attention` over the backward too (`update.update`), or the recompute would take
+    the model's own attention and save other tensors than the forward did."""
     cu = varlen.cu_seq_lens(row.position_ids)
     longest = int((cu[1:] - cu[:-1]).max())
     with varlen.per_sample_attention(model):
@@ -156,4 +158,4 @@ def packed_logits(model, row: PackedRow) -> torch.Tensor:
             max_length_k=longest,
             use_cache=False,
         ).logits[0]
-    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+    return out  # in the model's dtype (bf16 under autocast): `core.token_scores_chunked` upcasts per chunk

@@ -155,22 +155,28 @@ def layout(cfg: OgerConfig, t: TrainConfig | None = None) -> Layout | None:
 
 
 def resident(lay: Layout) -> dict[str, int]:
-    """What a rank holds through the whole step: its weights, gradients (kept from one step's update to
-    the next: `zero_grad` runs at the start of an update) and optimizer state, sharded over the ranks
-    under FSDP2; DDP's all-reduce buckets (a second copy of the gradients: torch's default
-    `gradient_as_bucket_view=False`); the KL reference's full weights when `loss.beta` > 0."""
+    """What a rank holds through the whole step: its weights and optimizer state, sharded over the ranks
+    under FSDP2; under DDP the all-reduce buckets, which hold the gradients (`gradient_as_bucket_view`)
+    and stay allocated between steps; the KL reference's full weights when `loss.beta` > 0."""
     n, w, t = lay.shape.params, lay.weight_bytes, lay.t
     shards = lay.ranks if lay.fsdp else 1
     out = {
         "weights": n * w // shards,
-        "gradients": n * w // shards,
         "optimizer state": n * w * est.adam_states(t.optim.optimizer) // shards,
     }
     if lay.ranks > 1 and not lay.fsdp:
-        out["DDP gradient buckets"] = n * w
+        out["DDP gradient buckets (the gradients)"] = n * w
     if t.loss.beta > 0:
         out["KL reference weights"] = n * w
     return out
+
+
+def gradients(lay: Layout) -> dict[str, int]:
+    """The gradients while the update runs (set to None after each optimizer step, so the rollouts do
+    not hold them); under DDP they live in the buckets `resident` counts."""
+    if lay.ranks > 1 and not lay.fsdp:
+        return {}
+    return {"gradients": lay.shape.params * lay.weight_bytes // (lay.ranks if lay.fsdp else 1)}
 
 
 def gathered(lay: Layout) -> dict[str, int]:
@@ -219,7 +225,7 @@ def phases(lay: Layout) -> dict[str, tuple[dict[str, int], float]]:
         lay.shape,
         lay.micro_batch,
         lay.numerics,
-        base,
+        {**base, **gradients(lay)},
         t.optim.logprob_chunk,
         entropy_grad=bool(t.loss.entropy_coef),
         gradient_checkpointing=t.distributed.gradient_checkpointing,

@@ -17,6 +17,7 @@ from oger.algorithm.samples import Sample
 from oger.contract.config import TrainConfig
 from oger.runtime.cpu_threads import BatchThreads
 from oger.stages.train import packing, shared_prompts
+from oger.stages.train.varlen import per_sample_attention
 
 if TYPE_CHECKING:
     from oger.stages.train.setup import TrainRun
@@ -299,6 +300,18 @@ def update(
 
     workers = threads.workers if threads is not None else 1
     batches = micro_batch_indices(samples, cfg, count_over_ranks, workers)
+    # the packed layout's attention held over the backward too: gradient checkpointing recomputes there
+    held = per_sample_attention(model) if update_layout(cfg) == "packed" else contextlib.nullcontext()
+    with held:
+        parts = _forward_backward(micro_batch, batches, model, workers, threads, no_sync)
+    agg_metrics = defined_weighted_means([(m, share) for m, share, _ in parts])
+    agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
+    return agg_metrics
+
+
+def _forward_backward(micro_batch, batches: list[list[int]], model, workers: int, threads, no_sync) -> list:
+    """Each micro-batch's forward and backward (side by side on CPU threads with `workers` > 1); their
+    (metrics, share, entropy sum)."""
     if workers > 1:
         params = [p for p in model.parameters() if p.requires_grad]
         parts = threads.backward(params, micro_batch, batches)
@@ -310,9 +323,7 @@ def update(
                 loss, part = micro_batch(idx)
                 loss.backward()
             parts.append(part)
-    agg_metrics = defined_weighted_means([(m, share) for m, share, _ in parts])
-    agg_metrics["token_entropy"] = sum(e for _, _, e in parts) / max(1, total_tokens)
-    return agg_metrics
+    return parts
 
 
 def batch_share(samples: list[Sample], totals: tuple[int, int], loss_agg: str) -> float:
@@ -399,8 +410,8 @@ def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> t
         if math.isfinite(norms[-1]):
             run.opt.step()
         else:  # a NaN/inf step would poison every weight: skip it, as verl does (the norm is global: all ranks skip)
-            run.opt.zero_grad(set_to_none=True)
             skipped += 1
+        run.opt.zero_grad(set_to_none=True)  # now, not at the next update: no gradients through the rollouts
         ranks = dist.gather((part_metrics, batch_share(mb, tuple(totals), cfg.loss.loss_agg)))
         per_part.append((combine_ranks(ranks), totals[0] / batch_tokens))
     metrics = {**defined_weighted_means(per_part), "nonfinite_grad_steps": skipped}
