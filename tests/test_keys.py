@@ -125,6 +125,9 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
         "kv_cache_gib",
         "sleep",
         "precision",  # resolved: the train stage keys what it resolves to (float32 left out)
+        "dtype",  # resolved: the vLLM engine's dtype, keyed by the stage when not the policy's
+        "gpu_memory_utilization",
+        "tensor_parallel_size",
     }
     vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
     assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)

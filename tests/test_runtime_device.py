@@ -212,3 +212,28 @@ def _tokenizer():
     from tests.test_trainer_unit import train_tokenizer
 
     return train_tokenizer(["Compute 1 + 2.", "Answer: \\boxed{3}", "Terms: 4, -5."] * 10, 300)
+
+
+def test_the_rollout_engines_dtype_resolves_once_and_is_keyed_when_not_the_policys(tmp_path, monkeypatch):
+    """`train.rollout.dtype: auto` is bfloat16 on a GPU and float32 on a CPU; the train key holds it only
+    when it differs from the policy's weights (what the vLLM engine ran in before the option)."""
+    from oger import pipeline
+    from oger.contract.config import load_config
+    from oger.runtime import precision as prec
+
+    assert prec.resolve_rollout_dtype("auto", gpu=True) == "bfloat16"
+    assert prec.resolve_rollout_dtype("auto", gpu=False) == "float32"
+    assert prec.resolve_rollout_dtype("float32", gpu=True) == "float32"
+
+    def plan(*overrides):
+        return pipeline.plan(load_config(REPO / "configs" / "tiny.yaml", [f"workdir={tmp_path}", *overrides]))["train"]
+
+    monkeypatch.setattr(prec, "has_nvidia_gpu", lambda: False)
+    vllm = plan("train.rollout.engine=vllm")
+    assert "rollout_dtype" not in vllm.config_slice["resolved"]  # float32 on a CPU, as the policy
+    assert vllm.key == plan("train.rollout.engine=vllm", "train.rollout.dtype=float32").key
+    bf16 = plan("train.rollout.engine=vllm", "train.rollout.dtype=bfloat16")
+    assert bf16.config_slice["resolved"]["rollout_dtype"] == "bfloat16" and bf16.key != vllm.key
+    monkeypatch.setattr(prec, "has_nvidia_gpu", lambda: True)  # planned on a GPU machine: auto is bf16
+    assert plan("train.rollout.engine=vllm").config_slice["resolved"] == bf16.config_slice["resolved"]
+    assert "rollout_dtype" not in plan("train.rollout.dtype=bfloat16").config_slice["resolved"]  # hf: inert

@@ -62,6 +62,15 @@ def resolve_training(precision: str, flags=None, gpu: bool | None = None) -> Pre
     return resolve(precision, flags)
 
 
+def resolve_rollout_dtype(dtype: str, gpu: bool | None = None) -> str:
+    """`train.rollout.dtype` as it runs: auto is bfloat16 on an NVIDIA GPU (vLLM's own default there, and
+    what verl and TRL roll out in beside float32 training state) and float32 on a CPU (vLLM's CPU build
+    is tested here in float32). Resolved when the stage is planned, like `resolve_training`."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if (has_nvidia_gpu() if gpu is None else gpu) else "float32"
+
+
 def has_nvidia_gpu(proc: Path = Path("/proc/driver/nvidia/gpus")) -> bool:
     """Whether the NVIDIA driver lists a GPU (no torch import: planning stays light)."""
     try:

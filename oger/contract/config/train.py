@@ -234,6 +234,32 @@ class RolloutConfig(Strict):
         json_schema_extra=not_in_key("memory only: the weights come back as they were"),
     )
 
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="vllm: the engine's weights and compute, whatever the master weights are (verl and "
+        "TRL roll out in bf16 beside float32 training state); auto: bfloat16 on a GPU, float32 on a CPU",
+        json_schema_extra=resolved(
+            "the dtype that runs, when it differs from the policy's weights (before the option the engine "
+            "took the policy's dtype): it changes the samples"
+        ),
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="vllm on a GPU: the share of the GPU's memory the engine may take (its weights, "
+        "activations and KV cache); default 0.3. `oger plan` counts it in the per-GPU memory",
+        json_schema_extra=not_in_key("a memory bound"),
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vllm under torchrun: ranks that share one engine (its weights split over them; each "
+        "group gathers its ranks' prompts and hands each its rollouts back, as TRL's colocate mode); 1: an "
+        "engine per rank",
+        json_schema_extra=not_in_key("the same engine split over ranks: the same samples, other rounding"),
+    )
+
     def inert_fields(self) -> set[str]:
         if self.engine != "vllm":
             return {"sync_every", "correction", "correction_cap"}

@@ -23,7 +23,7 @@ from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract.errors import StageError
 from oger.contract.keys import key_dump
 from oger.encoder import encoder_identity
-from oger.runtime.precision import resolve_training
+from oger.runtime.precision import resolve_rollout_dtype, resolve_training
 from oger.stages.index import files as index_files
 from oger.stages.index.files import TeacherIndex
 from oger.stages.policy.files import model_dir as policy_model_dir
@@ -65,6 +65,10 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     precision = resolve_training(t.precision)  # once, here: run_train and the ranks read it from the slice
     if precision != "float32":  # float32 left out: the keys from before the option stay
         slice_["resolved"]["precision"] = precision
+    if t.rollout.engine == "vllm":  # the engine's dtype, when not the policy's (the behaviour before the option)
+        engine_dtype = resolve_rollout_dtype(t.rollout.dtype)
+        if engine_dtype != cfg.policy.dtype:
+            slice_["resolved"]["rollout_dtype"] = engine_dtype
     # The prompt format and the encoder used for the bonus change what is learned.
     slice_["prompt"] = {"instruction": cfg.policy.instruction, "system": cfg.policy.system_prompt}
     slice_["long_text"] = cfg.index.long_text
