@@ -117,7 +117,7 @@ def test_unknown_engine_is_refused(policy):
 
 
 @pytest.mark.slow
-def test_training_steps_with_the_paged_engine(policy, tmp_path):
+def test_training_steps_with_the_paged_engine(policy, tmp_path, monkeypatch):
     _, tok = policy
     model = build_model(tok, 32, 2, 2, 64, 256, seed=1)
     problems = generate_problems(3, 16, 2, 3, 9, "+-")
@@ -140,6 +140,17 @@ def test_training_steps_with_the_paged_engine(policy, tmp_path):
     assert len(rows) == 2 * 4 * 4 and all(r["response_tokens"] <= 12 for r in rows)
     assert (tmp_path / "checkpoints").is_dir()
     assert model.config._attn_implementation == "sdpa" and not torch.is_inference_mode_enabled()
+
+    # Two optimizer steps per batch: the step's behaviour pass (the old log-probs, taken before the reward
+    # step) gives the bonus's entropies too, so the engine runs no entropy pass of its own
+    from oger.generation import paged
+
+    passes = []
+    real = paged.response_entropies
+    monkeypatch.setattr(paged, "response_entropies", lambda *a, **k: passes.append(1) or real(*a, **k))
+    two = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"ppo_mini_batches": 2})})
+    history = train(two, build_model(tok, 32, 2, 2, 64, 256, seed=1), tok, inputs, tmp_path / "two")
+    assert passes == [] and all(h["last_token_entropy"] > 0 for h in history)
 
 
 def test_engine_options_validated_and_keyed():
@@ -169,3 +180,45 @@ def test_train_key_names_the_engine_only_when_paged():
     hf_slice, _ = key_inputs(load_config(tiny))
     paged_slice, _ = key_inputs(load_config(tiny, ["train.rollout.engine=paged"]))
     assert "rollout_engine" not in hf_slice and paged_slice["rollout_engine"] == "paged"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_bonus_entropy_is_that_of_the_sampling_distribution_from_every_source(policy, temperature):
+    """H = entropy of softmax(logits / T) at the bonus's window (`core.sampling_entropy`): recorded while
+    sampling (hf), by the paged/vLLM engines' pass over the window, and by the update's behaviour pass,
+    all equal to it computed by hand; at T = 1 that is the raw logits' entropy, H's values before."""
+    from oger.algorithm import core
+    from oger.contract.config import TrainConfig
+    from oger.generation.paged import response_entropies
+    from oger.stages.train.update import behaviour_scores
+    from tests.builders import sample
+
+    model, tok = policy
+    prompts = _prompts(tok)
+    rolls = generate(model, tok, prompts, n=2, max_new_tokens=12, temperature=temperature, seed=3, entropy_window=3)
+    hand = []
+    with torch.no_grad():
+        for r in rolls:
+            p = prompts[r.prompt_index]
+            logits = model(input_ids=torch.tensor([p + r.response_ids])).logits[0].double()
+            at = [len(p) - 1 + j for j in core.bonus_entropy_window(len(r.response_ids), 3)]
+            scaled = core.entropy_from_logits(logits[at] / temperature).tolist()
+            assert scaled == pytest.approx(core.sampling_entropy(logits[at], temperature).tolist(), abs=1e-5)
+            if temperature == 1.0:  # the definition before: the raw logits' entropy
+                assert scaled == pytest.approx(core.entropy_from_logits(logits[at]).tolist(), abs=1e-9)
+            hand.append(scaled)
+    for r, h in zip(rolls, hand):
+        assert r.entropies == pytest.approx(h, abs=1e-4)  # hf: recorded while sampling
+    jobs, responses = [prompts[r.prompt_index] for r in rolls], [r.response_ids for r in rolls]
+    paged_h = response_entropies(model, jobs, responses, 8, tok.pad_token_id, window=3, temperature=temperature)
+    for e, h in zip(paged_h, hand):
+        assert e == pytest.approx(h, abs=1e-4)
+    samples = [sample(group=r.prompt_index, prompt_ids=jobs[i], response_ids=responses[i]) for i, r in enumerate(rolls)]
+    cfg = TrainConfig(rollout={"temperature": temperature, "max_new_tokens": 12})
+    was = model.training
+    try:
+        _, behaviour_h = behaviour_scores(model, samples, cfg, tok.pad_token_id, entropy_window=3)
+    finally:
+        model.train(was)
+    for e, h in zip(behaviour_h, hand):
+        assert e == pytest.approx(h, abs=1e-4)

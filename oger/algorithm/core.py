@@ -344,6 +344,14 @@ def divergence(s: Tensor) -> Tensor:
     return (1.0 - s).clamp(0.0, 1.0)
 
 
+def sampling_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """The entropy H that the bonus's g(H) reads: of softmax(logits / T), the distribution the rollout was
+    sampled from (raw logits for greedy decoding, T = 0). (..., V) -> (...). One definition for every
+    engine and for the update's behaviour pass, which scores under softmax(logits / T) too; at T = 1 it is
+    the entropy of the raw logits, as H was before the definition was written down."""
+    return entropy_from_logits(logits.float() / (temperature if temperature > 0 else 1.0))
+
+
 def bonus_entropy_window(length: int, m: int) -> range:
     """The response positions whose entropy the bonus's g(H) reads: the last m generated tokens (m=1:
     the decision to stop). The one selector every rollout engine asks (`Request.entropy_window`), so

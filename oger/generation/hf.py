@@ -15,7 +15,7 @@ import weakref
 import torch
 
 from oger import seeds
-from oger.algorithm.core import bonus_entropy_window
+from oger.algorithm.core import bonus_entropy_window, sampling_entropy
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
 from oger.generation.records import Rollout, eos_ids
@@ -25,14 +25,15 @@ ENGINES = ("hf", "paged")
 
 
 class _EntropyRecorder:
-    """A logits processor that stores the entropy of softmax(raw logits) at each step."""
+    """A logits processor that stores, at each step, the entropy of the distribution the rollout samples
+    from: softmax(logits / T) (`core.sampling_entropy`'s definition; raw logits for greedy decoding)."""
 
-    def __init__(self):
+    def __init__(self, temperature: float = 1.0):
         self.steps: list[torch.Tensor] = []
+        self.temperature = temperature if temperature > 0 else 1.0
 
     def __call__(self, input_ids, scores):
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        self.steps.append(-(logp.exp() * logp).sum(-1).detach())  # stays on device: no sync per step
+        self.steps.append(sampling_entropy(scores, self.temperature).detach())  # on device: no sync per step
         return scores
 
 
@@ -237,7 +238,7 @@ def _generate(
         for r, i in enumerate(batch):  # left padding
             ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             attn[r, width - len(prompts[i]) :] = 1
-        recorder = _EntropyRecorder()
+        recorder = _EntropyRecorder(temperature)
         processors = [recorder] if record_entropy else []
         if temperature > 0:
             processors.append(

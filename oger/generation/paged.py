@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from oger.algorithm.core import bonus_entropy_window
+from oger.algorithm.core import bonus_entropy_window, sampling_entropy
 from oger.generation.records import Rollout, eos_ids
 
 # Cache pages of this many tokens; smaller than transformers' 256 so short rollouts waste less.
@@ -124,8 +124,10 @@ def response_entropies(
     pad: int,
     longest: int | None = None,
     window: int | None = None,
+    temperature: float = 1.0,
 ) -> list[list[float]]:
-    """Entropy of softmax(raw logits) at every response position, or with `window` (m) at each
+    """Entropy of softmax(logits / temperature), the distribution the rollouts were sampled from
+    (`core.sampling_entropy`), at every response position, or with `window` (m) at each
     response's last m positions only (`core.bonus_entropy_window`), by one forward pass per
     micro-batch (left-padded prompts, right-padded responses). The LM head runs on the responses, or
     with a window on the union of the rows' window positions only (`logits_to_keep` as indices, through
@@ -180,9 +182,8 @@ def response_entropies(
             attention_mask=attn.to(device),
             position_ids=pos.to(device),
             logits_to_keep=torch.tensor(keep, device=device),
-        ).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        ent = (-(logp.exp() * logp).sum(-1)).cpu()
+        ).logits
+        ent = sampling_entropy(logits, temperature).cpu()
         for r, (i, w) in enumerate(zip(idx, wanted)):
             out[i] = ent[r, [column[P + j - 1] for j in w]].tolist()
     return out
@@ -227,7 +228,7 @@ def generate(
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
             responses.append(row[: stop_at + 1] if stop_at is not None else row)
         ents = (
-            response_entropies(model, jobs, responses, batch_size, pad, window=entropy_window)
+            response_entropies(model, jobs, responses, batch_size, pad, window=entropy_window, temperature=temperature)
             if record_entropy
             else [[] for _ in jobs]
         )

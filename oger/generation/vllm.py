@@ -266,6 +266,7 @@ class ColocatedEngine:
                     pad,
                     longest=request.max_new_tokens if self.synced_forward else None,
                     window=request.entropy_window,
+                    temperature=request.temperature,
                 )
             finally:
                 self.model.train(was_training)

@@ -25,6 +25,13 @@ def needs_rollout_entropy(cfg: TrainConfig) -> bool:
     return cfg.bonus_lambda > 0 or cfg.oger.monitor
 
 
+def entropy_from_behaviour_pass(cfg: TrainConfig) -> bool:
+    """Whether the bonus's entropies come from the behaviour pass (`update.behaviour_pass`), which a step
+    with several optimizer steps per batch makes anyway for its old log-probs, taken before the reward
+    step: then no engine records or computes them (vLLM and paged would need a forward of their own)."""
+    return needs_rollout_entropy(cfg) and cfg.loss.ppo_mini_batches > 1
+
+
 def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, int]:
     """Every rank draws the same prompts, then rolls out n per prompt for its own slice [lo, hi),
     in generation calls of rollout.batch_prompts prompts seeded by their global index."""
@@ -46,7 +53,7 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
             temperature=ro.temperature,
             top_p=ro.top_p,
             seed=rollout_seed(cfg, step, c // ro.batch_prompts),
-            record_entropy=needs_rollout_entropy(cfg),
+            record_entropy=needs_rollout_entropy(cfg) and not entropy_from_behaviour_pass(cfg),
             entropy_window=cfg.oger.entropy_tokens,  # what the bonus reads (core.bonus_entropy_window)
         )
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)

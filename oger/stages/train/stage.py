@@ -43,7 +43,10 @@ from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
 from oger.stages.train.preflight import check_inputs
 from oger.stages.train.resources import gpu_estimate
 
-STAGE_VERSION = 9  # 9: a non-finite gradient skips its optimizer step (nonfinite_grad_steps
+STAGE_VERSION = 10  # 10: the bonus's H is the entropy of softmax(logits / T), the sampling distribution
+# (core.sampling_entropy; raw logits before: the same at T = 1), and with ppo_mini_batches > 1 it comes
+# from the behaviour pass; checkpoints sharded (DCP); the packed layout's logits stay in the compute dtype;
+# 9: a non-finite gradient skips its optimizer step (nonfinite_grad_steps
 # joins the table); the KL reference is the starting policy on resume; task labels through a labeller
 # hook (the explore task's strategy metrics follow the table's step metrics, strategy_a_share joins
 # them; rollouts.jsonl rows say "labeller"/"label", not "strategy");

@@ -1,13 +1,15 @@
 """The GRPO / LUFFY / OGER training loop, readable top to bottom.
 
 Each step: sample prompts -> roll out n per prompt (`rollout`) -> verify answers and replace k
-rollouts per group by teacher traces from the index at its tag (`reward`) -> the pure reward step
+rollouts per group by teacher traces from the index at its tag (`reward`) -> with several optimizer
+steps per batch, the behaviour pass (old log-probs, and the bonus's entropies) -> the pure reward step
 (`oger.algorithm.reward`: bonus, advantages, signals) -> micro-batched update with the hybrid loss
 (`update`) -> logging (`step_log`), checkpoint. `setup` builds what the steps share. All the math
 lives in `oger.algorithm.core`; these modules move data.
 
 On several ranks (`oger.stages.train.distributed`) each rank rolls out its own slice of the step's prompts,
-whole groups only, and the per-sample records are gathered to rank 0, which logs and checkpoints.
+whole groups only, and the per-sample records are gathered to rank 0, which logs; every rank writes its
+shard of a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from oger.contract.config import TrainConfig
 from oger.stages.train.checkpoint import export_model, final_model_dir, save_checkpoint
 from oger.stages.train.distributed import Dist
 from oger.stages.train.reward import score_and_replace
-from oger.stages.train.rollout import rollouts, sync_engine
+from oger.stages.train.rollout import entropy_from_behaviour_pass, rollouts, sync_engine
 from oger.stages.train.setup import TrainInputs, TrainRun, setup
 from oger.stages.train.step_log import log_step
-from oger.stages.train.update import optimizer_step, update_layout
+from oger.stages.train.update import behaviour_pass, optimizer_step, update_layout
 
 
 def checkpoint(run: TrainRun, step: int) -> None:
@@ -55,11 +57,19 @@ def train(
             t_gen = time.perf_counter()
             refs = score_and_replace(run, samples, pids[lo:hi], step)
             t_score = time.perf_counter()
+            old = None
+            if cfg.loss.ppo_mini_batches > 1:  # the old log-probs, taken before the reward step: the bonus's H too
+                with attention():
+                    old, ents = behaviour_pass(run, samples, cfg.oger.entropy_tokens)
+                if entropy_from_behaviour_pass(cfg):
+                    for s, e in zip(samples, ents):
+                        s.entropies = [] if s.off_policy else e
+            t_behaviour = time.perf_counter()
             # a group never spans ranks, so the reward step's group statistics are local
             rew = compute_rewards(samples, refs, run.embed, cfg, vocab, seed=seeds.for_step(cfg.seed, step))
             t_embed = time.perf_counter()
             with attention():
-                loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages)
+                loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages, old)
             t_update = time.perf_counter()
             synced = sync_engine(run, step)
             row = log_step(
@@ -73,8 +83,8 @@ def train(
                     "lr": lr_used,
                     "seconds_generate": t_gen - t0,
                     "seconds_score": t_score - t_gen,
-                    "seconds_embed": t_embed - t_score,
-                    "seconds_update": t_update - t_embed,
+                    "seconds_embed": t_embed - t_behaviour,
+                    "seconds_update": t_update - t_embed + t_behaviour - t_score,  # the behaviour pass included
                     "seconds_step": time.perf_counter() - t0,
                     **({"seconds_sync": synced} if synced is not None else {}),
                 },

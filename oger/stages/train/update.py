@@ -141,7 +141,7 @@ def _micro_batch_order(samples: list[Sample], by_group: bool = False) -> list[in
     return sorted(range(len(samples)), key=lambda i: (longest[samples[i].group], samples[i].group, tokens(i)))
 
 
-def old_logprobs(
+def behaviour_scores(
     model,
     samples: list[Sample],
     cfg: TrainConfig,
@@ -149,16 +149,21 @@ def old_logprobs(
     count_over_ranks: Callable[[int], int] | None = None,
     threads: BatchThreads | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> list[torch.Tensor]:
+    entropy_window: int | None = None,
+) -> tuple[list[torch.Tensor], list[list[float]]]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
     computed once per batch before the first optimizer step (no grad, micro-batched, side by side on
-    `threads`). Without them every mini-batch after the first would take the already-updated policy
-    as its behaviour policy (ratio 1): the importance ratio and the clip could never act."""
+    `threads`); with `entropy_window` (m) also each sample's entropies of softmax(logits / T) at its last
+    m tokens (`core.bonus_entropy_window`, `core.sampling_entropy`): the bonus's H, from a pass the step
+    makes anyway, so no engine needs a pass of its own for them. Without the log-probs every mini-batch
+    after the first would take the already-updated policy as its behaviour policy (ratio 1): the
+    importance ratio and the clip could never act."""
     out: list[torch.Tensor | None] = [None] * len(samples)
+    ents: list[list[float]] = [[] for _ in samples]
     model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
     threads = threads or BatchThreads(1)
 
-    def score(idx: list[int]) -> torch.Tensor:
+    def score(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             return token_scores(
                 model,
@@ -169,13 +174,17 @@ def old_logprobs(
                 entropy_grad=False,
                 autocast=autocast,
                 chunk=cfg.optim.logprob_chunk,
-            )[0]
+            )[:2]
 
     batches = micro_batch_indices(samples, cfg, count_over_ranks, threads.workers)
-    for idx, logp in zip(batches, threads.map(score, batches)):
+    for idx, (logp, ent) in zip(batches, threads.map(score, batches)):
         for row, i in enumerate(idx):
-            out[i] = logp[row, : len(samples[i].response_ids)].detach()
-    return out
+            n = len(samples[i].response_ids)
+            out[i] = logp[row, :n].detach()
+            if entropy_window:
+                w = core.bonus_entropy_window(n, entropy_window)
+                ents[i] = ent[row, w.start : w.stop].tolist()
+    return out, ents
 
 
 def mini_batches(samples: list[Sample], n: int) -> list[list[int]]:
@@ -216,7 +225,7 @@ def update(
     On several ranks `totals` is the (response tokens, samples) count of the global batch, which
     normalises the loss, `grad_scale` the world size (undoing DDP's average over ranks) and
     `no_sync(last)` skips the gradient all-reduce on all but the last micro-batch. `old_logp` (one
-    tensor per sample, from `old_logprobs`) is the behaviour policy; None means the current one
+    tensor per sample, from `behaviour_scores`) is the behaviour policy; None means the current one
     (ratio 1, the exact policy gradient of a single step per batch). `threads` (one process on a
     CPU, `oger.runtime.cpu_threads`) runs micro-batches side by side; `count_over_ranks` makes every
     rank run as many micro-batches (`packing.split_to_count`); `autocast` (the runtime's) is entered
@@ -366,23 +375,47 @@ def _defined_sums(parts: list[tuple[dict, float]], scale: bool) -> dict[str, tup
     return sums
 
 
-def optimizer_step(run: TrainRun, samples: list[Sample], adv: torch.Tensor) -> tuple[dict, float, float]:
+def _count_over_ranks(run: TrainRun):
+    """Token budgets give ranks different micro-batch counts; each rank then runs the largest."""
+    dist = run.dist
+    if dist.active and run.cfg.optim.max_tokens_per_micro_batch:
+        return lambda n: int(max(dist.gather(n)))
+    return None
+
+
+def behaviour_pass(run: TrainRun, samples: list[Sample], entropy_window: int | None = None):
+    """`behaviour_scores` for a training run (its ranks, threads and autocast): the old log-probs the
+    mini-batches after the first need, and the bonus's window entropies with `entropy_window`."""
+    return behaviour_scores(
+        run.model,
+        samples,
+        run.cfg,
+        run.pad_id,
+        _count_over_ranks(run),
+        run.threads,
+        autocast=run.runtime.autocast,
+        entropy_window=entropy_window,
+    )
+
+
+def optimizer_step(
+    run: TrainRun, samples: list[Sample], adv: torch.Tensor, old: list[torch.Tensor] | None = None
+) -> tuple[dict, float, float]:
     """The batch's optimizer steps: one (ppo_mini_batches 1) or one per mini-batch, each normalised
     over its global mini-batch with gradients all-reduced once; the LR schedule steps once per batch
     (as verl's actor worker); a step whose gradient norm is not finite is skipped and counted
-    (`nonfinite_grad_steps`). Returns (loss metrics summed over ranks and weighted over mini-batches by
-    their token share, mean grad norm, learning rate used)."""
+    (`nonfinite_grad_steps`). `old`: the behaviour log-probs when the step already took them
+    (`behaviour_pass`, before the reward step); else taken here. Returns (loss metrics summed over ranks
+    and weighted over mini-batches by their token share, mean grad norm, learning rate used)."""
     cfg, dist, model = run.cfg, run.dist, run.model
     adv = adv.float()
-    # Token budgets give ranks different micro-batch counts; each rank then runs the largest.
-    count = (lambda n: int(max(dist.gather(n)))) if dist.active and cfg.optim.max_tokens_per_micro_batch else None
+    count = _count_over_ranks(run)
     if cfg.loss.ppo_mini_batches == 1:
         parts, old = [list(range(len(samples)))], None
-    else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, now
-        parts, old = (
-            mini_batches(samples, cfg.loss.ppo_mini_batches),
-            old_logprobs(model, samples, cfg, run.pad_id, count, run.threads, autocast=run.runtime.autocast),
-        )
+    else:  # advantages stay those of the whole batch; the behaviour log-probs are taken once, before any step
+        parts = mini_batches(samples, cfg.loss.ppo_mini_batches)
+        if old is None:
+            old = behaviour_pass(run, samples)[0]
     batch_tokens = dist.sum([sum(len(s.response_ids) for s in samples)])[0]
     per_part: list[tuple[dict, float]] = []
     norms, skipped = [], 0
