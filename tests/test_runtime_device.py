@@ -237,3 +237,27 @@ def test_the_rollout_engines_dtype_resolves_once_and_is_keyed_when_not_the_polic
     monkeypatch.setattr(prec, "has_nvidia_gpu", lambda: True)  # planned on a GPU machine: auto is bf16
     assert plan("train.rollout.engine=vllm").config_slice["resolved"] == bf16.config_slice["resolved"]
     assert "rollout_dtype" not in plan("train.rollout.dtype=bfloat16").config_slice["resolved"]  # hf: inert
+
+
+def test_the_kl_reference_is_sharded_under_fsdp2_and_scores_as_the_full_copy(tmp_path):
+    """`loss.beta > 0` under FSDP2: the reference model is sharded like the policy (not a full copy on
+    every GPU) and its forward gives the full copy's logits. A one-rank gloo group, in this process."""
+    import torch.distributed as td
+    from torch.distributed.tensor import DTensor
+
+    from oger.stages.train.setup import reference_model
+
+    model = _tiny_model()
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    td.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        ref = reference_model(model, torch.device("cpu"), "float32", sharded=True)
+        assert all(isinstance(p, DTensor) and not p.requires_grad for p in ref.parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(ref(input_ids=ids).logits, want)
+    finally:
+        td.destroy_process_group()
+    full = reference_model(model, torch.device("cpu"))
+    assert not any(isinstance(p, DTensor) for p in full.parameters()) and full is not model

@@ -89,9 +89,7 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     dist.runtime.configure()  # TF32 for what stays float32 on a GPU
     ref_model = None
     if cfg.loss.beta:  # the KL's anchor is the policy the run starts from: copied before a resume loads
-        import copy
-
-        ref_model = copy.deepcopy(model).eval().to(dist.device)
+        ref_model = reference_model(model, dist.device, dist.precision, sharded=dist.fsdp and dist.active)
     if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
@@ -138,6 +136,19 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         run_dir,
         engine,
     )
+
+
+def reference_model(model, device, precision: str = "float32", sharded: bool = False):
+    """A frozen copy of `model` for the KL term, on `device`; `sharded`: under FSDP2 it is sharded like
+    the policy (`distributed.shard`), not a full copy on every GPU (7B: 28 GB of float32 per GPU). Its
+    no-grad forwards run wherever the policy's do, so the ranks' all-gathers stay in step."""
+    import copy
+
+    from oger.stages.train.distributed import shard
+
+    ref = copy.deepcopy(model).eval().to(device)
+    ref.requires_grad_(False)
+    return shard(ref, precision) if sharded else ref
 
 
 def _lr_lambda(cfg: TrainConfig):
