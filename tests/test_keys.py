@@ -128,6 +128,9 @@ def test_key_dump_leaves_out_exactly_what_the_schema_marks():
         "dtype",  # resolved: the vLLM engine's dtype, keyed by the stage when not the policy's
         "gpu_memory_utilization",
         "tensor_parallel_size",
+        "max_push_logp_diff",  # checks of the vLLM engine: they stop a broken run, change no other
+        "max_rollout_kl",
+        "on_rollout_kl",
     }
     vllm = key_dump(TrainConfig(rollout={"engine": "vllm"}))  # the vLLM options act: in the key
     assert (vllm["sync_every"], vllm["correction"], vllm["correction_cap"]) == (1, "token", 3.0)

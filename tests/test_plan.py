@@ -114,3 +114,69 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     # The DDP shard rule names the fields to change.
     with pytest.raises(ConfigError, match="prompts_per_step .*distributed.num_processes x rollout.batch_prompts"):
         load_config(config, ["train.distributed.num_processes=3"])
+
+
+@pytest.mark.parametrize("config", PAPER, ids=[c.stem for c in PAPER])
+def test_paper_configs_roll_out_by_vllm_and_fit_80_gib(config, tmp_path, capsys):
+    """Issue 41, item 7: every paper config rolls out with the colocated vLLM engine in bf16 (dtype auto),
+    its per-GPU plan fits 80 GiB as written (no sleep mode needed), and the held-out checks of the policy
+    and train stages run on vLLM too; `oger plan` says so."""
+    text = config.read_text()
+    assert "DEVIATION: rollouts" not in text and "transformers `generate`" not in text
+    ro = load_config(config).train.rollout
+    assert (ro.engine, ro.dtype, ro.sleep, ro.kv_cache_gib) == ("vllm", "auto", False, None)
+    stages = {s["stage"]: s for s in plan_json(capsys, config, f"workdir={tmp_path}")["stages"]}
+    train = stages["train"]
+    assert train["engine"].startswith("rollouts: vLLM colocated (auto: bf16 on a GPU")
+    assert f"{ro.gpu_memory_utilization:g} of each GPU; tensor parallel {ro.tensor_parallel_size})" in train["engine"]
+    gpu = train["gpu"]
+    assert gpu["gpu_memory_gib"] == 80 and gpu["fits"] is True, gpu["verdict"]
+    assert gpu["verdict"].startswith("fits in 80 GiB") and "of KV cache" in gpu["verdict"]
+    assert gpu["engine"]["share"] == ro.gpu_memory_utilization
+    assert any(line.strip().startswith("vLLM rollout engine:") for line in gpu["lines"])
+    # the plan leaves at least 5 GiB of the 80 to what it does not count (the configs' comment)
+    assert max(b + share * 80 * 2**30 for b, share in gpu["phases"].values()) <= 75 * 2**30
+    assert "held-out check: vLLM offline engine (float32" in stages["policy"]["engine"]
+    assert "held-out check: vLLM offline engine (float32, 0.85 of one GPU)" in train["notes"]
+    assert stages["evaluate"]["engine"].startswith("vLLM offline engine (float32, 0.85 of each GPU)")
+
+
+def test_the_smoke_config_rolls_out_as_the_1_5b_paper_config(tmp_path, capsys):
+    smoke = load_config(REPO / "configs" / "qwen2.5-math-1.5b-smoke.yaml")
+    paper = load_config(REPO / "configs" / "qwen2.5-math-1.5b-oger.yaml")
+    fields = ("engine", "dtype", "gpu_memory_utilization", "tensor_parallel_size", "sleep", "kv_cache_gib")
+    assert [getattr(smoke.train.rollout, f) for f in fields] == [getattr(paper.train.rollout, f) for f in fields]
+    assert smoke.evaluate.heldout.engine == paper.evaluate.heldout.engine == "vllm"
+    train = next(
+        s
+        for s in plan_json(capsys, REPO / "configs" / "qwen2.5-math-1.5b-smoke.yaml", f"workdir={tmp_path}")["stages"]
+        if s["stage"] == "train"
+    )
+    assert train["engine"].startswith("rollouts: vLLM colocated") and train["gpu"]["fits"] is True
+
+
+def test_the_plan_names_the_engine_the_train_stage_uses(tmp_path, capsys):
+    """The rollouts' label follows train.rollout.engine (it said "transformers generate" for vllm once)."""
+    tiny = REPO / "configs" / "tiny.yaml"
+    engines = {}
+    for engine in ("hf", "paged", "vllm"):
+        data = plan_json(capsys, tiny, f"workdir={tmp_path}", f"train.rollout.engine={engine}")
+        engines[engine] = next(s for s in data["stages"] if s["stage"] == "train")["engine"]
+    assert engines["hf"].startswith("rollouts: transformers generate;")
+    assert engines["paged"].startswith("rollouts: transformers continuous batching (paged);")
+    assert engines["vllm"].startswith(
+        "rollouts: vLLM colocated (auto: bf16 on a GPU, float32 on a CPU; 0.3 of each GPU; tensor parallel 1);"
+    )
+    data = plan_json(
+        capsys,
+        tiny,
+        f"workdir={tmp_path}",
+        "train.rollout.engine=vllm",
+        "train.rollout.dtype=float32",
+        "train.rollout.sleep=true",
+        "train.rollout.gpu_memory_utilization=0.5",
+    )
+    engine = next(s for s in data["stages"] if s["stage"] == "train")["engine"]
+    assert engine.startswith("rollouts: vLLM colocated (float32; 0.5 of each GPU; tensor parallel 1, asleep")
+    policy = next(s for s in data["stages"] if s["stage"] == "policy")
+    assert policy["engine"].endswith("held-out check: transformers generate")  # tiny's default

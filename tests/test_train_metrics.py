@@ -105,6 +105,9 @@ def test_step_rows_of_a_real_run_hold_exactly_the_table(short_run):
         "rollout_ratio_p95",
         "is_weight_mean",
         "seconds_sync",
+        "push_fingerprint_diff",
+        "push_logp_diff",
+        "push_gathered_peak_mib",
     }
     for keys in produced:
         assert set(table.NAMES) - keys == ({n for n in table.NAMES if n.startswith("guard_fail_")} | vllm_only)

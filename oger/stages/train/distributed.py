@@ -1,5 +1,5 @@
 """Training on several processes with torch.distributed: the rank context the trainer uses, the
-DDP / FSDP2 wrapping, full weights for the rollout engine, and the launcher command
+DDP / FSDP2 wrapping, the full state a rollout engine starts from, and the launcher command
 (`torchrun` or `accelerate launch`) the train stage runs.
 
 Design (docs/ALGORITHM.md, "Training on several processes"): every rank draws the same prompts
@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +40,13 @@ class Dist:
     device: torch.device = torch.device("cpu")
     fsdp: bool = False
     precision: str = "float32"  # resolved at plan time; bf16-mixed: autocast, or FSDP2's MixedPrecisionPolicy
+    rollout_dtype: str | None = None  # a vLLM rollout engine's dtype as the plan resolved it; None: the policy's
+    closers: list = field(default_factory=list)  # run by `close` before the process group goes
+
+    def on_close(self, fn) -> None:
+        """Run `fn` at `close`, before the process group is destroyed (a vLLM engine that joined it
+        must shut down first: its shutdown tears the group down too)."""
+        self.closers.append(fn)
 
     @property
     def main(self) -> bool:
@@ -107,14 +114,6 @@ class Dist:
             return sd if self.main else None
         return unwrap(model).state_dict() if self.main else None
 
-    def full_weights(self, model) -> list:
-        """(name, tensor) of the full weights on every rank (FSDP2 all-gathers its shards), tied
-        weights under each name as the state dict has them: what a rank's own vLLM engine is given."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-        return [(k, v.detach()) for k, v in sd.items()]
-
     def from_main(self, obj):
         """Rank 0's `obj` on every rank (a path rank 0 chose, say)."""
         if not self.active:
@@ -124,6 +123,8 @@ class Dist:
         return box[0]
 
     def close(self) -> None:
+        while self.closers:
+            self.closers.pop()()
         if self.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -171,21 +172,25 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def init_from_env(backend: str, fsdp: bool = False, precision: str = "float32") -> Dist:
+def init_from_env(
+    backend: str, fsdp: bool = False, precision: str = "float32", rollout_dtype: str | None = None
+) -> Dist:
     """Join the process group a launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT);
-    `precision` as the plan resolved it (the launch spec carries it)."""
+    `precision` and `rollout_dtype` as the plan resolved them (the launch spec carries them)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         runtime = for_training(precision)
-        return Dist(device=runtime.torch_device(), precision=precision)
+        return Dist(device=runtime.torch_device(), precision=precision, rollout_dtype=rollout_dtype)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = resolve_backend(backend)
     device = for_rank(backend, local).torch_device()  # the rank's GPU under NCCL (oger.runtime.device)
     torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank, world, local, device, fsdp, precision)
+    return Dist(rank, world, local, device, fsdp, precision, rollout_dtype)
 
 
 # --------------------------------------------------------------------------- launching
+
+STOPPED = "[oger-train] stopped: "  # rank 0's line with the StageError that stopped the ranks (`worker`)
 
 
 def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]:
@@ -254,12 +259,17 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
             env=env,
             cwd=Path(__file__).resolve().parents[3],
         )  # the repository root
+        stopped = None
         for line in proc.stdout:
             log.write(line)
             tail.append(line.rstrip())
             if line.startswith("[oger-train]"):
                 print(line.rstrip(), flush=True)
+            if line.startswith(STOPPED):
+                stopped = line.rstrip().removeprefix(STOPPED)
         rc = proc.wait()
+    if rc != 0 and stopped is not None:  # the ranks' own reason, not the launcher's summary of their exit
+        raise StageError(f"{stopped}\n({launcher} with {num_processes} processes stopped; full log: {log_path})")
     if rc != 0:
         raise StageError(
             f"train: {launcher} with {num_processes} processes exited with status {rc}; "
@@ -267,11 +277,20 @@ def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None
         )
 
 
-def launch_spec(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32") -> dict:
+def launch_spec(
+    cfg,
+    init_dir: Path,
+    problems_ref,
+    index_ref,
+    run_dir: Path,
+    precision: str = "float32",
+    rollout_dtype: str | None = None,
+) -> dict:
     """What every rank reads (`worker`): the resolved config, the model to start from, the problems and
-    index artifacts, the run folder, and the precision as the plan resolved it."""
+    index artifacts, the run folder, and the precision and rollout engine dtype as the plan resolved them."""
     return {
         "precision": precision,
+        "rollout_dtype": rollout_dtype,
         "config": cfg.model_dump(mode="json"),
         "init_dir": str(init_dir),
         "problems": str(artifact_path(problems_ref)),
@@ -281,12 +300,19 @@ def launch_spec(cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, pre
 
 
 def train_distributed(
-    cfg, init_dir: Path, problems_ref, index_ref, run_dir: Path, precision: str = "float32"
+    cfg,
+    init_dir: Path,
+    problems_ref,
+    index_ref,
+    run_dir: Path,
+    precision: str = "float32",
+    rollout_dtype: str | None = None,
 ) -> list[dict]:
     """The train stage's multi-process path: launch the ranks on the resolved config and return
     the metrics history rank 0 wrote (the model they end with is exported to `final_model_dir`).
     `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
-    `precision`: as the plan resolved it, sent to the ranks (they never resolve `auto` themselves)."""
-    spec = launch_spec(cfg, init_dir, problems_ref, index_ref, run_dir, precision)
+    `precision`, `rollout_dtype`: as the plan resolved them, sent to the ranks (they never resolve `auto`
+    themselves)."""
+    spec = launch_spec(cfg, init_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
     launch(cfg.train.distributed.launcher, cfg.train.distributed.num_processes, spec, run_dir)
     return read_metrics(run_dir)

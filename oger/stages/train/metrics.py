@@ -134,6 +134,21 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric("rollout_ratio_p50", "median of pi_train / pi_vllm"),
     Metric("rollout_ratio_p95", "95% quantile of pi_train / pi_vllm"),
     Metric("is_weight_mean", "mean truncated importance weight of on-policy tokens (rollout.correction)"),
+    # the weight push into the vLLM engine and its check (oger.stages.train.engine_guard; NaN: no push this step)
+    Metric(
+        "push_fingerprint_diff",
+        "largest |engine - trainer| over the ranks of the weight fingerprint's slice sums after the push "
+        "(0: the engine holds the trainer's weights; else the run stopped)",
+    ),
+    Metric(
+        "push_logp_diff",
+        "largest |log pi_vllm - log pi_train| over the ranks of a fixed probe continuation's tokens after the push",
+    ),
+    Metric(
+        "push_gathered_peak_mib",
+        "largest MiB of weights the push gathered alive at once, over the ranks (FSDP2: a tensor or a layer's, "
+        "not the model; 0: the module's own tensors pushed)",
+    ),
     # wall time
     Metric("seconds_generate", "seconds spent rolling out"),
     Metric("seconds_score", "seconds spent verifying and replacing"),

@@ -40,8 +40,8 @@ def check_gpus(d: DistributedConfig) -> None:
         return
     driver = has_nvidia_gpu()  # no driver, no CUDA: torch is imported only where one lists a GPU
     if driver:
-        import torch
-    cuda = driver and torch.cuda.is_available()
+        from oger.runtime.device import cuda_available, nccl_available, visible_gpus
+    cuda = driver and cuda_available()
     if d.backend == "auto" and not cuda:
         return
     if not cuda:
@@ -50,12 +50,12 @@ def check_gpus(d: DistributedConfig) -> None:
             + ("torch.cuda.is_available() is False" if driver else "no NVIDIA driver lists a GPU")
             + "): use backend gloo (or auto) to train on the CPU, or run where the GPUs are"
         )
-    if (d.backend == "nccl" or d.num_processes > 1) and not torch.distributed.is_nccl_available():
+    if (d.backend == "nccl" or d.num_processes > 1) and not nccl_available():
         raise ConfigError(
             "train.distributed.backend: this torch has no NCCL (torch.distributed.is_nccl_available() is "
             "False): install a CUDA build of torch, or set train.distributed.backend: gloo"
         )
-    visible = torch.cuda.device_count()
+    visible = visible_gpus()
     if visible < d.num_processes:
         mask = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f"{visible} GPU(s) are visible" + (f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else "")

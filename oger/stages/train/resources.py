@@ -13,17 +13,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from oger.contract import GpuEstimate
+from oger.contract import EngineShare, GpuEstimate
 from oger.contract.config import OgerConfig, SyntheticSource, TrainConfig
 from oger.runtime import estimate as est
 from oger.runtime.estimate import FLOAT32, GiB, fmt_bytes, fmt_seconds
 from oger.runtime.model_shapes import ModelShape, policy_shape
+from oger.runtime.precision import resolve_rollout_dtype
 from oger.synthetic import QUESTION_TEMPLATE
 
 KEEP_CHECKPOINTS = 2  # checkpoint.save_checkpoint's `keep` (tests/test_estimate.py holds them equal)
 CHARS_PER_TOKEN = 2.5  # MATH-500's questions: 2.57 characters per token (SmolLM2's GPT-2-style BPE)
 CHAT_TOKENS = 48  # a chat template's role markers, and the default system line Qwen2.5's adds
-VLLM_GPU_SHARE = 0.3  # `generation.vllm.ColocatedEngine`: vLLM takes this share of the GPU
+# `rollout.gpu_memory_utilization: null`: vLLM takes this share of each GPU (TRL's colocate default)
+VLLM_GPU_SHARE = 0.3
 
 
 # --------------------------------------------------------------------------- the sequence lengths
@@ -133,6 +135,26 @@ class Layout:
         casts the parameters."""
         return 2 if self.precision == "bf16-mixed" and self.fsdp else self.weight_bytes
 
+    @property
+    def vllm(self) -> bool:
+        return self.t.rollout.engine == "vllm"
+
+    @property
+    def engine_dtype(self) -> str:
+        """The vLLM engine's dtype as on a GPU (`rollout.dtype: auto` is bfloat16 there)."""
+        return resolve_rollout_dtype(self.t.rollout.dtype, gpu=True)
+
+    @property
+    def engine_bytes(self) -> int:
+        """Bytes of the vLLM engine's weights, activations and KV cache per element."""
+        return FLOAT32 if self.engine_dtype == "float32" else 2
+
+    @property
+    def tp(self) -> int:
+        """GPUs one vLLM engine spans (`rollout.tensor_parallel_size`): its weights and KV heads split
+        over them, its rows the prompts of all of them."""
+        return self.t.rollout.tensor_parallel_size
+
 
 def layout(cfg: OgerConfig, t: TrainConfig | None = None) -> Layout | None:
     """The rank layout of `cfg` (with another train section `t`, to estimate a change); None when the
@@ -167,7 +189,7 @@ def resident(lay: Layout) -> dict[str, int]:
     if lay.ranks > 1 and not lay.fsdp:
         out["DDP gradient buckets (the gradients)"] = n * w
     if t.loss.beta > 0:
-        out["KL reference weights"] = n * w
+        out["KL reference weights"] = n * w // shards  # sharded like the policy under FSDP2
     return out
 
 
@@ -194,16 +216,74 @@ def gathered(lay: Layout) -> dict[str, int]:
     return {}
 
 
+def vllm_share(lay: Layout) -> float:
+    """The share of each GPU's total memory the vLLM engine takes: `rollout.gpu_memory_utilization`."""
+    return lay.t.rollout.gpu_memory_utilization or VLLM_GPU_SHARE
+
+
+def vllm_weights(lay: Layout) -> int:
+    """One GPU's part of the vLLM engine's weights, in the engine's dtype (not the master weights')."""
+    return lay.shape.params * lay.engine_bytes // lay.tp
+
+
+def vllm_activations(lay: Layout) -> int:
+    return est.vllm_activation_bytes(lay.shape, lay.engine_bytes, lay.tp)
+
+
+def vllm_kv_per_token(lay: Layout) -> int:
+    """KV-cache bytes a token takes on one GPU of the engine: its share of the KV heads (vLLM replicates
+    them when the engine spans more GPUs than there are heads), every layer, keys and values."""
+    s = lay.shape
+    return 2 * s.num_layers * max(1, s.num_kv_heads // lay.tp) * s.head_dim * lay.engine_bytes
+
+
+def engine_share(lay: Layout) -> EngineShare | None:
+    """What vLLM's share of a GPU must hold (None: no vLLM, or one sized by `kv_cache_gib`). vLLM 0.32
+    asks for `gpu_memory_utilization` x the GPU's total memory at start-up (and refuses to start when
+    less is free), puts its weights and its profiled activations in it and makes the rest KV cache
+    (`Worker.determine_available_memory`); it refuses to start when that cache cannot hold one sequence
+    at the model's context (the engine is built without a shorter `max_model_len`). Under tensor
+    parallelism each GPU holds 1/tp of the weights and of the KV heads, for the rows of all tp ranks."""
+    ro = lay.t.rollout
+    if not lay.vllm or ro.kv_cache_gib is not None:
+        return None
+    return EngineShare(
+        share=vllm_share(lay),
+        fixed=vllm_weights(lay) + vllm_activations(lay),
+        per_token=vllm_kv_per_token(lay),
+        tokens=lay.tp * lay.rollout_rows * (lay.prompt + ro.max_new_tokens),
+        min_tokens=lay.shape.max_position_embeddings,
+    )
+
+
+def push_memory(lay: Layout) -> dict[str, int]:
+    """The weight push into vLLM (`generation.weight_sync`): streamed one tensor at a time, so under FSDP2
+    each parameter is gathered whole just before the engine takes it, and vLLM's layer-wise reload holds a
+    decoder layer's tensors (or the embedding) until it loads them: the larger of the two, in the master
+    dtype. DDP and one process stream the module's own tensors (no copy; vLLM casts as it loads)."""
+    if not lay.vllm or not lay.fsdp:
+        return {}
+    s = lay.shape
+    largest = max(s.embedding_params, s.layer_params)
+    return {"weight push (one layer or the embedding, gathered)": largest * lay.weight_bytes}
+
+
 def engine_memory(lay: Layout) -> tuple[dict[str, int], float]:
     """The rollout engine beside the resident state: ({piece: bytes}, share of the GPU). transformers
     (hf, paged) decodes with the trained module: its KV cache for batch_prompts x group_size rows of
     prompt + max_new_tokens, and the larger of the prefill's and a sampling step's transients. vLLM holds
-    its own weights and cache: `rollout.kv_cache_gib` of cache, else `VLLM_GPU_SHARE` of the GPU."""
+    its own weights (in `rollout.dtype`), activations and cache: `rollout.gpu_memory_utilization` of the
+    GPU's total memory for all three (`engine_share`), or with `rollout.kv_cache_gib` that much cache
+    beside its weights and activations (vLLM then ignores the share)."""
     s, ro = lay.shape, lay.t.rollout
     if ro.engine == "vllm":
         if ro.kv_cache_gib is None:
-            return {}, VLLM_GPU_SHARE
-        return {"vLLM weights and KV cache": s.params * lay.weight_bytes + int(ro.kv_cache_gib * GiB)}, 0.0
+            return {}, vllm_share(lay)
+        return {
+            f"vLLM weights ({lay.engine_dtype}{f', 1/{lay.tp}' if lay.tp > 1 else ''})": vllm_weights(lay),
+            "vLLM activations": vllm_activations(lay),
+            "vLLM KV cache (rollout.kv_cache_gib)": int(ro.kv_cache_gib * GiB),
+        }, 0.0
     rows = lay.rollout_rows
     return {
         f"KV cache ({rows} rows x {lay.prompt + ro.max_new_tokens} tokens)": est.kv_cache_bytes(
@@ -216,10 +296,14 @@ def engine_memory(lay: Layout) -> tuple[dict[str, int], float]:
 
 
 def phases(lay: Layout) -> dict[str, tuple[dict[str, int], float]]:
-    """{phase: ({piece: bytes}, GPU share)} for the rollouts and the update."""
+    """{phase: ({piece: bytes}, GPU share)} for the rollouts and the update. transformers decodes with the
+    trained module (FSDP2 gathers its parameters); vLLM decodes with its own weights, after a push. vLLM
+    keeps its memory through the update unless `rollout.sleep` (level 1: weights to host memory, KV cache
+    freed; woken weights first, then the push, then the cache, so the push peaks below the rollouts)."""
     base = resident(lay)
     engine, share = engine_memory(lay)
-    rollout = {**base, **(gathered(lay) if lay.fsdp else {}), **engine}
+    trainer = push_memory(lay) if lay.vllm else gathered(lay) if lay.fsdp else {}
+    rollout = {**base, **trainer, **engine}
     t = lay.t
     update = est.update_peak(
         lay.shape,
@@ -231,7 +315,7 @@ def phases(lay: Layout) -> dict[str, tuple[dict[str, int], float]]:
         gradient_checkpointing=t.distributed.gradient_checkpointing,
         during_update=gathered(lay),
     )
-    kept = t.rollout.engine == "vllm" and not t.rollout.sleep  # vLLM's memory stays through the update
+    kept = lay.vllm and not t.rollout.sleep  # vLLM's memory stays through the update
     if kept:
         update.update(engine)
     return {"rollouts": (rollout, share), "update": (update, share if kept else 0.0)}
@@ -275,6 +359,8 @@ def _fixes(cfg: OgerConfig, lay: Layout) -> list[tuple[str, dict]]:
         out.append(
             ("train.rollout.engine: vllm, train.rollout.sleep: true", {"rollout": {"engine": "vllm", "sleep": True}})
         )
+    elif not ro.sleep:
+        out.append(("train.rollout.sleep: true", {"rollout": {"sleep": True}}))
     return out
 
 
@@ -298,7 +384,8 @@ def _changed(t: TrainConfig, update: dict) -> TrainConfig:
 
 def time_lines(lay: Layout, gpu: est.Gpu = est.H100) -> list[str]:
     """One step's time on one rank, from FLOPs at `MFU` and from bytes read per decode step at
-    `HBM_EFFICIENCY` of the GPU's bandwidth (FSDP2 rollouts also all-gather the weights every step)."""
+    `HBM_EFFICIENCY` of the GPU's bandwidth (FSDP2 rollouts of transformers also all-gather the weights
+    every step; vLLM reads its own weights, in its dtype, 1/tp of them per GPU for the rows of tp ranks)."""
     s, t = lay.shape, lay.t
     n, ranks = s.params, lay.ranks
     seq = lay.prompt + lay.response
@@ -309,16 +396,23 @@ def time_lines(lay: Layout, gpu: est.Gpu = est.H100) -> list[str]:
     gc = t.distributed.gradient_checkpointing
     upd = (est.update_flops(n, tokens, gc) + est.attention_flops(s, seqs, seq, 4 if gc else 3)) / ranks
     forwards = (t.loss.ppo_mini_batches > 1) + (t.loss.beta > 0)
-    # an entropy pass of paged / vLLM rollouts (rollout.needs_rollout_entropy)
-    forwards += t.rollout.engine != "hf" and (t.bonus_lambda > 0 or t.oger.monitor)
+    # an entropy pass of paged / vLLM rollouts (rollout.needs_rollout_entropy), unless the behaviour pass
+    # of several optimizer steps a batch gives the entropies (rollout.entropy_from_behaviour_pass)
+    needs_entropy = t.bonus_lambda > 0 or t.oger.monitor
+    forwards += t.rollout.engine != "hf" and needs_entropy and t.loss.ppo_mini_batches == 1
     fwd = forwards * (est.forward_flops(n, tokens) + est.attention_flops(s, seqs, seq, 1)) / ranks
     calls = math.ceil(t.prompts_per_step / (ranks * t.rollout.batch_prompts))
     rows, m = lay.rollout_rows, t.rollout.max_new_tokens
-    wread = n * (lay.kv_bytes if lay.fsdp else lay.weight_bytes)
-    decode = est.decode_seconds(
-        wread, s.kv_bytes_per_token * lay.kv_bytes, rows, lay.prompt, m, gpu.hbm_bytes_per_s * est.HBM_EFFICIENCY
-    )
-    if lay.fsdp:  # synced_gpus: every decode step all-gathers each layer's parameters
+    bw = gpu.hbm_bytes_per_s * est.HBM_EFFICIENCY
+    if lay.vllm:  # per GPU: 1/tp of the weights and of the KV heads, for the rows of tp ranks
+        eb = lay.engine_bytes
+        decode = est.decode_seconds(
+            vllm_weights(lay), s.kv_bytes_per_token * eb // lay.tp, lay.tp * rows, lay.prompt, m, bw
+        )
+    else:
+        wread = n * (lay.kv_bytes if lay.fsdp else lay.weight_bytes)
+        decode = est.decode_seconds(wread, s.kv_bytes_per_token * lay.kv_bytes, rows, lay.prompt, m, bw)
+    if lay.fsdp and not lay.vllm:  # synced_gpus: every decode step all-gathers each layer's parameters
         decode += m * n * lay.kv_bytes * (ranks - 1) / ranks / (gpu.link_bytes_per_s * est.LINK_EFFICIENCY)
     prefill = est.forward_flops(n, rows * lay.prompt) / rate
     u, f, r = upd / rate, fwd / rate, calls * (decode + prefill)
@@ -326,8 +420,15 @@ def time_lines(lay: Layout, gpu: est.Gpu = est.H100) -> list[str]:
     return [
         f"time per step and GPU (estimates on one {gpu.name}: {unit} peak {peak / 1e12:.0f} TFLOP/s at MFU "
         f"{est.MFU}; decode at {est.HBM_EFFICIENCY:.0%} of {gpu.hbm_bytes_per_s / 1e12:.2f} TB/s HBM):",
-        f"  rollouts: {calls} generate call(s) of {rows} rows x {m} new tokens, bytes-bound "
-        f"{fmt_seconds(r)} at least" + (" (FSDP2 all-gathers the weights each decode step)" if lay.fsdp else ""),
+        f"  rollouts: {calls} generate call(s) of {lay.tp * rows if lay.vllm else rows} rows x {m} new tokens, "
+        f"bytes-bound "
+        f"{fmt_seconds(r)} at least"
+        + (" (FSDP2 all-gathers the weights each decode step)" if lay.fsdp and not lay.vllm else "")
+        + (
+            f" (vLLM, {lay.engine_dtype}" + (f", {lay.tp} GPUs an engine" if lay.tp > 1 else "") + ")"
+            if lay.vllm
+            else ""
+        ),
         f"  update: {tokens / ranks:,.0f} tokens x {(8 if gc else 6)}N FLOPs + attention = {fmt_seconds(u)}"
         + (f"; {forwards} no-grad forward(s) {fmt_seconds(f)}" if forwards else ""),
         f"  step ~{fmt_seconds(u + f + r)}; {t.steps} steps ~{fmt_seconds(t.steps * (u + f + r))}",
@@ -389,6 +490,21 @@ def disk_lines(cfg: OgerConfig, dk: Disk) -> list[str]:
 # --------------------------------------------------------------------------- the plan's section
 
 
+def rollout_engine_label(t: TrainConfig) -> str:
+    """The engine the rollouts come from, as `oger plan` names it: vLLM with its dtype (auto: bf16 on a
+    GPU, float32 on a CPU, `precision.resolve_rollout_dtype`), its share of each GPU and the GPUs one
+    engine spans; or transformers on the trained module."""
+    ro = t.rollout
+    if ro.engine == "vllm":
+        dtype = "auto: bf16 on a GPU, float32 on a CPU" if ro.dtype == "auto" else ro.dtype
+        share = ro.gpu_memory_utilization or VLLM_GPU_SHARE
+        sleep = ", asleep during the update" if ro.sleep else ""
+        return f"vLLM colocated ({dtype}; {share:g} of each GPU; tensor parallel {ro.tensor_parallel_size}{sleep})"
+    if ro.engine == "paged":
+        return "transformers continuous batching (paged)"
+    return "transformers generate"
+
+
 def _phase_line(name: str, pieces: dict[str, int], share: float) -> str:
     parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pieces.items() if v)
     if share:
@@ -396,6 +512,29 @@ def _phase_line(name: str, pieces: dict[str, int], share: float) -> str:
     return (
         f"  {name} {fmt_bytes(sum(pieces.values()))}" + (f" + {share:.0%} of the GPU" if share else "") + f": {parts}"
     )
+
+
+def _engine_lines(lay: Layout) -> list[str]:
+    """What the vLLM engine holds on each GPU: its share and what the share is for (the plan command
+    says how much of it is KV cache on the GPU it is given, `engine_share`), or its fixed cache."""
+    if not lay.vllm:
+        return []
+    ro, share, per_token = lay.t.rollout, engine_share(lay), vllm_kv_per_token(lay)
+    tokens = lay.tp * lay.rollout_rows * (lay.prompt + ro.max_new_tokens)
+    split = f" on each of the engine's {lay.tp} GPUs (1/{lay.tp} of them)" if lay.tp > 1 else ""
+    held = (
+        f"{share.share:g} of each GPU's memory (rollout.gpu_memory_utilization) for its weights, activations "
+        f"and KV cache: {lay.engine_dtype} weights {fmt_bytes(vllm_weights(lay))}{split}, activations "
+        f"~{fmt_bytes(vllm_activations(lay))} (estimate), the rest KV cache"
+        if share
+        else f"its {lay.engine_dtype} weights {fmt_bytes(vllm_weights(lay))}{split} and a "
+        f"{ro.kv_cache_gib:g} GiB KV cache (rollout.kv_cache_gib: {int(ro.kv_cache_gib * GiB // per_token):,} tokens)"
+    )
+    return [
+        f"  vLLM rollout engine: {held}; {fmt_bytes(per_token)} of cache a token, {tokens:,} tokens when its "
+        f"{lay.tp * lay.rollout_rows} rows run at full length; "
+        + ("asleep during the update (rollout.sleep)" if ro.sleep else "kept through the update")
+    ]
 
 
 def _micro_batch_line(lay: Layout) -> str:
@@ -442,6 +581,7 @@ def gpu_estimate(cfg: OgerConfig) -> GpuEstimate | None:
         ),
         "memory (estimates):",
         *(_phase_line(name, pieces, share) for name, (pieces, share) in ph.items()),
+        *_engine_lines(lay),
         _micro_batch_line(lay),
     ]
     singles = _fixes(cfg, lay)
@@ -456,7 +596,12 @@ def gpu_estimate(cfg: OgerConfig) -> GpuEstimate | None:
                 together[k] = {**together.get(k, {}), **v} if isinstance(v, dict) else v
         singles.append(("together: " + "; ".join(text for text, _ in last.values()), together))
     fixes = [(text, _totals(phases(layout(cfg, _changed(t, update))))) for text, update in singles]
-    return GpuEstimate(phases=_totals(ph), lines=lines + time_lines(lay) + disk_lines(cfg, disk(cfg, s)), fixes=fixes)
+    return GpuEstimate(
+        phases=_totals(ph),
+        lines=lines + time_lines(lay) + disk_lines(cfg, disk(cfg, s)),
+        fixes=fixes,
+        engine=engine_share(lay),
+    )
 
 
 def _totals(ph: dict[str, tuple[dict[str, int], float]]) -> dict[str, tuple[int, float]]:

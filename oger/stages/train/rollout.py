@@ -13,6 +13,7 @@ from oger.contract.config import TrainConfig
 from oger.generation.base import Request
 from oger.generation.hf import chat_prompt_ids
 from oger.stages.train.distributed import Dist
+from oger.stages.train.engine_guard import check_rollout_kl
 
 if TYPE_CHECKING:
     from oger.stages.train.setup import TrainRun
@@ -95,10 +96,19 @@ def rollout_seed(cfg: TrainConfig, step: int, call: int) -> int:
     return seeds.for_rollout_call(cfg.seed, step, call)
 
 
-def sync_engine(run: TrainRun, step: int) -> float | None:
-    """Give a separate rollout engine (vllm) the updated weights every rollout.sync_every steps; the
-    seconds it took (None: nothing to sync)."""
+def sync_engine(run: TrainRun, step: int, loss_metrics: dict) -> dict[str, float]:
+    """After the update: hold the step's rollout_kl under rollout.max_rollout_kl (warn or stop), and every
+    rollout.sync_every steps give a separate rollout engine (vllm) the updated weights, streamed, then
+    check that it holds them (`engine_guard`: the run stops if not). The metrics the step logs: the
+    push's seconds, the largest MiB of gathered weights alive at once over the ranks, the guard's
+    numbers (none without a push)."""
+    ro = run.cfg.rollout
+    check_rollout_kl(loss_metrics, step, ro.max_rollout_kl, ro.on_rollout_kl, run.dist.main)
     sync = getattr(run.engine, "sync", None)
-    if sync is None or (step + 1) % run.cfg.rollout.sync_every:
-        return None
-    return sync()
+    if sync is None or (step + 1) % ro.sync_every:
+        return {}
+    out = {"seconds_sync": sync(), "push_gathered_peak_mib": max(run.dist.gather(run.engine.last_push.peak)) / 2**20}
+    if run.guard is not None:
+        when = f"after the weight push of step {step + 1}"
+        out.update(run.guard.check(run.engine, run.policy, when, run.dist, run.runtime.autocast))
+    return out

@@ -5,6 +5,7 @@ into the `TrainRun` every step part reads."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +65,7 @@ class TrainRun:
     needs_index: bool
     run_dir: Path
     engine: object  # where rollouts come from (oger.generation: policy itself, or vLLM beside it, `sync()`ed)
+    guard: object | None = None  # a vLLM engine's stale-weight guard (engine_guard.PushGuard), checked after pushes
 
     @property
     def runtime(self) -> Runtime:
@@ -117,6 +119,7 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         embed = cached_embedder(load_encoder(inputs.encoder, device=str(dist.device)), inputs.long_text)
     threads = dist.runtime.batch_threads(model, distributed=dist.active)
     engine = rollout_engine(cfg, unwrap(model), tokenizer, dist, run_dir)
+    guard = push_guard(cfg, engine, unwrap(model), tokenizer, dist)  # vLLM: checked once built
     return TrainRun(
         cfg,
         model,
@@ -135,6 +138,7 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
         needs_index,
         run_dir,
         engine,
+        guard,
     )
 
 
@@ -164,39 +168,78 @@ def _lr_lambda(cfg: TrainConfig):
 
 
 def rollout_engine(cfg: TrainConfig, policy, tokenizer, dist: Dist, run_dir: Path):
-    """The engine rollouts come from: the trained module itself (hf, paged), or an in-process vLLM
-    engine beside it (vllm) that every rank holds for its own slice, built from the weights the
-    policy has now (a resumed run's checkpoint included: rank 0 writes them once for all ranks).
-    Under FSDP2 each rank's engine gets the full weights gathered from the shards on every push."""
+    """The engine rollouts come from: the trained module itself (hf, paged), or a vLLM engine beside it
+    (vllm), built from the weights the policy has now (a resumed run's checkpoint included: rank 0 writes
+    them once for all ranks). Under torchrun each rank builds its engine with vLLM's external_launcher
+    executor, in the trainer's process group on the rank's device; rollout.tensor_parallel_size > 1 splits
+    one engine over each run of that many consecutive ranks (vLLM's own layout of its groups). The
+    engine's dtype is the plan's (`Dist.rollout_dtype`), else the policy's; pushes stream the weights,
+    a sharded parameter gathered one at a time (`weight_sync`)."""
     if cfg.rollout.engine != "vllm":
         return TransformersEngine(policy, tokenizer, cfg.rollout.engine, synced_gpus=dist.fsdp)
     import shutil
 
-    from oger.generation.vllm import ColocatedEngine
+    from oger.generation.vllm import EXTERNAL_LAUNCHER, ColocatedEngine
+    from oger.stages.train.resources import VLLM_GPU_SHARE  # the share the plan counts
 
+    ro = cfg.rollout
     folder = run_dir / "rollout-engine"  # scratch: the weights the engines start from
     full = dist.model_state(policy) if dist.fsdp else None  # FSDP2: gathered on every rank, kept on 0
     if dist.main:
         shutil.rmtree(folder, ignore_errors=True)
         policy.save_pretrained(folder, state_dict=full)
         tokenizer.save_pretrained(folder)
+    del full
     dist.barrier()
-    dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+    tp_group = None
+    if dist.active and ro.tensor_parallel_size > 1:  # every rank creates every group, in the same order
+        tp = ro.tensor_parallel_size
+        tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+            [list(range(first, first + tp)) for first in range(0, dist.world, tp)]
+        )
+    dtype = dist.rollout_dtype or str(next(policy.parameters()).dtype).removeprefix("torch.")
+    executor = EXTERNAL_LAUNCHER if dist.active else None
+    started = time.perf_counter()
     engine = ColocatedEngine(
         policy,
         tokenizer,
         dtype=dtype,
         seed=cfg.seed,
-        kv_cache_gib=cfg.rollout.kv_cache_gib,
+        kv_cache_gib=ro.kv_cache_gib,
         model_dir=folder,
-        sleep=cfg.rollout.sleep,
+        sleep=ro.sleep,
+        sleep_level=2 if ro.sync_every == 1 else 1,  # level 2 drops the weights: a push must refill them
+        gpu_memory_utilization=ro.gpu_memory_utilization or VLLM_GPU_SHARE,
+        tensor_parallel_size=ro.tensor_parallel_size,
+        tp_group=tp_group,
+        executor=executor,
         synced_forward=dist.fsdp,
-        weights=(lambda: dist.full_weights(policy)) if dist.fsdp else None,
     )
+    if dist.main:
+        print(
+            f"[oger-train] rollout engine: vLLM {executor or 'in-process'}, tensor parallel "
+            f"{ro.tensor_parallel_size}, {dtype}, built in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+    # closed with the run (`Dist.close`): before the process group goes, as vLLM's shutdown tears it down;
+    # on one process before the stage's held-out check builds an engine of its own on the same GPU
+    dist.on_close(engine.close)
     dist.barrier()
     if dist.main:
         shutil.rmtree(folder, ignore_errors=True)
     return engine
+
+
+def push_guard(cfg: TrainConfig, engine, policy, tokenizer, dist: Dist):
+    """A vLLM engine's stale-weight guard (None for the engines that are the policy itself), checked
+    once on the engine as built: it must start from the trainer's weights."""
+    if not hasattr(engine, "fingerprint"):
+        return None
+    from oger.stages.train.engine_guard import PushGuard
+
+    guard = PushGuard.build(policy, tokenizer, engine.dtype, dist.precision, cfg.rollout.max_push_logp_diff)
+    guard.check(engine, policy, "after the rollout engine's build", dist, dist.runtime.autocast)
+    return guard
 
 
 def open_tensorboard(logdir: Path):

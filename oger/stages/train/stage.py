@@ -23,6 +23,7 @@ from oger.contract.config import OgerConfig, TrainConfig
 from oger.contract.errors import StageError
 from oger.contract.keys import key_dump
 from oger.encoder import encoder_identity
+from oger.generation.heldout import engine_label as heldout_engine_label
 from oger.runtime.precision import resolve_rollout_dtype, resolve_training
 from oger.stages.index import files as index_files
 from oger.stages.index.files import TeacherIndex
@@ -41,7 +42,7 @@ from oger.stages.train.files import (
 )
 from oger.stages.train.metrics import PLOTTED, plotted, run_summaries
 from oger.stages.train.preflight import check_inputs
-from oger.stages.train.resources import gpu_estimate
+from oger.stages.train.resources import gpu_estimate, rollout_engine_label
 
 STAGE_VERSION = 10  # 10: the bonus's H is the entropy of softmax(logits / T), the sampling distribution
 # (core.sampling_entropy; raw logits before: the same at T = 1), and with ppo_mini_batches > 1 it comes
@@ -169,7 +170,7 @@ def run_train(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from oger.generation.hf import greedy_accuracy  # imports torch
+    from oger.generation.heldout import heldout_accuracy  # imports torch
     from oger.models import tokenizer_from_folder
     from oger.runtime.device import for_training
     from oger.stages.train.checkpoint import final_model_dir  # imports torch
@@ -178,6 +179,7 @@ def run_train(
 
     t, refresh = cfg.train, ctx.refresh
     precision = ctx.config_slice["resolved"].get("precision", "float32")  # as keyed (`key_inputs`)
+    rollout_dtype = ctx.config_slice["resolved"].get("rollout_dtype")  # keyed when not the policy's dtype
     policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
@@ -198,25 +200,29 @@ def run_train(
         if problem:
             raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
-        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision)
+        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
         model = AutoModelForCausalLM.from_pretrained(final_model_dir(run_dir), dtype=dtype)  # rank 0 exported it
         device = f"{t.distributed.num_processes} ranks ({t.distributed.backend}), {precision}"
     else:  # one process: on the GPU when there is one (oger.runtime.device)
         runtime = for_training(precision)
         device = runtime.describe()
         print(f"train: {t.algorithm} on {device}", flush=True)
-        history = train(
-            t,
-            runtime.place(model),
-            tokenizer,
-            inputs,
-            run_dir,
-            progress=lambda row: (
-                bar.update(1) if bar.n < t.steps else None,
-                bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['env_reward']:.2f}"),
-            ),
-            dist=Dist(device=runtime.torch_device(), precision=precision),
-        )
+        dist = Dist(device=runtime.torch_device(), precision=precision, rollout_dtype=rollout_dtype)
+        try:
+            history = train(
+                t,
+                runtime.place(model),
+                tokenizer,
+                inputs,
+                run_dir,
+                progress=lambda row: (
+                    bar.update(1) if bar.n < t.steps else None,
+                    bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['env_reward']:.2f}"),
+                ),
+                dist=dist,
+            )
+        finally:  # a vLLM rollout engine gives its memory back before the held-out check starts its own
+            dist.close()
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.evaluate.heldout.split).head(cfg.evaluate.heldout.limit)
     metrics = {
@@ -233,15 +239,19 @@ def run_train(
         metrics["heldout_accuracy_init"] = init_ref.metrics.get("heldout_accuracy")
     if heldout.height:
         metrics["heldout_accuracy"] = round(
-            greedy_accuracy(
+            heldout_accuracy(  # through evaluate.heldout.engine; vllm loads the exported model's folder
+                cfg.evaluate.heldout.engine,
                 model,
                 tokenizer,
+                final_model_dir(run_dir),
                 heldout["question"].to_list(),
                 heldout["answer"].to_list(),
                 instruction=cfg.policy.instruction,
                 system_prompt=cfg.policy.system_prompt,
                 max_new_tokens=cfg.evaluate.heldout.max_new_tokens,
                 batch_size=cfg.evaluate.heldout.batch_size,
+                dtype=cfg.policy.dtype,
+                gpu_memory_utilization=cfg.evaluate.gpu_memory_utilization,
             ),
             4,
         )
@@ -277,7 +287,7 @@ def plan_info(cfg: OgerConfig, counts):
     notes = [f"{t.algorithm}: pool {pool if pool is not None else '?'} problems, {t.steps} steps"]
     if t.replaces:
         notes.append(f"{t.replace_k} of {t.group_size} per group replaced by teacher traces")
-    rollouts = "transformers continuous batching (paged)" if t.rollout.engine == "paged" else "transformers generate"
+    rollouts = rollout_engine_label(t)
     gpu = gpu_estimate(cfg)
     if gpu is None:
         notes.append(
@@ -291,7 +301,7 @@ def plan_info(cfg: OgerConfig, counts):
             Budget("rollouts", t.steps * per_step, t.group_size, t.rollout.max_new_tokens),
             Budget("held-out eval (greedy)", heldout, 1, cfg.evaluate.heldout.max_new_tokens),
         ],
-        notes=notes,
+        notes=[*notes, f"held-out check: {heldout_engine_label(cfg)}"],
         gpu=gpu,
     )
 

@@ -71,7 +71,7 @@ def train(
             with attention():
                 loss_metrics, grad_norm, lr_used = optimizer_step(run, samples, rew.advantages, old)
             t_update = time.perf_counter()
-            synced = sync_engine(run, step)
+            synced = sync_engine(run, step, loss_metrics)  # vllm: the push, checked (engine_guard)
             row = log_step(
                 run,
                 step,
@@ -86,7 +86,7 @@ def train(
                     "seconds_embed": t_embed - t_behaviour,
                     "seconds_update": t_update - t_embed + t_behaviour - t_score,  # the behaviour pass included
                     "seconds_step": time.perf_counter() - t0,
-                    **({"seconds_sync": synced} if synced is not None else {}),
+                    **synced,
                 },
             )
             checkpoint(run, step)

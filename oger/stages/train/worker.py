@@ -18,16 +18,19 @@ def main(spec_path: str) -> int:
 
     from oger.contract.artifacts import ArtifactRef
     from oger.contract.config import OgerConfig
+    from oger.contract.errors import StageError
     from oger.models import tokenizer_from_folder
     from oger.stages.problems.files import read_problems
-    from oger.stages.train.distributed import init_from_env
+    from oger.stages.train.distributed import STOPPED, init_from_env
     from oger.stages.train.stage import train_inputs
     from oger.stages.train.trainer import train
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = OgerConfig.model_validate(spec["config"])
     t = cfg.train
-    dist = init_from_env(t.distributed.backend, t.distributed.fsdp, spec.get("precision", "float32"))
+    dist = init_from_env(
+        t.distributed.backend, t.distributed.fsdp, spec.get("precision", "float32"), spec.get("rollout_dtype")
+    )
     try:
         dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(spec["init_dir"], dtype=dtype)
@@ -42,7 +45,12 @@ def main(spec_path: str) -> int:
                 flush=True,
             )
 
-        train(t, model, tokenizer, inputs, Path(spec["run_dir"]), progress=progress, dist=dist)
+        try:
+            train(t, model, tokenizer, inputs, Path(spec["run_dir"]), progress=progress, dist=dist)
+        except StageError as e:  # why the run stopped (the weight guard, say), where `launch` reports it
+            if dist.main:
+                print(f"{STOPPED}{e}", flush=True)
+            raise
     finally:
         dist.close()
     return 0
