@@ -84,10 +84,10 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
 def test_fsdp2_two_ranks_killed_after_the_step_2_checkpoint_resume_to_the_uninterrupted_weights(
     tmp_path, small_config, rl_workdir
 ):
-    """FSDP2 (sharded parameters, gradients and optimizer state; gloo on this CPU): 4 steps under
-    `accelerate launch` give the weights one process gets; a torchrun launch SIGKILLed once its step-2
-    checkpoint exists (every rank's DCP shards) resumes, each rank reading its own shards, to the
-    uninterrupted run's step-4 weights."""
+    """FSDP2 (sharded parameters, gradients and optimizer state; gloo on this CPU): a torchrun launch
+    SIGKILLed once its step-2 checkpoint exists (every rank's DCP shards) resumes under `accelerate
+    launch`, each rank reading its own shards, to the step-4 weights of an uninterrupted run (one process:
+    FSDP2 is the same update, `test_ddp_two_gloo_ranks_match_one_process_and_resume`)."""
     import os
     import signal
     import subprocess
@@ -107,16 +107,9 @@ def test_fsdp2_two_ranks_killed_after_the_step_2_checkpoint_resume_to_the_uninte
     refs = pipeline.run_local(one, until="train")
     a = params(Path(refs["train"].path) / "model")
 
-    whole_cfg = load_config(p, [*ranks, "train.distributed.launcher=accelerate"])
-    assert pipeline.plan(whole_cfg)["train"].key == plans["train"].key
-    whole = pipeline.run_stage(whole_cfg, plans["train"], refs, refresh=True)
-    run_dir = whole_cfg.workdir_path / "cache" / "train" / plans["train"].key[:16]
-    assert "accelerate.commands.launch" in (run_dir / "launch.log").read_text()
-    b = params(Path(whole.path) / "model")
-    for name in a:  # FSDP2 is the one-process update
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
-    config = json.loads((Path(whole.path) / "model" / "config.json").read_text())
-    assert config["architectures"] == ["Qwen2ForCausalLM"]
+    run_dir = one.workdir_path / "cache" / "train" / plans["train"].key[:16]
+    shutil.rmtree(run_dir, ignore_errors=True)  # the one-process run's folder: the ranks start afresh
+    run_dir.mkdir(parents=True)
 
     cfg = load_config(p, ranks)
     spec = run_dir / "launch.json"
@@ -143,11 +136,16 @@ def test_fsdp2_two_ranks_killed_after_the_step_2_checkpoint_resume_to_the_uninte
     assert len(shards) == 2, shards  # one file per rank
     assert not final_model_dir(run_dir).exists()
 
-    shutil.rmtree(whole.path)  # so the stage recomputes, resuming in the same run folder
-    resumed = pipeline.run_stage(cfg, plans["train"], refs)
+    shutil.rmtree(refs["train"].path)  # so the stage recomputes, resuming in the same run folder
+    resumed_cfg = load_config(p, [*ranks, "train.distributed.launcher=accelerate"])  # resumed by accelerate
+    assert pipeline.plan(resumed_cfg)["train"].key == plans["train"].key
+    resumed = pipeline.run_stage(resumed_cfg, plans["train"], refs)
     assert resumed.metrics["resumed"] is True and resumed.metrics["steps"] == 4
     log = (run_dir / "launch.log").read_text().split(f"$ {sys.executable} ")[-1]  # the resumed launch's output
+    assert "accelerate.commands.launch" in log
     assert "[oger-train] step 3/4" in log and "[oger-train] step 1/4" not in log
     c = params(Path(resumed.path) / "model")
-    for name in b:
-        torch.testing.assert_close(c[name], b[name], rtol=0, atol=1e-6, msg=name)
+    for name in a:  # the uninterrupted run's step-4 weights (one process: FSDP2 is the same update)
+        torch.testing.assert_close(c[name], a[name], rtol=0, atol=1e-6, msg=name)
+    config = json.loads((Path(resumed.path) / "model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
