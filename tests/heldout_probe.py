@@ -5,8 +5,8 @@ the rest of its process, which must not leak into the pytest worker's other test
 The model: the tiny Qwen2 policy (`pretokenize: digits`, as configs/tiny.yaml) trained by the policy
 stage's own SFT to answer "Compute a + b." with "\\boxed{a+b}" on 24 of 32 questions (200 epochs: all 24
 right and none of the other 8 on this CPU), so the engines are compared on right and wrong answers alike.
-Writes OUT (JSON): each engine's accuracy through `heldout_accuracy`, and its greedy response ids and
-texts."""
+Writes OUT (JSON): each engine's greedy response ids and texts through `heldout_responses` (one engine
+of each kind: a vLLM build is the probe's slowest step), and the accuracy `heldout.accuracy` scores them."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ TRAINED = 24  # the first 24 are in the SFT data; the last 8 are not
 def main(folder: str, out_path: str) -> None:
     from pathlib import Path
 
-    from oger.generation.base import Request
-    from oger.generation.heldout import heldout_accuracy, vllm_greedy
-    from oger.generation.hf import TransformersEngine, chat_prompt_ids
+    from oger.generation.heldout import accuracy, heldout_responses
+    from oger.generation.hf import chat_prompt_ids
     from oger.models import load_causal_lm
     from oger.stages.policy.sft import sft
     from oger.stages.policy.tiny_model import build_model, save_policy, train_tokenizer
@@ -41,17 +40,11 @@ def main(folder: str, out_path: str) -> None:
     save_policy(model, tok, model_dir)
     model, tok = load_causal_lm(str(model_dir), "float32")  # as the stages hold it: loaded from its folder
     check = dict(instruction="{question}", system_prompt=None, max_new_tokens=24, batch_size=8, dtype="float32")
-    out = {
-        "sft_loss_last": losses[-1],
-        "accuracy_hf": heldout_accuracy("hf", model, tok, model_dir, questions, answers, **check),
-        "accuracy_vllm": heldout_accuracy("vllm", model, tok, model_dir, questions, answers, **check),
-    }
-    prompts = [chat_prompt_ids(tok, q) for q in questions]
-    greedy = Request(max_new_tokens=24, temperature=0.0)
-    hf = sorted(TransformersEngine(model, tok).generate(prompts, greedy), key=lambda r: r.prompt_index)
-    vllm = vllm_greedy(model_dir, tok, questions, max_new_tokens=24)
-    out["ids_hf"], out["ids_vllm"] = [r.response_ids for r in hf], [r.response_ids for r in vllm]
-    out["texts_hf"], out["texts_vllm"] = [r.text for r in hf], [r.text for r in vllm]
+    out = {"sft_loss_last": losses[-1]}
+    for engine in ("hf", "vllm"):
+        rolls = heldout_responses(engine, model, tok, model_dir, questions, **check)
+        out[f"accuracy_{engine}"] = accuracy([r.text for r in rolls], answers)
+        out[f"ids_{engine}"], out[f"texts_{engine}"] = [r.response_ids for r in rolls], [r.text for r in rolls]
     Path(out_path).write_text(json.dumps(out))
 
 

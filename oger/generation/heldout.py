@@ -1,6 +1,6 @@
 """The held-out greedy check the policy and train stages report (`evaluate.heldout`), through the engine
 `evaluate.heldout.engine` names: transformers `generate` on the stage's model in memory (`hf`,
-`hf.greedy_accuracy`), or vLLM's offline engine over the model folder the stage has just written (`vllm`,
+`hf.greedy_rollouts`), or vLLM's offline engine over the model folder the stage has just written (`vllm`,
 `engines.make_engine`).
 
 Why a choice: at the paper scale the check is 64 questions x 8,192 greedy tokens of a 7B model, which
@@ -40,6 +40,24 @@ def heldout_accuracy(
     model_dir: str | Path,
     questions: list[str],
     answers: list[str],
+    **check,
+) -> float:
+    """Share of `questions` whose greedy response's final answer verifies against the gold one (`check`:
+    `heldout_responses`'s keywords)."""
+    if engine not in ENGINES:  # before the empty case, so a misspelt engine is named even with no questions
+        raise ValueError(f"evaluate.heldout.engine: unknown engine {engine!r}; choose from {ENGINES}")
+    if not questions:
+        return float("nan")
+    rolls = heldout_responses(engine, model, tokenizer, model_dir, questions, **check)
+    return accuracy([r.text for r in rolls], answers)
+
+
+def heldout_responses(
+    engine: str,
+    model,
+    tokenizer,
+    model_dir: str | Path,
+    questions: list[str],
     *,
     instruction: str = "{question}",
     system_prompt: str | None = None,
@@ -47,29 +65,26 @@ def heldout_accuracy(
     batch_size: int = 64,
     dtype: str = "float32",
     gpu_memory_utilization: float = 0.85,
-) -> float:
-    """Share of `questions` whose greedy response's final answer verifies against the gold one. `model`
-    and `tokenizer`: the stage's, in memory (what `hf` decodes with); `model_dir`: the same model saved
-    (what `vllm` loads)."""
+) -> list[Rollout]:
+    """The greedy response to each question, in the questions' order, through `engine`. `model` and
+    `tokenizer`: the stage's, in memory (what `hf` decodes with); `model_dir`: the same model saved (what
+    `vllm` loads)."""
     if engine not in ENGINES:
         raise ValueError(f"evaluate.heldout.engine: unknown engine {engine!r}; choose from {ENGINES}")
     if engine == "hf":
-        from oger.generation.hf import greedy_accuracy  # imports torch
+        from oger.generation.hf import greedy_rollouts  # imports torch
 
-        return greedy_accuracy(
+        return greedy_rollouts(
             model,
             tokenizer,
             questions,
-            answers,
             instruction=instruction,
             system_prompt=system_prompt,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
-    if not questions:
-        return float("nan")
     with _off_the_gpu(model):
-        rolls = vllm_greedy(
+        return vllm_greedy(
             model_dir,
             tokenizer,
             questions,
@@ -79,7 +94,6 @@ def heldout_accuracy(
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
         )
-    return accuracy([r.text for r in rolls], answers)
 
 
 def accuracy(texts: list[str], answers: list[str]) -> float:

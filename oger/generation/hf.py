@@ -338,22 +338,18 @@ def shared_prefill_cache(model, ids: torch.Tensor, attn: torch.Tensor, jobs: lis
     return cache
 
 
-def greedy_accuracy(
+def greedy_rollouts(
     model,
     tokenizer,
     questions: list[str],
-    answers: list[str],
     *,
     instruction: str = "{question}",
     system_prompt: str | None = None,
     max_new_tokens: int = 128,
     batch_size: int = 64,
-) -> float:
-    """Share of questions whose greedy response's final answer verifies against the gold one."""
-    from oger.verify import score_response
-
-    if not questions:
-        return float("nan")
+) -> list:
+    """The greedy response to each question, in the questions' order (`heldout.heldout_responses` scores
+    them)."""
     prompts = [chat_prompt_ids(tokenizer, q, instruction, system_prompt) for q in questions]
     home, decoding = next(model.parameters()).device, for_decoding()
     if home.type == "cpu":  # a stage's model lives on the CPU; it decodes where loaded models do
@@ -364,5 +360,4 @@ def greedy_accuracy(
         )
     finally:
         model.to(home)
-    correct = sum(score_response(r.text, answers[r.prompt_index])[1] for r in rolls)
-    return correct / len(questions)
+    return sorted(rolls, key=lambda r: r.prompt_index)
