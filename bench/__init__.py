@@ -14,6 +14,7 @@ BENCHES = [
     "trl_learning",
     "update",
     "update_memory",
+    "gather_bytes",
     "gpu_step",
     "gpu_check",
     "rollout_engines",

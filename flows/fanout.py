@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from oger.contract.config import RunnerConfig
 from oger.contract.errors import ConfigError
 from oger.contract.fanout import FanOut, Job
+from oger.runtime.ray_cluster import init_args
 
 
 @task(cache_policy=NONE, log_prints=True)
@@ -31,9 +32,9 @@ def task_runner(runner: RunnerConfig):
         from prefect_ray import RayTaskRunner
     except ImportError:  # pragma: no cover - prefect-ray is a dependency of the dev extra
         raise ConfigError("runner.kind: ray needs prefect-ray and ray: pip install 'oger[ray]'") from None
-    init: dict[str, Any] = {"include_dashboard": False}
-    if runner.address is None:  # a local Ray instance
-        init.update({k: v for k, v in (("num_cpus", runner.num_cpus), ("num_gpus", runner.num_gpus)) if v is not None})
+    # a new local instance when no address is set, never a dead one an earlier session left behind
+    address, init = init_args(runner)
+    if runner.address is None:
         # Ray workers report task runs to this process's Prefect API (in ephemeral mode each would
         # otherwise start its own temporary server on the same database). On a remote cluster,
         # set PREFECT_API_URL to a server the workers can reach.
@@ -42,15 +43,32 @@ def task_runner(runner: RunnerConfig):
         with get_client(sync_client=True) as client:
             api_url = str(client.api_url)
         init["runtime_env"] = {"env_vars": {"PREFECT_API_URL": api_url}}
-    return RayTaskRunner(address=runner.address, init_kwargs=init)
+    return RayTaskRunner(address=address, init_kwargs=init)
 
 
-def _resources(runner: RunnerConfig, job: Job):
+def _resources(runner: RunnerConfig, job: Job, groups: list):
+    """The job's Ray options: its CPUs and GPUs, and for a job with `bundles` a placement group reserved
+    now (appended to `groups`, removed when the fan-out ends) with the job in its first bundle."""
     if runner.kind != "ray":
         return contextlib.nullcontext()
     from prefect_ray.context import remote_options
 
-    return remote_options(num_cpus=job.num_cpus, num_gpus=job.num_gpus)
+    if not job.bundles:
+        return remote_options(num_cpus=job.num_cpus, num_gpus=job.num_gpus)
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from oger.stages.train.ray_nodes import STRATEGY
+
+    pg = placement_group(job.bundles, strategy=STRATEGY, name=f"oger-{job.name}")
+    ray.get(pg.ready())  # waits like a task waits for its resources
+    groups.append(pg)
+    return remote_options(
+        num_cpus=job.num_cpus,
+        num_gpus=job.num_gpus,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+    )
 
 
 def prefect_fan_out(runner: RunnerConfig) -> FanOut:
@@ -60,15 +78,21 @@ def prefect_fan_out(runner: RunnerConfig) -> FanOut:
         if not jobs:
             return
         with task_runner(runner) as tr:
-            futures = {}
-            for job in jobs:
-                with _resources(runner, job):
-                    fut = tr.submit(
-                        job_task.with_options(name=job.name, task_run_name=job.name),
-                        parameters={"fn": fn, "args": job.args},
-                    )
-                futures[fut] = job
-            for fut in as_completed(list(futures)):
-                yield futures[fut], fut.result()
+            futures, groups = {}, []
+            try:
+                for job in jobs:
+                    with _resources(runner, job, groups):
+                        fut = tr.submit(
+                            job_task.with_options(name=job.name, task_run_name=job.name),
+                            parameters={"fn": fn, "args": job.args},
+                        )
+                    futures[fut] = job
+                for fut in as_completed(list(futures)):
+                    yield futures[fut], fut.result()
+            finally:
+                for pg in groups:
+                    from ray.util.placement_group import remove_placement_group
+
+                    remove_placement_group(pg)
 
     return fan_out

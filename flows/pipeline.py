@@ -20,7 +20,7 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from flows import ui  # noqa: E402
 from flows.tasks import as_task  # noqa: E402
-from oger import pipeline  # noqa: E402
+from oger import pipeline, tracking  # noqa: E402
 from oger.commands.report import write_report  # noqa: E402
 from oger.contract.config import OgerConfig, load_config  # noqa: E402
 from oger.contract.lock import workdir_lock  # noqa: E402
@@ -36,7 +36,7 @@ def _with_round(overrides: list[str] | None, round_from_schedule: bool) -> list[
 
 
 def _run_name() -> str:
-    """`<config name>-<teachers.round>`, e.g. tiny-r1 or tiny-2026-11-28 for a nightly run."""
+    """`<config name>-<teachers.round>`, e.g. tiny-r1, or tiny-<YYYY-MM-DD> for a nightly run."""
     params = flow_run.parameters or {}
     try:
         cfg = load_config(
@@ -98,6 +98,7 @@ def _run_locked(cfg: OgerConfig, run_id: str, overrides, only, from_stage, until
         upstream = pipeline.load_upstream(cfg, plans, pipeline.required_upstream(selected))
         pipeline.execute(cfg, plans, selected, upstream, runner=as_task, refresh=refresh_set, on_stage=on_stage)
         report = write_report(record)
+        tracking.log_run_end(record.data, report)  # the results join the training's tracker runs
         record.finish("completed")
         ui.publish(record, report)
     except BaseException as exc:

@@ -99,10 +99,16 @@ def test_the_sharding_rule_lives_in_one_place(base):
     t = TrainConfig(prompts_per_step=8, distributed={"num_processes": 2}, rollout={"batch_prompts": 4})
     assert t.sharding_problem(8) is None and t.sharding_problem(16) is None
     assert (
-        "6 prompts per step is not a multiple of distributed.num_processes x rollout.batch_prompts (2 x 4)"
-        in t.sharding_problem(6)
+        "6 prompts per step is not a multiple of the ranks (distributed.nnodes x num_processes) x "
+        "rollout.batch_prompts (2 x 4)" in t.sharding_problem(6)
     )
     assert TrainConfig(prompts_per_step=6).sharding_problem(6) is None  # one process: anything goes
+    # over nodes the ranks are nnodes x num_processes: 8 prompts over 2 x 2 ranks x 4 per call are not whole calls
+    nodes = TrainConfig(
+        prompts_per_step=16, distributed={"num_processes": 2, "nnodes": 2}, rollout={"batch_prompts": 4}
+    )
+    assert nodes.distributed.world == 4 and nodes.sharding_problem(16) is None
+    assert "(4 x 4)" in nodes.sharding_problem(8)
     with pytest.raises(ConfigError, match=r"train = .*prompts_per_step \(6\): 6 prompts per step is not a multiple"):
         load_config(
             base(),
@@ -112,6 +118,19 @@ def test_the_sharding_rule_lives_in_one_place(base):
                 "train.prompts_per_step=6",
             ],
         )
+
+
+def test_multi_node_settings_are_checked():
+    from oger.contract.config import TrainConfig
+
+    with pytest.raises(ValueError, match="fsdp 'hybrid' replicates across nodes: it needs nnodes > 1"):
+        TrainConfig(distributed={"num_processes": 2, "fsdp": "hybrid"})
+    with pytest.raises(ValueError, match="nnodes > 1 runs one torchrun agent per node: set launcher 'torchrun'"):
+        TrainConfig(distributed={"nnodes": 2, "launcher": "accelerate"})
+    with pytest.raises(ValueError, match="rdzv_endpoint 'head': expected host:port"):
+        TrainConfig(distributed={"nnodes": 2, "rdzv_endpoint": "head"})
+    # one process per node on two nodes is a distributed run: fsdp (over both ranks) is allowed
+    assert TrainConfig(prompts_per_step=16, distributed={"nnodes": 2, "fsdp": True}).distributed.world == 2
 
 
 def test_a_field_from_before_the_sections_names_its_new_place(base):

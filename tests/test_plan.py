@@ -112,7 +112,7 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     assert cfg.runner.kind == "ray"
     assert cfg.evaluate.protocol == "luffy" and cfg.evaluate.max_new_tokens == 8192
     # The DDP shard rule names the fields to change.
-    with pytest.raises(ConfigError, match="prompts_per_step .*distributed.num_processes x rollout.batch_prompts"):
+    with pytest.raises(ConfigError, match=r"prompts_per_step .*the ranks \(distributed.nnodes x num_processes\) x rollout.batch_prompts"):
         load_config(config, ["train.distributed.num_processes=3"])
 
 
@@ -180,3 +180,25 @@ def test_the_plan_names_the_engine_the_train_stage_uses(tmp_path, capsys):
     assert engine.startswith("rollouts: vLLM colocated (float32; 0.5 of each GPU; tensor parallel 1, asleep")
     policy = next(s for s in data["stages"] if s["stage"] == "policy")
     assert policy["engine"].endswith("held-out check: transformers generate")  # tiny's default
+
+
+def test_plan_prints_each_other_nodes_torchrun_command_without_ray(tmp_path):
+    from oger.commands.plan import build
+
+    over = [
+        f"workdir={tmp_path}",
+        "train.distributed.nnodes=3",
+        "train.rollout.batch_prompts=1",
+        "train.prompts_per_step=6",
+        "train.distributed.rdzv_endpoint=10.0.0.1:29400",
+    ]
+    data = build(load_config(REPO / "configs" / "tiny.yaml", over))
+    key = next(s["key"] for s in data["stages"] if s["stage"] == "train")
+    cmds = data["node_commands"]
+    assert [c.split()[0] for c in cmds] == ["OGER_NODE=1", "OGER_NODE=2"]  # nodes after the first
+    for c in cmds:
+        assert "--nnodes=3 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=10.0.0.1:29400" in c
+        assert f"--rdzv_id=oger-{key[:16]}" in c and "is_host=0" in c  # the first node hosts the rendezvous
+        assert c.endswith(f"-m oger.stages.train.worker {tmp_path}/cache/train/{key[:16]}/launch.json")
+    with_ray = build(load_config(REPO / "configs" / "tiny.yaml", [*over, "runner.kind=ray"]))
+    assert with_ray["node_commands"] == []  # on Ray the stage starts every node's agent itself

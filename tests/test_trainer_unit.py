@@ -111,7 +111,7 @@ def test_ranks_take_whole_generation_calls_of_the_step():
     cfg = TrainConfig(prompts_per_step=8, rollout={"batch_prompts": 2}, distributed={"num_processes": 2})
     assert _rank_slice(8, cfg, Dist()) == (0, 8)
     assert [_rank_slice(8, cfg, Dist(rank=r, world=2)) for r in (0, 1)] == [(0, 4), (4, 8)]
-    with pytest.raises(ValueError, match="distributed.num_processes x rollout.batch_prompts = 4"):
+    with pytest.raises(ValueError, match=r"the ranks \(nnodes x num_processes\) x rollout.batch_prompts = 4"):
         _rank_slice(6, cfg, Dist(rank=0, world=2))  # a pool smaller than prompts_per_step
 
 

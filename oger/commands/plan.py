@@ -179,11 +179,24 @@ def build(cfg, gpu_memory_gib: float = DEFAULT_GPU_GIB) -> dict:
         "config": cfg.source_file,
         "workdir": str(cfg.workdir_path),
         "runner": cfg.runner.kind,
+        "node_commands": train_node_commands(cfg, plans),
         "problem_counts": "exact (problems stage cached)" if counts.exact else "from the config",
         "stages": stages,
         "total_tokens": None if unknown else total,
         "total_tokens_known": total,
     }
+
+
+def train_node_commands(cfg, plans) -> list[str]:
+    """A multi-node train stage without Ray: the torchrun command for each node after the first (whose
+    `oger run` runs the first node's agent and writes the artifact when the world finishes)."""
+    d = cfg.train.distributed
+    if d.nnodes < 2 or cfg.runner.kind == "ray":
+        return []
+    from oger.contract.artifacts import cache_dir
+    from oger.stages.train.distributed import node_commands  # imports torch
+
+    return node_commands(cfg, cache_dir(cfg.workdir_path, "train", plans["train"].key))
 
 
 def dag_lines(stages: list[dict]) -> list[str]:
@@ -234,6 +247,15 @@ def cmd_plan(args) -> int:
                 console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
             style = "green" if s["gpu"]["fits"] else "red"
             console.print(f"  [{style}]{s['gpu']['verdict']}[/{style}]", highlight=False, soft_wrap=True)
+    if data["node_commands"]:
+        console.print(
+            f"[bold]train on {cfg.train.distributed.nnodes} nodes[/bold]: `oger run` on the first node (its "
+            f"{cfg.train.distributed.rdzv_endpoint or 'host:port'} is the rendezvous; it writes the artifact), "
+            "and on each other node, from a checkout of the same code with the same workdir mounted:",
+            highlight=False,
+        )
+        for line in data["node_commands"]:
+            console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     total = data["total_tokens"]
     console.print(
         f"total new tokens at most: {fmt_tokens(total)}"

@@ -18,13 +18,18 @@ FanOut = Callable[[Callable, list["Job"]], Iterator[tuple["Job", Any]]]
 
 @dataclass
 class Job:
-    """One job: `fn(*args)` needing `num_cpus` CPUs and `num_gpus` GPUs (Ray resources)."""
+    """One job: `fn(*args)` needing `num_cpus` CPUs and `num_gpus` GPUs (Ray resources). `bundles`: a
+    placement group the job reserves and runs in (in its first bundle; its resources are the first
+    bundle's), for work inside it that spans nodes: a sweep pair whose train stage runs on several nodes
+    hands the group to the stage (`oger.stages.train.ray_nodes`) instead of the stage waiting for a
+    second reservation."""
 
     name: str
     args: tuple
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     meta: dict = field(default_factory=dict)
+    bundles: list[dict] | None = None
 
 
 def run_in_process(fn: Callable, jobs: list[Job]) -> Iterator[tuple[Job, Any]]:

@@ -345,7 +345,7 @@ def checkpoints_on_disk(steps: int, every: int, keep: int) -> int:
     return min(steps // every, keep + 1)
 
 
-ROLLOUT_ROW_BYTES = 620  # a rollouts.jsonl row without its text (the demo's rows, 2026-12-07)
+ROLLOUT_ROW_BYTES = 620  # a rollouts.jsonl row without its text (as measured on the demo's rows)
 TEXT_BYTES_PER_TOKEN = 4  # characters of English/LaTeX text per token, roughly
 
 

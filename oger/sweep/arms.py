@@ -15,7 +15,7 @@ from typing import Any
 from oger.contract.config import OgerConfig, SweepConfig, load_config
 from oger.contract.errors import ConfigError
 
-# The presets, and the two controls of issue 13:
+# The presets, and two controls that separate what the bonus does from what any extra reward does:
 #  shuffled-bonus: the OGER bonus values permuted among the eligible rollouts of each batch, so it
 #    keeps the bonus' distribution and loses its direction ("directed by divergence" vs "extra
 #    reward variance");

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from oger import contract, pipeline
+from oger import contract, pipeline, tracking
 from oger.contract.artifacts import ArtifactRef, SummaryRecord, canonical_json
 from oger.contract.config import OgerConfig, SweepConfig, load_config
 from oger.contract.errors import ConfigError
@@ -103,14 +103,16 @@ def prepare(
         chosen = arm_names[0]
     if sweep_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep_id):
         raise ConfigError(f"--id {sweep_id!r}: use letters, digits, '-', '_', '.'")
+    sweep_id = sweep_id or default_sweep_id(base, overrides, resolved, seed_list)
     pairs = []
     for arm in resolved:
         for seed in seed_list:
             cfg = pair_config(config, overrides, arm, seed, s.seed_fields)
+            cfg = tracking.sweep_pair(cfg, sweep_id, arm.name, seed)  # its tracker run's tags and group
             pairs.append(Pair(arm.name, seed, cfg, pipeline.plan(cfg)))
     _check_distinct(pairs, s.seed_fields)
     sp = SweepPlan(
-        sweep_id or default_sweep_id(base, overrides, resolved, seed_list),
+        sweep_id,
         str(config),
         overrides,
         resolved,
@@ -173,20 +175,36 @@ def pair_gpus(sp: SweepPlan, cfg: OgerConfig) -> float:
     return float(cfg.train.distributed.num_processes) if cfg.train.distributed.backend == "nccl" else 0.0
 
 
+def pair_bundles(cfg: OgerConfig) -> list[dict] | None:
+    """A pair whose train stage spans nodes reserves them for the whole pair: one bundle per node (the
+    stage's own shape, `ray_nodes.bundle`), the pair itself in the first; None for one node."""
+    d = cfg.train.distributed
+    if d.nnodes < 2:
+        return None
+    from oger.stages.train.ray_nodes import bundle
+
+    return [bundle(d.num_processes, d.backend == "nccl")] * d.nnodes
+
+
 def pair_jobs(
     sp: SweepPlan, by_key: dict[tuple[str, str], ArtifactRef], pair_fan_out: FanOut | None = None
 ) -> list[Job]:
     """One job per (arm, seed) for `run_pair`; its arguments travel to a Ray worker (pickled)."""
-    return [
-        Job(
-            pair.name,
-            (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key), pair_fan_out),
-            num_cpus=sp.settings.num_cpus,
-            num_gpus=pair_gpus(sp, pair.cfg),
-            meta={"arm": pair.arm, "seed": pair.seed},
+    jobs = []
+    for pair in sp.pairs:
+        bundles = pair_bundles(pair.cfg)
+        first = bundles[0] if bundles else {}
+        jobs.append(
+            Job(
+                pair.name,
+                (pair.cfg, pair.plans, refs_for(pair.plans, upstream_stages(), by_key), pair_fan_out),
+                num_cpus=first.get("CPU", sp.settings.num_cpus),
+                num_gpus=first.get("GPU", 0.0) if bundles else pair_gpus(sp, pair.cfg),
+                meta={"arm": pair.arm, "seed": pair.seed},
+                bundles=bundles,
+            )
         )
-        for pair in sp.pairs
-    ]
+    return jobs
 
 
 def run_sweep(

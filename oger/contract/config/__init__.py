@@ -3,8 +3,9 @@
 Every section forbids unknown keys so a typo fails loudly, naming the key, the value and the file.
 One module per section: `base` (the strict base model, the instruction template, path expansion),
 `problems`, `teachers`, `filter`, `index`, `policy`, `train`, `evaluate`, `runner`, `sweep`,
-`retention`, `top` (`OgerConfig`, the whole config) and `load` (YAML, `--set` overrides, error
-messages). Import from here: `from oger.contract.config import load_config, TrainConfig`.
+`retention`, `logging` (experiment trackers), `top` (`OgerConfig`, the whole config) and `load`
+(YAML, `--set` overrides, error messages). Import from here:
+`from oger.contract.config import load_config, TrainConfig`.
 """
 
 from oger.contract.config.base import Instruction, Strict, expand_path
@@ -19,6 +20,7 @@ from oger.contract.config.evaluate import (
 from oger.contract.config.filter import FilterConfig
 from oger.contract.config.index import IndexConfig
 from oger.contract.config.load import apply_override, load_config, parse_override
+from oger.contract.config.logging import TRACKER_NAMES, LoggingConfig, SweepPair
 from oger.contract.config.policy import PolicyConfig, SFTConfig, TinyPolicy
 from oger.contract.config.problems import (
     LABELLER_NAMES,
@@ -84,6 +86,9 @@ __all__ = [
     "RunnerConfig",
     "SweepConfig",
     "RetentionConfig",
+    "TRACKER_NAMES",
+    "SweepPair",
+    "LoggingConfig",
     "OgerConfig",
     "parse_override",
     "apply_override",

@@ -29,10 +29,17 @@ LUFFY_MULTI_SAMPLE = {"aime24": 32, "aime25": 32, "amc": 32}
 class BenchmarkSpec(Strict):
     """One benchmark to evaluate; `samples`/`temperature` override the protocol for it."""
 
-    name: str
+    name: str = Field(
+        description="the benchmark: synthetic (the synthetic sources' evaluate.heldout.split problems) or one laid "
+        "out under data/ (aime24, math500, gsm8k, ...; an unknown name fails, listing them all)"
+    )
     limit: int | None = Field(None, ge=1, description="first N problems (deterministic subset)")
     samples: int | None = Field(None, ge=1, description="k samples per problem")
-    temperature: float | None = Field(None, ge=0.0)
+    temperature: float | None = Field(
+        None,
+        ge=0.0,
+        description="sampling temperature for this benchmark; default: the protocol's (luffy 0.6, greedy 0)",
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default: evaluate's")
 
 
@@ -58,11 +65,16 @@ class HeldoutConfig(Strict):
     """The quick greedy check on the task's held-out split that the policy and train stages report
     (keyed there); the evaluate stage reads only `split`, for the synthetic benchmark."""
 
-    split: str = "test"
-    limit: int = Field(200, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
+    split: str = Field(
+        "test", description="the problems split checked (and the synthetic benchmark's problems); keep it out of RL"
+    )
+    limit: int = Field(200, ge=1, description="first N problems of the split checked")
+    max_new_tokens: int = Field(128, ge=1, description="token budget of each greedy answer")
     batch_size: int = Field(
-        64, ge=1, json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch")
+        64,
+        ge=1,
+        description="prompts per generation call: memory against speed",
+        json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch"),
     )
     engine: Literal["hf", "vllm"] = Field(
         "hf",
@@ -78,7 +90,11 @@ class HeldoutConfig(Strict):
 class EvaluateConfig(Strict):
     """Benchmarks scored for the policy-stage model ("base") and the trained one."""
 
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="synthetic")],
+        min_length=1,
+        description="the benchmarks scored, each once per model (a plain name or a mapping with overrides)",
+    )
     protocol: Literal["luffy", "greedy"] = Field(
         "luffy",
         description="luffy: T=0.6, top_p=1.0, avg@32 on aime24/aime25/amc, 1 sample elsewhere; greedy: T=0, 1 sample",
@@ -88,8 +104,8 @@ class EvaluateConfig(Strict):
         description="hf: padded transformers generate; paged: transformers continuous "
         "batching (paged attention); vllm: the gpu extra",
     )
-    max_new_tokens: int = Field(1024, ge=1)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, ge=1, description="token budget of each answer; a benchmark may override it")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; 1: the whole vocabulary")
     prompt: Literal["policy", "luffy"] = Field(
         "policy",
         description="policy: the policy's instruction and system prompt (as trained); "
@@ -103,12 +119,22 @@ class EvaluateConfig(Strict):
         "policy.model. Not part of any stage key",
         json_schema_extra=not_in_key("which published numbers the report shows beside ours"),
     )
-    heldout: HeldoutConfig = HeldoutConfig()
-    seed: int = 0
-    batch_size: int = Field(
-        64, ge=1, json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch")
+    heldout: HeldoutConfig = Field(
+        HeldoutConfig(), description="the quick greedy check the policy and train stages report"
     )
-    score_timeout_s: float = Field(5.0, gt=0)
+    seed: int = Field(0, description="sampling seed; each sample is seeded by its place in the job list")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="prompts per generation call: memory against speed",
+        json_schema_extra=not_in_key("each sample is seeded by its place in the job list, not by its batch"),
+    )
+    score_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="seconds math-verify may spend on one answer; one that takes longer is scored wrong (so it is "
+        "in the key)",
+    )
     score_workers: int = Field(
         2, ge=1, description="math-verify processes", json_schema_extra=not_in_key("processes scoring the same answers")
     )

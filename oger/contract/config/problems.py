@@ -27,23 +27,48 @@ def labeller_field():
 class FieldMap(Strict):
     """Column names in a local or HF dataset; None means 'use the format's default'."""
 
-    question: str | None = None
-    answer: str | None = None
-    reference: str | None = None
+    question: str | None = Field(
+        None,
+        description="column holding the question (a chat list: its last user message); default: `prompt` "
+        "for luffy, else the first of question, problem, Question",
+    )
+    answer: str | None = Field(
+        None,
+        description="column holding the gold answer; default: `reward_model` (its ground_truth) for luffy, "
+        "`answer` (after its `####`) for gsm8k, the last \\boxed{} of the reference for math, else the first "
+        "of answer, final_answer, gold",
+    )
+    reference: str | None = Field(
+        None,
+        description="column holding a worked solution, the text a `dataset` teacher uses as its trace; default: "
+        "`target` for luffy, the answer's text for gsm8k, `solution` for math, else solution or reference",
+    )
 
 
 class SyntheticSource(Strict):
     """The project's own verifiable arithmetic task (deterministic by seed)."""
 
-    kind: Literal["synthetic"]
-    name: str = "arith"
-    seed: int = 0
-    n_train: int = Field(400, ge=0)
-    n_test: int = Field(200, ge=0)
-    min_operands: int = Field(2, ge=2)
-    max_operands: int = Field(3, ge=2)
-    max_value: int = Field(20, ge=1)
-    ops: str = "+-*"
+    kind: Literal["synthetic"] = Field(description="selects this source type: generated arithmetic problems")
+    name: str = Field(
+        "arith",
+        description="the source's name in the problems table (unique): what teachers' `sources` select by",
+    )
+    seed: int = Field(0, description="generator seed: another seed draws other problems")
+    n_train: int = Field(400, ge=0, description="problems in the train split (the RL pool and the teachers' default)")
+    n_test: int = Field(
+        200,
+        ge=0,
+        description="problems in the test split (the held-out check and the synthetic benchmark), none of "
+        "them a train problem",
+    )
+    min_operands: int = Field(2, ge=2, description="fewest numbers in an expression")
+    max_operands: int = Field(3, ge=2, description="most numbers in an expression; more operands make harder problems")
+    max_value: int = Field(
+        20,
+        ge=1,
+        description="operands are drawn from 1 to this; too small a range cannot give enough distinct problems",
+    )
+    ops: str = Field("+-*", description="the operators drawn from, a subset of `+-*` (usual precedence)")
     smallest_at_most: int | None = Field(
         None,
         ge=1,
@@ -72,29 +97,42 @@ class SyntheticSource(Strict):
 
 
 class _FileLikeSource(Strict):
-    name: str
-    format: Literal["auto", "gsm8k", "math", "luffy", "plain"] = "auto"
-    fields: FieldMap = FieldMap()
+    name: str = Field(
+        description="the source's name in the problems table (unique): what teachers' `sources` select by"
+    )
+    format: Literal["auto", "gsm8k", "math", "luffy", "plain"] = Field(
+        "auto",
+        description="the rows' layout: gsm8k (`#### <answer>` lines), math (the answer is the solution's last "
+        "\\boxed{}), luffy (LUFFY's parquet: chat prompt, reward_model.ground_truth, target) or plain "
+        "question/answer fields; auto: told apart per row by its fields",
+    )
+    fields: FieldMap = Field(FieldMap(), description="column names, where they are not the format's defaults")
     split: str = Field("train", description="split label written to the problems table")
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="first N rows (deterministic); default: all")
     labeller: Literal[LABELLER_NAMES] | None = labeller_field()
 
 
 class LocalSource(_FileLikeSource):
     """A local jsonl or parquet file; `${OGER_DATA_DIR}` and `~` are expanded."""
 
-    kind: Literal["local"]
+    kind: Literal["local"] = Field(description="selects this source type: a local file")
     path: str = Field(
-        json_schema_extra=not_in_key("the file's content fingerprint is in the identity: a moved copy is the same data")
+        description="the jsonl or parquet file; `~` and environment variables (`${OGER_DATA_DIR}`) are expanded",
+        json_schema_extra=not_in_key(
+            "the file's content fingerprint is in the identity: a moved copy is the same data"
+        ),
     )
 
 
 class HFSource(_FileLikeSource):
     """A Hugging Face dataset by id, read from `OGER_DATA_DIR` when a local copy is laid out there."""
 
-    kind: Literal["hf"]
-    dataset: str
-    subset: str | None = None
+    kind: Literal["hf"] = Field(description="selects this source type: a Hugging Face dataset")
+    dataset: str = Field(
+        description="the dataset's hub id (e.g. openai/gsm8k); its copy under OGER_DATA_DIR or data/ is read "
+        "when laid out there, else it is loaded from the hub"
+    )
+    subset: str | None = Field(None, description="the dataset's configuration (subset) name, if it has several")
     hf_split: str | None = Field(None, description="dataset split to read; default: `split`")
 
 
@@ -102,4 +140,8 @@ Source = Annotated[Union[SyntheticSource, LocalSource, HFSource], Field(discrimi
 
 
 class ProblemsConfig(Strict):
-    sources: list[Source] = Field(min_length=1)
+    sources: list[Source] = Field(
+        min_length=1,
+        description="where problems come from, each a synthetic task, a local file or a hub dataset (by `kind`); "
+        "a question already read from an earlier source is dropped",
+    )

@@ -41,8 +41,10 @@ class SweepConfig(Strict):
         description="interval the verdicts use: percentile bootstrap over seeds and "
         "problems, or Student-t over per-seed means (needs >= 2 seeds)",
     )
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    bootstrap_resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
+    bootstrap_resamples: int = Field(
+        2000, ge=100, description="bootstrap resamples per interval: more give steadier bounds, slower"
+    )
     num_gpus: float | None = Field(
         None,
         ge=0,

@@ -12,10 +12,25 @@ from oger.contract.keys import not_in_key, omitted_at_default, resolved
 
 
 class Sampling(Strict):
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    """How a teacher samples its traces."""
+
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature; 0: greedy")
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="nucleus sampling: the smallest set of tokens of this total probability; 1: the whole vocabulary",
+    )
+    max_new_tokens: int = Field(
+        256,
+        ge=1,
+        description="token budget of one trace; a trace cut at it has no stop, which the filter drops (require_stop)",
+    )
+    seed: int = Field(
+        0,
+        description="sampling seed (a scripted solver's slips too); samples are seeded by their place in the "
+        "teacher's job list, so shards give the traces of one run",
+    )
 
 
 Backend = Literal["scripted", "transformers", "dataset", "openai", "vllm"]
@@ -24,24 +39,51 @@ Backend = Literal["scripted", "transformers", "dataset", "openai", "vllm"]
 class TeacherConfig(Strict):
     """One teacher. `model` is a scripted style, a model path/alias, a column, or a served model name."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    backend: Backend
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the teacher's name (unique): what index.teachers and policy.sft.teachers select by, and its "
+        "traces' label",
+    )
+    backend: Backend = Field(
+        description="what writes the traces: scripted (the synthetic task's solvers), transformers or vllm "
+        "(a model run here), openai (an OpenAI-compatible server), dataset (the problems' reference column)"
+    )
     model: str | None = Field(
         None,
+        description="scripted: a solver style (stepwise, terms, verbose, add_first, swap); transformers, vllm: a "
+        "model alias, folder, .gguf file or hub id; openai: the served model's name; dataset: unused",
         json_schema_extra=resolved(
             "a model the backend loads is keyed by its content fingerprint, not its path or alias"
         ),
     )
-    n: int = Field(1, ge=1)
-    sampling: Sampling = Sampling()
-    split: str = "train"
+    n: int = Field(1, ge=1, description="traces per problem (dataset: always 1, the reference is written once)")
+    sampling: Sampling = Field(Sampling(), description="temperature, nucleus, token budget and seed of the traces")
+    split: str = Field(
+        "train",
+        description="the problems split this teacher answers (`sft`: a synthetic source's sft_split_first_above "
+        "problems)",
+    )
     sources: list[str] | None = Field(None, description="problem source names; default all")
     limit: int | None = Field(None, ge=1, description="first N problems (deterministic)")
-    batch_size: int = Field(8, ge=1)
-    instruction: Instruction = "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}"
-    system_prompt: str | None = None
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="prompts per generation call; in the key because the transformers backend seeds each call, so "
+        "another batch size samples other traces",
+    )
+    instruction: Instruction = Field(
+        "Solve the problem. Put the final answer in \\boxed{{}}.\n\n{question}",
+        description="the user turn, a template holding {question}",
+    )
+    system_prompt: str | None = Field(None, description="system message before the user turn; default: none")
     # scripted
-    slip_rate: float = Field(0.0, ge=0.0, le=1.0)
+    slip_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="scripted: the chance that a solution has an arithmetic slip in one step, giving the filter "
+        "wrong traces to drop",
+    )
     # transformers / vllm
     dtype: Literal["float32", "bfloat16", "float16", "auto", "native"] = Field(
         "float32",
@@ -54,12 +96,33 @@ class TeacherConfig(Strict):
         description="transformers backend: padded generate (hf) or continuous batching with paged attention (paged)",
         json_schema_extra=omitted_at_default("keys from before the option"),
     )
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm: GPUs the model is split over (a model too large for one GPU)"
+    )
     # openai: where the served model is and how to talk to it, not what it writes
-    base_url: str | None = Field(None, json_schema_extra=not_in_key("the server's address"))
-    api_key_env: str | None = Field("OPENAI_API_KEY", json_schema_extra=not_in_key("credentials"))
-    max_concurrency: int = Field(4, ge=1, json_schema_extra=not_in_key("requests in flight; each is seeded"))
-    request_timeout_s: float = Field(300.0, gt=0, json_schema_extra=not_in_key("a resource bound"))
+    base_url: str | None = Field(
+        None,
+        description="openai: the server's address, e.g. http://127.0.0.1:8000/v1",
+        json_schema_extra=not_in_key("the server's address"),
+    )
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="openai: the environment variable holding the API key (the key itself never goes in a config); "
+        "null: no key",
+        json_schema_extra=not_in_key("credentials"),
+    )
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        description="openai: requests in flight at once",
+        json_schema_extra=not_in_key("requests in flight; each is seeded"),
+    )
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="openai: seconds one request may take before it fails",
+        json_schema_extra=not_in_key("a resource bound"),
+    )
     # fan-out (runner.kind: ray); not in the key: shards give the same traces as one run
     shards: int = Field(
         1,
@@ -89,8 +152,14 @@ class TeacherConfig(Strict):
 
 
 class TeachersConfig(Strict):
-    round: str = Field("r1", pattern=r"^[A-Za-z0-9_.:-]+$")
-    teachers: list[TeacherConfig] = Field(min_length=1)
+    round: str = Field(
+        "r1",
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="a label of one generation of traces (e.g. the nightly run's date): traces are kept per round, "
+        "rounds are ordered by when they first ran, and train.init_from previous_round continues from the model "
+        "of the latest earlier round",
+    )
+    teachers: list[TeacherConfig] = Field(min_length=1, description="the teachers, each cached on its own")
 
     @field_validator("round", mode="before")
     @classmethod

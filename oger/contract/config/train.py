@@ -34,7 +34,7 @@ class BonusGuards(Strict):
     max_repetition: float | None = Field(
         0.3, ge=0, le=1, description="share of repeated word n-grams above which the bonus is 0"
     )
-    repetition_ngram: int = Field(4, ge=1)
+    repetition_ngram: int = Field(4, ge=1, description="n of the word n-grams max_repetition counts")
     think_format: bool = Field(
         True,
         description="no bonus without </think> when the reward requires the think format (train.reward_format: think)",
@@ -50,18 +50,33 @@ class BonusGuards(Strict):
 class OgerRewardConfig(Strict):
     """The exploration bonus r = c + lam * c * d * g(H) (DESIGN §4) and how it enters the advantage."""
 
-    lam: float = Field(0.5, ge=0)
-    similarity: Literal["max", "mean"] = "max"
+    lam: float = Field(
+        0.5,
+        ge=0,
+        description="lambda, the bonus's weight against the correctness reward (acts with algorithm oger only); 0: "
+        "no bonus, divergence still logged (monitor)",
+    )
+    similarity: Literal["max", "mean"] = Field(
+        "max",
+        description="a rollout's similarity to its problem's teacher traces: to the closest one (max) or their "
+        "average (mean); divergence d = 1 - similarity",
+    )
     entropy_tokens: int = Field(1, ge=1, description="H over the last m generated tokens")
-    modulation: Literal["exp", "linear", "none"] = "exp"
-    tau: float = Field(1.0, gt=0)
+    modulation: Literal["exp", "linear", "none"] = Field(
+        "exp",
+        description="g(H), how the end-of-answer entropy scales the bonus: exp(-H / tau), linear 1 - H / log|V| "
+        "(clipped to [0, 1]), or none (1): a confident answer gets more of the bonus",
+    )
+    tau: float = Field(
+        1.0, gt=0, description="temperature of the exp modulation: larger lets uncertain answers keep more"
+    )
     embed_text: Literal["reasoning", "full"] = Field(
         "reasoning",
         description="reasoning: embed rollouts and teacher traces without the answer "
         "tag (before </think>, else before the \\boxed sentence); full: "
         "the whole text (teacher vectors straight from the index)",
     )
-    guards: BonusGuards = BonusGuards()
+    guards: BonusGuards = Field(BonusGuards(), description="checks that zero the bonus of a degenerate rollout")
     baseline: Literal["none", "group"] = Field(
         "none", description="group: centre the bonus over the group's correct on-policy rollouts"
     )
@@ -92,17 +107,29 @@ _SAME_MODEL = "the same model either way (how the update is spread over processe
 class OptimConfig(Strict):
     """The optimizer and its schedule."""
 
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(
+        1e-4, gt=0, description="peak learning rate; pretrained models want far less (the paper configs: 1e-6)"
+    )
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw",
         description="sgd (momentum 0.9): steps scale with the gradient, so noisy "
         "directions of a tiny model drift less than under Adam",
     )
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(16, ge=1, json_schema_extra=CUT)
+    weight_decay: float = Field(0.0, ge=0, description="the optimizer's weight decay (decoupled, for adamw)")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear learning-rate warmup")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warmup: the peak rate throughout, or cosine decay to 0 at the last step"
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="the gradient is rescaled to at most this global norm before each optimizer step"
+    )
+    micro_batch_size: int = Field(
+        16,
+        ge=1,
+        description="samples per forward and backward pass; the batch's gradient is accumulated over its "
+        "micro-batches, so a smaller one trades speed for memory",
+        json_schema_extra=CUT,
+    )
     max_tokens_per_micro_batch: int | None = Field(
         None,
         ge=1,
@@ -155,12 +182,39 @@ class LossConfig(Strict):
         "old log-probs computed once before the first; >1 makes clip* act",
         json_schema_extra=inert("1 (the default): keys from before the option"),
     )
-    clip: bool = Field(True, json_schema_extra=inert(_NO_CLIP))
-    clip_eps_low: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
-    clip_eps_high: float = Field(0.2, ge=0, json_schema_extra=inert(_NO_CLIP))
-    loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = "token_mean"
-    scale_rewards: Literal["group", "none"] = "group"
-    entropy_coef: float = 0.0
+    clip: bool = Field(
+        True,
+        description="PPO's clipped surrogate on on-policy rows (the ratio to the behaviour policy kept within "
+        "[1 - clip_eps_low, 1 + clip_eps_high]); false: the plain ratio times the advantage",
+        json_schema_extra=inert(_NO_CLIP),
+    )
+    clip_eps_low: float = Field(
+        0.2,
+        ge=0,
+        description="lower clip range: with a negative advantage, a token whose ratio fell below 1 - this gets no "
+        "further push down",
+        json_schema_extra=inert(_NO_CLIP),
+    )
+    clip_eps_high: float = Field(
+        0.2,
+        ge=0,
+        description="upper clip range: with a positive advantage, a token whose ratio rose above 1 + this gets no "
+        "further push up (DAPO's clip-higher raises it)",
+        json_schema_extra=inert(_NO_CLIP),
+    )
+    loss_agg: Literal["token_mean", "seq_mean", "constant_len"] = Field(
+        "token_mean",
+        description="how per-token losses become the batch's: token_mean (every token weighs the same), seq_mean "
+        "(every sequence does) or constant_len (Dr. GRPO: summed, divided by rows x rollout.max_new_tokens)",
+    )
+    scale_rewards: Literal["group", "none"] = Field(
+        "group",
+        description="group: advantages divided by the group's reward std (GRPO); none: only centred on the group "
+        "mean (Dr. GRPO)",
+    )
+    entropy_coef: float = Field(
+        0.0, description="weight of the entropy bonus subtracted from the loss (entropy_agg); 0: none"
+    )
     entropy_agg: Literal["loss_agg", "token_mean"] = Field(
         "loss_agg",
         description="how the entropy bonus is averaged: like the loss (loss_agg) or, as "
@@ -183,9 +237,11 @@ _CHECK = "a check: it stops (or warns about) a broken run and changes nothing in
 class RolloutConfig(Strict):
     """How on-policy rollouts are sampled, and by which engine."""
 
-    max_new_tokens: int = Field(96, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=1, description="token budget of one rollout; a longer answer is cut")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the rollouts; the update's log-probs and entropies use it too"
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts; 1: the whole vocabulary")
     batch_prompts: int = Field(
         8,
         ge=1,
@@ -287,15 +343,62 @@ class RolloutConfig(Strict):
 
 
 class DistributedConfig(Strict):
-    """Multi-process training (DDP; FSDP2 on GPU): the same model either way, so not in the key."""
+    """Training on several processes, on one machine or several: the same model either way (DDP, FSDP2 and
+    HSDP give the one-process gradient), so not in the key."""
 
-    num_processes: int = Field(1, ge=1, description=">1: launch the trainer on this many ranks")
-    launcher: Literal["torchrun", "accelerate"] = "torchrun"
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, else gloo")
-    fsdp: bool = Field(
-        False, description="shard parameters, gradients and optimizer state (FSDP2) instead of replicating them (DDP)"
+    num_processes: int = Field(
+        1, ge=1, description="ranks per node (one per GPU); > 1, or nnodes > 1, launches the trainer on torchrun"
     )
-    gradient_checkpointing: bool = False
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="machines the ranks span; > 1 with runner.kind ray: one torchrun agent per node as a Ray task "
+        "in a strictly spread placement group; without Ray: run the command `oger plan` prints on every other node",
+    )
+    launcher: Literal["torchrun", "accelerate"] = Field(
+        "torchrun", description="what starts the ranks on a node (several nodes: torchrun only)"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, else gloo")
+    fsdp: bool | Literal["hybrid"] = Field(
+        False,
+        description="true: shard parameters, gradients and optimizer state over all ranks (FSDP2) instead of "
+        "replicating them (DDP); hybrid: shard within a node and replicate across nodes (HSDP, a 2-D mesh), "
+        "so the per-layer all-gathers and reduce-scatters stay on a node's fast links",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory for about a third more compute"
+    )
+    timeout_s: int = Field(
+        1800,
+        ge=10,
+        description="collective timeout: a rank waiting longer for the others (a dead node, a hung rank) fails "
+        "the run with an error instead of hanging",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the first node's torchrun rendezvous when nnodes > 1 without Ray (with Ray it "
+        "is chosen on the first node of the placement group)",
+    )
+
+    @property
+    def world(self) -> int:
+        """All ranks: nnodes x num_processes."""
+        return self.nnodes * self.num_processes
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 in either form (over all ranks, or HSDP)."""
+        return bool(self.fsdp)
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "DistributedConfig":
+        if self.fsdp == "hybrid" and self.nnodes < 2:
+            raise ValueError("distributed.fsdp 'hybrid' replicates across nodes: it needs nnodes > 1 (or fsdp: true)")
+        if self.nnodes > 1 and self.launcher != "torchrun":
+            raise ValueError("distributed.nnodes > 1 runs one torchrun agent per node: set launcher 'torchrun'")
+        if self.rdzv_endpoint is not None and ":" not in self.rdzv_endpoint:
+            raise ValueError(f"distributed.rdzv_endpoint {self.rdzv_endpoint!r}: expected host:port")
+        return self
 
 
 class TrainLogging(Strict):
@@ -348,13 +451,25 @@ _FLAT = flat_in_key("keys from before the sections: its fields keep their flat n
 
 
 class TrainConfig(Strict):
-    algorithm: Literal["grpo", "luffy", "oger"] = "oger"
-    steps: int = Field(40, ge=1)
-    prompts_per_step: int = Field(8, ge=1)
-    group_size: int = Field(8, ge=2)
-    replace_k: int = Field(1, ge=0)
-    replace_policy: Literal["always", "when_all_fail"] = "always"
-    oger: OgerRewardConfig = OgerRewardConfig()
+    algorithm: Literal["grpo", "luffy", "oger"] = Field(
+        "oger",
+        description="grpo: on-policy rollouts only; luffy: replace_k rollouts per group become teacher traces "
+        "(policy shaping); oger: luffy plus the exploration bonus (`oger`)",
+    )
+    steps: int = Field(40, ge=1, description="RL steps, each one batch of rollouts and its update")
+    prompts_per_step: int = Field(8, ge=1, description="problems drawn from the pool per step (all of a smaller pool)")
+    group_size: int = Field(
+        8, ge=2, description="rollouts per problem: the group whose rewards set each one's advantage"
+    )
+    replace_k: int = Field(
+        1, ge=0, description="luffy, oger: rollouts per group replaced by the problem's teacher traces; 0: none"
+    )
+    replace_policy: Literal["always", "when_all_fail"] = Field(
+        "always",
+        description="which groups get teacher traces: every group of a problem with traces, or only those where "
+        "no rollout is correct",
+    )
+    oger: OgerRewardConfig = Field(OgerRewardConfig(), description="the exploration bonus (algorithm oger)")
     reward_format: Literal["plain", "think"] = Field(
         "plain", description="think (LUFFY): no </think> -> reward 0; only the text after it is verified"
     )
@@ -363,11 +478,11 @@ class TrainConfig(Strict):
         description="strip (LUFFY): a teacher trace starting with '<think>\\n' loses it when "
         "the prompt already ends with '<think>\\n'",
     )
-    split: str = "train"
+    split: str = Field("train", description="the problems split RL draws its prompts from")
     max_prompts: int | None = Field(
         None, ge=1, description="RL prompt pool: the first N problems of the split (a small pool learns visibly faster)"
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of the prompt draws, the rollouts' sampling and the teacher rows' choice")
     init_from: Literal["policy", "previous_round"] = Field(
         "policy",
         description="policy: start from the policy-stage model; previous_round: continue "
@@ -385,12 +500,20 @@ class TrainConfig(Strict):
             "what it resolves to, float32 (the behaviour before the option) left out"
         ),
     )
-    optim: OptimConfig = Field(OptimConfig(), json_schema_extra=_FLAT)
-    loss: LossConfig = Field(LossConfig(), json_schema_extra=_FLAT)
-    rollout: RolloutConfig = Field(RolloutConfig(), json_schema_extra=_FLAT)
-    distributed: DistributedConfig = Field(DistributedConfig(), json_schema_extra=not_in_key(_SAME_MODEL))
+    optim: OptimConfig = Field(OptimConfig(), description="the optimizer and its schedule", json_schema_extra=_FLAT)
+    loss: LossConfig = Field(LossConfig(), description="the policy-gradient loss", json_schema_extra=_FLAT)
+    rollout: RolloutConfig = Field(
+        RolloutConfig(), description="how rollouts are sampled, and by which engine", json_schema_extra=_FLAT
+    )
+    distributed: DistributedConfig = Field(
+        DistributedConfig(),
+        description="training on several processes or machines",
+        json_schema_extra=not_in_key(_SAME_MODEL),
+    )
     logging: TrainLogging = Field(
-        TrainLogging(), json_schema_extra=not_in_key("logging; a resumed run continues the same random streams")
+        TrainLogging(),
+        description="checkpoints and per-sample logs",
+        json_schema_extra=not_in_key("logging; a resumed run continues the same random streams"),
     )
 
     @model_validator(mode="before")
@@ -413,8 +536,8 @@ class TrainConfig(Strict):
         problem = self.sharding_problem(self.prompts_per_step)
         if problem:
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}): {problem}")
-        if self.distributed.fsdp and self.distributed.num_processes < 2:
-            raise ValueError("distributed.fsdp needs distributed.num_processes > 1")
+        if self.distributed.fsdp and self.distributed.world < 2:
+            raise ValueError("distributed.fsdp needs more than one rank (num_processes or nnodes > 1)")
         if self.rollout.sleep and self.rollout.engine != "vllm":
             raise ValueError("rollout.sleep acts on a vLLM engine: set rollout.engine 'vllm' or drop it")
         tp = self.rollout.tensor_parallel_size
@@ -439,11 +562,11 @@ class TrainConfig(Strict):
     def sharding_problem(self, prompts: int) -> str | None:
         """Why `prompts` per step cannot be spread over the ranks (None: it can). The one place the
         rule lives: the config checks prompts_per_step, the train stage the pool-capped count."""
-        ranks, batch = self.distributed.num_processes, self.rollout.batch_prompts
+        ranks, batch = self.distributed.world, self.rollout.batch_prompts
         if ranks > 1 and prompts % (ranks * batch):
             return (
-                f"{prompts} prompts per step is not a multiple of distributed.num_processes x rollout.batch_prompts "
-                f"({ranks} x {batch}): every rank rolls out whole "
+                f"{prompts} prompts per step is not a multiple of the ranks (distributed.nnodes x num_processes) x "
+                f"rollout.batch_prompts ({ranks} x {batch}): every rank rolls out whole "
                 f"generation calls, so the result does not depend on the number of processes"
             )
         return None

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ import torch
 from oger.contract.artifacts import artifact_path, atomic_write
 from oger.contract.errors import ConfigError, StageError
 from oger.runtime.device import Runtime, cuda_available, for_rank, for_training
-from oger.stages.train.files import read_metrics
+from oger.stages.train.files import merge_rank_rollouts, read_metrics
+from oger.stages.train.shared_paths import write_shared_token
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Dist:
     precision: str = "float32"  # resolved at plan time; bf16-mixed: autocast, or FSDP2's MixedPrecisionPolicy
     rollout_dtype: str | None = None  # a vLLM rollout engine's dtype as the plan resolved it; None: the policy's
     closers: list = field(default_factory=list)  # run by `close` before the process group goes
+    mesh: object | None = None  # HSDP (`fsdp: hybrid`): the (nodes, ranks per node) device mesh FSDP2 shards on
 
     def on_close(self, fn) -> None:
         """Run `fn` at `close`, before the process group is destroyed (a vLLM engine that joined it
@@ -97,7 +100,7 @@ class Dist:
             return model
         model.to(self.device)
         if self.fsdp:
-            return shard(model, self.precision)
+            return shard(model, self.precision, self.mesh)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -149,13 +152,15 @@ def _decoder_layers(model) -> list:
     return list(layers)
 
 
-def shard(model, precision: str = "float32"):
+def shard(model, precision: str = "float32", mesh=None):
     """FSDP2 over the process group: each decoder layer, then the whole model. bf16-mixed: bf16
     compute with float32 master weights, optimizer state and gradient reduction (`MixedPrecisionPolicy`:
-    FSDP2 casts the gathered parameters itself, so no autocast runs over its forward)."""
+    FSDP2 casts the gathered parameters itself, so no autocast runs over its forward). `mesh`: a 2-D
+    (replicate, shard) device mesh for HSDP, where FSDP2 shards along a row (one node's ranks) and
+    all-reduces the gradient shards down the columns (across nodes), so only that reduction leaves a node."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kw = {}
+    kw = {} if mesh is None else {"mesh": mesh}
     if precision == "bf16-mixed":
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in _decoder_layers(model):
@@ -173,10 +178,18 @@ def resolve_backend(backend: str) -> str:
 
 
 def init_from_env(
-    backend: str, fsdp: bool = False, precision: str = "float32", rollout_dtype: str | None = None
+    backend: str,
+    fsdp: bool | str = False,
+    precision: str = "float32",
+    rollout_dtype: str | None = None,
+    nnodes: int = 1,
+    timeout_s: int = 1800,
 ) -> Dist:
     """Join the process group a launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT);
-    `precision` and `rollout_dtype` as the plan resolved them (the launch spec carries them)."""
+    `precision` and `rollout_dtype` as the plan resolved them (the launch spec carries them). A
+    collective that waits longer than `timeout_s` raises (a dead node fails the run instead of hanging
+    it). `fsdp: hybrid`: the (nnodes, ranks per node) mesh; torchrun numbers a node's ranks
+    consecutively, so a mesh row is a node."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         runtime = for_training(precision)
@@ -184,8 +197,20 @@ def init_from_env(
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = resolve_backend(backend)
     device = for_rank(backend, local).torch_device()  # the rank's GPU under NCCL (oger.runtime.device)
-    torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank, world, local, device, fsdp, precision, rollout_dtype)
+    torch.distributed.init_process_group(
+        backend=backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+    )
+    mesh = hybrid_mesh(device.type, nnodes, world) if fsdp == "hybrid" else None
+    return Dist(rank, world, local, device, bool(fsdp), precision, rollout_dtype, mesh=mesh)
+
+
+def hybrid_mesh(device_type: str, nnodes: int, world: int):
+    """The HSDP device mesh: rows are nodes (replicas), columns a node's ranks (shards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if world % nnodes:
+        raise StageError(f"train.distributed.fsdp hybrid: {world} ranks do not split into {nnodes} nodes")
+    return init_device_mesh(device_type, (nnodes, world // nnodes), mesh_dim_names=("replicate", "shard"))
 
 
 # --------------------------------------------------------------------------- launching
@@ -193,17 +218,43 @@ def init_from_env(
 STOPPED = "[oger-train] stopped: "  # rank 0's line with the StageError that stopped the ranks (`worker`)
 
 
-def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]:
-    """The command that starts `oger.stages.train.worker SPEC` on `num_processes` local ranks."""
+WORKER = "oger.stages.train.worker"
+
+
+def launcher_command(
+    launcher: str,
+    num_processes: int,
+    spec: Path,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "oger-train",
+    join_timeout_s: int = 900,
+    node: int = 0,
+) -> list[str]:
+    """The command that starts `oger.stages.train.worker SPEC` on `num_processes` ranks of this node.
+    Several nodes: one torchrun agent per node, all with the same c10d rendezvous (the first node's
+    host:port, which the agent there serves) and no restarts: a failed rank fails the run, which
+    resumes from its last checkpoint when run again; an agent whose peers never come gives up after
+    `join_timeout_s` (the collective timeout). `node` 0 hosts the rendezvous store (said outright: torchrun's
+    guess, whether the endpoint's host name is this machine's, fails where names do not resolve to it, and
+    then no agent serves the store)."""
     if launcher == "torchrun":
+        run = [sys.executable, "-m", "torch.distributed.run"]
+        if nnodes == 1:
+            return [*run, "--standalone", f"--nproc_per_node={num_processes}", "-m", WORKER, str(spec)]
+        if rdzv_endpoint is None:
+            raise ConfigError("train.distributed.nnodes > 1: the rendezvous needs the first node's host:port")
         return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
+            *run,
+            f"--nnodes={nnodes}",
             f"--nproc_per_node={num_processes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={rdzv_endpoint}",
+            f"--rdzv_id={rdzv_id}",
+            f"--rdzv_conf=join_timeout={join_timeout_s},is_host={int(node == 0)}",
+            "--max_restarts=0",
             "-m",
-            "oger.stages.train.worker",
+            WORKER,
             str(spec),
         ]
     if launcher == "accelerate":
@@ -232,49 +283,120 @@ def launcher_command(launcher: str, num_processes: int, spec: Path) -> list[str]
             "--dynamo_backend",
             "no",
             "--module",
-            "oger.stages.train.worker",
+            WORKER,
             str(spec),
         ]
     raise ValueError(launcher)
 
 
-def launch(launcher: str, num_processes: int, spec: dict, run_dir: Path) -> None:
-    """Run the ranks to completion, echoing rank 0's progress; the output goes to launch.log."""
-    spec_path = run_dir / "launch.json"
-    spec_text = json.dumps(spec, indent=1)
-    atomic_write(spec_path, lambda tmp: tmp.write_text(spec_text))
-    cmd = launcher_command(launcher, num_processes, spec_path)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def spec_path(run_dir: Path) -> Path:
+    """Where the ranks read their launch spec: in the run folder, which every node sees."""
+    return run_dir / "launch.json"
+
+
+def write_spec(spec: dict, run_dir: Path) -> Path:
+    path = spec_path(run_dir)
+    text = json.dumps(spec, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+@dataclass
+class AgentResult:
+    """How one node's launcher ended: its exit status, the ranks' own stop reason (rank 0's `STOPPED`
+    line, if it printed one) and the log's last lines."""
+
+    rc: int
+    stopped: str | None
+    tail: list[str]
+
+
+def agent_env(num_processes: int, extra: dict | None = None) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra or {}))
     # torchrun would pin every rank to one thread; share the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    log_path = run_dir / "launch.log"
+    return env
+
+
+def run_agent(cmd: list[str], log_path: Path, env: dict, echo=print) -> AgentResult:
+    """Run one node's launcher to its end, appending its output to `log_path` and passing rank 0's
+    progress lines (`[oger-train] ...`) to `echo`. The launcher gets SIGTERM if this process dies
+    (Linux), so a cancelled Ray task does not leave ranks behind."""
     tail: deque[str] = deque(maxlen=40)
+    stopped = None
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=Path(__file__).resolve().parents[3],
-        )  # the repository root
-        stopped = None
+            cwd=Path(__file__).resolve().parents[3],  # the repository root
+            preexec_fn=_die_with_parent,
+        )
         for line in proc.stdout:
             log.write(line)
             tail.append(line.rstrip())
             if line.startswith("[oger-train]"):
-                print(line.rstrip(), flush=True)
+                echo(line.rstrip())
             if line.startswith(STOPPED):
                 stopped = line.rstrip().removeprefix(STOPPED)
         rc = proc.wait()
-    if rc != 0 and stopped is not None:  # the ranks' own reason, not the launcher's summary of their exit
-        raise StageError(f"{stopped}\n({launcher} with {num_processes} processes stopped; full log: {log_path})")
-    if rc != 0:
+    return AgentResult(rc, stopped, list(tail))
+
+
+def _die_with_parent() -> None:
+    """In the launcher's child process before exec: SIGTERM when the parent goes (prctl PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def launch(
+    launcher: str, num_processes: int, spec: dict, run_dir: Path, nnodes: int = 1, rdzv_endpoint: str | None = None
+) -> None:
+    """Run this node's ranks to completion, echoing rank 0's progress; the output goes to launch.log.
+    With `nnodes` > 1 this is the first node's agent: the others join its rendezvous (their commands:
+    `node_commands`)."""
+    path = write_spec(spec, run_dir)
+    timeout = spec["config"]["train"]["distributed"]["timeout_s"]
+    cmd = launcher_command(launcher, num_processes, path, nnodes, rdzv_endpoint, rdzv_id(run_dir), timeout)
+    log_path = run_dir / "launch.log"
+    res = run_agent(cmd, log_path, agent_env(num_processes, {"OGER_NODE": "0"}), echo=lambda x: print(x, flush=True))
+    what = f"{launcher} with {num_processes} processes" + (f" (node 0 of {nnodes})" if nnodes > 1 else "")
+    if res.rc != 0 and res.stopped is not None:  # the ranks' own reason, not the launcher's summary of their exit
+        raise StageError(f"{res.stopped}\n({what} stopped; full log: {log_path})")
+    if res.rc != 0:
         raise StageError(
-            f"train: {launcher} with {num_processes} processes exited with status {rc}; "
-            f"last lines:\n" + "\n".join(tail) + f"\n(full log: {log_path})"
+            f"train: {what} exited with status {res.rc}; last lines:\n"
+            + "\n".join(res.tail)
+            + f"\n(full log: {log_path})"
         )
+
+
+def rdzv_id(run_dir: Path) -> str:
+    """The rendezvous id every node's agent names: the run folder's (the train key's), so agents of two
+    runs never join each other."""
+    return f"oger-{run_dir.name}"
+
+
+def node_commands(cfg, run_dir: Path) -> list[str]:
+    """What to run on nodes 1.. of a multi-node run without Ray (`oger plan` prints it): the same torchrun
+    agent, joining the first node's rendezvous, on the launch spec the first node's `oger run` writes
+    into the shared run folder."""
+    d = cfg.train.distributed
+    endpoint = d.rdzv_endpoint or "FIRST_NODE_HOST:29400"
+    out = []
+    for i in range(1, d.nnodes):
+        cmd = launcher_command(
+            d.launcher, d.num_processes, spec_path(run_dir), d.nnodes, endpoint, rdzv_id(run_dir), d.timeout_s, i
+        )
+        out.append(f"OGER_NODE={i} " + " ".join(["python", *cmd[1:]]))
+    return out
 
 
 def launch_spec(
@@ -312,7 +434,23 @@ def train_distributed(
     the metrics history rank 0 wrote (the model they end with is exported to `final_model_dir`).
     `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
     `precision`, `rollout_dtype`: as the plan resolved them, sent to the ranks (they never resolve `auto`
-    themselves)."""
+    themselves). Several nodes: on the Ray cluster with `runner.kind: ray` (`ray_nodes`), else this
+    process runs the first node's agent and the others run `node_commands`."""
+    d = cfg.train.distributed
     spec = launch_spec(cfg, init_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
-    launch(cfg.train.distributed.launcher, cfg.train.distributed.num_processes, spec, run_dir)
+    spec["shared_token"] = write_shared_token(run_dir)  # every rank checks it sees this file (`shared_paths`)
+    if d.nnodes > 1 and cfg.runner.kind == "ray":
+        from oger.stages.train.ray_nodes import launch_on_ray
+
+        launch_on_ray(cfg.runner, d, spec, run_dir)
+    elif d.nnodes > 1:
+        if d.rdzv_endpoint is None:
+            raise ConfigError(
+                "train.distributed.nnodes > 1 without Ray: set train.distributed.rdzv_endpoint to this node's "
+                "host:port (the other nodes run the commands `oger plan` prints), or use runner.kind: ray"
+            )
+        launch(d.launcher, d.num_processes, spec, run_dir, d.nnodes, d.rdzv_endpoint)
+    else:
+        launch(d.launcher, d.num_processes, spec, run_dir)
+    merge_rank_rollouts(run_dir)
     return read_metrics(run_dir)

@@ -28,7 +28,7 @@ from oger.generation.fingerprint import Probe, choose_probes, differences, train
 
 PROBE_TEXT = "Question: 12 + 7 = ? Let me add: 12 + 7 = 19. The final answer is 19."
 # The default rollout.max_push_logp_diff: the largest |delta log p| over the probe's tokens that a correct
-# push gave, with margin (this CPU, 2026-12-07, after the build and after AdamW steps at lr 1e-6..1e-3,
+# push gave, with margin (measured on a 2-core CPU, after the build and after AdamW steps at lr 1e-6..1e-3,
 # each pushed). Float32 on both sides: tiny policy <= 1e-6, SmolLM2-135M <= 4.5e-5 (a skipped push at
 # lr 1e-6: 4e-3..0.15). A bf16 engine beside float32 weights: tiny <= 0.0036, SmolLM2 0.06..0.31 at lr
 # 1e-6/1e-5 (0.98 once an lr-1e-3 step had wrecked the model): as large as what a skipped push at those

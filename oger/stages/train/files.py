@@ -24,6 +24,9 @@ FILES = {
     CURVES_FILE: "the training curves",
     TENSORBOARD_DIR: "TensorBoard events (optional)",
 }
+# In the run folder only, not the artifact: the tracker runs' identity and ids (`oger.tracking`), kept
+# there so a resumed run continues the same tracker runs; the artifact's metrics carry the ids on.
+TRACKERS_FILE = "trackers.json"
 
 
 def model_dir(ref: ArtifactRef | str | Path) -> Path:
@@ -45,6 +48,38 @@ def read_metrics(ref: ArtifactRef | str | Path) -> list[dict]:
 def read_rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
     """The logged rollouts of a train artifact (or of a trainer run folder); [] if none."""
     return _json_lines(artifact_path(ref) / ROLLOUTS_FILE)
+
+
+def rank_rollouts_file(rank: int) -> str:
+    """The rollouts one rank of a multi-process run writes itself (merged into ROLLOUTS_FILE when the
+    ranks are done: `merge_rank_rollouts`)."""
+    return f"rollouts.rank-{rank}.jsonl"
+
+
+def rank_rollout_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("rollouts.rank-*.jsonl"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+
+
+def merge_rank_rollouts(run_dir: Path) -> None:
+    """The ranks' own rollout files folded into the run's ROLLOUTS_FILE in step order, rank order within
+    a step (the order a gather to rank 0 gave), then removed. A step found in a rank file replaces that
+    step's rows in ROLLOUTS_FILE, so a merge interrupted after its write and redone adds nothing twice;
+    the file is replaced atomically."""
+    from oger.contract.artifacts import atomic_write
+
+    parts = rank_rollout_files(run_dir)
+    if not parts:
+        return
+    by_rank = [_json_lines(p) for p in parts]
+    redone = {r["step"] for rows in by_rank for r in rows}
+    merged = [r for r in _json_lines(run_dir / ROLLOUTS_FILE) if r["step"] not in redone]
+    for step in sorted(redone):
+        merged += [r for rows in by_rank for r in rows if r["step"] == step]
+    merged.sort(key=lambda r: r["step"])  # stable: within a step, the order above
+    text = "".join(json.dumps(r) + "\n" for r in merged)
+    atomic_write(run_dir / ROLLOUTS_FILE, lambda tmp: tmp.write_text(text))
+    for p in parts:
+        p.unlink()
 
 
 def step_metric_table(cfg) -> tuple[Metric, ...]:

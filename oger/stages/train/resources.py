@@ -90,11 +90,20 @@ class Layout:
 
     @property
     def ranks(self) -> int:
-        return self.t.distributed.num_processes
+        """All ranks (nnodes x num_processes): the step's prompts are split over them."""
+        return self.t.distributed.world
 
     @property
     def fsdp(self) -> bool:
-        return self.t.distributed.fsdp and self.ranks > 1
+        return bool(self.t.distributed.fsdp) and self.ranks > 1
+
+    @property
+    def shards(self) -> int:
+        """How many parts one copy of the weights is cut into: all ranks under FSDP2, a node's under HSDP
+        (`fsdp: hybrid` replicates across nodes), one under DDP."""
+        if not self.fsdp:
+            return 1
+        return self.t.distributed.num_processes if self.t.distributed.fsdp == "hybrid" else self.ranks
 
     @property
     def numerics(self) -> est.Numerics:
@@ -181,7 +190,7 @@ def resident(lay: Layout) -> dict[str, int]:
     under FSDP2; under DDP the all-reduce buckets, which hold the gradients (`gradient_as_bucket_view`)
     and stay allocated between steps; the KL reference's full weights when `loss.beta` > 0."""
     n, w, t = lay.shape.params, lay.weight_bytes, lay.t
-    shards = lay.ranks if lay.fsdp else 1
+    shards = lay.shards
     out = {
         "weights": n * w // shards,
         "optimizer state": n * w * est.adam_states(t.optim.optimizer) // shards,
@@ -198,7 +207,7 @@ def gradients(lay: Layout) -> dict[str, int]:
     not hold them); under DDP they live in the buckets `resident` counts."""
     if lay.ranks > 1 and not lay.fsdp:
         return {}
-    return {"gradients": lay.shape.params * lay.weight_bytes // (lay.ranks if lay.fsdp else 1)}
+    return {"gradients": lay.shape.params * lay.weight_bytes // lay.shards}
 
 
 def gathered(lay: Layout) -> dict[str, int]:
@@ -570,7 +579,7 @@ def gpu_estimate(cfg: OgerConfig) -> GpuEstimate | None:
     lines = [
         f"model: {size} parameters, {s.num_layers} layers, vocabulary {s.vocab_size:,}, "
         f"{s.max_position_embeddings:,} positions; shape from {s.source}",
-        f"{lay.ranks} rank(s), {'FSDP2-sharded' if lay.fsdp else 'replicated'}; {lay.precision}{auto}, "
+        f"{lay.ranks} rank(s), {_sharding(lay)}; {lay.precision}{auto}, "
         f"{cfg.policy.dtype} weights; gradient checkpointing {'on' if t.distributed.gradient_checkpointing else 'off'}"
         f"; log-prob chunk {t.optim.logprob_chunk or 'off'}",
         f"sequences: {prompt_estimate(cfg).how}; "
@@ -606,3 +615,11 @@ def gpu_estimate(cfg: OgerConfig) -> GpuEstimate | None:
 
 def _totals(ph: dict[str, tuple[dict[str, int], float]]) -> dict[str, tuple[int, float]]:
     return {name: (sum(pieces.values()), share) for name, (pieces, share) in ph.items()}
+
+
+def _sharding(lay: Layout) -> str:
+    if not lay.fsdp:
+        return "replicated"
+    if lay.t.distributed.fsdp == "hybrid":
+        return f"HSDP (sharded over a node's {lay.shards}, replicated over {lay.t.distributed.nnodes} nodes)"
+    return "FSDP2-sharded"

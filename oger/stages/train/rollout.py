@@ -83,7 +83,7 @@ def _rank_slice(n_prompts: int, cfg: TrainConfig, dist: Dist) -> tuple[int, int]
     if n_prompts % per_call:
         raise ValueError(
             f"train: {n_prompts} prompts per step (train.prompts_per_step, capped by "
-            f"train.max_prompts) is not a multiple of distributed.num_processes x "
+            f"train.max_prompts) is not a multiple of the ranks (nnodes x num_processes) x "
             f"rollout.batch_prompts = {per_call}"
         )
     per_rank = n_prompts // dist.world

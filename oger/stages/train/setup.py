@@ -20,7 +20,7 @@ from oger.runtime.cpu_threads import BatchThreads
 from oger.runtime.device import Runtime
 from oger.stages.train.checkpoint import latest_checkpoint, load_checkpoint, read_history
 from oger.stages.train.distributed import Dist, unwrap
-from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR
+from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, TENSORBOARD_DIR, TRACKERS_FILE, rank_rollout_files
 from oger.stages.train.metrics import Metric, with_labels
 
 
@@ -59,7 +59,7 @@ class TrainRun:
     sched: object
     start: int
     history: list[dict]
-    writer: object | None
+    writer: object | None  # rank 0: oger.tracking.Trackers (TensorBoard and the experiment trackers)
     threads: BatchThreads  # micro-batches side by side on a CPU (one process, small model)
     embed: object | None  # texts -> unit vectors (oger.algorithm.reward.Embed), None without the bonus
     needs_index: bool
@@ -91,7 +91,8 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     dist.runtime.configure()  # TF32 for what stays float32 on a GPU
     ref_model = None
     if cfg.loss.beta:  # the KL's anchor is the policy the run starts from: copied before a resume loads
-        ref_model = reference_model(model, dist.device, dist.precision, sharded=dist.fsdp and dist.active)
+        sharded = dist.fsdp and dist.active
+        ref_model = reference_model(model, dist.device, dist.precision, sharded=sharded, mesh=dist.mesh)
     if cfg.distributed.gradient_checkpointing:  # non-reentrant: works with DDP's hooks and no_sync
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = dist.wrap(model)  # DDP / FSDP2 on several ranks, the model itself on one
@@ -106,8 +107,9 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     history, writer = [], None
     if dist.main:
         history = read_history(run_dir / METRICS_FILE, start)
-        read_history(run_dir / ROLLOUTS_FILE, start)  # drop rollouts of steps after the checkpoint
-        writer = open_tensorboard(run_dir / TENSORBOARD_DIR)
+        for path in [run_dir / ROLLOUTS_FILE, *rank_rollout_files(run_dir)]:  # every rank's, this world's or not
+            read_history(path, start)  # drop rollouts of steps after the checkpoint
+        writer = open_trackers(run_dir)
     dist.barrier()
     measures = cfg.bonus_lambda > 0 or cfg.oger.monitor
     needs_index = inputs.index is not None and (cfg.replaces or measures)
@@ -142,7 +144,7 @@ def setup(cfg: TrainConfig, model, tokenizer, inputs: TrainInputs, run_dir: Path
     )
 
 
-def reference_model(model, device, precision: str = "float32", sharded: bool = False):
+def reference_model(model, device, precision: str = "float32", sharded: bool = False, mesh=None):
     """A frozen copy of `model` for the KL term, on `device`; `sharded`: under FSDP2 it is sharded like
     the policy (`distributed.shard`), not a full copy on every GPU (7B: 28 GB of float32 per GPU). Its
     no-grad forwards run wherever the policy's do, so the ranks' all-gathers stay in step."""
@@ -152,7 +154,7 @@ def reference_model(model, device, precision: str = "float32", sharded: bool = F
 
     ref = copy.deepcopy(model).eval().to(device)
     ref.requires_grad_(False)
-    return shard(ref, precision) if sharded else ref
+    return shard(ref, precision, mesh) if sharded else ref
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -242,9 +244,10 @@ def push_guard(cfg: TrainConfig, engine, policy, tokenizer, dist: Dist):
     return guard
 
 
-def open_tensorboard(logdir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; this only guards broken installs
-        return None
-    return SummaryWriter(str(logdir))
+def open_trackers(run_dir: Path):
+    """TensorBoard and the experiment trackers the train stage chose for this run (`oger.tracking`: the
+    stage writes TRACKERS_FILE before it trains; without it, TensorBoard alone). One that fails warns
+    and is dropped: a tracker never stops training."""
+    from oger.tracking import Trackers
+
+    return Trackers.open(run_dir / TRACKERS_FILE, tensorboard_dir=run_dir / TENSORBOARD_DIR)

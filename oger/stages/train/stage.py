@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from oger import labels
+from oger import labels, tracking
 from oger.contract import PREVIOUS_ROUND, Budget, Stage, StageContext, StageInfo
 from oger.contract.artifacts import ArtifactRef, atomic_write
 from oger.contract.config import OgerConfig, TrainConfig
@@ -37,6 +37,8 @@ from oger.stages.train.files import (
     MODEL_DIR,
     ROLLOUTS_FILE,
     TENSORBOARD_DIR,
+    TRACKERS_FILE,
+    merge_rank_rollouts,
     model_dir,
     step_metric_table,
 )
@@ -65,7 +67,7 @@ def key_inputs(cfg: OgerConfig) -> tuple[dict, dict]:
     slice_ = key_dump(t)  # the schema says which fields cannot change the model (oger.contract.keys)
     slice_["resolved"] = {"replaces": t.replaces, "lambda": t.bonus_lambda}
     if t.loss_depends_on_cut:  # entropy_agg token_mean: micro-batches are cut per rank (optim's cut: inert)
-        slice_["resolved"]["num_processes"] = t.distributed.num_processes
+        slice_["resolved"]["num_processes"] = t.distributed.world  # all ranks, over every node
     precision = resolve_training(t.precision)  # once, here: run_train and the ranks read it from the slice
     if precision != "float32":  # float32 left out: the keys from before the option stay
         slice_["resolved"]["precision"] = precision
@@ -183,7 +185,7 @@ def run_train(
     policy_dir = model_dir(init_ref) if init_ref else policy_model_dir(policy_ref)
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     # On several processes the ranks load it; this process loads the final checkpoint afterwards.
-    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.distributed.num_processes == 1 else None
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype) if t.distributed.world == 1 else None
     tokenizer = tokenizer_from_folder(policy_dir)
     problems = read_problems(problems_ref)
     inputs = train_inputs(cfg, problems, index_ref)
@@ -193,7 +195,9 @@ def run_train(
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=t.steps, desc=f"train ({t.algorithm})", unit="step")
     done_before = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
-    if t.distributed.num_processes > 1:  # the ranks run under torchrun / accelerate launch (DDP or FSDP2)
+    # what rank 0 opens its trackers from (logging.trackers); a resumed run continues the same tracker runs
+    tracking.prepare(run_dir / TRACKERS_FILE, cfg, ctx.key, ctx.upstream, STAGE, resume=done_before > 0)
+    if t.distributed.world > 1:  # the ranks run under torchrun / accelerate launch (DDP, FSDP2 or HSDP)
         from oger.stages.train.distributed import train_distributed  # imports torch
 
         problem = t.sharding_problem(min(t.prompts_per_step, len(inputs.problem_ids)))
@@ -202,7 +206,9 @@ def run_train(
 
         history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
         model = AutoModelForCausalLM.from_pretrained(final_model_dir(run_dir), dtype=dtype)  # rank 0 exported it
-        device = f"{t.distributed.num_processes} ranks ({t.distributed.backend}), {precision}"
+        device = f"{t.distributed.world} ranks ({t.distributed.backend}), {precision}"
+        if t.distributed.nnodes > 1:
+            device += f", {t.distributed.nnodes} nodes x {t.distributed.num_processes}"
     else:  # one process: on the GPU when there is one (oger.runtime.device)
         runtime = for_training(precision)
         device = runtime.describe()
@@ -223,6 +229,7 @@ def run_train(
             )
         finally:  # a vLLM rollout engine gives its memory back before the held-out check starts its own
             dist.close()
+        merge_rank_rollouts(run_dir)  # a multi-rank run killed earlier left its ranks' own files
     bar.close()
     heldout = problems.filter(pl.col("split") == cfg.evaluate.heldout.split).head(cfg.evaluate.heldout.limit)
     metrics = {
@@ -234,6 +241,8 @@ def run_train(
         "round": cfg.teachers.round,
         "init_from": init_ref.key if init_ref else "policy",
     }
+    if runs := tracking.recorded_runs(run_dir / TRACKERS_FILE):  # where the end of the run logs its results
+        metrics["trackers"] = runs
     if init_ref is not None:
         metrics["init_round"] = init_ref.metrics.get("round")
         metrics["heldout_accuracy_init"] = init_ref.metrics.get("heldout_accuracy")
@@ -274,11 +283,12 @@ def plan_info(cfg: OgerConfig, counts):
     """`oger plan`: rollout and update engines, processes, the rollout token budget, and the per-GPU
     memory, time and disk estimate (`resources`)."""
     t = cfg.train
-    if t.distributed.num_processes > 1:
-        update = (
-            f"torch {'FSDP2' if t.distributed.fsdp else 'DDP'} x {t.distributed.num_processes} "
-            f"({t.distributed.launcher}, backend {t.distributed.backend})"
-        )
+    d = t.distributed
+    if d.world > 1:
+        kind = {"hybrid": "HSDP", True: "FSDP2", False: "DDP"}[d.fsdp]
+        nodes = f"{d.nnodes} nodes x {d.num_processes}" if d.nnodes > 1 else str(d.num_processes)
+        where = "one torchrun agent per node on Ray" if d.nnodes > 1 and cfg.runner.kind == "ray" else d.launcher
+        update = f"torch {kind} x {nodes} ({where}, backend {d.backend})"
     else:
         update = "torch, 1 process"
     pool = counts.count(t.split, limit=t.max_prompts)
@@ -295,8 +305,9 @@ def plan_info(cfg: OgerConfig, counts):
         )
     return StageInfo(
         engine=f"rollouts: {rollouts}; update: {update}",
-        resources=f"{t.distributed.num_processes} process(es)"
-        + (", GPU per rank" if t.distributed.backend == "nccl" else ""),
+        resources=f"{d.world} process(es)"
+        + (f" on {d.nnodes} nodes" if d.nnodes > 1 else "")
+        + (", GPU per rank" if d.backend == "nccl" else ""),
         budget=[
             Budget("rollouts", t.steps * per_step, t.group_size, t.rollout.max_new_tokens),
             Budget("held-out eval (greedy)", heldout, 1, cfg.evaluate.heldout.max_new_tokens),
@@ -360,6 +371,7 @@ def report_section(entry: dict, run_dir: Path) -> list[str]:
         f" -> {m.get('heldout_accuracy')} (trained)",
         "",
         "![training curves](train_curves.png)",
+        *tracking.links_markdown(m.get("trackers")),
     ]
 
 

@@ -1,16 +1,15 @@
-"""A step's record: per-sample rows gathered to rank 0, the step's metrics row (the table of
-`oger.stages.train.metrics`) appended to metrics.jsonl and TensorBoard, the rollouts to
-rollouts.jsonl."""
+"""A step's record: the per-sample rows' metric fields gathered to rank 0, the step's metrics row (the
+table of `oger.stages.train.metrics`) appended to metrics.jsonl and logged to the trackers, the rollouts to
+rollouts.jsonl (on several ranks each rank writes its own file, merged when the run ends)."""
 
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING
 
 from oger.algorithm.reward import RewardStep, reward_metrics
 from oger.algorithm.samples import Sample
-from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE
+from oger.stages.train.files import METRICS_FILE, ROLLOUTS_FILE, rank_rollouts_file
 from oger.stages.train.metrics import BY_NAME as METRICS
 from oger.stages.train.metrics import step_row
 
@@ -21,13 +20,20 @@ if TYPE_CHECKING:
 def log_step(
     run: TrainRun, step: int, samples: list[Sample], rew: RewardStep, loss_metrics: dict, extra: dict
 ) -> dict | None:
-    """Gather the per-sample records to rank 0, which appends metrics.jsonl, rollouts.jsonl and
-    TensorBoard scalars. Returns the metrics row on rank 0, None elsewhere."""
+    """Write this rank's rollouts; gather the per-sample metric fields to rank 0, which appends
+    metrics.jsonl and logs it to the trackers. Returns the metrics row on rank 0, None elsewhere.
+
+    Why each rank writes its own rollouts: the texts are most of a record (at 8k tokens, ~30 KB per
+    sample), and sending them through `all_gather_object` every step moved every rank's texts to every
+    rank. The metrics need the numbers only (quantiles and correlations need each sample's values, so
+    those go, without the text)."""
     cfg, inputs = run.cfg, run.inputs
-    records = [
-        {"step": step + 1, **row, **labelled(inputs, s), **({"text": s.text} if cfg.logging.log_rollouts else {})}
-        for s, row in zip(samples, rew.rows)
-    ]
+    records = [{"step": step + 1, **row, **labelled(inputs, s)} for s, row in zip(samples, rew.rows)]
+    if cfg.logging.log_rollouts:
+        name = rank_rollouts_file(run.dist.rank) if run.dist.active else ROLLOUTS_FILE
+        with open(run.run_dir / name, "a") as f:
+            for r, s in zip(records, samples):
+                f.write(json.dumps({**r, "text": s.text}) + "\n")
     records = [r for part in run.dist.gather(records) for r in part]
     if not run.dist.main:
         return None
@@ -45,15 +51,8 @@ def log_step(
     run.history.append(row)
     with open(run.run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
-    if cfg.logging.log_rollouts:
-        with open(run.run_dir / ROLLOUTS_FILE, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-    if run.writer is not None:
-        for k in row:
-            if k != "step" and isinstance(row[k], float) and not math.isnan(row[k]):
-                run.writer.add_scalar(f"train/{k}", row[k], step + 1)
-        run.writer.flush()
+    if run.writer is not None:  # TensorBoard and the experiment trackers (oger.tracking)
+        run.writer.log_step(step + 1, row)
     return row
 
 
