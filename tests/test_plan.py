@@ -112,7 +112,8 @@ def test_paper_configs_validate_with_luffys_recipe(config):
     assert cfg.runner.kind == "ray"
     assert cfg.evaluate.protocol == "luffy" and cfg.evaluate.max_new_tokens == 8192
     # The DDP shard rule names the fields to change.
-    with pytest.raises(ConfigError, match=r"prompts_per_step .*the ranks \(distributed.nnodes x num_processes\) x rollout.batch_prompts"):
+    ranks = r"the ranks \(distributed.nnodes x num_processes\) x rollout.batch_prompts"
+    with pytest.raises(ConfigError, match=rf"prompts_per_step .*{ranks}"):
         load_config(config, ["train.distributed.num_processes=3"])
 
 
