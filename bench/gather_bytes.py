@@ -19,7 +19,12 @@ from bench.common import machine, result, table, tiny_config
 STEPS, RANKS = 4, 2
 
 
-def build():
+def build() -> dict:
+    """The config main() runs (tests/test_bench.py)."""
+    return {"config": _config()}
+
+
+def _config():
     return tiny_config(
         f"train.steps={STEPS}", f"train.distributed.num_processes={RANKS}", "train.rollout.batch_prompts=4"
     )
@@ -43,7 +48,7 @@ def main() -> None:
     from oger.stages.train.files import read_rollouts
 
     print(machine())
-    base = build()
+    base = _config()
     rows = read_rollouts(pipeline.run_local(base, until="train")["train"])  # upstream cached across benches
     sizes = per_step_bytes(rows)
     table(

@@ -59,7 +59,7 @@ def _resources(runner: RunnerConfig, job: Job, groups: list):
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from oger.stages.train.ray_nodes import STRATEGY
+    from oger.runtime.ray_cluster import STRATEGY
 
     pg = placement_group(job.bundles, strategy=STRATEGY, name=f"oger-{job.name}")
     ray.get(pg.ready())  # waits like a task waits for its resources

@@ -240,9 +240,10 @@ def test_the_reason_the_ranks_stopped_is_the_launchs_error(tmp_path, monkeypatch
     import sys
 
     from oger.stages.train import distributed
+    from oger.stages.train.agent import STOPPED
 
     reason = "train: after the weight push of step 3: rank 1's rollout engine does not hold the trainer's weights"
-    script = f"import sys; print('noise'); print({distributed.STOPPED + reason!r}); print('E summary'); sys.exit(1)"
+    script = f"import sys; print('noise'); print({STOPPED + reason!r}); print('E summary'); sys.exit(1)"
     monkeypatch.setattr(distributed, "launcher_command", lambda *a: [sys.executable, "-c", script])
     with pytest.raises(StageError) as err:
         distributed.launch("torchrun", 2, {}, tmp_path)

@@ -195,11 +195,12 @@ def test_plan_prints_each_other_nodes_torchrun_command_without_ray(tmp_path):
     ]
     data = build(load_config(REPO / "configs" / "tiny.yaml", over))
     key = next(s["key"] for s in data["stages"] if s["stage"] == "train")
-    cmds = data["node_commands"]
+    head, *cmds = data["commands"]["train"]
+    assert head.startswith("# on the first node: oger run (rendezvous 10.0.0.1:29400)")
     assert [c.split()[0] for c in cmds] == ["OGER_NODE=1", "OGER_NODE=2"]  # nodes after the first
     for c in cmds:
         assert "--nnodes=3 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=10.0.0.1:29400" in c
         assert f"--rdzv_id=oger-{key[:16]}" in c and "is_host=0" in c  # the first node hosts the rendezvous
         assert c.endswith(f"-m oger.stages.train.worker {tmp_path}/cache/train/{key[:16]}/launch.json")
     with_ray = build(load_config(REPO / "configs" / "tiny.yaml", [*over, "runner.kind=ray"]))
-    assert with_ray["node_commands"] == []  # on Ray the stage starts every node's agent itself
+    assert with_ray["commands"] == {}  # on Ray the stage starts every node's agent itself

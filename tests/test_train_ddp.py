@@ -96,8 +96,9 @@ def test_fsdp2_two_ranks_killed_after_the_step_2_checkpoint_resume_to_the_uninte
 
     import psutil
 
+    from oger.stages.train.agent import launcher_command
     from oger.stages.train.checkpoint import DCP_DIR, final_model_dir, list_checkpoints
-    from oger.stages.train.distributed import launch_spec, launcher_command
+    from oger.stages.train.distributed import launch_spec
 
     train = {**TRAIN, "steps": 4, "logging": {"checkpoint_every": 2}}
     p = small_config.write(tmp_path, "fsdp", **small_config.RL_UPSTREAM, train=train)

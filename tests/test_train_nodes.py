@@ -1,6 +1,7 @@
 """The train stage across nodes, for real on this machine: a two-node Ray cluster on 127.0.0.1
-(`ray.cluster_utils.Cluster`, one CPU each), `nnodes: 2` x `num_processes: 1`, one torchrun agent per
-node as a Ray task in a strictly spread placement group. A rank killed mid-run fails the stage naming its
+(`ray.cluster_utils.Cluster`, one CPU each), `nnodes: 2` x `num_processes: 1` with HSDP (`fsdp: hybrid`, a
+(2, 1) mesh: through the sharded checkpoints, the resume and the export), one torchrun agent per node as a
+Ray task in a strictly spread placement group. A rank killed mid-run fails the stage naming its
 node; the next run resumes from the last checkpoint, on both nodes again, and ends at the weights a
 one-process run gets. A node that sees another folder at the workdir's path (a mount namespace of its
 own with an empty folder bound over the workdir) is named before any rank starts. Each launch is a
@@ -39,6 +40,7 @@ TRAIN = {
     "logging": {"checkpoint_every": 1},
 }
 NODES = ["train.distributed.nnodes=2", "train.distributed.timeout_s=20", "runner.kind=ray"]
+HSDP = "train.distributed.fsdp=hybrid"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_two_ray_nodes_killed_rank_named_then_resume_to_the_one_process_weights(
 
     # Two nodes, a rank SIGKILLed once the step-1 checkpoint is complete: the stage fails, naming the
     # node of the killed rank as the first to fail (the other's rank times out in its collective)
-    proc = _driver(cfg_path, nodes_wd, c.address)
+    proc = _driver(cfg_path, nodes_wd, c.address, HSDP)
     deadline = time.time() + 600
     while not list(nodes_wd.glob("cache/train/*/checkpoints/step-000001/COMPLETE")) or len(_ranks(nodes_wd)) < 2:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -108,7 +110,7 @@ def test_two_ray_nodes_killed_rank_named_then_resume_to_the_one_process_weights(
     assert not list(nodes_wd.glob("artifacts/train/*/manifest.json"))
 
     # Run again: it resumes from the last complete checkpoint on both nodes and finishes
-    proc = _driver(cfg_path, nodes_wd, c.address)
+    proc = _driver(cfg_path, nodes_wd, c.address, HSDP)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     art = Path(out.strip().splitlines()[-1].split("DONE ", 1)[1])

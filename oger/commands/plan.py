@@ -17,6 +17,7 @@ from pathlib import Path
 
 from oger import contract, pipeline
 from oger.contract import Budget, EngineShare, GpuEstimate, StageInfo  # noqa: F401 - re-exported (older imports)
+from oger.contract.artifacts import cache_dir
 from oger.contract.config import SyntheticSource, load_config
 from oger.data.sources import source_file
 from oger.runtime.estimate import fmt_bytes
@@ -147,10 +148,13 @@ def build(cfg, gpu_memory_gib: float = DEFAULT_GPU_GIB) -> dict:
     refs = {name: pipeline.cached_ref(cfg, p) for name, p in plans.items()}
     counts = ProblemCounts(cfg, refs.get(PROBLEMS))
     stages, total, unknown = [], 0, False
+    commands: dict[str, list[str]] = {}  # {stage: commands to run by hand beside it}
     for name in pipeline.STAGES:
         p = plans[name]
         hook = contract.get(name).plan_info
         info = hook(cfg, counts) if hook else StageInfo("-", "-", notes=["no plan_info for this stage"])
+        if info.commands is not None and (lines := info.commands(cache_dir(cfg.workdir_path, name, p.key))):
+            commands[name] = lines
         budget = [{**asdict(b), "tokens": b.tokens} for b in info.budget]
         for b in info.budget:
             unknown |= b.tokens is None
@@ -179,24 +183,12 @@ def build(cfg, gpu_memory_gib: float = DEFAULT_GPU_GIB) -> dict:
         "config": cfg.source_file,
         "workdir": str(cfg.workdir_path),
         "runner": cfg.runner.kind,
-        "node_commands": train_node_commands(cfg, plans),
+        "commands": commands,
         "problem_counts": "exact (problems stage cached)" if counts.exact else "from the config",
         "stages": stages,
         "total_tokens": None if unknown else total,
         "total_tokens_known": total,
     }
-
-
-def train_node_commands(cfg, plans) -> list[str]:
-    """A multi-node train stage without Ray: the torchrun command for each node after the first (whose
-    `oger run` runs the first node's agent and writes the artifact when the world finishes)."""
-    d = cfg.train.distributed
-    if d.nnodes < 2 or cfg.runner.kind == "ray":
-        return []
-    from oger.contract.artifacts import cache_dir
-    from oger.stages.train.distributed import node_commands  # imports torch
-
-    return node_commands(cfg, cache_dir(cfg.workdir_path, "train", plans["train"].key))
 
 
 def dag_lines(stages: list[dict]) -> list[str]:
@@ -247,14 +239,9 @@ def cmd_plan(args) -> int:
                 console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
             style = "green" if s["gpu"]["fits"] else "red"
             console.print(f"  [{style}]{s['gpu']['verdict']}[/{style}]", highlight=False, soft_wrap=True)
-    if data["node_commands"]:
-        console.print(
-            f"[bold]train on {cfg.train.distributed.nnodes} nodes[/bold]: `oger run` on the first node (its "
-            f"{cfg.train.distributed.rdzv_endpoint or 'host:port'} is the rendezvous; it writes the artifact), "
-            "and on each other node, from a checkout of the same code with the same workdir mounted:",
-            highlight=False,
-        )
-        for line in data["node_commands"]:
+    for stage, lines in data["commands"].items():
+        console.print(f"[bold]{stage}[/bold], to run by hand beside `oger run`:", highlight=False)
+        for line in lines:
             console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     total = data["total_tokens"]
     console.print(

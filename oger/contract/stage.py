@@ -131,6 +131,9 @@ class StageInfo:
     budget: list[Budget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     gpu: GpuEstimate | None = None
+    # commands a user runs by hand beside the stage, given its cache folder (a multi-node train stage
+    # without Ray: the torchrun line for each other node); `oger plan` prints them
+    commands: Callable[[Path], list[str]] | None = None
 
 
 @dataclass(frozen=True)

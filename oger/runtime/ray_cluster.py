@@ -11,6 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 LOCAL = "local"
+STRATEGY = "STRICT_SPREAD"  # one bundle per node: the ranks of two "nodes" never share a machine
+
+
+def bundle(num_processes: int, gpus: bool) -> dict[str, float]:
+    """One node's share of a multi-node train stage: a CPU per rank, and a GPU per rank under NCCL (the
+    stage's reservation, and a sweep pair's that hands it over, ask the same)."""
+    return {"CPU": float(num_processes), **({"GPU": float(num_processes)} if gpus else {})}
 
 
 def init_args(runner) -> tuple[str, dict[str, Any]]:

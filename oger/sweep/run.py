@@ -177,11 +177,11 @@ def pair_gpus(sp: SweepPlan, cfg: OgerConfig) -> float:
 
 def pair_bundles(cfg: OgerConfig) -> list[dict] | None:
     """A pair whose train stage spans nodes reserves them for the whole pair: one bundle per node (the
-    stage's own shape, `ray_nodes.bundle`), the pair itself in the first; None for one node."""
+    stage's own shape, `ray_cluster.bundle`), the pair itself in the first; None for one node."""
     d = cfg.train.distributed
     if d.nnodes < 2:
         return None
-    from oger.stages.train.ray_nodes import bundle
+    from oger.runtime.ray_cluster import bundle
 
     return [bundle(d.num_processes, d.backend == "nccl")] * d.nnodes
 
@@ -231,12 +231,28 @@ def run_sweep(
             by_key[(name, key)] = refs[name]
         for job, result in (fan_out or run_in_process)(run_pair, pair_jobs(sp, by_key, pair_fan_out)):
             record.add_pair(job.meta["arm"], job.meta["seed"], result)
-        write_report(sp, record)
+        report = write_report(sp, record)
+        for pair in record.data["pairs"]:  # each pair's results join its training's tracker runs
+            tracking.log_run_end(pair_run_record(sp, pair), report)
         record.finish("completed")
     except BaseException as exc:
         record.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     return record.summary_path
+
+
+def pair_run_record(sp: SweepPlan, pair: dict) -> dict:
+    """A pair's stages as a run's record (`tracking.log_run_end`): the stage entries and, for a stage with
+    a `run_summary` hook (evaluate), its headline numbers read from its artifact."""
+    from oger.contract.artifacts import load_complete
+
+    data: dict = {"stages": pair["stages"]}
+    for name, entry in pair["stages"].items():
+        hook = contract.get(name).run_summary
+        ref = load_complete(sp.base.workdir_path, name, entry["key"]) if hook else None
+        if ref is not None:
+            data[name] = hook(ref)
+    return data
 
 
 class SweepRecord(SummaryRecord):

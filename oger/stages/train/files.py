@@ -50,6 +50,12 @@ def read_rollouts(ref: ArtifactRef | str | Path) -> list[dict]:
     return _json_lines(artifact_path(ref) / ROLLOUTS_FILE)
 
 
+def spec_path(run_dir: Path) -> Path:
+    """Where the ranks read their launch spec (`distributed.launch_spec`): in the run folder, which every
+    node of a multi-node run sees."""
+    return run_dir / "launch.json"
+
+
 def rank_rollouts_file(rank: int) -> str:
     """The rollouts one rank of a multi-process run writes itself (merged into ROLLOUTS_FILE when the
     ranks are done: `merge_rank_rollouts`)."""

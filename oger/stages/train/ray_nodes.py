@@ -4,7 +4,7 @@ joining a c10d rendezvous on the first bundle's node.
 
 Why this shape (verl, OpenRLHF, NeMo-RL and SkyRL all put multi-node training on Ray): Ray already knows
 the machines, their GPUs and whether they are alive; torchrun already knows how to start a node's ranks,
-restart nothing, and report which rank failed. Each agent is today's one-node launcher (`distributed.
+restart nothing, and report which rank failed. Each agent is the one-node launcher (`agent.
 run_agent`) with a rendezvous instead of `--standalone`, so a node runs exactly what one machine runs.
 
 The reservation is made once. A sweep pair that already runs inside a placement group (its job was
@@ -27,17 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oger.contract.errors import ConfigError, StageError
-from oger.stages.train.distributed import (
-    AgentResult,
-    agent_env,
-    launcher_command,
-    rdzv_id,
-    run_agent,
-    spec_path,
-    write_spec,
-)
+from oger.runtime.ray_cluster import STRATEGY, bundle
+from oger.stages.train.agent import AgentResult, agent_env, launcher_command, rdzv_id, run_agent, write_spec
+from oger.stages.train.files import spec_path
 
-STRATEGY = "STRICT_SPREAD"  # one bundle per node: ranks of two "nodes" never share a machine
 RESERVE_TIMEOUT_S = 120.0  # how long to wait for the cluster to grant the placement group
 
 
@@ -71,11 +64,6 @@ class NodeOutcome:
 
 
 # --------------------------------------------------------------------------- the cluster
-
-
-def bundle(num_processes: int, gpus: bool) -> dict[str, float]:
-    """One node's share: a CPU per rank, and a GPU per rank under NCCL."""
-    return {"CPU": float(num_processes), **({"GPU": float(num_processes)} if gpus else {})}
 
 
 @contextlib.contextmanager
@@ -160,9 +148,9 @@ def node_agent(node: int, cmd: list[str], log_path: str, num_processes: int, spe
 # --------------------------------------------------------------------------- the launch
 
 
-def launch_on_ray(runner, d, spec: dict, run_dir: Path) -> None:
-    """Run the world on `d.nnodes` nodes of the Ray cluster and wait for it; raise a StageError naming the
-    node that failed first (and how the others ended)."""
+def launch_on_ray(runner, d, spec: dict, run_dir: Path, gpus: bool) -> None:
+    """Run the world on `d.nnodes` nodes of the Ray cluster (a GPU per rank with `gpus`) and wait for it;
+    raise a StageError naming the node that failed first (and how the others ended)."""
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency of the dev extra
@@ -170,12 +158,10 @@ def launch_on_ray(runner, d, spec: dict, run_dir: Path) -> None:
             "train.distributed.nnodes > 1 with runner.kind ray needs ray: pip install 'oger[ray]'"
         ) from None
     from oger.runtime.ray_cluster import connect
-    from oger.stages.train.distributed import resolve_backend
 
     started = connect(runner)
     try:
         path = write_spec(spec, run_dir)
-        gpus = resolve_backend(d.backend) == "nccl"
         with reservation(d.nnodes, d.num_processes, gpus) as (pg, first):
             outcomes = _run_world(ray, pg, first, d, path, run_dir, gpus)
     finally:

@@ -314,7 +314,22 @@ def plan_info(cfg: OgerConfig, counts):
         ],
         notes=[*notes, f"held-out check: {heldout_engine_label(cfg)}"],
         gpu=gpu,
+        commands=_node_commands(cfg) if d.nnodes > 1 and cfg.runner.kind != "ray" else None,
     )
+
+
+def _node_commands(cfg: OgerConfig):
+    """Several nodes without Ray: `oger run` on the first node runs its torchrun agent and writes the artifact
+    when the world finishes; each other node runs the line this gives, from the same code, with the same
+    workdir mounted (`agent.node_commands`)."""
+
+    def commands(run_dir: Path) -> list[str]:
+        from oger.stages.train.agent import node_commands
+
+        head = f"# on the first node: oger run (rendezvous {cfg.train.distributed.rdzv_endpoint or 'HOST:PORT'})"
+        return [head, *node_commands(cfg, run_dir)]
+
+    return commands
 
 
 def extra_inputs(cfg: OgerConfig, upstream: dict[str, str], plans: dict) -> dict[str, str]:

@@ -25,7 +25,8 @@ def main(spec_path: str) -> int:
     from oger.contract.errors import StageError
     from oger.models import tokenizer_from_folder
     from oger.stages.problems.files import read_problems
-    from oger.stages.train.distributed import STOPPED, init_from_env
+    from oger.stages.train.agent import STOPPED
+    from oger.stages.train.distributed import init_from_env
     from oger.stages.train.shared_paths import check_shared, node_label
     from oger.stages.train.stage import train_inputs
     from oger.stages.train.trainer import train
