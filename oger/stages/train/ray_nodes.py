@@ -4,11 +4,11 @@ joining a c10d rendezvous on the first bundle's node.
 
 Why this shape (verl, OpenRLHF, NeMo-RL and SkyRL all put multi-node training on Ray): Ray already knows
 the machines, their GPUs and whether they are alive; torchrun already knows how to start a node's ranks,
-restart nothing, and report which rank failed. Each agent is the one-node launcher (`agent.
-run_agent`) with a rendezvous instead of `--standalone`, so a node runs exactly what one machine runs.
+restart nothing, and report which rank failed. Each agent is the one-node launcher (`agent.run_agent`)
+with a rendezvous instead of `--standalone`, so a node runs exactly what one machine runs.
 
 The reservation is made once. A sweep pair that already runs inside a placement group (its job was
-scheduled into bundle 0 of one with `nnodes` bundles: `reservation_for_job`) hands it over: the first
+scheduled into bundle 0 of one with `nnodes` bundles: `sweep.run.pair_bundles`) hands it over: the first
 node's agent runs in the pair's own process, which holds bundle 0, and the other nodes' agents take the
 other bundles. Otherwise the stage reserves `nnodes` bundles of `num_processes` GPUs (or CPUs) and gives
 them back when the world ends.
