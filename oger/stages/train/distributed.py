@@ -283,7 +283,8 @@ def train_distributed(
     if d.nnodes > 1 and cfg.runner.kind == "ray":
         from oger.stages.train.ray_nodes import launch_on_ray
 
-        launch_on_ray(cfg.runner, d, spec, run_dir, gpus=resolve_backend(d.backend) == "nccl")
+        # `auto` is the nodes' answer, not this process's (a CPU head node drives GPU nodes)
+        launch_on_ray(cfg.runner, d, spec, run_dir, gpus=None if d.backend == "auto" else d.backend == "nccl")
     elif d.nnodes > 1:
         if d.rdzv_endpoint is None:
             raise ConfigError(

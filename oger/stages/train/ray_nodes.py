@@ -148,9 +148,10 @@ def node_agent(node: int, cmd: list[str], log_path: str, num_processes: int, spe
 # --------------------------------------------------------------------------- the launch
 
 
-def launch_on_ray(runner, d, spec: dict, run_dir: Path, gpus: bool) -> None:
-    """Run the world on `d.nnodes` nodes of the Ray cluster (a GPU per rank with `gpus`) and wait for it;
-    raise a StageError naming the node that failed first (and how the others ended)."""
+def launch_on_ray(runner, d, spec: dict, run_dir: Path, gpus: bool | None) -> None:
+    """Run the world on `d.nnodes` nodes of the Ray cluster (a GPU per rank with `gpus`; None: when the
+    cluster has GPUs, as each rank's `backend: auto` will find) and wait for it; raise a StageError naming
+    the node that failed first (and how the others ended)."""
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency of the dev extra
@@ -161,6 +162,8 @@ def launch_on_ray(runner, d, spec: dict, run_dir: Path, gpus: bool) -> None:
 
     started = connect(runner)
     try:
+        if gpus is None:
+            gpus = ray.cluster_resources().get("GPU", 0) > 0
         path = write_spec(spec, run_dir)
         with reservation(d.nnodes, d.num_processes, gpus) as (pg, first):
             outcomes = _run_world(ray, pg, first, d, path, run_dir, gpus)
