@@ -29,6 +29,16 @@ _PRED_LETTER = re.compile(r"^\(?([A-J])\)?\.?$", re.IGNORECASE)
 
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` (balanced braces) or `\\boxed x`."""
+    span = last_boxed_span(text)
+    return None if span is None else text[span[1] : span[2]]
+
+
+def last_boxed_span(text: str) -> tuple[int, int, int] | None:
+    """Where `last_boxed`'s answer sits in text: (start of its `\\boxed`, start of the content, end of the
+    content), the content stripped of surrounding whitespace. One reading for the verifier and for the
+    bonus's entropy options, which need the answer's place rather than its text
+    (`oger.generation.entropy_window.answer_span`). An unbalanced `\\boxed{` (a truncated response) is
+    skipped for an earlier one."""
     matches = list(_BOXED.finditer(text))
     for m in reversed(matches):
         i = m.end()
@@ -40,12 +50,19 @@ def last_boxed(text: str) -> str | None:
                 elif text[j] == "}":
                     depth -= 1
                     if depth == 0:
-                        return text[i + 1 : j].strip()
+                        a, b = i + 1, j
+                        while a < b and text[a].isspace():
+                            a += 1
+                        while b > a and text[b - 1].isspace():
+                            b -= 1
+                        return m.start(), a, b
                 j += 1
             continue  # unbalanced: try an earlier one
-        rest = text[i:].split("$")[0].split()
-        if rest:
-            return rest[0].strip()
+        b = i  # `\\boxed x`: the first word, up to whitespace or `$`
+        while b < len(text) and not text[b].isspace() and text[b] != "$":
+            b += 1
+        if b > i:
+            return m.start(), i, b
     return None
 
 

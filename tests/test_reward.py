@@ -47,6 +47,20 @@ def group(g, pid, rows):
     ]
 
 
+def test_answer_options_average_every_entropy_the_engine_kept():
+    """The engines keep the window's entropies only (`rollout.bonus_window`): under `last` the reward
+    reads the last entropy_tokens of them, as before the options; under `answer` (as many as the answer
+    has tokens) and `before_answer`, their mean."""
+    rows = group(
+        0, "p", [("beta", True, False), ("alpha", True, False), ("gamma", False, False), (TEACHER, True, True)]
+    )
+    rows[0].entropies = [0.3, 0.6, 0.9]
+    for at, h in [("last", 0.9), ("answer", 0.6), ("before_answer", 0.6)]:
+        out = compute_rewards(rows, {"p": ([TEACHER], None)}, fake_embed, cfg(entropy_at=at))
+        assert out.rows[0]["last_token_entropy"] == pytest.approx(h)
+        assert float(out.bonus[0]) == pytest.approx(0.5 * 0.4 * math.exp(-h))  # lam * d * g(H), d = 0.4
+
+
 def test_oger_gating_and_advantages_by_hand():
     # Group 0 (problem p, one teacher trace at (1, 0)): a copy of the teacher direction (d = 0), a rollout
     # at cos 0.6 (d = 0.4), a WRONG rollout at cos 0 (d would be 1), and the teacher row.

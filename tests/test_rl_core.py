@@ -423,3 +423,23 @@ def test_bonus_entropy_window_is_the_last_m_generated_tokens():
         core.last_token_entropy(window, torch.ones_like(window), 2),
         core.last_token_entropy(ent, torch.ones_like(ent), 2),
     )
+
+
+def test_bonus_entropy_window_before_and_inside_the_answer():
+    """`entropy_at`: by hand on a 10-token response whose `\\boxed{` is tokens 4-5 and answer tokens 6-7
+    (then `}` and the end-of-sequence token); without an answer, or where an option selects nothing,
+    the last m tokens."""
+    span = (4, 6, 8)  # (the `\\boxed` token, the answer's first token, one past its last)
+    assert core.bonus_entropy_window(10, 2, "last", span) == range(8, 10)  # `}` and the stop decision
+    assert core.bonus_entropy_window(10, 2, "before_answer", span) == range(2, 4)  # the reasoning's end
+    assert core.bonus_entropy_window(10, 3, "before_answer", span) == range(1, 4)
+    assert core.bonus_entropy_window(10, 9, "before_answer", span) == range(0, 4)  # what there is
+    assert core.bonus_entropy_window(10, 2, "answer", span) == range(6, 8)  # m unused
+    assert core.bonus_entropy_window(10, 1, "answer", (5, 5, 7)) == range(5, 7)  # `\\boxed{4` one token
+    for at in core.ENTROPY_AT:  # no boxed answer: last
+        assert core.bonus_entropy_window(10, 2, at, None) == range(8, 10)
+    assert core.bonus_entropy_window(10, 2, "answer", (4, 6, 6)) == range(8, 10)  # empty `\\boxed{}`
+    assert core.bonus_entropy_window(10, 2, "before_answer", (0, 2, 4)) == range(8, 10)  # opens with it
+    assert core.bonus_entropy_window(0, 2, "answer", None) == range(0)
+    with pytest.raises(ValueError):
+        core.bonus_entropy_window(10, 2, "middle", span)

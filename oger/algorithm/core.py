@@ -26,6 +26,7 @@ SCALE_REWARDS = ("group", "none")
 AGG_MODES = ("token_mean", "seq_mean", "constant_len")
 SIM_MODES = ("max", "mean")
 MODULATIONS = ("exp", "linear", "none")
+ENTROPY_AT = ("last", "before_answer", "answer")  # where the bonus reads H (bonus_entropy_window)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -352,14 +353,36 @@ def sampling_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return entropy_from_logits(logits.float() / (temperature if temperature > 0 else 1.0))
 
 
-def bonus_entropy_window(length: int, m: int) -> range:
-    """The response positions whose entropy the bonus's g(H) reads: the last m generated tokens (m=1:
-    the decision to stop). The one selector every rollout engine asks (`Request.entropy_window`), so
-    an engine that must compute entropies itself (paged, vLLM) runs the LM head on these positions only
-    instead of on every position (a (B, T, V) float32 tensor at 8k tokens and a 152k vocabulary)."""
+def bonus_entropy_window(length: int, m: int, at: str = "last", answer: tuple[int, int, int] | None = None) -> range:
+    """The response positions whose entropy the bonus's g(H) reads (H: their mean), out of `length`.
+
+    last:          the last m generated tokens. A stopped response's last token is its end-of-sequence
+                   token, and the decision to stop right after `\\boxed{N}` is nearly certain, so with m=1
+                   H ~ 0 and g(H) ~ 1 whatever the answer: the modulation barely moves.
+    before_answer: the last m tokens before the final answer's `\\boxed`: the reasoning's end, where the
+                   policy commits to an answer.
+    answer:        the tokens inside the final `\\boxed{...}` (m unused): the policy's confidence in the
+                   answer itself.
+    `answer` gives the final answer's token positions (tag, start, end): the first token of its
+    `\\boxed`, the first token of its content and one past its last (`answer_span` in
+    oger/generation/entropy_window.py finds them from the ids). Without one (None: no boxed answer, e.g.
+    a truncated response) or where the option selects nothing (an empty answer, a response that opens
+    with its `\\boxed`), the positions are `last`'s: every non-empty response gets an H, one without an
+    answer the same H as under `last`.
+
+    The one selector every rollout engine asks (`Request.entropy_window`), so an engine that must compute
+    entropies itself (paged, vLLM) runs the LM head on these positions only instead of on every position
+    (a (B, T, V) float32 tensor at 8k tokens and a 152k vocabulary)."""
     if m < 1:
         raise ValueError("m must be >= 1")
-    return range(max(0, length - m), length)
+    if at not in ENTROPY_AT:
+        raise ValueError(f"at must be one of {ENTROPY_AT}, got {at!r}")
+    last = range(max(0, length - m), length)
+    if at == "last" or answer is None:
+        return last
+    tag, start, end = (min(max(0, p), length) for p in answer)
+    picked = range(max(0, tag - m), tag) if at == "before_answer" else range(start, end)
+    return picked if len(picked) else last
 
 
 def last_token_entropy(token_entropy: Tensor, mask: Tensor, m: int = 1) -> Tensor:

@@ -93,7 +93,9 @@ def compute_rewards(
         if s.entropies:
             ent[i, : len(s.entropies)] = torch.tensor(s.entropies, dtype=torch.float64)
             emask[i, : len(s.entropies)] = 1
-    last_h = core.last_token_entropy(ent, emask, o.entropy_tokens)
+    # The engines keep the window's entropies only (`rollout.bonus_window`): under `last` its last m, read
+    # as before; under the answer options as many as the window has (an answer's length), all averaged.
+    last_h = core.last_token_entropy(ent, emask, o.entropy_tokens if o.entropy_at == "last" else width)
     # No entropy (a hand-written rollout in `oger bonus`): no damping, g = 1.
     h = torch.nan_to_num(last_h, nan=0.0)
     gate = core.modulation(h, o.modulation, o.tau, vocab_size)

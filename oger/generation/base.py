@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
+from oger.generation.entropy_window import EntropyWindow
 from oger.generation.records import Rollout
 
 Prompt = Union[list[int], list[dict]]  # token ids, or chat messages [{"role", "content"}]
@@ -33,7 +34,8 @@ class Request:
     seed: int = 0
     first_job: int = 0
     record_entropy: bool = False  # per-token entropies of the sampling distribution (hf, paged)
-    entropy_window: int | None = None  # with record_entropy: the last m positions only (core.bonus_entropy_window)
+    # with record_entropy: the bonus's positions only (EntropyWindow, core.bonus_entropy_window); None: all
+    entropy_window: EntropyWindow | None = None
     record_logprobs: bool = False  # each sampled token's log-prob under the engine's own sampler (vllm)
 
 

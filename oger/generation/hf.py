@@ -15,9 +15,10 @@ import weakref
 import torch
 
 from oger import seeds
-from oger.algorithm.core import bonus_entropy_window, sampling_entropy
+from oger.algorithm.core import sampling_entropy
 from oger.generation import paged
 from oger.generation.base import Request, chat_messages, number_samples, prompt_ids
+from oger.generation.entropy_window import EntropyWindow, as_window
 from oger.generation.records import Rollout, eos_ids
 from oger.runtime.device import for_decoding, of_model
 
@@ -146,7 +147,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     record_entropy: bool = True,
-    entropy_window: int | None = None,
+    entropy_window: EntropyWindow | int | None = None,
     synced_gpus: bool = False,
     engine: str = "hf",
     first_job: int = 0,
@@ -162,7 +163,8 @@ def generate(
     Rollout j of this call draws with seed `seeds.for_item(seed, first_job + j)`: a caller that cuts
     one job list into calls passes each call's offset in it, and every rollout keeps its numbers
     whatever the cut (the paged engine seeds one generator per call with `first_job` added).
-    `entropy_window` (m): each rollout keeps the entropies of its last m tokens only, the bonus's window."""
+    `entropy_window` (an `EntropyWindow`, or m for the last m tokens): each rollout keeps the entropies
+    at the bonus's positions only."""
     with of_model(model).decode(model, pack_linears=pack_linears):
         return _generate(
             model,
@@ -175,7 +177,7 @@ def generate(
             seed=seed,
             batch_size=batch_size,
             record_entropy=record_entropy,
-            entropy_window=entropy_window,
+            entropy_window=as_window(entropy_window),
             synced_gpus=synced_gpus,
             engine=engine,
             first_job=first_job,
@@ -271,8 +273,10 @@ def _generate(
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
             resp = row[: stop_at + 1] if stop_at is not None else row
             text = tokenizer.decode(resp[:-1] if stop_at is not None else resp, skip_special_tokens=True)
-            window = bonus_entropy_window(len(resp), entropy_window) if entropy_window else range(len(resp))
-            ents = ent[r, window.start : window.stop].tolist() if ent is not None else []
+            ents = []
+            if ent is not None:
+                window = entropy_window.positions(resp, tokenizer) if entropy_window else range(len(resp))
+                ents = ent[r, window.start : window.stop].tolist()
             out.append(Rollout(i, resp, text, "stop" if stop_at is not None else "length", ents))
     if was_training:
         model.train()

@@ -25,7 +25,8 @@ import math
 
 import torch
 
-from oger.algorithm.core import bonus_entropy_window, sampling_entropy
+from oger.algorithm.core import sampling_entropy
+from oger.generation.entropy_window import EntropyWindow, as_window
 from oger.generation.records import Rollout, eos_ids
 
 # Cache pages of this many tokens; smaller than transformers' 256 so short rollouts waste less.
@@ -123,26 +124,35 @@ def response_entropies(
     batch_size: int,
     pad: int,
     longest: int | None = None,
-    window: int | None = None,
+    window: EntropyWindow | int | None = None,
     temperature: float = 1.0,
+    tokenizer=None,
 ) -> list[list[float]]:
     """Entropy of softmax(logits / temperature), the distribution the rollouts were sampled from
-    (`core.sampling_entropy`), at every response position, or with `window` (m) at each
-    response's last m positions only (`core.bonus_entropy_window`), by one forward pass per
-    micro-batch (left-padded prompts, right-padded responses). The LM head runs on the responses, or
-    with a window on the union of the rows' window positions only (`logits_to_keep` as indices, through
-    the model's own forward so FSDP2's hooks run): (rows, <= rows x m, V) logits instead of
-    (rows, T, V). Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
+    (`core.sampling_entropy`), at every response position, or with `window` (an `EntropyWindow`, or m
+    for the last m tokens) at each response's bonus positions only (`core.bonus_entropy_window`; the
+    answer options find the answer with `tokenizer`), by one forward pass per micro-batch (left-padded
+    prompts, right-padded responses). The LM head runs on the responses, or with a window on the union
+    of the rows' window positions only (`logits_to_keep` as indices, through the model's own forward so
+    FSDP2's hooks run): (rows, <= the rows' window positions, V) logits instead of (rows, T, V).
+    Micro-batches hold at most `batch_size` sequences and ENTROPY_LOGITS logits.
 
     `longest` (the most tokens a response can have): every micro-batch then holds the number of rows
-    that bound allows, whatever the responses' lengths, so ranks with as many rows run as many
-    forward passes — FSDP's per-layer all-gathers hang when one rank runs a pass the other does not."""
+    that bound allows (with the most positions a window can have, `EntropyWindow.most`), whatever the
+    responses, so ranks with as many rows run as many forward passes — FSDP's per-layer all-gathers
+    hang when one rank runs a pass the other does not."""
     out: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
+    window = as_window(window)
+    # response token j is predicted at sequence position P + j - 1
+    wanted = [range(len(y)) if window is None else window.positions(y, tokenizer) for y in responses]
 
-    def logits_of(rows: int, response_len: int) -> int:  # the LM head's output for `rows` rows
-        return rows * (response_len + 1 if window is None else min(response_len + 1, rows * window)) * vocab
+    def logits_of(rows: list[int] | int, response_len: int) -> int:  # the LM head's output for these rows
+        if isinstance(rows, int):  # `rows` rows of a response_len bound, whatever they hold
+            kept = rows * (response_len if window is None else window.most(response_len))
+            return rows * min(response_len + 1, kept) * vocab
+        return len(rows) * min(response_len + 1, sum(len(wanted[i]) for i in rows)) * vocab
 
     order = sorted(range(len(prompts)), key=lambda i: len(responses[i]))
     if longest is None:
@@ -157,7 +167,7 @@ def response_entropies(
         while (
             fixed is None
             and rows < min(batch_size, len(order))
-            and logits_of(rows + 1, len(responses[order[rows]])) <= ENTROPY_LOGITS
+            and logits_of(order[: rows + 1], len(responses[order[rows]])) <= ENTROPY_LOGITS
         ):
             rows += 1
         idx, order = order[:rows], order[rows:]
@@ -171,11 +181,7 @@ def response_entropies(
             ids[r, P : P + len(y)] = torch.tensor(y)
             attn[r, P - len(p) : P + len(y)] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        # response token j is predicted at sequence position P + j - 1
-        wanted = [
-            range(len(responses[i])) if window is None else bonus_entropy_window(len(responses[i]), window) for i in idx
-        ]
-        keep = sorted({P + j - 1 for w in wanted for j in w}) or [P - 1]
+        keep = sorted({P + j - 1 for i in idx for j in wanted[i]}) or [P - 1]
         column = {position: c for c, position in enumerate(keep)}
         logits = model(
             input_ids=ids.to(device),
@@ -184,8 +190,8 @@ def response_entropies(
             logits_to_keep=torch.tensor(keep, device=device),
         ).logits
         ent = sampling_entropy(logits, temperature).cpu()
-        for r, (i, w) in enumerate(zip(idx, wanted)):
-            out[i] = ent[r, [column[P + j - 1] for j in w]].tolist()
+        for r, i in enumerate(idx):
+            out[i] = ent[r, [column[P + j - 1] for j in wanted[i]]].tolist()
     return out
 
 
@@ -201,7 +207,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     record_entropy: bool = True,
-    entropy_window: int | None = None,
+    entropy_window: EntropyWindow | int | None = None,
 ) -> list[Rollout]:
     """n samples per prompt (temperature 0 = greedy), in prompt-major order, like the HF engine.
     `batch_size` bounds the entropy pass only: the engine packs requests by tokens itself."""
@@ -228,7 +234,16 @@ def generate(
             stop_at = next((j for j, t in enumerate(row) if t in stops), None)
             responses.append(row[: stop_at + 1] if stop_at is not None else row)
         ents = (
-            response_entropies(model, jobs, responses, batch_size, pad, window=entropy_window, temperature=temperature)
+            response_entropies(
+                model,
+                jobs,
+                responses,
+                batch_size,
+                pad,
+                window=entropy_window,
+                temperature=temperature,
+                tokenizer=tokenizer,
+            )
             if record_entropy
             else [[] for _ in jobs]
         )

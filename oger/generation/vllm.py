@@ -321,6 +321,7 @@ class ColocatedEngine:
                     longest=request.max_new_tokens if self.synced_forward else None,
                     window=request.entropy_window,
                     temperature=request.temperature,
+                    tokenizer=self.tokenizer,
                 )
             finally:
                 self.model.train(was_training)

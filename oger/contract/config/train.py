@@ -61,7 +61,17 @@ class OgerRewardConfig(Strict):
         description="a rollout's similarity to its problem's teacher traces: to the closest one (max) or their "
         "average (mean); divergence d = 1 - similarity",
     )
-    entropy_tokens: int = Field(1, ge=1, description="H over the last m generated tokens")
+    entropy_tokens: int = Field(
+        1, ge=1, description="m: H averages over m generated tokens, placed by entropy_at (answer: unused)"
+    )
+    entropy_at: Literal["last", "before_answer", "answer"] = Field(
+        "last",
+        description="where g(H) reads the policy's entropy, H the mean there: last (the last entropy_tokens "
+        "tokens; with 1 the stop decision, ~0 after \\boxed{N}), before_answer (the entropy_tokens tokens "
+        "before the last \\boxed: the reasoning's end) or answer (the tokens inside the last \\boxed{}: "
+        "confidence in the answer); a response without \\boxed{} reads last",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
     modulation: Literal["exp", "linear", "none"] = Field(
         "exp",
         description="g(H), how the end-of-answer entropy scales the bonus: exp(-H / tau), linear 1 - H / log|V| "

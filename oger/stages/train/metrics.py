@@ -107,7 +107,7 @@ STEP_METRICS: tuple[Metric, ...] = (
     # the run's health
     Metric(
         "last_token_entropy",
-        "mean over on-policy rows of the entropy of the last oger.entropy_tokens tokens",
+        "mean over on-policy rows of H, the entropy the bonus reads (oger.entropy_tokens at oger.entropy_at)",
         plot=True,
     ),
     Metric("replaced_fraction", "share of rows replaced by teacher traces", run=("mean",)),

@@ -11,6 +11,7 @@ from oger import seeds
 from oger.algorithm.samples import Sample
 from oger.contract.config import TrainConfig
 from oger.generation.base import Request
+from oger.generation.entropy_window import EntropyWindow
 from oger.generation.hf import chat_prompt_ids
 from oger.stages.train.distributed import Dist
 from oger.stages.train.engine_guard import check_rollout_kl
@@ -24,6 +25,12 @@ def needs_rollout_entropy(cfg: TrainConfig) -> bool:
     monitor. Why ask: vLLM returns none, so they cost one more forward over prompt + response
     (`ColocatedEngine.generate`); grpo/luffy with `oger.monitor: false` skip it."""
     return cfg.bonus_lambda > 0 or cfg.oger.monitor
+
+
+def bonus_window(cfg: TrainConfig) -> EntropyWindow:
+    """Where the bonus reads H (`oger.entropy_tokens` at `oger.entropy_at`): the one selector the engine
+    and the behaviour pass are both handed, so H comes from the same tokens whichever computes it."""
+    return EntropyWindow(cfg.oger.entropy_tokens, cfg.oger.entropy_at)
 
 
 def entropy_from_behaviour_pass(cfg: TrainConfig) -> bool:
@@ -55,7 +62,7 @@ def rollouts(run: TrainRun, step: int) -> tuple[list[Sample], list[str], int, in
             top_p=ro.top_p,
             seed=rollout_seed(cfg, step, c // ro.batch_prompts),
             record_entropy=needs_rollout_entropy(cfg) and not entropy_from_behaviour_pass(cfg),
-            entropy_window=cfg.oger.entropy_tokens,  # what the bonus reads (core.bonus_entropy_window)
+            entropy_window=bonus_window(cfg),  # what the bonus reads (core.bonus_entropy_window)
         )
         rolls = run.engine.generate([prompt_ids[g] for g in call], request)
         samples += [

@@ -24,7 +24,7 @@ from oger.contract.config import TrainConfig
 from oger.stages.train.checkpoint import export_model, final_model_dir, save_checkpoint
 from oger.stages.train.distributed import Dist
 from oger.stages.train.reward import score_and_replace
-from oger.stages.train.rollout import entropy_from_behaviour_pass, rollouts, sync_engine
+from oger.stages.train.rollout import bonus_window, entropy_from_behaviour_pass, rollouts, sync_engine
 from oger.stages.train.setup import TrainInputs, TrainRun, setup
 from oger.stages.train.step_log import log_step
 from oger.stages.train.update import behaviour_pass, optimizer_step, update_layout
@@ -59,9 +59,10 @@ def train(
             t_score = time.perf_counter()
             old = None
             if cfg.loss.ppo_mini_batches > 1:  # the old log-probs, taken before the reward step: the bonus's H too
-                with attention():
-                    old, ents = behaviour_pass(run, samples, cfg.oger.entropy_tokens)
-                if entropy_from_behaviour_pass(cfg):
+                from_pass = entropy_from_behaviour_pass(cfg)
+                with attention():  # the window only where read (the answer options decode to find it)
+                    old, ents = behaviour_pass(run, samples, bonus_window(cfg) if from_pass else None)
+                if from_pass:
                     for s, e in zip(samples, ents):
                         s.entropies = [] if s.off_policy else e
             t_behaviour = time.perf_counter()

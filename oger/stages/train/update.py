@@ -15,6 +15,7 @@ import torch
 from oger.algorithm import core
 from oger.algorithm.samples import Sample
 from oger.contract.config import TrainConfig
+from oger.generation.entropy_window import EntropyWindow, as_window
 from oger.runtime.cpu_threads import BatchThreads
 from oger.stages.train import packing, shared_prompts
 from oger.stages.train.varlen import per_sample_attention
@@ -149,17 +150,20 @@ def behaviour_scores(
     count_over_ranks: Callable[[int], int] | None = None,
     threads: BatchThreads | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    entropy_window: int | None = None,
+    entropy_window: EntropyWindow | int | None = None,
+    tokenizer=None,
 ) -> tuple[list[torch.Tensor], list[list[float]]]:
     """The behaviour policy's log-probs of each sample's response tokens, (len(response),) per sample,
     computed once per batch before the first optimizer step (no grad, micro-batched, side by side on
-    `threads`); with `entropy_window` (m) also each sample's entropies of softmax(logits / T) at its last
-    m tokens (`core.bonus_entropy_window`, `core.sampling_entropy`): the bonus's H, from a pass the step
-    makes anyway, so no engine needs a pass of its own for them. Without the log-probs every mini-batch
-    after the first would take the already-updated policy as its behaviour policy (ratio 1): the
-    importance ratio and the clip could never act."""
+    `threads`); with `entropy_window` (an `EntropyWindow`, or m for the last m tokens) also each sample's
+    entropies of softmax(logits / T) at the bonus's positions (`EntropyWindow.positions`, which the
+    answer options ask `tokenizer`; `core.sampling_entropy`): the bonus's H at the tokens the engines
+    would read, from a pass the step makes anyway, so no engine needs a pass of its own for them.
+    Without the log-probs every mini-batch after the first would take the already-updated policy as its
+    behaviour policy (ratio 1): the importance ratio and the clip could never act."""
     out: list[torch.Tensor | None] = [None] * len(samples)
     ents: list[list[float]] = [[] for _ in samples]
+    window = as_window(entropy_window)
     model.train()  # the mode the update scores in, so the first mini-batch's ratio is 1
     threads = threads or BatchThreads(1)
 
@@ -181,8 +185,8 @@ def behaviour_scores(
         for row, i in enumerate(idx):
             n = len(samples[i].response_ids)
             out[i] = logp[row, :n].detach()
-            if entropy_window:
-                w = core.bonus_entropy_window(n, entropy_window)
+            if window:
+                w = window.positions(samples[i].response_ids, tokenizer)
                 ents[i] = ent[row, w.start : w.stop].tolist()
     return out, ents
 
@@ -383,9 +387,10 @@ def _count_over_ranks(run: TrainRun):
     return None
 
 
-def behaviour_pass(run: TrainRun, samples: list[Sample], entropy_window: int | None = None):
-    """`behaviour_scores` for a training run (its ranks, threads and autocast): the old log-probs the
-    mini-batches after the first need, and the bonus's window entropies with `entropy_window`."""
+def behaviour_pass(run: TrainRun, samples: list[Sample], entropy_window: EntropyWindow | None = None):
+    """`behaviour_scores` for a training run (its ranks, threads, autocast and tokenizer): the old
+    log-probs the mini-batches after the first need, and the bonus's window entropies with
+    `entropy_window` (`rollout.bonus_window`)."""
     return behaviour_scores(
         run.model,
         samples,
@@ -395,6 +400,7 @@ def behaviour_pass(run: TrainRun, samples: list[Sample], entropy_window: int | N
         run.threads,
         autocast=run.runtime.autocast,
         entropy_window=entropy_window,
+        tokenizer=run.tokenizer if entropy_window is not None and entropy_window.needs_tokenizer else None,
     )
 
 
