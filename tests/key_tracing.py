@@ -8,35 +8,15 @@ fields it keeps as attributes too), so the reads of a stage's `key_inputs` are w
 
 from __future__ import annotations
 
-import contextlib
 import typing
 from typing import Iterator
 
 from pydantic import BaseModel
 
 from oger import contract, pipeline
-from oger.contract.config import OgerConfig, Strict
+from oger.config_reference import Field, reads  # the one tracer: the configuration reference uses it too
+from oger.contract.config import OgerConfig
 from oger.contract.keys import field_rule, inert_fields
-
-Field = tuple[type, str]
-
-
-@contextlib.contextmanager
-def reads() -> Iterator[set[Field]]:
-    seen: set[Field] = set()
-    original = Strict.__getattribute__
-
-    def traced(self, name):
-        value = object.__getattribute__(self, name)
-        if name in type(self).model_fields:
-            seen.add((type(self), name))
-        return value
-
-    Strict.__getattribute__ = traced
-    try:
-        yield seen
-    finally:
-        Strict.__getattribute__ = original
 
 
 def key_reads(cfg: OgerConfig) -> dict[str, set[Field]]:
