@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast lint docs check-gpu-install bench ablate ablate-explore ablate-explore-rare-b ablate-smollm2 serve serve-stop clean
+.PHONY: setup demo test test-fast lint docs check-gpu-install bench ablate ablate-explore ablate-explore-rare-b ablate-explore-only-signal ablate-smollm2 serve serve-stop clean
 
 setup: $(STAMP)
 
@@ -116,11 +116,29 @@ ablate-explore-rare-b: setup
 	    --set teachers.teachers.2.limit=4 --set runner.kind=ray --set runner.num_cpus=2 --id explore-rare-b-4 \
 	    --results-doc docs/RESULTS.md --results-section explore-rare-b
 
+# The explore task's only-signal variant (configs/explore-only-signal.yaml, docs/RESULTS.md
+# "explore-only-signal"): an RL pool where both strategies are correct, so the bonus is the only signal
+# between them; 9 arms x 5 seeds (the guards loosened as an arm: the pre-check saw them zero B's bonus on
+# ~15% of the pool), two pairs at a time on Ray.
+ONLY_SIGNAL_ARMS := grpo,luffy,oger,shuffled-bonus,lam-0-monitor,oger-lam-0.25,oger-lam-1,oger-lam-2,oger-loose-guards
+ablate-explore-only-signal: setup
+	$(BIN)/oger sweep configs/explore-only-signal.yaml --arms $(ONLY_SIGNAL_ARMS) --seeds 0,1,2,3,4 \
+	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md \
+	    --results-section explore-only-signal
+
 # SmolLM2-135M-Instruct (configs/smollm2-arith.yaml, docs/RESULTS.md "SmolLM2"): grpo, luffy, oger x 3 seeds,
 # two pairs at a time on Ray (each pair on one core).
 ablate-smollm2: setup
 	$(BIN)/oger sweep configs/smollm2-arith.yaml --arms grpo,luffy,oger --seeds 0,1,2 \
 	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md --results-section smollm2
+
+# Where each train.oger.entropy_at option reads H, and how much it spreads g(H) over correct rollouts
+# (oger/entropy_spread.py, docs/RESULTS.md "Entropy options: where H is read"): explore's RL pool (42
+# problems) x 8 and 64 SmolLM2-arith problems x 4, upstream cached in work/spread; about 3 minutes here.
+.PHONY: entropy-spread
+entropy-spread: setup
+	$(BIN)/python -m oger.entropy_spread configs/explore.yaml configs/smollm2-arith.yaml \
+	    --problems 64 64 --samples 8 4 --set 'workdir=work/spread/{name}'
 
 clean:
 	rm -rf work .pytest_cache

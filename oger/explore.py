@@ -55,8 +55,9 @@ def problem_classes(problems_path: str, policy_path: str | None, budget: int) ->
 def bonus_by_strategy(cfg, questions: list[str], entropy: float = 1.0) -> dict[str, dict[str, float]]:
     """What the trainer's reward step pays correct A and B solutions of `questions` against A-only
     references (the scripted teacher's traces, as the index holds them): mean divergence d, share
-    passing every guard, mean bonus — the check, before training, that the bonus can point at B at
-    all (MiniLM must see B as far from A, and no guard, e.g. the length ratio, may zero it).
+    passing every guard, mean bonus, and each guard's share of failures (`fails_<guard>`, where any
+    fails) — the check, before training, that the bonus can point at B at all (MiniLM must see B as far
+    from A, and no guard, e.g. the length ratio, may zero it).
     Through `oger bonus`'s scoring, so with the config's train.oger and index.encoder."""
     from oger.algorithm.reward import cached_embedder
     from oger.commands.bonus import score_cases
@@ -81,6 +82,11 @@ def bonus_by_strategy(cfg, questions: list[str], entropy: float = 1.0) -> dict[s
             "guards_pass": sum(all((r["guards"] or {}).values()) for r in rows) / len(rows),
             "bonus": sum(r["bonus"] for r in rows) / len(rows),
         }
+        guards = sorted({g for r in rows for g in (r["guards"] or {})})
+        for g in guards:
+            failed = sum(not (r["guards"] or {}).get(g, True) for r in rows) / len(rows)
+            if failed:
+                out[name][f"fails_{g}"] = failed
     return out
 
 

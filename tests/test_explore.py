@@ -205,3 +205,45 @@ def test_minilm_sees_b_far_from_a_and_the_length_guard_zeroes_b_where_it_is_far_
         REPO / "configs" / "explore.yaml", [f"{k}={v}" for k, v in cfg.sweep.arms["oger-loose-guards"].items()]
     )
     assert bonus_by_strategy(loose, ["Compute 2 * 12."])["B"]["bonus"] > 0.02
+
+
+def test_only_signal_variant_pool_holds_only_problems_both_strategies_solve(tmp_path):
+    """configs/explore-only-signal.yaml, its upstream stages until the filter run for real, counted in the
+    policy's own tokenizer (trained on the same corpus as the policy stage trains it): every RL pool
+    problem has a != b and both A's and B's solutions fit the one budget and verify, and there are at
+    least 40; the held-out split holds A-feasible problems and A-infeasible ones, where B fits and A does
+    not; the SFT-only problems are those where B cannot fit."""
+    from oger.stages.filter.files import read_kept
+    from oger.stages.policy.tiny_model import train_tokenizer
+    from oger.verify import score_response
+
+    cfg = load_config(REPO / "configs" / "explore-only-signal.yaml", [f"workdir={tmp_path}"])
+    refs = pipeline.run_local(cfg, until="filter")
+    problems = _problems(refs)
+    corpus = problems["question"].to_list() + read_kept(refs["filter"])["text"].to_list()
+    tok = train_tokenizer(corpus, cfg.policy.tiny.vocab_size)
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + EOS
+    budget = cfg.train.rollout.max_new_tokens
+    assert budget == cfg.evaluate.max_new_tokens == cfg.evaluate.heldout.max_new_tokens
+
+    def fits_and_verifies(strategy: str, q: str, answer: str) -> bool:
+        text = scripted_solution(strategy, q, ("t",), 0.0)
+        return count(text) <= budget and score_response(text, answer)[1]
+
+    pool = problems.filter(pl.col("split") == cfg.train.split)
+    assert pool.height >= 40 and pool.height <= cfg.train.max_prompts
+    for q, answer in zip(pool["question"], pool["answer"]):
+        a, b = factors(q)
+        assert a != b, q  # A and B are different texts
+        assert fits_and_verifies("add_first", q, answer) and fits_and_verifies("swap", q, answer), q
+    held = problems.filter(pl.col("split") == cfg.evaluate.heldout.split)
+    assert held.height <= cfg.evaluate.heldout.limit  # the check sees the whole split
+    a_feasible = [q for q in held["question"] if a_fits(q, budget, count)]
+    a_infeasible = [q for q in held["question"] if not a_fits(q, budget, count)]
+    assert len(a_feasible) >= 10 and len(a_infeasible) >= 10, (len(a_feasible), len(a_infeasible))
+    for q, answer in zip(held["question"], held["answer"]):  # B finishes every held-out problem
+        assert fits_and_verifies("swap", q, answer), q
+    assert all(factors(q)[1] > 11 for q in a_infeasible)  # only where the pool has none
+    sft_only = problems.filter(pl.col("split") == "sft")
+    assert sft_only.height > 0 and all(factors(q)[0] > 8 for q in sft_only["question"])
+    assert not set(pool["question"]) & set(held["question"])

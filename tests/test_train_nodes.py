@@ -39,7 +39,7 @@ TRAIN = {
     "optim": {"optimizer": "sgd", "lr": 0.05},
     "logging": {"checkpoint_every": 1},
 }
-NODES = ["train.distributed.nnodes=2", "train.distributed.timeout_s=20", "runner.kind=ray"]
+NODES = ["train.distributed.nnodes=2", "train.distributed.timeout_s=10", "runner.kind=ray"]
 HSDP = "train.distributed.fsdp=hybrid"
 
 

@@ -63,6 +63,21 @@ def load_hub_source(src: HFSource) -> list[dict]:
     return out
 
 
+def synthetic_split(src, tokens: tuple, drawn_for: str) -> str:
+    """The split of a synthetic problem drawn for `drawn_for` (train or test): `sft` where its first operand
+    is above `sft_split_first_above`; a train problem goes to `test` where its second operand is above
+    `test_second_above` or, with `distinct_in_train`, where its operands are all equal."""
+    operands = tokens[::2]
+    if src.sft_split_first_above is not None and operands[0] > src.sft_split_first_above:
+        return SFT_SPLIT
+    if drawn_for == "train":
+        if src.test_second_above is not None and len(operands) > 1 and operands[1] > src.test_second_above:
+            return "test"
+        if src.distinct_in_train and len(set(operands)) == 1:
+            return "test"
+    return drawn_for
+
+
 def load_source(src) -> list[dict]:
     """Records {question, answer, reference, split} of one configured source."""
     if isinstance(src, SyntheticSource):
@@ -80,13 +95,12 @@ def load_source(src) -> list[dict]:
                 exclude=taken,
                 smallest_at_most=src.smallest_at_most,
             ):
-                above = src.sft_split_first_above is not None and p.tokens[0] > src.sft_split_first_above
                 rows.append(
                     {
                         "question": p.question,
                         "answer": str(p.answer),
                         "reference": None,
-                        "split": SFT_SPLIT if above else split,
+                        "split": synthetic_split(src, p.tokens, split),
                     }
                 )
         return rows

@@ -84,6 +84,20 @@ class SyntheticSource(Strict):
         "(the explore task: where strategy B cannot fit, yet its additions are learned)",
         json_schema_extra=omitted_at_default("keys from before the option"),
     )
+    test_second_above: int | None = Field(
+        None,
+        ge=1,
+        description="train problems whose second operand exceeds this get the split 'test' instead: out of the "
+        "RL pool, into the held-out split (the explore task's only-signal variant: where strategy A cannot "
+        "finish, held out, so the pool holds only problems both strategies solve)",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
+    distinct_in_train: bool = Field(
+        False,
+        description="train problems whose operands are all equal get the split 'test' instead (the explore "
+        "task: with a = b its two strategies are the same text, so such a problem cannot tell them apart)",
+        json_schema_extra=omitted_at_default("keys from before the option"),
+    )
     labeller: Literal[LABELLER_NAMES] | None = labeller_field()
 
     @model_validator(mode="after")
