@@ -118,9 +118,9 @@ ablate-explore-rare-b: setup
 
 # The explore task's only-signal variant (configs/explore-only-signal.yaml, docs/RESULTS.md
 # "explore-only-signal"): an RL pool where both strategies are correct, so the bonus is the only signal
-# between them; 9 arms x 5 seeds (the guards loosened as an arm: the pre-check saw them zero B's bonus on
-# ~15% of the pool), two pairs at a time on Ray.
-ONLY_SIGNAL_ARMS := grpo,luffy,oger,shuffled-bonus,lam-0-monitor,oger-lam-0.25,oger-lam-1,oger-lam-2,oger-loose-guards
+# between them; 11 arms x 5 seeds (the guards loosened as an arm: the pre-check saw them zero B's bonus on
+# ~15% of the pool; H on the answer's tokens with the modulation on and off), two pairs at a time on Ray.
+ONLY_SIGNAL_ARMS := grpo,luffy,oger,shuffled-bonus,lam-0-monitor,oger-lam-0.25,oger-lam-1,oger-lam-2,oger-loose-guards,oger-h-answer,oger-h-answer-off
 ablate-explore-only-signal: setup
 	$(BIN)/oger sweep configs/explore-only-signal.yaml --arms $(ONLY_SIGNAL_ARMS) --seeds 0,1,2,3,4 \
 	    --set runner.kind=ray --set runner.num_cpus=2 --results-doc docs/RESULTS.md \
