@@ -163,19 +163,21 @@ def measure(config: str, problems: int, samples: int, overrides: list[str] | Non
     from oger.generation.entropy_window import EntropyWindow
     from oger.generation.hf import TransformersEngine, chat_prompt_ids
     from oger.models import tokenizer_from_folder
+    from oger.stages.policy import STAGE as POLICY
     from oger.stages.policy.files import model_dir as policy_model_dir
+    from oger.stages.problems import STAGE as PROBLEMS
     from oger.stages.problems.files import read_problems, rl_pool
     from oger.verify import score_response
 
     t0 = time.perf_counter()
     cfg = load_config(config, overrides)
-    refs = pipeline.run_local(cfg, until="policy")
+    refs = pipeline.run_local(cfg, until=POLICY)
     t_up = time.perf_counter()
-    policy_dir = policy_model_dir(refs["policy"])
+    policy_dir = policy_model_dir(refs[POLICY])
     dtype = torch.float32 if cfg.policy.dtype == "float32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
     tokenizer = tokenizer_from_folder(policy_dir)
-    table_ = read_problems(refs["problems"])
+    table_ = read_problems(refs[PROBLEMS])
     pool = rl_pool(table_, cfg.train.split, cfg.train.max_prompts).head(problems)
     questions, answers = pool["question"].to_list(), pool["answer"].to_list()
     prompts = [chat_prompt_ids(tokenizer, q, cfg.policy.instruction, cfg.policy.system_prompt) for q in questions]
@@ -270,9 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, as `oger --set`")
     p.add_argument("--out", type=Path, default=DEFAULT_PNG, help="the PNG")
     a = p.parse_args(argv)
-    for name in ("problems", "samples"):
-        if len(getattr(a, name)) not in (1, len(a.configs)):
-            p.error(f"--{name}: one value, or one per config")
+    for option, values in (("--problems", a.problems), ("--samples", a.samples)):
+        if len(values) not in (1, len(a.configs)):
+            p.error(f"{option}: one value, or one per config")
     problems = a.problems * len(a.configs) if len(a.problems) == 1 else a.problems
     samples = a.samples * len(a.configs) if len(a.samples) == 1 else a.samples
     spreads = []

@@ -283,7 +283,11 @@ def test_two_runs_on_one_workdir_one_fails_cleanly_the_other_completes(tmp_path)
     out_holder, out_other = output[holder.pid].read_text(), output[other.pid].read_text()
     assert holder.returncode == 0, out_holder[-3000:]
     assert other.returncode == 2, out_other[-3000:]
-    assert "Traceback" not in out_other, out_other[-3000:]
+    # no traceback through the project's code: the refusal is one error line. (Under load, Prefect's own
+    # temporary server may log a shutdown traceback of SQLAlchemy's pool, a CancelledError in no frame of
+    # ours; seen once in a clean-clone run beside a measurement: noise, not the run's error.)
+    ours = [ln for ln in out_other.splitlines() if ln.strip().startswith("File ") and ("/oger/" in ln or "/flows/" in ln)]
+    assert not ours, out_other[-3000:]
     errors = [ln for ln in out_other.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and f"pid {holder.pid}" in errors[0] and info["run_id"] in errors[0]
     assert "waiting for the workdir" in out_other

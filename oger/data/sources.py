@@ -70,7 +70,7 @@ def synthetic_split(src, tokens: tuple, drawn_for: str) -> str:
     operands = tokens[::2]
     if src.sft_split_first_above is not None and operands[0] > src.sft_split_first_above:
         return SFT_SPLIT
-    if drawn_for == "train":
+    if drawn_for != "test":  # a problem drawn for the train split
         if src.test_second_above is not None and len(operands) > 1 and operands[1] > src.test_second_above:
             return "test"
         if src.distinct_in_train and len(set(operands)) == 1:
