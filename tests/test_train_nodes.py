@@ -119,7 +119,7 @@ def test_two_ray_nodes_killed_rank_named_then_resume_to_the_one_process_weights(
     ranks = _ranks(nodes_wd)
     assert sorted(ranks) == [0, 1]
     assert len({r["ray_node_id"] for r in ranks.values()}) == 2  # one rank on each node of the cluster
-    assert {r["ray_node_id"] for r in ranks.values()} == {n["NodeID"] for n in _alive(c)}
+    assert {r["ray_node_id"] for r in ranks.values()} == {n.node_id for n in c.list_all_nodes()}
 
     # the same samples and the same weights as one process (float32, within 1e-5)
     assert rollout_keys(art) == rollout_keys(single)
