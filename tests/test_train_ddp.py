@@ -40,7 +40,7 @@ def params(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config, rl_workdir):
-    from oger.stages.train.distributed import train_distributed
+    from oger.stages.train.distributed import launch_spec, train_distributed
 
     # The upstream stages are those of every RL test, in the session's RL workdir (cache hits
     # after the first such test); only the train stage is this test's own.
@@ -63,7 +63,8 @@ def test_ddp_two_gloo_ranks_match_one_process_and_resume(tmp_path, small_config,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     first = load_config(p, [f"workdir={rl_workdir}", "train.distributed.num_processes=2", "train.steps=1"])
-    hist = train_distributed(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"], run_dir)
+    spec = launch_spec(first, Path(refs["policy"].path) / "model", refs["problems"], refs["index"], run_dir)
+    hist = train_distributed(first, spec)
     assert [h["step"] for h in hist] == [1]
     assert [c.name for c in (run_dir / "checkpoints").iterdir()] == ["step-000001"]  # rank 0 only
     shutil.rmtree(single.path)  # the artifact of the 1-process run, so the stage recomputes

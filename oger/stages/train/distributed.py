@@ -262,24 +262,15 @@ def launch_spec(
     }
 
 
-def train_distributed(
-    cfg,
-    init_dir: Path,
-    problems_ref,
-    index_ref,
-    run_dir: Path,
-    precision: str = "float32",
-    rollout_dtype: str | None = None,
-) -> list[dict]:
-    """The train stage's multi-process path: launch the ranks on the resolved config and return
-    the metrics history rank 0 wrote (the model they end with is exported to `final_model_dir`).
-    `problems_ref`: the problems artifact (its `ArtifactRef` or folder), which every rank reads;
-    `precision`, `rollout_dtype`: as the plan resolved them, sent to the ranks (they never resolve `auto`
-    themselves). Several nodes: on the Ray cluster with `runner.kind: ray` (`ray_nodes`), else this
-    process runs the first node's agent and the others run `node_commands`."""
-    d = cfg.train.distributed
-    spec = launch_spec(cfg, init_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
-    spec["shared_token"] = write_shared_token(run_dir)  # every rank checks it sees this file (`shared_paths`)
+def train_distributed(cfg, spec: dict) -> list[dict]:
+    """The train stage's multi-process path: launch the ranks on `spec` (`launch_spec`: the resolved
+    config, the starting model, the inputs, the run folder, the precision and rollout dtype as the plan
+    resolved them — the ranks never resolve `auto` themselves) and return the metrics history rank 0 wrote
+    (the model they end with is exported to `final_model_dir`). Several nodes: on the Ray cluster with
+    `runner.kind: ray` (`ray_nodes`), else this process runs the first node's agent and the others run
+    `node_commands`."""
+    d, run_dir = cfg.train.distributed, Path(spec["run_dir"])
+    spec = {**spec, "shared_token": write_shared_token(run_dir)}  # every rank checks it sees this file
     if d.nnodes > 1 and cfg.runner.kind == "ray":
         from oger.stages.train.ray_nodes import launch_on_ray
 

@@ -198,13 +198,14 @@ def run_train(
     # what rank 0 opens its trackers from (logging.trackers); a resumed run continues the same tracker runs
     tracking.prepare(run_dir / TRACKERS_FILE, cfg, ctx.key, ctx.upstream, STAGE, resume=done_before > 0)
     if t.distributed.world > 1:  # the ranks run under torchrun / accelerate launch (DDP, FSDP2 or HSDP)
-        from oger.stages.train.distributed import train_distributed  # imports torch
+        from oger.stages.train.distributed import launch_spec, train_distributed  # imports torch
 
         problem = t.sharding_problem(min(t.prompts_per_step, len(inputs.problem_ids)))
         if problem:
             raise StageError(f"train: the prompt pool has {len(inputs.problem_ids)} problems, so {problem}")
 
-        history = train_distributed(cfg, policy_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
+        spec = launch_spec(cfg, policy_dir, problems_ref, index_ref, run_dir, precision, rollout_dtype)
+        history = train_distributed(cfg, spec)
         model = AutoModelForCausalLM.from_pretrained(final_model_dir(run_dir), dtype=dtype)  # rank 0 exported it
         device = f"{t.distributed.world} ranks ({t.distributed.backend}), {precision}"
         if t.distributed.nnodes > 1:
